@@ -1,0 +1,43 @@
+# Shoal's developer entry points. `make up` and `make test` work on a fresh machine.
+.DEFAULT_GOAL := help
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
+
+.PHONY: help setup up down test test-fast lint typecheck crds check-generated bench-router bench-operator bench-serving
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+setup: ## install everything (venv, Debian packages, Go-built control plane)
+	@hack/setup.sh
+
+up: setup ## run the quickstart fleet locally on CPU (no cluster needed)
+	$(VENV)/bin/shoal up -f examples/quickstart.yaml
+
+down: ## stop the local fleet
+	$(VENV)/bin/shoal down
+
+test: setup ## run the whole test suite against real servers
+	SHOAL_REQUIRE_SERVERS=1 $(PY) -m pytest
+
+test-fast: ## unit tests only (no servers)
+	$(PY) -m pytest tests/unit
+
+lint: ## ruff, mypy and the import-layer contract
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+crds: ## regenerate CRDs from the API models
+	$(VENV)/bin/shoal crds
+
+bench-router: setup ## routing speed and artifact size
+	$(PY) bench/bench_router.py
+
+bench-operator: setup ## apply-to-RayService latency and 100-fleet convergence
+	$(PY) bench/bench_operator.py
+
+bench-serving: setup ## latency the fleet endpoint adds over direct engine calls
+	$(PY) bench/bench_serving.py

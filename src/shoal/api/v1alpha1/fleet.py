@@ -1,0 +1,417 @@
+"""``ModelFleet``: a fleet of specialist models in cost tiers, served behind one endpoint.
+
+Platform teams write the spec; the operator writes the status. Every field carries a
+description (``kubectl explain`` shows it); bounds, enums, patterns and defaults live in the
+schema, and cross-field rules are :class:`~shoal.api.v1alpha1.common.Rule` s, so the API server
+rejects a bad fleet before the operator ever sees it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from shoal.api.v1alpha1.common import (
+    ApiModel,
+    Condition,
+    Fraction,
+    Money,
+    Name,
+    ObjectMeta,
+    ObjectName,
+    Quantity,
+    Rule,
+    SourceUri,
+    list_map,
+    unique_names,
+)
+
+Engine = Literal["vllm", "llamacpp", "simulated"]
+ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
+MAX_MODELS = 64
+MAX_TIERS = 8
+
+
+class Accelerator(ApiModel):
+    """Accelerators one replica of a model needs."""
+
+    type: str = Field(
+        max_length=32,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Accelerator type as Ray names it, e.g. L4, A10G, A100, H100.",
+    )
+    count: int = Field(default=1, ge=1, le=8, description="Accelerators per replica.")
+
+
+class Resources(ApiModel):
+    """CPU and memory, as Kubernetes quantities."""
+
+    cpu: Quantity | None = Field(default=None, description='CPU, e.g. "4" or "500m".')
+    memory: Quantity | None = Field(default=None, description='Memory, e.g. "16Gi".')
+
+
+class LoraAdapter(ApiModel):
+    """A LoRA adapter served on top of a model's base weights (vLLM only)."""
+
+    name: Name = Field(description="Adapter name; clients may address it as <model>:<adapter>.")
+    source: SourceUri = Field(description="Where the adapter weights are (hf://, s3://, ...).")
+
+
+class ModelSpec(ApiModel):
+    """One specialist model of the fleet."""
+
+    name: Name = Field(
+        description="Model name, unique in the fleet; clients pass it as `model` to bypass routing."
+    )
+    source: SourceUri | None = Field(
+        default=None,
+        description="Where the weights are: hf://org/repo[/file.gguf], s3://bucket/path, "
+        "gs://bucket/path, pvc://claim/path or file:///path. Required unless the engine is "
+        "`simulated`.",
+    )
+    engine: Engine = Field(
+        default="vllm",
+        description="Serving engine: vllm (GPU, through Ray Serve LLM), llamacpp (CPU, GGUF "
+        "weights) or simulated (a load-faithful simulator for tests and capacity planning).",
+    )
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Engine arguments passed through unchanged, e.g. vLLM's max_model_len.",
+    )
+    tier: Name = Field(description="Name of the tier (in spec.tiers) this model belongs to.")
+    accelerator: Accelerator | None = Field(
+        default=None, description="Accelerators per replica; omit for CPU-only engines."
+    )
+    resources: Resources | None = Field(
+        default=None, description="CPU and memory per replica."
+    )
+    min_replicas: int | None = Field(
+        default=None, ge=0, le=1000, description="Lower replica bound; defaults to the tier's."
+    )
+    max_replicas: int | None = Field(
+        default=None, ge=1, le=1000, description="Upper replica bound; defaults to the tier's."
+    )
+    lora_adapters: list[LoraAdapter] = Field(
+        default_factory=list,
+        max_length=16,
+        description="LoRA adapters served on this model (vllm engine only).",
+        json_schema_extra=list_map(),
+    )
+    specialties: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Free-form tags of what the model is good at, e.g. math, code, chinese.",
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="!has(self.minReplicas) || !has(self.maxReplicas) "
+            "|| self.minReplicas <= self.maxReplicas",
+            message="minReplicas must be less than or equal to maxReplicas",
+            check=lambda m: m.min_replicas is None
+            or m.max_replicas is None
+            or m.min_replicas <= m.max_replicas,
+            field_path=".minReplicas",
+        ),
+        Rule(
+            cel="self.engine == 'simulated' || has(self.source)",
+            message="source is required unless engine is simulated",
+            check=lambda m: m.engine == "simulated" or m.source is not None,
+            field_path=".source",
+            reason="FieldValueRequired",
+        ),
+        Rule(
+            cel="self.engine == 'vllm' || !has(self.loraAdapters) || size(self.loraAdapters) == 0",
+            message="loraAdapters are supported only by the vllm engine",
+            check=lambda m: m.engine == "vllm" or not m.lora_adapters,
+            field_path=".loraAdapters",
+            reason="FieldValueForbidden",
+        ),
+        Rule(
+            cel="!has(self.loraAdapters) || self.loraAdapters.all(a, a.name != self.name)",
+            message="a LoRA adapter may not have the model's own name",
+            check=lambda m: all(a.name != m.name for a in m.lora_adapters),
+            field_path=".loraAdapters",
+        ),
+    )
+
+
+class Slo(ApiModel):
+    """Latency objectives of a tier, as the autoscaler reads them."""
+
+    ttft_p95_milliseconds: int = Field(
+        default=1000, ge=1, le=600_000, description="Target p95 time to first token (ms)."
+    )
+    inter_token_p95_milliseconds: int | None = Field(
+        default=None, ge=1, le=60_000, description="Optional target p95 time between tokens (ms)."
+    )
+
+
+class TierAutoscaling(ApiModel):
+    """Replica bounds and pacing for every model of a tier."""
+
+    min_replicas: int = Field(default=1, ge=0, le=1000, description="Default lower bound.")
+    max_replicas: int = Field(default=4, ge=1, le=1000, description="Default upper bound.")
+    target_ongoing_requests: int = Field(
+        default=8, ge=1, le=1024, description="Requests in flight per replica to aim for."
+    )
+    scale_up_cooldown_seconds: int = Field(
+        default=30, ge=0, le=86_400, description="Minimum seconds between two scale-ups."
+    )
+    scale_down_cooldown_seconds: int = Field(
+        default=300, ge=0, le=86_400, description="Minimum seconds after any change before a scale-down."
+    )
+    scale_to_zero: bool = Field(
+        default=False,
+        description="Allow models of this tier to scale to zero replicas when idle.",
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.minReplicas <= self.maxReplicas",
+            message="minReplicas must be less than or equal to maxReplicas",
+            check=lambda a: a.min_replicas <= a.max_replicas,
+            field_path=".minReplicas",
+        ),
+        Rule(
+            cel="self.minReplicas > 0 || self.scaleToZero",
+            message="minReplicas 0 requires scaleToZero: true",
+            check=lambda a: a.min_replicas > 0 or a.scale_to_zero,
+            field_path=".minReplicas",
+        ),
+    )
+
+
+class TierSpec(ApiModel):
+    """A cost tier: what a replica costs, the latency it promises, how it scales."""
+
+    name: Name = Field(description="Tier name, unique in the fleet; models refer to it.")
+    cost_per_replica_hour: Money = Field(
+        description='Cost of one replica for one hour in USD, as a decimal string, e.g. "1.20".'
+    )
+    slo: Slo = Field(
+        default_factory=Slo,
+        description="Latency objectives of the tier.",
+        json_schema_extra={"default": {}},
+    )
+    autoscaling: TierAutoscaling = Field(
+        default_factory=TierAutoscaling,
+        description="Replica bounds and cooldowns of the tier's models.",
+        json_schema_extra={"default": {}},
+    )
+
+
+class Budget(ApiModel):
+    """A cap on what the fleet may cost per hour."""
+
+    max_cost_per_hour: Money = Field(
+        description='Most the fleet may cost per hour in USD, as a decimal string, e.g. "40.00".'
+    )
+    min_alpha: Fraction = Field(
+        default="0.3",
+        description="Lowest quality weight the autoscaler may set on the router when the "
+        "budget binds (decimal in [0, 1]).",
+    )
+
+
+class RoutingPolicyRef(ApiModel):
+    """Reference to a RoutingPolicy in the fleet's namespace."""
+
+    name: ObjectName = Field(description="Name of the RoutingPolicy.")
+
+
+class RayNode(ApiModel):
+    """Resources of a Ray node (pod)."""
+
+    resources: Resources = Field(
+        default_factory=Resources,
+        description="CPU and memory of the node.",
+        json_schema_extra={"default": {}},
+    )
+
+
+class ServingSpec(ApiModel):
+    """How the fleet runs on Ray through KubeRay."""
+
+    ray_version: str = Field(
+        default="2.60.0",
+        max_length=16,
+        pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$",
+        description="Ray version of the images.",
+    )
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        description="Image of CPU Ray nodes (head, router, llamacpp and simulated models); "
+        "defaults to the operator's configured serving image.",
+    )
+    gpu_image: str | None = Field(
+        default=None,
+        max_length=512,
+        description="Image of GPU Ray workers (vllm models); defaults to the operator's.",
+    )
+    head: RayNode = Field(
+        default_factory=RayNode,
+        description="The Ray head node.",
+        json_schema_extra={"default": {}},
+    )
+    cpu_worker: RayNode = Field(
+        default_factory=RayNode,
+        description="CPU worker nodes, which host the router and CPU engines.",
+        json_schema_extra={"default": {}},
+    )
+    service_type: ServiceType = Field(
+        default="ClusterIP", description="Type of the fleet endpoint's Service."
+    )
+
+
+def _undeclared_tiers(spec: ModelFleetSpec) -> list[str]:
+    tiers = {t.name for t in spec.tiers}
+    return [m.name for m in spec.models if m.tier not in tiers]
+
+
+def _tier_scales_to_zero(spec: ModelFleetSpec, tier: str) -> bool:
+    return any(t.name == tier and t.autoscaling.scale_to_zero for t in spec.tiers)
+
+
+class ModelFleetSpec(ApiModel):
+    """Desired state of a fleet."""
+
+    routing_policy_ref: RoutingPolicyRef = Field(
+        description="The RoutingPolicy (same namespace) that routes this fleet's requests."
+    )
+    tiers: list[TierSpec] = Field(
+        min_length=1,
+        max_length=MAX_TIERS,
+        description="Cost tiers; every model belongs to one.",
+        json_schema_extra=list_map(),
+    )
+    models: list[ModelSpec] = Field(
+        min_length=1,
+        max_length=MAX_MODELS,
+        description="The specialist models of the fleet.",
+        json_schema_extra=list_map(),
+    )
+    budget: Budget | None = Field(
+        default=None, description="Optional cap on the fleet's cost per hour."
+    )
+    serving: ServingSpec = Field(
+        default_factory=ServingSpec,
+        description="Ray and KubeRay settings: images and node resources.",
+        json_schema_extra={"default": {}},
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.models.all(m, self.tiers.exists(t, t.name == m.tier))",
+            message="every model's tier must be declared in spec.tiers",
+            message_expression="'models refer to tiers not declared in spec.tiers: ' + "
+            "self.models.filter(m, !self.tiers.exists(t, t.name == m.tier))"
+            ".map(m, m.name + ' -> ' + m.tier).join(', ')",
+            check=lambda s: not _undeclared_tiers(s),
+            field_path=".models",
+        ),
+        Rule(
+            cel="self.models.all(m, !has(m.minReplicas) || m.minReplicas > 0 || "
+            "self.tiers.exists(t, t.name == m.tier && t.autoscaling.scaleToZero))",
+            message="a model may have minReplicas 0 only if its tier sets autoscaling.scaleToZero",
+            check=lambda s: all(
+                m.min_replicas is None or m.min_replicas > 0 or _tier_scales_to_zero(s, m.tier)
+                for m in s.models
+            ),
+            field_path=".models",
+        ),
+        Rule(
+            cel="self.models.all(m, !has(m.minReplicas) || has(m.maxReplicas) || "
+            "self.tiers.all(t, t.name != m.tier || m.minReplicas <= t.autoscaling.maxReplicas))",
+            message="a model's minReplicas may not exceed its tier's maxReplicas",
+            check=lambda s: all(
+                m.min_replicas is None
+                or m.max_replicas is not None
+                or all(t.name != m.tier or m.min_replicas <= t.autoscaling.max_replicas
+                       for t in s.tiers)
+                for m in s.models
+            ),
+            field_path=".models",
+        ),
+    )
+
+
+class ModelStatus(ApiModel):
+    """Observed state of one model."""
+
+    name: str = Field(description="Model name.")
+    tier: str = Field(description="Tier of the model.")
+    ready_replicas: int = Field(default=0, ge=0, description="Replicas serving traffic.")
+    desired_replicas: int = Field(default=0, ge=0, description="Replicas the fleet wants.")
+    state: str | None = Field(
+        default=None, description="Ray Serve deployment state, e.g. HEALTHY, UPDATING."
+    )
+
+
+class ScalingDecision(ApiModel):
+    """The autoscaler's last change of a tier."""
+
+    tier: str = Field(description="Tier the decision was about.")
+    time: datetime = Field(description="When the decision was made.")
+    model: str = Field(description="Model whose replicas changed.")
+    from_replicas: int = Field(ge=0, description="Replicas before.")
+    to_replicas: int = Field(ge=0, description="Replicas after.")
+    reason: str = Field(max_length=1024, description="Why, in words.")
+
+
+class ModelFleetStatus(ApiModel):
+    """Observed state of a fleet, written by the operator."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation this status describes."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Progressing, Degraded and RouterReady conditions.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    endpoint: str | None = Field(
+        default=None, description="OpenAI-compatible base URL of the fleet inside the cluster."
+    )
+    ready_models: str | None = Field(
+        default=None, description='Models with all desired replicas ready, e.g. "3/4".'
+    )
+    models: list[ModelStatus] = Field(
+        default_factory=list,
+        description="Per-model replicas.",
+        json_schema_extra=list_map(),
+    )
+    cost_per_hour: str | None = Field(
+        default=None, description="Current cost of running replicas in USD per hour."
+    )
+    effective_alpha: str | None = Field(
+        default=None,
+        description="Quality weight the router uses now (lower than the policy's when the "
+        "budget binds).",
+    )
+    router_artifact: str | None = Field(
+        default=None, description="Checksum of the router artifact the fleet serves."
+    )
+    last_scaling: list[ScalingDecision] = Field(
+        default_factory=list,
+        description="Last scaling decision per tier.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["tier"]},
+    )
+
+
+class ModelFleet(ApiModel):
+    """A fleet of specialist models served behind one routed, OpenAI-compatible endpoint."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+    KIND: ClassVar[str] = "ModelFleet"
+    PLURAL: ClassVar[str] = "modelfleets"
+
+    api_version: Literal["shoal.dev/v1alpha1"] = "shoal.dev/v1alpha1"
+    kind: Literal["ModelFleet"] = "ModelFleet"
+    metadata: ObjectMeta
+    spec: ModelFleetSpec
+    status: ModelFleetStatus | None = None

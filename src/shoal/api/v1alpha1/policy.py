@@ -1,0 +1,227 @@
+"""``RoutingPolicy``: how a fleet's router picks a model for each query.
+
+The default strategy is ``cluster``: embed the query, find its nearest clusters (k-means over
+calibration prompts with per-model quality and cost), score each model per cluster as
+``alpha * quality + (1 - alpha) * (1 - cost)`` and rank. ``static`` ranks models in a fixed
+order. The operator fits the router artifact from ``calibration`` and reports it in status.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from shoal.api.v1alpha1.common import (
+    ApiModel,
+    Condition,
+    Fraction,
+    HttpUrl,
+    Name,
+    ObjectMeta,
+    ObjectName,
+    PositiveDecimal,
+    Rule,
+)
+
+Strategy = Literal["cluster", "static"]
+EmbedderType = Literal["minilm", "multilingual-e5", "openai"]
+CALIBRATION_URI = r"^((s3|gs)://[a-z0-9][a-z0-9.-]*[a-z0-9]|https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?)/[A-Za-z0-9._~/%+=-]+$"
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the policy's namespace."""
+
+    name: ObjectName = Field(description="Secret name.")
+    key: str = Field(
+        min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key in the Secret."
+    )
+
+
+class ConfigMapKeyRef(ApiModel):
+    """A key of a ConfigMap in the policy's namespace."""
+
+    name: ObjectName = Field(description="ConfigMap name.")
+    key: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key in the ConfigMap holding calibration data (JSONL, RouterDC JSON or "
+        "RouterBench CSV).",
+    )
+
+
+class EmbedderSpec(ApiModel):
+    """Which text embedder places queries among the clusters."""
+
+    type: EmbedderType = Field(
+        default="minilm",
+        description="minilm: ONNX all-MiniLM-L6-v2 in the router process (English); "
+        "multilingual-e5: ONNX multilingual-e5-small in the router process; openai: any "
+        "OpenAI-compatible /v1/embeddings endpoint.",
+    )
+    endpoint: HttpUrl | None = Field(
+        default=None, description="Base URL of the embeddings endpoint (type openai only)."
+    )
+    model: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Embedding model name sent to the endpoint (type openai only).",
+    )
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the endpoint's API key (type openai only)."
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.type != 'openai' || (has(self.endpoint) && has(self.model))",
+            message="an openai embedder needs endpoint and model",
+            check=lambda e: e.type != "openai" or (e.endpoint is not None and e.model is not None),
+            field_path=".endpoint",
+            reason="FieldValueRequired",
+        ),
+        Rule(
+            cel="self.type == 'openai' || (!has(self.endpoint) && !has(self.model) "
+            "&& !has(self.apiKeySecretRef))",
+            message="endpoint, model and apiKeySecretRef apply only to the openai embedder",
+            check=lambda e: e.type == "openai"
+            or (e.endpoint is None and e.model is None and e.api_key_secret_ref is None),
+            field_path=".type",
+            reason="FieldValueForbidden",
+        ),
+    )
+
+
+class CalibrationSource(ApiModel):
+    """Where the calibration data (prompts with per-model quality and cost) comes from."""
+
+    config_map_ref: ConfigMapKeyRef | None = Field(
+        default=None, description="A ConfigMap key in the policy's namespace."
+    )
+    uri: str | None = Field(
+        default=None,
+        max_length=1024,
+        pattern=CALIBRATION_URI,
+        description="An s3://, gs:// or http(s):// location.",
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="has(self.configMapRef) != has(self.uri)",
+            message="set exactly one of configMapRef and uri",
+            check=lambda c: (c.config_map_ref is None) != (c.uri is None),
+        ),
+    )
+
+
+class RoutingPolicySpec(ApiModel):
+    """Desired routing behaviour."""
+
+    strategy: Strategy = Field(
+        default="cluster",
+        description="cluster: learned per-cluster quality/cost ranking; static: fixed order.",
+    )
+    embedder: EmbedderSpec = Field(
+        default_factory=EmbedderSpec,
+        description="Text embedder of the cluster strategy.",
+        json_schema_extra={"default": {}},
+    )
+    clusters: int = Field(default=16, ge=1, le=256, description="Number of k-means clusters.")
+    top_p: int = Field(
+        default=3, ge=1, le=16, description="Nearest clusters blended for each query."
+    )
+    temperature: PositiveDecimal = Field(
+        default="0.1",
+        description="Softmax temperature over cluster similarities when blending (decimal > 0).",
+    )
+    alpha: Fraction = Field(
+        default="0.7",
+        description="Quality weight in [0, 1]: 1 picks the best model regardless of cost, "
+        "0 the cheapest.",
+    )
+    calibration: CalibrationSource | None = Field(
+        default=None, description="Calibration data the router is fitted on (cluster strategy)."
+    )
+    seed: int = Field(
+        default=0, ge=0, le=2_147_483_647, description="Seed of the k-means fit (deterministic)."
+    )
+    static_order: list[Name] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Model names in preference order (static strategy).",
+    )
+    fallback_model: Name | None = Field(
+        default=None,
+        description="Model tried last when every ranked model fails or is overloaded.",
+    )
+    allow_request_overrides: bool = Field(
+        default=False,
+        description="Let callers lower or raise alpha per request (x-shoal-alpha header).",
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.topP <= self.clusters",
+            message="topP may not exceed clusters",
+            check=lambda s: s.top_p <= s.clusters,
+            field_path=".topP",
+        ),
+        Rule(
+            cel="self.strategy != 'cluster' || has(self.calibration)",
+            message="the cluster strategy needs calibration data",
+            check=lambda s: s.strategy != "cluster" or s.calibration is not None,
+            field_path=".calibration",
+            reason="FieldValueRequired",
+        ),
+        Rule(
+            cel="self.strategy != 'static' || (has(self.staticOrder) && size(self.staticOrder) > 0)",
+            message="the static strategy needs staticOrder",
+            check=lambda s: s.strategy != "static" or len(s.static_order) > 0,
+            field_path=".staticOrder",
+            reason="FieldValueRequired",
+        ),
+    )
+
+
+class RouterArtifactStatus(ApiModel):
+    """The fitted router artifact the policy's fleets serve."""
+
+    config_map: str = Field(description="ConfigMap holding the artifact.")
+    checksum: str = Field(description="sha256 of the artifact.")
+    format_version: int = Field(ge=1, description="Artifact format version.")
+    fitted_at: datetime = Field(description="When it was fitted.")
+    samples: int = Field(ge=0, description="Calibration samples it was fitted on.")
+    clusters: int = Field(ge=0, description="Clusters in the artifact.")
+    models: list[str] = Field(default_factory=list, description="Models it knows about.")
+
+
+class RoutingPolicyStatus(ApiModel):
+    """Observed state of a policy, written by the operator."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation this status describes."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready and Fitted conditions.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    artifact: RouterArtifactStatus | None = Field(
+        default=None, description="The current router artifact."
+    )
+
+
+class RoutingPolicy(ApiModel):
+    """How a fleet's router picks the model for each query."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+    KIND: ClassVar[str] = "RoutingPolicy"
+    PLURAL: ClassVar[str] = "routingpolicies"
+
+    api_version: Literal["shoal.dev/v1alpha1"] = "shoal.dev/v1alpha1"
+    kind: Literal["RoutingPolicy"] = "RoutingPolicy"
+    metadata: ObjectMeta
+    spec: RoutingPolicySpec
+    status: RoutingPolicyStatus | None = None
