@@ -1,0 +1,311 @@
+"""The serving contract: what the Ray Serve application is built from, and how it is named.
+
+The operator renders KubeRay's ``serveConfigV2`` with one application whose ``import_path`` is
+:data:`IMPORT_PATH` (``shoal.serving.app:build_app``) and whose ``args`` are a
+:class:`BuildArgs` dumped with :meth:`BuildArgs.to_serve_args`. Ray Serve calls the builder
+with those args in every Ray cluster; ``shoal up`` calls it the same way on a laptop.
+
+Both sides name deployments through this module: :func:`deployment_plans` gives, per model,
+the Ray Serve deployment name, ``ray_actor_options``, ``max_ongoing_requests``,
+``max_queued_requests`` and either a fixed ``num_replicas`` or an ``autoscaling_config``;
+:func:`serve_config_deployments` renders them (plus the ingress) as ``serveConfigV2``
+``deployments`` entries. The builder applies the very same settings, so a rendered config
+and a built application always agree.
+
+Pure functions over the API models; no Ray import here (the operator does not ship Ray).
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shoal.api.v1alpha1 import ModelFleetSpec, ModelSpec, RoutingPolicySpec, TierSpec
+
+#: Ray Serve "application builder" import path the operator puts in ``serveConfigV2``.
+IMPORT_PATH = "shoal.serving.app:build_app"
+#: Name of the ingress deployment (OpenAI API, router, fallback).
+INGRESS_DEPLOYMENT = "router"
+#: Prefix of every model deployment's name: ``model-<model name>``.
+MODEL_DEPLOYMENT_PREFIX = "model-"
+#: Route prefix of the fleet endpoint inside the Ray Serve HTTP proxy.
+ROUTE_PREFIX = "/"
+
+# Default CPUs a replica asks Ray for, per engine, when the model gives no resources.cpu.
+_DEFAULT_NUM_CPUS: dict[str, float] = {"llamacpp": 1.0, "simulated": 0.1, "vllm": 1.0}
+
+
+class ServingLimits(BaseModel):
+    """Request limits and downstream timeouts enforced by the ingress."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest request body accepted (413 above)."
+    )
+    max_tokens: int = Field(
+        default=4096, ge=1, description="Largest max_tokens a request may ask for (400 above)."
+    )
+    default_max_tokens: int = Field(
+        default=512, ge=1, description="max_tokens used when a request sets none."
+    )
+    first_token_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long the ingress waits for a model's first chunk before trying the "
+        "next model.",
+    )
+    request_timeout_seconds: float = Field(
+        default=300.0, gt=0, description="Upper bound on one downstream generation."
+    )
+    unhealthy_cooldown_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="After a failure, how long a model is skipped before it is tried again.",
+    )
+    health_probe_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often the ingress probes every model deployment."
+    )
+    max_fallbacks: int = Field(
+        default=3, ge=0, description="Most models tried after the first one for one request."
+    )
+    retry_after_seconds: int = Field(
+        default=2, ge=1, description="Retry-After sent with a 503 when no model can take a request."
+    )
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> ServingLimits:
+        if self.default_max_tokens > self.max_tokens:
+            raise ValueError("default_max_tokens may not exceed max_tokens")
+        return self
+
+
+class IngressSettings(BaseModel):
+    """Sizing of the ingress ("router") deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_replicas: int = Field(default=1, ge=1, le=64, description="Ingress replicas.")
+    num_cpus: float = Field(default=1.0, ge=0, description="CPUs each ingress replica reserves.")
+    max_ongoing_requests: int = Field(
+        default=1024, ge=1, description="Concurrent requests one ingress replica accepts."
+    )
+
+
+class BuildArgs(BaseModel):
+    """Everything :func:`shoal.serving.app.build_app` needs; the ``args`` of ``serveConfigV2``.
+
+    ``fleet`` and ``policy`` are the validated API specs (camelCase or snake_case keys both
+    accepted). ``router_artifact_path`` is where the operator mounts the router artifact
+    ConfigMap inside the Ray pods (``shoal up`` writes a local file); it is required by the
+    ``cluster`` strategy.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    fleet_name: str = Field(min_length=1, max_length=253, description="ModelFleet name.")
+    namespace: str = Field(default="default", min_length=1, description="Fleet namespace.")
+    fleet: ModelFleetSpec = Field(description="The fleet spec.")
+    policy: RoutingPolicySpec = Field(description="The routing policy spec.")
+    router_artifact_path: str | None = Field(
+        default=None, description="File holding the fitted router artifact (cluster strategy)."
+    )
+    effective_alpha: str | None = Field(
+        default=None,
+        pattern=r"^(0(\.[0-9]{1,4})?|1(\.0{1,4})?)$",
+        description="Quality weight to use instead of the policy's (set under budget pressure).",
+    )
+    replicas: dict[str, int] = Field(
+        default_factory=dict,
+        description="Fixed replica counts per model, set by Shoal's autoscaler; a model listed "
+        "here gets num_replicas instead of Ray Serve autoscaling.",
+    )
+    model_paths: dict[str, str] = Field(
+        default_factory=dict,
+        description="Local paths of model weights inside the Ray pods, per model; overrides "
+        "resolving the model's source.",
+    )
+    limits: ServingLimits = Field(default_factory=ServingLimits)
+    ingress: IngressSettings = Field(default_factory=IngressSettings)
+    log_prompts: bool = Field(
+        default=False, description="Log prompt text (off by default: prompts stay out of logs)."
+    )
+
+    @model_validator(mode="after")
+    def _check_references(self) -> BuildArgs:
+        names = {m.name for m in self.fleet.models}
+        unknown = sorted(set(self.replicas) - names)
+        unknown += sorted(set(self.model_paths) - names)
+        if self.policy.strategy == "static":
+            unknown += [n for n in self.policy.static_order if n not in names]
+        if self.policy.fallback_model and self.policy.fallback_model not in names:
+            unknown.append(self.policy.fallback_model)
+        if unknown:
+            raise ValueError(f"unknown models referenced: {', '.join(sorted(set(unknown)))}")
+        if any(n < 0 for n in self.replicas.values()):
+            raise ValueError("replicas must be >= 0")
+        if self.policy.strategy == "cluster" and not self.router_artifact_path:
+            raise ValueError("the cluster strategy needs router_artifact_path")
+        return self
+
+    @classmethod
+    def parse(cls, args: dict[str, Any] | BuildArgs) -> BuildArgs:
+        """Validate ``serveConfigV2`` args (or pass a ready object through)."""
+        return args if isinstance(args, BuildArgs) else cls.model_validate(args)
+
+    def to_serve_args(self) -> dict[str, Any]:
+        """JSON-ready args for ``serveConfigV2`` (API specs in their camelCase wire form)."""
+        out = self.model_dump(mode="json", exclude={"fleet", "policy"}, exclude_defaults=True)
+        out["fleet_name"] = self.fleet_name
+        out["fleet"] = self.fleet.to_k8s()
+        out["policy"] = self.policy.to_k8s()
+        return out
+
+    def tier_of(self, model: ModelSpec) -> TierSpec:
+        """The tier a model belongs to (validated to exist by the API models)."""
+        return next(t for t in self.fleet.tiers if t.name == model.tier)
+
+    def model(self, name: str) -> ModelSpec:
+        """A model of the fleet by name (KeyError when absent)."""
+        for m in self.fleet.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+
+class ModelDeploymentPlan(BaseModel):
+    """How one model runs as a Ray Serve deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    tier: str
+    engine: Literal["vllm", "llamacpp", "simulated"]
+    deployment_name: str
+    ray_actor_options: dict[str, Any]
+    max_ongoing_requests: int
+    max_queued_requests: int
+    num_replicas: int | None = None
+    autoscaling_config: dict[str, Any] | None = None
+    cost_per_replica_hour: str = "0"
+
+    def deployment_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``Deployment.options`` (and the serveConfigV2 entry)."""
+        out: dict[str, Any] = {
+            "name": self.deployment_name,
+            "ray_actor_options": dict(self.ray_actor_options),
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+        }
+        if self.autoscaling_config is not None:
+            out["autoscaling_config"] = dict(self.autoscaling_config)
+        else:
+            out["num_replicas"] = self.num_replicas
+        return out
+
+
+def model_deployment_name(model: str) -> str:
+    """Ray Serve deployment name of a model: ``model-<name>``."""
+    return f"{MODEL_DEPLOYMENT_PREFIX}{model}"
+
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?|\.[0-9]+)([KMGTPE]i|[mkMGTPE])?$")
+_FACTORS: dict[str, Decimal] = {
+    "": Decimal(1), "m": Decimal("0.001"), "k": Decimal(10) ** 3, "M": Decimal(10) ** 6,
+    "G": Decimal(10) ** 9, "T": Decimal(10) ** 12, "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
+}  # fmt: skip
+
+
+def parse_quantity(value: str) -> Decimal:
+    """A Kubernetes quantity ("500m", "4", "16Gi") as a number."""
+    match = _QUANTITY.match(value)
+    if not match:
+        raise ValueError(f"not a Kubernetes quantity: {value!r}")
+    return Decimal(match.group(1)) * _FACTORS[match.group(2) or ""]
+
+
+def ray_actor_options(model: ModelSpec) -> dict[str, Any]:
+    """Ray resources one replica of ``model`` asks for."""
+    opts: dict[str, Any] = {}
+    cpu = model.resources.cpu if model.resources else None
+    opts["num_cpus"] = float(parse_quantity(cpu)) if cpu else _DEFAULT_NUM_CPUS[model.engine]
+    if model.resources and model.resources.memory:
+        opts["memory"] = int(parse_quantity(model.resources.memory))
+    if model.accelerator is not None:
+        opts["num_gpus"] = model.accelerator.count
+        opts["accelerator_type"] = model.accelerator.type
+    return opts
+
+
+def deployment_plan(args: BuildArgs, model: ModelSpec) -> ModelDeploymentPlan:
+    """The deployment settings of one model."""
+    tier = args.tier_of(model)
+    scaling = tier.autoscaling
+    target = scaling.target_ongoing_requests
+    max_ongoing = max(2 * target, 4)
+    plan: dict[str, Any] = {
+        "model": model.name,
+        "tier": tier.name,
+        "engine": model.engine,
+        "deployment_name": model_deployment_name(model.name),
+        "ray_actor_options": ray_actor_options(model),
+        "max_ongoing_requests": max_ongoing,
+        # Beyond this many queued requests per caller, Ray Serve refuses at once
+        # (BackPressureError) and the ingress falls back to the next ranked model.
+        "max_queued_requests": 4 * max_ongoing,
+        "cost_per_replica_hour": tier.cost_per_replica_hour,
+    }
+    if model.name in args.replicas:
+        plan["num_replicas"] = args.replicas[model.name]
+    else:
+        lo = model.min_replicas if model.min_replicas is not None else scaling.min_replicas
+        hi = model.max_replicas if model.max_replicas is not None else scaling.max_replicas
+        plan["autoscaling_config"] = {
+            "min_replicas": lo,
+            "initial_replicas": min(max(lo, 1), max(hi, lo)),
+            "max_replicas": max(hi, lo),
+            "target_ongoing_requests": target,
+            "upscale_delay_s": scaling.scale_up_cooldown_seconds,
+            "downscale_delay_s": scaling.scale_down_cooldown_seconds,
+        }
+    return ModelDeploymentPlan.model_validate(plan)
+
+
+def deployment_plans(args: BuildArgs) -> list[ModelDeploymentPlan]:
+    """Deployment settings of every model of the fleet, in spec order."""
+    return [deployment_plan(args, m) for m in args.fleet.models]
+
+
+def ingress_options(args: BuildArgs) -> dict[str, Any]:
+    """``Deployment.options`` of the ingress deployment."""
+    return {
+        "name": INGRESS_DEPLOYMENT,
+        "num_replicas": args.ingress.num_replicas,
+        "ray_actor_options": {"num_cpus": args.ingress.num_cpus},
+        "max_ongoing_requests": args.ingress.max_ongoing_requests,
+    }
+
+
+def serve_config_deployments(args: BuildArgs) -> list[dict[str, Any]]:
+    """``serveConfigV2`` ``deployments`` entries (ingress first), agreeing with the builder.
+
+    vLLM models are listed too: their deployment is ``ray.serve.llm``'s LLM server, renamed
+    to ``model-<name>`` by the builder, so the operator can override their replicas alike.
+    """
+    return [ingress_options(args)] + [p.deployment_options() for p in deployment_plans(args)]
+
+
+def serve_application(args: BuildArgs) -> dict[str, Any]:
+    """One ``serveConfigV2`` ``applications`` entry for the fleet."""
+    return {
+        "name": args.fleet_name,
+        "route_prefix": ROUTE_PREFIX,
+        "import_path": IMPORT_PATH,
+        "args": args.to_serve_args(),
+        "deployments": serve_config_deployments(args),
+    }
