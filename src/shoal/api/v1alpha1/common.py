@@ -116,6 +116,13 @@ class ApiModel(BaseModel):
     @model_validator(mode="after")
     def _check_rules(self) -> Self:
         failed = [r.message for r in type(self).cel_rules if not r.check(self)]
+        for name, info in type(self).model_fields.items():
+            extra = info.json_schema_extra
+            if isinstance(extra, dict) and extra.get("x-kubernetes-list-type") == "map":
+                key = str(extra["x-kubernetes-list-map-keys"][0])  # type: ignore[index]
+                items = getattr(self, name)
+                if not unique_keys(items, key):
+                    failed.append(f"{info.alias or name}: each {key} must be unique")
         if failed:
             raise ValueError("; ".join(failed))
         return self
@@ -130,7 +137,7 @@ def list_map(key: str = "name") -> dict[str, Any]:
     return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]}
 
 
-def unique_names(items: list[Any], key: str = "name") -> bool:
+def unique_keys(items: list[Any], key: str) -> bool:
     """The Python side of a list-map: keys are unique."""
     keys = [getattr(i, key) for i in items]
     return len(keys) == len(set(keys))

@@ -82,7 +82,22 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str,
         raise SchemaError(f"{path}: every node of a structural schema needs a type")
     if out.get("x-kubernetes-preserve-unknown-fields") and "properties" not in out:
         out.setdefault("type", "object")
+    if isinstance(out.get("default"), dict) and "properties" in out:
+        out["default"] = _filled_default(out, out["default"])
     return out
+
+
+def _filled_default(schema: dict[str, Any], value: dict[str, Any]) -> dict[str, Any]:
+    """An object default with its properties' own defaults filled in.
+
+    The API server checks an object's default against its CEL rules as written, without
+    defaulting inside it first, so ``default: {}`` must be spelled out in full.
+    """
+    filled = dict(value)
+    for name, prop in schema["properties"].items():
+        if name not in filled and "default" in prop:
+            filled[name] = prop["default"]
+    return filled
 
 
 def _ready_column() -> dict[str, Any]:

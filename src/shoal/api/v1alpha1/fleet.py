@@ -25,7 +25,6 @@ from shoal.api.v1alpha1.common import (
     Rule,
     SourceUri,
     list_map,
-    unique_names,
 )
 
 Engine = Literal["vllm", "llamacpp", "simulated"]
@@ -306,10 +305,7 @@ class ModelFleetSpec(ApiModel):
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
             cel="self.models.all(m, self.tiers.exists(t, t.name == m.tier))",
-            message="every model's tier must be declared in spec.tiers",
-            message_expression="'models refer to tiers not declared in spec.tiers: ' + "
-            "self.models.filter(m, !self.tiers.exists(t, t.name == m.tier))"
-            ".map(m, m.name + ' -> ' + m.tier).join(', ')",
+            message="every model's tier must be the name of a tier in spec.tiers",
             check=lambda s: not _undeclared_tiers(s),
             field_path=".models",
         ),

@@ -1,0 +1,289 @@
+"""A real Kubernetes control plane on loopback: etcd plus kube-apiserver, no kubelets.
+
+Starts the binaries that ``hack/build-control-plane.sh`` builds into ``.tools/bin`` the way
+controller-runtime's envtest does: random free ports, a throwaway data and cert folder, a
+static token for an admin user, and a kubeconfig file. There are no controllers: no garbage
+collection, no pods. Tests play the part of other controllers (KubeRay, for example) where
+they need to, and say so.
+
+Used by the pytest fixtures in ``tests/conftest.py`` and by the operator benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shoal.testing import REPO_ROOT
+
+TOOLS_DIR = Path(os.environ.get("SHOAL_TOOLS_DIR", REPO_ROOT / ".tools"))
+BIN_DIR = TOOLS_DIR / "bin"
+KUBERAY_CRDS = TOOLS_DIR / "crds"
+SHOAL_CRDS = REPO_ROOT / "crds"
+REQUIRED_BINARIES = ("etcd", "kube-apiserver", "kubectl")
+
+
+class ControlPlaneError(RuntimeError):
+    """The control plane could not be started or did not become ready."""
+
+
+class KubectlError(subprocess.CalledProcessError):
+    """kubectl failed; the message carries what it printed."""
+
+    def __str__(self) -> str:
+        return f"{' '.join(map(str, self.cmd[3:]))} exited {self.returncode}: {self.stderr}"
+
+
+def missing_binaries() -> list[str]:
+    """Binaries the control plane needs that are not built yet."""
+    return [b for b in REQUIRED_BINARIES if not (BIN_DIR / b).is_file()]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class _Process:
+    name: str
+    argv: list[str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 15) -> None:
+        if not self.running():
+            return
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout)
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class ControlPlane:
+    """A running etcd + kube-apiserver pair and how to talk to it."""
+
+    workdir: Path
+    server: str
+    token: str
+    ca_file: Path
+    kubeconfig: Path
+    _etcd: _Process
+    _apiserver: _Process
+    env: dict[str, str] = field(default_factory=dict)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver only (etcd keeps the data): an API outage."""
+        self._apiserver.stop()
+
+    def start_apiserver(self, timeout: float = 90) -> None:
+        """Start kube-apiserver again on the same port and wait until it is ready."""
+        self._apiserver.start()
+        self.wait_ready(timeout)
+
+    def stop(self) -> None:
+        """Stop everything."""
+        self._apiserver.stop()
+        self._etcd.stop()
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        """Wait for ``/readyz`` to answer ok."""
+        deadline = time.monotonic() + timeout
+        ctx = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file.exists() else None
+        last = ""
+        while time.monotonic() < deadline:
+            if not self._apiserver.running():
+                raise ControlPlaneError(
+                    f"kube-apiserver exited:\n{self._apiserver.tail()}"
+                )
+            if ctx is None and self.ca_file.exists():
+                ctx = ssl.create_default_context(cafile=str(self.ca_file))
+            try:
+                req = urllib.request.Request(
+                    f"{self.server}/readyz", headers={"Authorization": f"Bearer {self.token}"}
+                )
+                with urllib.request.urlopen(req, context=ctx, timeout=5) as resp:
+                    if resp.status == 200:
+                        return
+            except Exception as exc:  # not up yet
+                last = str(exc)
+            time.sleep(0.3)
+        raise ControlPlaneError(
+            f"kube-apiserver not ready after {timeout}s ({last}):\n{self._apiserver.tail()}"
+        )
+
+    # --- clients -------------------------------------------------------------------------
+
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the built ``kubectl`` against this control plane."""
+        result = subprocess.run(
+            [str(BIN_DIR / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **self.env},
+        )
+        if check and result.returncode != 0:
+            raise KubectlError(result.returncode, result.args, result.stdout, result.stderr)
+        return result
+
+    def apply_files(self, paths: Sequence[Path]) -> None:
+        """Server-side apply manifest files (big CRDs do not fit client-side apply)."""
+        args: list[str] = []
+        for p in paths:
+            args += ["-f", str(p)]
+        self.kubectl("apply", "--server-side", "--force-conflicts", *args)
+
+    def install_crds(self) -> None:
+        """Install Shoal's CRDs and KubeRay's RayService CRD, and wait until established."""
+        files = sorted(SHOAL_CRDS.glob("*.yaml")) + sorted(KUBERAY_CRDS.glob("*.yaml"))
+        self.apply_files(files)
+        names = [yaml.safe_load(f.read_text())["metadata"]["name"] for f in files]
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                     *[f"crd/{n}" for n in names])  # fmt: skip
+
+    def api_client(self) -> Any:
+        """A ``kubernetes.client.ApiClient`` for this control plane."""
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
+
+
+def _write_kubeconfig(path: Path, server: str, ca: Path, token: str) -> None:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "shoal-test",
+                     "cluster": {"server": server, "certificate-authority": str(ca)}}
+                ],
+                "users": [{"name": "admin", "user": {"token": token}}],
+                "contexts": [
+                    {"name": "shoal-test",
+                     "context": {"cluster": "shoal-test", "user": "admin", "namespace": "default"}}
+                ],
+                "current-context": "shoal-test",
+            }
+        )
+    )  # fmt: skip
+
+
+def start_control_plane(workdir: Path, *, timeout: float = 120) -> ControlPlane:
+    """Start etcd and kube-apiserver under ``workdir`` and wait until the API is ready."""
+    missing = missing_binaries()
+    if missing:
+        raise ControlPlaneError(
+            f"missing {', '.join(missing)} in {BIN_DIR}: run hack/build-control-plane.sh"
+        )
+    workdir.mkdir(parents=True, exist_ok=True)
+    certs = workdir / "certs"
+    certs.mkdir(exist_ok=True)
+    sa_key = certs / "sa.key"
+    subprocess.run(
+        ["openssl", "genrsa", "-out", str(sa_key), "2048"], check=True, capture_output=True
+    )
+    token = secrets.token_hex(16)
+    tokens = workdir / "tokens.csv"
+    tokens.write_text(f'{token},admin,admin-uid,"system:masters"\n')
+
+    etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
+    etcd = _Process(
+        "etcd",
+        [
+            str(BIN_DIR / "etcd"),
+            "--data-dir", str(workdir / "etcd"),
+            "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
+            "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+            "--initial-cluster", f"default=http://127.0.0.1:{etcd_peer}",
+            "--unsafe-no-fsync",
+            "--log-level", "warn",
+        ],
+        workdir / "etcd.log",
+    )  # fmt: skip
+    apiserver = _Process(
+        "kube-apiserver",
+        [
+            str(BIN_DIR / "kube-apiserver"),
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={api_port}",
+            f"--cert-dir={certs}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={sa_key}",
+            f"--service-account-signing-key-file={sa_key}",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--authorization-mode=RBAC",
+            f"--token-auth-file={tokens}",
+            "--disable-admission-plugins=ServiceAccount",
+            "--allow-privileged=true",
+            "--v=1",
+        ],
+        workdir / "kube-apiserver.log",
+    )
+    server = f"https://127.0.0.1:{api_port}"
+    ca = certs / "apiserver.crt"
+    kubeconfig = workdir / "kubeconfig"
+    _write_kubeconfig(kubeconfig, server, ca, token)
+    cp = ControlPlane(workdir, server, token, ca, kubeconfig, etcd, apiserver)
+    etcd.start()
+    apiserver.start()
+    try:
+        cp.wait_ready(timeout)
+    except BaseException:
+        cp.stop()
+        raise
+    return cp
+
+
+def tool_path(name: str) -> str | None:
+    """Path of a built tool (kubectl, helm, ...), or of one on PATH, or None."""
+    built = BIN_DIR / name
+    return str(built) if built.is_file() else shutil.which(name)
