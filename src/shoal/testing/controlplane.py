@@ -125,13 +125,13 @@ class ControlPlane:
     def wait_ready(self, timeout: float = 90) -> None:
         """Wait for ``/readyz`` to answer ok."""
         deadline = time.monotonic() + timeout
-        ctx = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file.exists() else None
+        ctx = (
+            ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file.exists() else None
+        )
         last = ""
         while time.monotonic() < deadline:
             if not self._apiserver.running():
-                raise ControlPlaneError(
-                    f"kube-apiserver exited:\n{self._apiserver.tail()}"
-                )
+                raise ControlPlaneError(f"kube-apiserver exited:\n{self._apiserver.tail()}")
             if ctx is None and self.ca_file.exists():
                 ctx = ssl.create_default_context(cafile=str(self.ca_file))
             try:
@@ -189,7 +189,7 @@ class ControlPlane:
         """A ``kubernetes.client.ApiClient`` for this control plane."""
         from kubernetes import config
 
-        return config.new_client_from_config(config_file=str(self.kubeconfig))
+        return config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
 
 
 def _write_kubeconfig(path: Path, server: str, ca: Path, token: str) -> None:

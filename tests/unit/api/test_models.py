@@ -71,7 +71,9 @@ def test_round_trip_uses_camel_case_and_drops_unset() -> None:
                        {"name": "m", "source": "hf://o/n", "tier": "small"}]), "unique"),
     ],
 )  # fmt: skip
-def test_invalid_fleets_are_rejected_with_the_field_named(spec: dict[str, Any], needle: str) -> None:
+def test_invalid_fleets_are_rejected_with_the_field_named(
+    spec: dict[str, Any], needle: str
+) -> None:
     with pytest.raises(ValidationError) as err:
         ModelFleetSpec.model_validate(spec)
     assert needle in str(err.value)

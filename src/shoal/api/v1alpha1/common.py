@@ -43,9 +43,13 @@ _PATH = r"[A-Za-z0-9._~/@+=-]+"
 #: Where model weights come from: Hugging Face repository, object store, PVC path, local file.
 SOURCE_URI = (
     r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._/-]*"
-    r"|(s3|gs)://[a-z0-9][a-z0-9.-]*[a-z0-9]/" + _PATH
-    + r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/" + _PATH
-    + r"|file:///" + _PATH + r")$"
+    r"|(s3|gs)://[a-z0-9][a-z0-9.-]*[a-z0-9]/"
+    + _PATH
+    + r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/"
+    + _PATH
+    + r"|file:///"
+    + _PATH
+    + r")$"
 )
 HTTP_URL = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/%+=-]*)?$"
 

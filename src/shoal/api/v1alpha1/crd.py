@@ -156,7 +156,7 @@ def _crd(
                             "properties": {
                                 "apiVersion": {
                                     "type": "string",
-                                    "description": "API version of this object: shoal.dev/v1alpha1.",
+                                    "description": f"API version: {GROUP}/{VERSION}.",
                                 },
                                 "kind": {"type": "string", "description": f"Always {kind}."},
                                 "metadata": {"type": "object"},

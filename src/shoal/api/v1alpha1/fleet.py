@@ -83,9 +83,7 @@ class ModelSpec(ApiModel):
     accelerator: Accelerator | None = Field(
         default=None, description="Accelerators per replica; omit for CPU-only engines."
     )
-    resources: Resources | None = Field(
-        default=None, description="CPU and memory per replica."
-    )
+    resources: Resources | None = Field(default=None, description="CPU and memory per replica.")
     min_replicas: int | None = Field(
         default=None, ge=0, le=1000, description="Lower replica bound; defaults to the tier's."
     )
@@ -109,9 +107,9 @@ class ModelSpec(ApiModel):
             cel="!has(self.minReplicas) || !has(self.maxReplicas) "
             "|| self.minReplicas <= self.maxReplicas",
             message="minReplicas must be less than or equal to maxReplicas",
-            check=lambda m: m.min_replicas is None
-            or m.max_replicas is None
-            or m.min_replicas <= m.max_replicas,
+            check=lambda m: (
+                m.min_replicas is None or m.max_replicas is None or m.min_replicas <= m.max_replicas
+            ),
             field_path=".minReplicas",
         ),
         Rule(
@@ -160,7 +158,10 @@ class TierAutoscaling(ApiModel):
         default=30, ge=0, le=86_400, description="Minimum seconds between two scale-ups."
     )
     scale_down_cooldown_seconds: int = Field(
-        default=300, ge=0, le=86_400, description="Minimum seconds after any change before a scale-down."
+        default=300,
+        ge=0,
+        le=86_400,
+        description="Minimum seconds after any change before a scale-down.",
     )
     scale_to_zero: bool = Field(
         default=False,
@@ -326,8 +327,10 @@ class ModelFleetSpec(ApiModel):
             check=lambda s: all(
                 m.min_replicas is None
                 or m.max_replicas is not None
-                or all(t.name != m.tier or m.min_replicas <= t.autoscaling.max_replicas
-                       for t in s.tiers)
+                or all(
+                    t.name != m.tier or m.min_replicas <= t.autoscaling.max_replicas
+                    for t in s.tiers
+                )
                 for m in s.models
             ),
             field_path=".models",

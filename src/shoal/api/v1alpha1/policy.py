@@ -85,8 +85,10 @@ class EmbedderSpec(ApiModel):
             cel="self.type == 'openai' || (!has(self.endpoint) && !has(self.model) "
             "&& !has(self.apiKeySecretRef))",
             message="endpoint, model and apiKeySecretRef apply only to the openai embedder",
-            check=lambda e: e.type == "openai"
-            or (e.endpoint is None and e.model is None and e.api_key_secret_ref is None),
+            check=lambda e: (
+                e.type == "openai"
+                or (e.endpoint is None and e.model is None and e.api_key_secret_ref is None)
+            ),
             field_path=".type",
             reason="FieldValueForbidden",
         ),
@@ -175,7 +177,8 @@ class RoutingPolicySpec(ApiModel):
             reason="FieldValueRequired",
         ),
         Rule(
-            cel="self.strategy != 'static' || (has(self.staticOrder) && size(self.staticOrder) > 0)",
+            cel="self.strategy != 'static' "
+            "|| (has(self.staticOrder) && size(self.staticOrder) > 0)",
             message="the static strategy needs staticOrder",
             check=lambda s: s.strategy != "static" or len(s.static_order) > 0,
             field_path=".staticOrder",
