@@ -34,7 +34,10 @@ staging_version="v0.${K8S_VERSION#v1.}"
 
 have_version() {  # have_version BINARY EXPECTED-SUBSTRING VERSION-ARGS...
   local b="$1" want="$2"; shift 2
-  [[ $force -eq 0 && -x "$bin/$b" ]] && "$bin/$b" "$@" 2>/dev/null | grep -q -- "$want"
+  [[ $force -eq 0 && -x "$bin/$b" ]] || return 1
+  local out
+  out="$("$bin/$b" "$@" 2>&1)" || return 1
+  [[ "$out" == *"$want"* ]]
 }
 
 build_k8s() {
