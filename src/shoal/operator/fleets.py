@@ -1,0 +1,193 @@
+"""Reconcile one ModelFleet: read its policy and artifact, plan, apply, write status.
+
+Level-based: every call computes the whole desired state from what is there now, so it is
+safe to run at any time, any number of times (create, update, resume, timer, a policy change,
+a RayService status change, a restart half-way through).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import kopf
+
+from shoal.api.v1alpha1 import API_VERSION, ConditionStatus, ModelFleet, RoutingPolicy
+from shoal.operator.config import OperatorConfig
+from shoal.operator.gateway import KubeGateway
+from shoal.planning import names
+from shoal.planning.children import (
+    PlanError,
+    PlanSettings,
+    RouterArtifact,
+    desired_children,
+)
+from shoal.planning.conditions import condition
+from shoal.planning.status import (
+    DEGRADED,
+    READY,
+    FleetObservation,
+    SpecProblem,
+    fleet_status,
+)
+
+log = logging.getLogger(__name__)
+
+
+class FleetBlocked(kopf.PermanentError):
+    """The fleet cannot be served as specified; its status says why."""
+
+
+class FleetWaiting(kopf.TemporaryError):
+    """The fleet waits for something that is on its way (a router fit)."""
+
+
+@dataclass(frozen=True)
+class FleetOutcome:
+    """What one reconcile did, for events and metrics."""
+
+    ready: bool
+    reason: str
+    applied: list[str]
+
+
+def _policy_artifact(
+    gw: KubeGateway, policy: RoutingPolicy
+) -> tuple[RouterArtifact | None, str | None]:
+    """The policy's fitted artifact, or why it is not there."""
+    art = policy.status.artifact if policy.status else None
+    if art is None:
+        return None, "waiting for the routing policy's router to be fitted"
+    ns = policy.metadata.namespace or "default"
+    cm = gw.get("v1", "ConfigMap", ns, art.config_map)
+    raw = ((cm or {}).get("binaryData") or {}).get(names.ARTIFACT_KEY)
+    if raw is None:
+        return None, f"router artifact ConfigMap {art.config_map} not found"
+    data = base64.b64decode(raw)
+    from shoal.routing import artifact_checksum
+
+    if artifact_checksum(data) != art.checksum:
+        return None, f"router artifact in {art.config_map} does not match the policy's checksum"
+    return RouterArtifact(checksum=art.checksum, data=data), None
+
+
+def _write_status(gw: KubeGateway, fleet: ModelFleet, status: dict[str, Any]) -> None:
+    current = fleet.status.model_dump(mode="json", by_alias=True) if fleet.status else None
+    if current == status:
+        return
+    gw.patch_status(
+        API_VERSION, ModelFleet.KIND, fleet.metadata.namespace or "default", fleet.metadata.name,
+        status,
+    )  # fmt: skip
+
+
+def _event_on_transition(body: Any, fleet: ModelFleet, new: Any) -> None:
+    old_ready = condition(fleet.status.conditions, READY) if fleet.status else None
+    new_ready = condition(new.conditions, READY)
+    old_deg = condition(fleet.status.conditions, DEGRADED) if fleet.status else None
+    new_deg = condition(new.conditions, DEGRADED)
+    changed = new_ready and (old_ready is None or old_ready.status != new_ready.status)
+    if changed and new_ready and new_ready.status == ConditionStatus.TRUE:
+        kopf.info(body, reason="Ready", message=new_ready.message or "fleet is ready")
+    if (
+        new_deg
+        and new_deg.status == ConditionStatus.TRUE
+        and (
+            old_deg is None or old_deg.status != new_deg.status or old_deg.reason != new_deg.reason
+        )
+    ):
+        kopf.warn(body, reason=new_deg.reason, message=new_deg.message)
+
+
+def reconcile_fleet(
+    gw: KubeGateway,
+    config: OperatorConfig,
+    body: Any,
+    now: datetime,
+    settings: PlanSettings | None = None,
+) -> FleetOutcome:
+    """Bring one fleet's children and status in line with its spec."""
+    fleet = ModelFleet.model_validate(dict(body))
+    ns = fleet.metadata.namespace or "default"
+    settings = settings or PlanSettings(image=config.serving_image, gpu_image=config.gpu_image)
+    previous = fleet.status
+    ref = fleet.spec.routing_policy_ref.name
+
+    def report(seen: FleetObservation) -> Any:
+        status = fleet_status(fleet, seen, previous, now)
+        _event_on_transition(body, fleet, status)
+        _write_status(gw, fleet, status.model_dump(mode="json", by_alias=True))
+        return status
+
+    policy_raw = gw.get(API_VERSION, RoutingPolicy.KIND, ns, ref)
+    if policy_raw is None:
+        problem = SpecProblem(
+            "RoutingPolicyNotFound",
+            f"RoutingPolicy {ref!r} does not exist in namespace {ns}; the fleet becomes "
+            "ready by itself once it is created",
+        )
+        report(FleetObservation(problem=problem))
+        raise FleetBlocked(problem.message)
+    policy = RoutingPolicy.model_validate(policy_raw)
+
+    artifact, waiting = (None, None)
+    if policy.spec.strategy == "cluster":
+        artifact, waiting = _policy_artifact(gw, policy)
+        if artifact is None:
+            report(FleetObservation(policy=policy, router_waiting=waiting))
+            raise FleetWaiting(waiting or "waiting for the router", delay=config.retry_seconds)
+    try:
+        children = desired_children(fleet, policy, artifact, settings)
+    except PlanError as exc:
+        problem = SpecProblem("InvalidRouting", f"fleet and routing policy disagree: {exc}")
+        report(FleetObservation(policy=policy, problem=problem))
+        raise FleetBlocked(problem.message) from exc
+
+    applied, live_rs = [], None
+    for obj in children.objects():
+        live = gw.apply(obj)
+        applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        if obj["kind"] == "RayService":
+            live_rs = live
+    _prune(gw, fleet, children.objects())
+    status = report(
+        FleetObservation(
+            policy=policy,
+            artifact_checksum=artifact.checksum if artifact else None,
+            rayservice=live_rs,
+            plans=children.plans,
+        )
+    )
+    ready = condition(status.conditions, READY)
+    return FleetOutcome(
+        ready=bool(ready and ready.status == ConditionStatus.TRUE),
+        reason=ready.reason if ready else "",
+        applied=applied,
+    )
+
+
+def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]]) -> None:
+    """Delete router ConfigMaps of this fleet that are no longer desired (strategy change)."""
+    ns = fleet.metadata.namespace or "default"
+    keep = {o["metadata"]["name"] for o in desired if o["kind"] == "ConfigMap"}
+    labels = {names.FLEET_LABEL: fleet.metadata.name, names.COMPONENT_LABEL: "router"}
+    for cm in gw.list("v1", "ConfigMap", ns, labels):
+        if cm["metadata"]["name"] not in keep:
+            gw.delete("v1", "ConfigMap", ns, cm["metadata"]["name"])
+
+
+def delete_fleet_children(gw: KubeGateway, body: Any) -> list[str]:
+    """Delete every child of a fleet (the finalizer's work; GC does it too where it runs)."""
+    name, ns = body["metadata"]["name"], body["metadata"].get("namespace") or "default"
+    gone = []
+    for api_version, kind, child in (
+        ("ray.io/v1", "RayService", names.rayservice_name(name)),
+        ("v1", "Service", names.service_name(name)),
+        ("v1", "ConfigMap", names.router_configmap_name(name)),
+    ):
+        if gw.delete(api_version, kind, ns, child):
+            gone.append(f"{kind}/{child}")
+    return gone

@@ -1,0 +1,138 @@
+"""The operator's one door to the Kubernetes API.
+
+Everything the operator reads or writes goes through :class:`KubeGateway`: server-side apply
+with Shoal's field manager, explicit status patches, gets, lists and deletes. API failures
+come out in kopf's vocabulary: conflicts, throttling, server errors and outages become
+:class:`kopf.TemporaryError` (retried with backoff); an object the API server rejects as
+invalid becomes :class:`InvalidObject` for the caller to report.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kopf
+import urllib3
+from kubernetes import client
+
+FIELD_MANAGER = "shoal-operator"
+
+#: (apiVersion, kind) -> plural, for every kind the operator touches.
+PLURALS: dict[tuple[str, str], str] = {
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Service"): "services",
+    ("ray.io/v1", "RayService"): "rayservices",
+    ("shoal.dev/v1alpha1", "ModelFleet"): "modelfleets",
+    ("shoal.dev/v1alpha1", "RoutingPolicy"): "routingpolicies",
+}
+
+
+class InvalidObject(kopf.PermanentError):
+    """The API server rejected an object the operator rendered (422)."""
+
+
+def resource_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
+    """REST path of a namespaced object (or of its collection when ``name`` is None)."""
+    plural = PLURALS[(api_version, kind)]
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    path = f"{base}/namespaces/{namespace}/{plural}"
+    return f"{path}/{name}" if name else path
+
+
+def _message(body: bytes | None) -> str:
+    try:
+        return str(json.loads(body or b"{}").get("message", ""))
+    except ValueError:
+        return (body or b"").decode(errors="replace")[:500]
+
+
+class KubeGateway:
+    """Narrow, synchronous Kubernetes access for the operator's handlers."""
+
+    def __init__(self, api: client.ApiClient, timeout: float = 30.0) -> None:
+        self._api = api
+        self._timeout = timeout
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+    ) -> dict[str, Any] | None:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        if body is not None and not isinstance(body, str):
+            body = json.dumps(body)
+        method, url, headers, body, post = self._api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            resp = self._api.call_api(
+                method, url, header_params=headers, body=body, post_params=post,
+                _request_timeout=self._timeout,
+            )  # fmt: skip
+            resp.read()  # type: ignore[no-untyped-call]
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise kopf.TemporaryError(f"Kubernetes API unreachable: {exc}", delay=5) from exc
+        status, data = resp.status, resp.data
+        if status == 404:
+            return None
+        if status == 422:
+            raise InvalidObject(f"{method} {path} rejected: {_message(data)}")
+        if status in (409, 429) or status >= 500:
+            raise kopf.TemporaryError(f"{method} {path}: {status} {_message(data)}", delay=3)
+        if status >= 400:
+            raise kopf.PermanentError(f"{method} {path}: {status} {_message(data)}")
+        return json.loads(data) if data else {}
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        return self._request("GET", resource_path(api_version, kind, namespace, name))
+
+    def list(
+        self, api_version: str, kind: str, namespace: str, labels: dict[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Objects of a kind in a namespace, optionally filtered by labels."""
+        query = []
+        if labels:
+            query.append(("labelSelector", ",".join(f"{k}={v}" for k, v in labels.items())))
+        out = self._request("GET", resource_path(api_version, kind, namespace), query=query)
+        return list((out or {}).get("items") or [])
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply ``obj`` as Shoal's field manager; returns the live object."""
+        meta = obj["metadata"]
+        path = resource_path(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        out = self._request(
+            "PATCH",
+            path,
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            body=obj,
+            content_type="application/apply-patch+yaml",
+        )
+        assert out is not None  # apply creates what is missing
+        return out
+
+    def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Merge-patch the status subresource (``None`` values delete fields)."""
+        path = resource_path(api_version, kind, namespace, name) + "/status"
+        return self._request(
+            "PATCH", path, body={"status": status}, content_type="application/merge-patch+json"
+        )
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Delete an object; False when it was already gone."""
+        path = resource_path(api_version, kind, namespace, name)
+        return self._request("DELETE", path) is not None

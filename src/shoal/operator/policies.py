@@ -1,0 +1,233 @@
+"""Reconcile one RoutingPolicy: fit its router when the policy or its data changed.
+
+The fit's inputs (the fitting parameters and the calibration bytes) are hashed into a
+fingerprint stored on the artifact ConfigMap. A reconcile whose fingerprint matches the stored
+one does no work, so fitting happens when the policy or its data changes, not on every
+reconcile or restart.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+import kopf
+
+from shoal.api.v1alpha1 import API_VERSION, RoutingPolicy
+from shoal.api.v1alpha1.common import decimal
+from shoal.api.v1alpha1.policy import RouterArtifactStatus
+from shoal.operator.config import OperatorConfig
+from shoal.operator.gateway import KubeGateway
+from shoal.planning import names
+from shoal.planning.status import SpecProblem, policy_status
+
+log = logging.getLogger(__name__)
+FINGERPRINT_ANNOTATION = "shoal.dev/fit-fingerprint"
+
+
+class CalibrationUnavailable(Exception):
+    """The calibration data cannot be read (yet)."""
+
+    def __init__(self, problem: SpecProblem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class PolicyOutcome:
+    """What one reconcile did."""
+
+    fitted: bool
+    artifact: RouterArtifactStatus | None
+
+
+def fit_fingerprint(policy: RoutingPolicy, data: bytes) -> str:
+    """Identity of a fit: the parameters that shape it and the calibration bytes."""
+    spec = policy.spec
+    params = {
+        "embedder": spec.embedder.to_k8s(),
+        "clusters": spec.clusters,
+        "topP": spec.top_p,
+        "temperature": spec.temperature,
+        "alpha": spec.alpha,
+        "seed": spec.seed,
+    }
+    h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    h.update(hashlib.sha256(data).digest())
+    return h.hexdigest()[:32]
+
+
+def read_calibration(gw: KubeGateway, policy: RoutingPolicy) -> tuple[bytes, str]:
+    """The calibration bytes and a name for them (used in error messages)."""
+    cal = policy.spec.calibration
+    ns = policy.metadata.namespace or "default"
+    assert cal is not None  # the API server requires it for the cluster strategy
+    if cal.config_map_ref is not None:
+        ref = cal.config_map_ref
+        cm = gw.get("v1", "ConfigMap", ns, ref.name)
+        if cm is None:
+            raise CalibrationUnavailable(
+                SpecProblem("CalibrationNotFound", f"ConfigMap {ref.name!r} not found in {ns}")
+            )
+        if ref.key in (cm.get("data") or {}):
+            return cm["data"][ref.key].encode(), ref.key
+        if ref.key in (cm.get("binaryData") or {}):
+            return base64.b64decode(cm["binaryData"][ref.key]), ref.key
+        raise CalibrationUnavailable(
+            SpecProblem("CalibrationNotFound", f"ConfigMap {ref.name!r} has no key {ref.key!r}")
+        )
+    uri = cal.uri or ""
+    if not uri.startswith(("http://", "https://")):
+        raise CalibrationUnavailable(
+            SpecProblem(
+                "CalibrationSourceUnsupported",
+                f"{uri.split('://')[0]}:// calibration sources are not readable by this "
+                "operator; use an http(s) URI or a ConfigMap",
+            )
+        )
+    try:
+        resp = httpx.get(uri, timeout=30, follow_redirects=True)
+        resp.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise CalibrationUnavailable(
+            SpecProblem("CalibrationNotFound", f"cannot read {uri}: {exc}")
+        ) from exc
+    return resp.content, uri.rsplit("/", 1)[-1]
+
+
+def fit(policy: RoutingPolicy, data: bytes, source: str, now: datetime) -> bytes:
+    """Fit the policy's router on calibration bytes; SpecProblem-carrying errors on bad data."""
+    from shoal.routing import (
+        CalibrationError,
+        EmbedderUnavailable,
+        embedder_for_policy,
+        fit_router,
+        parse_calibration,
+    )
+
+    spec = policy.spec
+    try:
+        samples = parse_calibration(data, source=source)
+        embedder = embedder_for_policy(
+            spec.embedder.type, endpoint=spec.embedder.endpoint, model=spec.embedder.model
+        )
+        return fit_router(
+            samples,
+            embedder=embedder,
+            clusters=min(spec.clusters, len(samples)),
+            top_p=spec.top_p,
+            temperature=float(decimal(spec.temperature)),
+            alpha=float(decimal(spec.alpha)),
+            seed=spec.seed,
+            fitted_at=now,
+        )
+    except CalibrationError as exc:
+        raise CalibrationUnavailable(SpecProblem("CalibrationInvalid", str(exc))) from exc
+    except EmbedderUnavailable as exc:
+        raise CalibrationUnavailable(SpecProblem("EmbedderUnavailable", str(exc))) from exc
+
+
+def _artifact_configmap(
+    policy: RoutingPolicy, data: bytes, fp: str, checksum: str
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": names.policy_artifact_configmap_name(policy.metadata.name),
+            "namespace": policy.metadata.namespace,
+            "labels": {**names.MANAGED_BY, names.POLICY_LABEL: policy.metadata.name},
+            "annotations": {FINGERPRINT_ANNOTATION: fp, names.ARTIFACT_ANNOTATION: checksum},
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": RoutingPolicy.KIND,
+                    "name": policy.metadata.name,
+                    "uid": policy.metadata.uid or "",
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "binaryData": {names.ARTIFACT_KEY: base64.b64encode(data).decode("ascii")},
+    }
+
+
+def _artifact_status(cm_name: str, data: bytes) -> RouterArtifactStatus:
+    from shoal.routing import read_artifact_info
+
+    info = read_artifact_info(data)
+    return RouterArtifactStatus(
+        config_map=cm_name,
+        checksum=info.checksum,
+        format_version=info.format_version,
+        fitted_at=info.fitted_at,
+        samples=info.samples,
+        clusters=info.clusters,
+        models=list(info.models),
+    )
+
+
+def reconcile_policy(
+    gw: KubeGateway, config: OperatorConfig, body: Any, now: datetime
+) -> PolicyOutcome:
+    """Fit the router if needed and report the policy's status."""
+    policy = RoutingPolicy.model_validate(dict(body))
+    ns, name = policy.metadata.namespace or "default", policy.metadata.name
+    previous = policy.status
+
+    def report(artifact: RouterArtifactStatus | None, problem: SpecProblem | None) -> None:
+        status = policy_status(
+            policy, artifact=artifact, fit_error=problem, previous=previous, now=now
+        )
+        new = status.model_dump(mode="json", by_alias=True)
+        old = previous.model_dump(mode="json", by_alias=True) if previous else None
+        if new != old:
+            gw.patch_status(API_VERSION, RoutingPolicy.KIND, ns, name, new)
+
+    if policy.spec.strategy == "static":
+        report(None, None)
+        return PolicyOutcome(fitted=False, artifact=None)
+
+    kept = previous.artifact if previous else None
+    try:
+        data, source = read_calibration(gw, policy)
+    except CalibrationUnavailable as exc:
+        report(kept, exc.problem)
+        kopf.warn(dict(body), reason=exc.problem.reason, message=exc.problem.message)
+        raise kopf.TemporaryError(exc.problem.message, delay=config.retry_seconds) from exc
+
+    fp = fit_fingerprint(policy, data)
+    cm_name = names.policy_artifact_configmap_name(name)
+    existing = gw.get("v1", "ConfigMap", ns, cm_name)
+    annotations = ((existing or {}).get("metadata") or {}).get("annotations") or {}
+    if existing and annotations.get(FINGERPRINT_ANNOTATION) == fp:
+        blob = base64.b64decode((existing.get("binaryData") or {}).get(names.ARTIFACT_KEY, ""))
+        artifact = _artifact_status(cm_name, blob)
+        report(artifact, None)
+        return PolicyOutcome(fitted=False, artifact=artifact)
+
+    if kept is None:
+        report(None, None)  # Fitting...
+    try:
+        blob = fit(policy, data, source, now)
+    except CalibrationUnavailable as exc:
+        report(kept, exc.problem)
+        kopf.warn(dict(body), reason=exc.problem.reason, message=exc.problem.message)
+        raise kopf.PermanentError(exc.problem.message) from exc
+    artifact = _artifact_status(cm_name, blob)
+    gw.apply(_artifact_configmap(policy, blob, fp, artifact.checksum))
+    report(artifact, None)
+    kopf.info(
+        dict(body),
+        reason="Fitted",
+        message=f"router fitted on {artifact.samples} samples: {artifact.clusters} clusters, "
+        f"{len(artifact.models)} models ({artifact.checksum[:19]})",
+    )
+    return PolicyOutcome(fitted=True, artifact=artifact)

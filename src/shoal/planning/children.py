@@ -1,0 +1,341 @@
+"""The objects a fleet should have: a KubeRay RayService, a router ConfigMap, a Service.
+
+``desired_children`` is a pure function: same fleet, policy, artifact and settings give the
+same objects, byte for byte (the RayService's ``serveConfigV2`` is YAML with sorted keys).
+Every child carries an ownerReference to its fleet and the fleet's labels.
+
+The RayService holds one Ray Serve application built by ``shoal.serving.app:build_app`` from
+:class:`~shoal.serving.config.BuildArgs`; its deployments (the "router" ingress and one
+``model-<name>`` per model) are named and sized by :mod:`shoal.serving.config`, so what the
+operator renders and what the builder builds agree.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from shoal.api.v1alpha1 import API_VERSION, ModelFleet, RoutingPolicy
+from shoal.api.v1alpha1.fleet import Resources
+from shoal.planning import names
+from shoal.serving.config import (
+    BuildArgs,
+    ModelDeploymentPlan,
+    deployment_plans,
+    parse_quantity,
+    serve_application,
+)
+
+RAY_API_VERSION = "ray.io/v1"
+DEFAULT_HEAD = Resources(cpu="2", memory="8Gi")
+DEFAULT_CPU_WORKER = Resources(cpu="4", memory="16Gi")
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+class PlanError(ValueError):
+    """The fleet and policy cannot be turned into a working RayService (a spec problem)."""
+
+
+@dataclass(frozen=True)
+class RouterArtifact:
+    """A fitted router artifact, as the policy stores it."""
+
+    checksum: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """Operator-wide settings and autoscaler decisions that shape the desired objects."""
+
+    image: str = "rayproject/ray:2.60.0-py311"
+    gpu_image: str = "rayproject/ray-llm:2.60.0-py311-cu128"
+    #: Fixed replica counts per model, written by Shoal's autoscaler (others autoscale in Ray).
+    replicas: dict[str, int] = field(default_factory=dict)
+    #: Router quality weight in force (lower than the policy's under budget pressure).
+    effective_alpha: str | None = None
+
+
+@dataclass(frozen=True)
+class DesiredChildren:
+    """Everything a fleet should own."""
+
+    rayservice: dict[str, Any]
+    service: dict[str, Any]
+    router_configmap: dict[str, Any] | None
+    plans: list[ModelDeploymentPlan]
+
+    def objects(self) -> list[dict[str, Any]]:
+        """The children in apply order (the ConfigMap before the pods that mount it)."""
+        out = [self.router_configmap] if self.router_configmap else []
+        return [*out, self.rayservice, self.service]
+
+
+def owner_reference(fleet: ModelFleet) -> dict[str, Any]:
+    """ownerReference that ties a child to its fleet (garbage-collected with it)."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": ModelFleet.KIND,
+        "name": fleet.metadata.name,
+        "uid": fleet.metadata.uid or "",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(fleet: ModelFleet, name: str, component: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": fleet.metadata.namespace,
+        "labels": names.fleet_labels(fleet.metadata.name, component),
+        "ownerReferences": [owner_reference(fleet)],
+    }
+
+
+def build_args(
+    fleet: ModelFleet,
+    policy: RoutingPolicy,
+    artifact: RouterArtifact | None,
+    settings: PlanSettings,
+) -> BuildArgs:
+    """The serving builder's args for this fleet; PlanError when they cannot work."""
+    cluster = policy.spec.strategy == "cluster"
+    if cluster and artifact is None:
+        raise PlanError("the cluster strategy needs a fitted router artifact")
+    try:
+        return BuildArgs(
+            fleet_name=fleet.metadata.name,
+            namespace=fleet.metadata.namespace or "default",
+            fleet=fleet.spec,
+            policy=policy.spec,
+            router_artifact_path=f"{names.ARTIFACT_MOUNT_DIR}/{names.ARTIFACT_KEY}"
+            if cluster
+            else None,
+            effective_alpha=settings.effective_alpha,
+            replicas=dict(settings.replicas),
+        )
+    except ValidationError as exc:
+        reasons = [e["msg"].removeprefix("Value error, ") for e in exc.errors()]
+        raise PlanError("; ".join(reasons)) from exc
+
+
+def _k8s_resources(res: Resources, default: Resources, gpus: int = 0) -> dict[str, Any]:
+    cpu = res.cpu or default.cpu
+    memory = res.memory or default.memory
+    amounts: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    if gpus:
+        amounts[GPU_RESOURCE] = gpus
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _pod_template(
+    fleet: ModelFleet, container: str, image: str, resources: dict[str, Any], *, mount: bool
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "containers": [
+            {
+                "name": container,
+                "image": image,
+                "resources": resources,
+                "ports": [{"name": "serve", "containerPort": names.SERVE_PORT}]
+                if container == "ray-head"
+                else [],
+            }
+        ]
+    }
+    if mount:
+        spec["containers"][0]["volumeMounts"] = [
+            {"name": "router-artifact", "mountPath": names.ARTIFACT_MOUNT_DIR, "readOnly": True}
+        ]
+        spec["volumes"] = [
+            {
+                "name": "router-artifact",
+                "configMap": {"name": names.router_configmap_name(fleet.metadata.name)},
+            }
+        ]
+    if not spec["containers"][0]["ports"]:
+        del spec["containers"][0]["ports"]
+    return {"metadata": {"labels": {names.FLEET_LABEL: fleet.metadata.name}}, "spec": spec}
+
+
+def _cpu_worker_group(
+    fleet: ModelFleet, args: BuildArgs, plans: list[ModelDeploymentPlan], image: str, mount: bool
+) -> dict[str, Any]:
+    node = fleet.spec.serving.cpu_worker.resources
+    node_cpus = parse_quantity(node.cpu or DEFAULT_CPU_WORKER.cpu or "4")
+    needed = Decimal(str(args.ingress.num_cpus)) * args.ingress.num_replicas
+    for p in plans:
+        if "num_gpus" not in p.ray_actor_options:
+            needed += Decimal(str(p.ray_actor_options["num_cpus"])) * _bounds(p)[1]
+    max_nodes = max(1, math.ceil(needed / node_cpus)) if node_cpus > 0 else 1
+    return {
+        "groupName": "cpu",
+        "replicas": 1,
+        "minReplicas": 1,
+        "maxReplicas": max_nodes,
+        "rayStartParams": {},
+        "template": _pod_template(
+            fleet, "ray-worker", image, _k8s_resources(node, DEFAULT_CPU_WORKER), mount=mount
+        ),
+    }
+
+
+def _gpu_worker_groups(
+    fleet: ModelFleet, plans: list[ModelDeploymentPlan], image: str
+) -> list[dict[str, Any]]:
+    by_type: dict[str, list[ModelDeploymentPlan]] = {}
+    for p in plans:
+        if "num_gpus" in p.ray_actor_options:
+            by_type.setdefault(str(p.ray_actor_options["accelerator_type"]), []).append(p)
+    groups = []
+    models = {m.name: m for m in fleet.spec.models}
+    for acc_type in sorted(by_type):
+        group = by_type[acc_type]
+        gpus = max(int(p.ray_actor_options["num_gpus"]) for p in group)
+        lo = sum(_bounds(p)[0] for p in group)
+        hi = sum(_bounds(p)[1] for p in group)
+        res = _largest_resources([models[p.model].resources for p in group])
+        groups.append(
+            {
+                "groupName": f"gpu-{acc_type.lower().replace('_', '-').replace('.', '-')}",
+                "replicas": lo,
+                "minReplicas": lo,
+                "maxReplicas": max(hi, 1),
+                "rayStartParams": {},
+                "template": _gpu_template(fleet, image, res, gpus, acc_type),
+            }
+        )
+    return groups
+
+
+def _gpu_template(
+    fleet: ModelFleet, image: str, res: Resources, gpus: int, acc_type: str
+) -> dict[str, Any]:
+    template = _pod_template(
+        fleet, "ray-worker", image, _k8s_resources(res, DEFAULT_CPU_WORKER, gpus), mount=False
+    )
+    template["metadata"]["labels"][f"{names.FLEET_LABEL.split('/')[0]}/accelerator"] = acc_type
+    template["spec"]["tolerations"] = [
+        {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    return template
+
+
+def _bounds(p: ModelDeploymentPlan) -> tuple[int, int]:
+    if p.num_replicas is not None:
+        return p.num_replicas, p.num_replicas
+    cfg = p.autoscaling_config or {}
+    return int(cfg.get("min_replicas", 0)), int(cfg.get("max_replicas", 1))
+
+
+def _largest_resources(all_res: list[Resources | None]) -> Resources:
+    cpus = [r.cpu for r in all_res if r and r.cpu]
+    mems = [r.memory for r in all_res if r and r.memory]
+    return Resources(
+        cpu=max(cpus, key=parse_quantity) if cpus else None,
+        memory=max(mems, key=parse_quantity) if mems else None,
+    )
+
+
+def serve_config_v2(args: BuildArgs) -> str:
+    """KubeRay's ``serveConfigV2``: Ray Serve's config file as a YAML string."""
+    config = {
+        "http_options": {"host": "0.0.0.0", "port": names.SERVE_PORT},
+        "applications": [serve_application(args)],
+    }
+    return yaml.safe_dump(config, sort_keys=True, width=1000)
+
+
+def desired_rayservice(
+    fleet: ModelFleet,
+    args: BuildArgs,
+    plans: list[ModelDeploymentPlan],
+    artifact: RouterArtifact | None,
+    settings: PlanSettings,
+) -> dict[str, Any]:
+    """The fleet's RayService."""
+    serving = fleet.spec.serving
+    image = serving.image or settings.image
+    gpu_image = serving.gpu_image or settings.gpu_image
+    mount = artifact is not None
+    meta = _metadata(fleet, names.rayservice_name(fleet.metadata.name), "serving")
+    if artifact is not None:
+        meta["annotations"] = {names.ARTIFACT_ANNOTATION: artifact.checksum}
+    head = {
+        "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+        "template": _pod_template(
+            fleet, "ray-head", image, _k8s_resources(serving.head.resources, DEFAULT_HEAD),
+            mount=mount,
+        ),
+    }  # fmt: skip
+    return {
+        "apiVersion": RAY_API_VERSION,
+        "kind": "RayService",
+        "metadata": meta,
+        "spec": {
+            "serveConfigV2": serve_config_v2(args),
+            "rayClusterConfig": {
+                "rayVersion": serving.ray_version,
+                "enableInTreeAutoscaling": True,
+                "headGroupSpec": head,
+                "workerGroupSpecs": [
+                    _cpu_worker_group(fleet, args, plans, image, mount),
+                    *_gpu_worker_groups(fleet, plans, gpu_image),
+                ],
+            },
+        },
+    }
+
+
+def desired_service(fleet: ModelFleet) -> dict[str, Any]:
+    """The fleet endpoint: Ray Serve's HTTP proxies on pods KubeRay marks as serving."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(fleet, names.service_name(fleet.metadata.name), "endpoint"),
+        "spec": {
+            "type": fleet.spec.serving.service_type,
+            "selector": {names.FLEET_LABEL: fleet.metadata.name, "ray.io/serve": "true"},
+            "ports": [
+                {"name": "http", "port": names.SERVE_PORT, "targetPort": names.SERVE_PORT,
+                 "protocol": "TCP"}
+            ],
+        },
+    }  # fmt: skip
+
+
+def desired_router_configmap(fleet: ModelFleet, artifact: RouterArtifact) -> dict[str, Any]:
+    """ConfigMap with the router artifact the fleet's ingress loads."""
+    meta = _metadata(fleet, names.router_configmap_name(fleet.metadata.name), "router")
+    meta["annotations"] = {names.ARTIFACT_ANNOTATION: artifact.checksum}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta,
+        "binaryData": {names.ARTIFACT_KEY: base64.b64encode(artifact.data).decode("ascii")},
+    }
+
+
+def desired_children(
+    fleet: ModelFleet,
+    policy: RoutingPolicy,
+    artifact: RouterArtifact | None,
+    settings: PlanSettings,
+) -> DesiredChildren:
+    """Everything the fleet should own; :class:`PlanError` for specs that cannot work."""
+    if policy.spec.strategy != "cluster":
+        artifact = None
+    args = build_args(fleet, policy, artifact, settings)
+    plans = deployment_plans(args)
+    return DesiredChildren(
+        rayservice=desired_rayservice(fleet, args, plans, artifact, settings),
+        service=desired_service(fleet),
+        router_configmap=desired_router_configmap(fleet, artifact) if artifact else None,
+        plans=plans,
+    )

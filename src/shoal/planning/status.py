@@ -1,0 +1,244 @@
+"""Status from observation: what the fleet and policy report, computed without I/O.
+
+The operator gathers what it saw (the RayService and its status, whether the policy and its
+artifact exist, a planning error if any) into a :class:`FleetObservation`; ``fleet_status``
+turns that into the fleet's ``status``: ``Ready``, ``Progressing``, ``Degraded`` and
+``RouterReady`` conditions, per-model replicas, endpoint and cost per hour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from shoal.api.v1alpha1 import Condition, ModelFleet, RoutingPolicy
+from shoal.api.v1alpha1.fleet import ModelFleetStatus, ModelStatus
+from shoal.api.v1alpha1.policy import RouterArtifactStatus, RoutingPolicyStatus
+from shoal.planning import names
+from shoal.planning.conditions import set_condition
+from shoal.serving.config import ModelDeploymentPlan, model_deployment_name
+
+READY, PROGRESSING, DEGRADED, ROUTER_READY, FITTED = (
+    "Ready",
+    "Progressing",
+    "Degraded",
+    "RouterReady",
+    "Fitted",
+)
+HEALTHY = "HEALTHY"
+
+
+@dataclass(frozen=True)
+class SpecProblem:
+    """Why the spec cannot work as written (reported as Degraded)."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class FleetObservation:
+    """What the operator observed about a fleet and its children."""
+
+    policy: RoutingPolicy | None = None
+    problem: SpecProblem | None = None
+    #: Checksum of the artifact the fleet serves (None: not fitted yet, or static strategy).
+    artifact_checksum: str | None = None
+    router_waiting: str | None = None
+    rayservice: dict[str, Any] | None = None
+    plans: list[ModelDeploymentPlan] = field(default_factory=list)
+
+
+def _rayservice_ready(rs: dict[str, Any]) -> tuple[bool, str]:
+    """Whether KubeRay reports the RayService serving this spec, and why not."""
+    status = rs.get("status") or {}
+    generation = (rs.get("metadata") or {}).get("generation")
+    observed = status.get("observedGeneration")
+    if generation is not None and (observed is None or observed < generation):
+        return False, "KubeRay has not yet observed the latest RayService spec"
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    ready = conditions.get("Ready")
+    if ready is not None:
+        if ready.get("status") == "True":
+            return True, ""
+        return (
+            False,
+            f"RayService not ready: {ready.get('reason', '')} {ready.get('message', '')}".strip(),
+        )
+    if status.get("serviceStatus") == "Running":
+        return True, ""
+    return False, "waiting for KubeRay to start the Ray cluster and Serve application"
+
+
+def _app_status(rs: dict[str, Any] | None, app: str) -> dict[str, Any]:
+    if not rs:
+        return {}
+    active = (rs.get("status") or {}).get("activeServiceStatus") or {}
+    return dict((active.get("applicationStatuses") or {}).get(app) or {})
+
+
+def _desired_replicas(plan: ModelDeploymentPlan) -> int:
+    if plan.num_replicas is not None:
+        return plan.num_replicas
+    cfg = plan.autoscaling_config or {}
+    return int(cfg.get("initial_replicas", cfg.get("min_replicas", 0)))
+
+
+def model_statuses(
+    fleet: ModelFleet, app: dict[str, Any], plans: list[ModelDeploymentPlan]
+) -> list[ModelStatus]:
+    """Per-model replicas: desired from the plan, ready where Ray Serve reports HEALTHY."""
+    deployments = app.get("serveDeploymentStatuses") or {}
+    by_model = {p.model: p for p in plans}
+    out = []
+    for m in fleet.spec.models:
+        plan = by_model.get(m.name)
+        desired = _desired_replicas(plan) if plan else 0
+        state = (deployments.get(model_deployment_name(m.name)) or {}).get("status")
+        out.append(
+            ModelStatus(
+                name=m.name,
+                tier=m.tier,
+                desired_replicas=desired,
+                ready_replicas=desired if state == HEALTHY else 0,
+                state=state,
+            )
+        )
+    return out
+
+
+def cost_per_hour(fleet: ModelFleet, models: list[ModelStatus]) -> Decimal:
+    """What the fleet's desired replicas cost per hour (replicas bill while they start)."""
+    price = {t.name: Decimal(t.cost_per_replica_hour) for t in fleet.spec.tiers}
+    return sum((price.get(m.tier, Decimal(0)) * m.desired_replicas for m in models), Decimal(0))
+
+
+def fleet_status(
+    fleet: ModelFleet, seen: FleetObservation, previous: ModelFleetStatus | None, now: datetime
+) -> ModelFleetStatus:
+    """The fleet's status for what was observed."""
+    gen = fleet.metadata.generation
+    conds: list[Condition] = list(previous.conditions) if previous else []
+
+    def put(type: str, ok: bool, reason: str, message: str) -> None:
+        nonlocal conds
+        conds = set_condition(
+            conds, type=type, status=ok, reason=reason, message=message, generation=gen, now=now
+        )
+
+    # RouterReady
+    strategy = seen.policy.spec.strategy if seen.policy else None
+    if strategy == "static":
+        put(ROUTER_READY, True, "StaticOrder", "models are ranked in the policy's static order")
+    elif seen.artifact_checksum:
+        put(
+            ROUTER_READY,
+            True,
+            "ArtifactServed",
+            f"serving router artifact {seen.artifact_checksum}",
+        )
+    elif seen.policy is None:
+        put(ROUTER_READY, False, "RoutingPolicyNotFound", "no routing policy to route with")
+    else:
+        put(
+            ROUTER_READY,
+            False,
+            "WaitingForRouterFit",
+            seen.router_waiting or "waiting for the routing policy's router to be fitted",
+        )
+
+    # Degraded: specs that cannot work, or a failed Serve application.
+    app = _app_status(seen.rayservice, fleet.metadata.name)
+    app_state = app.get("status")
+    if seen.problem:
+        put(DEGRADED, True, seen.problem.reason, seen.problem.message)
+    elif app_state in ("DEPLOY_FAILED", "UNHEALTHY"):
+        put(
+            DEGRADED,
+            True,
+            "ServeApplicationUnhealthy",
+            f"Ray Serve application is {app_state}: {app.get('message', '')}".strip(),
+        )
+    else:
+        put(DEGRADED, False, "AsExpected", "")
+
+    # Progressing and Ready
+    rs_ready, why = _rayservice_ready(seen.rayservice) if seen.rayservice else (False, "")
+    models = model_statuses(fleet, app, seen.plans) if seen.rayservice else []
+    if seen.problem:
+        put(PROGRESSING, False, "Blocked", seen.problem.message)
+        put(READY, False, seen.problem.reason, seen.problem.message)
+    elif seen.rayservice is None:
+        put(
+            PROGRESSING,
+            True,
+            "WaitingForRouter",
+            "the RayService is created once the router is ready",
+        )
+        put(READY, False, "WaitingForRouter", "no RayService yet")
+    elif not rs_ready or app_state not in (None, "RUNNING"):
+        message = why or f"Ray Serve application is {app_state}"
+        put(PROGRESSING, True, "Deploying", message)
+        put(READY, False, "Deploying", message)
+    else:
+        healthy = sum(1 for m in models if m.state == HEALTHY)
+        put(PROGRESSING, False, "Deployed", "the RayService serves the current spec")
+        put(READY, True, "AllModelsReady", f"{healthy} of {len(models)} models healthy")
+
+    ready_models = sum(
+        1 for m in models if m.desired_replicas > 0 and m.ready_replicas >= m.desired_replicas
+    )
+    return ModelFleetStatus(
+        observed_generation=gen,
+        conditions=conds,
+        endpoint=names.endpoint_url(fleet.metadata.name, fleet.metadata.namespace or "default")
+        if seen.rayservice
+        else None,
+        ready_models=f"{ready_models}/{len(fleet.spec.models)}",
+        models=models,
+        cost_per_hour=f"{cost_per_hour(fleet, models):.2f}",
+        effective_alpha=previous.effective_alpha if previous else None,
+        router_artifact=seen.artifact_checksum,
+        last_scaling=list(previous.last_scaling) if previous else [],
+    )
+
+
+def policy_status(
+    policy: RoutingPolicy,
+    *,
+    artifact: RouterArtifactStatus | None,
+    fit_error: SpecProblem | None,
+    previous: RoutingPolicyStatus | None,
+    now: datetime,
+) -> RoutingPolicyStatus:
+    """The policy's status after a fit (or a failed one)."""
+    gen = policy.metadata.generation
+    conds: list[Condition] = list(previous.conditions) if previous else []
+
+    def put(type: str, ok: bool, reason: str, message: str) -> None:
+        nonlocal conds
+        conds = set_condition(
+            conds, type=type, status=ok, reason=reason, message=message, generation=gen, now=now
+        )
+
+    if policy.spec.strategy == "static":
+        put(FITTED, True, "NotNeeded", "the static strategy needs no fitted router")
+        put(READY, True, "StaticOrder", f"ranking {', '.join(policy.spec.static_order)}")
+        return RoutingPolicyStatus(observed_generation=gen, conditions=conds, artifact=None)
+    if fit_error is not None:
+        put(FITTED, False, fit_error.reason, fit_error.message)
+        kept = " (still serving the previous artifact)" if artifact else ""
+        put(READY, artifact is not None, fit_error.reason, fit_error.message + kept)
+    elif artifact is not None:
+        message = (
+            f"{artifact.samples} samples, {artifact.clusters} clusters, "
+            f"{len(artifact.models)} models"
+        )
+        put(FITTED, True, "Fitted", message)
+        put(READY, True, "Fitted", message)
+    else:
+        put(FITTED, False, "Fitting", "fitting the router")
+        put(READY, False, "Fitting", "fitting the router")
+    return RoutingPolicyStatus(observed_generation=gen, conditions=conds, artifact=artifact)

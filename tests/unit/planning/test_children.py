@@ -1,0 +1,156 @@
+"""Desired children of a fleet: deterministic, owned, named stably, shaped as KubeRay wants."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from shoal.api.v1alpha1 import ModelFleet, RoutingPolicy
+from shoal.planning import names
+from shoal.planning.children import PlanError, PlanSettings, RouterArtifact, desired_children
+
+ART = RouterArtifact(checksum="sha256:" + "ab" * 32, data=b"artifact-bytes")
+
+
+def fleet(**spec_changes: Any) -> ModelFleet:
+    spec: dict[str, Any] = {
+        "routingPolicyRef": {"name": "p"},
+        "tiers": [
+            {"name": "cpu", "costPerReplicaHour": "0.10"},
+            {"name": "gpu", "costPerReplicaHour": "2.40",
+             "autoscaling": {"minReplicas": 1, "maxReplicas": 3}},
+        ],
+        "models": [
+            {"name": "tiny", "engine": "llamacpp", "source": "file:///m/tiny.gguf", "tier": "cpu",
+             "resources": {"cpu": "2"}},
+            {"name": "math", "source": "hf://Qwen/Qwen2.5-Math-7B-Instruct", "tier": "gpu",
+             "accelerator": {"type": "L4"}, "engineArgs": {"max_model_len": 4096}},
+            {"name": "code", "source": "hf://Qwen/Qwen2.5-Coder-7B-Instruct", "tier": "gpu",
+             "accelerator": {"type": "A100", "count": 2}, "maxReplicas": 2},
+        ],
+    }  # fmt: skip
+    spec.update(spec_changes)
+    return ModelFleet.model_validate(
+        {"metadata": {"name": "f", "namespace": "ns", "uid": "u-1", "generation": 3}, "spec": spec}
+    )
+
+
+def policy(**spec: Any) -> RoutingPolicy:
+    spec.setdefault("calibration", {"configMapRef": {"name": "cal", "key": "k"}})
+    return RoutingPolicy.model_validate(
+        {"metadata": {"name": "p", "namespace": "ns"}, "spec": spec}
+    )
+
+
+def test_same_input_same_bytes() -> None:
+    a = desired_children(fleet(), policy(), ART, PlanSettings())
+    b = desired_children(fleet(), policy(), ART, PlanSettings())
+    assert json.dumps(a.objects(), sort_keys=True) == json.dumps(b.objects(), sort_keys=True)
+    assert a.rayservice["spec"]["serveConfigV2"] == b.rayservice["spec"]["serveConfigV2"]
+
+
+def test_children_are_owned_and_named_stably() -> None:
+    children = desired_children(fleet(), policy(), ART, PlanSettings()).objects()
+    assert [(o["kind"], o["metadata"]["name"]) for o in children] == [
+        ("ConfigMap", "f-router"), ("RayService", "f"), ("Service", "f"),
+    ]  # fmt: skip
+    for obj in children:
+        (owner,) = obj["metadata"]["ownerReferences"]
+        assert owner == {
+            "apiVersion": "shoal.dev/v1alpha1", "kind": "ModelFleet", "name": "f", "uid": "u-1",
+            "controller": True, "blockOwnerDeletion": True,
+        }  # fmt: skip
+        assert obj["metadata"]["labels"][names.FLEET_LABEL] == "f"
+        assert obj["metadata"]["namespace"] == "ns"
+
+
+def test_serve_config_has_router_and_one_deployment_per_model() -> None:
+    rs = desired_children(fleet(), policy(), ART, PlanSettings()).rayservice
+    config = yaml.safe_load(rs["spec"]["serveConfigV2"])
+    (app,) = config["applications"]
+    assert app["import_path"] == "shoal.serving.app:build_app"
+    assert app["name"] == "f"
+    assert [d["name"] for d in app["deployments"]] == [
+        "router",
+        "model-tiny",
+        "model-math",
+        "model-code",
+    ]
+    assert app["args"]["router_artifact_path"] == "/etc/shoal/router/router.bin"
+    math = next(d for d in app["deployments"] if d["name"] == "model-math")
+    assert math["ray_actor_options"]["num_gpus"] == 1
+    assert math["ray_actor_options"]["accelerator_type"] == "L4"
+    assert math["autoscaling_config"]["max_replicas"] == 3
+    assert app["args"]["fleet"]["models"][1]["engineArgs"] == {"max_model_len": 4096}
+
+
+def test_worker_groups_per_accelerator_type() -> None:
+    rs = desired_children(fleet(), policy(), ART, PlanSettings()).rayservice
+    groups = {g["groupName"]: g for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    assert sorted(groups) == ["cpu", "gpu-a100", "gpu-l4"]
+    a100 = groups["gpu-a100"]
+    assert (a100["minReplicas"], a100["maxReplicas"]) == (1, 2)
+    limits = a100["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == 2
+    assert groups["gpu-l4"]["maxReplicas"] == 3
+    head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    mounts = head["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert mounts[0]["mountPath"] == names.ARTIFACT_MOUNT_DIR
+
+
+def test_artifact_configmap_holds_the_bytes() -> None:
+    cm = desired_children(fleet(), policy(), ART, PlanSettings()).router_configmap
+    assert cm is not None
+    assert base64.b64decode(cm["binaryData"][names.ARTIFACT_KEY]) == ART.data
+    assert cm["metadata"]["annotations"][names.ARTIFACT_ANNOTATION] == ART.checksum
+
+
+def test_static_strategy_needs_no_artifact() -> None:
+    children = desired_children(
+        fleet(), policy(strategy="static", staticOrder=["tiny", "math"]), None, PlanSettings()
+    )
+    assert children.router_configmap is None
+    assert (
+        "volumes"
+        not in children.rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    )
+
+
+def test_cluster_strategy_without_artifact_is_a_plan_error() -> None:
+    with pytest.raises(PlanError, match="fitted router artifact"):
+        desired_children(fleet(), policy(), None, PlanSettings())
+
+
+def test_fallback_model_outside_the_fleet_is_a_plan_error() -> None:
+    with pytest.raises(PlanError, match="unknown models referenced: ghost"):
+        desired_children(fleet(), policy(fallbackModel="ghost"), ART, PlanSettings())
+
+
+def test_autoscaler_replicas_pin_num_replicas() -> None:
+    children = desired_children(fleet(), policy(), ART, PlanSettings(replicas={"math": 2}))
+    app = yaml.safe_load(children.rayservice["spec"]["serveConfigV2"])["applications"][0]
+    math = next(d for d in app["deployments"] if d["name"] == "model-math")
+    assert math["num_replicas"] == 2 and "autoscaling_config" not in math
+
+
+def test_images_default_from_settings_and_fleet_wins() -> None:
+    settings = PlanSettings(image="cpu:1", gpu_image="gpu:1")
+    rs = desired_children(fleet(), policy(), ART, settings).rayservice
+    head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["image"] == "cpu:1"
+    gpu = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][1]["template"]["spec"]["containers"][0]
+    assert gpu["image"] == "gpu:1"
+    rs = desired_children(fleet(serving={"image": "mine:2"}), policy(), ART, settings).rayservice
+    head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["image"] == "mine:2"
+
+
+def test_service_selects_serving_pods_of_the_fleet() -> None:
+    svc = desired_children(fleet(), policy(), ART, PlanSettings()).service
+    assert svc["spec"]["selector"] == {names.FLEET_LABEL: "f", "ray.io/serve": "true"}
+    assert svc["spec"]["ports"][0]["port"] == 8000
