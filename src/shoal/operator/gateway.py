@@ -66,8 +66,7 @@ class KubeGateway:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
-        if body is not None and not isinstance(body, str):
-            body = json.dumps(body)
+        # Bodies stay dicts: the client serialises JSON and structured YAML (apply) alike.
         method, url, headers, body, post = self._api.param_serialize(
             method=method,
             resource_path=path,
