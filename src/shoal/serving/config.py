@@ -33,6 +33,8 @@ INGRESS_DEPLOYMENT = "router"
 MODEL_DEPLOYMENT_PREFIX = "model-"
 #: Route prefix of the fleet endpoint inside the Ray Serve HTTP proxy.
 ROUTE_PREFIX = "/"
+#: Where the operator mounts a ``pvc://claim/path`` source's claim in the Ray pods.
+PVC_MOUNT_ROOT = "/mnt/shoal/pvc"
 
 # Default CPUs a replica asks Ray for, per engine, when the model gives no resources.cpu.
 _DEFAULT_NUM_CPUS: dict[str, float] = {"llamacpp": 1.0, "simulated": 0.1, "vllm": 1.0}
@@ -227,6 +229,22 @@ def parse_quantity(value: str) -> Decimal:
     if not match:
         raise ValueError(f"not a Kubernetes quantity: {value!r}")
     return Decimal(match.group(1)) * _FACTORS[match.group(2) or ""]
+
+
+def local_path(args: BuildArgs, model: ModelSpec) -> str | None:
+    """Where ``model``'s weights are on the Ray node's file system, if they are local.
+
+    ``model_paths`` wins; ``file:///p`` is ``/p``; ``pvc://claim/p`` is
+    ``{PVC_MOUNT_ROOT}/claim/p``; ``hf://``, ``s3://`` and ``gs://`` are remote (None).
+    """
+    if model.name in args.model_paths:
+        return args.model_paths[model.name]
+    source = model.source or ""
+    if source.startswith("file://"):
+        return source[len("file://") :]
+    if source.startswith("pvc://"):
+        return f"{PVC_MOUNT_ROOT}/{source[len('pvc://') :]}"
+    return None
 
 
 def ray_actor_options(model: ModelSpec) -> dict[str, Any]:

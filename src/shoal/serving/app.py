@@ -1,0 +1,63 @@
+"""The Ray Serve application builder of a fleet: ``build_app(args) -> serve.Application``.
+
+``serveConfigV2`` (rendered by the operator) and ``shoal up`` both point Ray Serve at
+:func:`build_app` with :class:`~shoal.serving.config.BuildArgs` as ``args``. It binds one
+deployment per model (a Shoal model server for ``llamacpp`` and ``simulated``, a
+``ray.serve.llm`` LLM server for ``vllm``), each named and sized by
+:func:`~shoal.serving.config.deployment_plans`, and the ingress deployment ("router") that
+holds their handles.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+
+from shoal.serving.clients import LLMServerClient, ModelClient, ModelInfo, ServeModelClient
+from shoal.serving.config import BuildArgs, deployment_plans, ingress_options, local_path
+from shoal.serving.ingress import FleetIngress
+from shoal.serving.model_server import ModelServer
+
+
+def model_deployments(args: BuildArgs) -> dict[str, Any]:
+    """The bound deployment of every model, by model name."""
+    bound: dict[str, Any] = {}
+    for plan in deployment_plans(args):
+        model = args.model(plan.model)
+        if model.engine == "vllm":
+            from shoal.serving.engines.vllm import build_vllm_deployment
+
+            bound[model.name] = build_vllm_deployment(args, model)
+            continue
+        deployment = serve.deployment(ModelServer).options(**plan.deployment_options())
+        bound[model.name] = deployment.bind(
+            model.to_k8s(), local_path(args, model), args.limits.model_dump()
+        )
+    return bound
+
+
+def build_app(args: dict[str, Any] | BuildArgs) -> serve.Application:
+    """The fleet's Ray Serve application (Ray Serve's application-builder convention)."""
+    parsed = BuildArgs.parse(args)
+    ingress = serve.deployment(FleetIngress).options(**ingress_options(parsed))
+    return ingress.bind(parsed.to_serve_args(), model_deployments(parsed))
+
+
+def model_clients(args: BuildArgs, handles: dict[str, Any]) -> dict[str, ModelClient]:
+    """Ingress-side clients over the models' deployment handles (called in the ingress)."""
+    clients: dict[str, ModelClient] = {}
+    for plan in deployment_plans(args):
+        model = args.model(plan.model)
+        info = ModelInfo(
+            name=model.name,
+            tier=plan.tier,
+            engine=model.engine,
+            cost_per_replica_hour=float(plan.cost_per_replica_hour),
+        )
+        handle = handles[model.name]
+        if model.engine == "vllm":
+            clients[model.name] = LLMServerClient(info, handle, model.name)
+        else:
+            clients[model.name] = ServeModelClient(info, handle)
+    return clients

@@ -1,0 +1,101 @@
+"""The one small protocol every engine implements, and the values that cross it.
+
+A model deployment (:mod:`shoal.serving.model_server`) owns one :class:`Engine`; the ingress
+sends it a :class:`GenerationRequest` and relays the :class:`Chunk` s it yields. Both are
+plain dataclasses so they cross Ray's process boundary cheaply; OpenAI formatting happens in
+the ingress only, the same way for every engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Kind = Literal["chat", "completion"]
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation, engine-neutral (the ingress builds it from an OpenAI request)."""
+
+    request_id: str
+    kind: Kind
+    max_tokens: int
+    messages: list[dict[str, Any]] = field(default_factory=list)  # kind == "chat"
+    prompt: str = ""  # kind == "completion"
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of generated text; the last chunk of a generation carries the finish reason
+    and the token counts."""
+
+    text: str
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """Requests in the engine right now."""
+
+    running: int
+    waiting: int
+
+
+class EngineError(Exception):
+    """The engine failed to serve a request (the ingress tries another model)."""
+
+
+class EngineOverloaded(EngineError):
+    """The engine's queue is full (the ingress tries another model at once)."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What a model deployment needs from an engine."""
+
+    #: The model name the engine serves (as clients address it).
+    model: str
+
+    async def start(self) -> None:
+        """Load weights and get ready; called once before any request."""
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        """Stream the generation of ``request``; the last chunk has ``finish_reason``."""
+
+    async def check_health(self) -> None:
+        """Raise when the engine cannot serve."""
+
+    def load(self) -> EngineLoad:
+        """Requests running and waiting now."""
+
+
+def approx_tokens(text: str) -> int:
+    """A tokenizer-free estimate of a text's token count (about four characters a token)."""
+    return max(1, (len(text) + 3) // 4)
+
+
+def render_messages(messages: list[dict[str, Any]]) -> str:
+    """Chat messages as one plain-text prompt (for engines without a chat template)."""
+    lines = [f"{m.get('role', 'user')}: {message_text(m)}" for m in messages]
+    return "\n".join(lines) + "\nassistant:"
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """The text of one chat message, whether ``content`` is a string or a list of parts."""
+    content = message.get("content")
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(
+        str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text"
+    )

@@ -1,0 +1,91 @@
+"""vLLM models as ``ray.serve.llm`` deployments: the fleet's models as ``LLMConfig`` objects.
+
+A ``vllm`` model is not run by a Shoal model server: :func:`llm_config` describes it to Ray
+Serve LLM (weights source, engine arguments, accelerator, LoRA adapters and the very
+deployment settings of :func:`shoal.serving.config.deployment_plan`, under the same
+``model-<name>`` deployment name), and :func:`build_vllm_deployment` binds its
+``LLMServer``. Constructing an ``LLMConfig`` validates it, so this path is checked on
+machines without a GPU or vLLM too; only serving needs them.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+from shoal.api.v1alpha1 import ModelSpec
+from shoal.serving.config import BuildArgs, ModelDeploymentPlan, deployment_plan, local_path
+
+
+def model_source(args: BuildArgs, model: ModelSpec) -> str | dict[str, str]:
+    """``model_loading_config.model_source`` for a model's ``source``."""
+    path = local_path(args, model)
+    if path is not None:
+        return path
+    source = model.source or ""
+    if source.startswith("hf://"):
+        return source[len("hf://") :]
+    if source.startswith(("s3://", "gs://")):
+        return {"bucket_uri": source}
+    raise ValueError(f"model {model.name}: unsupported source {source!r} for vllm")
+
+
+def lora_config(model: ModelSpec) -> dict[str, Any] | None:
+    """Ray Serve LLM's LoRA settings: adapters must sit side by side in one bucket folder,
+    each in a folder named like the adapter (clients address them as ``<model>:<adapter>``)."""
+    if not model.lora_adapters:
+        return None
+    parents = set()
+    for adapter in model.lora_adapters:
+        parent, leaf = posixpath.split(adapter.source.rstrip("/"))
+        if not adapter.source.startswith(("s3://", "gs://")) or leaf != adapter.name:
+            raise ValueError(
+                f"model {model.name}: LoRA adapter {adapter.name} must live at "
+                f"s3://.../{adapter.name} or gs://.../{adapter.name} (got {adapter.source})"
+            )
+        parents.add(parent)
+    if len(parents) != 1:
+        raise ValueError(f"model {model.name}: LoRA adapters must share one parent folder")
+    return {
+        "dynamic_lora_loading_path": parents.pop(),
+        "max_num_adapters_per_replica": len(model.lora_adapters),
+    }
+
+
+def deployment_config(plan: ModelDeploymentPlan) -> dict[str, Any]:
+    """The LLMConfig ``deployment_config``: Shoal's plan for the model, minus what Ray Serve
+    LLM derives itself (the replica's resources come from the engine's placement group)."""
+    options = plan.deployment_options()
+    options.pop("ray_actor_options", None)
+    return options
+
+
+def llm_config(args: BuildArgs, model: ModelSpec) -> Any:
+    """The validated ``ray.serve.llm.LLMConfig`` of a ``vllm`` model."""
+    from ray.serve.llm import LLMConfig
+
+    if model.engine != "vllm":
+        raise ValueError(f"model {model.name} does not use the vllm engine")
+    plan = deployment_plan(args, model)
+    config: dict[str, Any] = {
+        "model_loading_config": {"model_id": model.name, "model_source": model_source(args, model)},
+        "engine_kwargs": dict(model.engine_args),
+        "deployment_config": deployment_config(plan),
+    }
+    if model.accelerator is not None:
+        config["accelerator_type"] = model.accelerator.type
+        config["engine_kwargs"].setdefault("tensor_parallel_size", model.accelerator.count)
+    lora = lora_config(model)
+    if lora is not None:
+        config["lora_config"] = lora
+    return LLMConfig(**config)
+
+
+def build_vllm_deployment(args: BuildArgs, model: ModelSpec) -> Any:
+    """The bound ``LLMServer`` deployment of a ``vllm`` model, named ``model-<name>``."""
+    from ray.serve.llm import build_llm_deployment
+
+    plan = deployment_plan(args, model)
+    return build_llm_deployment(
+        llm_config(args, model), override_serve_options={"name": plan.deployment_name}
+    )

@@ -1,0 +1,218 @@
+"""HTTP plumbing shared by the ingress and the model deployments (Starlette objects).
+
+Reading a body under a size limit, parsing it into an OpenAI request, and turning engine
+chunks into a JSON body or an SSE stream (``data: ...`` events ending with
+``data: [DONE]``), with a deadline on the downstream generation and a callback when the
+answer is complete, so the caller can record metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from shoal.serving.config import ServingLimits
+from shoal.serving.engines.base import Chunk, GenerationRequest
+from shoal.serving.openai_api import (
+    SSE_DONE,
+    ApiError,
+    ChatRequest,
+    CompletionRequest,
+    StreamFormatter,
+    chat_body,
+    completion_body,
+    parse_chat,
+    parse_completion,
+    to_generation,
+)
+
+Api = Literal["chat", "completion"]
+OnFinish = Callable[[Chunk | None, BaseException | None], None]
+
+__all__ = ["Api", "ApiError"]
+
+log = logging.getLogger("shoal.serving.http")
+
+
+def api_of(path: str) -> Api | None:
+    """Which generation API a request path addresses."""
+    if path.endswith("/v1/chat/completions"):
+        return "chat"
+    if path.endswith("/v1/completions"):
+        return "completion"
+    return None
+
+
+def not_found(path: str) -> ApiError:
+    return ApiError(404, f"Unknown request URL: {path}.", code="unknown_url")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, or 413 when it is larger than ``limit`` bytes (checked before reading when
+    the client declares its length)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"Request body too large: the limit is {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise ApiError(413, f"Request body too large: the limit is {limit} bytes.")
+        chunks.append(part)
+    return b"".join(chunks)
+
+
+def parse(api: Api, body: bytes, limits: ServingLimits) -> ChatRequest | CompletionRequest:
+    if api == "chat":
+        return parse_chat(body, max_tokens_limit=limits.max_tokens)
+    return parse_completion(body, max_tokens_limit=limits.max_tokens)
+
+
+def generation(
+    parsed: ChatRequest | CompletionRequest, request_id: str, limits: ServingLimits
+) -> GenerationRequest:
+    return to_generation(parsed, request_id, limits.default_max_tokens)
+
+
+def new_id(api: Api) -> str:
+    return ("chatcmpl-" if api == "chat" else "cmpl-") + uuid.uuid4().hex
+
+
+def json_response(
+    data: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        json.dumps(data, separators=(",", ":")).encode(),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def error_response(err: ApiError, headers: dict[str, str] | None = None) -> Response:
+    return json_response(err.body(), err.status, {**(headers or {}), **err.headers})
+
+
+def models_body(models: list[str], created: int = 0) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [
+            {"id": m, "object": "model", "created": created, "owned_by": "shoal"} for m in models
+        ],
+    }
+
+
+async def collect(first: Chunk, rest: AsyncIterator[Chunk], deadline: float) -> tuple[str, Chunk]:
+    """Concatenate a generation; the last chunk carries finish reason and counts. Raises
+    TimeoutError past ``deadline`` (a ``time.monotonic`` value)."""
+    parts = [first.text]
+    last = first
+    if first.finish_reason is None:
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            async for chunk in rest:
+                parts.append(chunk.text)
+                last = chunk
+                if chunk.finish_reason is not None:
+                    break
+    if last.finish_reason is None:
+        raise ApiError(502, "The model ended its answer without a finish reason.",
+                       type="server_error")  # fmt: skip
+    return "".join(parts), last
+
+
+def completion_response(
+    api: Api, rid: str, model: str, text: str, last: Chunk, headers: dict[str, str]
+) -> Response:
+    build = chat_body if api == "chat" else completion_body
+    body = build(
+        rid,
+        int(time.time()),
+        model,
+        text,
+        last.finish_reason or "stop",
+        last.prompt_tokens or 0,
+        last.completion_tokens or 0,
+    )
+    return json_response(body, headers=headers)
+
+
+def sse_response(
+    api: Api,
+    rid: str,
+    model: str,
+    include_usage: bool,
+    first: Chunk,
+    rest: AsyncIterator[Chunk],
+    headers: dict[str, str],
+    deadline: float,
+    on_finish: OnFinish | None = None,
+) -> StreamingResponse:
+    """Stream ``first`` and ``rest`` as OpenAI SSE events, then ``data: [DONE]``."""
+    fmt = StreamFormatter(api, rid, int(time.time()), model, include_usage)
+
+    async def events() -> AsyncIterator[bytes]:
+        last: Chunk | None = first
+        error: BaseException | None = None
+        try:
+            yield fmt.chunk(first)
+            if first.finish_reason is None:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    async for chunk in rest:
+                        last = chunk
+                        yield fmt.chunk(chunk)
+                        if chunk.finish_reason is not None:
+                            break
+            if last is None or last.finish_reason is None:
+                raise ApiError(502, "The model ended its answer early.", type="server_error")
+        except (Exception, asyncio.CancelledError) as exc:
+            error = exc
+            if isinstance(exc, asyncio.CancelledError):
+                raise  # the client went away
+            log.warning("stream %s from %s broke: %s", rid, model, type(exc).__name__)
+            err = exc if isinstance(exc, ApiError) else ApiError(
+                502, f"The model {model} failed while streaming.", type="server_error"
+            )  # fmt: skip
+            yield fmt.error(err)
+        finally:
+            aclose = getattr(rest, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):  # closing a broken downstream
+                    await aclose()
+            if on_finish is not None:
+                on_finish(last if error is None else None, error)
+        yield SSE_DONE
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", **headers},
+    )
+
+
+async def respond(
+    api: Api,
+    parsed: ChatRequest | CompletionRequest,
+    model: str,
+    first: Chunk,
+    rest: AsyncIterator[Chunk],
+    headers: dict[str, str],
+    timeout: float,
+) -> Response:
+    """The whole answer of one model to one request, streamed or not."""
+    rid = new_id(api)
+    deadline = time.monotonic() + timeout
+    if parsed.stream:
+        include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+        return sse_response(api, rid, model, include_usage, first, rest, headers, deadline)
+    text, last = await collect(first, rest, deadline)
+    return completion_response(api, rid, model, text, last, headers)

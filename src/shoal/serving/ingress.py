@@ -1,0 +1,362 @@
+"""The fleet endpoint: OpenAI API in front, ranked models with fallback behind.
+
+:class:`Endpoint` is the ingress logic, free of Ray: it parses and limits requests, asks the
+ranker for an ordered list of models (``model: "auto"`` or the fleet's name) or takes the
+named model, and calls the first model that is healthy and not over its queue limit,
+moving down the list when a model refuses for load, fails, or gives no first token in time.
+It answers 503 with ``Retry-After`` only when no model could take the request, and tells
+the caller who answered (``x-shoal-model``, ``x-shoal-cluster``, ``x-shoal-routing-ms``).
+
+:class:`FleetIngress` is the Ray Serve deployment ("router") that holds an :class:`Endpoint`
+built from :class:`~shoal.serving.config.BuildArgs` and the models' deployment handles.
+
+Prompts never reach the logs unless ``log_prompts`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shoal.serving import http
+from shoal.serving.clients import ModelClient, ModelUnavailable
+from shoal.serving.config import BuildArgs
+from shoal.serving.engines.base import Chunk, GenerationRequest
+from shoal.serving.metrics import RouterMetrics
+from shoal.serving.openai_api import (
+    ApiError,
+    ChatRequest,
+    CompletionRequest,
+    model_not_found,
+    query_text,
+)
+from shoal.serving.ranking import HealthBoard, Ranker, default_alpha, make_ranker, parse_alpha
+
+log = logging.getLogger("shoal.serving.ingress")
+
+ALPHA_HEADER = "x-shoal-alpha"
+AUTO = "auto"
+
+
+class Endpoint:
+    """The ingress logic (see the module docstring); one per ingress replica."""
+
+    def __init__(
+        self,
+        args: BuildArgs,
+        clients: dict[str, ModelClient],
+        metrics: RouterMetrics,
+        ranker: Ranker | None = None,
+    ) -> None:
+        self.args = args
+        self.limits = args.limits
+        self.clients = clients
+        self.metrics = metrics
+        self.ranker = ranker or make_ranker(args)
+        self.alpha = default_alpha(args)
+        self.health = HealthBoard(self.limits.unhealthy_cooldown_seconds)
+        self.aliases = {AUTO, args.fleet_name}
+        self.in_flight = dict.fromkeys(clients, 0)
+        self.ready: set[str] = set()
+        self._last_ok: dict[str, float] = {}
+        self._created = int(time.time())
+        self._probe_task: asyncio.Task[None] | None = None
+
+    # -- HTTP dispatch ----------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> Response:
+        path = request.url.path.rstrip("/") or "/"
+        method = request.method
+        try:
+            api = http.api_of(path)
+            if api is not None:
+                if method != "POST":
+                    raise ApiError(405, f"Use POST for {path}.", code="method_not_allowed")
+                return await self.generate(api, request)
+            if method != "GET":
+                raise http.not_found(path)
+            if path.endswith("/v1/models"):
+                return http.json_response(self.models_body())
+            if "/v1/models/" in path:
+                name = path.rsplit("/v1/models/", 1)[1]
+                for entry in self.models_body()["data"]:
+                    if entry["id"] == name:
+                        return http.json_response(entry)
+                raise model_not_found(name)
+            if path in ("/health", "/healthz"):
+                return http.json_response({"status": "ok"})
+            if path in ("/ready", "/readyz"):
+                return self.readiness()
+            if path == "/":
+                return http.json_response({"fleet": self.args.fleet_name, "api": "/v1"})
+            raise http.not_found(path)
+        except ApiError as err:
+            return http.error_response(err)
+
+    def models_body(self) -> dict[str, Any]:
+        body = http.models_body([AUTO, *self.clients], self._created)
+        for entry in body["data"]:
+            client = self.clients.get(entry["id"])
+            entry["shoal"] = (
+                {"tier": client.info.tier, "engine": client.info.engine}
+                if client is not None
+                else {"routes": self.ranker.strategy}
+            )
+        return body
+
+    def readiness(self) -> Response:
+        ready = sorted(self.ready)
+        body = {
+            "ready": bool(ready),
+            "models": {m: m in self.ready for m in self.clients},
+            "unhealthy": self.health.unhealthy(),
+        }
+        return http.json_response(body, 200 if ready else 503)
+
+    # -- generation -------------------------------------------------------------------------
+
+    async def generate(self, api: http.Api, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            body = await http.read_body(request, self.limits.max_body_bytes)
+            parsed = http.parse(api, body, self.limits)
+            ranked, headers = await self._rank(parsed, request)
+        except ApiError as err:
+            self.metrics.reject(api, err.status)
+            return http.error_response(err)
+        rid = http.new_id(api)
+        gen = http.generation(parsed, rid, self.limits)
+        if self.args.log_prompts:
+            log.info("request %s prompt: %r", rid, gen.messages or gen.prompt)
+        deadline = time.monotonic() + self.limits.request_timeout_seconds
+        candidates = self._candidates(ranked)
+        last_error: ModelUnavailable | None = None
+        for i, model in enumerate(candidates):
+            client = self.clients[model]
+            try:
+                first, rest = await self._first_chunk(client, gen, coalesce=not parsed.stream)
+            except ModelUnavailable as exc:
+                last_error = exc
+                self._unavailable(model, exc, rid, more=i + 1 < len(candidates))
+                continue
+            ttft = time.perf_counter() - started
+            self.metrics.first_token(model, client.info.tier, ttft)
+            self._ok(model)
+            out_headers = {**headers, "x-shoal-model": model, "x-request-id": rid}
+            if parsed.stream:
+                return self._stream(api, parsed, rid, client, first, rest, out_headers,
+                                    started, deadline)  # fmt: skip
+            try:
+                text, last = await http.collect(first, rest, deadline)
+            except (ModelUnavailable, TimeoutError, ApiError) as exc:
+                err = exc if isinstance(exc, ModelUnavailable) else ModelUnavailable(str(exc))
+                last_error = err
+                self._unavailable(model, err, rid, more=i + 1 < len(candidates))
+                self._done(model)
+                continue
+            self._finished(client, api, started, last)
+            return http.completion_response(api, rid, model, text, last, out_headers)
+        self.metrics.reject(api, 503)
+        reason = f" (last error: {last_error.reason})" if last_error else ""
+        return http.error_response(
+            ApiError(
+                503,
+                f"No model of the fleet could take the request{reason}; retry later.",
+                type="server_error",
+                code="overloaded",
+                headers={"retry-after": str(self.limits.retry_after_seconds)},
+            ),
+            headers,
+        )
+
+    async def _rank(
+        self, parsed: ChatRequest | CompletionRequest, request: Request
+    ) -> tuple[list[str], dict[str, str]]:
+        name = parsed.model
+        if name in self.clients:
+            return [name], {}
+        if name not in self.aliases:
+            raise model_not_found(name)
+        alpha = self.alpha
+        override = request.headers.get(ALPHA_HEADER)
+        if override is not None and self.args.policy.allow_request_overrides:
+            try:
+                alpha = parse_alpha(override)
+            except ValueError:
+                raise ApiError(
+                    400, f"{ALPHA_HEADER} must be a number within [0, 1].", param=ALPHA_HEADER
+                ) from None
+        text = query_text(parsed)
+        started = time.perf_counter()
+        if self.ranker.blocking:
+            ranking = await asyncio.to_thread(self.ranker.rank, text, alpha)
+        else:
+            ranking = self.ranker.rank(text, alpha)
+        seconds = time.perf_counter() - started
+        models = [m for m in ranking.models if m in self.clients]
+        if not models:
+            raise ApiError(503, "The router ranked no model of this fleet.", type="server_error")
+        self.metrics.decision(ranking.strategy, models[0], ranking.cluster, seconds)
+        headers = {"x-shoal-routing-ms": f"{seconds * 1000:.3f}"}
+        if ranking.cluster is not None:
+            headers["x-shoal-cluster"] = str(ranking.cluster)
+        return models, headers
+
+    def _candidates(self, ranked: list[str]) -> list[str]:
+        limit = 1 + self.limits.max_fallbacks
+        out = self.health.candidates(ranked, limit)
+        fallback = self.args.policy.fallback_model
+        if fallback and fallback in ranked and fallback not in out:
+            out.append(fallback)
+        # A model skipped because it failed recently is a fallback too.
+        for model in ranked:
+            if model in out:
+                break
+            self.metrics.fallback(model, "unhealthy")
+        return out
+
+    async def _first_chunk(
+        self, client: ModelClient, gen: GenerationRequest, coalesce: bool
+    ) -> tuple[Chunk, AsyncIterator[Chunk]]:
+        model = client.info.name
+        self.in_flight[model] += 1
+        self.metrics.set_in_flight(model, client.info.tier, self.in_flight[model])
+        stream = client.stream(gen, coalesce)
+        try:
+            first = await asyncio.wait_for(anext(stream), self.limits.first_token_timeout_seconds)
+        except ModelUnavailable:
+            await _close(stream)
+            self._done(model)
+            raise
+        except TimeoutError:
+            await _close(stream)
+            self._done(model)
+            raise ModelUnavailable("no first token in time") from None
+        except StopAsyncIteration:
+            self._done(model)
+            raise ModelUnavailable("empty answer") from None
+        return first, stream
+
+    def _stream(
+        self, api: http.Api, parsed: ChatRequest | CompletionRequest, rid: str,
+        client: ModelClient, first: Chunk, rest: AsyncIterator[Chunk],
+        headers: dict[str, str], started: float, deadline: float,
+    ) -> Response:  # fmt: skip
+        model = client.info.name
+
+        def on_finish(last: Chunk | None, error: BaseException | None) -> None:
+            if last is not None:
+                self._finished(client, api, started, last)
+            else:
+                self._done(model)
+                if error is not None and not isinstance(error, asyncio.CancelledError):
+                    self.health.failed(model)
+                    self.metrics.finished(
+                        model=model, tier=client.info.tier, api=api, code=502,
+                        seconds=time.perf_counter() - started, prompt_tokens=0,
+                        completion_tokens=0, cost_usd=0.0,
+                    )  # fmt: skip
+
+        include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+        return http.sse_response(
+            api, rid, model, include_usage, first, rest, headers, deadline, on_finish
+        )
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def _unavailable(self, model: str, exc: ModelUnavailable, rid: str, more: bool) -> None:
+        reason = "timeout" if "in time" in str(exc) else exc.reason
+        if reason != "overload":
+            self.health.failed(model)
+        self.metrics.fallback(model, reason)
+        log.warning(
+            "request %s: model %s unavailable (%s)%s", rid, model, reason,
+            ", trying the next one" if more else "",
+        )  # fmt: skip
+
+    def _ok(self, model: str) -> None:
+        self.health.succeeded(model)
+        self.ready.add(model)
+        self._last_ok[model] = time.monotonic()
+
+    def _done(self, model: str) -> None:
+        client = self.clients[model]
+        self.in_flight[model] = max(0, self.in_flight[model] - 1)
+        self.metrics.set_in_flight(model, client.info.tier, self.in_flight[model])
+
+    def _finished(self, client: ModelClient, api: str, started: float, last: Chunk) -> None:
+        model = client.info.name
+        sharing = max(1, self.in_flight[model])
+        self._done(model)
+        seconds = time.perf_counter() - started
+        cost = client.info.cost_per_replica_hour / 3600.0 * seconds / sharing
+        self.metrics.finished(
+            model=model, tier=client.info.tier, api=api, code=200, seconds=seconds,
+            prompt_tokens=last.prompt_tokens or 0,
+            completion_tokens=last.completion_tokens or 0, cost_usd=cost,
+        )  # fmt: skip
+
+    # -- readiness probes -------------------------------------------------------------------
+
+    def start_probes(self) -> None:
+        if self._probe_task is None:
+            self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop())
+
+    async def probe_once(self) -> None:
+        """Probe every model that has not answered within the probe interval."""
+        interval = self.limits.health_probe_interval_seconds
+        now = time.monotonic()
+        stale = [m for m in self.clients if now - self._last_ok.get(m, -1e9) > interval]
+
+        async def one(model: str) -> None:
+            try:
+                await asyncio.wait_for(self.clients[model].probe(), timeout=interval)
+            except Exception:
+                self.ready.discard(model)
+            else:
+                self.ready.add(model)
+                self._last_ok[model] = time.monotonic()
+
+        await asyncio.gather(*(one(m) for m in stale))
+
+    async def _probe_loop(self) -> None:
+        while True:
+            try:
+                await self.probe_once()
+            except Exception:  # pragma: no cover - a probe round must never kill the loop
+                log.exception("probe round failed")
+            await asyncio.sleep(self.limits.health_probe_interval_seconds)
+
+
+async def _close(stream: AsyncIterator[Chunk]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
+
+
+class FleetIngress:
+    """The Ray Serve ingress deployment ("router"): an :class:`Endpoint` over handles."""
+
+    async def __init__(self, args: dict[str, Any], handles: dict[str, Any]) -> None:  # type: ignore[misc]
+        from shoal.serving.app import model_clients
+
+        parsed = BuildArgs.parse(args)
+        self.endpoint = Endpoint(
+            parsed, model_clients(parsed, handles), RouterMetrics(parsed.fleet_name, "ray")
+        )
+        self.endpoint.start_probes()
+        log.info(
+            "fleet %s: %d models, strategy %s", parsed.fleet_name, len(handles),
+            self.endpoint.ranker.strategy,
+        )  # fmt: skip
+
+    async def __call__(self, request: Request) -> Response:
+        return await self.endpoint.handle(request)

@@ -1,0 +1,281 @@
+"""Prometheus metrics of the fleet endpoint (router side) and of engines (vLLM's names).
+
+Two sets, each defined once here:
+
+- :class:`RouterMetrics`, recorded by the ingress: requests per model and tier, routing
+  decisions, fallbacks, routing latency, time to first token and end-to-end latency
+  (buckets fine enough for sub-second SLOs), tokens and estimated cost in USD.
+- :class:`EngineMetrics`, recorded inside a model replica: vLLM's metric names
+  (``vllm:num_requests_running``, ``vllm:time_to_first_token_seconds``, ...) for the
+  simulator, so dashboards and the autoscaler read a simulated fleet like a vLLM one.
+
+Inside Ray the metrics go through Ray's metrics API (``ray.util.metrics``): Ray aggregates
+every replica process of a node and serves them on the node's metrics port (KubeRay scrapes
+it), with Ray's ``ray_`` prefix and, as vLLM's own Ray stat logger does, ``:`` turned into
+``_`` (Ray refuses ``:``): ``ray_shoal_requests_total``, ``ray_vllm_num_requests_running``.
+Outside Ray (unit tests, in-process use) the same metrics go to a ``prometheus_client``
+registry under their bare names, ``vllm:num_requests_running`` included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol
+
+Backend = Literal["ray", "prometheus"]
+
+#: Latency buckets (seconds): fine below one second for TTFT/SLO work, coarse up to minutes.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0,
+    3.0, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0, 120.0,
+)  # fmt: skip
+#: Routing decision buckets (seconds): the router should take well under ten milliseconds.
+ROUTING_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)  # fmt: skip
+#: Inter-token latency buckets (seconds).
+ITL_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15,
+    0.2, 0.3, 0.5, 1.0,
+)  # fmt: skip
+
+
+class _Metric(Protocol):
+    def inc(self, value: float, labels: dict[str, str]) -> None: ...
+    def set(self, value: float, labels: dict[str, str]) -> None: ...
+    def observe(self, value: float, labels: dict[str, str]) -> None: ...
+
+
+class _RayMetric:
+    """A ``ray.util.metrics`` metric behind the small interface above."""
+
+    def __init__(
+        self, kind: str, name: str, doc: str, labels: Sequence[str],
+        buckets: Sequence[float] = (),
+    ) -> None:  # fmt: skip
+        from ray.util import metrics as rm
+
+        keys = tuple(labels)
+        self._m: Any
+        if kind == "counter":
+            self._m = rm.Counter(name, description=doc, tag_keys=keys)
+        elif kind == "gauge":
+            self._m = rm.Gauge(name, description=doc, tag_keys=keys)
+        else:
+            self._m = rm.Histogram(name, description=doc, boundaries=list(buckets), tag_keys=keys)
+
+    def inc(self, value: float, labels: dict[str, str]) -> None:
+        self._m.inc(value, tags=labels)
+
+    def set(self, value: float, labels: dict[str, str]) -> None:
+        self._m.set(value, tags=labels)
+
+    def observe(self, value: float, labels: dict[str, str]) -> None:
+        self._m.observe(value, tags=labels)
+
+
+class _PromMetric:
+    """A ``prometheus_client`` metric behind the small interface above."""
+
+    def __init__(
+        self, kind: str, name: str, doc: str, labels: Sequence[str], buckets: Sequence[float],
+        registry: Any,
+    ) -> None:  # fmt: skip
+        import prometheus_client as pc
+
+        if kind == "counter":
+            self._m: Any = pc.Counter(name, doc, list(labels), registry=registry)
+        elif kind == "gauge":
+            self._m = pc.Gauge(name, doc, list(labels), registry=registry)
+        else:
+            self._m = pc.Histogram(name, doc, list(labels), buckets=buckets, registry=registry)
+        self._labelled = bool(labels)
+
+    def _child(self, labels: dict[str, str]) -> Any:
+        return self._m.labels(**labels) if self._labelled else self._m
+
+    def inc(self, value: float, labels: dict[str, str]) -> None:
+        self._child(labels).inc(value)
+
+    def set(self, value: float, labels: dict[str, str]) -> None:
+        self._child(labels).set(value)
+
+    def observe(self, value: float, labels: dict[str, str]) -> None:
+        self._child(labels).observe(value)
+
+
+class _Factory:
+    def __init__(self, backend: Backend, registry: Any = None) -> None:
+        self.backend = backend
+        if backend == "prometheus" and registry is None:
+            import prometheus_client as pc
+
+            registry = pc.CollectorRegistry()
+        self.registry = registry
+
+    def make(
+        self, kind: str, name: str, doc: str, labels: Sequence[str],
+        buckets: Sequence[float] = (),
+    ) -> _Metric:  # fmt: skip
+        if kind == "counter" and name.endswith("_total"):
+            name = name[: -len("_total")]  # both exporters add the suffix to counters
+        if self.backend == "ray":
+            # Ray's metrics pipeline refuses ':' in names; like vLLM's own Ray stat logger,
+            # export vllm:x as vllm_x (Ray adds its ray_ prefix).
+            return _RayMetric(kind, name.replace(":", "_"), doc, labels, buckets)
+        return _PromMetric(kind, name, doc, labels, buckets, self.registry)
+
+
+class RouterMetrics:
+    """What the ingress records for every request."""
+
+    def __init__(self, fleet: str, backend: Backend = "ray", registry: Any = None) -> None:
+        f = _Factory(backend, registry)
+        self.registry = f.registry
+        self.fleet = fleet
+        mt = ("fleet", "model", "tier")
+        self.requests = f.make(
+            "counter", "shoal_requests_total",
+            "Requests answered per model and tier, by API and HTTP status code.",
+            (*mt, "api", "code"),
+        )  # fmt: skip
+        self.rejected = f.make(
+            "counter", "shoal_rejected_requests_total",
+            "Requests refused before any model answered (4xx, or 503 when none could).",
+            ("fleet", "api", "code"),
+        )  # fmt: skip
+        self.decisions = f.make(
+            "counter", "shoal_routing_decisions_total",
+            "Router decisions: the model ranked first, per strategy and cluster.",
+            ("fleet", "strategy", "model", "cluster"),
+        )  # fmt: skip
+        self.fallbacks = f.make(
+            "counter", "shoal_fallbacks_total",
+            "Requests moved down the ranked list, from the model that could not serve.",
+            ("fleet", "model", "reason"),
+        )  # fmt: skip
+        self.routing_latency = f.make(
+            "histogram", "shoal_routing_latency_seconds",
+            "Time the router took to rank the models (embedding included).",
+            ("fleet", "strategy"), ROUTING_BUCKETS,
+        )  # fmt: skip
+        self.ttft = f.make(
+            "histogram", "shoal_time_to_first_token_seconds",
+            "Time from request arrival at the ingress to the first generated token.",
+            mt, LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.e2e = f.make(
+            "histogram", "shoal_request_duration_seconds",
+            "Time from request arrival at the ingress to the last byte of the answer.",
+            mt, LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.tokens = f.make(
+            "counter", "shoal_tokens_total",
+            "Tokens processed, by kind (prompt or completion).", (*mt, "kind"),
+        )  # fmt: skip
+        self.cost = f.make(
+            "counter", "shoal_cost_usd_total",
+            "Estimated cost of answered requests in USD: the replica time each request "
+            "held (its duration shared among the model's requests in flight) at the tier's "
+            "price per replica hour.",
+            mt,
+        )  # fmt: skip
+        self.in_flight = f.make(
+            "gauge", "shoal_requests_in_flight", "Requests in flight per model.", mt
+        )
+
+    def _mt(self, model: str, tier: str) -> dict[str, str]:
+        return {"fleet": self.fleet, "model": model, "tier": tier}
+
+    def decision(self, strategy: str, model: str, cluster: int | None, seconds: float) -> None:
+        cl = "" if cluster is None else str(cluster)
+        self.decisions.inc(
+            1, {"fleet": self.fleet, "strategy": strategy, "model": model, "cluster": cl}
+        )
+        self.routing_latency.observe(seconds, {"fleet": self.fleet, "strategy": strategy})
+
+    def fallback(self, model: str, reason: str) -> None:
+        self.fallbacks.inc(1, {"fleet": self.fleet, "model": model, "reason": reason})
+
+    def reject(self, api: str, code: int) -> None:
+        self.rejected.inc(1, {"fleet": self.fleet, "api": api, "code": str(code)})
+
+    def set_in_flight(self, model: str, tier: str, value: int) -> None:
+        self.in_flight.set(value, self._mt(model, tier))
+
+    def first_token(self, model: str, tier: str, seconds: float) -> None:
+        self.ttft.observe(seconds, self._mt(model, tier))
+
+    def finished(
+        self, *, model: str, tier: str, api: str, code: int, seconds: float,
+        prompt_tokens: int, completion_tokens: int, cost_usd: float,
+    ) -> None:  # fmt: skip
+        mt = self._mt(model, tier)
+        self.requests.inc(1, {**mt, "api": api, "code": str(code)})
+        self.e2e.observe(seconds, mt)
+        if prompt_tokens:
+            self.tokens.inc(prompt_tokens, {**mt, "kind": "prompt"})
+        if completion_tokens:
+            self.tokens.inc(completion_tokens, {**mt, "kind": "completion"})
+        if cost_usd > 0:
+            self.cost.inc(cost_usd, mt)
+
+
+class EngineMetrics:
+    """Engine-side metrics under an engine's own names (``vllm:`` for the simulator)."""
+
+    def __init__(
+        self, model: str, prefix: str = "vllm", backend: Backend = "ray", registry: Any = None
+    ) -> None:
+        f = _Factory(backend, registry)
+        self.registry = f.registry
+        self.labels = {"model_name": model}
+        lab = ("model_name",)
+        p = prefix
+        self.running = f.make(
+            "gauge", f"{p}:num_requests_running", "Requests in the running batch.", lab
+        )
+        self.waiting = f.make(
+            "gauge", f"{p}:num_requests_waiting", "Requests waiting for a batch slot.", lab
+        )
+        self.cache = f.make(
+            "gauge", f"{p}:gpu_cache_usage_perc", "KV-cache usage (1 means 100 percent).", lab
+        )
+        self.ttft = f.make(
+            "histogram", f"{p}:time_to_first_token_seconds", "Time to first token.", lab,
+            LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.itl = f.make(
+            "histogram", f"{p}:time_per_output_token_seconds", "Time per output token.", lab,
+            ITL_BUCKETS,
+        )  # fmt: skip
+        self.e2e = f.make(
+            "histogram", f"{p}:e2e_request_latency_seconds", "End-to-end request latency.", lab,
+            LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.prompt_tokens = f.make(
+            "counter", f"{p}:prompt_tokens_total", "Prefilled prompt tokens.", lab
+        )
+        self.generation_tokens = f.make(
+            "counter", f"{p}:generation_tokens_total", "Generated tokens.", lab
+        )
+        self.success = f.make("counter", f"{p}:request_success_total", "Requests finished.", lab)
+
+    def set_load(self, *, running: int, waiting: int, kv_cache_usage: float) -> None:
+        self.running.set(running, self.labels)
+        self.waiting.set(waiting, self.labels)
+        self.cache.set(kv_cache_usage, self.labels)
+
+    def observe_ttft(self, seconds: float) -> None:
+        self.ttft.observe(seconds, self.labels)
+
+    def observe_inter_token(self, seconds: float) -> None:
+        self.itl.observe(seconds, self.labels)
+
+    def observe_finished(
+        self, seconds: float, *, prompt_tokens: int, completion_tokens: int
+    ) -> None:
+        self.e2e.observe(seconds, self.labels)
+        self.prompt_tokens.inc(prompt_tokens, self.labels)
+        self.generation_tokens.inc(completion_tokens, self.labels)
+        self.success.inc(1, self.labels)

@@ -1,0 +1,87 @@
+"""The serving contract with the operator: BuildArgs and deployment naming."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+from serving_fleets import fleet_spec, sim_args
+
+from shoal.serving.config import (
+    IMPORT_PATH,
+    INGRESS_DEPLOYMENT,
+    BuildArgs,
+    deployment_plans,
+    model_deployment_name,
+    parse_quantity,
+    serve_application,
+)
+
+
+def test_round_trip_through_serve_args() -> None:
+    args = BuildArgs.parse(sim_args(["a", "b"], replicas={"a": 2}))
+    again = BuildArgs.parse(args.to_serve_args())
+    assert again == args
+    # camelCase API wire form inside the args
+    assert "routingPolicyRef" in args.to_serve_args()["fleet"]
+
+
+def test_deployment_names_and_settings() -> None:
+    spec = fleet_spec(
+        [
+            {"name": "math", "engine": "simulated", "resources": {"cpu": "500m", "memory": "1Gi"}},
+            {"name": "code", "engine": "llamacpp", "source": "file:///m/c.gguf", "minReplicas": 2,
+             "maxReplicas": 3},
+            {"name": "big", "engine": "vllm", "source": "hf://org/big",
+             "accelerator": {"type": "L4", "count": 2}},
+        ],
+        autoscaling={"targetOngoingRequests": 16, "scaleUpCooldownSeconds": 10},
+    )  # fmt: skip
+    args = BuildArgs.parse(
+        {"fleet_name": "f", "fleet": spec, "policy": {"strategy": "static", "staticOrder": ["math"]},
+         "replicas": {"big": 3}}
+    )  # fmt: skip
+    plans = {p.model: p for p in deployment_plans(args)}
+    assert plans["math"].deployment_name == model_deployment_name("math") == "model-math"
+    assert plans["math"].ray_actor_options == {"num_cpus": 0.5, "memory": 2**30}
+    assert plans["code"].autoscaling_config == {
+        "min_replicas": 2, "initial_replicas": 2, "max_replicas": 3,
+        "target_ongoing_requests": 16, "upscale_delay_s": 10, "downscale_delay_s": 300,
+    }  # fmt: skip
+    assert plans["code"].ray_actor_options == {"num_cpus": 1.0}
+    assert plans["big"].num_replicas == 3 and plans["big"].autoscaling_config is None
+    assert plans["big"].ray_actor_options["num_gpus"] == 2
+    assert plans["big"].ray_actor_options["accelerator_type"] == "L4"
+    assert plans["math"].max_ongoing_requests == 32
+    app = serve_application(args)
+    assert app["import_path"] == IMPORT_PATH == "shoal.serving.app:build_app"
+    names = [d["name"] for d in app["deployments"]]
+    assert names == [INGRESS_DEPLOYMENT, "model-math", "model-code", "model-big"]
+
+
+@pytest.mark.parametrize(
+    ("q", "value"), [("500m", 0.5), ("4", 4), ("1.5", 1.5), ("2Gi", 2**31), ("1k", 1000)]
+)
+def test_quantities(q: str, value: float) -> None:
+    assert float(parse_quantity(q)) == value
+
+
+def test_rejects_bad_references() -> None:
+    with pytest.raises(ValidationError, match="unknown models"):
+        BuildArgs.parse(sim_args(["a"], static=["a", "zzz"]))
+    with pytest.raises(ValidationError, match="unknown models"):
+        BuildArgs.parse(sim_args(["a"], replicas={"b": 1}))
+    with pytest.raises(ValidationError, match="router_artifact_path"):
+        BuildArgs.parse(
+            {**sim_args(["a"]), "policy": {"strategy": "cluster",
+                                          "calibration": {"uri": "https://x.io/c.jsonl"}}}
+        )  # fmt: skip
+    with pytest.raises(ValidationError, match="default_max_tokens"):
+        BuildArgs.parse(sim_args(["a"], limits={"max_tokens": 10, "default_max_tokens": 20}))
+
+
+def test_config_module_does_not_import_ray() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, shoal.serving.config; assert 'ray' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
