@@ -96,9 +96,10 @@ def main() -> None:
                 "spec": {"strategy": "static", "staticOrder": ["m00", "m01"]},
             })  # fmt: skip
             env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig), "SHOAL_RESYNC_SECONDS": "300"}
+            log = (Path(tmp) / "operator.log").open("w")
             operator = subprocess.Popen(
                 [sys.executable, "-m", "shoal.operator", "-n", NS, "--metrics-port", "0"],
-                env=env, stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "operator.log", "w"),
+                env=env, stdout=subprocess.DEVNULL, stderr=log,
             )  # fmt: skip
             watcher = RayServiceWatcher(api)
             watcher.start()
@@ -128,8 +129,8 @@ def main() -> None:
                 for it in items:
                     st = it.get("status") or {}
                     name = it["metadata"]["name"]
-                    if name in pending and name in watcher.seen and \
-                            st.get("observedGeneration") == it["metadata"]["generation"]:  # fmt: skip
+                    current = st.get("observedGeneration") == it["metadata"]["generation"]
+                    if name in pending and name in watcher.seen and current:
                         pending.discard(name)
                 if time.perf_counter() - t0 > 600:
                     raise TimeoutError(f"{len(pending)} fleets did not converge in 600s")
@@ -143,13 +144,17 @@ def main() -> None:
                 operator.wait(30)
             cp.stop()
 
-    print(
-        f"{'apply -> RayService written, 50 fleets':48} p50 {p50 * 1000:7.1f} ms   p95 {p95 * 1000:7.1f} ms"
-    )
+    label = "apply -> RayService written, 50 fleets"
+    print(f"{label:48} p50 {p50 * 1000:7.1f} ms   p95 {p95 * 1000:7.1f} ms")
     print(f"{'100 fleets x 20 models converge':48} {converge:7.2f} s")
     print(f"{'operator peak RSS':48} {rss:7.1f} MB")
-    print(json.dumps({"apply_p50_s": round(p50, 4), "apply_p95_s": round(p95, 4),
-                      "converge_100x20_s": round(converge, 2), "peak_rss_mb": round(rss, 1)}))  # fmt: skip
+    result = {
+        "apply_p50_s": round(p50, 4),
+        "apply_p95_s": round(p95, 4),
+        "converge_100x20_s": round(converge, 2),
+        "peak_rss_mb": round(rss, 1),
+    }
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
