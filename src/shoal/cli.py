@@ -55,6 +55,12 @@ def crds(
         console.print(f"wrote {path}")
 
 
+# `shoal router ...`: fit, evaluate and inspect the router (imports stay lazy inside it).
+from shoal.routing.cli import app as router_app  # noqa: E402
+
+app.add_typer(router_app, name="router")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

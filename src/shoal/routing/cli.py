@@ -1,0 +1,251 @@
+"""``shoal router``: fit a router artifact from calibration data, evaluate it, inspect it.
+
+Thin typer commands over :mod:`shoal.routing`; numpy, ONNX Runtime and matplotlib are
+imported inside the commands so that ``shoal --help`` stays fast. Errors in the data or the
+artifact exit with status 2 and a one-line message naming the file and row.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Fit, evaluate and inspect the learned cluster router.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+DATA_HELP = (
+    "Calibration file(s): Shoal JSONL, RouterDC JSON or RouterBench CSV (by suffix). "
+    "Repeat the option or pass several paths."
+)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    from shoal.routing.artifact import ArtifactError
+    from shoal.routing.data import CalibrationError
+    from shoal.routing.embedders.base import EmbedderUnavailable
+
+    try:
+        yield
+    except (CalibrationError, ArtifactError, EmbedderUnavailable, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _embed(embedder: Any, samples: list[Any], cache: bool) -> Any:
+    from shoal.routing.cache import cached_embed
+    from shoal.routing.fit import embed_all
+
+    texts = [s.prompt for s in samples]
+    with _progress(f"embedding {len(texts)} prompts ({embedder.name})") as update:
+        if cache:
+            return cached_embed(embedder, texts, progress=update)
+        return embed_all(embedder, texts, progress=update)
+
+
+@app.command()
+def fit(
+    data: list[Path] = typer.Option(..., "--data", "-d", help=DATA_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Artifact file to write (atomically)."),
+    embedder: str = typer.Option(
+        "minilm-l6-static-v1",
+        help="Embedder name: minilm-l6-static-v1 (fast default), minilm-l6-int8, "
+        "multilingual-e5-small-q4, openai:<model> (with --endpoint), hash-<dim>.",
+    ),
+    endpoint: str | None = typer.Option(None, help="Base URL of an OpenAI-compatible endpoint."),
+    clusters: int = typer.Option(16, min=1, max=256, help="k-means clusters."),
+    top_p: int = typer.Option(3, "--top-p", min=1, max=16, help="Nearest clusters blended."),
+    temperature: float = typer.Option(0.1, min=1e-6, help="Softmax temperature of the blend."),
+    alpha: float = typer.Option(0.7, min=0.0, max=1.0, help="Default quality weight."),
+    seed: int = typer.Option(0, min=0, help="k-means seed (the fit is deterministic)."),
+    shrinkage: float | None = typer.Option(
+        None, min=0.0, help="Pseudo-samples of the global mean per cluster (default: tuned)."
+    ),
+    cache: bool = typer.Option(True, help="Cache embeddings under ~/.cache/shoal."),
+) -> None:
+    """Fit a router artifact from calibration data."""
+    with _user_errors():
+        from shoal.routing.artifact import artifact_checksum, read_artifact_info, write_artifact
+        from shoal.routing.data import load_calibration
+        from shoal.routing.embedders import make_embedder
+        from shoal.routing.fit import DEFAULT_SHRINKAGE, fit_router
+
+        samples = load_calibration(data)
+        emb = make_embedder(embedder, endpoint=endpoint)
+        vectors = _embed(emb, samples, cache)
+        blob = fit_router(
+            samples,
+            embedder=emb,
+            clusters=clusters,
+            top_p=top_p,
+            temperature=temperature,
+            alpha=alpha,
+            seed=seed,
+            shrinkage=DEFAULT_SHRINKAGE if shrinkage is None else shrinkage,
+            embeddings=vectors,
+        )
+        write_artifact(out, blob)
+        info = read_artifact_info(blob)
+        console.print(
+            f"wrote {out}: {info.clusters} clusters x {len(info.models)} models, "
+            f"{info.samples} samples, {len(blob) / 1024:.1f} KiB, {artifact_checksum(blob)}"
+        )
+
+
+@app.command("eval")
+def evaluate(
+    artifact: Path = typer.Option(..., "--artifact", "-a", help="Router artifact file."),
+    data: list[Path] = typer.Option(..., "--data", "-d", help=DATA_HELP),
+    alpha: float | None = typer.Option(
+        None, min=0.0, max=1.0, help="Quality weight (default: the artifact's)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report on stdout."),
+    plot: Path | None = typer.Option(None, help="Write the quality/cost frontier PNG here."),
+    endpoint: str | None = typer.Option(None, help="Endpoint for an openai:<model> embedder."),
+    cache: bool = typer.Option(True, help="Cache embeddings under ~/.cache/shoal."),
+) -> None:
+    """Evaluate a router artifact against labelled data, with baselines and an alpha sweep."""
+    with _user_errors():
+        from shoal.routing.artifact import artifact_checksum
+        from shoal.routing.data import load_calibration
+        from shoal.routing.embedders import make_embedder
+        from shoal.routing.evaluate import align_models, evaluate_router
+        from shoal.routing.router import load_router
+
+        blob = _read(artifact)
+        from shoal.routing.artifact import read_artifact_info
+
+        info = read_artifact_info(blob)
+        emb = make_embedder(info.embedder, endpoint=endpoint)
+        router = load_router(blob, embedder=emb)
+        samples = load_calibration(data)
+        align_models(samples, router.models)
+        vectors = _embed(emb, samples, cache)
+        meta = {
+            "artifact": {
+                "path": str(artifact),
+                "checksum": artifact_checksum(blob),
+                "embedder": info.embedder,
+                "clusters": info.clusters,
+            },
+            "data": [str(p) for p in data],
+        }
+        report = evaluate_router(router, samples, vectors, alpha=alpha, meta=meta)
+        if plot is not None:
+            from shoal.routing.plot import plot_frontier
+
+            plot_frontier(report, plot, title=f"{artifact.name} on {len(samples)} queries")
+            console.print(f"wrote {plot}")
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    else:
+        _print_report(report)
+
+
+def _read(path: Path) -> bytes:
+    from shoal.routing.artifact import ArtifactError
+
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"cannot read router artifact {path}: {exc.strerror or exc}") from None
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    out = Console()
+    r = report["router"]
+    tasks = list(r["per_task"])
+    table = Table(title=f"router at alpha={r['alpha']:g} on {report['samples']} queries")
+    table.add_column("")
+    table.add_column("accuracy %", justify="right")
+    table.add_column("cost USD", justify="right")
+    for t in tasks:
+        table.add_column(t, justify="right")
+    rows = [("router", r)] + [
+        (k, report["baselines"][k]) for k in ("random", "best_single", "per_task_best", "oracle")
+    ]
+    for name, row in rows:
+        label = f"{name} ({row['model']})" if "model" in row else name
+        table.add_row(
+            label,
+            f"{100 * row['accuracy']:.2f}",
+            f"{row['cost']:.4f}",
+            *[f"{100 * row['per_task'][t]:.2f}" for t in tasks],
+        )
+    out.print(table)
+    sweep = Table(title="quality/cost frontier (alpha sweep)")
+    for col in ("alpha", "accuracy %", "cost USD"):
+        sweep.add_column(col, justify="right")
+    for p in report["frontier"]:
+        sweep.add_row(f"{p['alpha']:g}", f"{100 * p['accuracy']:.2f}", f"{p['cost']:.4f}")
+    out.print(sweep)
+    reach = report.get("reaches_best_single")
+    if reach and reach.get("cost_ratio") is not None:
+        out.print(
+            f"reaches the best single model's accuracy at alpha={reach['alpha']:g} for "
+            f"{100 * reach['cost_ratio']:.1f}% of its cost"
+        )
+    share = ", ".join(f"{m}: {100 * s:.1f}%" for m, s in r["share"].items() if s > 0)
+    out.print(f"router's share of queries: {share}")
+
+
+@app.command()
+def info(artifact: Path = typer.Argument(..., help="Router artifact file.")) -> None:
+    """Print an artifact's header (models, clusters, embedder, checksum) as JSON."""
+    with _user_errors():
+        from dataclasses import asdict
+
+        from shoal.routing.artifact import read_artifact_info
+
+        meta = asdict(read_artifact_info(_read(artifact)))
+    meta["fitted_at"] = meta["fitted_at"].isoformat()
+    sys.stdout.write(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+@app.command()
+def prepare(
+    embedder: str = typer.Option("minilm-l6-static-v1", help="Embedder to make ready."),
+) -> None:
+    """Build derived embedder files ahead of time (the distilled static table), e.g. in an image."""
+    with _user_errors():
+        import time
+
+        from shoal.routing.embedders import make_embedder
+
+        started = time.perf_counter()
+        emb = make_embedder(embedder)
+        emb.embed(["warm-up"])
+        console.print(f"{emb.name} ready in {time.perf_counter() - started:.1f} s")

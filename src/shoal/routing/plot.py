@@ -1,0 +1,57 @@
+"""The quality/cost frontier as a PNG: the router's alpha sweep with the baselines marked.
+
+Uses matplotlib's non-interactive Agg backend; called by ``shoal router eval --plot``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def plot_frontier(report: dict[str, Any], path: str | Path, *, title: str = "") -> Path:
+    """Write the sweep of ``report`` (from ``evaluate_router``) and its baselines to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = report["sweep"]
+    base = report["baselines"]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    xs = [p["cost"] for p in sweep]
+    ys = [100 * p["accuracy"] for p in sweep]
+    ax.plot(xs, ys, "-o", color="tab:blue", markersize=3, label="router (alpha sweep)")
+    for p in sweep:
+        if p["alpha"] in (0.0, 0.5, 1.0):
+            ax.annotate(f"a={p['alpha']:g}", (p["cost"], 100 * p["accuracy"]), fontsize=7)
+    for name, s in base.get("single", {}).items():
+        ax.scatter(s["cost"], 100 * s["accuracy"], color="grey", s=12)
+        ax.annotate(name.split("/")[-1], (s["cost"], 100 * s["accuracy"]), fontsize=6, color="grey")
+    marks = {
+        "best_single": "tab:red",
+        "per_task_best": "tab:orange",
+        "oracle": "tab:green",
+        "random": "black",
+    }
+    for key, colour in marks.items():
+        b = base[key]
+        ax.scatter(
+            b["cost"],
+            100 * b["accuracy"],
+            color=colour,
+            marker="*",
+            s=90,
+            label=key.replace("_", " "),
+        )
+    ax.set_xlabel("total cost (USD)" if any(xs) else "total cost (USD; all models equal)")
+    ax.set_ylabel("accuracy, mean of per-task (%)")
+    ax.set_title(title or "router quality/cost frontier")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
