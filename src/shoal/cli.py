@@ -61,6 +61,14 @@ from shoal.routing.cli import app as router_app  # noqa: E402
 app.add_typer(router_app, name="router")
 
 
+# `shoal up` / `shoal down`: the fleet locally on CPU (Ray is imported only when they run).
+from shoal.serving.cli import down as serving_down  # noqa: E402
+from shoal.serving.cli import up as serving_up  # noqa: E402
+
+app.command("up")(serving_up)
+app.command("down")(serving_down)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

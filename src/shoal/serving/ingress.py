@@ -149,7 +149,7 @@ class Endpoint:
             ttft = time.perf_counter() - started
             self.metrics.first_token(model, client.info.tier, ttft)
             self._ok(model)
-            out_headers = {**headers, "x-shoal-model": model, "x-request-id": rid}
+            out_headers = {**headers, "x-shoal-model": model}
             if parsed.stream:
                 return self._stream(api, parsed, rid, client, first, rest, out_headers,
                                     started, deadline)  # fmt: skip

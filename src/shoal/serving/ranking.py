@@ -59,12 +59,14 @@ class ClusterRanker:
     """The learned cluster router of :mod:`shoal.routing`, restricted to the fleet's models."""
 
     strategy = "cluster"
-    blocking = True
+    #: Embedders fast enough (well under a millisecond) to run on the event loop.
+    INLINE_EMBEDDERS = ("minilm-l6-static", "hash-")
 
     def __init__(self, artifact: str, fleet_models: list[str], fallback: str | None) -> None:
         from shoal.routing import load_router
 
         self.router = load_router(artifact)
+        self.blocking = not self.router.embedder.name.startswith(self.INLINE_EMBEDDERS)
         known = set(fleet_models)
         missing = [m for m in self.router.models if m not in known]
         if missing:
