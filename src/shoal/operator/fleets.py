@@ -14,8 +14,10 @@ from datetime import datetime
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from shoal.api.v1alpha1 import API_VERSION, ConditionStatus, ModelFleet, RoutingPolicy
+from shoal.operator import events
 from shoal.operator.config import OperatorConfig
 from shoal.operator.gateway import KubeGateway
 from shoal.planning import names
@@ -91,7 +93,9 @@ def _event_on_transition(body: Any, fleet: ModelFleet, new: Any) -> None:
     new_deg = condition(new.conditions, DEGRADED)
     changed = new_ready and (old_ready is None or old_ready.status != new_ready.status)
     if changed and new_ready and new_ready.status == ConditionStatus.TRUE:
-        kopf.info(body, reason="Ready", message=new_ready.message or "fleet is ready")
+        events.post(
+            body, warning=False, reason="Ready", message=new_ready.message or "fleet is ready"
+        )
     if (
         new_deg
         and new_deg.status == ConditionStatus.TRUE
@@ -99,7 +103,7 @@ def _event_on_transition(body: Any, fleet: ModelFleet, new: Any) -> None:
             old_deg is None or old_deg.status != new_deg.status or old_deg.reason != new_deg.reason
         )
     ):
-        kopf.warn(body, reason=new_deg.reason, message=new_deg.message)
+        events.post(body, warning=True, reason=new_deg.reason, message=new_deg.message)
 
 
 def reconcile_fleet(
@@ -110,7 +114,11 @@ def reconcile_fleet(
     settings: PlanSettings | None = None,
 ) -> FleetOutcome:
     """Bring one fleet's children and status in line with its spec."""
-    fleet = ModelFleet.model_validate(dict(body))
+    try:
+        fleet = ModelFleet.model_validate(dict(body))
+    except ValidationError as exc:  # stored before a stricter schema, or written around it
+        _report_invalid(gw, body, exc, now)
+        raise FleetBlocked(f"invalid spec: {exc.errors()[0]['msg']}") from exc
     ns = fleet.metadata.namespace or "default"
     settings = settings or PlanSettings(image=config.serving_image, gpu_image=config.gpu_image)
     previous = fleet.status
@@ -167,6 +175,24 @@ def reconcile_fleet(
         reason=ready.reason if ready else "",
         applied=applied,
     )
+
+
+def _report_invalid(gw: KubeGateway, body: Any, exc: ValidationError, now: datetime) -> None:
+    """Degraded status for a fleet whose spec this operator cannot read."""
+    meta = body["metadata"]
+    where = ".".join(str(p) for p in exc.errors()[0]["loc"])
+    message = f"spec cannot be read: {where}: {exc.errors()[0]['msg']}"
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    conditions = [
+        {"type": t, "status": s, "reason": "InvalidSpec", "message": message,
+         "lastTransitionTime": stamp, "observedGeneration": meta.get("generation")}
+        for t, s in ((READY, "False"), (DEGRADED, "True"))
+    ]  # fmt: skip
+    gw.patch_status(
+        API_VERSION, ModelFleet.KIND, meta.get("namespace") or "default", meta["name"],
+        {"observedGeneration": meta.get("generation"), "conditions": conditions},
+    )  # fmt: skip
+    events.post(body, warning=True, reason="InvalidSpec", message=message)
 
 
 def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]]) -> None:

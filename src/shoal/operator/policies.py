@@ -22,6 +22,7 @@ import kopf
 from shoal.api.v1alpha1 import API_VERSION, RoutingPolicy
 from shoal.api.v1alpha1.common import decimal
 from shoal.api.v1alpha1.policy import RouterArtifactStatus
+from shoal.operator import events
 from shoal.operator.config import OperatorConfig
 from shoal.operator.gateway import KubeGateway
 from shoal.planning import names
@@ -200,7 +201,7 @@ def reconcile_policy(
         data, source = read_calibration(gw, policy)
     except CalibrationUnavailable as exc:
         report(kept, exc.problem)
-        kopf.warn(dict(body), reason=exc.problem.reason, message=exc.problem.message)
+        events.post(body, warning=True, reason=exc.problem.reason, message=exc.problem.message)
         raise kopf.TemporaryError(exc.problem.message, delay=config.retry_seconds) from exc
 
     fp = fit_fingerprint(policy, data)
@@ -219,13 +220,14 @@ def reconcile_policy(
         blob = fit(policy, data, source, now)
     except CalibrationUnavailable as exc:
         report(kept, exc.problem)
-        kopf.warn(dict(body), reason=exc.problem.reason, message=exc.problem.message)
+        events.post(body, warning=True, reason=exc.problem.reason, message=exc.problem.message)
         raise kopf.PermanentError(exc.problem.message) from exc
     artifact = _artifact_status(cm_name, blob)
     gw.apply(_artifact_configmap(policy, blob, fp, artifact.checksum))
     report(artifact, None)
-    kopf.info(
-        dict(body),
+    events.post(
+        body,
+        warning=False,
         reason="Fitted",
         message=f"router fitted on {artifact.samples} samples: {artifact.clusters} clusters, "
         f"{len(artifact.models)} models ({artifact.checksum[:19]})",
