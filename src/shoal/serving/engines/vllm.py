@@ -6,6 +6,11 @@ deployment settings of :func:`shoal.serving.config.deployment_plan`, under the s
 ``model-<name>`` deployment name), and :func:`build_vllm_deployment` binds its
 ``LLMServer``. Constructing an ``LLMConfig`` validates it, so this path is checked on
 machines without a GPU or vLLM too; only serving needs them.
+
+``ray.serve.llm`` itself refuses to import without vLLM (its request models come from
+vLLM), so on such machines :func:`llm_config_class` falls back to the class it re-exports,
+``ray.llm._internal.serve.core.configs.llm_config.LLMConfig``: the same fields and
+validators (``ray.serve.llm.LLMConfig`` is a bare subclass of it).
 """
 
 from __future__ import annotations
@@ -60,9 +65,18 @@ def deployment_config(plan: ModelDeploymentPlan) -> dict[str, Any]:
     return options
 
 
+def llm_config_class() -> Any:
+    """``ray.serve.llm.LLMConfig``, or the class it re-exports where vLLM is not installed."""
+    try:
+        from ray.serve.llm import LLMConfig
+    except ImportError:
+        from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
+    return LLMConfig
+
+
 def llm_config(args: BuildArgs, model: ModelSpec) -> Any:
-    """The validated ``ray.serve.llm.LLMConfig`` of a ``vllm`` model."""
-    from ray.serve.llm import LLMConfig
+    """The validated ``LLMConfig`` of a ``vllm`` model (see :func:`llm_config_class`)."""
+    LLMConfig = llm_config_class()  # noqa: N806 - a class
 
     if model.engine != "vllm":
         raise ValueError(f"model {model.name} does not use the vllm engine")
