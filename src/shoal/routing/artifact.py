@@ -67,8 +67,10 @@ def _split(data: bytes) -> tuple[dict[str, Any], bytes]:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ArtifactError(f"artifact must be bytes, not {type(data).__name__}")
     data = bytes(data)
-    if len(data) < len(MAGIC) + _LEN.size or not data.startswith(MAGIC):
+    if not data.startswith(MAGIC):
         raise ArtifactError("not a Shoal router artifact (bad magic bytes)")
+    if len(data) < len(MAGIC) + _LEN.size:
+        raise ArtifactError("truncated router artifact (no header length)")
     (n,) = _LEN.unpack_from(data, len(MAGIC))
     start = len(MAGIC) + _LEN.size
     if start + n > len(data):

@@ -22,7 +22,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 DATA_HELP = (
     "Calibration file(s): Shoal JSONL, RouterDC JSON or RouterBench CSV (by suffix). "
@@ -39,7 +39,7 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except (CalibrationError, ArtifactError, EmbedderUnavailable, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
