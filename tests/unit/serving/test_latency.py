@@ -80,13 +80,19 @@ def test_prefill_budget_is_chunked() -> None:
 
 
 def test_bounded_queue_refuses() -> None:
-    s = BatchScheduler(LatencyModel(max_batch=1, max_waiting=2))
-    s.submit("a", 1, 1)
-    s.submit("b", 1, 1)
+    s = BatchScheduler(LatencyModel(max_batch=1, max_waiting=1))
+    s.submit("a", 1, 5)  # takes the free batch slot at the next step
+    s.submit("b", 1, 5)  # waits
     with pytest.raises(QueueFull):
-        s.submit("c", 1, 1)
-    s.step()  # admits "a", freeing a queue slot
-    s.submit("c", 1, 1)
+        s.submit("c", 1, 5)
+    s.step()  # admits "a"; "b" still waits
+    with pytest.raises(QueueFull):
+        s.submit("c", 1, 5)
+    no_queue = BatchScheduler(LatencyModel(max_batch=2, max_waiting=0))
+    no_queue.submit("a", 1, 5)
+    no_queue.submit("b", 1, 5)
+    with pytest.raises(QueueFull):
+        no_queue.submit("c", 1, 5)
 
 
 def test_cancel_and_kv_usage() -> None:

@@ -111,9 +111,7 @@ def test_completion_stream_events_match_openai_types() -> None:
     evs = events(f.chunk(Chunk("a")) + f.chunk(Chunk("b", "length", 1, 2)))
     # OpenAI streams null finish reasons before the last event; the client reads them
     # without validation, so only the last event must validate in full.
-    assert evs[0]["choices"] == [
-        {"text": "a", "index": 0, "logprobs": None, "finish_reason": None}
-    ]
+    assert evs[0]["choices"] == [{"text": "a", "index": 0, "logprobs": None, "finish_reason": None}]
     last = openai_types.Completion.model_validate(evs[-1])
     assert last.model == 'we"ird' and last.choices[0].finish_reason == "length"
     assert last.choices[0].text == "b" and evs[0]["object"] == "text_completion"

@@ -140,8 +140,10 @@ class BatchScheduler:
         return min(1.0, used / self.model.kv_cache_tokens)
 
     def submit(self, request_id: str, prompt_tokens: int, max_tokens: int) -> None:
-        """Queue a request; :class:`QueueFull` when the queue is at its bound."""
-        if len(self._waiting) >= self.model.max_waiting:
+        """Queue a request; :class:`QueueFull` when it would have to wait and the queue is
+        at its bound (a request that finds a free batch slot is always accepted)."""
+        free_slots = max(0, self.model.max_batch - len(self._running))
+        if len(self._waiting) >= free_slots + self.model.max_waiting:
             raise QueueFull(f"{len(self._waiting)} requests waiting")
         if request_id in self._running or any(s.request_id == request_id for s in self._waiting):
             raise ValueError(f"duplicate request id {request_id!r}")

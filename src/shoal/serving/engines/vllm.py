@@ -76,7 +76,7 @@ def llm_config_class() -> Any:
 
 def llm_config(args: BuildArgs, model: ModelSpec) -> Any:
     """The validated ``LLMConfig`` of a ``vllm`` model (see :func:`llm_config_class`)."""
-    LLMConfig = llm_config_class()  # noqa: N806 - a class
+    LLMConfig = llm_config_class()
 
     if model.engine != "vllm":
         raise ValueError(f"model {model.name} does not use the vllm engine")
