@@ -11,6 +11,7 @@ Used by the pytest fixtures in ``tests/conftest.py`` and by the operator benchma
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -20,7 +21,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,10 @@ class ControlPlane:
     _etcd: _Process
     _apiserver: _Process
     env: dict[str, str] = field(default_factory=dict)
+    #: Bearer tokens of the extra users ``start_control_plane(users=...)`` created, by user name.
+    tokens: dict[str, str] = field(default_factory=dict)
+    #: The audit log (JSON lines) when started with ``audit=True``.
+    audit_log: Path | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -185,6 +190,22 @@ class ControlPlane:
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                      *[f"crd/{n}" for n in names])  # fmt: skip
 
+    def kubeconfig_for(self, user: str) -> Path:
+        """A kubeconfig that authenticates as ``user`` (one of the extra users), not as admin."""
+        path = self.workdir / f"kubeconfig-{user.replace(':', '_')}"
+        if not path.exists():
+            _write_kubeconfig(path, self.server, self.ca_file, self.tokens[user], user=user)
+        return path
+
+    def audit_events(self, user: str | None = None) -> list[dict[str, Any]]:
+        """Audit events so far (requests of service accounts only), optionally of one user."""
+        if self.audit_log is None:
+            raise ControlPlaneError("started without audit=True")
+        if not self.audit_log.exists():
+            return []
+        events = [json.loads(line) for line in self.audit_log.read_text().splitlines() if line]
+        return [e for e in events if user is None or e["user"]["username"] == user]
+
     def api_client(self) -> Any:
         """A ``kubernetes.client.ApiClient`` for this control plane."""
         from kubernetes import config
@@ -192,7 +213,7 @@ class ControlPlane:
         return config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
 
 
-def _write_kubeconfig(path: Path, server: str, ca: Path, token: str) -> None:
+def _write_kubeconfig(path: Path, server: str, ca: Path, token: str, user: str = "admin") -> None:
     path.write_text(
         yaml.safe_dump(
             {
@@ -202,10 +223,10 @@ def _write_kubeconfig(path: Path, server: str, ca: Path, token: str) -> None:
                     {"name": "shoal-test",
                      "cluster": {"server": server, "certificate-authority": str(ca)}}
                 ],
-                "users": [{"name": "admin", "user": {"token": token}}],
+                "users": [{"name": user, "user": {"token": token}}],
                 "contexts": [
                     {"name": "shoal-test",
-                     "context": {"cluster": "shoal-test", "user": "admin", "namespace": "default"}}
+                     "context": {"cluster": "shoal-test", "user": user, "namespace": "default"}}
                 ],
                 "current-context": "shoal-test",
             }
@@ -213,8 +234,34 @@ def _write_kubeconfig(path: Path, server: str, ca: Path, token: str) -> None:
     )  # fmt: skip
 
 
-def start_control_plane(workdir: Path, *, timeout: float = 120) -> ControlPlane:
-    """Start etcd and kube-apiserver under ``workdir`` and wait until the API is ready."""
+#: Audit policy of ``audit=True``: metadata of every request made by a service account (the
+#: identities RBAC tests run as), nothing of the admin's.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+        {"level": "None"},
+    ],
+}
+
+
+def start_control_plane(
+    workdir: Path,
+    *,
+    timeout: float = 120,
+    users: Mapping[str, Sequence[str]] | None = None,
+    audit: bool = False,
+) -> ControlPlane:
+    """Start etcd and kube-apiserver under ``workdir`` and wait until the API is ready.
+
+    ``users`` adds static-token users (name -> groups) beside the admin, e.g. a ServiceAccount
+    identity ``system:serviceaccount:NS:NAME`` with groups ``system:serviceaccounts`` and
+    ``system:serviceaccounts:NS`` (this control plane issues no ServiceAccount tokens: no
+    controllers run). ``audit`` logs the metadata of service accounts' requests to
+    :attr:`ControlPlane.audit_log`.
+    """
     missing = missing_binaries()
     if missing:
         raise ControlPlaneError(
@@ -229,7 +276,20 @@ def start_control_plane(workdir: Path, *, timeout: float = 120) -> ControlPlane:
     )
     token = secrets.token_hex(16)
     tokens = workdir / "tokens.csv"
-    tokens.write_text(f'{token},admin,admin-uid,"system:masters"\n')
+    rows = [f'{token},admin,admin-uid,"system:masters"']
+    user_tokens = {}
+    for i, (user, groups) in enumerate((users or {}).items()):
+        user_tokens[user] = secrets.token_hex(16)
+        rows.append(f'{user_tokens[user]},{user},user-{i},"{",".join(groups)}"')
+    tokens.write_text("\n".join(rows) + "\n")
+    audit_args: list[str] = []
+    audit_log = None
+    if audit:
+        policy = workdir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+        audit_log = workdir / "audit.log"
+        audit_args = [f"--audit-policy-file={policy}", f"--audit-log-path={audit_log}",
+                      "--audit-log-mode=blocking"]  # fmt: skip
 
     etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
     etcd = _Process(
@@ -265,6 +325,7 @@ def start_control_plane(workdir: Path, *, timeout: float = 120) -> ControlPlane:
             "--disable-admission-plugins=ServiceAccount",
             "--allow-privileged=true",
             "--v=1",
+            *audit_args,
         ],
         workdir / "kube-apiserver.log",
     )
@@ -272,7 +333,8 @@ def start_control_plane(workdir: Path, *, timeout: float = 120) -> ControlPlane:
     ca = certs / "apiserver.crt"
     kubeconfig = workdir / "kubeconfig"
     _write_kubeconfig(kubeconfig, server, ca, token)
-    cp = ControlPlane(workdir, server, token, ca, kubeconfig, etcd, apiserver)
+    cp = ControlPlane(workdir, server, token, ca, kubeconfig, etcd, apiserver,
+                      tokens=user_tokens, audit_log=audit_log)  # fmt: skip
     etcd.start()
     apiserver.start()
     try:
