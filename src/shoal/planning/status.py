@@ -202,6 +202,8 @@ def fleet_status(
         effective_alpha=previous.effective_alpha if previous else None,
         router_artifact=seen.artifact_checksum,
         last_scaling=list(previous.last_scaling) if previous else [],
+        # Written by the autoscaler (shoal.operator.autoscaler); a reconcile keeps it.
+        autoscaler=previous.autoscaler if previous else None,
     )
 
 

@@ -361,6 +361,61 @@ class ScalingDecision(ApiModel):
     reason: str = Field(max_length=1024, description="Why, in words.")
 
 
+AutoscalerMode = Literal["Off", "DryRun", "Active"]
+
+
+class AutoscaledModel(ApiModel):
+    """The autoscaler's standing decision for one model (durable across operator restarts)."""
+
+    name: str = Field(description="Model name.")
+    replicas: int = Field(
+        ge=0,
+        description="Replicas the autoscaler set (mode Active: the RayService runs this many) "
+        "or would set (mode DryRun).",
+    )
+    last_scale_up_time: datetime | None = Field(
+        default=None, description="When the autoscaler last raised this model's replicas."
+    )
+    last_change_time: datetime | None = Field(
+        default=None, description="When the autoscaler last changed this model's replicas."
+    )
+    reason: str = Field(
+        default="", max_length=1024, description="Why, in words, at the last evaluation."
+    )
+
+
+class AutoscalerStatus(ApiModel):
+    """What Shoal's autoscaler is doing for this fleet."""
+
+    mode: AutoscalerMode = Field(
+        description="Off: replicas are left to Ray Serve's autoscaling within the tier bounds; "
+        "DryRun: decisions are computed and reported, never applied; Active: the autoscaler "
+        "owns every model's replica count."
+    )
+    message: str = Field(
+        default="", max_length=4096, description="Why this mode, and the last evaluation in words."
+    )
+    last_evaluation_time: datetime | None = Field(
+        default=None, description="When the autoscaler last evaluated the fleet."
+    )
+    budget_per_hour: str | None = Field(
+        default=None,
+        description="Budget in force in USD per hour (spec.budget, or the operator's default).",
+    )
+    desired_cost_per_hour: str | None = Field(
+        default=None, description="What the decided replicas cost in USD per hour."
+    )
+    budget_binding: bool = Field(
+        default=False,
+        description="Whether the budget held replicas below what load and SLOs asked for.",
+    )
+    models: list[AutoscaledModel] = Field(
+        default_factory=list,
+        description="Per-model decisions.",
+        json_schema_extra=list_map(),
+    )
+
+
 class ModelFleetStatus(ApiModel):
     """Observed state of a fleet, written by the operator."""
 
@@ -398,6 +453,9 @@ class ModelFleetStatus(ApiModel):
         default_factory=list,
         description="Last scaling decision per tier.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["tier"]},
+    )
+    autoscaler: AutoscalerStatus | None = Field(
+        default=None, description="Shoal's autoscaler: mode, budget and per-model decisions."
     )
 
 

@@ -1,0 +1,354 @@
+"""Shoal's autoscaling policy: a pure function from metrics to replicas, with reasons.
+
+``decide(spec, states, window, now)`` sizes every model of a fleet at once:
+
+1. **Per model** (:func:`decide_model`), against its tier's SLO and ``targetOngoingRequests``:
+
+   - *Bounds first.* A count outside the model's min/max (the spec changed) is clamped, even
+     when metrics are missing.
+   - *Hold on doubt.* Missing or stale metrics (older than ``stale_seconds``), or a failed
+     source, hold the current count: the policy never guesses.
+   - *Scale up fast.* The load asks for ``ceil(in_flight / target)`` replicas; a TTFT p95
+     over the SLO or a nearly full KV cache asks for at least one more (not while replicas
+     are still starting, whose capacity is on its way). Scale-ups are paced by the tier's
+     ``scaleUpCooldownSeconds`` (a cold model scales from zero at once).
+   - *Scale down slow.* Only when the *peak* load of the long window would fit in fewer
+     replicas at no more than ``scale_down_utilisation`` of the target (so N-1 replicas still
+     meet the SLO with room to spare: the gap between this and the scale-up threshold is the
+     hysteresis that prevents 2-1-2 flapping), TTFT p95 is comfortably within the SLO and
+     nothing queues; at most ``max_scale_down_fraction`` of the replicas at once; never within
+     ``scaleDownCooldownSeconds`` of the last change. Zero only where the tier allows it and the
+     model saw no traffic and no demand for the whole window.
+
+2. **Budget** (:func:`apply_budget`): if the wanted replicas cost more per hour than the
+   budget, replicas are taken away one at a time, each time from the model whose load would
+   be lowest per remaining replica (the least needed replica first; the more expensive on a
+   tie), never below minimums. While the budget binds, the router's quality weight ``alpha``
+   is lowered in proportion (not below the budget's ``minAlpha``), which sends more queries to
+   cheaper models; it comes back in steps once the fleet fits the budget with room to spare.
+
+Everything is explained in words in each :class:`~shoal.autoscaling.types.ModelDecision`
+and in the :class:`~shoal.autoscaling.types.FleetDecision` summary. No clock reads, no I/O:
+the caller passes ``now``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from decimal import ROUND_DOWN, Decimal
+
+from shoal.api.v1alpha1 import ModelFleetSpec, ModelSpec, TierSpec
+from shoal.autoscaling.types import (
+    FleetDecision,
+    MetricsWindow,
+    ModelDecision,
+    ModelMetrics,
+    ModelState,
+)
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """Tunables of the policy (the tier's spec carries the rest)."""
+
+    #: Metrics older than this hold the model where it is.
+    stale_seconds: float = 60.0
+    #: Scale down only if the peak load fits the smaller count at this fraction of the target.
+    scale_down_utilisation: float = 0.8
+    #: Scale down only while TTFT p95 is below this fraction of the SLO.
+    slo_headroom: float = 0.8
+    #: Most of the replicas removed in one step (at least one).
+    max_scale_down_fraction: float = 0.5
+    #: KV-cache use above which a model gets one more replica.
+    kv_cache_high: float = 0.9
+    #: Restore alpha (in steps of alpha_step) once the wanted cost is below this budget share.
+    alpha_recovery_share: Decimal = Decimal("0.9")
+    alpha_step: Decimal = Decimal("0.1")
+
+
+def bounds(model: ModelSpec, tier: TierSpec) -> tuple[int, int]:
+    """A model's replica bounds: its own, else its tier's (max never below min)."""
+    lo = model.min_replicas if model.min_replicas is not None else tier.autoscaling.min_replicas
+    hi = model.max_replicas if model.max_replicas is not None else tier.autoscaling.max_replicas
+    return lo, max(hi, lo)
+
+
+def initial_replicas(model: ModelSpec, tier: TierSpec) -> int:
+    """Replicas a model starts with before any decision (as Ray Serve's initial_replicas)."""
+    lo, hi = bounds(model, tier)
+    return min(max(lo, 1), hi)
+
+
+def _age(now: datetime, then: datetime | None) -> float | None:
+    return None if then is None else (now - then).total_seconds()
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.1f}" if x < 100 else f"{x:.0f}"
+
+
+def decide_model(
+    model: ModelSpec,
+    tier: TierSpec,
+    state: ModelState,
+    metrics: ModelMetrics | None,
+    window: MetricsWindow,
+    now: datetime,
+    settings: PolicySettings,
+) -> ModelDecision:
+    """The replicas one model wants, and why (before the fleet's budget is applied)."""
+    lo, hi = bounds(model, tier)
+    n = state.replicas
+    scaling = tier.autoscaling
+    target = scaling.target_ongoing_requests
+    slo = tier.slo.ttft_p95_milliseconds / 1000.0
+
+    def out(desired: int, reason: str) -> ModelDecision:
+        desired = min(max(desired, lo), hi)
+        return ModelDecision(model.name, tier.name, n, desired, reason, wanted=desired)
+
+    if n < lo or n > hi:
+        return out(n, f"{n} replicas is outside the bounds [{lo}, {hi}]; clamped")
+
+    if window.error is not None:
+        return out(n, f"holding at {n}: metrics unavailable ({window.error})")
+    m = metrics
+    fresh_age = _age(now, m.observed_at) if m else None
+    cold = n == 0
+    if not cold and (m is None or m.in_flight is None or fresh_age is None):
+        return out(n, f"holding at {n}: no engine metrics for this model")
+    if not cold and fresh_age is not None and fresh_age > settings.stale_seconds:
+        return out(
+            n,
+            f"holding at {n}: metrics are {fresh_age:.0f}s old (stale after "
+            f"{settings.stale_seconds:.0f}s)",
+        )
+
+    load = (m.in_flight if m else None) or 0.0
+    demand = (m.demand_rate if m else None) or 0.0
+    if cold:
+        if load > 0 or demand > 0:
+            want = max(1, math.ceil(load / target))
+            return out(
+                want,
+                f"scale from zero: {_fmt(demand)} req/s routed to it while cold"
+                if demand > 0
+                else f"scale from zero: {_fmt(load)} requests in flight",
+            )
+        return out(0, "idle at zero: no demand")
+
+    assert m is not None
+    need = math.ceil(load / target) if load > 0 else 0
+    ttft = m.ttft_p95_seconds
+    ready = n if state.ready is None else state.ready
+    pending = ready < n
+    breach: str | None = None
+    if ttft is not None and ttft > slo:
+        breach = f"TTFT p95 {ttft * 1000:.0f}ms over the SLO {slo * 1000:.0f}ms"
+    elif m.kv_cache_usage is not None and m.kv_cache_usage > settings.kv_cache_high:
+        breach = f"KV cache {m.kv_cache_usage:.0%} full"
+
+    # --- up -----------------------------------------------------------------------------
+    want_up, why_up = n, ""
+    if need > n:
+        want_up = need
+        why_up = f"{_fmt(load)} requests in flight need {need} replicas at {target} each"
+    if breach and not pending and n + 1 > want_up:
+        want_up, why_up = n + 1, breach
+    if want_up > n:
+        if want_up > hi and n >= hi:
+            return out(n, f"at the maximum {hi}: {why_up}")
+        since = _age(now, state.last_scale_up)
+        if since is not None and since < scaling.scale_up_cooldown_seconds:
+            left = scaling.scale_up_cooldown_seconds - since
+            return out(n, f"holding at {n} (scale-up cooldown, {left:.0f}s left): {why_up}")
+        capped = " (the maximum)" if want_up > hi else ""
+        return out(want_up, f"scale up to {min(want_up, hi)}{capped}: {why_up}")
+    if breach:
+        why = "replicas still starting" if pending else "no room"
+        return out(n, f"holding at {n}: {breach}, {why}")
+
+    # --- down ---------------------------------------------------------------------------
+    peak = m.peak_in_flight if m.peak_in_flight is not None else load
+    idle = peak <= 0 and demand <= 0 and not (m.request_rate or 0) > 0
+    per = target * settings.scale_down_utilisation
+    fits = 0 if idle else max(1, math.ceil(peak / per))
+    floor = n - max(1, math.floor(n * settings.max_scale_down_fraction))
+    down_to = max(fits, floor, lo)
+    if down_to >= n:
+        return out(n, f"holding at {n}: {_fmt(load)} in flight (peak {_fmt(peak)}) fits")
+    if ttft is not None and ttft > slo * settings.slo_headroom:
+        return out(
+            n,
+            f"holding at {n}: TTFT p95 {ttft * 1000:.0f}ms is within the SLO but without the "
+            f"headroom to lose a replica",
+        )
+    if (m.waiting or 0) > 0.5:
+        return out(n, f"holding at {n}: {_fmt(m.waiting or 0)} requests queued")
+    since = _age(now, state.last_change)
+    if since is not None and since < scaling.scale_down_cooldown_seconds:
+        left = scaling.scale_down_cooldown_seconds - since
+        return out(n, f"holding at {n} (scale-down cooldown, {left:.0f}s left)")
+    if down_to == 0:
+        return out(0, "scale to zero: no traffic and no demand over the window")
+    return out(
+        down_to,
+        f"scale down to {down_to}: peak {_fmt(peak)} in flight fits {down_to} replicas at "
+        f"{settings.scale_down_utilisation:.0%} of {target} each",
+    )
+
+
+def _price(spec: ModelFleetSpec) -> dict[str, Decimal]:
+    tiers = {t.name: Decimal(t.cost_per_replica_hour) for t in spec.tiers}
+    return {m.name: tiers[m.tier] for m in spec.models}
+
+
+def cost_of(spec: ModelFleetSpec, replicas: Mapping[str, int]) -> Decimal:
+    """Cost per hour of ``replicas`` (models absent from it count as zero)."""
+    price = _price(spec)
+    return sum((price[k] * v for k, v in replicas.items() if k in price), Decimal(0))
+
+
+def apply_budget(
+    spec: ModelFleetSpec,
+    wanted: list[ModelDecision],
+    metrics: Mapping[str, ModelMetrics],
+    budget: Decimal | None,
+) -> tuple[list[ModelDecision], bool, str]:
+    """Cap the wanted replicas at the budget: (decisions, whether it binds, why in words)."""
+    if budget is None:
+        return wanted, False, ""
+    price = _price(spec)
+    tiers = {t.name: t for t in spec.tiers}
+    models = {m.name: m for m in spec.models}
+    desired = {d.model: d.desired for d in wanted}
+    cost = cost_of(spec, desired)
+    if cost <= budget:
+        return wanted, False, ""
+    floors = {
+        d.model: bounds(models[d.model], tiers[d.tier])[0] for d in wanted
+    }  # the minimums are not negotiable
+
+    def load(name: str) -> float:
+        m = metrics.get(name)
+        return (m.in_flight or 0.0) if m else 0.0
+
+    while cost > budget:
+        candidates = [k for k, v in desired.items() if v > floors[k] and price[k] > 0]
+        if not candidates:
+            break
+
+        def pressure(k: str) -> tuple[float, Decimal, str]:
+            target = tiers[models[k].tier].autoscaling.target_ongoing_requests
+            left = desired[k] - 1
+            util = load(k) / (target * left) if left > 0 else math.inf
+            return (util, -price[k], k)
+
+        victim = min(candidates, key=pressure)
+        desired[victim] -= 1
+        cost -= price[victim]
+    out = []
+    for d in wanted:
+        if desired[d.model] < d.desired:
+            reason = (
+                f"budget: capped at {desired[d.model]} (load and SLO asked for {d.desired}; "
+                f"{d.reason})"
+            )
+            out.append(replace(d, desired=desired[d.model], reason=reason, budget_limited=True))
+        else:
+            out.append(d)
+    if cost > budget:
+        why = (
+            f"budget ${budget}/h is below the cost of the minimum replicas (${cost}/h); "
+            "holding at the minimums"
+        )
+    else:
+        losers = ", ".join(
+            f"{d.model} {d.wanted}->{desired[d.model]}" for d in out if d.budget_limited
+        )
+        why = f"budget ${budget}/h binds: capacity taken from {losers}"
+    return out, True, why
+
+
+def effective_alpha(
+    policy_alpha: Decimal | None,
+    min_alpha: Decimal,
+    previous: Decimal | None,
+    wanted_cost: Decimal,
+    budget: Decimal | None,
+    binding: bool,
+    settings: PolicySettings,
+) -> tuple[Decimal | None, str]:
+    """Router quality weight to use, and why: lowered while the budget binds."""
+    if policy_alpha is None or budget is None:
+        return None, ""
+    floor = min(min_alpha, policy_alpha)
+    current = policy_alpha if previous is None else min(max(previous, floor), policy_alpha)
+    if binding and wanted_cost > 0:
+        scaled = (policy_alpha * budget / wanted_cost).quantize(Decimal("0.01"), ROUND_DOWN)
+        new = max(floor, min(current, scaled))
+        if new < policy_alpha:
+            return new, (
+                f"router alpha lowered from {policy_alpha} to {new} (floor {floor}) to send more "
+                "queries to cheaper models"
+            )
+        return None, ""
+    if current >= policy_alpha:
+        return None, ""
+    if wanted_cost <= budget * settings.alpha_recovery_share:
+        new = min(policy_alpha, current + settings.alpha_step)
+        if new >= policy_alpha:
+            return None, f"router alpha restored to {policy_alpha}: the fleet fits the budget"
+        return new, f"router alpha recovering to {new} (policy {policy_alpha})"
+    return current, f"router alpha held at {current}: the fleet is close to its budget"
+
+
+def decide(
+    spec: ModelFleetSpec,
+    states: Mapping[str, ModelState],
+    window: MetricsWindow,
+    now: datetime,
+    *,
+    settings: PolicySettings | None = None,
+    budget: Decimal | None = None,
+    policy_alpha: Decimal | None = None,
+    previous_alpha: Decimal | None = None,
+) -> FleetDecision:
+    """Desired replicas of every model of the fleet, the budget's verdict and alpha.
+
+    ``states`` holds each model's replicas in force (a model missing from it starts at
+    :func:`initial_replicas`). ``budget`` overrides ``spec.budget`` when the spec has none
+    (the operator's default budget). ``policy_alpha`` is the routing policy's own alpha;
+    ``previous_alpha`` the effective alpha in force (None: the policy's).
+    """
+    settings = settings or PolicySettings()
+    tiers = {t.name: t for t in spec.tiers}
+    decisions = []
+    for model in spec.models:
+        tier = tiers[model.tier]
+        state = states.get(model.name) or ModelState(replicas=initial_replicas(model, tier))
+        decisions.append(
+            decide_model(model, tier, state, window.models.get(model.name), window, now, settings)
+        )
+    cap = Decimal(spec.budget.max_cost_per_hour) if spec.budget else budget
+    wanted_cost = cost_of(spec, {d.model: d.desired for d in decisions})
+    capped, binding, why = apply_budget(spec, decisions, window.models, cap)
+    cost = cost_of(spec, {d.model: d.desired for d in capped})
+    min_alpha = Decimal(spec.budget.min_alpha) if spec.budget else Decimal("0.3")
+    alpha, alpha_why = effective_alpha(
+        policy_alpha, min_alpha, previous_alpha, wanted_cost, cap, binding, settings
+    )
+    parts = [f"${cost:.2f}/h" + (f" of a ${cap:.2f}/h budget" if cap is not None else "")]
+    parts += [p for p in (why, alpha_why) if p]
+    return FleetDecision(
+        models=capped,
+        cost_per_hour=cost,
+        wanted_cost_per_hour=wanted_cost,
+        budget_per_hour=cap,
+        budget_binding=binding,
+        effective_alpha=alpha,
+        summary="; ".join(parts),
+    )

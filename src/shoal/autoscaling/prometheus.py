@@ -1,0 +1,258 @@
+"""Read a fleet's metrics window from Prometheus with PromQL (httpx, synchronous).
+
+Metric names, as the serving layer exports them (see :mod:`shoal.serving.metrics`):
+
+- engines (per model, label ``model_name``): vLLM's ``vllm:num_requests_running``,
+  ``vllm:num_requests_waiting``, ``vllm:gpu_cache_usage_perc`` (and vLLM v1's
+  ``vllm:kv_cache_usage_perc``), ``vllm:time_to_first_token_seconds``; Shoal's simulator uses
+  the same names, llama.cpp the ``llamacpp:`` prefix;
+- the fleet's ingress (labels ``fleet``, ``model``, ``tier``): ``shoal_requests_in_flight``,
+  ``shoal_requests_total``, ``shoal_time_to_first_token_seconds`` (what clients see),
+  ``shoal_routing_decisions_total`` (demand, also for a model that is cold).
+
+Inside Ray every name comes out through Ray's metrics agent as ``ray_<name>`` with ``:``
+turned into ``_`` (``ray_vllm_num_requests_running``); every query accepts both spellings.
+
+:func:`fleet_queries` builds the PromQL (pure, unit-tested); :class:`PrometheusSource` runs
+it against ``/api/v1/query`` and assembles a :class:`~shoal.autoscaling.types.MetricsWindow`.
+A failed query makes the whole window an error: the policy then holds every model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+
+from shoal.autoscaling.types import MetricsWindow, ModelMetrics
+
+ENGINE_PREFIXES = ("vllm", "llamacpp")
+
+
+def _engine_names(metric: str) -> list[str]:
+    """Every spelling of an engine metric: ``vllm:x``, ``ray_vllm_x``, llama.cpp alike."""
+    out = []
+    for p in ENGINE_PREFIXES:
+        out += [f"{p}:{metric}", f"ray_{p}_{metric}"]
+    return out
+
+
+def _router_names(metric: str) -> list[str]:
+    return [metric, f"ray_{metric}"]
+
+
+RUNNING = _engine_names("num_requests_running")
+WAITING = _engine_names("num_requests_waiting")
+KV_CACHE = _engine_names("gpu_cache_usage_perc") + _engine_names("kv_cache_usage_perc")
+ENGINE_TTFT_BUCKETS = _engine_names("time_to_first_token_seconds_bucket")
+IN_FLIGHT = _router_names("shoal_requests_in_flight")
+REQUESTS = _router_names("shoal_requests_total")
+TTFT_BUCKETS = _router_names("shoal_time_to_first_token_seconds_bucket")
+DECISIONS = _router_names("shoal_routing_decisions_total")
+
+
+def _names_re(names: Sequence[str]) -> str:
+    return "|".join(names)  # metric names hold no regex metacharacters
+
+
+def _dur(seconds: float) -> str:
+    return f"{max(1, round(seconds))}s"
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Look-back windows of the queries, in seconds."""
+
+    #: Averages for scale-up decisions (load now).
+    short: float = 30.0
+    #: Peaks for scale-down decisions (load at its highest lately).
+    long: float = 300.0
+    #: Rates and latency quantiles (needs at least two scrapes).
+    rate: float = 60.0
+
+    def step(self, window: float) -> str:
+        """Subquery resolution: about fifteen points per window, at least one second."""
+        return _dur(max(1.0, window / 15))
+
+
+def fleet_queries(
+    fleet: str,
+    models: Sequence[str],
+    windows: Windows,
+    extra_matchers: str = "",
+) -> dict[str, str]:
+    """The PromQL queries of one fleet's metrics window, keyed by what they measure.
+
+    ``extra_matchers`` (e.g. ``namespace="team-a"``) is added to every selector, for setups
+    whose scrape configuration labels series with their namespace.
+    """
+    extra = f", {extra_matchers}" if extra_matchers else ""
+    model_re = "|".join(models)
+    eng = f'model_name=~"{model_re}"{extra}'
+    rtr = f'fleet="{fleet}", model=~"{model_re}"{extra}'
+
+    def engine_sel(names: Sequence[str]) -> str:
+        return f'{{__name__=~"{_names_re(names)}", {eng}}}'
+
+    def router_sel(names: Sequence[str]) -> str:
+        return f'{{__name__=~"{_names_re(names)}", {rtr}}}'
+
+    def per_name(template: str, names: Sequence[str], labels: str) -> str:
+        # One term per spelling joined with `or`: functions such as rate() drop the metric
+        # name, and two spellings with equal labels would otherwise collide.
+        return " or ".join(template.format(sel=f"{n}{{{labels}}}") for n in names)
+
+    s, lg, r = windows.short, windows.long, windows.rate
+    return {
+        "engine_in_flight": f"avg_over_time((sum by (model_name) "
+        f"({engine_sel(RUNNING + WAITING)}))[{_dur(s)}:{windows.step(s)}])",
+        "engine_peak": f"max_over_time((sum by (model_name) "
+        f"({engine_sel(RUNNING + WAITING)}))[{_dur(lg)}:{windows.step(lg)}])",
+        "engine_waiting": f"avg_over_time((sum by (model_name) "
+        f"({engine_sel(WAITING)}))[{_dur(s)}:{windows.step(s)}])",
+        "kv_cache": f"max_over_time((max by (model_name) "
+        f"({engine_sel(KV_CACHE)}))[{_dur(s)}:{windows.step(s)}])",
+        "engine_seen": per_name("max by (model_name) (timestamp({sel}))", RUNNING, eng),
+        "router_in_flight": f"avg_over_time((sum by (model) "
+        f"({router_sel(IN_FLIGHT)}))[{_dur(s)}:{windows.step(s)}])",
+        "router_peak": f"max_over_time((sum by (model) "
+        f"({router_sel(IN_FLIGHT)}))[{_dur(lg)}:{windows.step(lg)}])",
+        "request_rate": per_name("sum by (model) (rate({sel}[" + _dur(r) + "]))", REQUESTS, rtr),
+        "demand_rate": per_name("sum by (model) (rate({sel}[" + _dur(r) + "]))", DECISIONS, rtr),
+        "ttft_p95": per_name(
+            "histogram_quantile(0.95, sum by (model, le) (rate({sel}[" + _dur(r) + "])))",
+            TTFT_BUCKETS,
+            rtr,
+        ),
+        "engine_ttft_p95": per_name(
+            "histogram_quantile(0.95, sum by (model_name, le) (rate({sel}[" + _dur(r) + "])))",
+            ENGINE_TTFT_BUCKETS,
+            eng,
+        ),
+    }
+
+
+class PrometheusError(Exception):
+    """Prometheus could not answer a query."""
+
+
+def _number(raw: Any) -> float | None:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) or math.isinf(value) else value
+
+
+def parse_vector(body: Any, label: str) -> dict[str, tuple[float, float | None]]:
+    """``{label value: (evaluation time, value)}`` from an instant-query response body."""
+    if not isinstance(body, dict) or body.get("status") != "success":
+        error = body.get("error") if isinstance(body, dict) else None
+        raise PrometheusError(str(error or "malformed response"))
+    data = body.get("data") or {}
+    if data.get("resultType") != "vector":
+        raise PrometheusError(f"expected a vector, got {data.get('resultType')!r}")
+    out: dict[str, tuple[float, float | None]] = {}
+    for item in data.get("result") or []:
+        key = (item.get("metric") or {}).get(label)
+        ts, raw = item.get("value") or (None, None)
+        if key is None or ts is None:
+            continue
+        out[str(key)] = (float(ts), _number(raw))
+    return out
+
+
+class PrometheusSource:
+    """Metrics windows of fleets from a Prometheus server (``/api/v1/query``)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        windows: Windows | None = None,
+        timeout: float = 5.0,
+        extra_matchers: str = "",
+        client: httpx.Client | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.windows = windows or Windows()
+        self.extra_matchers = extra_matchers
+        self._client = client or httpx.Client(timeout=timeout)
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        self._client.close()
+
+    def query(self, promql: str, label: str) -> dict[str, tuple[float, float | None]]:
+        """Run one instant query; results keyed by ``label``."""
+        try:
+            resp = self._client.get(f"{self.url}/api/v1/query", params={"query": promql})
+        except httpx.HTTPError as exc:
+            raise PrometheusError(f"{self.url} unreachable: {exc}") from exc
+        try:
+            body = resp.json()
+        except ValueError as exc:
+            raise PrometheusError(f"HTTP {resp.status_code}, not JSON") from exc
+        return parse_vector(body, label)
+
+    def collect(
+        self,
+        fleet: str,
+        models: Sequence[str],
+        now: datetime,
+        windows: Windows | None = None,
+    ) -> MetricsWindow:
+        """The fleet's metrics window; ``error`` set (and nothing else) when a query fails."""
+        queries = fleet_queries(fleet, models, windows or self.windows, self.extra_matchers)
+        results: dict[str, dict[str, tuple[float, float | None]]] = {}
+        try:
+            for key, promql in queries.items():
+                label = (
+                    "model"
+                    if key.startswith(("router", "request", "demand", "ttft"))
+                    else ("model_name")
+                )
+                results[key] = self.query(promql, label)
+        except PrometheusError as exc:
+            return MetricsWindow(collected_at=now, error=str(exc))
+        return assemble(models, results, now)
+
+
+def assemble(
+    models: Sequence[str],
+    results: dict[str, dict[str, tuple[float, float | None]]],
+    now: datetime,
+) -> MetricsWindow:
+    """A :class:`MetricsWindow` from the query results of :func:`fleet_queries`."""
+
+    def val(key: str, model: str) -> float | None:
+        hit = results.get(key, {}).get(model)
+        return hit[1] if hit else None
+
+    def larger(a: float | None, b: float | None) -> float | None:
+        return b if a is None else a if b is None else max(a, b)
+
+    out = {}
+    for m in models:
+        seen = results.get("engine_seen", {}).get(m)
+        observed_at = None
+        if seen is not None and seen[1] is not None:
+            observed_at = now - timedelta(seconds=max(0.0, seen[0] - seen[1]))
+        out[m] = ModelMetrics(
+            # The ingress counts requests queued in front of the engines too; take the larger.
+            in_flight=larger(val("engine_in_flight", m), val("router_in_flight", m)),
+            peak_in_flight=larger(val("engine_peak", m), val("router_peak", m)),
+            waiting=val("engine_waiting", m),
+            request_rate=val("request_rate", m),
+            demand_rate=val("demand_rate", m),
+            ttft_p95_seconds=val("ttft_p95", m)
+            if val("ttft_p95", m) is not None
+            else val("engine_ttft_p95", m),
+            kv_cache_usage=val("kv_cache", m),
+            observed_at=observed_at,
+        )
+    return MetricsWindow(collected_at=now, models=out)
