@@ -37,21 +37,49 @@ def crds(
     check: bool = typer.Option(
         False, "--check", help="Only check that the files match the models; exit 1 if not."
     ),
+    chart: Path | None = typer.Option(
+        None,
+        "--chart",
+        help="Helm chart that gets templated copies (default: OUT/../charts/shoal).",
+    ),
 ) -> None:
-    """Generate the CRD YAML of the shoal.dev API from its Pydantic models."""
+    """Generate the CRD YAML of the shoal.dev API from its Pydantic models (and the chart's)."""
     from shoal.api.v1alpha1.crd import stale_crds, write_crds
+    from shoal.chart import CHART_DIR
+    from shoal.chart.crds import stale_chart_crds, write_chart_crds
 
+    chart = out.parent / CHART_DIR if chart is None else chart
     if check:
-        stale = stale_crds(out)
+        stale = [f"{out}/{n}" for n in stale_crds(out)]
+        stale += [f"{chart}/templates/crds/{n}" for n in stale_chart_crds(chart)]
         if stale:
             console.print(
-                f"[red]out of date in {out}/:[/red] {', '.join(stale)}. Run `shoal crds` "
+                f"[red]out of date:[/red] {', '.join(stale)}. Run `shoal crds` "
                 "and commit the result."
             )
             raise typer.Exit(1)
-        console.print(f"CRDs in {out}/ match the API models.")
+        console.print(f"CRDs in {out}/ and {chart}/ match the API models.")
         return
-    for path in write_crds(out):
+    for path in [*write_crds(out), *write_chart_crds(chart)]:
+        console.print(f"wrote {path}")
+
+
+@app.command("chart")
+def chart_files(
+    chart: Path = typer.Option(Path("charts/shoal"), "--chart", help="The Helm chart's folder."),
+    check: bool = typer.Option(False, "--check", help="Only check for drift; exit 1 if any."),
+) -> None:
+    """Generate the Helm chart's values.schema.json, dashboard and CRD templates from code."""
+    from shoal.chart.generate import stale, write_all
+
+    if check:
+        if out_of_date := stale(chart):
+            console.print(f"[red]out of date in {chart}/:[/red] {', '.join(out_of_date)}. "
+                          "Run `shoal chart` and commit the result.")  # fmt: skip
+            raise typer.Exit(1)
+        console.print(f"generated files in {chart}/ are up to date.")
+        return
+    for path in write_all(chart):
         console.print(f"wrote {path}")
 
 
