@@ -7,7 +7,33 @@ receive it from there, never from a module global.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
+from decimal import Decimal
+
+from shoal.api.v1alpha1.common import MONEY
+from shoal.api.v1alpha1.fleet import AutoscalerMode
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
+
+
+def _flag(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value not in _TRUE | _FALSE:
+        raise ValueError(f"{name} must be true or false, not {raw!r}")
+    return value in _TRUE
+
+
+def _money(env: dict[str, str], name: str) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not re.match(MONEY, raw):
+        raise ValueError(f"{name} must be a decimal amount such as 40.00, not {raw!r}")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -24,6 +50,43 @@ class OperatorConfig:
     retry_seconds: float = 10.0
     #: Timeout of one Kubernetes API call.
     api_timeout_seconds: float = 30.0
+    #: Base URL of the Prometheus the autoscaler queries; empty: the autoscaler is off.
+    prometheus_url: str = ""
+    #: Master switch of Shoal's autoscaler (off: Ray Serve autoscales within tier bounds).
+    autoscaler_enabled: bool = True
+    #: Seconds between two evaluations of a fleet by the autoscaler.
+    autoscaler_interval_seconds: float = 15.0
+    #: Decide and report only (status, events, metrics); never change replicas.
+    autoscaler_dry_run: bool = False
+    #: Metrics older than this make the autoscaler hold a model where it is.
+    autoscaler_stale_seconds: float = 60.0
+    #: Budget in USD per hour for fleets without spec.budget (decimal string); None: none.
+    default_budget_per_hour: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.autoscaler_interval_seconds <= 0 or self.autoscaler_stale_seconds <= 0:
+            raise ValueError("autoscaler interval and stale limit must be positive seconds")
+
+    @property
+    def autoscaler_mode(self) -> AutoscalerMode:
+        """Off, DryRun or Active, from the settings above."""
+        if not self.autoscaler_enabled or not self.prometheus_url:
+            return "Off"
+        return "DryRun" if self.autoscaler_dry_run else "Active"
+
+    @property
+    def autoscaler_off_reason(self) -> str:
+        """Why the autoscaler is off, in words (empty when it is not)."""
+        if not self.autoscaler_enabled:
+            return "disabled by the operator's settings (SHOAL_AUTOSCALER_ENABLED=false)"
+        if not self.prometheus_url:
+            return "no Prometheus configured (SHOAL_PROMETHEUS_URL is empty)"
+        return ""
+
+    @property
+    def default_budget(self) -> Decimal | None:
+        """The default budget as a number."""
+        return Decimal(self.default_budget_per_hour) if self.default_budget_per_hour else None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -38,4 +101,14 @@ class OperatorConfig:
             api_timeout_seconds=float(
                 env.get("SHOAL_API_TIMEOUT_SECONDS", defaults.api_timeout_seconds)
             ),
+            prometheus_url=env.get("SHOAL_PROMETHEUS_URL", defaults.prometheus_url).strip(),
+            autoscaler_enabled=_flag(env, "SHOAL_AUTOSCALER_ENABLED", defaults.autoscaler_enabled),
+            autoscaler_interval_seconds=float(
+                env.get("SHOAL_AUTOSCALER_INTERVAL_SECONDS", defaults.autoscaler_interval_seconds)
+            ),
+            autoscaler_dry_run=_flag(env, "SHOAL_AUTOSCALER_DRY_RUN", defaults.autoscaler_dry_run),
+            autoscaler_stale_seconds=float(
+                env.get("SHOAL_AUTOSCALER_STALE_SECONDS", defaults.autoscaler_stale_seconds)
+            ),
+            default_budget_per_hour=_money(env, "SHOAL_DEFAULT_BUDGET_PER_HOUR"),
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +17,7 @@ import kopf
 from pydantic import ValidationError
 
 from shoal.api.v1alpha1 import API_VERSION, ConditionStatus, ModelFleet, RoutingPolicy
+from shoal.autoscaling.state import rendered_replicas
 from shoal.operator import events
 from shoal.operator.config import OperatorConfig
 from shoal.operator.gateway import KubeGateway
@@ -106,6 +107,20 @@ def _event_on_transition(body: Any, fleet: ModelFleet, new: Any) -> None:
         events.post(body, warning=True, reason=new_deg.reason, message=new_deg.message)
 
 
+def plan_settings(config: OperatorConfig, fleet: ModelFleet) -> PlanSettings:
+    """The operator's settings, plus the autoscaler's persisted decision while it owns the
+    replicas (mode Active): fixed replicas for every model and the effective alpha."""
+    base = PlanSettings(image=config.serving_image, gpu_image=config.gpu_image)
+    if config.autoscaler_mode != "Active":
+        return base  # Ray Serve autoscales every model within its tier's bounds
+    status = fleet.status
+    return replace(
+        base,
+        replicas=rendered_replicas(fleet.spec, status.autoscaler if status else None),
+        effective_alpha=status.effective_alpha if status else None,
+    )
+
+
 def reconcile_fleet(
     gw: KubeGateway,
     config: OperatorConfig,
@@ -120,7 +135,7 @@ def reconcile_fleet(
         _report_invalid(gw, body, exc, now)
         raise FleetBlocked(f"invalid spec: {exc.errors()[0]['msg']}") from exc
     ns = fleet.metadata.namespace or "default"
-    settings = settings or PlanSettings(image=config.serving_image, gpu_image=config.gpu_image)
+    settings = settings or plan_settings(config, fleet)
     previous = fleet.status
     ref = fleet.spec.routing_policy_ref.name
 

@@ -22,6 +22,7 @@ from typing import Any
 import kopf
 
 from shoal.api.v1alpha1 import GROUP, VERSION
+from shoal.operator.autoscaler import autoscale_fleet, runtime
 from shoal.operator.config import OperatorConfig
 from shoal.operator.fleets import delete_fleet_children, reconcile_fleet
 from shoal.operator.gateway import KubeGateway
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 FLEETS, POLICIES = "modelfleets", "routingpolicies"
 #: Interval of the periodic re-check; a kopf decorator needs it when this module is imported.
 RESYNC_SECONDS = float(os.environ.get("SHOAL_RESYNC_SECONDS", "30"))
+#: Interval of the autoscaler's evaluations (SHOAL_AUTOSCALER_INTERVAL_SECONDS), likewise.
+AUTOSCALER_SECONDS = OperatorConfig.from_env().autoscaler_interval_seconds
 
 
 def _now() -> datetime:
@@ -75,8 +78,9 @@ def fleets_by_policy(namespace: str | None, name: str, spec: kopf.Spec, **_: Any
 
 
 def _reconcile_fleet(body: Any, memo: kopf.Memo) -> None:
-    with observed("ModelFleet"):
-        reconcile_fleet(memo.gateway, memo.config, body, _now())
+    # Serialised with the autoscaler; reads the fleet fresh while the autoscaler is on.
+    with runtime(memo).fleet_lock(memo.gateway, body) as fresh, observed("ModelFleet"):
+        reconcile_fleet(memo.gateway, memo.config, fresh, _now())
 
 
 @kopf.on.resume(GROUP, VERSION, FLEETS)
@@ -94,6 +98,19 @@ def fleet_resync(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
         _reconcile_fleet(body, memo)
     except (kopf.PermanentError, kopf.TemporaryError) as exc:
         logger.info(f"fleet not reconciled yet: {exc}")
+
+
+@kopf.timer(GROUP, VERSION, FLEETS, interval=AUTOSCALER_SECONDS, initial_delay=AUTOSCALER_SECONDS)
+def fleet_autoscale(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Shoal's autoscaler: evaluate the fleet; persist, apply or only report the decision."""
+    rt = runtime(memo)
+    with rt.fleet_lock(memo.gateway, body) as fresh:
+        if fresh["metadata"].get("deletionTimestamp"):
+            return
+        try:
+            autoscale_fleet(memo.gateway, memo.config, rt.source, fresh, _now())
+        except (kopf.PermanentError, kopf.TemporaryError) as exc:
+            logger.info(f"fleet not autoscaled this time: {exc}")
 
 
 @kopf.on.delete(GROUP, VERSION, FLEETS)

@@ -1,0 +1,310 @@
+"""The autoscaler's actuator: evaluate a fleet, persist the decision, render it, report it.
+
+Called by a kopf timer per fleet (:mod:`shoal.operator.handlers`), every
+``SHOAL_AUTOSCALER_INTERVAL_SECONDS``. One evaluation:
+
+1. reads the fleet's metrics window from Prometheus (:mod:`shoal.autoscaling.prometheus`);
+2. asks the pure policy (:func:`shoal.autoscaling.policy.decide`) for every model's replicas,
+   the budget's verdict and the router's effective alpha;
+3. writes the decision into the fleet's status (``status.autoscaler``: mode, per-model
+   replicas, cooldown times and reasons; ``status.lastScaling`` per tier;
+   ``status.effectiveAlpha``), posts an event per change and updates Prometheus metrics;
+4. in mode ``Active``, reconciles the fleet, whose plan reads the persisted replicas back
+   (:func:`shoal.autoscaling.state.rendered_replicas`) as fixed ``num_replicas``.
+
+One owner per replica count: in ``Active`` mode Shoal's autoscaler owns every model's count
+and Ray Serve's autoscaling is off; in ``Off`` and ``DryRun`` modes the RayService keeps Ray
+Serve's ``autoscaling_config`` within the tier bounds and this module never changes replicas.
+
+Because the decision lives in status, a restarted operator renders the same replicas and
+honours the same cooldowns. Reconciles of the same fleet are serialised with the autoscaler
+(:meth:`AutoscalerRuntime.fleet_lock`) and read the fleet fresh, so a reconcile working from
+a stale copy can never roll a decision back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+import kopf
+from prometheus_client import Counter, Gauge
+
+from shoal.api.v1alpha1 import API_VERSION, ModelFleet, RoutingPolicy
+from shoal.api.v1alpha1.fleet import AutoscalerStatus, ScalingDecision
+from shoal.autoscaling.policy import PolicySettings, decide
+from shoal.autoscaling.prometheus import PrometheusSource, Windows
+from shoal.autoscaling.state import model_states, rendered_replicas, status_after
+from shoal.autoscaling.types import FleetDecision, MetricsWindow, ModelDecision
+from shoal.operator import events
+from shoal.operator.config import OperatorConfig
+from shoal.operator.fleets import reconcile_fleet
+from shoal.operator.gateway import KubeGateway
+
+log = logging.getLogger(__name__)
+
+DESIRED = Gauge(
+    "shoal_autoscaler_desired_replicas",
+    "Replicas the autoscaler wants per model (applied in Active mode, reported in DryRun).",
+    ["namespace", "fleet", "model", "mode"],
+)
+DECISIONS = Counter(
+    "shoal_autoscaler_decisions_total",
+    "Per-model autoscaler decisions by direction (up, down, hold) and mode.",
+    ["namespace", "fleet", "direction", "mode"],
+)
+BUDGET_UTILISATION = Gauge(
+    "shoal_autoscaler_budget_utilisation",
+    "Cost per hour of the decided replicas as a fraction of the fleet's budget.",
+    ["namespace", "fleet"],
+)
+BUDGET_BINDING = Gauge(
+    "shoal_autoscaler_budget_binding",
+    "1 while the budget holds replicas below what load and SLOs ask for.",
+    ["namespace", "fleet"],
+)
+EFFECTIVE_ALPHA = Gauge(
+    "shoal_autoscaler_effective_alpha",
+    "Router quality weight in force (the policy's alpha unless the budget binds).",
+    ["namespace", "fleet"],
+)
+EVALUATIONS = Counter(
+    "shoal_autoscaler_evaluations_total",
+    "Fleet evaluations by result (ok, metrics_unavailable, off).",
+    ["result"],
+)
+
+
+class MetricsSource(Protocol):
+    """Where metric windows come from (Prometheus in a cluster, a fake in tests)."""
+
+    def collect(
+        self, fleet: str, models: list[str], now: datetime, windows: Windows | None = None
+    ) -> MetricsWindow: ...
+
+
+@dataclass
+class AutoscalerRuntime:
+    """Per-operator autoscaler state: the metrics source and one lock per fleet."""
+
+    config: OperatorConfig
+    source: MetricsSource | None = None
+    _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def from_config(cls, config: OperatorConfig) -> AutoscalerRuntime:
+        source = PrometheusSource(config.prometheus_url) if config.prometheus_url else None
+        return cls(config=config, source=source)
+
+    def _lock(self, namespace: str, name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault((namespace, name), threading.Lock())
+
+    @contextmanager
+    def fleet_lock(self, gw: KubeGateway, body: Any) -> Iterator[Any]:
+        """Hold the fleet's lock; yield the freshest copy of the fleet where it matters.
+
+        While the autoscaler is on, the fleet is read again under the lock, so that a
+        reconcile sees the autoscaler's latest decision in status rather than the copy an
+        older watch event carried.
+        """
+        meta = body["metadata"]
+        ns, name = meta.get("namespace") or "default", meta["name"]
+        with self._lock(ns, name):
+            fresh = None
+            if self.config.autoscaler_mode != "Off":
+                fresh = gw.get(API_VERSION, ModelFleet.KIND, ns, name)
+            yield fresh if fresh is not None else body
+
+
+def runtime(memo: Any) -> AutoscalerRuntime:
+    """The operator's autoscaler runtime, created on first use and kept in kopf's memo."""
+    rt = getattr(memo, "autoscaler", None)
+    if rt is None:
+        rt = AutoscalerRuntime.from_config(memo.config)
+        memo.autoscaler = rt
+    return rt
+
+
+@dataclass(frozen=True)
+class AutoscaleOutcome:
+    """What one evaluation did."""
+
+    mode: str
+    decision: FleetDecision | None
+    applied: bool
+    message: str
+
+
+def windows_for(fleet: ModelFleet, config: OperatorConfig) -> Windows:
+    """Query windows from the evaluation interval and the fleet's scale-down cooldowns."""
+    interval = config.autoscaler_interval_seconds
+    down = min(t.autoscaling.scale_down_cooldown_seconds for t in fleet.spec.tiers)
+    return Windows(
+        short=max(2 * interval, 4.0),
+        long=min(max(4 * interval, float(down)), 600.0),
+        rate=max(4 * interval, 8.0),
+    )
+
+
+def _policy_alpha(gw: KubeGateway, fleet: ModelFleet) -> Decimal | None:
+    ns = fleet.metadata.namespace or "default"
+    raw = gw.get(API_VERSION, RoutingPolicy.KIND, ns, fleet.spec.routing_policy_ref.name)
+    if raw is None:
+        return None
+    policy = RoutingPolicy.model_validate(raw)
+    return Decimal(policy.spec.alpha) if policy.spec.strategy == "cluster" else None
+
+
+def _last_scaling(
+    previous: list[ScalingDecision], changes: list[ModelDecision], now: datetime, dry_run: bool
+) -> list[ScalingDecision]:
+    """``status.lastScaling`` with the biggest change of each tier that changed."""
+    by_tier = {d.tier: d for d in previous}
+    for tier in dict.fromkeys(c.tier for c in changes):
+        biggest = max(
+            (c for c in changes if c.tier == tier), key=lambda c: abs(c.desired - c.current)
+        )
+        prefix = "dry run, not applied: " if dry_run else ""
+        by_tier[tier] = ScalingDecision(
+            tier=tier,
+            time=now,
+            model=biggest.model,
+            from_replicas=biggest.current,
+            to_replicas=biggest.desired,
+            reason=(prefix + biggest.reason)[:1024],
+        )
+    return [by_tier[t] for t in sorted(by_tier)]
+
+
+def _dump(model: Any) -> Any:
+    return model.model_dump(mode="json", by_alias=True)
+
+
+def _report(body: Any, fleet: ModelFleet, mode: str, decision: FleetDecision, was: Any) -> None:
+    """Events and metrics for one evaluation."""
+    ns, name = fleet.metadata.namespace or "default", fleet.metadata.name
+    for d in decision.models:
+        DESIRED.labels(ns, name, d.model, mode).set(d.desired)
+        DECISIONS.labels(ns, name, d.direction, mode).inc()
+        if d.direction == "hold":
+            continue
+        verb = {"up": "ScaledUp", "down": "ScaledDown"}[d.direction]
+        if mode == "DryRun":
+            verb = "Would" + verb.replace("Scaled", "Scale")
+        message = f"{d.model}: {d.current} -> {d.desired} replicas: {d.reason}"
+        events.post(body, warning=d.budget_limited, reason=verb, message=message)
+    util = decision.budget_utilisation
+    if util is not None:
+        BUDGET_UTILISATION.labels(ns, name).set(util)
+    BUDGET_BINDING.labels(ns, name).set(1 if decision.budget_binding else 0)
+    if decision.effective_alpha is not None:
+        EFFECTIVE_ALPHA.labels(ns, name).set(float(decision.effective_alpha))
+    was_binding = bool(was and was.budget_binding)
+    if decision.budget_binding and not was_binding:
+        events.post(body, warning=True, reason="BudgetBinding", message=decision.summary)
+    elif was_binding and not decision.budget_binding:
+        events.post(body, warning=False, reason="BudgetReleased", message=decision.summary)
+
+
+def _off(
+    gw: KubeGateway, config: OperatorConfig, body: Any, fleet: ModelFleet, now: datetime
+) -> AutoscaleOutcome:
+    """Autoscaler off: say so in status (once), hand replicas back to Ray Serve."""
+    previous = fleet.status.autoscaler if fleet.status else None
+    message = (
+        f"autoscaler off: {config.autoscaler_off_reason}; Ray Serve autoscales each model "
+        "within its tier's bounds"
+    )
+    patch: dict[str, Any] = {}
+    if previous is None or previous.mode != "Off" or previous.message != message:
+        patch["autoscaler"] = _dump(AutoscalerStatus(mode="Off", message=message))
+    if fleet.status and fleet.status.effective_alpha is not None:
+        patch["effectiveAlpha"] = None
+    if not patch:
+        return AutoscaleOutcome("Off", None, False, message)
+    ns = fleet.metadata.namespace or "default"
+    live = gw.patch_status(API_VERSION, ModelFleet.KIND, ns, fleet.metadata.name, patch)
+    EVALUATIONS.labels("off").inc()
+    if previous is not None and previous.mode == "Active" and live is not None:
+        _reconcile(gw, config, live, now)
+    return AutoscaleOutcome("Off", None, False, message)
+
+
+def _reconcile(gw: KubeGateway, config: OperatorConfig, live: Any, now: datetime) -> bool:
+    try:
+        reconcile_fleet(gw, config, live, now)
+        return True
+    except (kopf.PermanentError, kopf.TemporaryError) as exc:
+        # The decision is in status; the fleet's own reconcile renders it once it can.
+        log.info("fleet %s not reconciled after scaling: %s", live["metadata"]["name"], exc)
+        return False
+
+
+def autoscale_fleet(
+    gw: KubeGateway,
+    config: OperatorConfig,
+    source: MetricsSource | None,
+    body: Any,
+    now: datetime,
+) -> AutoscaleOutcome:
+    """Evaluate one fleet; persist, apply (Active) or only report (DryRun) the decision."""
+    fleet = ModelFleet.model_validate(dict(body))
+    mode = config.autoscaler_mode
+    if mode == "Off" or source is None:
+        return _off(gw, config, body, fleet, now)
+    names = [m.name for m in fleet.spec.models]
+    window = source.collect(fleet.metadata.name, names, now, windows_for(fleet, config))
+    EVALUATIONS.labels("metrics_unavailable" if window.error else "ok").inc()
+    status = fleet.status
+    previous = status.autoscaler if status else None
+    prev_alpha = (
+        Decimal(status.effective_alpha)
+        if mode == "Active" and status and status.effective_alpha
+        else None
+    )
+    decision = decide(
+        fleet.spec,
+        model_states(fleet, mode),
+        window,
+        now,
+        settings=PolicySettings(stale_seconds=config.autoscaler_stale_seconds),
+        budget=config.default_budget,
+        policy_alpha=_policy_alpha(gw, fleet),
+        previous_alpha=prev_alpha,
+    )
+    auto = status_after(previous, mode, decision, now)
+    patch: dict[str, Any] = {"autoscaler": _dump(auto)}
+    changes = decision.changes
+    if changes:
+        patch["lastScaling"] = [
+            _dump(d)
+            for d in _last_scaling(
+                list(status.last_scaling) if status else [], changes, now, mode == "DryRun"
+            )
+        ]
+    alpha = f"{decision.effective_alpha:.2f}" if decision.effective_alpha is not None else None
+    if mode == "Active":
+        patch["effectiveAlpha"] = alpha
+    ns = fleet.metadata.namespace or "default"
+    live = gw.patch_status(API_VERSION, ModelFleet.KIND, ns, fleet.metadata.name, patch)
+    _report(body, fleet, mode, decision, previous)
+
+    applied = False
+    if mode == "Active" and live is not None:
+        before = rendered_replicas(fleet.spec, previous)
+        after = rendered_replicas(fleet.spec, auto)
+        old_alpha = status.effective_alpha if status else None
+        switched = previous is None or previous.mode != "Active"
+        if switched or before != after or old_alpha != alpha:
+            applied = _reconcile(gw, config, live, now)
+    elif live is not None and previous is not None and previous.mode == "Active":
+        _reconcile(gw, config, live, now)  # DryRun after Active: hand replicas back to Ray
+    return AutoscaleOutcome(mode, decision, applied, decision.summary)
