@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
+import zlib
 
 import kopf
 
@@ -22,6 +24,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--peering", default=os.environ.get("SHOAL_PEERING", ""),
                    help="kopf peering name: replicas sharing it run one at a time "
                    "(needs kopf's peering CRDs); empty: standalone")  # fmt: skip
+    p.add_argument("--priority", type=int, default=None,
+                   help="kopf peering priority: of the live peers the highest runs, the others "
+                   "stand by; default: derived from POD_ID, so replicas differ")  # fmt: skip
     p.add_argument("--log-format", choices=["plain", "full", "json"],
                    default=os.environ.get("SHOAL_LOG_FORMAT", "plain"))  # fmt: skip
     p.add_argument("--metrics-port", type=int,
@@ -31,6 +36,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz")  # fmt: skip
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
+
+
+def peering_priority(explicit: int | None, pod_id: str | None) -> int:
+    """This replica's peering priority. kopf pauses *every* live peer when two share a
+    priority, so replicas need distinct ones: derived from the pod's name unless given."""
+    if explicit is not None:
+        return explicit
+    seed = pod_id or f"{socket.gethostname()}/{os.getpid()}"
+    return zlib.crc32(seed.encode()) % 1_000_000
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,6 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     kopf.run(
         standalone=not args.peering,
         peering_name=args.peering or None,
+        priority=peering_priority(args.priority, os.environ.get("POD_ID"))
+        if args.peering
+        else None,
         namespaces=list(args.namespace),
         clusterwide=not args.namespace,
         liveness_endpoint=args.liveness or None,
