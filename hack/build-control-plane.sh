@@ -2,7 +2,9 @@
 # Build a real Kubernetes control plane for tests from the Go module proxy:
 # kube-apiserver, kubectl and etcd (one wrapper module over k8s.io/kubernetes, whose
 # staging modules are replaced by their published versions), helm (its own wrapper
-# module), and fetch the KubeRay RayService CRD from the KubeRay Go module.
+# module), and fetch the KubeRay RayService CRD from the KubeRay Go module and the
+# prometheus-operator CRDs the chart's monitoring objects use (ServiceMonitor, PodMonitor,
+# PrometheusRule) from the prometheus-operator Go module.
 #
 # Idempotent: a binary whose stamped version already matches is not rebuilt. Output goes
 # to .tools/ (git-ignored). Go's module and build caches (GOMODCACHE, GOCACHE) make a
@@ -14,6 +16,7 @@ set -euo pipefail
 K8S_VERSION="${K8S_VERSION:-v1.34.4}"     # one pinned Kubernetes minor (1.34)
 HELM_VERSION="${HELM_VERSION:-v3.19.5}"    # built against k8s.io/* v0.34
 KUBERAY_VERSION="${KUBERAY_VERSION:-v1.4.2}"
+PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tools="${SHOAL_TOOLS_DIR:-$root/.tools}"
@@ -131,7 +134,27 @@ fetch_kuberay_crd() {
   echo "$KUBERAY_VERSION" >"$tools/crds/.kuberay-version"
 }
 
+fetch_monitoring_crds() {
+  # A folder of their own: the test control plane installs every CRD in crds/, these only
+  # where a test asks for them.
+  local out="$tools/crds/monitoring" stamp="$tools/crds/monitoring/.prometheus-operator-version"
+  if [[ $force -eq 0 && "$(cat "$stamp" 2>/dev/null)" == "$PROMETHEUS_OPERATOR_VERSION" ]]; then
+    return
+  fi
+  log "fetching monitoring CRDs from github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION"
+  local dir kind
+  dir="$(cd "$work" && go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
+         | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+  mkdir -p "$out"
+  for kind in servicemonitors podmonitors prometheusrules; do
+    cp "$dir/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$out/"
+    chmod 0644 "$out/monitoring.coreos.com_$kind.yaml"
+  done
+  echo "$PROMETHEUS_OPERATOR_VERSION" >"$stamp"
+}
+
 fetch_kuberay_crd
+fetch_monitoring_crds
 build_k8s
 build_helm
 log "ready in $bin: $(ls "$bin" | tr '\n' ' ')"
