@@ -14,6 +14,7 @@ ingress can decide to fall back without knowing which engine it talked to.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -71,6 +72,13 @@ def _is_overload(exc: BaseException) -> bool:
     return isinstance(cause, BackPressureError | EngineOverloaded)
 
 
+def _cancel(response: Any) -> None:
+    """Cancel a Ray Serve call we stopped reading (client gone, timeout). ``cancel`` re-raises
+    the call's own error when it already failed; that is not news here."""
+    with contextlib.suppress(Exception):
+        response.cancel()
+
+
 class ServeModelClient:
     """A Shoal model deployment behind a Ray Serve handle."""
 
@@ -80,20 +88,23 @@ class ServeModelClient:
         self._probe = handle.options(method_name="probe")
 
     async def stream(self, request: GenerationRequest, coalesce: bool) -> AsyncIterator[Chunk]:
-        gen = self._stream.remote(request, coalesce)
+        gen: Any = None
         done = False
         try:
+            gen = self._stream.remote(request, coalesce)
             async for chunk in gen:
                 yield chunk
                 if chunk.finish_reason is not None:
                     done = True
+            done = True
         except Exception as exc:
+            done = True  # the call is over; nothing left to cancel
             if _is_overload(exc):
                 raise ModelOverloaded(str(exc)) from exc
             raise ModelFailed(f"{type(exc).__name__}: {exc}") from exc
         finally:
-            if not done:
-                gen.cancel()
+            if gen is not None and not done:
+                _cancel(gen)
 
     async def probe(self) -> None:
         await self._probe.remote()
@@ -130,9 +141,10 @@ class LLMServerClient:
 
     async def stream(self, request: GenerationRequest, coalesce: bool) -> AsyncIterator[Chunk]:
         method = self._chat if request.kind == "chat" else self._completions
-        gen = method.remote(self._request(request))
+        gen: Any = None
         pending: Chunk | None = None
         try:
+            gen = method.remote(self._request(request))
             async for batch in gen:
                 for item in batch if isinstance(batch, list) else [batch]:
                     for chunk in _parse_llm_server_item(item):
@@ -153,11 +165,13 @@ class LLMServerClient:
         except ModelFailed:
             raise
         except Exception as exc:
+            gen = None  # the call is over; nothing left to cancel
             if _is_overload(exc):
                 raise ModelOverloaded(str(exc)) from exc
             raise ModelFailed(f"{type(exc).__name__}: {exc}") from exc
         finally:
-            gen.cancel()
+            if gen is not None:
+                _cancel(gen)
 
     async def probe(self) -> None:
         await self._health.remote()

@@ -52,7 +52,10 @@ class ServingLimits(BaseModel):
         default=4096, ge=1, description="Largest max_tokens a request may ask for (400 above)."
     )
     default_max_tokens: int = Field(
-        default=512, ge=1, description="max_tokens used when a request sets none."
+        default=512,
+        ge=1,
+        description="max_tokens used when a chat request sets none (capped at max_tokens "
+        "unless set explicitly).",
     )
     first_token_timeout_seconds: float = Field(
         default=30.0,
@@ -80,6 +83,8 @@ class ServingLimits(BaseModel):
 
     @model_validator(mode="after")
     def _default_within_max(self) -> ServingLimits:
+        if "default_max_tokens" not in self.model_fields_set:
+            self.default_max_tokens = min(self.default_max_tokens, self.max_tokens)
         if self.default_max_tokens > self.max_tokens:
             raise ValueError("default_max_tokens may not exceed max_tokens")
         return self

@@ -242,6 +242,10 @@ class Endpoint:
         except StopAsyncIteration:
             self._done(model)
             raise ModelUnavailable("empty answer") from None
+        except Exception as exc:  # a client that let something unexpected through
+            await _close(stream)
+            self._done(model)
+            raise ModelUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return first, stream
 
     def _stream(
@@ -276,8 +280,9 @@ class Endpoint:
         if reason != "overload":
             self.health.failed(model)
         self.metrics.fallback(model, reason)
-        log.warning(
-            "request %s: model %s unavailable (%s)%s", rid, model, reason,
+        log.log(
+            logging.DEBUG if reason == "overload" else logging.WARNING,
+            "request %s: model %s unavailable (%s: %s)%s", rid, model, reason, exc,
             ", trying the next one" if more else "",
         )  # fmt: skip
 
