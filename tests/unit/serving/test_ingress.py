@@ -152,14 +152,15 @@ def test_named_model_overload_is_503_with_retry_after(client_for: Any) -> None:
 
 def test_no_first_token_in_time_falls_back(client_for: Any) -> None:
     ep = make_endpoint(["slow", "fast"], limits={"first_token_timeout_seconds": 0.2})
-    r = client_for(ep).post(
+    tc = client_for(ep)
+    r = tc.post(
         "/v1/chat/completions",
         json={"model": "auto", "messages": [{"role": "user", "content": "x"}]},
     )
     assert r.status_code == 200 and r.headers["x-shoal-model"] == "fast"
     assert metric(ep, "shoal_fallbacks_total", model="slow", reason="timeout") == 1
     # The slow model is now skipped for its cooldown, and that is a fallback too.
-    r = client_for(ep).post(
+    r = tc.post(
         "/v1/chat/completions",
         json={"model": "auto", "messages": [{"role": "user", "content": "x"}]},
     )
