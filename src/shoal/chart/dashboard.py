@@ -38,7 +38,8 @@ DURATION = "ray_shoal_request_duration_seconds_bucket"
 TOKENS = "ray_shoal_tokens_total"
 COST = "ray_shoal_cost_usd_total"
 IN_FLIGHT = "ray_shoal_requests_in_flight"
-ENGINE_WAITING = "ray_vllm_num_requests_waiting"
+#: Engines' queue, vLLM's or llama.cpp's (both export vLLM's metric names under their prefix).
+ENGINE_WAITING = '__name__=~"ray_(vllm|llamacpp)_num_requests_waiting"'
 # Fleet state through kube-state-metrics (see templates/kube-state-metrics.yaml).
 FLEET_CONDITION = "shoal_fleet_condition"
 FLEET_COST = "shoal_fleet_cost_per_hour"
@@ -197,8 +198,7 @@ def _rows() -> list[Row]:
                   stacked=True),
             Panel("Engine queue by model", "Requests waiting for a batch slot inside the "
                   "engines (vLLM and the simulator).",
-                  [Target(f"sum by (model_name) ({ENGINE_WAITING}{_sel()})",
-                          "{{model_name}}")]),
+                  [Target(f"sum by (model_name) ({_sel(ENGINE_WAITING)})", "{{model_name}}")]),
         ]),
         Row("Autoscaler", [
             Panel("Autoscaler: desired replicas by model", "Replicas the autoscaler wants "

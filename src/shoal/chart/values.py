@@ -189,6 +189,14 @@ class OperatorSettings(ChartModel):
         json_schema_extra={"uniqueItems": True},
         description="Namespaces to watch; empty: all namespaces (cluster-wide).",
     )
+
+    @field_validator("watch_namespaces")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("each namespace may appear once")
+        return value
+
     log_format: Literal["plain", "full", "json"] = Field(
         default="json", description="Log format: plain, full or json (for log pipelines)."
     )
