@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.unit.chart.helm import CHART, MATRIX, one, render, select
 
 from shoal.chart import dashboard
 from shoal.testing import REPO_ROOT, require
-from tests.unit.chart.helm import CHART, MATRIX, one, render, select
 
 RULE_ENTRIES = ["monitoring", "monitoring-tuned"]
 
@@ -76,7 +76,11 @@ def _without_annotations(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _alert(name: str, at: str, *labels: dict[str, str]) -> dict[str, Any]:
-    return {"eval_time": at, "alertname": name, "exp_alerts": [{"exp_labels": lab} for lab in labels]}
+    return {
+        "eval_time": at,
+        "alertname": name,
+        "exp_alerts": [{"exp_labels": lab} for lab in labels],
+    }
 
 
 def _counter(series: str, per_second: float, minutes: int = 120) -> dict[str, str]:
@@ -210,7 +214,9 @@ def test_dashboard_is_well_formed_grafana_json() -> None:
     for p in d["panels"]:
         g = p["gridPos"]
         assert {"h", "w", "x", "y"} == g.keys() and g["x"] + g["w"] <= 24 and g["h"] > 0
-        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        mine = {
+            (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
+        }
         assert not cells & mine, f"panel {p['id']} overlaps another"
         cells |= mine
         if p["type"] == "row":
@@ -246,7 +252,9 @@ def _as_promql(expr: str) -> str:
 def test_dashboard_queries_parse(tmp_path: Path) -> None:
     rules = [{"record": f"shoal:dashboard_panel_{i}", "expr": _as_promql(expr)}
              for i, (_, expr) in enumerate(_dashboard_exprs())]  # fmt: skip
-    (tmp_path / "dash.yaml").write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    (tmp_path / "dash.yaml").write_text(
+        yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]})
+    )
     result = run_promtool("check", "rules", "dash.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -283,7 +291,7 @@ def exported_metrics() -> set[str]:
     """Names of every series Shoal's parts export, as Prometheus stores them."""
     import prometheus_client
 
-    import shoal.operator.autoscaler  # noqa: F401  (registers its metrics)
+    import shoal.operator.autoscaler
     import shoal.operator.metrics  # noqa: F401
     from shoal.serving.metrics import EngineMetrics, RouterMetrics
 
@@ -307,7 +315,10 @@ def test_every_metric_read_is_exported() -> None:
         used |= {m: f"dashboard panel {title!r}" for m in _metrics_in(expr)}
     for group in rule_groups(MATRIX["monitoring"]):
         for rule in group["rules"]:
-            used |= {m: f"rule {rule.get('alert') or rule.get('record')}" for m in _metrics_in(rule["expr"])}
+            used |= {
+                m: f"rule {rule.get('alert') or rule.get('record')}"
+                for m in _metrics_in(rule["expr"])
+            }
     missing = {m: where for m, where in used.items() if m not in exported}
     assert not missing, f"read but exported by nothing: {missing}"
     assert len(used) >= 15  # the check saw the queries
@@ -333,7 +344,11 @@ def test_kube_state_metrics_paths_exist_in_the_crd() -> None:
     cm = [c for c in select(render(MATRIX["monitoring"]), "ConfigMap")
           if c["metadata"]["name"].endswith("-kube-state-metrics")]  # fmt: skip
     resource = yaml.safe_load(cm[0]["data"]["shoal-fleets.yaml"])["spec"]["resources"][0]
-    assert resource["groupVersionKind"] == {"group": "shoal.dev", "version": "v1alpha1", "kind": "ModelFleet"}
+    assert resource["groupVersionKind"] == {
+        "group": "shoal.dev",
+        "version": "v1alpha1",
+        "kind": "ModelFleet",
+    }
     for label, path in resource["labelsFromPath"].items():
         assert _schema_at(schema, path) is not None, label
     for metric in resource["metrics"]:
@@ -342,4 +357,7 @@ def test_kube_state_metrics_paths_exist_in_the_crd() -> None:
         assert base is not None, metric["name"]
         for sub in [gauge.get("valueFrom"), *(gauge.get("labelsFromPath") or {}).values()]:
             if sub:
-                assert _schema_at(base if base.get("type") != "array" else base["items"], sub), (metric["name"], sub)
+                assert _schema_at(base if base.get("type") != "array" else base["items"], sub), (
+                    metric["name"],
+                    sub,
+                )

@@ -8,9 +8,6 @@ from typing import Any
 
 import pytest
 import yaml
-
-from shoal.chart.values import Values
-from shoal.testing import REPO_ROOT
 from tests.unit.chart.helm import (
     CHART,
     MATRIX,
@@ -22,6 +19,9 @@ from tests.unit.chart.helm import (
     run_helm,
     select,
 )
+
+from shoal.chart.values import Values
+from shoal.testing import REPO_ROOT
 
 ENTRIES = sorted(MATRIX)
 
@@ -121,7 +121,9 @@ def test_env_reaches_the_operator_settings(name: str) -> None:
     assert config.autoscaler_stale_seconds == v.autoscaler.stale_seconds
     assert config.default_budget_per_hour == (v.autoscaler.default_budget_per_hour or None)
     assert config.serving_image == (v.serving.image or f"ghcr.io/shoal-dev/shoal-serving:{_app()}")
-    assert config.gpu_image == (v.serving.gpu_image or f"ghcr.io/shoal-dev/shoal-serving:{_app()}-gpu")
+    assert config.gpu_image == (
+        v.serving.gpu_image or f"ghcr.io/shoal-dev/shoal-serving:{_app()}-gpu"
+    )
 
 
 def _app() -> str:
@@ -134,7 +136,9 @@ def test_images() -> None:
     c = container(render(MATRIX["custom"]))
     assert c["image"] == "registry.example.com/ml/shoal-operator@sha256:" + "a" * 64
     assert c["imagePullPolicy"] == "Always"
-    env = {e["name"]: e.get("value") for e in container(render({"image": {"repository": "op"}}))["env"]}
+    env = {
+        e["name"]: e.get("value") for e in container(render({"image": {"repository": "op"}}))["env"]
+    }
     assert env["SHOAL_SERVING_IMAGE"] == f"shoal-serving:{_app()}"
 
 
@@ -159,7 +163,9 @@ def test_peering_exactly_with_several_replicas(name: str) -> None:
     name_ = v.operator.peering.name or (v.fullname_override or "shoal")
     # Peering objects come from a hook, after the CRDs exist; one per watched namespace.
     if v.operator.watch_namespaces:
-        assert sorted(p["metadata"]["namespace"] for p in peers) == sorted(v.operator.watch_namespaces)
+        assert sorted(p["metadata"]["namespace"] for p in peers) == sorted(
+            v.operator.watch_namespaces
+        )
         assert {p["kind"] for p in peers} == {"KopfPeering"}
     else:
         assert [p["kind"] for p in peers] == ["ClusterKopfPeering"]
@@ -191,8 +197,12 @@ def test_rbac_scope_follows_the_mode(name: str) -> None:
     roles, cluster_roles = select(docs, "Role"), select(docs, "ClusterRole")
     bindings = select(docs, "RoleBinding") + select(docs, "ClusterRoleBinding")
     if v.monitoring.kube_state_metrics.enabled:  # kube-state-metrics' read access, not ours
-        cluster_roles = [r for r in cluster_roles if not r["metadata"]["name"].endswith("-kube-state-metrics")]
-        bindings = [b for b in bindings if not b["metadata"]["name"].endswith("-kube-state-metrics")]
+        cluster_roles = [
+            r for r in cluster_roles if not r["metadata"]["name"].endswith("-kube-state-metrics")
+        ]
+        bindings = [
+            b for b in bindings if not b["metadata"]["name"].endswith("-kube-state-metrics")
+        ]
     if not v.rbac.create:
         assert not roles and not cluster_roles and not bindings
         return
@@ -219,7 +229,9 @@ def test_service_account_and_its_use() -> None:
     assert pod["serviceAccountName"] == sa["metadata"]["name"] == "shoal"
     custom = render(MATRIX["custom"])
     assert not select(custom, "ServiceAccount")
-    assert one(custom, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "existing-sa"
+    assert (
+        one(custom, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "existing-sa"
+    )
 
 
 def test_metrics_service_and_monitor_select_the_operator() -> None:
@@ -245,7 +257,9 @@ def test_metrics_service_and_monitor_select_the_operator() -> None:
 def test_monitoring_objects_only_when_asked_for() -> None:
     kinds = {d["kind"] for d in render()}
     assert not kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
-    assert not any(d["metadata"]["name"].endswith("-dashboards") for d in select(render(), "ConfigMap"))
+    assert not any(
+        d["metadata"]["name"].endswith("-dashboards") for d in select(render(), "ConfigMap")
+    )
     kinds = {d["kind"] for d in render(MATRIX["monitoring"])}
     assert {"ServiceMonitor", "PodMonitor", "PrometheusRule"} <= kinds
 
@@ -284,5 +298,10 @@ def test_notes_are_in_the_chart() -> None:
     """NOTES.txt renders only at install; the integration tests install. Here: it exists and
     tells the user the next steps."""
     notes = (CHART / "templates" / "NOTES.txt").read_text()
-    for step in ("rollout status", "kuberay", "kubectl apply -f examples/quickstart.yaml", "/v1/chat/completions"):
+    for step in (
+        "rollout status",
+        "kuberay",
+        "kubectl apply -f examples/quickstart.yaml",
+        "/v1/chat/completions",
+    ):
         assert step in notes

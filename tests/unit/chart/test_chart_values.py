@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import ValidationError
+from tests.unit.chart.helm import CHART, MATRIX, run_helm
 
 from shoal.chart import values as values_module
 from shoal.chart.values import LATENCY_BUCKETS, Values
 from shoal.testing import REPO_ROOT
-from tests.unit.chart.helm import CHART, MATRIX, run_helm
 
 
 def _values_yaml() -> dict[str, Any]:
