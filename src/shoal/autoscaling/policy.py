@@ -64,6 +64,8 @@ class PolicySettings:
     max_scale_down_fraction: float = 0.5
     #: KV-cache use above which a model gets one more replica.
     kv_cache_high: float = 0.9
+    #: Most a queue's arrival-to-completion ratio may scale the running load when sizing.
+    max_growth: float = 4.0
     #: Restore alpha (in steps of alpha_step) once the wanted cost is below this budget share.
     alpha_recovery_share: Decimal = Decimal("0.9")
     alpha_step: Decimal = Decimal("0.1")
@@ -141,22 +143,38 @@ def decide_model(
         return out(0, "idle at zero: no demand")
 
     assert m is not None
+    waiting = m.waiting or 0.0
     need = math.ceil(load / target) if load > 0 else 0
+    why_need = f"{_fmt(load)} requests in flight need {need} replicas at {target} each"
+    done, arriving = m.request_rate or 0.0, m.demand_rate
+    if waiting >= 1.0 and done > 0 and arriving is not None:
+        # A queue is not steady load: size for the running requests scaled by how much
+        # faster requests arrive than they finish (what runs once capacity catches up).
+        growth = min(settings.max_growth, max(1.0, arriving / done))
+        running = max(0.0, load - waiting)
+        need = math.ceil(running * growth / target)
+        why_need = (
+            f"{_fmt(running)} running, {_fmt(waiting)} queued, arrivals at {growth:.1f}x "
+            f"completions: need {need} replicas at {target} each"
+        )
     ttft = m.ttft_p95_seconds
     ready = n if state.ready is None else state.ready
     pending = ready < n
+    kv_full = m.kv_cache_usage is not None and m.kv_cache_usage > settings.kv_cache_high
+    busy = kv_full or waiting >= 1.0 or load >= settings.scale_down_utilisation * target * n
     breach: str | None = None
     if ttft is not None and ttft > slo:
         breach = f"TTFT p95 {ttft * 1000:.0f}ms over the SLO {slo * 1000:.0f}ms"
-    elif m.kv_cache_usage is not None and m.kv_cache_usage > settings.kv_cache_high:
+    elif kv_full:
         breach = f"KV cache {m.kv_cache_usage:.0%} full"
 
     # --- up -----------------------------------------------------------------------------
     want_up, why_up = n, ""
     if need > n:
-        want_up = need
-        why_up = f"{_fmt(load)} requests in flight need {need} replicas at {target} each"
-    if breach and not pending and n + 1 > want_up:
+        want_up, why_up = need, why_need
+    # A breach adds a replica where more replicas help: requests queue or replicas are busy
+    # (a TTFT floor of the model itself is no reason to pay for more), none still starting.
+    if breach and busy and not pending and n + 1 > want_up:
         want_up, why_up = n + 1, breach
     if want_up > n:
         if want_up > hi and n >= hi:
@@ -168,8 +186,8 @@ def decide_model(
         capped = " (the maximum)" if want_up > hi else ""
         return out(want_up, f"scale up to {min(want_up, hi)}{capped}: {why_up}")
     if breach:
-        why = "replicas still starting" if pending else "no room"
-        return out(n, f"holding at {n}: {breach}, {why}")
+        why = "replicas still starting" if pending else "replicas not busy" if not busy else ""
+        return out(n, f"holding at {n}: {breach}" + (f", {why}" if why else ""))
 
     # --- down ---------------------------------------------------------------------------
     peak = m.peak_in_flight if m.peak_in_flight is not None else load

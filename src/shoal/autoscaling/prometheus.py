@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from shoal.api.v1alpha1 import ModelFleetSpec
 from shoal.autoscaling.types import MetricsWindow, ModelMetrics
 
 ENGINE_PREFIXES = ("vllm", "llamacpp")
@@ -77,6 +78,21 @@ class Windows:
     def step(self, window: float) -> str:
         """Subquery resolution: about fifteen points per window, at least one second."""
         return _dur(max(1.0, window / 15))
+
+
+def windows_for(spec: ModelFleetSpec, interval_seconds: float) -> Windows:
+    """Query windows for a fleet evaluated every ``interval_seconds``.
+
+    Averages cover two evaluation intervals; rates and quantiles four (at least two scrapes
+    at any sensible scrape interval); peaks the fleet's shortest scale-down cooldown (load
+    must have stayed low that long), at least four intervals and at most ten minutes.
+    """
+    down = min(t.autoscaling.scale_down_cooldown_seconds for t in spec.tiers)
+    return Windows(
+        short=max(2 * interval_seconds, 4.0),
+        long=min(max(4 * interval_seconds, float(down)), 600.0),
+        rate=max(4 * interval_seconds, 8.0),
+    )
 
 
 def fleet_queries(

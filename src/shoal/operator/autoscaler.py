@@ -39,7 +39,7 @@ from prometheus_client import Counter, Gauge
 from shoal.api.v1alpha1 import API_VERSION, ModelFleet, RoutingPolicy
 from shoal.api.v1alpha1.fleet import AutoscalerStatus, ScalingDecision
 from shoal.autoscaling.policy import PolicySettings, decide
-from shoal.autoscaling.prometheus import PrometheusSource, Windows
+from shoal.autoscaling.prometheus import PrometheusSource, Windows, windows_for
 from shoal.autoscaling.state import model_states, rendered_replicas, status_after
 from shoal.autoscaling.types import FleetDecision, MetricsWindow, ModelDecision
 from shoal.operator import events
@@ -113,14 +113,15 @@ class AutoscalerRuntime:
 
         While the autoscaler is on, the fleet is read again under the lock, so that a
         reconcile sees the autoscaler's latest decision in status rather than the copy an
-        older watch event carried.
+        older watch event carried. While it is off there is nothing to protect: no lock.
         """
+        if self.config.autoscaler_mode == "Off":
+            yield body  # nothing to protect: reconciles run as they always did
+            return
         meta = body["metadata"]
         ns, name = meta.get("namespace") or "default", meta["name"]
         with self._lock(ns, name):
-            fresh = None
-            if self.config.autoscaler_mode != "Off":
-                fresh = gw.get(API_VERSION, ModelFleet.KIND, ns, name)
+            fresh = gw.get(API_VERSION, ModelFleet.KIND, ns, name)
             yield fresh if fresh is not None else body
 
 
@@ -141,17 +142,6 @@ class AutoscaleOutcome:
     decision: FleetDecision | None
     applied: bool
     message: str
-
-
-def windows_for(fleet: ModelFleet, config: OperatorConfig) -> Windows:
-    """Query windows from the evaluation interval and the fleet's scale-down cooldowns."""
-    interval = config.autoscaler_interval_seconds
-    down = min(t.autoscaling.scale_down_cooldown_seconds for t in fleet.spec.tiers)
-    return Windows(
-        short=max(2 * interval, 4.0),
-        long=min(max(4 * interval, float(down)), 600.0),
-        rate=max(4 * interval, 8.0),
-    )
 
 
 def _policy_alpha(gw: KubeGateway, fleet: ModelFleet) -> Decimal | None:
@@ -261,7 +251,8 @@ def autoscale_fleet(
     if mode == "Off" or source is None:
         return _off(gw, config, body, fleet, now)
     names = [m.name for m in fleet.spec.models]
-    window = source.collect(fleet.metadata.name, names, now, windows_for(fleet, config))
+    windows = windows_for(fleet.spec, config.autoscaler_interval_seconds)
+    window = source.collect(fleet.metadata.name, names, now, windows)
     EVALUATIONS.labels("metrics_unavailable" if window.error else "ok").inc()
     status = fleet.status
     previous = status.autoscaler if status else None

@@ -37,14 +37,32 @@ def test_load_asks_for_ceil_in_flight_over_target() -> None:
     assert "13.0 requests in flight need 4 replicas at 4 each" in d.reason
 
 
-def test_slo_breach_adds_one_replica_even_at_low_load() -> None:
-    d = one(2, metrics(3, ttft=1.8))
+def test_slo_breach_adds_one_replica_where_replicas_are_busy() -> None:
+    d = one(2, metrics(7, ttft=1.8))  # 7 in flight of 8 at target: busy
     assert d.desired == 3
     assert "TTFT p95 1800ms over the SLO 1000ms" in d.reason
+    queued = one(2, metrics(3, ttft=1.8, waiting=2.0))
+    assert queued.desired == 3
+
+
+def test_slo_breach_on_idle_replicas_is_no_reason_to_pay_for_more() -> None:
+    d = one(2, metrics(1, ttft=1.8))  # the model's own TTFT floor, not load
+    assert d.desired == 2
+    assert d.reason == "holding at 2: TTFT p95 1800ms over the SLO 1000ms, replicas not busy"
+
+
+def test_a_queue_is_sized_by_throughput_not_by_its_length() -> None:
+    # 1 replica saturated (8 running), 92 queued; arrivals 2.5x completions.
+    m = metrics(100, waiting=92.0, request_rate=2.0, demand_rate=5.0, ttft=3.0)
+    d = one(1, m)
+    assert d.desired == 5  # ceil(8 * 2.5 / 4), not ceil(100 / 4) = 25
+    assert "8.0 running, 92.0 queued, arrivals at 2.5x completions" in d.reason
+    capped = one(1, metrics(100, waiting=92.0, request_rate=1.0, demand_rate=50.0, ttft=3.0))
+    assert capped.desired == 8  # growth counted at most 4x
 
 
 def test_slo_breach_waits_for_replicas_that_are_still_starting() -> None:
-    d = one(3, metrics(3, ttft=1.8), ready=2)
+    d = one(3, metrics(11, ttft=1.8), ready=2)
     assert d.desired == 3
     assert "replicas still starting" in d.reason
 
@@ -55,7 +73,7 @@ def test_load_beyond_pending_capacity_still_scales_up() -> None:
 
 
 def test_full_kv_cache_adds_a_replica() -> None:
-    d = one(2, metrics(4, kv_cache_usage=0.97))
+    d = one(2, metrics(3, kv_cache_usage=0.97))
     assert d.desired == 3 and "KV cache 97% full" in d.reason
 
 
