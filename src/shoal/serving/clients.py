@@ -84,8 +84,10 @@ class ServeModelClient:
 
     def __init__(self, info: ModelInfo, handle: Any) -> None:
         self.info = info
-        self._stream = handle.options(method_name="stream", stream=True)
-        self._probe = handle.options(method_name="probe")
+        # _by_reference=False: results come back over Ray Serve's direct gRPC channel to
+        # the replica instead of through the object store, much cheaper per streamed chunk.
+        self._stream = handle.options(method_name="stream", stream=True, _by_reference=False)
+        self._probe = handle.options(method_name="probe", _by_reference=False)
 
     async def stream(self, request: GenerationRequest, coalesce: bool) -> AsyncIterator[Chunk]:
         gen: Any = None

@@ -15,6 +15,8 @@ Ray Serve calls :meth:`check_health` periodically and replaces a replica whose e
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -64,10 +66,14 @@ class ModelServer:
     async def stream(
         self, request: GenerationRequest, coalesce: bool = False
     ) -> AsyncIterator[Chunk]:
-        """Generate; with ``coalesce`` yield the first chunk, then the rest as one chunk."""
+        """Generate. Streaming, yield chunks through :func:`merged` (the first and the
+        last at once, the others merged at most every ``stream_interval_ms``). With
+        ``coalesce`` (unary requests), yield the first chunk, then the rest as one chunk."""
         await self._ensure_started()
         if not coalesce:
-            async for chunk in self.engine.generate(request):
+            async for chunk in merged(
+                self.engine.generate(request), self.limits.stream_interval_ms
+            ):
                 yield chunk
             return
         first = True
@@ -112,7 +118,7 @@ class ModelServer:
             body = await http.read_body(request, self.limits.max_body_bytes)
             parsed = http.parse(api, body, self.limits)
             gen = http.generation(parsed, f"{api}-{uuid.uuid4().hex}", self.limits)
-            chunks = self.engine.generate(gen)
+            chunks = merged(self.engine.generate(gen), self.limits.stream_interval_ms)
             first = await anext(chunks)
             headers = {"x-shoal-model": self.spec.name}
             return await http.respond(
@@ -121,3 +127,79 @@ class ModelServer:
             )  # fmt: skip
         except http.ApiError as err:
             return http.error_response(err)
+
+
+async def merged(source: AsyncIterator[Chunk], interval_ms: float = 0.0) -> AsyncIterator[Chunk]:
+    """``source``'s chunks, merged (texts joined; finish reason and counts from the last).
+
+    The first chunk and the last one go out at once. In between, chunks that arrive while
+    the consumer is busy are merged, and with ``interval_ms`` a merged chunk goes out at most
+    that often. Either way fewer, larger messages cross Ray when a replica is busy.
+    """
+    queue: asyncio.Queue[Chunk | BaseException | None] = asyncio.Queue()
+    interval = interval_ms / 1000.0
+
+    async def pump() -> None:
+        try:
+            async for chunk in source:
+                queue.put_nowait(chunk)
+            queue.put_nowait(None)
+        except BaseException as exc:  # handed to the consumer
+            queue.put_nowait(exc)
+
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(pump())
+    last_sent = -1e18
+    try:
+        while True:
+            batch: list[Chunk] = []
+            ended: BaseException | bool | None = False  # False: going on; None: source done
+            item = await queue.get()
+            while True:
+                if item is None or isinstance(item, BaseException):
+                    ended = item
+                    break
+                batch.append(item)
+                if item.finish_reason is not None:
+                    break
+                if not queue.empty():
+                    item = queue.get_nowait()
+                    continue
+                wait = last_sent + interval - loop.time()
+                if wait <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(wait):
+                        item = await queue.get()
+                except TimeoutError:
+                    break
+            if batch:
+                last_sent = loop.time()
+                yield _merge(batch)
+                if batch[-1].finish_reason is not None:
+                    return
+            if ended is None:
+                return
+            if isinstance(ended, BaseException):
+                raise ended
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
+
+
+def _merge(batch: list[Chunk]) -> Chunk:
+    if len(batch) == 1:
+        return batch[0]
+    last = batch[-1]
+    return Chunk(
+        "".join(c.text for c in batch),
+        last.finish_reason,
+        last.prompt_tokens,
+        last.completion_tokens,
+    )

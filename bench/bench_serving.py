@@ -1,0 +1,308 @@
+"""What the fleet endpoint adds over calling an engine deployment directly.
+
+One local Ray instance, two Ray Serve applications behind the same HTTP proxy, the same
+simulated engine (the load simulator with *fixed* latency: every engine step takes
+``--step-ms`` whatever the load) in both:
+
+- ``direct``: the model deployment answering the OpenAI API itself (no ingress, no router);
+- ``fleet``: the whole fleet endpoint as shipped: ``model: "auto"`` through the ingress,
+  the learned cluster router (fitted on the quickstart's calibration data), fallback logic,
+  metrics, then a deployment-handle call to the same kind of engine.
+
+``--streams`` concurrent clients send streamed chat completions back to back. Rounds
+alternate direct/fleet so background load on the machine hits both alike. Reports per
+request end-to-end latency and time to first token (p50/p99), and throughput; the last line
+printed is one JSON object with ``added_p50_ms``, ``added_p99_ms`` and ``throughput_ratio``
+(fleet / direct).
+
+Usage: ``make bench-serving`` or ``python bench/bench_serving.py [--streams 64] ...``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "examples" / "quickstart.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Samples:
+    e2e: list[float] = field(default_factory=list)
+    ttft: list[float] = field(default_factory=list)
+    errors: int = 0
+    seconds: float = 0.0
+    models: dict[str, int] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    def add(self, other: Samples) -> None:
+        self.e2e += other.e2e
+        self.ttft += other.ttft
+        self.errors += other.errors
+        self.seconds += other.seconds
+        for k, v in other.models.items():
+            self.models[k] = self.models.get(k, 0) + v
+        for k, c in other.cpu.items():
+            self.cpu[k] = self.cpu.get(k, 0.0) + c
+
+    def cpu_ms_per_request(self) -> dict[str, float]:
+        n = max(1, len(self.e2e))
+        per = {k: round(v * 1e3 / n, 3) for k, v in sorted(self.cpu.items())}
+        per["total"] = round(sum(self.cpu.values()) * 1e3 / n, 3)
+        return per
+
+    @property
+    def rps(self) -> float:
+        return len(self.e2e) / self.seconds if self.seconds else 0.0
+
+
+def serve_cpu_seconds(app: str) -> dict[str, float]:
+    """CPU seconds used so far by the Ray Serve proxy and ``app``'s replicas (from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")[0].decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if cmd.startswith("ray::ProxyActor"):
+            name = "proxy"
+        elif cmd.startswith(f"ray::ServeReplica:{app}:"):
+            name = cmd.split(":")[4].split(".")[0].split(" ")[0]
+        else:
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+PROMPTS = [
+    "What is 12 squared?",
+    "Write a regex that matches an email address.",
+    "What book should I read on holiday?",
+    "Solve 2x - 5 = 11 for x.",
+    "How do I parse command line arguments in Python?",
+    "Tell me a joke about dogs.",
+]
+
+
+async def drive(url: str, model: str, streams: int, seconds: float, max_tokens: int) -> Samples:
+    """``streams`` clients streaming chat completions back to back for ``seconds``."""
+    import aiohttp
+
+    out = Samples()
+    deadline = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=streams * 2)
+    timeout = aiohttp.ClientTimeout(total=120)
+
+    async def client(i: int, session: aiohttp.ClientSession) -> None:
+        n = 0
+        while time.perf_counter() < deadline:
+            body = {
+                "model": model,
+                "messages": [{"role": "user", "content": PROMPTS[(i + n) % len(PROMPTS)]}],
+                "max_tokens": max_tokens,
+                "stream": True,
+            }
+            n += 1
+            started = time.perf_counter()
+            first = None
+            try:
+                async with session.post(url, json=body) as r:
+                    if r.status != 200:
+                        out.errors += 1
+                        await r.read()
+                        continue
+                    who = r.headers.get("x-shoal-model", "?")
+                    done = False
+                    async for line in r.content:
+                        if (
+                            first is None
+                            and line.startswith(b'data: {"id"')
+                            and b'"content":"' in line
+                            and b'"content":""' not in line
+                        ):
+                            first = time.perf_counter()
+                        if line.startswith(b"data: [DONE]"):
+                            done = True
+                    if not done or first is None:
+                        out.errors += 1
+                        continue
+                    end = time.perf_counter()
+                    out.e2e.append(end - started)
+                    out.ttft.append(first - started)
+                    out.models[who] = out.models.get(who, 0) + 1
+            except (TimeoutError, aiohttp.ClientError):
+                out.errors += 1
+
+    began = time.perf_counter()
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        await asyncio.gather(*(client(i, session) for i in range(streams)))
+    out.seconds = time.perf_counter() - began
+    return out
+
+
+def build_apps(args: argparse.Namespace, workdir: Path) -> tuple[Any, Any]:
+    """The fleet application and the direct (engine-only) application."""
+    from ray import serve
+
+    from shoal.serving.app import build_app
+    from shoal.serving.config import BuildArgs
+    from shoal.serving.manifests import fit_local_router, load_fleet_file
+    from shoal.serving.model_server import ModelServer
+
+    engine_args = {"fixed_step_ms": args.step_ms, "output_tokens": args.tokens}
+    manifests = load_fleet_file(QUICKSTART)
+    artifact = fit_local_router(manifests)
+    assert artifact is not None
+    (workdir / "router.bin").write_bytes(artifact)
+    target = max(args.streams, 8)
+    scaling = {"minReplicas": 1, "maxReplicas": 1, "targetOngoingRequests": target}
+    tier = {"name": "sim", "costPerReplicaHour": "1.00", "autoscaling": scaling}
+    models = [
+        {"name": m.name, "tier": "sim", "engine": "simulated", "engineArgs": engine_args}
+        for m in manifests.fleet.spec.models
+    ]
+    fleet = BuildArgs.parse(
+        {
+            "fleet_name": "bench",
+            "fleet": {"routingPolicyRef": {"name": "p"}, "tiers": [tier], "models": models},
+            "policy": manifests.policy.spec.to_k8s(),
+            "router_artifact_path": str(workdir / "router.bin"),
+            "limits": {"max_tokens": 4096},
+            "ingress": {"num_cpus": 0.5},
+        }
+    )
+    direct_model = {
+        "name": "direct",
+        "tier": "sim",
+        "engine": "simulated",
+        "engineArgs": engine_args,
+    }
+    direct = (
+        serve.deployment(ModelServer)
+        .options(
+            name="direct", max_ongoing_requests=4 * target, ray_actor_options={"num_cpus": 0.1}
+        )
+        .bind(direct_model, None, fleet.limits.model_dump())
+    )
+    return build_app(fleet), direct
+
+
+def summary(s: Samples) -> dict[str, Any]:
+    return {
+        "p50_ms": round(pct(s.e2e, 50) * 1e3, 2),
+        "p99_ms": round(pct(s.e2e, 99) * 1e3, 2),
+        "ttft_p50_ms": round(pct(s.ttft, 50) * 1e3, 2),
+        "ttft_p99_ms": round(pct(s.ttft, 99) * 1e3, 2),
+        "rps": round(s.rps, 2),
+        "requests": len(s.e2e),
+        "errors": s.errors,
+        # Load-independent efficiency: CPU the Serve proxy and the app's replicas spent.
+        "cpu_ms_per_request": s.cpu_ms_per_request(),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", type=int, default=64, help="concurrent streams")
+    parser.add_argument("--step-ms", type=float, default=25.0, help="fixed engine step (ms)")
+    parser.add_argument("--tokens", type=int, default=16, help="tokens per answer")
+    parser.add_argument("--rounds", type=int, default=3, help="direct/fleet round pairs")
+    parser.add_argument("--seconds", type=float, default=12.0, help="seconds per round")
+    parser.add_argument("--warmup", type=float, default=4.0, help="warm-up seconds per app")
+    args = parser.parse_args()
+
+    import tempfile
+
+    import ray
+    from ray import serve
+
+    port = free_port()
+    ray.init(
+        address="local",
+        num_cpus=8,
+        include_dashboard=False,
+        object_store_memory=128 * 1024 * 1024,
+        log_to_driver=False,
+        logging_level="ERROR",
+    )
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        with tempfile.TemporaryDirectory() as tmp:
+            fleet_app, direct_app = build_apps(args, Path(tmp))
+            serve.run(direct_app, name="direct", route_prefix="/direct")
+            serve.run(fleet_app, name="bench", route_prefix="/fleet")
+            base = f"http://127.0.0.1:{port}"
+            targets = {
+                "direct": (f"{base}/direct/v1/chat/completions", "direct"),
+                "fleet": (f"{base}/fleet/v1/chat/completions", "auto"),
+            }
+            apps = {"direct": "direct", "fleet": "bench"}
+            for url, model in targets.values():
+                asyncio.run(drive(url, model, args.streams, args.warmup, args.tokens))
+            results = {name: Samples() for name in targets}
+            for r in range(args.rounds):
+                for name, (url, model) in targets.items():
+                    cpu0 = serve_cpu_seconds(apps[name])
+                    got = asyncio.run(drive(url, model, args.streams, args.seconds, args.tokens))
+                    cpu1 = serve_cpu_seconds(apps[name])
+                    got.cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
+                    results[name].add(got)
+                    print(f"round {r + 1} {name:6s}: {len(got.e2e)} requests, {got.rps:.1f}/s, "
+                          f"p50 {pct(got.e2e, 50) * 1e3:.1f} ms, errors {got.errors}, "
+                          f"serve CPU {got.cpu_ms_per_request()['total']:.2f} ms/request",
+                          file=sys.stderr, flush=True)  # fmt: skip
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    d, f = results["direct"], results["fleet"]
+    report = {
+        "added_p50_ms": round((pct(f.e2e, 50) - pct(d.e2e, 50)) * 1e3, 2),
+        "added_p99_ms": round((pct(f.e2e, 99) - pct(d.e2e, 99)) * 1e3, 2),
+        "throughput_ratio": round(f.rps / d.rps, 4) if d.rps else None,
+        "added_ttft_p50_ms": round((pct(f.ttft, 50) - pct(d.ttft, 50)) * 1e3, 2),
+        "added_ttft_p99_ms": round((pct(f.ttft, 99) - pct(d.ttft, 99)) * 1e3, 2),
+        "direct": summary(d),
+        "fleet": {**summary(f), "models": f.models},
+        "streams": args.streams,
+        "step_ms": args.step_ms,
+        "tokens": args.tokens,
+        "cpus": os.cpu_count(),
+    }  # fmt: skip
+    print(f"direct: p50 {report['direct']['p50_ms']} ms  p99 {report['direct']['p99_ms']} ms  "
+          f"{report['direct']['rps']} req/s")  # fmt: skip
+    print(f"fleet:  p50 {report['fleet']['p50_ms']} ms  p99 {report['fleet']['p99_ms']} ms  "
+          f"{report['fleet']['rps']} req/s")  # fmt: skip
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
