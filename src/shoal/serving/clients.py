@@ -125,8 +125,9 @@ class LLMServerClient:
     def _request(self, request: GenerationRequest) -> Any:
         from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
+        model = f"{self.model_id}:{request.adapter}" if request.adapter else self.model_id
         body: dict[str, Any] = {
-            "model": self.model_id,
+            "model": model,
             "max_tokens": request.max_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
@@ -143,13 +144,16 @@ class LLMServerClient:
 
     async def stream(self, request: GenerationRequest, coalesce: bool) -> AsyncIterator[Chunk]:
         method = self._chat if request.kind == "chat" else self._completions
+        if request.adapter:
+            # Ray Serve LLM routes LoRA requests as multiplexed models "<base>:<adapter>".
+            method = method.options(multiplexed_model_id=f"{self.model_id}:{request.adapter}")
         gen: Any = None
         pending: Chunk | None = None
         try:
             gen = method.remote(self._request(request))
             async for batch in gen:
                 for item in batch if isinstance(batch, list) else [batch]:
-                    for chunk in _parse_llm_server_item(item):
+                    for chunk in parse_llm_server_item(item):
                         if pending is not None and pending.finish_reason is not None:
                             # usage arrives after the finish chunk: merge it in
                             pending = Chunk(
@@ -179,7 +183,7 @@ class LLMServerClient:
         await self._health.remote()
 
 
-def _parse_llm_server_item(item: Any) -> list[Chunk]:
+def parse_llm_server_item(item: Any) -> list[Chunk]:
     """Engine chunks from one item of ``LLMServer.chat``/``completions`` output."""
     if isinstance(item, bytes):
         item = item.decode()

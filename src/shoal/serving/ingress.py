@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -63,6 +64,13 @@ class Endpoint:
         self.alpha = default_alpha(args)
         self.health = HealthBoard(self.limits.unhealthy_cooldown_seconds)
         self.aliases = {AUTO, args.fleet_name}
+        #: "<model>:<adapter>" -> (model, adapter), for LoRA adapters of vLLM models.
+        self.adapters = {
+            f"{m.name}:{a.name}": (m.name, a.name)
+            for m in args.fleet.models
+            if m.name in clients
+            for a in m.lora_adapters
+        }
         self.in_flight = dict.fromkeys(clients, 0)
         self.ready: set[str] = set()
         self._last_ok: dict[str, float] = {}
@@ -101,14 +109,16 @@ class Endpoint:
             return http.error_response(err)
 
     def models_body(self) -> dict[str, Any]:
-        body = http.models_body([AUTO, *self.clients], self._created)
+        body = http.models_body([AUTO, *self.clients, *self.adapters], self._created)
         for entry in body["data"]:
-            client = self.clients.get(entry["id"])
-            entry["shoal"] = (
-                {"tier": client.info.tier, "engine": client.info.engine}
-                if client is not None
-                else {"routes": self.ranker.strategy}
-            )
+            base, _, adapter = entry["id"].partition(":")
+            client = self.clients.get(base)
+            if client is None:
+                entry["shoal"] = {"routes": self.ranker.strategy}
+            else:
+                entry["shoal"] = {"tier": client.info.tier, "engine": client.info.engine}
+                if adapter:
+                    entry["shoal"]["adapter_of"] = base
         return body
 
     def readiness(self) -> Response:
@@ -133,6 +143,8 @@ class Endpoint:
             return http.error_response(err)
         rid = http.new_id(api)
         gen = http.generation(parsed, rid, self.limits)
+        if parsed.model in self.adapters:
+            gen = dataclasses.replace(gen, adapter=self.adapters[parsed.model][1])
         if self.args.log_prompts:
             log.info("request %s prompt: %r", rid, gen.messages or gen.prompt)
         deadline = time.monotonic() + self.limits.request_timeout_seconds
@@ -182,6 +194,8 @@ class Endpoint:
         name = parsed.model
         if name in self.clients:
             return [name], {}
+        if name in self.adapters:
+            return [self.adapters[name][0]], {}
         if name not in self.aliases:
             raise model_not_found(name)
         alpha = self.alpha

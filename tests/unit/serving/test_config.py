@@ -85,3 +85,20 @@ def test_config_module_does_not_import_ray() -> None:
 
     code = "import sys, shoal.serving.config; assert 'ray' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_serving_image_runs_with_the_ray_serve_settings_of_the_code() -> None:
+    import re
+
+    from shoal.serving.config import RAY_SERVE_ENV
+    from shoal.testing import REPO_ROOT
+
+    dockerfile = (REPO_ROOT / "serving" / "Dockerfile").read_text()
+    env = dict(re.findall(r"\b(RAY_SERVE_[A-Z_]+)=(\S+)", dockerfile))
+    assert env == RAY_SERVE_ENV
+    assert 'pip install --no-cache-dir ".[serving]"' in dockerfile
+    # The image's Ray is the version the fleet spec defaults to.
+    from shoal.api.v1alpha1.fleet import ServingSpec
+
+    version = re.search(r"ARG RAY_VERSION=(\S+)", dockerfile)
+    assert version and version.group(1) == ServingSpec().ray_version

@@ -115,3 +115,26 @@ def test_completion_stream_events_match_openai_types() -> None:
     last = openai_types.Completion.model_validate(evs[-1])
     assert last.model == 'we"ird' and last.choices[0].finish_reason == "length"
     assert last.choices[0].text == "b" and evs[0]["object"] == "text_completion"
+
+
+def test_llm_server_output_is_read_back_into_chunks() -> None:
+    """What ray.serve.llm's LLMServer streams (lists of SSE strings from vLLM's OpenAI
+    server code) becomes engine chunks."""
+    from shoal.serving.clients import ModelFailed, parse_llm_server_item
+
+    head = '"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m"'
+    item = (
+        f'data: {{{head},"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}}}}]}}\n\n'
+        f'data: {{{head},"choices":[{{"index":0,"delta":{{"content":"Hi"}},"finish_reason":null}}]}}\n\n'
+        f'data: {{{head},"choices":[{{"index":0,"delta":{{}},"finish_reason":"length"}}]}}\n\n'
+        f'data: {{{head},"choices":[],"usage":{{"prompt_tokens":3,"completion_tokens":1}}}}\n\n'
+        "data: [DONE]\n\n"
+    )
+    chunks = parse_llm_server_item(item)
+    assert [c.text for c in chunks] == ["", "Hi", "", ""]
+    assert chunks[2].finish_reason == "length"
+    assert (chunks[3].prompt_tokens, chunks[3].completion_tokens) == (3, 1)
+    completion = 'data: {"id":"c","object":"text_completion","choices":[{"text":"ok","index":0,"finish_reason":"stop"}]}\n\n'
+    assert parse_llm_server_item(completion)[0].text == "ok"
+    with pytest.raises(ModelFailed):
+        parse_llm_server_item('data: {"error": {"message": "boom", "code": 500}}\n\n')

@@ -29,6 +29,7 @@ class GenerationRequest:
     top_p: float | None = None
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    adapter: str | None = None  # a LoRA adapter of the model (vllm only)
 
 
 @dataclass(frozen=True)
