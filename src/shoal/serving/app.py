@@ -30,7 +30,7 @@ def model_deployments(args: BuildArgs) -> dict[str, Any]:
 
             bound[model.name] = build_vllm_deployment(args, model)
             continue
-        deployment = serve.deployment(ModelServer).options(**plan.deployment_options())
+        deployment = _deployment(ModelServer).options(**plan.deployment_options())
         bound[model.name] = deployment.bind(
             model.to_k8s(), local_path(args, model), args.limits.model_dump()
         )
@@ -40,8 +40,14 @@ def model_deployments(args: BuildArgs) -> dict[str, Any]:
 def build_app(args: dict[str, Any] | BuildArgs) -> serve.Application:
     """The fleet's Ray Serve application (Ray Serve's application-builder convention)."""
     parsed = BuildArgs.parse(args)
-    ingress = serve.deployment(FleetIngress).options(**ingress_options(parsed))
-    return ingress.bind(parsed.to_serve_args(), model_deployments(parsed))
+    ingress = _deployment(FleetIngress).options(**ingress_options(parsed))
+    app: serve.Application = ingress.bind(parsed.to_serve_args(), model_deployments(parsed))
+    return app
+
+
+def _deployment(cls: type) -> Any:
+    """``serve.deployment(cls)`` (its overloads do not type-check for a bare class)."""
+    return serve.deployment(cls)
 
 
 def model_clients(args: BuildArgs, handles: dict[str, Any]) -> dict[str, ModelClient]:

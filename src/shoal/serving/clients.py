@@ -24,9 +24,15 @@ from shoal.serving.engines.base import Chunk, Engine, EngineOverloaded, Generati
 
 
 class ModelUnavailable(Exception):
-    """The model could not take or finish the request."""
+    """The model could not take or finish the request; ``reason`` labels the fallback
+    metric: ``overload``, ``error`` or ``timeout``."""
 
     reason = "error"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
 
 
 class ModelOverloaded(ModelUnavailable):

@@ -168,9 +168,14 @@ class Endpoint:
             try:
                 text, last = await http.collect(first, rest, deadline)
             except (ModelUnavailable, TimeoutError, ApiError) as exc:
-                err = exc if isinstance(exc, ModelUnavailable) else ModelUnavailable(str(exc))
-                last_error = err
-                self._unavailable(model, err, rid, more=i + 1 < len(candidates))
+                if isinstance(exc, ModelUnavailable):
+                    failure = exc
+                elif isinstance(exc, TimeoutError):
+                    failure = ModelUnavailable("no complete answer in time", "timeout")
+                else:
+                    failure = ModelUnavailable(exc.message)
+                last_error = failure
+                self._unavailable(model, failure, rid, more=i + 1 < len(candidates))
                 self._done(model)
                 continue
             self._finished(client, api, started, last)
@@ -252,7 +257,7 @@ class Endpoint:
         except TimeoutError:
             await _close(stream)
             self._done(model)
-            raise ModelUnavailable("no first token in time") from None
+            raise ModelUnavailable("no first token in time", "timeout") from None
         except StopAsyncIteration:
             self._done(model)
             raise ModelUnavailable("empty answer") from None
@@ -290,7 +295,7 @@ class Endpoint:
     # -- bookkeeping ------------------------------------------------------------------------
 
     def _unavailable(self, model: str, exc: ModelUnavailable, rid: str, more: bool) -> None:
-        reason = "timeout" if "in time" in str(exc) else exc.reason
+        reason = exc.reason
         if reason != "overload":
             self.health.failed(model)
         self.metrics.fallback(model, reason)

@@ -165,7 +165,7 @@ def run_daemon(folder: Path, host: str, port: int, metrics_port: int) -> int:
     finally:
         _write_json(status_path, {"phase": "stopping", "deployments": {}})
         try:
-            serve.shutdown()
+            serve.shutdown()  # type: ignore[no-untyped-call]
         finally:
             ray.shutdown()
             _write_json(status_path, {"phase": "stopped", "deployments": {}})

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import tempfile
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -65,8 +66,7 @@ def reply_pieces(reply: str) -> list[str]:
         pieces.append((_SPACE + word) if spaced else word)
     if not pieces:
         raise ValueError("the reply needs at least one word")
-    seen: set[str] = set()
-    dupes = sorted({p for p in pieces if p in seen or seen.add(p)})  # type: ignore[func-returns-value]
+    dupes = sorted(p for p, n in Counter(pieces).items() if n > 1)
     if dupes:
         raise ValueError(f"reply pieces must be distinct; repeated: {', '.join(dupes)}")
     return pieces
@@ -110,7 +110,7 @@ def write_tiny_gguf(path: str | Path, spec: TinyModelSpec | None = None) -> Path
     rng = np.random.default_rng(int(spec.digest(), 16) % (2**32))
     ff = spec.feed_forward_length
 
-    def small(*shape: int) -> np.ndarray:  # type: ignore[type-arg]
+    def small(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * 0.02).astype(np.float32)
 
     path = Path(path)

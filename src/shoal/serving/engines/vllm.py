@@ -67,11 +67,12 @@ def deployment_config(plan: ModelDeploymentPlan) -> dict[str, Any]:
 
 def llm_config_class() -> Any:
     """``ray.serve.llm.LLMConfig``, or the class it re-exports where vLLM is not installed."""
+    import importlib
+
     try:
-        from ray.serve.llm import LLMConfig
+        return importlib.import_module("ray.serve.llm").LLMConfig
     except ImportError:
-        from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
-    return LLMConfig
+        return importlib.import_module("ray.llm._internal.serve.core.configs.llm_config").LLMConfig
 
 
 def llm_config(args: BuildArgs, model: ModelSpec) -> Any:
