@@ -94,7 +94,7 @@ def test_serving_image_runs_with_the_ray_serve_settings_of_the_code() -> None:
     from shoal.testing import REPO_ROOT
 
     dockerfile = (REPO_ROOT / "serving" / "Dockerfile").read_text()
-    env = dict(re.findall(r"\b(RAY_SERVE_[A-Z_]+)=(\S+)", dockerfile))
+    env = dict(re.findall(r"\b(RAY(?:_SERVE|LLM)_[A-Z_]+)=(\S+)", dockerfile))
     assert env == RAY_SERVE_ENV
     assert 'pip install --no-cache-dir ".[serving]"' in dockerfile
     # The image's Ray is the version the fleet spec defaults to.
