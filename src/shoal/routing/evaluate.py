@@ -20,7 +20,7 @@ import numpy.typing as npt
 Matrix = npt.NDArray[Any]
 
 #: The alpha grid of the quality/cost sweep.
-ALPHA_GRID: tuple[float, ...] = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 21))
+ALPHA_GRID: tuple[float, ...] = tuple(round(a, 3) for a in np.linspace(0.0, 1.0, 41))
 REPORT_VERSION = 1
 
 

@@ -27,6 +27,8 @@ from shoal.routing.types import Embedder, Sample
 
 #: Default shrinkage strength (pseudo-samples of the global mean per cluster).
 DEFAULT_SHRINKAGE = 8.0
+#: Whether samples are weighted so every task counts alike (see :func:`task_weights`).
+DEFAULT_BALANCE_TASKS = False
 EMBED_BATCH = 64
 
 
@@ -61,23 +63,41 @@ def cluster_tables(
     cost: npt.NDArray[Any],
     *,
     shrinkage: float = DEFAULT_SHRINKAGE,
+    weights: npt.NDArray[Any] | None = None,
 ) -> Tables:
-    """Per-cluster means of ``quality`` and ``cost`` shrunk toward the global means."""
+    """Per-cluster (weighted) means of ``quality`` and ``cost`` shrunk toward the global means.
+
+    ``weights`` (n,) weigh samples, for example by task (:func:`task_weights`); they are
+    scaled to mean 1 so ``shrinkage`` keeps its meaning in samples.
+    """
     if shrinkage < 0:
         raise ValueError("shrinkage must be >= 0")
     lab = np.asarray(labels, dtype=np.int64)
     q = np.asarray(quality, dtype=np.float64)
     c = np.asarray(cost, dtype=np.float64)
+    w = np.ones(lab.size) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = w / w.mean() if w.size else w
     onehot = np.zeros((k, lab.size))
-    onehot[lab, np.arange(lab.size)] = 1.0
+    onehot[lab, np.arange(lab.size)] = w
     n = onehot.sum(axis=1, keepdims=True)
-    gq, gc = q.mean(axis=0), c.mean(axis=0)
+    gq, gc = w @ q / w.sum(), w @ c / w.sum()
     denom = np.maximum(n + shrinkage, 1e-12)
     tq = (onehot @ q + shrinkage * gq) / denom
     tc = (onehot @ c + shrinkage * gc) / denom
     empty = n[:, 0] == 0
     tq[empty], tc[empty] = gq, gc
-    return Tables(tq.astype(np.float32), tc.astype(np.float32), n[:, 0].astype(np.int32))
+    counts = np.bincount(lab, minlength=k).astype(np.int32)
+    return Tables(tq.astype(np.float32), tc.astype(np.float32), counts)
+
+
+def task_weights(tasks: Sequence[str]) -> npt.NDArray[np.float64]:
+    """Weights that give every task the same total (1 / its sample count).
+
+    Accuracy is reported as the mean of per-task accuracies, so a small task (HumanEval's 115
+    prompts beside MMLU's 2,000) should count as much as a large one in a mixed cluster.
+    """
+    counts = Counter(tasks)
+    return np.array([1.0 / counts[t] for t in tasks], dtype=np.float64)
 
 
 def embed_all(
@@ -113,6 +133,7 @@ def fit_router(
     alpha: float = 0.7,
     seed: int = 0,
     shrinkage: float = DEFAULT_SHRINKAGE,
+    balance_tasks: bool = DEFAULT_BALANCE_TASKS,
     embeddings: npt.NDArray[Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
     fitted_at: datetime | None = None,
@@ -144,7 +165,9 @@ def fit_router(
             )
     centroids, labels = spherical_kmeans(x, clusters, seed=seed)
     k = centroids.shape[0]
-    tables = cluster_tables(labels, k, quality, cost, shrinkage=shrinkage)
+    tasks = [s.task for s in samples]
+    weights = task_weights(tasks) if balance_tasks and len(set(tasks)) > 1 else None
+    tables = cluster_tables(labels, k, quality, cost, shrinkage=shrinkage, weights=weights)
     when = (fitted_at or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
     header = {
         "embedder": {"name": embedder.name, "dim": int(embedder.dim)},
@@ -158,6 +181,7 @@ def fit_router(
             "alpha": float(alpha),
             "seed": int(seed),
             "shrinkage": float(shrinkage),
+            "balance_tasks": bool(weights is not None),
             "requested_clusters": int(clusters),
         },
         "tasks": dict(sorted(Counter(s.task for s in samples).items())),

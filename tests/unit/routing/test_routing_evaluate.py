@@ -70,7 +70,7 @@ def test_pareto_and_cheapest_reaching() -> None:
 
 
 def test_alpha_grid_covers_both_ends() -> None:
-    assert ALPHA_GRID[0] == 0.0 and ALPHA_GRID[-1] == 1.0 and len(ALPHA_GRID) == 21
+    assert ALPHA_GRID[0] == 0.0 and ALPHA_GRID[-1] == 1.0 and len(ALPHA_GRID) == 41
 
 
 def test_evaluate_router_report(samples: list[Sample]) -> None:

@@ -103,25 +103,32 @@ class StaticMiniLM:
         self._tok = minilm_tokenizer()
         self._special = {0, 100, 101, 102, 103}  # [PAD] [UNK] [CLS] [SEP] [MASK]
 
-    def _ids(self, text: str, encoding: Any) -> npt.NDArray[np.int64]:
-        ids = [i for i in encoding.ids if i not in self._special]
+    def _ids(self, encoding: Any) -> list[int]:
+        special = self._special
+        ids = [i for i in encoding.ids if i not in special]
         if len(ids) > MAX_TOKENS:
             head = MAX_TOKENS // 3
             ids = ids[:head] + ids[len(ids) - (MAX_TOKENS - head) :]
-        return np.asarray(ids, dtype=np.int64)
+        return ids
 
     def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
         """L2-normalised weighted mean of the texts' token vectors."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        encodings = (
-            [self._tok.encode(texts[0], add_special_tokens=False)]
-            if len(texts) == 1
-            else self._tok.encode_batch(list(texts), add_special_tokens=False)
+        if len(texts) == 1:
+            ids = self._ids(self._tok.encode(texts[0], add_special_tokens=False))
+            if ids:
+                out[0] = self._weighted[ids].sum(axis=0)
+            return l2_normalise(out)
+        encodings = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        per_text = [self._ids(e) for e in encodings]
+        lengths = np.fromiter((len(x) for x in per_text), dtype=np.int64, count=len(per_text))
+        flat = np.fromiter(
+            (i for x in per_text for i in x), dtype=np.int64, count=int(lengths.sum())
         )
-        for i, (text, enc) in enumerate(zip(texts, encodings, strict=True)):
-            ids = self._ids(text, enc)
-            if ids.size:
-                out[i] = self._weighted[ids].sum(axis=0) / self._weights[ids].sum()
+        nonempty = lengths > 0
+        if flat.size:
+            starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))[nonempty]
+            out[nonempty] = np.add.reduceat(self._weighted[flat], starts, axis=0)
         return l2_normalise(out)
