@@ -177,6 +177,9 @@ def build_apps(args: argparse.Namespace, workdir: Path) -> tuple[Any, Any]:
     from shoal.serving.model_server import ModelServer
 
     engine_args = {"fixed_step_ms": args.step_ms, "output_tokens": args.tokens}
+    interval = (
+        {} if args.stream_interval_ms is None else {"stream_interval_ms": args.stream_interval_ms}
+    )
     manifests = load_fleet_file(QUICKSTART)
     artifact = fit_local_router(manifests)
     assert artifact is not None
@@ -194,7 +197,7 @@ def build_apps(args: argparse.Namespace, workdir: Path) -> tuple[Any, Any]:
             "fleet": {"routingPolicyRef": {"name": "p"}, "tiers": [tier], "models": models},
             "policy": manifests.policy.spec.to_k8s(),
             "router_artifact_path": str(workdir / "router.bin"),
-            "limits": {"max_tokens": 4096},
+            "limits": {"max_tokens": 4096, **interval},
             "ingress": {"num_cpus": 0.5},
         }
     )
@@ -236,6 +239,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="direct/fleet round pairs")
     parser.add_argument("--seconds", type=float, default=12.0, help="seconds per round")
     parser.add_argument("--warmup", type=float, default=4.0, help="warm-up seconds per app")
+    parser.add_argument(
+        "--stream-interval-ms", type=float, default=None,
+        help="model replicas' stream coalescing interval (default: the shipped default)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     import tempfile
