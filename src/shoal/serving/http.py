@@ -174,10 +174,10 @@ def sse_response(
                             break
             if last is None or last.finish_reason is None:
                 raise ApiError(502, "The model ended its answer early.", type="server_error")
-        except (Exception, asyncio.CancelledError) as exc:
+        except BaseException as exc:
             error = exc
-            if isinstance(exc, asyncio.CancelledError):
-                raise  # the client went away
+            if not isinstance(exc, Exception):
+                raise  # the client went away (cancelled, or the response closed us)
             log.warning("stream %s from %s broke: %s", rid, model, type(exc).__name__)
             err = exc if isinstance(exc, ApiError) else ApiError(
                 502, f"The model {model} failed while streaming.", type="server_error"

@@ -279,7 +279,7 @@ class Endpoint:
                 self._finished(client, api, started, last)
             else:
                 self._done(model)
-                if error is not None and not isinstance(error, asyncio.CancelledError):
+                if isinstance(error, Exception):  # not a client that went away
                     self.health.failed(model)
                     self.metrics.finished(
                         model=model, tier=client.info.tier, api=api, code=502,
