@@ -8,11 +8,15 @@
      when metrics are missing.
    - *Hold on doubt.* Missing or stale metrics (older than ``stale_seconds``), or a failed
      source, hold the current count: the policy never guesses.
-   - *Scale up fast.* The load asks for ``ceil(in_flight / target)`` replicas; a TTFT p95
-     over the SLO or a nearly full KV cache asks for at least one more (not while replicas
-     are still starting, whose capacity is on its way). Scale-ups are paced by the tier's
-     ``scaleUpCooldownSeconds`` (a cold model scales from zero at once).
-   - *Scale down slow.* Only when the *peak* load of the long window would fit in fewer
+   - *Scale up fast.* The load asks for ``ceil(in_flight / target)`` replicas, projected
+     ``lookahead_seconds`` ahead while it rises (a replica takes that long to start); a
+     queue is sized by throughput (running requests times arrivals over completions),
+     not by its length. A TTFT p95 over the SLO or a nearly full KV cache asks for at least
+     one more where replicas are busy (not while replicas are still starting, whose capacity
+     is on its way). Scale-ups are paced by the tier's ``scaleUpCooldownSeconds`` (a cold
+     model scales from zero at once).
+   - *Scale down slow.* Only when the sustained *peak* load of the long window would fit in
+     fewer
      replicas at no more than ``scale_down_utilisation`` of the target (so N-1 replicas still
      meet the SLO with room to spare: the gap between this and the scale-up threshold is the
      hysteresis that prevents 2-1-2 flapping), TTFT p95 is comfortably within the SLO and
@@ -57,7 +61,7 @@ class PolicySettings:
     #: Metrics older than this hold the model where it is.
     stale_seconds: float = 60.0
     #: Scale down only if the peak load fits the smaller count at this fraction of the target.
-    scale_down_utilisation: float = 0.8
+    scale_down_utilisation: float = 0.9
     #: Scale down only while TTFT p95 is below this fraction of the SLO.
     slo_headroom: float = 0.8
     #: Most of the replicas removed in one step (at least one).
@@ -66,6 +70,12 @@ class PolicySettings:
     kv_cache_high: float = 0.9
     #: Most a queue's arrival-to-completion ratio may scale the running load when sizing.
     max_growth: float = 4.0
+    #: How far ahead rising load is projected when scaling up (about a replica's cold start
+    #: plus one evaluation interval).
+    lookahead_seconds: float = 60.0
+    #: Smallest projected rise, as a share of one replica's target, that counts as a trend
+    #: (smaller slopes are noise of a steady load, and would make replicas flap).
+    min_rise: float = 0.5
     #: Restore alpha (in steps of alpha_step) once the wanted cost is below this budget share.
     alpha_recovery_share: Decimal = Decimal("0.9")
     alpha_step: Decimal = Decimal("0.1")
@@ -144,6 +154,7 @@ def decide_model(
 
     assert m is not None
     waiting = m.waiting or 0.0
+    basis = load
     need = math.ceil(load / target) if load > 0 else 0
     why_need = f"{_fmt(load)} requests in flight need {need} replicas at {target} each"
     done, arriving = m.request_rate or 0.0, m.demand_rate
@@ -151,12 +162,24 @@ def decide_model(
         # A queue is not steady load: size for the running requests scaled by how much
         # faster requests arrive than they finish (what runs once capacity catches up).
         growth = min(settings.max_growth, max(1.0, arriving / done))
-        running = max(0.0, load - waiting)
-        need = math.ceil(running * growth / target)
+        basis = max(0.0, load - waiting) * growth
+        need = math.ceil(basis / target)
         why_need = (
-            f"{_fmt(running)} running, {_fmt(waiting)} queued, arrivals at {growth:.1f}x "
-            f"completions: need {need} replicas at {target} each"
+            f"{_fmt(load - waiting)} running, {_fmt(waiting)} queued, arrivals at "
+            f"{growth:.1f}x completions: need {need} replicas at {target} each"
         )
+    rise = (m.in_flight_trend or 0.0) * settings.lookahead_seconds
+    trend = rise / settings.lookahead_seconds
+    if rise >= settings.min_rise * target and basis > 0:
+        # Rising load (by more than noise): size for where it will be once a new replica
+        # is up.
+        ahead = math.ceil((basis + rise) / target)
+        if ahead > need:
+            need = ahead
+            why_need = (
+                f"{_fmt(load)} requests in flight, rising {_fmt(trend * 60)}/min, need {need} "
+                f"replicas at {target} each within {settings.lookahead_seconds:.0f}s"
+            )
     ttft = m.ttft_p95_seconds
     ready = n if state.ready is None else state.ready
     pending = ready < n

@@ -126,8 +126,10 @@ def fleet_queries(
     return {
         "engine_in_flight": f"avg_over_time((sum by (model_name) "
         f"({engine_sel(RUNNING + WAITING)}))[{_dur(s)}:{windows.step(s)}])",
-        "engine_peak": f"max_over_time((sum by (model_name) "
-        f"({engine_sel(RUNNING + WAITING)}))[{_dur(lg)}:{windows.step(lg)}])",
+        # The peak of the short-window average (sustained load, not one noisy sample).
+        "engine_peak": f"max_over_time(avg_over_time((sum by (model_name) "
+        f"({engine_sel(RUNNING + WAITING)}))[{_dur(s)}:{windows.step(s)}])"
+        f"[{_dur(lg)}:{windows.step(lg)}])",
         "engine_waiting": f"avg_over_time((sum by (model_name) "
         f"({engine_sel(WAITING)}))[{_dur(s)}:{windows.step(s)}])",
         "kv_cache": f"max_over_time((max by (model_name) "
@@ -135,10 +137,21 @@ def fleet_queries(
         "engine_seen": per_name("max by (model_name) (timestamp({sel}))", RUNNING, eng),
         "router_in_flight": f"avg_over_time((sum by (model) "
         f"({router_sel(IN_FLIGHT)}))[{_dur(s)}:{windows.step(s)}])",
-        "router_peak": f"max_over_time((sum by (model) "
-        f"({router_sel(IN_FLIGHT)}))[{_dur(lg)}:{windows.step(lg)}])",
+        "router_peak": f"max_over_time(avg_over_time((sum by (model) "
+        f"({router_sel(IN_FLIGHT)}))[{_dur(s)}:{windows.step(s)}])"
+        f"[{_dur(lg)}:{windows.step(lg)}])",
         "request_rate": per_name("sum by (model) (rate({sel}[" + _dur(r) + "]))", REQUESTS, rtr),
         "demand_rate": per_name("sum by (model) (rate({sel}[" + _dur(r) + "]))", DECISIONS, rtr),
+        # Arrivals over the last short window and the one before it: their ratio is the
+        # trend (arrivals lead in-flight requests).
+        "demand_rate_recent": per_name(
+            "sum by (model) (rate({sel}[" + _dur(s) + "]))", DECISIONS, rtr
+        ),
+        "demand_rate_before": per_name(
+            "sum by (model) (rate({sel}[" + _dur(s) + "] offset " + _dur(s) + "))",
+            DECISIONS,
+            rtr,
+        ),
         "ttft_p95": per_name(
             "histogram_quantile(0.95, sum by (model, le) (rate({sel}[" + _dur(r) + "])))",
             TTFT_BUCKETS,
@@ -235,15 +248,39 @@ class PrometheusSource:
                 results[key] = self.query(promql, label)
         except PrometheusError as exc:
             return MetricsWindow(collected_at=now, error=str(exc))
-        return assemble(models, results, now)
+        return assemble(models, results, now, (windows or self.windows).short)
+
+
+def trend(
+    in_flight: float | None,
+    rate: float | None,
+    before: float | None,
+    window: float,
+    z: float = 2.0,
+) -> float | None:
+    """Growth of in-flight requests per second implied by the arrival rate's growth between
+    two consecutive windows of ``window`` seconds; None when either rate is unknown.
+
+    Arrival counts are Poisson: a change smaller than ``z`` standard deviations of the two
+    windows' counts is noise, reported as no trend (0), so a steady load does not make
+    replicas flap.
+    """
+    if in_flight is None or rate is None or not before:
+        return None
+    now_n, before_n = rate * window, before * window
+    if abs(now_n - before_n) <= z * math.sqrt(now_n + before_n):
+        return 0.0
+    return in_flight * (rate / before - 1.0) / window
 
 
 def assemble(
     models: Sequence[str],
     results: dict[str, dict[str, tuple[float, float | None]]],
     now: datetime,
+    window: float = 30.0,
 ) -> MetricsWindow:
-    """A :class:`MetricsWindow` from the query results of :func:`fleet_queries`."""
+    """A :class:`MetricsWindow` from the query results of :func:`fleet_queries` (``window``:
+    the short window, over which the arrival trend was measured)."""
 
     def val(key: str, model: str) -> float | None:
         hit = results.get(key, {}).get(model)
@@ -254,14 +291,18 @@ def assemble(
 
     out = {}
     for m in models:
+        in_flight = larger(val("engine_in_flight", m), val("router_in_flight", m))
         seen = results.get("engine_seen", {}).get(m)
         observed_at = None
         if seen is not None and seen[1] is not None:
             observed_at = now - timedelta(seconds=max(0.0, seen[0] - seen[1]))
         out[m] = ModelMetrics(
             # The ingress counts requests queued in front of the engines too; take the larger.
-            in_flight=larger(val("engine_in_flight", m), val("router_in_flight", m)),
+            in_flight=in_flight,
             peak_in_flight=larger(val("engine_peak", m), val("router_peak", m)),
+            in_flight_trend=trend(
+                in_flight, val("demand_rate_recent", m), val("demand_rate_before", m), window
+            ),
             waiting=val("engine_waiting", m),
             request_rate=val("request_rate", m),
             demand_rate=val("demand_rate", m),

@@ -24,7 +24,11 @@ class ModelMetrics:
 
     - ``in_flight``: requests running or waiting in the engines, averaged over the short
       (scale-up) window.
-    - ``peak_in_flight``: the highest in-flight count over the long (scale-down) window.
+    - ``peak_in_flight``: the highest short-window average of in-flight requests over the
+      long (scale-down) window: the sustained peak, not one noisy sample.
+    - ``in_flight_trend``: how fast in-flight requests grow, per second, judged from the
+      arrival rate (arrivals lead in-flight): ``in_flight * (rate now / rate one window
+      earlier - 1) / window``; negative when load falls.
     - ``waiting``: requests queued for a batch slot (part of ``in_flight``).
     - ``request_rate``: requests answered per second over the short window.
     - ``demand_rate``: requests per second the router ranked this model first (it keeps
@@ -36,6 +40,7 @@ class ModelMetrics:
 
     in_flight: float | None = None
     peak_in_flight: float | None = None
+    in_flight_trend: float | None = None
     waiting: float | None = None
     request_rate: float | None = None
     demand_rate: float | None = None

@@ -1,0 +1,176 @@
+"""The simulation study: Shoal's policy against three baselines on one scenario.
+
+:func:`run_study` generates the scenario's trace for a seed, fits the router, computes the
+hindsight baselines (:mod:`shoal.sim.optimal`), replays the trace under each controller and
+summarises: SLO attainment (share of requests whose first token came within their tier's
+TTFT objective), cost, and the ratios the issue asks for (``cost_vs_static``,
+``cost_vs_optimal``: Shoal's cost over the baseline's).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shoal.autoscaling.policy import bounds
+from shoal.sim.controllers import QueueThresholdController, ScheduleController, ShoalController
+from shoal.sim.engine import Request
+from shoal.sim.optimal import PoolSpec, capacity_curve, hindsight_schedule, static_schedule
+from shoal.sim.scenarios import SCENARIOS, Scenario
+from shoal.sim.simulator import Controller, SimResult, Simulator, replicas_at
+from shoal.sim.workload import RoutingTable, fit_workload_router, generate_trace, read_trace
+
+#: What the issue asks of Shoal's policy.
+TARGETS = {"slo_attainment": 0.99, "cost_vs_static": 0.70, "cost_vs_optimal": 1.20}
+
+
+@dataclass
+class Study:
+    """Everything one study produced."""
+
+    scenario: Scenario
+    seed: int
+    trace: list[Request]
+    results: dict[str, SimResult]
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON object ``shoal sim --json`` prints."""
+        shoal = self.results["shoal"]
+        static = self.results["static-peak"]
+        optimal = self.results["optimal"]
+        out: dict[str, Any] = {
+            "scenario": self.scenario.name,
+            "seed": self.seed,
+            "requests": len(self.trace),
+            "hours": round(self.scenario.duration / 3600.0, 2),
+            "slo_attainment": round(shoal.slo_attainment, 4),
+            "cost_vs_static": round(shoal.cost / static.cost, 3),
+            "cost_vs_optimal": round(shoal.cost / optimal.cost, 3),
+        }
+        out["targets_met"] = {
+            "slo_attainment": out["slo_attainment"] >= TARGETS["slo_attainment"],
+            "cost_vs_static": out["cost_vs_static"] <= TARGETS["cost_vs_static"],
+            "cost_vs_optimal": out["cost_vs_optimal"] <= TARGETS["cost_vs_optimal"],
+        }
+        out["policies"] = {name: describe(r) for name, r in self.results.items()}
+        out["simulated_in_seconds"] = round(self.seconds, 1)
+        return out
+
+
+def describe(r: SimResult) -> dict[str, Any]:
+    """Figures of one run."""
+    ttfts = sorted(s[2] for s in r.served)
+
+    def q(p: float) -> float:
+        return round(1000 * ttfts[min(len(ttfts) - 1, int(p * len(ttfts)))], 1) if ttfts else 0.0
+
+    changes = sum(max(0, len(t) - 2) for t in r.timeline.values())
+    return {
+        "slo_attainment": round(r.slo_attainment, 4),
+        "cost_usd": round(r.cost, 2),
+        "mean_cost_per_hour": round(r.cost / (r.duration / 3600.0), 2),
+        "ttft_p50_ms": q(0.50),
+        "ttft_p95_ms": q(0.95),
+        "ttft_p99_ms": q(0.99),
+        "replica_changes": changes,
+        "peak_replicas": {m: max(n for _, n in t) for m, t in r.timeline.items()},
+        "min_alpha": min(a for _, a in r.alpha),
+        "unserved": r.unserved,
+    }
+
+
+def pool_specs(scenario: Scenario) -> list[PoolSpec]:
+    tiers = {t.name: t for t in scenario.spec.tiers}
+    return [
+        PoolSpec(
+            name=m.name,
+            tier=m.tier,
+            latency=scenario.engines[m.tier],
+            cold_start_seconds=scenario.cold_start[m.tier],
+            price_per_hour=float(tiers[m.tier].cost_per_replica_hour),
+            slo_seconds=tiers[m.tier].slo.ttft_p95_milliseconds / 1000.0,
+        )
+        for m in scenario.spec.models
+    ]
+
+
+def run_study(
+    scenario: Scenario,
+    seed: int = 0,
+    *,
+    trace_file: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Study:
+    """Run every controller on the scenario's trace (see the module docstring)."""
+    say = progress or (lambda _: None)
+    started = time.perf_counter()
+    models = list(scenario.spec.models)
+    cost_per_query = {m.name: 0.0004 if m.tier == "large" else 0.0001 for m in models}
+    table = RoutingTable.build(
+        fit_workload_router(scenario.topics, cost_per_query, scenario.policy_alpha, seed),
+        scenario.topics,
+    )
+    trace = (
+        read_trace(trace_file)
+        if trace_file
+        else generate_trace(scenario.topics, scenario.duration, seed)
+    )
+    say(f"{scenario.name}: {len(trace)} requests over {scenario.duration / 3600:.1f} h")
+
+    # Hindsight: where each request goes at the policy's alpha, and what that needs.
+    arrivals: dict[str, list[float]] = {m.name: [] for m in models}
+    mixes: dict[str, list[tuple[int, int]]] = {m.name: [] for m in models}
+    for req in trace:
+        first = table.ranked(req.topic, req.prompt, scenario.policy_alpha)[0]
+        arrivals[first].append(req.arrival)
+        mixes[first].append((req.prompt_tokens, req.output_tokens))
+    tiers = {t.name: t for t in scenario.spec.tiers}
+    specs = {p.name: p for p in pool_specs(scenario)}
+    optimal: dict[str, list[tuple[float, int]]] = {}
+    for m in models:
+        lo, hi = bounds(m, tiers[m.tier])
+        mix = mixes[m.name] or [(256, 128)]
+        sample = random.Random(seed).sample(mix, min(len(mix), 1500))
+        needed = _rough_peak(arrivals[m.name], scenario.duration)
+        curve = capacity_curve(specs[m.name], min(hi, needed), sample)
+        optimal[m.name] = hindsight_schedule(arrivals[m.name], curve, scenario.duration, lo, hi)
+    say(f"{scenario.name}: baselines computed ({time.perf_counter() - started:.1f}s)")
+    start = {m: replicas_at(s, 0.0) for m, s in optimal.items()}
+    lead = {m.name: scenario.cold_start[m.tier] for m in models}
+    controllers: list[Controller] = [
+        ShoalController(scenario.spec, start, scenario.policy_alpha, scenario.interval_seconds),
+        QueueThresholdController(scenario.spec, start, scenario.interval_seconds),
+        ScheduleController("static-peak", static_schedule(optimal)),
+        ScheduleController("optimal", optimal, lead=lead),
+    ]
+    results = {}
+    for ctl in controllers:
+        sim = Simulator(
+            [p.make() for p in specs.values()], trace, table, ctl,
+            duration=scenario.duration, alpha=scenario.policy_alpha,
+            scrape_seconds=scenario.scrape_seconds,
+        )  # fmt: skip
+        results[ctl.name] = sim.run()
+        say(f"{scenario.name}: {ctl.name} done ({time.perf_counter() - started:.1f}s)")
+    return Study(scenario, seed, trace, results, time.perf_counter() - started)
+
+
+def _rough_peak(arrivals: list[float], duration: float) -> int:
+    """An upper bound on the replicas the capacity curve must cover (one per req/s)."""
+    per_minute = [0] * (int(duration // 60) + 1)
+    for t in arrivals:
+        per_minute[int(t // 60)] += 1
+    return max(2, int(max(per_minute, default=0) / 60) + 2)
+
+
+def scenario_named(name: str) -> Scenario:
+    """A scenario by name (KeyError with the known names otherwise)."""
+    try:
+        return SCENARIOS[name]()
+    except KeyError:
+        raise KeyError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}") from None
