@@ -38,7 +38,7 @@ def test_load_asks_for_ceil_in_flight_over_target() -> None:
 
 
 def test_slo_breach_adds_one_replica_where_replicas_are_busy() -> None:
-    d = one(2, metrics(7, ttft=1.8))  # 7 in flight of 8 at target: busy
+    d = one(2, metrics(7.5, ttft=1.8))  # 7.5 in flight of 8 at target: busy
     assert d.desired == 3
     assert "TTFT p95 1800ms over the SLO 1000ms" in d.reason
     queued = one(2, metrics(3, ttft=1.8, waiting=2.0))
@@ -70,6 +70,20 @@ def test_slo_breach_waits_for_replicas_that_are_still_starting() -> None:
 def test_load_beyond_pending_capacity_still_scales_up() -> None:
     d = one(3, metrics(20, ttft=1.8), ready=2)
     assert d.desired == 5
+
+
+def test_rising_load_is_met_where_it_will_be_in_a_minute() -> None:
+    # 10 in flight needs 3 now; rising 6/min, it will need 4 when a new replica is up.
+    d = one(2, metrics(10, in_flight_trend=0.1))
+    assert d.desired == 4
+    assert "rising 6.0/min, need 4 replicas at 4 each within 60s" in d.reason
+
+
+def test_a_small_rise_is_noise() -> None:
+    # A projected rise below half a replica's target is ignored.
+    assert one(3, metrics(10, in_flight_trend=0.03)).desired == 3
+    # And a falling load projects nothing (scale-down has its own, slower rule).
+    assert one(3, metrics(10, in_flight_trend=-1.0)).desired == 3
 
 
 def test_full_kv_cache_adds_a_replica() -> None:
@@ -148,9 +162,9 @@ def test_out_of_bounds_counts_are_clamped_even_without_metrics() -> None:
 
 
 def test_scale_down_needs_the_peak_to_fit_with_room() -> None:
-    # 2 replicas, target 4: one replica may carry at most 0.8 * 4 = 3.2 at peak.
-    assert one(2, metrics(3.0, peak=3.2)).desired == 1
-    held = one(2, metrics(3.0, peak=3.6))
+    # 2 replicas, target 4: one replica may carry at most 0.9 * 4 = 3.6 at peak.
+    assert one(2, metrics(3.0, peak=3.6)).desired == 1
+    held = one(2, metrics(3.0, peak=3.8))
     assert held.desired == 2 and "fits" in held.reason
 
 

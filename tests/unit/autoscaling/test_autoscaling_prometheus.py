@@ -1,0 +1,139 @@
+"""The Prometheus metrics source: the PromQL it writes (checked by promtool where installed)
+and how it turns answers into a metrics window (HTTP faked with httpx's MockTransport)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from autoscaling_builders import NOW
+
+from shoal.autoscaling.prometheus import (
+    PrometheusSource,
+    Windows,
+    fleet_queries,
+    parse_vector,
+    trend,
+    windows_for,
+)
+from shoal.testing import require
+
+WINDOWS = Windows(short=30, long=300, rate=60)
+
+
+def test_queries_cover_both_spellings_and_scope_to_the_fleet() -> None:
+    q = fleet_queries("f", ["alpha", "beta"], WINDOWS)
+    assert 'fleet="f", model=~"alpha|beta"' in q["request_rate"]
+    assert "vllm:num_requests_running|ray_vllm_num_requests_running" in q["engine_in_flight"]
+    assert "llamacpp:num_requests_waiting" in q["engine_in_flight"]
+    assert "rate(ray_shoal_requests_total{" in q["request_rate"]
+    assert q["engine_peak"].startswith("max_over_time(avg_over_time(")
+    assert "[30s:2s])[300s:20s])" in q["engine_peak"]
+    assert "offset 30s" in q["demand_rate_before"]
+    extra = fleet_queries("f", ["alpha"], WINDOWS, 'namespace="team-a"')
+    assert all('namespace="team-a"' in v for v in extra.values())
+
+
+def test_queries_are_valid_promql(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    require(promtool is not None, "promtool not installed (Debian package prometheus)")
+    assert promtool is not None
+    q = fleet_queries("f", ["alpha", "beta"], WINDOWS, 'namespace="x"')
+    rules = {"groups": [{"name": "g", "rules": [{"record": f"shoal:{k}", "expr": v}
+                                                 for k, v in q.items()]}]}  # fmt: skip
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(rules))
+    out = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"{len(q)} rules found" in out.stdout
+
+
+def test_windows_follow_the_interval_and_the_cooldowns() -> None:
+    from autoscaling_builders import spec
+
+    w = windows_for(spec(), 15)
+    assert (w.short, w.long, w.rate) == (30, 120, 60)
+    assert windows_for(spec(), 2).long == 120  # the shortest scale-down cooldown
+    assert windows_for(spec(), 200).long == 600  # at most ten minutes
+
+
+def vector(label: str, values: dict[str, float | str], ts: float = 1000.0) -> dict[str, Any]:
+    return {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {label: k}, "value": [ts, str(v)]} for k, v in values.items()]}}  # fmt: skip
+
+
+def fake_prometheus(answers: dict[str, dict[str, Any]]) -> httpx.Client:
+    """A client whose Prometheus answers each query by the query's key in fleet_queries."""
+    queries = {v: k for k, v in fleet_queries("f", ["alpha", "beta"], WINDOWS).items()}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/api/v1/query"
+        key = queries[request.url.params["query"]]
+        label = "model" if key.startswith(("router", "request", "demand", "ttft")) else "model_name"
+        return httpx.Response(200, json=vector(label, answers.get(key, {})))
+
+    return httpx.Client(transport=httpx.MockTransport(handler))
+
+
+def test_collect_assembles_a_window() -> None:
+    answers: dict[str, dict[str, Any]] = {
+        "engine_in_flight": {"alpha": 10.0},
+        "router_in_flight": {"alpha": 12.5},  # requests queued in front of the engine too
+        "engine_peak": {"alpha": 14.0},
+        "engine_waiting": {"alpha": 2.0},
+        "kv_cache": {"alpha": 0.4},
+        "engine_seen": {"alpha": 997.0},  # sample 3s older than the evaluation (1000)
+        "request_rate": {"alpha": 3.0},
+        "demand_rate": {"alpha": 3.3, "beta": 0.5},
+        "ttft_p95": {"alpha": "NaN"},  # no requests in the window
+        "engine_ttft_p95": {"alpha": 0.25},
+    }
+    src = PrometheusSource("http://prom:9090", windows=WINDOWS, client=fake_prometheus(answers))
+    w = src.collect("f", ["alpha", "beta"], NOW)
+    assert w.error is None
+    a, b = w.models["alpha"], w.models["beta"]
+    assert a.in_flight == 12.5 and a.peak_in_flight == 14.0 and a.waiting == 2.0
+    assert a.observed_at == NOW - timedelta(seconds=3)
+    assert a.ttft_p95_seconds == 0.25  # the engine's, since the ingress saw no request
+    assert a.kv_cache_usage == 0.4 and a.request_rate == 3.0
+    assert b.in_flight is None and b.observed_at is None and b.demand_rate == 0.5
+
+
+def test_a_failing_prometheus_makes_the_window_an_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            400, json={"status": "error", "errorType": "bad_data", "error": "parse error"}
+        )
+
+    src = PrometheusSource("http://prom:9090", client=httpx.Client(transport=httpx.MockTransport(handler)))  # fmt: skip
+    w = src.collect("f", ["alpha"], NOW)
+    assert w.error == "parse error" and w.models == {}
+
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    src = PrometheusSource("http://prom:9090", client=httpx.Client(transport=httpx.MockTransport(down)))  # fmt: skip
+    assert "unreachable" in (src.collect("f", ["alpha"], NOW).error or "")
+
+
+def test_parse_vector_rejects_what_is_not_a_vector() -> None:
+    with pytest.raises(Exception, match="expected a vector"):
+        parse_vector({"status": "success", "data": {"resultType": "matrix", "result": []}}, "x")
+    assert parse_vector(json.loads(json.dumps(vector("m", {"a": "+Inf"}))), "m") == {
+        "a": (1000.0, None)
+    }
+
+
+def test_trend_counts_only_what_is_beyond_poisson_noise() -> None:
+    # 3/s vs 2.8/s over 30s: 90 vs 84 arrivals, well within noise.
+    assert trend(40.0, 3.0, 2.8, 30.0) == 0.0
+    # 6/s vs 3/s: 180 vs 90 arrivals: in flight will double over the next window.
+    assert trend(40.0, 6.0, 3.0, 30.0) == pytest.approx(40.0 / 30.0)
+    assert trend(40.0, 6.0, None, 30.0) is None
