@@ -12,7 +12,6 @@ from shoal.api.v1alpha1.fleet import AutoscaledModel, AutoscalerStatus
 from shoal.autoscaling.policy import decide
 from shoal.autoscaling.state import model_states, rendered_replicas, status_after
 
-
 EARLIER = NOW - timedelta(minutes=10)
 
 
