@@ -97,6 +97,12 @@ app.command("up")(serving_up)
 app.command("down")(serving_down)
 
 
+# `shoal sim`: the autoscaling study in the fleet simulator (its imports stay lazy inside it).
+from shoal.sim.cli import sim  # noqa: E402
+
+app.command("sim")(sim)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -1,0 +1,70 @@
+"""``shoal sim``: run the autoscaling study on a scenario and print what it found.
+
+``shoal sim --scenario bursty --json`` prints one JSON object (``slo_attainment``,
+``cost_vs_static``, ``cost_vs_optimal`` and the figures behind them) and writes the plot.
+Thin on purpose: the work is in :mod:`shoal.sim.study`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def sim(
+    scenario: str = typer.Option(
+        "bursty", "--scenario", "-s", help="bursty, diurnal or hot-topic."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic trace (deterministic)."),
+    trace: Path | None = typer.Option(
+        None,
+        "--trace",
+        help="Replay this JSONL trace instead of the scenario's synthetic one "
+        '(lines {"t": s, "topic": ..., "prompt_tokens": n, "output_tokens": n}).',
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Where to write the PNG plot (default: sim-<scenario>.png)."
+    ),
+    no_plot: bool = typer.Option(False, "--no-plot", help="Write no plot."),
+) -> None:
+    """Simulate the fleet under Shoal's autoscaler and three baselines; compare them."""
+    from rich.console import Console
+
+    from shoal.sim.study import TARGETS, run_study, scenario_named
+
+    err = Console(stderr=True)
+    try:
+        chosen = scenario_named(scenario)
+    except KeyError as exc:
+        err.print(f"[red]{exc.args[0]}[/red]")
+        raise typer.Exit(2) from exc
+    study = run_study(chosen, seed, trace_file=trace, progress=None if as_json else err.print)
+    summary = study.summary()
+    if not no_plot:
+        from shoal.sim.plot import plot_study
+
+        written = plot_study(study, plot or Path(f"sim-{chosen.name}.png"))
+        summary["plot"] = str(written)
+    if as_json:
+        print(json.dumps(summary))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{chosen.name}: {chosen.description}")
+    for col in ("policy", "in SLO", "cost USD", "USD/h", "TTFT p99 ms", "changes"):
+        table.add_column(col, justify="right" if col != "policy" else "left")
+    for name, p in summary["policies"].items():
+        table.add_row(name, f"{100 * p['slo_attainment']:.2f}%", f"{p['cost_usd']:.2f}",
+                      f"{p['mean_cost_per_hour']:.2f}", f"{p['ttft_p99_ms']:.0f}",
+                      str(p["replica_changes"]))  # fmt: skip
+    Console().print(table)
+    met = summary["targets_met"]
+    for key, target in TARGETS.items():
+        op = ">=" if key == "slo_attainment" else "<="
+        mark = "[green]met[/green]" if met[key] else "[red]missed[/red]"
+        Console().print(f"{key} = {summary[key]} (target {op} {target}): {mark}")
+    if "plot" in summary:
+        Console().print(f"plot: {summary['plot']}")
