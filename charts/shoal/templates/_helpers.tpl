@@ -105,18 +105,20 @@ operator running under this identity); see docs/sre.md for what each is for.
 - apiGroups: ["shoal.dev"]
   resources: ["modelfleets/status", "routingpolicies/status"]
   verbs: ["patch"]
-# Each fleet's RayService: server-side apply, watched for KubeRay's status, deleted with the fleet.
+# Each fleet's RayService: server-side apply (patch, and create when it is new), watched for
+# KubeRay's status, deleted with the fleet.
 - apiGroups: ["ray.io"]
   resources: ["rayservices"]
-  verbs: ["get", "list", "watch", "patch", "delete"]
-# Calibration data (read), router artifacts (server-side apply, pruned, deleted).
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# Calibration data (read), router artifacts (server-side apply: patch, and create when new;
+# listed to prune; deleted).
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "list", "patch", "delete"]
-# Each fleet's endpoint Service: server-side apply, deleted with the fleet.
+  verbs: ["get", "list", "create", "patch", "delete"]
+# Each fleet's endpoint Service: server-side apply (patch, create when new), deleted with the fleet.
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["patch", "delete"]
+  verbs: ["create", "patch", "delete"]
 # Events about fleets and policies (kopf posts core/v1 events).
 - apiGroups: [""]
   resources: ["events"]

@@ -164,7 +164,7 @@ class OperatorProcess:
         try:
             url = f"http://127.0.0.1:{self.health_port}/healthz"
             with urllib.request.urlopen(url, timeout=2) as resp:
-                return resp.status == 200
+                return bool(resp.status == 200)
         except OSError:
             return False
 
@@ -187,7 +187,7 @@ class OperatorProcess:
 
 def operator_values(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` with free loopback ports and quick re-checks for the test."""
-    out = json.loads(json.dumps(values))
+    out: dict[str, Any] = json.loads(json.dumps(values))
     op = out.setdefault("operator", {})
     op.setdefault("metricsPort", free_port())
     op.setdefault("healthPort", free_port())
@@ -252,6 +252,9 @@ def accesses(events: list[dict[str, Any]], *, code: int | None = None) -> set[Ac
             continue
         resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
         out.add((e["verb"], ref.get("apiGroup", ""), resource))
+        if e["verb"] == "patch" and status == 201:
+            # A server-side apply that created the object: authorised as patch *and* create.
+            out.add(("create", ref.get("apiGroup", ""), resource))
     return out
 
 
