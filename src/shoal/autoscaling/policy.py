@@ -64,6 +64,8 @@ class PolicySettings:
     scale_down_utilisation: float = 0.9
     #: Scale down only while TTFT p95 is below this fraction of the SLO.
     slo_headroom: float = 0.8
+    #: Safety margin of the scale-down rule, in standard deviations of a Poisson load.
+    sqrt_margin: float = 1.0
     #: Most of the replicas removed in one step (at least one).
     max_scale_down_fraction: float = 0.5
     #: KV-cache use above which a model gets one more replica.
@@ -100,6 +102,20 @@ def _age(now: datetime, then: datetime | None) -> float | None:
 
 def _fmt(x: float) -> str:
     return f"{x:.1f}" if x < 100 else f"{x:.0f}"
+
+
+def fewest_replicas(peak: float, target: int, settings: PolicySettings) -> int:
+    """Fewest replicas that carry ``peak`` requests in flight with room to spare.
+
+    Each replica may run ``scale_down_utilisation`` of its target, less a safety margin of
+    ``sqrt_margin`` standard deviations of a Poisson load (square-root staffing): a few
+    replicas need proportionally more room than many, whose loads even out.
+    """
+    per = target * settings.scale_down_utilisation
+    n = 1
+    while n * per - settings.sqrt_margin * math.sqrt(n * per) < peak:
+        n += 1
+    return n
 
 
 def decide_model(
@@ -215,8 +231,7 @@ def decide_model(
     # --- down ---------------------------------------------------------------------------
     peak = m.peak_in_flight if m.peak_in_flight is not None else load
     idle = peak <= 0 and demand <= 0 and not (m.request_rate or 0) > 0
-    per = target * settings.scale_down_utilisation
-    fits = 0 if idle else max(1, math.ceil(peak / per))
+    fits = 0 if idle else fewest_replicas(peak, target, settings)
     floor = n - max(1, math.floor(n * settings.max_scale_down_fraction))
     down_to = max(fits, floor, lo)
     if down_to >= n:
@@ -238,7 +253,7 @@ def decide_model(
     return out(
         down_to,
         f"scale down to {down_to}: peak {_fmt(peak)} in flight fits {down_to} replicas at "
-        f"{settings.scale_down_utilisation:.0%} of {target} each",
+        f"{settings.scale_down_utilisation:.0%} of {target} each, with margin",
     )
 
 

@@ -6,13 +6,17 @@ The fleet simulator needs hours of traffic in seconds of CPU, so it does not run
 
 - a replica runs at most ``max_batch`` requests at once (continuous batching); beyond that,
   requests wait in the model's FIFO queue (Ray Serve queues at the caller the same way);
-- a request admitted next to ``running`` others gets its first token after one prefill step,
+- a request admitted next to ``running`` others waits for the step in progress (half a step
+  on average) and gets its first token after one prefill step,
   ``LatencyModel.ttft_seconds(prompt_tokens, running)``, and its remaining tokens at
-  ``LatencyModel.inter_token_seconds(running + 1)`` each.
+  ``LatencyModel.inter_token_seconds(running + 1)`` each;
+- its prefill lengthens that step for the whole batch: every request already running on the
+  replica finishes that much later (prefills stall decodes, as in the engine).
 
 So time to first token grows with queueing and with batch size exactly as in the engine;
 what the request-level view leaves out is that a request's decode speed changes when the
-batch grows or shrinks after it was admitted (it keeps the speed of its admission).
+batch grows or shrinks after it was admitted (it keeps the speed of its admission, plus the
+prefill stalls of later admissions).
 ``tests/unit/sim`` checks the two against each other on steady loads.
 """
 
@@ -46,6 +50,9 @@ class Replica:
     running: int = 0
     #: KV-cache tokens the running requests hold (prompt plus, on average, half the answer).
     kv_tokens: int = 0
+    #: Prefill seconds spent in this replica's steps so far: every running request waits
+    #: them out (a prefill shares its step with the batch's decodes).
+    stall: float = 0.0
     draining: bool = False
     stopped: float | None = None
 
@@ -94,8 +101,14 @@ class ModelPool:
 
     def timing(self, running: int, prompt_tokens: int, output_tokens: int) -> tuple[float, float]:
         """(first token after admission, finish after admission) next to ``running`` others."""
-        first = self.latency.ttft_seconds(prompt_tokens, running)
+        # A busy replica is mid-step when a request arrives: on average half a step to wait.
+        wait = 0.5 * self._itl[running] if running else 0.0
+        first = wait + self.latency.ttft_seconds(prompt_tokens, running)
         return first, first + max(0, output_tokens - 1) * self._itl[running + 1]
+
+    def prefill_seconds(self, prompt_tokens: int) -> float:
+        """What prefilling ``prompt_tokens`` adds to a step (and so to every running request)."""
+        return self.latency.step_seconds(0, prompt_tokens) - self.latency.step_seconds(0, 0)
 
     def cost(self, now: float) -> float:
         """USD spent on this model's replicas up to ``now``."""

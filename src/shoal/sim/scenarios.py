@@ -5,12 +5,13 @@ generalist on a "small" one, routed by a cluster router fitted on calibration pr
 each topic (the specialists are best on their topic; the generalist is cheapest). Latency
 comes from :class:`~shoal.serving.engines.latency.LatencyModel` with per-tier parameters in
 the range a 7B model shows on one mid-range GPU (about 20 ms per decode step plus half a
-millisecond per sequence in the batch, 32 sequences at most); replicas take 45 s to
-start on the large tier (weights cached on the node), twenty seconds on the small one.
+millisecond per sequence in the batch, 32 sequences at most); replicas take 30 s to
+start on the large tier (weights cached on a node that is up), 15 s on the small one.
+Tiers aim at 26 (large) and 39 (small) requests in flight per replica.
 Prompts are 64 to 1024 tokens, answers 128 to 512.
 
 - ``bursty``: two hours of steady traffic; every 40 minutes each topic bursts to 3.5 times
-  its base rate (2.5-minute ramps, four minutes at the top), topics at different times.
+  its base rate (4-minute ramps, four minutes at the top), topics at different times.
 - ``diurnal``: a day of traffic that follows a daily cycle per topic (peaks at different
   hours, a night-time trough at a tenth of the peak).
 - ``hot-topic``: a new topic (questions about a just-released library) appears and grows
@@ -43,7 +44,7 @@ SMALL = LatencyModel(
 )
 MODELS = {"math-7b": "large", "code-7b": "large", "general-7b": "large", "mini-3b": "small"}
 ENGINES = {"large": LARGE, "small": SMALL}
-COLD_START = {"large": 45.0, "small": 20.0}
+COLD_START = {"large": 30.0, "small": 15.0}
 #: USD per query the router's calibration data carries (large about four times small).
 COST_PER_QUERY = {"math-7b": 0.0004, "code-7b": 0.0004, "general-7b": 0.0004, "mini-3b": 0.0001}
 
@@ -77,6 +78,7 @@ def fleet_spec(
     budget: str | None = None,
     up_cooldown: int = 15,
     down_cooldown: int = 120,
+    target: int = 26,
 ) -> ModelFleetSpec:
     """The study's fleet: a large tier ($2.50/h a replica) and a small one ($0.60/h)."""
 
@@ -91,7 +93,7 @@ def fleet_spec(
 
     body: dict[str, Any] = {
         "routingPolicyRef": {"name": "study"},
-        "tiers": [tier("large", "2.50", 24), tier("small", "0.60", 36)],
+        "tiers": [tier("large", "2.50", target), tier("small", "0.60", target * 3 // 2)],
         "models": [{"name": m, "engine": "simulated", "tier": t} for m, t in MODELS.items()],
     }
     if budget:
@@ -128,12 +130,12 @@ def bursty() -> Scenario:
     minute = 60.0
 
     def bursts(rps: float, *starts: float) -> Bursts:
-        return Bursts(rps, tuple(m * minute for m in starts), hold=240.0, ramp=150.0)
+        return Bursts(rps, tuple(m * minute for m in starts), hold=240.0, ramp=240.0)
 
     return Scenario(
         name="bursty",
         description="2 h of steady traffic; every 40 minutes each topic bursts to 3.5x its "
-        "base rate (2.5-minute ramps, 4 minutes at the top), topics at different times",
+        "base rate (4-minute ramps, 4 minutes at the top), topics at different times",
         spec=fleet_spec(),
         topics=(
             _topic("math", MATH, Sum((Constant(3.0), bursts(7.5, 25, 65, 105)))),
@@ -167,8 +169,8 @@ def hot_topic() -> Scenario:
     hour = 3600.0
     return Scenario(
         name="hot-topic",
-        description="a new topic grows to the busiest one within an hour, under a $40/h budget",
-        spec=fleet_spec(budget="40.00"),
+        description="a new topic grows to the busiest one within an hour, under a $30/h budget",
+        spec=fleet_spec(budget="30.00"),
         topics=(
             _topic("math", MATH, Constant(2.0)),
             _topic("code", CODE, Constant(2.0)),

@@ -184,13 +184,14 @@ class Simulator:
         now = self.now
         first, finish = pool.timing(r.running, req.prompt_tokens, req.output_tokens)
         kv = req.prompt_tokens + req.output_tokens // 2
+        r.stall += pool.prefill_seconds(req.prompt_tokens)  # the batch waits for this prefill
         r.running += 1
         r.kv_tokens += kv
         ttft = now - arrived + first
         self._served.append((req.arrival, pool.name, ttft, ttft <= pool.slo_seconds))
         pool.first_tokens.append((now + first, ttft))
         self._seq += 1
-        heapq.heappush(self._events, (now + finish, FINISH, self._seq, (pool, r, kv)))
+        heapq.heappush(self._events, (now + finish, FINISH, self._seq, (pool, r, kv, r.stall)))
 
     def _drain_queue(self, pool: ModelPool) -> None:
         while pool.queue:
@@ -219,7 +220,13 @@ class Simulator:
         else:
             pool.queue.append((req, self.now))
 
-    def _finish(self, pool: ModelPool, r: Replica, kv_tokens: int) -> None:
+    def _finish(self, pool: ModelPool, r: Replica, kv_tokens: int, stall: float) -> None:
+        if r.stall > stall + 1e-12:
+            # Prefills of later admissions stalled this request: it finishes that much later.
+            self._seq += 1
+            late = self.now + r.stall - stall
+            heapq.heappush(self._events, (late, FINISH, self._seq, (pool, r, kv_tokens, r.stall)))
+            return
         r.running -= 1
         r.kv_tokens -= kv_tokens
         self._answered[pool.name] += 1
@@ -313,7 +320,7 @@ class Simulator:
             t, kind, _, data = heapq.heappop(events)
             self.now = t
             if kind == FINISH:
-                self._finish(*cast(tuple[ModelPool, Replica, int], data))
+                self._finish(*cast(tuple[ModelPool, Replica, int, float], data))
             elif kind == READY:
                 self._ready(*cast(tuple[ModelPool, Replica], data))
             elif t < self.duration:  # scrapes and evaluations stop with the trace
