@@ -162,10 +162,19 @@ def test_out_of_bounds_counts_are_clamped_even_without_metrics() -> None:
 
 
 def test_scale_down_needs_the_peak_to_fit_with_room() -> None:
-    # 2 replicas, target 4: one replica may carry at most 0.9 * 4 = 3.6 at peak.
-    assert one(2, metrics(3.0, peak=3.6)).desired == 1
-    held = one(2, metrics(3.0, peak=3.8))
+    # 2 replicas, target 4: one replica may carry 0.9 * 4 = 3.6 less sqrt(3.6) = 1.7 at peak.
+    assert one(2, metrics(1.5, peak=1.7)).desired == 1
+    held = one(2, metrics(1.5, peak=2.0))
     assert held.desired == 2 and "fits" in held.reason
+
+
+def test_the_safety_margin_shrinks_as_replicas_pool_their_load() -> None:
+    from shoal.autoscaling.policy import fewest_replicas
+
+    s = PolicySettings()
+    # Target 24: one replica holds 21.6 - 4.65 = 16.95 at peak; ten hold 216 - 14.7 = 201.3.
+    assert fewest_replicas(16.9, 24, s) == 1 and fewest_replicas(17.0, 24, s) == 2
+    assert fewest_replicas(201.0, 24, s) == 10 and fewest_replicas(202.0, 24, s) == 11
 
 
 def test_scale_down_waits_for_the_cooldown() -> None:
