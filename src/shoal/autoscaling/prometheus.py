@@ -11,7 +11,9 @@ Metric names, as the serving layer exports them (see :mod:`shoal.serving.metrics
   ``shoal_routing_decisions_total`` (demand, also for a model that is cold).
 
 Inside Ray every name comes out through Ray's metrics agent as ``ray_<name>`` with ``:``
-turned into ``_`` (``ray_vllm_num_requests_running``); every query accepts both spellings.
+turned into ``_`` (``ray_vllm_num_requests_running``); and ``prometheus_client`` (which vLLM
+and the simulator use) writes ``vllm_num_requests_running`` when Prometheus asks for the
+OpenMetrics format. Every query accepts all three spellings.
 
 :func:`fleet_queries` builds the PromQL (pure, unit-tested); :class:`PrometheusSource` runs
 it against ``/api/v1/query`` and assembles a :class:`~shoal.autoscaling.types.MetricsWindow`.
@@ -35,10 +37,11 @@ ENGINE_PREFIXES = ("vllm", "llamacpp")
 
 
 def _engine_names(metric: str) -> list[str]:
-    """Every spelling of an engine metric: ``vllm:x``, ``ray_vllm_x``, llama.cpp alike."""
+    """Every spelling of an engine metric: ``vllm:x``, ``vllm_x``, ``ray_vllm_x``, and
+    llama.cpp's alike."""
     out = []
     for p in ENGINE_PREFIXES:
-        out += [f"{p}:{metric}", f"ray_{p}_{metric}"]
+        out += [f"{p}:{metric}", f"{p}_{metric}", f"ray_{p}_{metric}"]
     return out
 
 

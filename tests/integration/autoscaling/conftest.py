@@ -4,6 +4,7 @@ tests that call the actuator directly."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,6 +15,11 @@ from shoal.autoscaling.prometheus import Windows
 from shoal.autoscaling.types import MetricsWindow, ModelMetrics
 from shoal.testing.controlplane import ControlPlane
 from tests.integration.operator.conftest import Cluster
+
+#: Seconds between two autoscaler evaluations in these tests. The kopf timer reads it when
+#: the handlers module is imported, so it is set here, before any test starts an operator.
+INTERVAL = 2.0
+os.environ.setdefault("SHOAL_AUTOSCALER_INTERVAL_SECONDS", str(INTERVAL))
 
 
 @pytest.fixture()

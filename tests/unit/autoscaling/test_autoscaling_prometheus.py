@@ -31,7 +31,8 @@ WINDOWS = Windows(short=30, long=300, rate=60)
 def test_queries_cover_both_spellings_and_scope_to_the_fleet() -> None:
     q = fleet_queries("f", ["alpha", "beta"], WINDOWS)
     assert 'fleet="f", model=~"alpha|beta"' in q["request_rate"]
-    assert "vllm:num_requests_running|ray_vllm_num_requests_running" in q["engine_in_flight"]
+    spellings = "vllm:num_requests_running|vllm_num_requests_running|ray_vllm_num_requests_running"
+    assert spellings in q["engine_in_flight"]
     assert "llamacpp:num_requests_waiting" in q["engine_in_flight"]
     assert "rate(ray_shoal_requests_total{" in q["request_rate"]
     assert q["engine_peak"].startswith("max_over_time(avg_over_time(")
