@@ -91,8 +91,12 @@ class ShoalController:
     log: list[tuple[float, str, int, int, str]] = field(default_factory=list)
 
     def initial(self) -> dict[str, int]:
-        self.states = {m: ModelState(replicas=n) for m, n in self.start.items()}
-        return dict(self.start)
+        # The starting counts, held (no metrics yet) but within bounds and budget.
+        states = {m: ModelState(replicas=n) for m, n in self.start.items()}
+        nothing = MetricsWindow(collected_at=at(0), error="no metrics yet")
+        decision = decide(self.spec, states, nothing, at(0), settings=self.settings)
+        self.states = {d.model: ModelState(replicas=d.desired) for d in decision.models}
+        return {m: s.replicas for m, s in self.states.items()}
 
     def evaluate(self, now: float, sim: Simulator) -> tuple[dict[str, int], float | None]:
         window = observe(sim, now, windows_for(self.spec, self.interval_seconds))
