@@ -1,0 +1,68 @@
+"""The operator's autoscaler settings, as the Helm chart passes them (the contract)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from shoal.operator.config import OperatorConfig
+
+
+def test_defaults_leave_the_autoscaler_off_and_say_why() -> None:
+    c = OperatorConfig.from_env({})
+    assert (c.prometheus_url, c.autoscaler_enabled, c.autoscaler_dry_run) == ("", True, False)
+    assert (c.autoscaler_interval_seconds, c.autoscaler_stale_seconds) == (15.0, 60.0)
+    assert c.default_budget is None
+    assert c.autoscaler_mode == "Off"
+    assert "SHOAL_PROMETHEUS_URL is empty" in c.autoscaler_off_reason
+
+
+def test_every_variable_of_the_contract() -> None:
+    c = OperatorConfig.from_env({
+        "SHOAL_PROMETHEUS_URL": " http://prometheus:9090 ",
+        "SHOAL_AUTOSCALER_ENABLED": "true",
+        "SHOAL_AUTOSCALER_INTERVAL_SECONDS": "5",
+        "SHOAL_AUTOSCALER_DRY_RUN": "false",
+        "SHOAL_AUTOSCALER_STALE_SECONDS": "45",
+        "SHOAL_DEFAULT_BUDGET_PER_HOUR": "25.50",
+    })  # fmt: skip
+    assert c.prometheus_url == "http://prometheus:9090"
+    assert (c.autoscaler_interval_seconds, c.autoscaler_stale_seconds) == (5.0, 45.0)
+    assert c.default_budget == Decimal("25.50")
+    assert c.autoscaler_mode == "Active" and c.autoscaler_off_reason == ""
+    url = {"SHOAL_PROMETHEUS_URL": "http://p:9090"}
+    assert (
+        OperatorConfig.from_env({**url, "SHOAL_AUTOSCALER_DRY_RUN": "True"}).autoscaler_mode
+        == "DryRun"
+    )
+    off = OperatorConfig.from_env({**url, "SHOAL_AUTOSCALER_ENABLED": "false"})
+    assert (
+        off.autoscaler_mode == "Off"
+        and "SHOAL_AUTOSCALER_ENABLED=false" in off.autoscaler_off_reason
+    )
+    assert OperatorConfig.from_env({"SHOAL_DEFAULT_BUDGET_PER_HOUR": ""}).default_budget is None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SHOAL_AUTOSCALER_ENABLED": "maybe"}, "SHOAL_AUTOSCALER_ENABLED must be true or false"),
+        ({"SHOAL_AUTOSCALER_DRY_RUN": "2"}, "SHOAL_AUTOSCALER_DRY_RUN must be true or false"),
+        (
+            {"SHOAL_DEFAULT_BUDGET_PER_HOUR": "-3"},
+            "SHOAL_DEFAULT_BUDGET_PER_HOUR must be a decimal",
+        ),
+        (
+            {"SHOAL_DEFAULT_BUDGET_PER_HOUR": "1e3"},
+            "SHOAL_DEFAULT_BUDGET_PER_HOUR must be a decimal",
+        ),
+        ({"SHOAL_AUTOSCALER_INTERVAL_SECONDS": "0"}, "must be positive"),
+        ({"SHOAL_AUTOSCALER_STALE_SECONDS": "-1"}, "must be positive"),
+    ],
+)
+def test_bad_values_stop_the_operator_with_the_variable_named(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        OperatorConfig.from_env(env)
