@@ -161,3 +161,22 @@ def test_off_says_why_and_hands_replicas_back_to_ray_serve(cluster: Cluster) -> 
     cfg = deployments(cluster)["model-alpha"]["autoscaling_config"]
     assert (cfg["min_replicas"], cfg["max_replicas"]) == (1, 6)
     assert "num_replicas" not in deployments(cluster)["model-alpha"]
+
+
+def test_scale_to_zero_is_decided_but_one_replica_stays(cluster: Cluster) -> None:
+    """serveConfigV2 cannot say num_replicas: 0; the decision shows, one replica stays."""
+    spec = scaling_fleet()
+    spec["spec"]["tiers"][0]["autoscaling"].update(minReplicas=0, scaleToZero=True)
+    cluster.apply(static_policy(), spec)
+    gw = KubeGateway(cluster.cp.api_client())
+    reconcile_fleet(gw, ACTIVE, cluster.get("fleet", "f"), T0)
+    out = autoscale_fleet(gw, ACTIVE, FakeSource({"alpha": 0.0, "beta": 0.0}),
+                          cluster.get("fleet", "f"), T0)  # fmt: skip
+    assert out.decision is not None and not out.decision.changes
+    auto = {
+        m["name"]: m for m in (cluster.get("fleet", "f") or {})["status"]["autoscaler"]["models"]
+    }
+    assert auto["alpha"]["replicas"] == 1
+    assert auto["alpha"]["reason"].startswith("scale to zero: no traffic and no demand")
+    assert "held at 1: the serve config cannot say 0 replicas" in auto["alpha"]["reason"]
+    assert deployments(cluster)["model-alpha"]["num_replicas"] == 1
