@@ -12,7 +12,8 @@ help: ## list targets
 setup: ## install everything (venv, Debian packages, Go-built control plane)
 	@hack/setup.sh
 
-up: setup ## run the quickstart fleet locally on CPU (no cluster needed)
+up: ## run the quickstart fleet locally on CPU (no cluster needed, so no control-plane build)
+	@hack/setup.sh --no-control-plane
 	$(VENV)/bin/shoal up -f examples/quickstart.yaml
 
 down: ## stop the local fleet

@@ -15,13 +15,18 @@ import pytest
 from shoal.testing import require, servers_required
 from shoal.testing.controlplane import ControlPlane, missing_binaries, start_control_plane
 
+#: A user with no permissions of its own; tests grant it Roles to see refused writes.
+RESTRICTED_USER = "restricted"
+
 
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     """etcd + kube-apiserver with Shoal's and KubeRay's CRDs installed."""
     missing = missing_binaries()
     require(not missing, f"control plane not built ({', '.join(missing)}): run hack/setup.sh")
-    cp = start_control_plane(tmp_path_factory.mktemp("control-plane"))
+    cp = start_control_plane(
+        tmp_path_factory.mktemp("control-plane"), users={RESTRICTED_USER: ["shoal-tests"]}
+    )
     try:
         cp.install_crds()
         yield cp

@@ -20,7 +20,7 @@ from shoal.api.v1alpha1 import API_VERSION, ConditionStatus, ModelFleet, Routing
 from shoal.autoscaling.state import rendered_replicas
 from shoal.operator import events
 from shoal.operator.config import OperatorConfig
-from shoal.operator.gateway import KubeGateway
+from shoal.operator.gateway import WRITE_ERRORS, KubeGateway
 from shoal.planning import names
 from shoal.planning.children import (
     PlanError,
@@ -171,7 +171,13 @@ def reconcile_fleet(
 
     applied, live_rs = [], None
     for obj in children.objects():
-        live = gw.apply(obj)
+        try:
+            live = gw.apply(obj)
+        except WRITE_ERRORS as exc:
+            what = f"{obj['kind']}/{obj['metadata']['name']}"
+            problem = SpecProblem(exc.reason, f"cannot write {what}: {exc}")
+            report(FleetObservation(policy=policy, problem=problem))
+            raise
         applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
         if obj["kind"] == "RayService":
             live_rs = live

@@ -31,6 +31,31 @@ PLURALS: dict[tuple[str, str], str] = {
 class InvalidObject(kopf.PermanentError):
     """The API server rejected an object the operator rendered (422)."""
 
+    reason = "Rejected"
+
+
+class Forbidden(kopf.TemporaryError):
+    """The operator's identity may not do this (403). Retried: RBAC can be fixed in place."""
+
+    reason = "Forbidden"
+
+
+class NotServed(kopf.TemporaryError):
+    """The API server does not serve the kind (404 on apply: its CRD, e.g. KubeRay's, is not
+    installed). Retried: the CRD can be installed later."""
+
+    reason = "KindNotServed"
+
+
+#: Errors of writing a child object that the reconcilers report as conditions and events.
+WRITE_ERRORS: tuple[type[InvalidObject | Forbidden | NotServed], ...] = (
+    InvalidObject,
+    Forbidden,
+    NotServed,
+)
+#: How long to wait before retrying after a write the cluster refused (RBAC, missing CRD).
+REFUSED_RETRY_SECONDS = 30.0
+
 
 def resource_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
     """REST path of a namespaced object (or of its collection when ``name`` is None)."""
@@ -88,6 +113,8 @@ class KubeGateway:
             return None
         if status == 422:
             raise InvalidObject(f"{method} {path} rejected: {_message(data)}")
+        if status == 403:
+            raise Forbidden(f"{method} {path}: {_message(data)}", delay=REFUSED_RETRY_SECONDS)
         if status in (409, 429) or status >= 500:
             raise kopf.TemporaryError(f"{method} {path}: {status} {_message(data)}", delay=3)
         if status >= 400:
@@ -119,7 +146,13 @@ class KubeGateway:
             body=obj,
             content_type="application/apply-patch+yaml",
         )
-        assert out is not None  # apply creates what is missing
+        if out is None:  # apply creates what is missing, so 404 means the kind is not served
+            owner = " (KubeRay)" if obj["apiVersion"].startswith("ray.io/") else ""
+            raise NotServed(
+                f"the API server does not serve {obj['kind']} ({obj['apiVersion']}); "
+                f"install its CRD{owner}",
+                delay=REFUSED_RETRY_SECONDS,
+            )
         return out
 
     def patch_status(

@@ -43,13 +43,20 @@ def _now() -> datetime:
 
 
 def _api_client() -> Any:
+    """In a pod, the ServiceAccount's credentials; elsewhere, the kubeconfig.
+
+    ``KUBECONFIG`` is read now: the kubernetes client fixes its default path when it is first
+    imported, which would ignore a ``KUBECONFIG`` set after that (a test harness, an embedding
+    program).
+    """
     from kubernetes import client, config
 
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
         return client.ApiClient()
     except config.ConfigException:
-        return config.new_client_from_config()  # type: ignore[no-untyped-call]
+        kubeconfig = os.environ.get("KUBECONFIG") or None
+        return config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
 
 
 @kopf.on.startup()

@@ -24,7 +24,7 @@ from shoal.api.v1alpha1.common import decimal
 from shoal.api.v1alpha1.policy import RouterArtifactStatus
 from shoal.operator import events
 from shoal.operator.config import OperatorConfig
-from shoal.operator.gateway import KubeGateway
+from shoal.operator.gateway import WRITE_ERRORS, KubeGateway
 from shoal.planning import names
 from shoal.planning.status import SpecProblem, policy_status
 
@@ -223,7 +223,13 @@ def reconcile_policy(
         events.post(body, warning=True, reason=exc.problem.reason, message=exc.problem.message)
         raise kopf.PermanentError(exc.problem.message) from exc
     artifact = _artifact_status(cm_name, blob)
-    gw.apply(_artifact_configmap(policy, blob, fp, artifact.checksum))
+    try:
+        gw.apply(_artifact_configmap(policy, blob, fp, artifact.checksum))
+    except WRITE_ERRORS as exc:
+        problem = SpecProblem(exc.reason, f"cannot store the router artifact: {exc}")
+        report(kept, problem)
+        events.post(body, warning=True, reason=problem.reason, message=problem.message)
+        raise
     report(artifact, None)
     events.post(
         body,

@@ -32,7 +32,7 @@ HEALTHY = "HEALTHY"
 
 @dataclass(frozen=True)
 class SpecProblem:
-    """Why the spec cannot work as written (reported as Degraded)."""
+    """Why the object cannot work as written, or as the cluster allows (reported as Degraded)."""
 
     reason: str
     message: str

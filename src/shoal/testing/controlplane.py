@@ -206,11 +206,12 @@ class ControlPlane:
         events = [json.loads(line) for line in self.audit_log.read_text().splitlines() if line]
         return [e for e in events if user is None or e["user"]["username"] == user]
 
-    def api_client(self) -> Any:
-        """A ``kubernetes.client.ApiClient`` for this control plane."""
+    def api_client(self, user: str | None = None) -> Any:
+        """A ``kubernetes.client.ApiClient`` for this control plane, as admin or as ``user``."""
         from kubernetes import config
 
-        return config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
+        path = self.kubeconfig_for(user) if user else self.kubeconfig
+        return config.new_client_from_config(config_file=str(path))  # type: ignore[no-untyped-call]
 
 
 def _write_kubeconfig(path: Path, server: str, ca: Path, token: str, user: str = "admin") -> None:

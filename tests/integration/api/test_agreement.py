@@ -90,23 +90,55 @@ fleet_specs = st.fixed_dictionaries(
     },
     optional={"budget": st.fixed_dictionaries({"maxCostPerHour": money}, optional={"minAlpha": fractions})},
 )  # fmt: skip
-policy_specs = optional(
-    strategy=st.sampled_from(["cluster", "static", "random"]),
-    alpha=fractions,
-    clusters=st.integers(0, 300),
-    topP=st.integers(0, 20),
-    temperature=st.sampled_from(["0.1", "0", "1", "0.0001", "1000", "abc"]),
-    staticOrder=st.lists(st.sampled_from(["math", "code", "Bad"]), max_size=2),
-    calibration=optional(
-        uri=st.sampled_from(["s3://bucket/data.jsonl", "https://h/d.csv", "ftp://x/y"]),
-        configMapRef=st.fixed_dictionaries({"name": st.sampled_from(["cal", ""]), "key": st.just("k")}),
+calibration = st.one_of(
+    st.fixed_dictionaries(
+        {"uri": mixed(["s3://bucket/data.jsonl", "https://h/d.csv"], ["ftp://x/y", "s3://B/k"])}
     ),
-    embedder=optional(
-        type=st.sampled_from(["minilm", "multilingual-e5", "openai", "bert"]),
-        endpoint=st.sampled_from(["http://embed:8000", "not a url"]),
+    st.fixed_dictionaries(
+        {"configMapRef": st.fixed_dictionaries({"name": mixed(["cal"], [""]), "key": st.just("k")})}
+    ),
+    optional(  # neither, or both: invalid
+        uri=st.just("s3://bucket/data.jsonl"),
+        configMapRef=st.just({"name": "cal", "key": "k"}),
+    ),
+)
+embedder = st.one_of(
+    optional(type=mixed(["minilm", "multilingual-e5"], ["bert"])),
+    optional(  # openai needs endpoint and model; the others forbid them
+        type=mixed(["openai"], ["minilm"]),
+        endpoint=mixed(["http://embed:8000"], ["not a url"]),
         model=st.just("bge-small"),
     ),
-)  # fmt: skip
+)
+policy_fields = {
+    "alpha": fractions,
+    "clusters": mixed([1, 16, 64, 256], [0, 257]),
+    "topP": mixed([1, 2, 3], [0, 17]),
+    "temperature": mixed(["0.1", "1", "0.0001", "1000"], ["0", "-1", "abc"]),
+    "embedder": embedder,
+    "fallbackModel": mixed(["math"], ["Bad"]),
+    "allowRequestOverrides": st.booleans(),
+}
+# Mostly shaped like the two strategies, so about half are valid; the last form is anything.
+policy_specs = st.one_of(
+    st.fixed_dictionaries(
+        {"strategy": mixed(["cluster"], ["random"]), "calibration": calibration},
+        optional=policy_fields,
+    ),
+    st.fixed_dictionaries(
+        {
+            "strategy": st.just("static"),
+            "staticOrder": mixed([["math"], ["math", "code"]], [[], ["Bad"]]),
+        },
+        optional=policy_fields,
+    ),
+    optional(
+        strategy=st.sampled_from(["cluster", "static", "random"]),
+        calibration=calibration,
+        staticOrder=st.lists(st.sampled_from(["math", "code", "Bad"]), max_size=2),
+        **policy_fields,
+    ),
+)
 
 
 def server_verdict(api: Any, ns: str, kind: str, plural: str, spec: dict[str, Any]) -> Any:

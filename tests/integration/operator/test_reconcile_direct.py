@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import copy
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from shoal.operator.config import OperatorConfig
 from shoal.operator.fleets import FleetBlocked, reconcile_fleet
-from shoal.operator.gateway import KubeGateway
-from tests.integration.operator.conftest import Cluster, fleet
+from shoal.operator.gateway import Forbidden, KubeGateway
+from shoal.operator.policies import reconcile_policy
+from tests.conftest import RESTRICTED_USER
+from tests.integration.operator.conftest import (
+    Cluster,
+    calibration_configmap,
+    fleet,
+    policy,
+)
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
@@ -40,3 +48,55 @@ def test_missing_policy_when_called_directly(cluster: Cluster) -> None:
         reconcile_fleet(gw, OperatorConfig(), cluster.get("fleet", "f"), NOW)
     ready = cluster.condition("fleet", "f", "Ready")
     assert ready is not None and ready["reason"] == "RoutingPolicyNotFound"
+
+
+def restricted_gateway(cluster: Cluster, rules: list[dict[str, Any]]) -> KubeGateway:
+    """A gateway authenticated as a user that holds only ``rules`` in the test namespace."""
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "restricted"}, "rules": rules}  # fmt: skip
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "restricted"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "restricted"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                      "name": RESTRICTED_USER}],
+    }  # fmt: skip
+    cluster.apply(role, binding)
+    return KubeGateway(cluster.cp.api_client(RESTRICTED_USER))
+
+
+READ_SHOAL = {"apiGroups": ["shoal.dev"], "resources": ["modelfleets", "routingpolicies"],
+              "verbs": ["get", "list", "watch"]}  # fmt: skip
+WRITE_STATUS = {"apiGroups": ["shoal.dev"],
+                "resources": ["modelfleets/status", "routingpolicies/status"],
+                "verbs": ["patch"]}  # fmt: skip
+
+
+def test_forbidden_child_write_is_a_condition(cluster: Cluster) -> None:
+    """RBAC that lacks RayService writes: Degraded names the object and the refusal."""
+    cluster.apply(policy(strategy="static", staticOrder=["alpha"], calibration=None), fleet())
+    configmaps = {"apiGroups": [""], "resources": ["configmaps", "services"],
+                  "verbs": ["get", "list", "create", "patch", "delete"]}  # fmt: skip
+    gw = restricted_gateway(cluster, [READ_SHOAL, WRITE_STATUS, configmaps])
+    with pytest.raises(Forbidden):
+        reconcile_fleet(gw, OperatorConfig(), cluster.get("fleet", "f"), NOW)
+    degraded = cluster.condition("fleet", "f", "Degraded")
+    assert degraded is not None and degraded["status"] == "True", degraded
+    assert degraded["reason"] == "Forbidden"
+    assert degraded["message"].startswith("cannot write RayService/f:"), degraded["message"]
+    assert "rayservices" in degraded["message"]
+
+
+def test_forbidden_artifact_write_is_a_condition(cluster: Cluster) -> None:
+    """A fit whose artifact cannot be stored says so in Fitted and Ready, not only in logs."""
+    cluster.apply(calibration_configmap(), policy())
+    read_cm = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}
+    gw = restricted_gateway(cluster, [READ_SHOAL, WRITE_STATUS, read_cm])
+    with pytest.raises(Forbidden):
+        reconcile_policy(gw, OperatorConfig(), cluster.get("rpol", "p"), NOW)
+    for type in ("Fitted", "Ready"):
+        cond = cluster.condition("rpol", "p", type)
+        assert cond is not None and cond["status"] == "False", cond
+        assert cond["reason"] == "Forbidden"
+        assert cond["message"].startswith("cannot store the router artifact:"), cond["message"]
+    assert cluster.get("configmap", "p-router-artifact") is None
