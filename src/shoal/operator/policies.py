@@ -20,7 +20,6 @@ import httpx
 import kopf
 
 from shoal.api.v1alpha1 import API_VERSION, RoutingPolicy
-from shoal.api.v1alpha1.common import decimal
 from shoal.api.v1alpha1.policy import RouterArtifactStatus
 from shoal.operator import events
 from shoal.operator.config import OperatorConfig
@@ -107,27 +106,13 @@ def fit(policy: RoutingPolicy, data: bytes, source: str, now: datetime) -> bytes
     from shoal.routing import (
         CalibrationError,
         EmbedderUnavailable,
-        embedder_for_policy,
-        fit_router,
+        fit_policy_router,
         parse_calibration,
     )
 
-    spec = policy.spec
     try:
         samples = parse_calibration(data, source=source)
-        embedder = embedder_for_policy(
-            spec.embedder.type, endpoint=spec.embedder.endpoint, model=spec.embedder.model
-        )
-        return fit_router(
-            samples,
-            embedder=embedder,
-            clusters=min(spec.clusters, len(samples)),
-            top_p=spec.top_p,
-            temperature=float(decimal(spec.temperature)),
-            alpha=float(decimal(spec.alpha)),
-            seed=spec.seed,
-            fitted_at=now,
-        )
+        return fit_policy_router(policy.spec, samples, fitted_at=now)
     except CalibrationError as exc:
         raise CalibrationUnavailable(SpecProblem("CalibrationInvalid", str(exc))) from exc
     except EmbedderUnavailable as exc:

@@ -5,7 +5,8 @@ Public surface (stable; the serving layer and the operator code against it):
 - :func:`load_router` -> :class:`Router` with ``models``, ``default_alpha``,
   ``rank(text, alpha=None) -> Decision`` and ``rank_many(texts, alpha=None)``.
 - :class:`Decision`, :class:`Embedder` (protocol), :class:`Sample` (one calibration query).
-- :func:`fit_router` -> artifact bytes; :func:`artifact_checksum`, :func:`read_artifact_info`
+- :func:`fit_router` -> artifact bytes (:func:`fit_policy_router` from a policy spec);
+  :func:`artifact_checksum`, :func:`read_artifact_info`
   (header only, no numpy), :func:`write_artifact` (atomic), :data:`FORMAT_VERSION`.
 - :func:`load_calibration` / :func:`parse_calibration` (JSONL, RouterDC JSON, RouterBench
   CSV) raising :class:`CalibrationError`; :func:`make_embedder` / :func:`embedder_for_policy`.
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
         embedder_for_policy,
         make_embedder,
     )
-    from shoal.routing.fit import fit_router
+    from shoal.routing.fit import fit_policy_router, fit_router
     from shoal.routing.router import Router, load_router
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "Sample",
     "artifact_checksum",
     "embedder_for_policy",
+    "fit_policy_router",
     "fit_router",
     "load_calibration",
     "load_router",
@@ -66,6 +68,7 @@ _LAZY = {
     "Router": "shoal.routing.router",
     "load_router": "shoal.routing.router",
     "fit_router": "shoal.routing.fit",
+    "fit_policy_router": "shoal.routing.fit",
     "make_embedder": "shoal.routing.embedders",
     "embedder_for_policy": "shoal.routing.embedders",
     "EmbedderUnavailable": "shoal.routing.embedders",

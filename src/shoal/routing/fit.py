@@ -14,16 +14,20 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from shoal.api.v1alpha1.common import decimal
 from shoal.routing.artifact import encode_artifact
 from shoal.routing.data import CalibrationError, check_consistent
 from shoal.routing.kmeans import spherical_kmeans
 from shoal.routing.scoring import check_alpha
 from shoal.routing.types import Embedder, Sample
+
+if TYPE_CHECKING:
+    from shoal.api.v1alpha1.policy import RoutingPolicySpec
 
 #: Default shrinkage strength (pseudo-samples of the global mean per cluster).
 DEFAULT_SHRINKAGE = 8.0
@@ -194,3 +198,34 @@ def fit_router(
         "counts": tables.counts,
     }
     return encode_artifact(header, arrays)
+
+
+def fit_policy_router(
+    spec: RoutingPolicySpec,
+    samples: Sequence[Sample],
+    *,
+    api_key: str | None = None,
+    fitted_at: datetime | None = None,
+) -> bytes:
+    """Fit the router a ``RoutingPolicy`` spec describes: its embedder and fit parameters.
+
+    The one place that turns the policy's fields into :func:`fit_router` arguments, for the
+    operator (in a cluster) and ``shoal up`` (locally) alike. ``clusters`` is capped at the
+    number of samples.
+    """
+    from shoal.routing.embedders import embedder_for_policy
+
+    embedder = embedder_for_policy(
+        spec.embedder.type, endpoint=spec.embedder.endpoint, model=spec.embedder.model,
+        api_key=api_key,
+    )  # fmt: skip
+    return fit_router(
+        samples,
+        embedder=embedder,
+        clusters=min(spec.clusters, len(samples)),
+        top_p=spec.top_p,
+        temperature=float(decimal(spec.temperature)),
+        alpha=float(decimal(spec.alpha)),
+        seed=spec.seed,
+        fitted_at=fitted_at,
+    )

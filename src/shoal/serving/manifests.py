@@ -10,7 +10,6 @@ would in a cluster. Other kinds in the file are ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +102,7 @@ def load_fleet_file(path: str | Path, fleet_name: str | None = None) -> FleetMan
 def fit_local_router(manifests: FleetManifests) -> bytes | None:
     """The router artifact for a ``cluster`` policy, fitted from its ConfigMap (None for
     ``static``). Checks that the calibration scores exactly the fleet's models."""
-    from shoal.routing import embedder_for_policy, fit_router, parse_calibration
+    from shoal.routing import fit_policy_router, parse_calibration
 
     spec = manifests.policy.spec
     if spec.strategy != "cluster":
@@ -118,15 +117,4 @@ def fit_local_router(manifests: FleetManifests) -> bytes | None:
         raise ManifestError(
             f"calibration scores models the fleet lacks: {', '.join(sorted(scored - fleet_models))}"
         )
-    embedder = embedder_for_policy(
-        spec.embedder.type, endpoint=spec.embedder.endpoint, model=spec.embedder.model
-    )
-    return fit_router(
-        samples,
-        embedder=embedder,
-        clusters=min(spec.clusters, len(samples)),
-        top_p=spec.top_p,
-        temperature=float(Decimal(spec.temperature)),
-        alpha=float(Decimal(spec.alpha)),
-        seed=spec.seed,
-    )
+    return fit_policy_router(spec, samples)
