@@ -22,6 +22,7 @@ from typing import Any
 import kopf
 
 from shoal.api.v1alpha1 import GROUP, VERSION
+from shoal.operator import credentials
 from shoal.operator.autoscaler import autoscale_fleet, runtime
 from shoal.operator.config import OperatorConfig
 from shoal.operator.fleets import delete_fleet_children, reconcile_fleet
@@ -42,21 +43,12 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def _api_client() -> Any:
-    """In a pod, the ServiceAccount's credentials; elsewhere, the kubeconfig.
-
-    ``KUBECONFIG`` is read now: the kubernetes client fixes its default path when it is first
-    imported, which would ignore a ``KUBECONFIG`` set after that (a test harness, an embedding
-    program).
-    """
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return client.ApiClient()
-    except config.ConfigException:
-        kubeconfig = os.environ.get("KUBECONFIG") or None
-        return config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+@kopf.on.login()
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """kopf connects with the same credentials as the operator's own client."""
+    return credentials.connection_info(
+        credentials.api_client(), trust_env=settings.networking.trust_env
+    )
 
 
 @kopf.on.startup()
@@ -75,7 +67,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.networking.error_backoffs = [1, 2, 5, 10]
     config = OperatorConfig.from_env()
     memo.config = config
-    memo.gateway = KubeGateway(_api_client(), timeout=config.api_timeout_seconds)
+    memo.gateway = KubeGateway(credentials.api_client(), timeout=config.api_timeout_seconds)
 
 
 @kopf.index(GROUP, VERSION, FLEETS)

@@ -1,0 +1,51 @@
+"""Where the operator's Kubernetes credentials come from, for its own client and for kopf.
+
+One source for both: in a pod, the ServiceAccount; elsewhere, the kubeconfig named by
+``KUBECONFIG`` *when the operator connects* (the kubernetes client fixes its default path
+when it is first imported, which would ignore a ``KUBECONFIG`` set after that, by a test
+harness or a program that embeds the operator), else ``~/.kube/config``. The kubernetes
+client does the reading, so exec plugins and auth providers work as they do for kubectl.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import kopf
+
+
+def api_client() -> Any:
+    """A ``kubernetes.client.ApiClient`` with the operator's credentials."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return client.ApiClient()
+    except config.ConfigException:
+        kubeconfig = os.environ.get("KUBECONFIG") or None
+        return config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+
+
+def connection_info(api: Any, *, trust_env: bool = False) -> kopf.ConnectionInfo:
+    """kopf's view of an ``ApiClient``'s credentials (server, CA, bearer token or client cert)."""
+    cfg = api.configuration
+    # Auth providers and exec plugins refresh the token through this call; newer clients keep
+    # it under "BearerToken", older ones under "authorization".
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix(
+        "authorization"
+    )
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0] if parts else None)
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        username=cfg.username or None,
+        password=cfg.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+        trust_env=trust_env,
+    )
