@@ -18,8 +18,8 @@ Serve's ``autoscaling_config`` within the tier bounds and this module never chan
 
 Because the decision lives in status, a restarted operator renders the same replicas and
 honours the same cooldowns. Reconciles of the same fleet are serialised with the autoscaler
-(:meth:`AutoscalerRuntime.fleet_lock`) and read the fleet fresh, so a reconcile working from
-a stale copy can never roll a decision back.
+and the finalizer (:meth:`AutoscalerRuntime.fleet_lock`) and read the fleet fresh, so a
+reconcile working from a stale copy can never roll a decision back.
 """
 
 from __future__ import annotations
@@ -108,21 +108,18 @@ class AutoscalerRuntime:
             return self._locks.setdefault((namespace, name), threading.Lock())
 
     @contextmanager
-    def fleet_lock(self, gw: KubeGateway, body: Any) -> Iterator[Any]:
-        """Hold the fleet's lock; yield the freshest copy of the fleet where it matters.
+    def fleet_lock(self, gw: KubeGateway, body: Any) -> Iterator[dict[str, Any] | None]:
+        """Hold the fleet's lock; yield the fleet as it is now (None once it is gone).
 
-        While the autoscaler is on, the fleet is read again under the lock, so that a
-        reconcile sees the autoscaler's latest decision in status rather than the copy an
-        older watch event carried. While it is off there is nothing to protect: no lock.
+        Reconciles, autoscaler evaluations and the finalizer of one fleet run one at a time,
+        each on a copy read under the lock rather than the one an older watch event carried:
+        a reconcile never rolls back the autoscaler's latest decision, and never re-creates
+        children the finalizer has just deleted.
         """
-        if self.config.autoscaler_mode == "Off":
-            yield body  # nothing to protect: reconciles run as they always did
-            return
         meta = body["metadata"]
         ns, name = meta.get("namespace") or "default", meta["name"]
         with self._lock(ns, name):
-            fresh = gw.get(API_VERSION, ModelFleet.KIND, ns, name)
-            yield fresh if fresh is not None else body
+            yield gw.get(API_VERSION, ModelFleet.KIND, ns, name)
 
 
 def runtime(memo: Any) -> AutoscalerRuntime:

@@ -76,10 +76,18 @@ def fleets_by_policy(namespace: str | None, name: str, spec: kopf.Spec, **_: Any
     return {(namespace, (spec.get("routingPolicyRef") or {}).get("name")): name}
 
 
+def _being_deleted(fleet: dict[str, Any] | None) -> bool:
+    return fleet is None or bool(fleet["metadata"].get("deletionTimestamp"))
+
+
 def _reconcile_fleet(body: Any, memo: kopf.Memo) -> None:
-    # Serialised with the autoscaler; reads the fleet fresh while the autoscaler is on.
-    with runtime(memo).fleet_lock(memo.gateway, body) as fresh, observed("ModelFleet"):
-        reconcile_fleet(memo.gateway, memo.config, fresh, _now())
+    # Serialised with the autoscaler and the finalizer, on the fleet as it is now: a fleet
+    # being deleted belongs to the finalizer (reconciling it would re-create its children).
+    with runtime(memo).fleet_lock(memo.gateway, body) as fresh:
+        if _being_deleted(fresh):
+            return
+        with observed("ModelFleet"):
+            reconcile_fleet(memo.gateway, memo.config, fresh, _now())
 
 
 @kopf.on.resume(GROUP, VERSION, FLEETS)
@@ -104,7 +112,7 @@ def fleet_autoscale(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
     """Shoal's autoscaler: evaluate the fleet; persist, apply or only report the decision."""
     rt = runtime(memo)
     with rt.fleet_lock(memo.gateway, body) as fresh:
-        if fresh["metadata"].get("deletionTimestamp"):
+        if fresh is None or _being_deleted(fresh):
             return
         try:
             autoscale_fleet(memo.gateway, memo.config, rt.source, fresh, _now())
@@ -114,8 +122,9 @@ def fleet_autoscale(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
 
 @kopf.on.delete(GROUP, VERSION, FLEETS)
 def fleet_deleted(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """Delete the fleet's children before the fleet goes."""
-    gone = delete_fleet_children(memo.gateway, body)
+    """Delete the fleet's children before the fleet goes (after any reconcile in flight)."""
+    with runtime(memo).fleet_lock(memo.gateway, body):
+        gone = delete_fleet_children(memo.gateway, body)
     logger.info(f"deleted {', '.join(gone) or 'no children'}")
 
 
@@ -124,12 +133,8 @@ def rayservice_changed(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **
     """KubeRay changed a fleet's RayService (usually its status): refresh the fleet."""
     if body.get("metadata", {}).get("deletionTimestamp"):
         return
-    fleet = memo.gateway.get(
-        f"{GROUP}/{VERSION}", "ModelFleet", body.metadata.namespace or "default",
-        body.metadata.labels[names.FLEET_LABEL],
-    )  # fmt: skip
-    if fleet is None or fleet["metadata"].get("deletionTimestamp"):
-        return
+    fleet = {"metadata": {"namespace": body.metadata.namespace,
+                          "name": body.metadata.labels[names.FLEET_LABEL]}}  # fmt: skip
     try:
         _reconcile_fleet(fleet, memo)
     except (kopf.PermanentError, kopf.TemporaryError) as exc:
@@ -146,11 +151,8 @@ def _reconcile_policy(body: Any, memo: kopf.Memo, index: kopf.Index[Any, Any], l
         # Fleets follow their policy whatever happened to it (fitted, failed, unchanged).
         ns, name = body["metadata"].get("namespace"), body["metadata"]["name"]
         for fleet_name in index.get((ns, name), []):
-            fleet = memo.gateway.get(f"{GROUP}/{VERSION}", "ModelFleet", ns, fleet_name)
-            if fleet is None:
-                continue
             try:
-                _reconcile_fleet(fleet, memo)
+                _reconcile_fleet({"metadata": {"namespace": ns, "name": fleet_name}}, memo)
             except (kopf.PermanentError, kopf.TemporaryError) as exc:
                 logger.info(f"fleet {fleet_name} not reconciled yet: {exc}")
 
