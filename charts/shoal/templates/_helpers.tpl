@@ -115,6 +115,12 @@ operator running under this identity); see docs/sre.md for what each is for.
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "list", "create", "patch", "delete"]
+{{- if .Values.rbac.embedderSecrets }}
+# The API key an openai embedder names (embedder.apiKeySecretRef), read to fit the router.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- end }}
 # Each fleet's endpoint Service: server-side apply (patch, create when new), deleted with the fleet.
 - apiGroups: [""]
   resources: ["services"]

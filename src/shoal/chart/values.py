@@ -322,6 +322,12 @@ class Rbac(ChartModel):
         "starts (KubeRay's, say). Off: strictly namespaced; restart the operator after "
         "installing CRDs.",
     )
+    embedder_secrets: bool = Field(
+        default=False,
+        description="Grant get on Secrets in the watched namespaces, so the operator can read "
+        "the API key a RoutingPolicy's openai embedder names (embedder.apiKeySecretRef) to fit "
+        "its router. Off: such policies report Fitted=False, reason Forbidden.",
+    )
 
 
 class ResourceAmounts(ChartModel):

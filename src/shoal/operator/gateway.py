@@ -21,6 +21,7 @@ FIELD_MANAGER = "shoal-operator"
 #: (apiVersion, kind) -> plural, for every kind the operator touches.
 PLURALS: dict[tuple[str, str], str] = {
     ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Secret"): "secrets",
     ("v1", "Service"): "services",
     ("ray.io/v1", "RayService"): "rayservices",
     ("shoal.dev/v1alpha1", "ModelFleet"): "modelfleets",

@@ -23,7 +23,7 @@ from shoal.api.v1alpha1 import API_VERSION, RoutingPolicy
 from shoal.api.v1alpha1.policy import RouterArtifactStatus
 from shoal.operator import events
 from shoal.operator.config import OperatorConfig
-from shoal.operator.gateway import WRITE_ERRORS, KubeGateway
+from shoal.operator.gateway import WRITE_ERRORS, Forbidden, KubeGateway
 from shoal.planning import names
 from shoal.planning.status import SpecProblem, policy_status
 
@@ -101,7 +101,37 @@ def read_calibration(gw: KubeGateway, policy: RoutingPolicy) -> tuple[bytes, str
     return resp.content, uri.rsplit("/", 1)[-1]
 
 
-def fit(policy: RoutingPolicy, data: bytes, source: str, now: datetime) -> bytes:
+def read_api_key(gw: KubeGateway, policy: RoutingPolicy) -> str | None:
+    """The ``openai`` embedder's API key from the policy's Secret (None when it names none)."""
+    ref = policy.spec.embedder.api_key_secret_ref
+    if ref is None:
+        return None
+    ns = policy.metadata.namespace or "default"
+    try:
+        secret = gw.get("v1", "Secret", ns, ref.name)
+    except Forbidden as exc:
+        raise CalibrationUnavailable(
+            SpecProblem(
+                exc.reason,
+                f"may not read Secret {ref.name!r} in {ns} (the embedder's API key): grant get "
+                "on secrets (Helm value rbac.embedderSecrets=true)",
+            )
+        ) from exc
+    if secret is None:
+        raise CalibrationUnavailable(
+            SpecProblem("EmbedderSecretNotFound", f"Secret {ref.name!r} not found in {ns}")
+        )
+    value = (secret.get("data") or {}).get(ref.key)
+    if value is None:
+        raise CalibrationUnavailable(
+            SpecProblem("EmbedderSecretNotFound", f"Secret {ref.name!r} has no key {ref.key!r}")
+        )
+    return base64.b64decode(value).decode().strip()
+
+
+def fit(
+    policy: RoutingPolicy, data: bytes, source: str, now: datetime, api_key: str | None = None
+) -> bytes:
     """Fit the policy's router on calibration bytes; SpecProblem-carrying errors on bad data."""
     from shoal.routing import (
         CalibrationError,
@@ -112,7 +142,7 @@ def fit(policy: RoutingPolicy, data: bytes, source: str, now: datetime) -> bytes
 
     try:
         samples = parse_calibration(data, source=source)
-        return fit_policy_router(policy.spec, samples, fitted_at=now)
+        return fit_policy_router(policy.spec, samples, api_key=api_key, fitted_at=now)
     except CalibrationError as exc:
         raise CalibrationUnavailable(SpecProblem("CalibrationInvalid", str(exc))) from exc
     except EmbedderUnavailable as exc:
@@ -202,7 +232,7 @@ def reconcile_policy(
     if kept is None:
         report(None, None)  # Fitting...
     try:
-        blob = fit(policy, data, source, now)
+        blob = fit(policy, data, source, now, api_key=read_api_key(gw, policy))
     except CalibrationUnavailable as exc:
         report(kept, exc.problem)
         events.post(body, warning=True, reason=exc.problem.reason, message=exc.problem.message)

@@ -25,6 +25,7 @@ from shoal.api.v1alpha1 import API_VERSION, ModelFleet, RoutingPolicy
 from shoal.api.v1alpha1.fleet import Resources
 from shoal.planning import names
 from shoal.serving.config import (
+    EMBEDDER_API_KEY_ENV,
     BuildArgs,
     ModelDeploymentPlan,
     deployment_plans,
@@ -134,8 +135,23 @@ def _k8s_resources(res: Resources, default: Resources, gpus: int = 0) -> dict[st
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
+def _pod_env(policy: RoutingPolicy) -> list[dict[str, Any]]:
+    """Environment of every Ray container: the embedder's API key, from its Secret."""
+    ref = policy.spec.embedder.api_key_secret_ref
+    if policy.spec.strategy != "cluster" or ref is None:
+        return []
+    secret = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
+    return [{"name": EMBEDDER_API_KEY_ENV, "valueFrom": secret}]
+
+
 def _pod_template(
-    fleet: ModelFleet, container: str, image: str, resources: dict[str, Any], *, mount: bool
+    fleet: ModelFleet,
+    container: str,
+    image: str,
+    resources: dict[str, Any],
+    *,
+    mount: bool,
+    env: list[dict[str, Any]],
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "containers": [
@@ -149,6 +165,8 @@ def _pod_template(
             }
         ]
     }
+    if env:
+        spec["containers"][0]["env"] = env
     if mount:
         spec["containers"][0]["volumeMounts"] = [
             {"name": "router-artifact", "mountPath": names.ARTIFACT_MOUNT_DIR, "readOnly": True}
@@ -165,7 +183,12 @@ def _pod_template(
 
 
 def _cpu_worker_group(
-    fleet: ModelFleet, args: BuildArgs, plans: list[ModelDeploymentPlan], image: str, mount: bool
+    fleet: ModelFleet,
+    args: BuildArgs,
+    plans: list[ModelDeploymentPlan],
+    image: str,
+    mount: bool,
+    env: list[dict[str, Any]],
 ) -> dict[str, Any]:
     node = fleet.spec.serving.cpu_worker.resources
     node_cpus = parse_quantity(node.cpu or DEFAULT_CPU_WORKER.cpu or "4")
@@ -181,14 +204,25 @@ def _cpu_worker_group(
         "maxReplicas": max_nodes,
         "rayStartParams": {},
         "template": _pod_template(
-            fleet, "ray-worker", image, _k8s_resources(node, DEFAULT_CPU_WORKER), mount=mount
+            fleet,
+            "ray-worker",
+            image,
+            _k8s_resources(node, DEFAULT_CPU_WORKER),
+            mount=mount,
+            env=env,
         ),
     }
 
 
 def _gpu_worker_groups(
-    fleet: ModelFleet, plans: list[ModelDeploymentPlan], image: str
+    fleet: ModelFleet,
+    plans: list[ModelDeploymentPlan],
+    image: str,
+    mount: bool,
+    env: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
+    """One group per accelerator type. Ray may place the ingress on these nodes too (they
+    have CPUs), so they get the router artifact and the embedder's key like the others."""
     by_type: dict[str, list[ModelDeploymentPlan]] = {}
     for p in plans:
         if "num_gpus" in p.ray_actor_options:
@@ -208,18 +242,25 @@ def _gpu_worker_groups(
                 "minReplicas": lo,
                 "maxReplicas": max(hi, 1),
                 "rayStartParams": {},
-                "template": _gpu_template(fleet, image, res, gpus, acc_type),
+                "template": _gpu_template(fleet, image, res, gpus, acc_type, mount, env),
             }
         )
     return groups
 
 
 def _gpu_template(
-    fleet: ModelFleet, image: str, res: Resources, gpus: int, acc_type: str
+    fleet: ModelFleet,
+    image: str,
+    res: Resources,
+    gpus: int,
+    acc_type: str,
+    mount: bool,
+    env: list[dict[str, Any]],
 ) -> dict[str, Any]:
     template = _pod_template(
-        fleet, "ray-worker", image, _k8s_resources(res, DEFAULT_CPU_WORKER, gpus), mount=False
-    )
+        fleet, "ray-worker", image, _k8s_resources(res, DEFAULT_CPU_WORKER, gpus),
+        mount=mount, env=env,
+    )  # fmt: skip
     template["metadata"]["labels"][f"{names.FLEET_LABEL.split('/')[0]}/accelerator"] = acc_type
     template["spec"]["tolerations"] = [
         {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -254,6 +295,7 @@ def serve_config_v2(args: BuildArgs) -> str:
 
 def desired_rayservice(
     fleet: ModelFleet,
+    policy: RoutingPolicy,
     args: BuildArgs,
     plans: list[ModelDeploymentPlan],
     artifact: RouterArtifact | None,
@@ -264,6 +306,7 @@ def desired_rayservice(
     image = serving.image or settings.image
     gpu_image = serving.gpu_image or settings.gpu_image
     mount = artifact is not None
+    env = _pod_env(policy)
     meta = _metadata(fleet, names.rayservice_name(fleet.metadata.name), "serving")
     if artifact is not None:
         meta["annotations"] = {names.ARTIFACT_ANNOTATION: artifact.checksum}
@@ -271,7 +314,7 @@ def desired_rayservice(
         "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
         "template": _pod_template(
             fleet, "ray-head", image, _k8s_resources(serving.head.resources, DEFAULT_HEAD),
-            mount=mount,
+            mount=mount, env=env,
         ),
     }  # fmt: skip
     return {
@@ -285,8 +328,8 @@ def desired_rayservice(
                 "enableInTreeAutoscaling": True,
                 "headGroupSpec": head,
                 "workerGroupSpecs": [
-                    _cpu_worker_group(fleet, args, plans, image, mount),
-                    *_gpu_worker_groups(fleet, plans, gpu_image),
+                    _cpu_worker_group(fleet, args, plans, image, mount, env),
+                    *_gpu_worker_groups(fleet, plans, gpu_image, mount, env),
                 ],
             },
         },
@@ -334,7 +377,7 @@ def desired_children(
     args = build_args(fleet, policy, artifact, settings)
     plans = deployment_plans(args)
     return DesiredChildren(
-        rayservice=desired_rayservice(fleet, args, plans, artifact, settings),
+        rayservice=desired_rayservice(fleet, policy, args, plans, artifact, settings),
         service=desired_service(fleet),
         router_configmap=desired_router_configmap(fleet, artifact) if artifact else None,
         plans=plans,

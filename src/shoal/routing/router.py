@@ -112,6 +112,14 @@ class Router:
 
     # -- public API ---------------------------------------------------------------------------
 
+    def rank_unembedded(self, *, alpha: float | None = None) -> list[str]:
+        """Every model, best first, for no query in particular: each cluster's blended score,
+        averaged over clusters. What to route by while the query cannot be embedded (a remote
+        embedder that is down)."""
+        a = self.default_alpha if alpha is None else scoring.check_alpha(alpha)
+        scores = self._table(a).mean(axis=0, keepdims=True)
+        return [self.models[i] for i in scoring.rank(scores, self._prior)[0].tolist()]
+
     def rank(self, text: str, *, alpha: float | None = None) -> Decision:
         """Rank every model of the artifact for one query, best first."""
         started = time.perf_counter()

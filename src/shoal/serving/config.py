@@ -36,6 +36,10 @@ ROUTE_PREFIX = "/"
 #: Where the operator mounts a ``pvc://claim/path`` source's claim in the Ray pods.
 PVC_MOUNT_ROOT = "/mnt/shoal/pvc"
 
+#: Environment variable of the Ray pods holding the API key of an ``openai`` embedder (from
+#: the policy's ``embedder.apiKeySecretRef``; never written into ``serveConfigV2``).
+EMBEDDER_API_KEY_ENV = "SHOAL_EMBEDDER_API_KEY"
+
 #: Ray Serve settings the fleet runs with (environment of every Ray process: the serving
 #: image sets them, ``shoal up`` and the benchmark too). They cut Ray Serve's per-request and
 #: per-chunk overhead: user code and the handle router run on the replica's own event loop

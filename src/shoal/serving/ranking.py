@@ -3,7 +3,9 @@
 :func:`make_ranker` turns the fleet's :class:`BuildArgs` into a :class:`Ranker`:
 
 - ``cluster`` strategy: the learned router from :mod:`shoal.routing`, loaded from the
-  artifact file the operator mounts (``router_artifact_path``);
+  artifact file the operator mounts (``router_artifact_path``), with the policy's embedder
+  (an ``openai`` one reaches the policy's endpoint, with the API key the operator puts in
+  ``SHOAL_EMBEDDER_API_KEY``);
 - ``static`` strategy: the policy's ``staticOrder``.
 
 Either way the policy's ``fallbackModel`` is appended last when it is not already ranked.
@@ -13,13 +15,21 @@ cooldown. Both are plain Python, testable without Ray.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from shoal.serving.config import BuildArgs
+from shoal.api.v1alpha1 import RoutingPolicySpec
+from shoal.serving.config import EMBEDDER_API_KEY_ENV, BuildArgs
+
+if TYPE_CHECKING:
+    from shoal.routing import Embedder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,10 +72,18 @@ class ClusterRanker:
     #: Embedders fast enough (well under a millisecond) to run on the event loop.
     INLINE_EMBEDDERS = ("minilm-l6-static", "hash-")
 
-    def __init__(self, artifact: str, fleet_models: list[str], fallback: str | None) -> None:
-        from shoal.routing import load_router
+    def __init__(
+        self,
+        artifact: str,
+        fleet_models: list[str],
+        fallback: str | None,
+        policy: RoutingPolicySpec | None = None,
+    ) -> None:
+        from shoal.routing import load_router, read_artifact_info
 
-        self.router = load_router(artifact)
+        with open(artifact, "rb") as f:
+            dim = read_artifact_info(f.read()).embedder_dim
+        self.router = load_router(artifact, embedder=remote_embedder(policy, dim))
         self.blocking = not self.router.embedder.name.startswith(self.INLINE_EMBEDDERS)
         known = set(fleet_models)
         missing = [m for m in self.router.models if m not in known]
@@ -76,7 +94,16 @@ class ClusterRanker:
         self.fallback = fallback
 
     def rank(self, text: str, alpha: float | None = None) -> Ranking:
-        decision = self.router.rank(text, alpha=alpha)
+        from shoal.routing import EmbedderUnavailable
+
+        started = time.perf_counter()
+        try:
+            decision = self.router.rank(text, alpha=alpha)
+        except EmbedderUnavailable as exc:  # a remote embedder is down: route by the tables
+            log.warning("routing without the query's embedding: %s", exc)
+            models = self.router.rank_unembedded(alpha=alpha)
+            elapsed = (time.perf_counter() - started) * 1000.0
+            return Ranking(_with_fallback(models, self.fallback), None, elapsed, self.strategy)
         return Ranking(
             _with_fallback(list(decision.models), self.fallback),
             decision.cluster,
@@ -98,7 +125,28 @@ def make_ranker(args: BuildArgs) -> Ranker:
         return StaticRanker(policy.static_order, policy.fallback_model)
     assert args.router_artifact_path is not None  # BuildArgs checks it for "cluster"
     return ClusterRanker(
-        args.router_artifact_path, [m.name for m in args.fleet.models], policy.fallback_model
+        args.router_artifact_path,
+        [m.name for m in args.fleet.models],
+        policy.fallback_model,
+        policy,
+    )
+
+
+def remote_embedder(policy: RoutingPolicySpec | None, dim: int) -> Embedder | None:
+    """The policy's ``openai`` embedder: its endpoint and model, the API key from the
+    environment, the artifact's dimension (so starting does not need the endpoint up). None
+    for in-process embedders, which the artifact names completely."""
+    if policy is None or policy.embedder.type != "openai":
+        return None
+    if not policy.embedder.endpoint or not policy.embedder.model:
+        raise ValueError("an openai embedder needs endpoint and model")
+    from shoal.routing.embedders.openai import OpenAIEmbedder
+
+    return OpenAIEmbedder(
+        policy.embedder.endpoint,
+        policy.embedder.model,
+        api_key=os.environ.get(EMBEDDER_API_KEY_ENV) or None,
+        dim=dim,
     )
 
 

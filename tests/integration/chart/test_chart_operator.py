@@ -12,12 +12,10 @@ chart grants but the operator never used: a missing verb and a superfluous one b
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ import pytest
 import yaml
 
 from shoal.testing.controlplane import ControlPlane, free_port
+from shoal.testing.embeddings import serve_embeddings
 from tests.integration.chart.conftest import (
     CLUSTERWIDE,
     HA,
@@ -71,50 +70,32 @@ def _ready(cluster: Cluster, kind: str, name: str) -> bool:
 def embeddings() -> Iterator[str]:
     """An OpenAI-compatible ``/v1/embeddings`` endpoint on loopback (hashed bag of words).
 
-    The policy of the cluster-wide test fits its router through it rather than through the
+    The policies of these tests fit their router through it rather than through the
     in-process MiniLM model, which takes minutes on a busy two-core machine: these tests are
     about permissions, and the fit's Kubernetes side (calibration ConfigMap read, artifact
     ConfigMap applied, status written) is the same either way."""
-    from shoal.routing.embedders.hashing import HashingEmbedder
-
-    embedder = HashingEmbedder(64)
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
-            vectors = embedder.embed(texts).tolist()
-            out = json.dumps({"object": "list", "model": body.get("model", ""),
-                              "data": [{"object": "embedding", "index": i, "embedding": v}
-                                       for i, v in enumerate(vectors)]}).encode()  # fmt: skip
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
+    with serve_embeddings() as endpoint:
+        yield endpoint.url
 
 
-def _fitted_policy(embeddings: str) -> list[dict[str, Any]]:
-    """Calibration data and a cluster policy that fits its router through ``embeddings``."""
-    embedder = {"type": "openai", "endpoint": embeddings, "model": "hash"}
-    return [calibration_configmap(), policy(embedder=embedder)]
+def _fitted_policy(embeddings: str, api_key: str | None = None) -> list[dict[str, Any]]:
+    """Calibration data and a cluster policy that fits its router through ``embeddings``
+    (with ``api_key``: read from a Secret the policy names)."""
+    embedder: dict[str, Any] = {"type": "openai", "endpoint": embeddings, "model": "hash"}
+    if api_key is None:
+        return [calibration_configmap(), policy(embedder=embedder)]
+    embedder["apiKeySecretRef"] = {"name": "embed", "key": "token"}
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "embed"},
+              "stringData": {"token": api_key}}  # fmt: skip
+    return [secret, calibration_configmap(), policy(embedder=embedder)]
 
 
-def serve_and_retire(cluster: Cluster, embeddings: str, name: str = "f") -> dict[str, Any]:
+def serve_and_retire(
+    cluster: Cluster, embeddings: str, name: str = "f", api_key: str | None = None
+) -> dict[str, Any]:
     """A fitted policy and a fleet through their life: created, Ready, deleted. The fleet as
     it was when Ready."""
-    cluster.apply(*_fitted_policy(embeddings))
+    cluster.apply(*_fitted_policy(embeddings, api_key))
     wait_for("the router fit", lambda: _ready(cluster, "rpol", "p"), 120)
     cluster.apply(fleet(name, budget={"maxCostPerHour": "10.00"}))
     wait_for("the RayService", lambda: cluster.get("rayservice", name), 90)
@@ -190,17 +171,18 @@ def _ksm_series(config: dict[str, Any], obj: dict[str, Any]) -> dict[str, list[f
     return out
 
 
-def test_cluster_wide_operator_under_the_chart_rbac(
-    chart_cp: ControlPlane, tmp_path: Path, embeddings: str
-) -> None:
-    values = _install(
-        chart_cp, CLUSTERWIDE, {"monitoring": {"kubeStateMetrics": {"enabled": True}}}
-    )
+def test_cluster_wide_operator_under_the_chart_rbac(chart_cp: ControlPlane, tmp_path: Path) -> None:
+    """With rbac.embedderSecrets the operator reads the API key its policy's embedder names."""
+    values = _install(chart_cp, CLUSTERWIDE, {
+        "monitoring": {"kubeStateMetrics": {"enabled": True}},
+        "rbac": {"embedderSecrets": True},
+    })  # fmt: skip
     chart_cp.kubectl("create", "namespace", "apps")
     op = start_operator(chart_cp, CLUSTERWIDE, values, "shoal-5d8f7-x2k9q", tmp_path)
     try:
-        with _log_on_failure(op):
-            ready = serve_and_retire(Cluster(chart_cp, "apps"), embeddings)
+        with _log_on_failure(op), serve_embeddings(api_key="k-123") as keyed:
+            ready = serve_and_retire(Cluster(chart_cp, "apps"), keyed.url, api_key="k-123")
+            assert set(keyed.authorizations) == {"Bearer k-123"}
         metrics = op.metrics()
         assert 'shoal_operator_reconciles_total{kind="ModelFleet",result="ok"}' in metrics
     finally:

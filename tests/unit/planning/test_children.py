@@ -103,6 +103,35 @@ def test_worker_groups_per_accelerator_type() -> None:
     assert mounts[0]["mountPath"] == names.ARTIFACT_MOUNT_DIR
 
 
+def _ray_containers(rs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    cluster = rs["spec"]["rayClusterConfig"]
+    pods = {"head": cluster["headGroupSpec"]["template"]}
+    pods |= {g["groupName"]: g["template"] for g in cluster["workerGroupSpecs"]}
+    return {name: pod["spec"]["containers"][0] for name, pod in pods.items()}
+
+
+def test_every_ray_pod_can_host_the_ingress() -> None:
+    """Ray may place the ingress on any node with CPUs, GPU workers included: each gets the
+    router artifact."""
+    rs = desired_children(fleet(), policy(), ART, PlanSettings()).rayservice
+    for name, container in _ray_containers(rs).items():
+        assert [m["mountPath"] for m in container["volumeMounts"]] == [names.ARTIFACT_MOUNT_DIR], (
+            name
+        )
+        assert "env" not in container, name
+
+
+def test_openai_embedder_key_reaches_every_ray_pod_from_its_secret() -> None:
+    embedder = {"type": "openai", "endpoint": "http://embed:8000/v1", "model": "bge",
+                "apiKeySecretRef": {"name": "embed-key", "key": "token"}}  # fmt: skip
+    rs = desired_children(fleet(), policy(embedder=embedder), ART, PlanSettings()).rayservice
+    for name, container in _ray_containers(rs).items():
+        assert container["env"] == [{
+            "name": "SHOAL_EMBEDDER_API_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "embed-key", "key": "token"}},
+        }], name  # fmt: skip
+
+
 def test_artifact_configmap_holds_the_bytes() -> None:
     cm = desired_children(fleet(), policy(), ART, PlanSettings()).router_configmap
     assert cm is not None

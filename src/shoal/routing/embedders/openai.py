@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from shoal.routing.embedders.base import l2_normalise
+from shoal.routing.embedders.base import EmbedderUnavailable, l2_normalise
 
 
 class OpenAIEmbedder:
@@ -47,15 +47,22 @@ class OpenAIEmbedder:
         return self._dim
 
     def _request(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        resp = self._client.post(self.url, json={"model": self.model, "input": texts})
+        """One POST; :class:`EmbedderUnavailable` (a ``RuntimeError``) when the endpoint cannot
+        be reached or answers anything but 200 with one vector per text."""
+        try:
+            resp = self._client.post(self.url, json={"model": self.model, "input": texts})
+        except httpx.HTTPError as exc:
+            raise EmbedderUnavailable(f"embeddings endpoint {self.url}: {exc}") from exc
         if resp.status_code != 200:
-            raise RuntimeError(
+            raise EmbedderUnavailable(
                 f"embeddings endpoint {self.url} answered {resp.status_code}: {resp.text[:200]}"
             )
         body: Any = resp.json()
         rows = sorted(body["data"], key=lambda d: d.get("index", 0))
         if len(rows) != len(texts):
-            raise RuntimeError(f"embeddings endpoint returned {len(rows)} vectors for {len(texts)}")
+            raise EmbedderUnavailable(
+                f"embeddings endpoint returned {len(rows)} vectors for {len(texts)}"
+            )
         return np.asarray([r["embedding"] for r in rows], dtype=np.float32)
 
     def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
