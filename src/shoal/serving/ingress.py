@@ -43,6 +43,8 @@ from shoal.serving.ranking import HealthBoard, Ranker, default_alpha, make_ranke
 log = logging.getLogger("shoal.serving.ingress")
 
 ALPHA_HEADER = "x-shoal-alpha"
+#: How often the ingress publishes the per-model in-flight gauge (the autoscaler reads it).
+IN_FLIGHT_PUBLISH_SECONDS = 1.0
 AUTO = "auto"
 
 
@@ -76,6 +78,8 @@ class Endpoint:
         self._last_ok: dict[str, float] = {}
         self._created = int(time.time())
         self._probe_task: asyncio.Task[None] | None = None
+        self._gauge_task: asyncio.Task[None] | None = None
+        self._published_in_flight: dict[str, int] = {}
 
     # -- HTTP dispatch ----------------------------------------------------------------------
 
@@ -246,7 +250,6 @@ class Endpoint:
     ) -> tuple[Chunk, AsyncIterator[Chunk]]:
         model = client.info.name
         self.in_flight[model] += 1
-        self.metrics.set_in_flight(model, client.info.tier, self.in_flight[model])
         stream = client.stream(gen, coalesce)
         try:
             first = await asyncio.wait_for(anext(stream), self.limits.first_token_timeout_seconds)
@@ -311,9 +314,7 @@ class Endpoint:
         self._last_ok[model] = time.monotonic()
 
     def _done(self, model: str) -> None:
-        client = self.clients[model]
         self.in_flight[model] = max(0, self.in_flight[model] - 1)
-        self.metrics.set_in_flight(model, client.info.tier, self.in_flight[model])
 
     def _finished(self, client: ModelClient, api: str, started: float, last: Chunk) -> None:
         model = client.info.name
@@ -330,8 +331,27 @@ class Endpoint:
     # -- readiness probes -------------------------------------------------------------------
 
     def start_probes(self) -> None:
+        """Start the background work: readiness probes, and publishing the in-flight gauge."""
         if self._probe_task is None:
-            self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop())
+            loop = asyncio.get_running_loop()
+            self._probe_task = loop.create_task(self._probe_loop())
+            self._gauge_task = loop.create_task(self._gauge_loop())
+
+    def publish_in_flight(self) -> None:
+        """Set the in-flight gauge of every model whose count changed since the last call.
+
+        Published every :data:`IN_FLIGHT_PUBLISH_SECONDS` rather than on every request: a
+        Ray metric update costs about as much CPU as routing the request, and the metrics
+        agent exports far less often than once a second anyway."""
+        for model, value in self.in_flight.items():
+            if self._published_in_flight.get(model) != value:
+                self.metrics.set_in_flight(model, self.clients[model].info.tier, value)
+                self._published_in_flight[model] = value
+
+    async def _gauge_loop(self) -> None:
+        while True:
+            self.publish_in_flight()
+            await asyncio.sleep(IN_FLIGHT_PUBLISH_SECONDS)
 
     async def probe_once(self) -> None:
         """Probe every model that has not answered within the probe interval."""

@@ -233,3 +233,18 @@ def test_models_health_and_readiness(client_for: Any) -> None:
     )
     ready = tc.get("/ready")
     assert ready.status_code == 200 and ready.json()["models"]["fast"] is True
+
+
+def test_in_flight_gauge_is_published_when_it_changed() -> None:
+    endpoint = make_endpoint(["fast"])
+
+    def gauge(model: str) -> float:
+        tier = endpoint.clients[model].info.tier
+        return metric(endpoint, "shoal_requests_in_flight", model=model, tier=tier)
+
+    endpoint.in_flight["fast"] = 3
+    endpoint.publish_in_flight()
+    assert (gauge("fast"), gauge("spare")) == (3, 0)
+    endpoint.in_flight["fast"] = 0
+    endpoint.publish_in_flight()
+    assert gauge("fast") == 0
