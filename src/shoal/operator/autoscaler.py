@@ -28,7 +28,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -36,9 +36,9 @@ from typing import Any, Protocol
 import kopf
 from prometheus_client import Counter, Gauge
 
-from shoal.api.v1alpha1 import API_VERSION, ModelFleet, ModelFleetSpec, RoutingPolicy
+from shoal.api.v1alpha1 import API_VERSION, ModelFleet, RoutingPolicy
 from shoal.api.v1alpha1.fleet import AutoscalerStatus, ScalingDecision
-from shoal.autoscaling.policy import PolicySettings, cost_of, decide
+from shoal.autoscaling.policy import PolicySettings, decide
 from shoal.autoscaling.prometheus import PrometheusSource, Windows, windows_for
 from shoal.autoscaling.state import model_states, rendered_replicas, status_after
 from shoal.autoscaling.types import FleetDecision, MetricsWindow, ModelDecision
@@ -148,30 +148,6 @@ def _policy_alpha(gw: KubeGateway, fleet: ModelFleet) -> Decimal | None:
         return None
     policy = RoutingPolicy.model_validate(raw)
     return Decimal(policy.spec.alpha) if policy.spec.strategy == "cluster" else None
-
-
-#: Why a decided zero stays at one replica (Ray Serve's config schema wants num_replicas >= 1).
-NO_ZERO = (
-    "; held at 1: the serve config cannot say 0 replicas (Ray Serve's schema wants "
-    "num_replicas >= 1), so scale-to-zero stays a decision until the serving layer can"
-)
-
-
-def keep_one_replica(spec: ModelFleetSpec, decision: FleetDecision) -> FleetDecision:
-    """Turn decided zeros into one replica, saying why.
-
-    The policy may scale an idle model of a ``scaleToZero`` tier to zero (the simulator
-    applies that), but ``serveConfigV2`` validates ``num_replicas`` as a positive integer, so
-    the actuator keeps one replica and reports the decision in the model's reason.
-    """
-    if all(d.desired > 0 for d in decision.models):
-        return decision
-    models = [
-        replace(d, desired=1, reason=(d.reason + NO_ZERO)[:1024]) if d.desired == 0 else d
-        for d in decision.models
-    ]
-    cost = cost_of(spec, {d.model: d.desired for d in models})
-    return replace(decision, models=models, cost_per_hour=cost)
 
 
 def _last_scaling(
@@ -292,7 +268,6 @@ def autoscale_fleet(
         policy_alpha=_policy_alpha(gw, fleet),
         previous_alpha=prev_alpha,
     )
-    decision = keep_one_replica(fleet.spec, decision)
     auto = status_after(previous, mode, decision, now)
     patch: dict[str, Any] = {"autoscaler": _dump(auto)}
     changes = decision.changes

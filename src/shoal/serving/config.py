@@ -150,7 +150,8 @@ class BuildArgs(BaseModel):
     replicas: dict[str, int] = Field(
         default_factory=dict,
         description="Fixed replica counts per model, set by Shoal's autoscaler; a model listed "
-        "here gets num_replicas instead of Ray Serve autoscaling.",
+        "here gets num_replicas instead of Ray Serve autoscaling. 0 parks the model: no "
+        "replicas, and the ingress routes around it.",
     )
     model_paths: dict[str, str] = Field(
         default_factory=dict,
@@ -179,6 +180,11 @@ class BuildArgs(BaseModel):
         if self.policy.strategy == "cluster" and not self.router_artifact_path:
             raise ValueError("the cluster strategy needs router_artifact_path")
         return self
+
+    @property
+    def parked(self) -> frozenset[str]:
+        """Models Shoal's autoscaler scaled to zero."""
+        return frozenset(m for m, n in self.replicas.items() if n == 0)
 
     @classmethod
     def parse(cls, args: dict[str, Any] | BuildArgs) -> BuildArgs:
@@ -305,7 +311,20 @@ def deployment_plan(args: BuildArgs, model: ModelSpec) -> ModelDeploymentPlan:
         "max_queued_requests": 4 * max_ongoing,
         "cost_per_replica_hour": tier.cost_per_replica_hour,
     }
-    if model.name in args.replicas:
+    if args.replicas.get(model.name) == 0:
+        # Parked: Ray Serve's config cannot say num_replicas 0, but an autoscaling range of
+        # 0..1 starting at 0 can. Ray starts a replica only for a request that reaches the
+        # deployment, and the ingress sends none while the model is parked; Shoal's
+        # autoscaler brings it back (num_replicas >= 1) when the router asks for it.
+        plan["autoscaling_config"] = {
+            "min_replicas": 0,
+            "initial_replicas": 0,
+            "max_replicas": 1,
+            "target_ongoing_requests": target,
+            "upscale_delay_s": 0,
+            "downscale_delay_s": scaling.scale_down_cooldown_seconds,
+        }
+    elif model.name in args.replicas:
         plan["num_replicas"] = args.replicas[model.name]
     else:
         lo = model.min_replicas if model.min_replicas is not None else scaling.min_replicas

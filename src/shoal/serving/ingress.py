@@ -234,6 +234,15 @@ class Endpoint:
 
     def _candidates(self, ranked: list[str]) -> list[str]:
         limit = 1 + self.limits.max_fallbacks
+        # Parked models (scaled to zero) are passed over while another model can answer; the
+        # router's choice still counts in the decisions metric, which is the demand that
+        # brings a parked model back.
+        awake = [m for m in ranked if m not in self.args.parked] or ranked
+        for model in ranked:
+            if model in awake:
+                break
+            self.metrics.fallback(model, "parked")
+        ranked = awake
         out = self.health.candidates(ranked, limit)
         fallback = self.args.policy.fallback_model
         if fallback and fallback in ranked and fallback not in out:
@@ -357,7 +366,11 @@ class Endpoint:
         """Probe every model that has not answered within the probe interval."""
         interval = self.limits.health_probe_interval_seconds
         now = time.monotonic()
-        stale = [m for m in self.clients if now - self._last_ok.get(m, -1e9) > interval]
+        stale = [
+            m
+            for m in self.clients
+            if m not in self.args.parked and now - self._last_ok.get(m, -1e9) > interval
+        ]  # a probe would wake a parked model
 
         async def one(model: str) -> None:
             try:

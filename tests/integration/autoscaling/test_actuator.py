@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import yaml
 
 from shoal.operator.autoscaler import autoscale_fleet
 from shoal.operator.config import OperatorConfig
@@ -163,8 +164,9 @@ def test_off_says_why_and_hands_replicas_back_to_ray_serve(cluster: Cluster) -> 
     assert "num_replicas" not in deployments(cluster)["model-alpha"]
 
 
-def test_scale_to_zero_is_decided_but_one_replica_stays(cluster: Cluster) -> None:
-    """serveConfigV2 cannot say num_replicas: 0; the decision shows, one replica stays."""
+def test_scale_to_zero_parks_the_model(cluster: Cluster) -> None:
+    """A decided zero is applied: the model's deployment may run 0..1 replicas starting at 0
+    (serveConfigV2 cannot say num_replicas: 0), and the ingress routes around it."""
     spec = scaling_fleet()
     spec["spec"]["tiers"][0]["autoscaling"].update(minReplicas=0, scaleToZero=True)
     cluster.apply(static_policy(), spec)
@@ -172,11 +174,18 @@ def test_scale_to_zero_is_decided_but_one_replica_stays(cluster: Cluster) -> Non
     reconcile_fleet(gw, ACTIVE, cluster.get("fleet", "f"), T0)
     out = autoscale_fleet(gw, ACTIVE, FakeSource({"alpha": 0.0, "beta": 0.0}),
                           cluster.get("fleet", "f"), T0)  # fmt: skip
-    assert out.decision is not None and not out.decision.changes
+    assert out.decision is not None
+    assert {c.model: c.desired for c in out.decision.changes}["alpha"] == 0
     auto = {
         m["name"]: m for m in (cluster.get("fleet", "f") or {})["status"]["autoscaler"]["models"]
     }
-    assert auto["alpha"]["replicas"] == 1
+    assert auto["alpha"]["replicas"] == 0
     assert auto["alpha"]["reason"].startswith("scale to zero: no traffic and no demand")
-    assert "held at 1: the serve config cannot say 0 replicas" in auto["alpha"]["reason"]
-    assert deployments(cluster)["model-alpha"]["num_replicas"] == 1
+    alpha = deployments(cluster)["model-alpha"]
+    assert "num_replicas" not in alpha
+    assert alpha["autoscaling_config"]["min_replicas"] == 0
+    assert alpha["autoscaling_config"]["initial_replicas"] == 0
+    assert alpha["autoscaling_config"]["max_replicas"] == 1
+    rs = cluster.get("rayservice", "f") or {}
+    args = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]
+    assert args["replicas"]["alpha"] == 0  # the ingress reads it: alpha is parked

@@ -82,6 +82,12 @@ def local_ray() -> Iterator[None]:
         ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def port() -> int:
+    """The Serve HTTP port of this module's Ray (Serve keeps the first one it was given)."""
+    return _free_port()
+
+
 def deploy(config: dict[str, Any]) -> None:
     """What KubeRay does with serveConfigV2: Ray Serve's deploy-config API."""
     from ray.serve._private import api as serve_api
@@ -108,7 +114,9 @@ def wait_running(app: str, timeout: float = 180) -> None:
     pytest.fail(f"Serve application {app} not RUNNING after {timeout}s (last: {state})")
 
 
-def test_rendered_serve_config_deploys_and_answers(local_ray: None, tmp_path: Path) -> None:
+def test_rendered_serve_config_deploys_and_answers(
+    local_ray: None, port: int, tmp_path: Path
+) -> None:
     artifact = _artifact()
     rs = desired_children(FLEET, POLICY, artifact, PlanSettings()).rayservice
     config = yaml.safe_load(rs["spec"]["serveConfigV2"])
@@ -117,7 +125,6 @@ def test_rendered_serve_config_deploys_and_answers(local_ray: None, tmp_path: Pa
     path.write_bytes(artifact.data)
     (app,) = config["applications"]
     app["args"]["router_artifact_path"] = str(path)
-    port = _free_port()
     config["http_options"] = {"host": "127.0.0.1", "port": port}
 
     deploy(config)
@@ -139,3 +146,44 @@ def test_rendered_serve_config_deploys_and_answers(local_ray: None, tmp_path: Pa
         "compute 40 plus 2 and multiply": "mathy",
         "write a python function to sort a list": "codey",
     }
+
+
+def test_parked_model_runs_no_replica_and_is_routed_around(
+    local_ray: None, port: int, tmp_path: Path
+) -> None:
+    """Shoal's autoscaler scaled mathy to zero: Ray Serve accepts the rendered 0..1 range
+    starting at 0, runs no replica of it, and the ingress answers math with codey."""
+    from ray import serve
+
+    artifact = _artifact()
+    settings = PlanSettings(replicas={"mathy": 0, "codey": 1})
+    rs = desired_children(FLEET, POLICY, artifact, settings).rayservice
+    config = yaml.safe_load(rs["spec"]["serveConfigV2"])
+    path = tmp_path / "router.bin"
+    path.write_bytes(artifact.data)
+    (app,) = config["applications"]
+    app["args"]["router_artifact_path"] = str(path)
+    config["http_options"] = {"host": "127.0.0.1", "port": port}
+
+    deploy(config)
+    wait_running("demo")
+    base = f"http://127.0.0.1:{port}/v1"
+    deadline, answered_by = time.monotonic() + 120, None
+    while time.monotonic() < deadline:  # until the new config serves (an in-place update)
+        try:
+            resp = httpx.post(f"{base}/chat/completions", timeout=60, json={
+                "model": "auto", "max_tokens": 8,
+                "messages": [{"role": "user", "content": "compute 40 plus 2 and multiply"}],
+            })  # fmt: skip
+        except httpx.TransportError:
+            resp = None
+        if resp is not None and resp.status_code == 200:
+            answered_by = resp.headers["x-shoal-model"]
+            if answered_by == "codey":
+                break
+        time.sleep(1)
+    assert answered_by == "codey"
+    wait_running("demo")
+    mathy = serve.status().applications["demo"].deployments["model-mathy"]
+    assert sum(mathy.replica_states.values()) == 0, mathy
+    assert mathy.status == "HEALTHY", mathy

@@ -58,6 +58,17 @@ def test_deployment_names_and_settings() -> None:
     assert names == [INGRESS_DEPLOYMENT, "model-math", "model-code", "model-big"]
 
 
+def test_a_parked_model_may_run_zero_to_one_replicas_starting_at_zero() -> None:
+    args = BuildArgs.parse(sim_args(["a", "b"], replicas={"a": 0, "b": 2}))
+    plans = {p.model: p for p in deployment_plans(args)}
+    assert args.parked == {"a"}
+    cfg = plans["a"].autoscaling_config
+    assert plans["a"].num_replicas is None and cfg is not None
+    assert (cfg["min_replicas"], cfg["initial_replicas"], cfg["max_replicas"]) == (0, 0, 1)
+    assert "num_replicas" not in plans["a"].deployment_options()
+    assert plans["b"].num_replicas == 2
+
+
 @pytest.mark.parametrize(
     ("q", "value"), [("500m", 0.5), ("4", 4), ("1.5", 1.5), ("2Gi", 2**31), ("1k", 1000)]
 )

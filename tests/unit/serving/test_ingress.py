@@ -248,3 +248,16 @@ def test_in_flight_gauge_is_published_when_it_changed() -> None:
     endpoint.in_flight["fast"] = 0
     endpoint.publish_in_flight()
     assert gauge("fast") == 0
+
+
+def test_parked_model_is_routed_around_unless_named(client_for: Any) -> None:
+    """A model the autoscaler scaled to zero is passed over (a fallback of reason "parked");
+    named explicitly, it is still called (Ray Serve starts a replica for it)."""
+    ep = make_endpoint(["fast", "spare"], replicas={"fast": 0})
+    tc = client_for(ep)
+    msg = [{"role": "user", "content": "hi"}]
+    auto = tc.post("/v1/chat/completions", json={"model": "auto", "messages": msg})
+    assert auto.status_code == 200 and auto.headers["x-shoal-model"] == "spare"
+    assert metric(ep, "shoal_fallbacks_total", model="fast", reason="parked") == 1
+    named = tc.post("/v1/chat/completions", json={"model": "fast", "messages": msg})
+    assert named.status_code == 200 and named.headers["x-shoal-model"] == "fast"
