@@ -187,8 +187,10 @@ def fleet_status(
         put(PROGRESSING, False, "Deployed", "the RayService serves the current spec")
         put(READY, True, "AllModelsReady", f"{healthy} of {len(models)} models healthy")
 
+    # A healthy model the autoscaler parked at zero replicas counts as ready: it is serving as
+    # intended (its next query starts a replica).
     ready_models = sum(
-        1 for m in models if m.desired_replicas > 0 and m.ready_replicas >= m.desired_replicas
+        1 for m in models if m.state == HEALTHY and m.ready_replicas >= m.desired_replicas
     )
     return ModelFleetStatus(
         observed_generation=gen,

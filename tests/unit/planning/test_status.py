@@ -141,3 +141,17 @@ def test_policy_status_after_fit_and_after_failed_refit() -> None:
     assert cond(bad, "Fitted") == (ConditionStatus.FALSE, "CalibrationInvalid")
     assert cond(bad, "Ready")[0] == ConditionStatus.TRUE  # still serving the previous artifact
     assert bad.artifact == art
+
+
+def test_a_parked_healthy_model_counts_as_ready_and_costs_nothing() -> None:
+    plans = deployment_plans(
+        BuildArgs(fleet_name="f", fleet=FLEET.spec, policy=POLICY.spec, replicas={"a": 2, "b": 0})
+    )
+    rs = rayservice(True, deployments={"model-a": "HEALTHY", "model-b": "HEALTHY"})
+    status = fleet_status(
+        FLEET, FleetObservation(policy=POLICY, rayservice=rs, plans=plans), None, NOW
+    )
+    assert status.ready_models == "2/2"
+    b = next(m for m in status.models if m.name == "b")
+    assert (b.desired_replicas, b.ready_replicas) == (0, 0)
+    assert status.cost_per_hour == "2.50"  # a's two replicas only
