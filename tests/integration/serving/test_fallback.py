@@ -123,8 +123,13 @@ def test_killing_a_replica_under_load_fails_no_request(fleet: Any) -> None:
     assert models.count("primary") > 0 and models.count("backup") > 0
     after = fleet.wait_metric("ray_shoal_fallbacks_total", lambda v: v > before, model="primary")
     assert after > before
-    errors = fleet.metric("ray_shoal_fallbacks_total", model="primary", reason="error")
-    assert errors >= 1
+    # The dead replica shows as a failed call ("error") or, where Ray's handle still waits on
+    # it, as no first token in time ("timeout"); which one depends on timing.
+    by_reason = {
+        r: fleet.metric("ray_shoal_fallbacks_total", model="primary", reason=r)
+        for r in ("error", "timeout", "overload", "unhealthy")
+    }
+    assert by_reason["error"] + by_reason["timeout"] >= 1, by_reason
     # Ray Serve replaces the replica; after the cooldown primary answers again.
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
