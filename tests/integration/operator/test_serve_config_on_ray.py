@@ -88,6 +88,20 @@ def port() -> int:
     return _free_port()
 
 
+def rendered_config(settings: PlanSettings, tmp_path: Path, port: int) -> dict[str, Any]:
+    """The RayService's serveConfigV2 as the operator renders it. Only where the artifact
+    lives (a file standing in for the ConfigMap volume) and the HTTP port change."""
+    artifact = _artifact()
+    rs = desired_children(FLEET, POLICY, artifact, settings).rayservice
+    config: dict[str, Any] = yaml.safe_load(rs["spec"]["serveConfigV2"])
+    path = tmp_path / "router.bin"
+    path.write_bytes(artifact.data)
+    (app,) = config["applications"]
+    app["args"]["router_artifact_path"] = str(path)
+    config["http_options"] = {"host": "127.0.0.1", "port": port}
+    return config
+
+
 def deploy(config: dict[str, Any]) -> None:
     """What KubeRay does with serveConfigV2: Ray Serve's deploy-config API."""
     from ray.serve._private import api as serve_api
@@ -117,17 +131,7 @@ def wait_running(app: str, timeout: float = 180) -> None:
 def test_rendered_serve_config_deploys_and_answers(
     local_ray: None, port: int, tmp_path: Path
 ) -> None:
-    artifact = _artifact()
-    rs = desired_children(FLEET, POLICY, artifact, PlanSettings()).rayservice
-    config = yaml.safe_load(rs["spec"]["serveConfigV2"])
-    # Stand in for the ConfigMap volume and pick a free port; nothing else changes.
-    path = tmp_path / "router.bin"
-    path.write_bytes(artifact.data)
-    (app,) = config["applications"]
-    app["args"]["router_artifact_path"] = str(path)
-    config["http_options"] = {"host": "127.0.0.1", "port": port}
-
-    deploy(config)
+    deploy(rendered_config(PlanSettings(), tmp_path, port))
     wait_running("demo")
 
     base = f"http://127.0.0.1:{port}/v1"
@@ -155,17 +159,7 @@ def test_parked_model_runs_no_replica_and_is_routed_around(
     starting at 0, runs no replica of it, and the ingress answers math with codey."""
     from ray import serve
 
-    artifact = _artifact()
-    settings = PlanSettings(replicas={"mathy": 0, "codey": 1})
-    rs = desired_children(FLEET, POLICY, artifact, settings).rayservice
-    config = yaml.safe_load(rs["spec"]["serveConfigV2"])
-    path = tmp_path / "router.bin"
-    path.write_bytes(artifact.data)
-    (app,) = config["applications"]
-    app["args"]["router_artifact_path"] = str(path)
-    config["http_options"] = {"host": "127.0.0.1", "port": port}
-
-    deploy(config)
+    deploy(rendered_config(PlanSettings(replicas={"mathy": 0, "codey": 1}), tmp_path, port))
     wait_running("demo")
     base = f"http://127.0.0.1:{port}/v1"
     deadline, answered_by = time.monotonic() + 120, None
