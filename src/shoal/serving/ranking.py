@@ -82,8 +82,9 @@ class ClusterRanker:
         from shoal.routing import load_router, read_artifact_info
 
         with open(artifact, "rb") as f:
-            dim = read_artifact_info(f.read()).embedder_dim
-        self.router = load_router(artifact, embedder=remote_embedder(policy, dim))
+            data = f.read()
+        dim = read_artifact_info(data).embedder_dim
+        self.router = load_router(data, embedder=remote_embedder(policy, dim))
         self.blocking = not self.router.embedder.name.startswith(self.INLINE_EMBEDDERS)
         known = set(fleet_models)
         missing = [m for m in self.router.models if m not in known]
