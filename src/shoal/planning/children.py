@@ -135,23 +135,8 @@ def _k8s_resources(res: Resources, default: Resources, gpus: int = 0) -> dict[st
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def _pod_env(policy: RoutingPolicy) -> list[dict[str, Any]]:
-    """Environment of every Ray container: the embedder's API key, from its Secret."""
-    ref = policy.spec.embedder.api_key_secret_ref
-    if policy.spec.strategy != "cluster" or ref is None:
-        return []
-    secret = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
-    return [{"name": EMBEDDER_API_KEY_ENV, "valueFrom": secret}]
-
-
 def _pod_template(
-    fleet: ModelFleet,
-    container: str,
-    image: str,
-    resources: dict[str, Any],
-    *,
-    mount: bool,
-    env: list[dict[str, Any]],
+    fleet: ModelFleet, container: str, image: str, resources: dict[str, Any]
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "containers": [
@@ -165,10 +150,24 @@ def _pod_template(
             }
         ]
     }
-    if env:
-        spec["containers"][0]["env"] = env
+    if not spec["containers"][0]["ports"]:
+        del spec["containers"][0]["ports"]
+    return {"metadata": {"labels": {names.FLEET_LABEL: fleet.metadata.name}}, "spec": spec}
+
+
+def _equip_for_the_ingress(
+    template: dict[str, Any], fleet: ModelFleet, policy: RoutingPolicy, mount: bool
+) -> None:
+    """Give a Ray pod what the ingress needs, since Ray may place the ingress on any node with
+    CPUs (GPU workers included): the router artifact, and the embedder's API key from its
+    Secret."""
+    spec, container = template["spec"], template["spec"]["containers"][0]
+    ref = policy.spec.embedder.api_key_secret_ref
+    if policy.spec.strategy == "cluster" and ref is not None:
+        secret = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
+        container["env"] = [{"name": EMBEDDER_API_KEY_ENV, "valueFrom": secret}]
     if mount:
-        spec["containers"][0]["volumeMounts"] = [
+        container["volumeMounts"] = [
             {"name": "router-artifact", "mountPath": names.ARTIFACT_MOUNT_DIR, "readOnly": True}
         ]
         spec["volumes"] = [
@@ -177,18 +176,10 @@ def _pod_template(
                 "configMap": {"name": names.router_configmap_name(fleet.metadata.name)},
             }
         ]
-    if not spec["containers"][0]["ports"]:
-        del spec["containers"][0]["ports"]
-    return {"metadata": {"labels": {names.FLEET_LABEL: fleet.metadata.name}}, "spec": spec}
 
 
 def _cpu_worker_group(
-    fleet: ModelFleet,
-    args: BuildArgs,
-    plans: list[ModelDeploymentPlan],
-    image: str,
-    mount: bool,
-    env: list[dict[str, Any]],
+    fleet: ModelFleet, args: BuildArgs, plans: list[ModelDeploymentPlan], image: str
 ) -> dict[str, Any]:
     node = fleet.spec.serving.cpu_worker.resources
     node_cpus = parse_quantity(node.cpu or DEFAULT_CPU_WORKER.cpu or "4")
@@ -204,25 +195,14 @@ def _cpu_worker_group(
         "maxReplicas": max_nodes,
         "rayStartParams": {},
         "template": _pod_template(
-            fleet,
-            "ray-worker",
-            image,
-            _k8s_resources(node, DEFAULT_CPU_WORKER),
-            mount=mount,
-            env=env,
+            fleet, "ray-worker", image, _k8s_resources(node, DEFAULT_CPU_WORKER)
         ),
     }
 
 
 def _gpu_worker_groups(
-    fleet: ModelFleet,
-    plans: list[ModelDeploymentPlan],
-    image: str,
-    mount: bool,
-    env: list[dict[str, Any]],
+    fleet: ModelFleet, plans: list[ModelDeploymentPlan], image: str
 ) -> list[dict[str, Any]]:
-    """One group per accelerator type. Ray may place the ingress on these nodes too (they
-    have CPUs), so they get the router artifact and the embedder's key like the others."""
     by_type: dict[str, list[ModelDeploymentPlan]] = {}
     for p in plans:
         if "num_gpus" in p.ray_actor_options:
@@ -242,25 +222,18 @@ def _gpu_worker_groups(
                 "minReplicas": lo,
                 "maxReplicas": max(hi, 1),
                 "rayStartParams": {},
-                "template": _gpu_template(fleet, image, res, gpus, acc_type, mount, env),
+                "template": _gpu_template(fleet, image, res, gpus, acc_type),
             }
         )
     return groups
 
 
 def _gpu_template(
-    fleet: ModelFleet,
-    image: str,
-    res: Resources,
-    gpus: int,
-    acc_type: str,
-    mount: bool,
-    env: list[dict[str, Any]],
+    fleet: ModelFleet, image: str, res: Resources, gpus: int, acc_type: str
 ) -> dict[str, Any]:
     template = _pod_template(
-        fleet, "ray-worker", image, _k8s_resources(res, DEFAULT_CPU_WORKER, gpus),
-        mount=mount, env=env,
-    )  # fmt: skip
+        fleet, "ray-worker", image, _k8s_resources(res, DEFAULT_CPU_WORKER, gpus)
+    )
     template["metadata"]["labels"][f"{names.FLEET_LABEL.split('/')[0]}/accelerator"] = acc_type
     template["spec"]["tolerations"] = [
         {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -305,18 +278,21 @@ def desired_rayservice(
     serving = fleet.spec.serving
     image = serving.image or settings.image
     gpu_image = serving.gpu_image or settings.gpu_image
-    mount = artifact is not None
-    env = _pod_env(policy)
     meta = _metadata(fleet, names.rayservice_name(fleet.metadata.name), "serving")
     if artifact is not None:
         meta["annotations"] = {names.ARTIFACT_ANNOTATION: artifact.checksum}
     head = {
         "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
         "template": _pod_template(
-            fleet, "ray-head", image, _k8s_resources(serving.head.resources, DEFAULT_HEAD),
-            mount=mount, env=env,
+            fleet, "ray-head", image, _k8s_resources(serving.head.resources, DEFAULT_HEAD)
         ),
-    }  # fmt: skip
+    }
+    workers = [
+        _cpu_worker_group(fleet, args, plans, image),
+        *_gpu_worker_groups(fleet, plans, gpu_image),
+    ]
+    for group in (head, *workers):
+        _equip_for_the_ingress(group["template"], fleet, policy, mount=artifact is not None)
     return {
         "apiVersion": RAY_API_VERSION,
         "kind": "RayService",
@@ -327,10 +303,7 @@ def desired_rayservice(
                 "rayVersion": serving.ray_version,
                 "enableInTreeAutoscaling": True,
                 "headGroupSpec": head,
-                "workerGroupSpecs": [
-                    _cpu_worker_group(fleet, args, plans, image, mount, env),
-                    *_gpu_worker_groups(fleet, plans, gpu_image, mount, env),
-                ],
+                "workerGroupSpecs": workers,
             },
         },
     }
