@@ -139,13 +139,12 @@ def remote_embedder(policy: RoutingPolicySpec | None, dim: int) -> Embedder | No
     for in-process embedders, which the artifact names completely."""
     if policy is None or policy.embedder.type != "openai":
         return None
-    if not policy.embedder.endpoint or not policy.embedder.model:
-        raise ValueError("an openai embedder needs endpoint and model")
-    from shoal.routing.embedders.openai import OpenAIEmbedder
+    from shoal.routing import embedder_for_policy
 
-    return OpenAIEmbedder(
-        policy.embedder.endpoint,
-        policy.embedder.model,
+    return embedder_for_policy(
+        "openai",
+        endpoint=policy.embedder.endpoint,
+        model=policy.embedder.model,
         api_key=os.environ.get(EMBEDDER_API_KEY_ENV) or None,
         dim=dim,
     )

@@ -35,8 +35,10 @@ def make_embedder(
     endpoint: str | None = None,
     api_key: str | None = None,
     threads: int | None = None,
+    dim: int | None = None,
 ) -> Embedder:
-    """Build the embedder an artifact names. ``openai:<model>`` needs ``endpoint``."""
+    """Build the embedder an artifact names. ``openai:<model>`` needs ``endpoint``; given
+    ``dim`` (the artifact's), it need not ask the endpoint for it."""
     if name == "minilm-l6-static-v2":
         from shoal.routing.embedders.static import StaticMiniLM
 
@@ -54,7 +56,7 @@ def make_embedder(
             raise EmbedderUnavailable(f"embedder {name!r} needs the endpoint's base URL")
         from shoal.routing.embedders.openai import OpenAIEmbedder
 
-        return OpenAIEmbedder(endpoint, name.removeprefix("openai:"), api_key=api_key)
+        return OpenAIEmbedder(endpoint, name.removeprefix("openai:"), api_key=api_key, dim=dim)
     if name.startswith("hash-") and name[5:].isdigit():
         from shoal.routing.embedders.hashing import HashingEmbedder
 
@@ -68,13 +70,14 @@ def embedder_for_policy(
     endpoint: str | None = None,
     model: str | None = None,
     api_key: str | None = None,
+    dim: int | None = None,
 ) -> Embedder:
     """The embedder for a RoutingPolicy ``spec.embedder`` (``minilm``, ``multilingual-e5``,
-    ``openai`` with ``endpoint`` and ``model``)."""
+    ``openai`` with ``endpoint`` and ``model``; ``dim`` as in :func:`make_embedder`)."""
     if kind == "openai":
         if not endpoint or not model:
             raise EmbedderUnavailable("an openai embedder needs endpoint and model")
-        return make_embedder(f"openai:{model}", endpoint=endpoint, api_key=api_key)
+        return make_embedder(f"openai:{model}", endpoint=endpoint, api_key=api_key, dim=dim)
     if kind not in POLICY_TYPES:
         raise EmbedderUnavailable(f"unknown embedder type {kind!r}")
     return make_embedder(POLICY_TYPES[kind])
