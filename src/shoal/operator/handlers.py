@@ -76,15 +76,15 @@ def fleets_by_policy(namespace: str | None, name: str, spec: kopf.Spec, **_: Any
     return {(namespace, (spec.get("routingPolicyRef") or {}).get("name")): name}
 
 
-def _being_deleted(fleet: dict[str, Any] | None) -> bool:
-    return fleet is None or bool(fleet["metadata"].get("deletionTimestamp"))
+def _being_deleted(fleet: dict[str, Any]) -> bool:
+    return bool(fleet["metadata"].get("deletionTimestamp"))
 
 
 def _reconcile_fleet(body: Any, memo: kopf.Memo) -> None:
     # Serialised with the autoscaler and the finalizer, on the fleet as it is now: a fleet
     # being deleted belongs to the finalizer (reconciling it would re-create its children).
     with runtime(memo).fleet_lock(memo.gateway, body) as fresh:
-        if _being_deleted(fresh):
+        if fresh is None or _being_deleted(fresh):
             return
         with observed("ModelFleet"):
             reconcile_fleet(memo.gateway, memo.config, fresh, _now())
