@@ -123,11 +123,14 @@ class AutoscalerRuntime:
 
 
 def runtime(memo: Any) -> AutoscalerRuntime:
-    """The operator's autoscaler runtime, created on first use and kept in kopf's memo."""
-    rt = getattr(memo, "autoscaler", None)
-    if rt is None:
-        rt = AutoscalerRuntime.from_config(memo.config)
-        memo.autoscaler = rt
+    """The operator's autoscaler runtime, which the startup handler puts in kopf's memo.
+
+    It must exist before any resource is seen: kopf gives each object a shallow copy of the
+    operator's memo, so a runtime created lazily by one object's handler would be that
+    object's alone, and the fleet locks would not be shared with the handlers of policies
+    and RayServices that reconcile the same fleet.
+    """
+    rt: AutoscalerRuntime = memo.autoscaler
     return rt
 
 

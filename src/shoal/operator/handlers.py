@@ -23,7 +23,7 @@ import kopf
 
 from shoal.api.v1alpha1 import GROUP, VERSION
 from shoal.operator import credentials
-from shoal.operator.autoscaler import autoscale_fleet, runtime
+from shoal.operator.autoscaler import AutoscalerRuntime, autoscale_fleet, runtime
 from shoal.operator.config import OperatorConfig
 from shoal.operator.fleets import delete_fleet_children, reconcile_fleet
 from shoal.operator.gateway import KubeGateway
@@ -68,6 +68,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     config = OperatorConfig.from_env()
     memo.config = config
     memo.gateway = KubeGateway(credentials.api_client(), timeout=config.api_timeout_seconds)
+    # Operator-wide, before any object's memo is copied from this one (see runtime()).
+    memo.autoscaler = AutoscalerRuntime.from_config(config)
 
 
 @kopf.index(GROUP, VERSION, FLEETS)
@@ -150,7 +152,7 @@ def _reconcile_policy(body: Any, memo: kopf.Memo, index: kopf.Index[Any, Any], l
     finally:
         # Fleets follow their policy whatever happened to it (fitted, failed, unchanged).
         ns, name = body["metadata"].get("namespace"), body["metadata"]["name"]
-        for fleet_name in index.get((ns, name), []):
+        for fleet_name in list(index.get((ns, name), [])):  # the index changes meanwhile
             try:
                 _reconcile_fleet({"metadata": {"namespace": ns, "name": fleet_name}}, memo)
             except (kopf.PermanentError, kopf.TemporaryError) as exc:
