@@ -75,7 +75,7 @@ async def _load(base_url: str, clients: int, seconds: float, on_tick: Any = None
 
         tasks = [asyncio.create_task(caller()) for _ in range(clients)]
         if on_tick is not None:
-            await on_tick()
+            await on_tick(results)
         await asyncio.gather(*tasks)
     return results
 
@@ -111,12 +111,19 @@ def test_killing_a_replica_under_load_fails_no_request(fleet: Any) -> None:
     victims = _replica_actor_names(model_deployment_name("primary"))
     assert len(victims) == 1, victims
 
-    async def kill_after_a_while() -> None:
-        await asyncio.sleep(2.0)
+    async def kill_once_primary_answers(results: list[Any]) -> None:
+        # Kill once primary has answered under this load (not after a fixed time: on a busy
+        # machine the previous test's load may still be draining), then a little later.
+        deadline = time.monotonic() + 30
+        while not any(m == "primary" for _, m, _ in results) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
         ray.kill(ray.get_actor(victims[0], namespace="serve"), no_restart=True)
 
     # 12 callers stay below primary's back-pressure limit: before the kill, primary answers.
-    results = asyncio.run(_load(fleet.base_url, clients=12, seconds=8, on_tick=kill_after_a_while))
+    results = asyncio.run(
+        _load(fleet.base_url, clients=12, seconds=8, on_tick=kill_once_primary_answers)
+    )
     failed = [r for r in results if r[0] != 200]
     assert not failed, failed[:5]
     models = [m for _, m, _ in results]
