@@ -49,12 +49,16 @@ class Samples:
     seconds: float = 0.0
     models: dict[str, int] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
+    busy: float = 0.0  # machine-wide busy CPU seconds (every process, the client too)
+    wall_cpu: float = 0.0  # machine-wide CPU seconds available
 
     def add(self, other: Samples) -> None:
         self.e2e += other.e2e
         self.ttft += other.ttft
         self.errors += other.errors
         self.seconds += other.seconds
+        self.busy += other.busy
+        self.wall_cpu += other.wall_cpu
         for k, v in other.models.items():
             self.models[k] = self.models.get(k, 0) + v
         for k, c in other.cpu.items():
@@ -91,6 +95,15 @@ def serve_cpu_seconds(app: str) -> dict[str, float]:
             continue
         out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     return out
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - idle) / tick, sum(ticks) / tick
 
 
 def pct(values: list[float], q: float) -> float:
@@ -198,7 +211,7 @@ def build_apps(args: argparse.Namespace, workdir: Path) -> tuple[Any, Any]:
             "policy": manifests.policy.spec.to_k8s(),
             "router_artifact_path": str(workdir / "router.bin"),
             "limits": {"max_tokens": 4096, **interval},
-            "ingress": {"num_cpus": 0.5},
+            "ingress": {"num_cpus": 0.5, "num_replicas": int(os.environ.get("BENCH_INGRESS", "1"))},
         }
     )
     direct_model = {
@@ -226,6 +239,8 @@ def summary(s: Samples) -> dict[str, Any]:
         "rps": round(s.rps, 2),
         "requests": len(s.e2e),
         "errors": s.errors,
+        "machine_busy": round(s.busy / s.wall_cpu, 3) if s.wall_cpu else None,
+        "machine_cpu_ms_per_request": round(s.busy * 1e3 / max(1, len(s.e2e)), 3),
         # Load-independent efficiency: CPU the Serve proxy and the app's replicas spent.
         "cpu_ms_per_request": s.cpu_ms_per_request(),
     }
@@ -250,15 +265,18 @@ def main() -> int:
     import ray
     from ray import serve
 
+    from shoal.serving.config import local_ray_env
+
     port = free_port()
-    ray.init(
-        address="local",
-        num_cpus=8,
-        include_dashboard=False,
-        object_store_memory=128 * 1024 * 1024,
-        log_to_driver=False,
-        logging_level="ERROR",
-    )
+    with local_ray_env():  # the Ray Serve settings the fleet ships with, for both paths
+        ray.init(
+            address="local",
+            num_cpus=8,
+            include_dashboard=False,
+            object_store_memory=128 * 1024 * 1024,
+            log_to_driver=False,
+            logging_level="ERROR",
+        )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         with tempfile.TemporaryDirectory() as tmp:
@@ -276,14 +294,16 @@ def main() -> int:
             results = {name: Samples() for name in targets}
             for r in range(args.rounds):
                 for name, (url, model) in targets.items():
-                    cpu0 = serve_cpu_seconds(apps[name])
+                    cpu0, busy0 = serve_cpu_seconds(apps[name]), machine_busy_seconds()
                     got = asyncio.run(drive(url, model, args.streams, args.seconds, args.tokens))
-                    cpu1 = serve_cpu_seconds(apps[name])
+                    cpu1, busy1 = serve_cpu_seconds(apps[name]), machine_busy_seconds()
                     got.cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
+                    got.busy, got.wall_cpu = busy1[0] - busy0[0], busy1[1] - busy0[1]
                     results[name].add(got)
                     print(f"round {r + 1} {name:6s}: {len(got.e2e)} requests, {got.rps:.1f}/s, "
                           f"p50 {pct(got.e2e, 50) * 1e3:.1f} ms, errors {got.errors}, "
-                          f"serve CPU {got.cpu_ms_per_request()['total']:.2f} ms/request",
+                          f"serve CPU {got.cpu_ms_per_request()['total']:.2f} ms/request, "
+                          f"machine busy {got.busy / max(got.wall_cpu, 1e-9):.0%}",
                           file=sys.stderr, flush=True)  # fmt: skip
     finally:
         serve.shutdown()

@@ -26,6 +26,7 @@ from shoal.api.v1alpha1.fleet import Resources
 from shoal.planning import names
 from shoal.serving.config import (
     EMBEDDER_API_KEY_ENV,
+    RAY_SERVE_ENV,
     BuildArgs,
     ModelDeploymentPlan,
     deployment_plans,
@@ -144,6 +145,8 @@ def _pod_template(
                 "name": container,
                 "image": image,
                 "resources": resources,
+                # Ray Serve's settings must agree on every node (HAProxy in front of each).
+                "env": [{"name": k, "value": v} for k, v in RAY_SERVE_ENV.items()],
                 "ports": [{"name": "serve", "containerPort": names.SERVE_PORT}]
                 if container == "ray-head"
                 else [],
@@ -165,7 +168,7 @@ def _equip_for_the_ingress(
     ref = policy.spec.embedder.api_key_secret_ref
     if policy.spec.strategy == "cluster" and ref is not None:
         secret = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
-        container["env"] = [{"name": EMBEDDER_API_KEY_ENV, "valueFrom": secret}]
+        container["env"].append({"name": EMBEDDER_API_KEY_ENV, "valueFrom": secret})
     if mount:
         container["volumeMounts"] = [
             {"name": "router-artifact", "mountPath": names.ARTIFACT_MOUNT_DIR, "readOnly": True}

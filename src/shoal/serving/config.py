@@ -17,7 +17,10 @@ Pure functions over the API models; no Ray import here (the operator does not sh
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -40,16 +43,41 @@ PVC_MOUNT_ROOT = "/mnt/shoal/pvc"
 #: the policy's ``embedder.apiKeySecretRef``; never written into ``serveConfigV2``).
 EMBEDDER_API_KEY_ENV = "SHOAL_EMBEDDER_API_KEY"
 
-#: Ray Serve settings the fleet runs with (environment of every Ray process: the serving
-#: image sets them, ``shoal up`` and the benchmark too). They cut Ray Serve's per-request and
-#: per-chunk overhead: user code and the handle router run on the replica's own event loop
-#: instead of hopping threads, the proxy reaches replicas over gRPC, request logs are buffered.
+#: Ray Serve settings the fleet runs with (environment of every Ray process: the operator sets
+#: them on every Ray container, the serving image too, and :func:`local_ray_env` for a Ray
+#: started on this machine). They are Ray Serve's own high-throughput mode: HAProxy instead
+#: of the Python HTTP proxy in front of each node, the ingress replicas answering HTTP
+#: themselves ("direct ingress"), gRPC between deployments, user code and the handle router
+#: on the replica's own event loop, buffered request logs.
 RAY_SERVE_ENV: dict[str, str] = {
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-    "RAY_SERVE_PROXY_USE_GRPC": "1",
-    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
 }
+
+#: Added for a Ray on one machine (``shoal up``, tests, benchmarks): an ingress replica that
+#: stops holds its port open this long so outside load balancers can deregister it (30 s by
+#: default); here only the local HAProxy is in front, and it retries.
+LOCAL_RAY_SERVE_ENV: dict[str, str] = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
+
+
+@contextmanager
+def local_ray_env() -> Iterator[None]:
+    """Set :data:`RAY_SERVE_ENV` (plus :data:`LOCAL_RAY_SERVE_ENV`) for a ``ray.init`` that
+    starts a local Ray: its processes inherit the environment they start with. The caller's
+    own environment is restored afterwards, so handles used from the driver keep Ray's
+    defaults (a separate router loop, usable outside asyncio)."""
+    wanted = {**RAY_SERVE_ENV, **LOCAL_RAY_SERVE_ENV}
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
 
 # Default CPUs a replica asks Ray for, per engine, when the model gives no resources.cpu.
 _DEFAULT_NUM_CPUS: dict[str, float] = {"llamacpp": 1.0, "simulated": 0.1, "vllm": 1.0}

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from shoal.serving.config import BuildArgs
+from shoal.serving.config import BuildArgs, local_ray_env
 
 DEFAULT_PORT = 8000
 DEFAULT_METRICS_PORT = 8080
@@ -134,15 +134,16 @@ def run_daemon(folder: Path, host: str, port: int, metrics_port: int) -> int:
     stop = threading.Event()
     status_path = folder / "status.json"
     _write_json(status_path, {"phase": "starting-ray", "deployments": {}})
-    ray.init(
-        address="local",
-        num_cpus=logical_cpus(args),
-        include_dashboard=False,
-        object_store_memory=256 * 1024 * 1024,
-        _metrics_export_port=metrics_port,
-        namespace="shoal",
-        log_to_driver=False,
-    )
+    with local_ray_env():
+        ray.init(
+            address="local",
+            num_cpus=logical_cpus(args),
+            include_dashboard=False,
+            object_store_memory=256 * 1024 * 1024,
+            _metrics_export_port=metrics_port,
+            namespace="shoal",
+            log_to_driver=False,
+        )
     # After ray.init, which installs handlers of its own: stop gracefully on either signal.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -74,7 +74,10 @@ def local_ray() -> Iterator[None]:
     except ImportError:
         require(False, "ray[serve] is not installed")
         return
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from shoal.serving.config import local_ray_env
+
+    with local_ray_env():  # the Ray Serve settings the operator puts on every Ray container
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield
     finally:

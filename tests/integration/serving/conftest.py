@@ -77,15 +77,18 @@ def local_ray() -> Iterator[LocalRay]:
     from ray import serve
 
     cluster = LocalRay(http_port=free_port(), metrics_port=free_port())
-    ray.init(
-        address="local",
-        num_cpus=16,  # logical: placement only, replicas are light
-        include_dashboard=False,
-        object_store_memory=128 * 1024 * 1024,
-        log_to_driver=False,
-        _metrics_export_port=cluster.metrics_port,
-        _system_config={"metrics_report_interval_ms": 1000},
-    )
+    from shoal.serving.config import local_ray_env
+
+    with local_ray_env():  # the Ray Serve settings the fleet ships with
+        ray.init(
+            address="local",
+            num_cpus=16,  # logical: placement only, replicas are light
+            include_dashboard=False,
+            object_store_memory=128 * 1024 * 1024,
+            log_to_driver=False,
+            _metrics_export_port=cluster.metrics_port,
+            _system_config={"metrics_report_interval_ms": 1000},
+        )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": cluster.http_port})
         yield cluster

@@ -118,7 +118,17 @@ def test_every_ray_pod_can_host_the_ingress() -> None:
         assert [m["mountPath"] for m in container["volumeMounts"]] == [names.ARTIFACT_MOUNT_DIR], (
             name
         )
-        assert "env" not in container, name
+        assert not any(e["name"] == "SHOAL_EMBEDDER_API_KEY" for e in container["env"]), name
+
+
+def test_every_ray_container_runs_ray_serve_in_the_fleets_mode() -> None:
+    """HAProxy and direct ingress must be on for every node alike, whatever image runs."""
+    rs = desired_children(fleet(), policy(), ART, PlanSettings()).rayservice
+    for name, container in _ray_containers(rs).items():
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}, (
+            name
+        )
 
 
 def test_openai_embedder_key_reaches_every_ray_pod_from_its_secret() -> None:
@@ -126,10 +136,10 @@ def test_openai_embedder_key_reaches_every_ray_pod_from_its_secret() -> None:
                 "apiKeySecretRef": {"name": "embed-key", "key": "token"}}  # fmt: skip
     rs = desired_children(fleet(), policy(embedder=embedder), ART, PlanSettings()).rayservice
     for name, container in _ray_containers(rs).items():
-        assert container["env"] == [{
+        assert container["env"][-1] == {
             "name": "SHOAL_EMBEDDER_API_KEY",
             "valueFrom": {"secretKeyRef": {"name": "embed-key", "key": "token"}},
-        }], name  # fmt: skip
+        }, name  # fmt: skip
 
 
 def test_artifact_configmap_holds_the_bytes() -> None:
