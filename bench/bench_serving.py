@@ -211,7 +211,7 @@ def build_apps(args: argparse.Namespace, workdir: Path) -> tuple[Any, Any]:
             "policy": manifests.policy.spec.to_k8s(),
             "router_artifact_path": str(workdir / "router.bin"),
             "limits": {"max_tokens": 4096, **interval},
-            "ingress": {"num_cpus": 0.5, "num_replicas": int(os.environ.get("BENCH_INGRESS", "1"))},
+            "ingress": {"num_cpus": 0.5, "num_replicas": args.ingress_replicas},
         }
     )
     direct_model = {
@@ -254,6 +254,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="direct/fleet round pairs")
     parser.add_argument("--seconds", type=float, default=12.0, help="seconds per round")
     parser.add_argument("--warmup", type=float, default=4.0, help="warm-up seconds per app")
+    parser.add_argument(
+        "--ingress-replicas", type=int, default=1, help="replicas of the fleet's ingress"
+    )
     parser.add_argument(
         "--stream-interval-ms", type=float, default=None,
         help="model replicas' stream coalescing interval (default: the shipped default)",
@@ -319,6 +322,7 @@ def main() -> int:
         "direct": summary(d),
         "fleet": {**summary(f), "models": f.models},
         "streams": args.streams,
+        "ingress_replicas": args.ingress_replicas,
         "step_ms": args.step_ms,
         "tokens": args.tokens,
         "cpus": os.cpu_count(),

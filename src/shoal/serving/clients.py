@@ -105,9 +105,10 @@ class ServeModelClient:
         try:
             gen = self._stream.remote(request, coalesce)
             async for chunk in gen:
+                # Before the yield: a reader that stops at the last chunk closes us there,
+                # and a finished call needs no cancelling.
+                done = chunk.finish_reason is not None
                 yield chunk
-                if chunk.finish_reason is not None:
-                    done = True
             done = True
         except Exception as exc:
             done = True  # the call is over; nothing left to cancel
