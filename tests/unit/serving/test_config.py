@@ -113,3 +113,21 @@ def test_serving_image_runs_with_the_ray_serve_settings_of_the_code() -> None:
 
     version = re.search(r"ARG RAY_VERSION=(\S+)", dockerfile)
     assert version and version.group(1) == ServingSpec().ray_version
+
+
+def test_local_ray_env_is_set_for_ray_init_and_restored_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    from shoal.serving.config import LOCAL_RAY_SERVE_ENV, RAY_SERVE_ENV, local_ray_env
+
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")  # the caller's own value
+    monkeypatch.delenv("RAY_SERVE_THROUGHPUT_OPTIMIZED", raising=False)
+    monkeypatch.delenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", raising=False)
+    with local_ray_env():
+        for key, value in {**RAY_SERVE_ENV, **LOCAL_RAY_SERVE_ENV}.items():
+            assert os.environ[key] == value
+    assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in os.environ
+    assert "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S" not in os.environ
