@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from shoal.api.v1alpha1.common import DNS_LABEL, MONEY, QUANTITY
+from shoal.api.v1alpha1.common import DNS_LABEL, ENV_NAME, MONEY, QUANTITY
 
 # --- constrained types -------------------------------------------------------------------------
 
@@ -247,6 +247,15 @@ class Serving(ChartModel):
         max_length=512,
         description="Image of GPU Ray workers (SHOAL_GPU_IMAGE); empty: the serving image "
         "with the tag suffix -gpu.",
+    )
+    ray_serve_env: dict[Annotated[str, StringConstraints(pattern=ENV_NAME)], str] = Field(
+        default_factory=dict,
+        description="Environment variables for every Ray container, over the Ray Serve "
+        "settings Shoal sets there (RAY_SERVE_THROUGHPUT_OPTIMIZED=1, "
+        "RAY_SERVE_ENABLE_HA_PROXY=1: Ray Serve's high-throughput mode with HAProxy) "
+        '(SHOAL_RAY_SERVE_ENV). {RAY_SERVE_ENABLE_HA_PROXY: "0"} goes back to Ray Serve\'s '
+        "Python proxy.",
+        json_schema_extra={"additionalProperties": False},
     )
 
 

@@ -6,13 +6,15 @@ receive it from there, never from a module global.
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from shoal.api.v1alpha1.common import MONEY
 from shoal.api.v1alpha1.fleet import AutoscalerMode
+from shoal.serving.config import ray_serve_env
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
 
@@ -25,6 +27,20 @@ def _flag(env: dict[str, str], name: str, default: bool) -> bool:
     if value not in _TRUE | _FALSE:
         raise ValueError(f"{name} must be true or false, not {raw!r}")
     return value in _TRUE
+
+
+def _env_map(env: dict[str, str], name: str) -> dict[str, str]:
+    raw = env.get(name, "").strip()
+    try:
+        overrides = json.loads(raw) if raw else {}
+    except ValueError:
+        overrides = None
+    if not isinstance(overrides, dict) or not all(isinstance(v, str) for v in overrides.values()):
+        raise ValueError(f"{name} must be a JSON object of strings, not {raw!r}")
+    try:
+        return ray_serve_env(overrides)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
 
 
 def _money(env: dict[str, str], name: str) -> str | None:
@@ -44,6 +60,8 @@ class OperatorConfig:
     serving_image: str = "rayproject/ray:2.60.0-py311"
     #: Default image of GPU Ray workers when a fleet names none.
     gpu_image: str = "rayproject/ray-llm:2.60.0-py311-cu128"
+    #: Environment of every Ray container: Shoal's Ray Serve settings and the chart's overrides.
+    ray_serve_env: dict[str, str] = field(default_factory=ray_serve_env)
     #: Seconds between periodic re-checks of every fleet and policy (drift, KubeRay status).
     resync_seconds: float = 30.0
     #: Seconds a fleet waits before re-checking a missing or unfitted dependency.
@@ -96,6 +114,7 @@ class OperatorConfig:
         return cls(
             serving_image=env.get("SHOAL_SERVING_IMAGE", defaults.serving_image),
             gpu_image=env.get("SHOAL_GPU_IMAGE", defaults.gpu_image),
+            ray_serve_env=_env_map(env, "SHOAL_RAY_SERVE_ENV"),
             resync_seconds=float(env.get("SHOAL_RESYNC_SECONDS", defaults.resync_seconds)),
             retry_seconds=float(env.get("SHOAL_RETRY_SECONDS", defaults.retry_seconds)),
             api_timeout_seconds=float(

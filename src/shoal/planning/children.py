@@ -26,11 +26,11 @@ from shoal.api.v1alpha1.fleet import Resources
 from shoal.planning import names
 from shoal.serving.config import (
     EMBEDDER_API_KEY_ENV,
-    RAY_SERVE_ENV,
     BuildArgs,
     ModelDeploymentPlan,
     deployment_plans,
     parse_quantity,
+    ray_serve_env,
     serve_application,
 )
 
@@ -58,6 +58,8 @@ class PlanSettings:
 
     image: str = "rayproject/ray:2.60.0-py311"
     gpu_image: str = "rayproject/ray-llm:2.60.0-py311-cu128"
+    #: Environment of every Ray container (Ray Serve's settings must agree on every node).
+    ray_env: dict[str, str] = field(default_factory=ray_serve_env)
     #: Fixed replica counts per model, written by Shoal's autoscaler (others autoscale in Ray).
     replicas: dict[str, int] = field(default_factory=dict)
     #: Router quality weight in force (lower than the policy's under budget pressure).
@@ -145,8 +147,6 @@ def _pod_template(
                 "name": container,
                 "image": image,
                 "resources": resources,
-                # Ray Serve's settings must agree on every node (HAProxy in front of each).
-                "env": [{"name": k, "value": v} for k, v in RAY_SERVE_ENV.items()],
                 "ports": [{"name": "serve", "containerPort": names.SERVE_PORT}]
                 if container == "ray-head"
                 else [],
@@ -295,6 +295,9 @@ def desired_rayservice(
         *_gpu_worker_groups(fleet, plans, gpu_image),
     ]
     for group in (head, *workers):
+        # Ray Serve's settings must agree on every node (HAProxy in front of each).
+        env = [{"name": k, "value": v} for k, v in settings.ray_env.items()]
+        group["template"]["spec"]["containers"][0]["env"] = env
         _equip_for_the_ingress(group["template"], fleet, policy, mount=artifact is not None)
     return {
         "apiVersion": RAY_API_VERSION,

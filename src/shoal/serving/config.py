@@ -27,6 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shoal.api.v1alpha1 import ModelFleetSpec, ModelSpec, RoutingPolicySpec, TierSpec
+from shoal.api.v1alpha1.common import ENV_NAME
 
 #: Ray Serve "application builder" import path the operator puts in ``serveConfigV2``.
 IMPORT_PATH = "shoal.serving.app:build_app"
@@ -53,6 +54,16 @@ RAY_SERVE_ENV: dict[str, str] = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
 }
+
+
+def ray_serve_env(overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """:data:`RAY_SERVE_ENV` with an operator's ``overrides`` on top (Helm's
+    ``serving.rayServeEnv``); raises ValueError for a name that is no environment variable."""
+    bad = [k for k in overrides or {} if not re.match(ENV_NAME, k)]
+    if bad:
+        raise ValueError(f"not environment variable names: {', '.join(map(repr, bad))}")
+    return {**RAY_SERVE_ENV, **(overrides or {})}
+
 
 #: Added for a Ray on one machine (``shoal up``, tests, benchmarks): an ingress replica that
 #: stops holds its port open this long so outside load balancers can deregister it (30 s by

@@ -102,7 +102,11 @@ MATRIX: dict[str, dict[str, Any]] = {
             "retrySeconds": 5,
             "apiTimeoutSeconds": 10,
         },
-        "serving": {"image": "registry.example.com/ml/serving:1", "gpuImage": "registry.example.com/ml/serving:1-cuda"},
+        "serving": {
+            "image": "registry.example.com/ml/serving:1",
+            "gpuImage": "registry.example.com/ml/serving:1-cuda",
+            "rayServeEnv": {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_HAPROXY_MAXCONN": "50000"},
+        },
         "autoscaler": {
             "enabled": False,
             "intervalSeconds": 60,

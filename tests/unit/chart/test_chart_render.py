@@ -124,6 +124,9 @@ def test_env_reaches_the_operator_settings(name: str) -> None:
     assert config.gpu_image == (
         v.serving.gpu_image or f"ghcr.io/shoal-dev/shoal-serving:{_app()}-gpu"
     )
+    from shoal.serving.config import RAY_SERVE_ENV
+
+    assert config.ray_serve_env == {**RAY_SERVE_ENV, **v.serving.ray_serve_env}
 
 
 def _app() -> str:

@@ -155,6 +155,8 @@ INVALID: list[tuple[dict[str, Any], str, str]] = [
     ({"monitoring.prometheusRule.alerts.budgetNearCap.severity": "page"},
      "/monitoring/prometheusRule/alerts/budgetNearCap/severity", "value must be one of 'critical', 'warning', 'info'"),
     ({"monitoring.dashboards.labels": {"grafana_dashboard": 1}}, "/monitoring/dashboards/labels/grafana_dashboard", "got number, want string"),
+    ({"serving.rayServeEnv": {"ray-serve": "1"}}, "/serving/rayServeEnv", "additional properties 'ray-serve' not allowed"),
+    ({"serving.rayServeEnv": {"RAY_SERVE_ENABLE_HA_PROXY": 0}}, "/serving/rayServeEnv/RAY_SERVE_ENABLE_HA_PROXY", "got number, want string"),
 ]  # fmt: skip
 
 

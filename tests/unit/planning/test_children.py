@@ -12,6 +12,7 @@ import yaml
 from shoal.api.v1alpha1 import ModelFleet, RoutingPolicy
 from shoal.planning import names
 from shoal.planning.children import PlanError, PlanSettings, RouterArtifact, desired_children
+from shoal.serving.config import RAY_SERVE_ENV
 
 ART = RouterArtifact(checksum="sha256:" + "ab" * 32, data=b"artifact-bytes")
 
@@ -129,6 +130,14 @@ def test_every_ray_container_runs_ray_serve_in_the_fleets_mode() -> None:
         assert env == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}, (
             name
         )
+
+
+def test_operator_overrides_reach_every_ray_container() -> None:
+    settings = PlanSettings(ray_env={**RAY_SERVE_ENV, "RAY_SERVE_ENABLE_HA_PROXY": "0"})
+    rs = desired_children(fleet(), policy(), ART, settings).rayservice
+    for name, container in _ray_containers(rs).items():
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "0", name
 
 
 def test_openai_embedder_key_reaches_every_ray_pod_from_its_secret() -> None:

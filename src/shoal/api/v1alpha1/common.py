@@ -31,6 +31,8 @@ VERSION = "v1alpha1"
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: An environment variable name.
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 #: Non-negative decimal with at most four places, no sign, no exponent: "0", "2.50", "1200".
 MONEY = r"^(0|[1-9][0-9]{0,5})(\.[0-9]{1,4})?$"
 #: A decimal fraction in [0, 1] with at most four places: "0", "0.5", "1", "1.00".

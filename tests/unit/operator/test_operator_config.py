@@ -1,0 +1,35 @@
+"""The operator's Ray Serve environment for the Ray pods (SHOAL_RAY_SERVE_ENV, Helm's
+serving.rayServeEnv): Shoal's settings, with the chart's overrides on top."""
+
+from __future__ import annotations
+
+import pytest
+
+from shoal.operator.config import OperatorConfig
+from shoal.serving.config import RAY_SERVE_ENV
+
+
+def test_default_is_shoals_ray_serve_settings() -> None:
+    assert OperatorConfig.from_env({}).ray_serve_env == RAY_SERVE_ENV
+    assert OperatorConfig.from_env({"SHOAL_RAY_SERVE_ENV": "{}"}).ray_serve_env == RAY_SERVE_ENV
+
+
+def test_overrides_go_on_top() -> None:
+    env = OperatorConfig.from_env(
+        {"SHOAL_RAY_SERVE_ENV": '{"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_X": "1"}'}
+    ).ray_serve_env
+    assert env == {**RAY_SERVE_ENV, "RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_X": "1"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("RAY_SERVE_ENABLE_HA_PROXY=0", "must be a JSON object of strings"),
+        ('["RAY_SERVE_ENABLE_HA_PROXY"]', "must be a JSON object of strings"),
+        ('{"RAY_SERVE_ENABLE_HA_PROXY": 0}', "must be a JSON object of strings"),
+        ('{"ray-serve": "1"}', "not environment variable names: 'ray-serve'"),
+    ],
+)
+def test_bad_overrides_stop_the_operator_with_the_variable_named(raw: str, message: str) -> None:
+    with pytest.raises(ValueError, match=f"SHOAL_RAY_SERVE_ENV.*{message}"):
+        OperatorConfig.from_env({"SHOAL_RAY_SERVE_ENV": raw})
