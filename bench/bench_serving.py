@@ -4,10 +4,12 @@ One local Ray instance, two Ray Serve applications behind the same HTTP proxy, t
 simulated engine (the load simulator with *fixed* latency: every engine step takes
 ``--step-ms`` whatever the load) in both:
 
-- ``direct``: the model deployment answering the OpenAI API itself (no ingress, no router);
 - ``fleet``: the whole fleet endpoint as shipped: ``model: "auto"`` through the ingress,
   the learned cluster router (fitted on the quickstart's calibration data), fallback logic,
-  metrics, then a deployment-handle call to the same kind of engine.
+  metrics, then a deployment-handle call to the model's engine;
+- ``direct``: the same engines without the endpoint: one application per model whose
+  deployment answers the OpenAI API itself, each prompt sent to the model the router picks
+  for it (asked once, before measuring), so both paths have the same engines and load.
 
 ``--streams`` concurrent clients send streamed chat completions back to back. Rounds
 alternate direct/fleet so background load on the machine hits both alike. Reports per
@@ -76,7 +78,8 @@ class Samples:
 
 
 def serve_cpu_seconds(app: str) -> dict[str, float]:
-    """CPU seconds used so far by the Ray Serve proxy and ``app``'s replicas (from /proc)."""
+    """CPU seconds used so far by the Ray Serve proxy and the replicas of the applications
+    whose name starts with ``app`` (from /proc)."""
     tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -89,7 +92,7 @@ def serve_cpu_seconds(app: str) -> dict[str, float]:
             continue
         if cmd.startswith("ray::ProxyActor"):
             name = "proxy"
-        elif cmd.startswith(f"ray::ServeReplica:{app}:"):
+        elif cmd.startswith(f"ray::ServeReplica:{app}"):
             name = cmd.split(":")[4].split(".")[0].split(" ")[0]
         else:
             continue
@@ -124,8 +127,13 @@ PROMPTS = [
 ]
 
 
-async def drive(url: str, model: str, streams: int, seconds: float, max_tokens: int) -> Samples:
-    """``streams`` clients streaming chat completions back to back for ``seconds``."""
+#: Where a path sends prompt ``i``: (URL, the request's ``model``).
+Target = list[tuple[str, str]]
+
+
+async def drive(targets: Target, streams: int, seconds: float, max_tokens: int) -> Samples:
+    """``streams`` clients streaming chat completions back to back for ``seconds``; prompt
+    ``i`` of :data:`PROMPTS` goes to ``targets[i]``."""
     import aiohttp
 
     out = Samples()
@@ -136,9 +144,11 @@ async def drive(url: str, model: str, streams: int, seconds: float, max_tokens: 
     async def client(i: int, session: aiohttp.ClientSession) -> None:
         n = 0
         while time.perf_counter() < deadline:
+            k = (i + n) % len(PROMPTS)
+            url, model = targets[k]
             body = {
                 "model": model,
-                "messages": [{"role": "user", "content": PROMPTS[(i + n) % len(PROMPTS)]}],
+                "messages": [{"role": "user", "content": PROMPTS[k]}],
                 "max_tokens": max_tokens,
                 "stream": True,
             }
@@ -180,8 +190,18 @@ async def drive(url: str, model: str, streams: int, seconds: float, max_tokens: 
     return out
 
 
-def build_apps(args: argparse.Namespace, workdir: Path) -> tuple[Any, Any]:
-    """The fleet application and the direct (engine-only) application."""
+def routed_model(url: str, prompt: str) -> str:
+    """The model the fleet's router picks for ``prompt`` (its ``x-shoal-model`` header)."""
+    import httpx
+
+    body = {"model": "auto", "messages": [{"role": "user", "content": prompt}], "max_tokens": 1}
+    response = httpx.post(url, json=body, timeout=60)
+    response.raise_for_status()
+    return response.headers["x-shoal-model"]
+
+
+def build_apps(args: argparse.Namespace, workdir: Path) -> tuple[Any, dict[str, Any]]:
+    """The fleet application, and one direct (engine-only) application per model."""
     from ray import serve
 
     from shoal.serving.app import build_app
@@ -214,19 +234,14 @@ def build_apps(args: argparse.Namespace, workdir: Path) -> tuple[Any, Any]:
             "ingress": {"num_cpus": 0.5, "num_replicas": args.ingress_replicas},
         }
     )
-    direct_model = {
-        "name": "direct",
-        "tier": "sim",
-        "engine": "simulated",
-        "engineArgs": engine_args,
-    }
-    direct = (
-        serve.deployment(ModelServer)
+    direct = {
+        m["name"]: serve.deployment(ModelServer)
         .options(
             name="direct", max_ongoing_requests=4 * target, ray_actor_options={"num_cpus": 0.1}
         )
-        .bind(direct_model, None, fleet.limits.model_dump())
-    )
+        .bind(m, None, fleet.limits.model_dump())
+        for m in models
+    }
     return build_app(fleet), direct
 
 
@@ -283,22 +298,25 @@ def main() -> int:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         with tempfile.TemporaryDirectory() as tmp:
-            fleet_app, direct_app = build_apps(args, Path(tmp))
-            serve.run(direct_app, name="direct", route_prefix="/direct")
+            fleet_app, direct_apps = build_apps(args, Path(tmp))
+            for name, app in direct_apps.items():
+                serve.run(app, name=f"direct-{name}", route_prefix=f"/direct-{name}")
             serve.run(fleet_app, name="bench", route_prefix="/fleet")
             base = f"http://127.0.0.1:{port}"
+            fleet_url = f"{base}/fleet/v1/chat/completions"
+            chosen = [routed_model(fleet_url, prompt) for prompt in PROMPTS]
             targets = {
-                "direct": (f"{base}/direct/v1/chat/completions", "direct"),
-                "fleet": (f"{base}/fleet/v1/chat/completions", "auto"),
+                "direct": [(f"{base}/direct-{m}/v1/chat/completions", m) for m in chosen],
+                "fleet": [(fleet_url, "auto")] * len(PROMPTS),
             }
-            apps = {"direct": "direct", "fleet": "bench"}
-            for url, model in targets.values():
-                asyncio.run(drive(url, model, args.streams, args.warmup, args.tokens))
+            apps = {"direct": "direct-", "fleet": "bench:"}
+            for target in targets.values():
+                asyncio.run(drive(target, args.streams, args.warmup, args.tokens))
             results = {name: Samples() for name in targets}
             for r in range(args.rounds):
-                for name, (url, model) in targets.items():
+                for name, target in targets.items():
                     cpu0, busy0 = serve_cpu_seconds(apps[name]), machine_busy_seconds()
-                    got = asyncio.run(drive(url, model, args.streams, args.seconds, args.tokens))
+                    got = asyncio.run(drive(target, args.streams, args.seconds, args.tokens))
                     cpu1, busy1 = serve_cpu_seconds(apps[name]), machine_busy_seconds()
                     got.cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
                     got.busy, got.wall_cpu = busy1[0] - busy0[0], busy1[1] - busy0[1]
@@ -319,7 +337,7 @@ def main() -> int:
         "throughput_ratio": round(f.rps / d.rps, 4) if d.rps else None,
         "added_ttft_p50_ms": round((pct(f.ttft, 50) - pct(d.ttft, 50)) * 1e3, 2),
         "added_ttft_p99_ms": round((pct(f.ttft, 99) - pct(d.ttft, 99)) * 1e3, 2),
-        "direct": summary(d),
+        "direct": {**summary(d), "models": d.models},
         "fleet": {**summary(f), "models": f.models},
         "streams": args.streams,
         "ingress_replicas": args.ingress_replicas,
