@@ -35,14 +35,23 @@ def fitted(tmp_path: Path, policy: RoutingPolicySpec, api_key: str) -> str:
     return str(path)
 
 
+def served_ranker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, pod_key: str,
+    fallback: str | None,
+) -> ClusterRanker:  # fmt: skip
+    """A ranker as the ingress builds it: fitted with the right key, serving with
+    ``pod_key`` in the environment the operator renders."""
+    policy = spec(url)
+    artifact = fitted(tmp_path, policy, "s3cret")
+    monkeypatch.setenv(EMBEDDER_API_KEY_ENV, pod_key)
+    return ClusterRanker(artifact, MODELS, fallback, policy)
+
+
 def test_served_router_embeds_with_the_key_and_routes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with serve_embeddings(api_key="s3cret") as endpoint:
-        policy = spec(endpoint.url)
-        artifact = fitted(tmp_path, policy, "s3cret")
-        monkeypatch.setenv(EMBEDDER_API_KEY_ENV, "s3cret")
-        ranker = ClusterRanker(artifact, MODELS, None, policy)
+        ranker = served_ranker(tmp_path, monkeypatch, endpoint.url, "s3cret", None)
         math = ranker.rank("What is 14 times 3? Show the arithmetic.")
         code = ranker.rank("Write a Python function that reverses a string.")
     assert ranker.blocking  # a remote embedder runs off the event loop
@@ -55,10 +64,8 @@ def test_refused_or_down_endpoint_routes_by_the_tables(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with serve_embeddings(api_key="s3cret") as endpoint:
-        policy = spec(endpoint.url)
-        artifact = fitted(tmp_path, policy, "s3cret")
-        monkeypatch.setenv(EMBEDDER_API_KEY_ENV, "wrong")
-        ranker = ClusterRanker(artifact, MODELS, "beta", policy)  # starts without a request
+        # starts without a request
+        ranker = served_ranker(tmp_path, monkeypatch, endpoint.url, "wrong", "beta")
         refused = ranker.rank("What is 14 times 3?")
     down = ranker.rank("What is 14 times 3?")  # the endpoint is gone now
     for ranking in (refused, down):

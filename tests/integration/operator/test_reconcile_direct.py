@@ -103,25 +103,29 @@ def test_forbidden_artifact_write_is_a_condition(cluster: Cluster) -> None:
     assert cluster.get("configmap", "p-router-artifact") is None
 
 
+def _fit_fails(cluster: Cluster, embedder: dict[str, Any], error: str) -> dict[str, Any]:
+    """Reconcile a policy with ``embedder``: the fit fails with ``error``; its Fitted
+    condition."""
+    cluster.apply(calibration_configmap(), policy(embedder=embedder))
+    gw = KubeGateway(cluster.cp.api_client())
+    with pytest.raises(kopf.PermanentError, match=error):
+        reconcile_policy(gw, OperatorConfig(), cluster.get("rpol", "p"), NOW)
+    fitted = cluster.condition("rpol", "p", "Fitted")
+    assert fitted is not None
+    return fitted
+
+
 def test_missing_embedder_secret_is_a_condition(cluster: Cluster) -> None:
     embedder = {"type": "openai", "endpoint": "http://127.0.0.1:9/v1", "model": "m",
                 "apiKeySecretRef": {"name": "embed", "key": "token"}}  # fmt: skip
-    cluster.apply(calibration_configmap(), policy(embedder=embedder))
-    gw = KubeGateway(cluster.cp.api_client())
-    with pytest.raises(kopf.PermanentError, match="Secret 'embed' not found"):
-        reconcile_policy(gw, OperatorConfig(), cluster.get("rpol", "p"), NOW)
-    fitted = cluster.condition("rpol", "p", "Fitted")
-    assert fitted is not None and fitted["status"] == "False"
+    fitted = _fit_fails(cluster, embedder, "Secret 'embed' not found")
+    assert fitted["status"] == "False"
     assert fitted["reason"] == "EmbedderSecretNotFound"
 
 
 def test_unreachable_embedder_is_a_condition(cluster: Cluster) -> None:
     """An openai embedder whose endpoint refuses connections: Fitted=False says so."""
     embedder = {"type": "openai", "endpoint": "http://127.0.0.1:9/v1", "model": "m"}
-    cluster.apply(calibration_configmap(), policy(embedder=embedder))
-    gw = KubeGateway(cluster.cp.api_client())
-    with pytest.raises(kopf.PermanentError, match="embeddings endpoint"):
-        reconcile_policy(gw, OperatorConfig(), cluster.get("rpol", "p"), NOW)
-    fitted = cluster.condition("rpol", "p", "Fitted")
-    assert fitted is not None and fitted["reason"] == "EmbedderUnavailable"
+    fitted = _fit_fails(cluster, embedder, "embeddings endpoint")
+    assert fitted["reason"] == "EmbedderUnavailable"
     assert "http://127.0.0.1:9/v1/embeddings" in fitted["message"]
