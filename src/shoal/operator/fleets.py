@@ -111,7 +111,7 @@ def plan_settings(config: OperatorConfig, fleet: ModelFleet) -> PlanSettings:
     """The operator's settings, plus the autoscaler's persisted decision while it owns the
     replicas (mode Active): fixed replicas for every model and the effective alpha."""
     base = PlanSettings(
-        image=config.serving_image, gpu_image=config.gpu_image, ray_env=config.ray_serve_env
+        image=config.serving_image, gpu_image=config.gpu_image, ray_serve_env=config.ray_serve_env
     )
     if config.autoscaler_mode != "Active":
         return base  # Ray Serve autoscales every model within its tier's bounds

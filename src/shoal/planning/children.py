@@ -59,7 +59,7 @@ class PlanSettings:
     image: str = "rayproject/ray:2.60.0-py311"
     gpu_image: str = "rayproject/ray-llm:2.60.0-py311-cu128"
     #: Environment of every Ray container (Ray Serve's settings must agree on every node).
-    ray_env: dict[str, str] = field(default_factory=ray_serve_env)
+    ray_serve_env: dict[str, str] = field(default_factory=ray_serve_env)
     #: Fixed replica counts per model, written by Shoal's autoscaler (others autoscale in Ray).
     replicas: dict[str, int] = field(default_factory=dict)
     #: Router quality weight in force (lower than the policy's under budget pressure).
@@ -296,7 +296,7 @@ def desired_rayservice(
     ]
     for group in (head, *workers):
         # Ray Serve's settings must agree on every node (HAProxy in front of each).
-        env = [{"name": k, "value": v} for k, v in settings.ray_env.items()]
+        env = [{"name": k, "value": v} for k, v in settings.ray_serve_env.items()]
         group["template"]["spec"]["containers"][0]["env"] = env
         _equip_for_the_ingress(group["template"], fleet, policy, mount=artifact is not None)
     return {

@@ -133,7 +133,7 @@ def test_every_ray_container_runs_ray_serve_in_the_fleets_mode() -> None:
 
 
 def test_operator_overrides_reach_every_ray_container() -> None:
-    settings = PlanSettings(ray_env={**RAY_SERVE_ENV, "RAY_SERVE_ENABLE_HA_PROXY": "0"})
+    settings = PlanSettings(ray_serve_env={**RAY_SERVE_ENV, "RAY_SERVE_ENABLE_HA_PROXY": "0"})
     rs = desired_children(fleet(), policy(), ART, settings).rayservice
     for name, container in _ray_containers(rs).items():
         env = {e["name"]: e.get("value") for e in container["env"]}
