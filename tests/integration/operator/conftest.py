@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from shoal.testing.controlplane import ControlPlane
+from shoal.testing.controlplane import ControlPlane, KubectlError
 
 T = TypeVar("T")
 
@@ -98,8 +98,12 @@ class Cluster:
         return sorted(i["metadata"]["name"] for i in json.loads(out)["items"])
 
     def delete(self, kind: str, name: str, wait: bool = True) -> None:
-        self.cp.kubectl("delete", kind, name, "-n", self.ns, f"--wait={str(wait).lower()}",
-                        "--timeout=60s")  # fmt: skip
+        try:
+            self.cp.kubectl("delete", kind, name, "-n", self.ns, f"--wait={str(wait).lower()}",
+                            "--timeout=60s")  # fmt: skip
+        except KubectlError as err:  # say what the object looks like now
+            left = (self.get(kind, name) or {}).get("metadata")
+            raise AssertionError(f"{err}\n{kind}/{name} now: {left}") from err
 
     def condition(self, kind: str, name: str, type: str) -> dict[str, Any] | None:
         obj = self.get(kind, name) or {}
