@@ -28,7 +28,7 @@ from typing import Any
 
 from kubernetes import client, watch
 
-from shoal.testing.controlplane import start_control_plane
+from shoal.devtools.testing.controlplane import start_control_plane
 
 GROUP, VERSION = "shoal.dev", "v1alpha1"
 NS = "bench"

@@ -204,9 +204,9 @@ def build_apps(args: argparse.Namespace, workdir: Path) -> tuple[Any, dict[str, 
     """The fleet application, and one direct (engine-only) application per model."""
     from ray import serve
 
+    from shoal.contract import BuildArgs
+    from shoal.local.manifests import fit_local_router, load_fleet_file
     from shoal.serving.app import build_app
-    from shoal.serving.config import BuildArgs
-    from shoal.serving.manifests import fit_local_router, load_fleet_file
     from shoal.serving.model_server import ModelServer
 
     engine_args = {"fixed_step_ms": args.step_ms, "output_tokens": args.tokens}
@@ -283,7 +283,7 @@ def main() -> int:
     import ray
     from ray import serve
 
-    from shoal.serving.config import local_ray_env
+    from shoal.local.ray_env import local_ray_env
 
     port = free_port()
     with local_ray_env():  # the Ray Serve settings the fleet ships with, for both paths

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from shoal.testing import require, servers_required
-from shoal.testing.controlplane import ControlPlane, missing_binaries, start_control_plane
+from shoal.devtools.testing import require, servers_required
+from shoal.devtools.testing.controlplane import ControlPlane, missing_binaries, start_control_plane
 
 #: A user with no permissions of its own; tests grant it Roles to see refused writes.
 RESTRICTED_USER = "restricted"

@@ -31,6 +31,18 @@ def version() -> None:
     print(__version__)
 
 
+def _require_devtools(command: str) -> None:
+    """Stop with a clear word where the development tooling is not installed (the images)."""
+    import importlib.util
+
+    if importlib.util.find_spec("shoal.devtools") is None:
+        console.print(
+            f"[red]`shoal {command}` is a development command:[/red] run it from a source "
+            "checkout (`make setup`); the container images ship without shoal.devtools."
+        )
+        raise typer.Exit(2)
+
+
 @app.command()
 def crds(
     out: Path = typer.Option(DEFAULT_CRD_DIR, "--out", "-o", help="Folder to write CRDs to."),
@@ -44,9 +56,10 @@ def crds(
     ),
 ) -> None:
     """Generate the CRD YAML of the shoal.dev API from its Pydantic models (and the chart's)."""
+    _require_devtools("crds")
     from shoal.api.v1alpha1.crd import stale_crds, write_crds
-    from shoal.chart import CHART_DIR
-    from shoal.chart.crds import stale_chart_crds, write_chart_crds
+    from shoal.devtools.chart import CHART_DIR
+    from shoal.devtools.chart.crds import stale_chart_crds, write_chart_crds
 
     chart = out.parent / CHART_DIR if chart is None else chart
     if check:
@@ -70,12 +83,15 @@ def chart_files(
     check: bool = typer.Option(False, "--check", help="Only check for drift; exit 1 if any."),
 ) -> None:
     """Generate the Helm chart's values.schema.json, dashboard and CRD templates from code."""
-    from shoal.chart.generate import stale, write_all
+    _require_devtools("chart")
+    from shoal.devtools.chart.generate import stale, write_all
 
     if check:
         if out_of_date := stale(chart):
-            console.print(f"[red]out of date in {chart}/:[/red] {', '.join(out_of_date)}. "
-                          "Run `shoal chart` and commit the result.")  # fmt: skip
+            console.print(
+                f"[red]out of date in {chart}/:[/red] {', '.join(out_of_date)}. "
+                "Run `shoal chart` and commit the result."
+            )
             raise typer.Exit(1)
         console.print(f"generated files in {chart}/ are up to date.")
         return
@@ -90,8 +106,8 @@ app.add_typer(router_app, name="router")
 
 
 # `shoal up` / `shoal down`: the fleet locally on CPU (Ray is imported only when they run).
-from shoal.serving.cli import down as serving_down  # noqa: E402
-from shoal.serving.cli import up as serving_up  # noqa: E402
+from shoal.local.cli import down as serving_down  # noqa: E402
+from shoal.local.cli import up as serving_up  # noqa: E402
 
 app.command("up")(serving_up)
 app.command("down")(serving_down)

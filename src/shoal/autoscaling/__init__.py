@@ -13,7 +13,7 @@ operator (:mod:`shoal.operator.autoscaler`); the fleet simulator (:mod:`shoal.si
 the very same policy offline. This package imports ``shoal.api`` only.
 """
 
-from shoal.autoscaling.policy import PolicySettings, bounds, decide, initial_replicas
+from shoal.autoscaling.policy import PolicySettings, decide
 from shoal.autoscaling.types import (
     FleetDecision,
     MetricsWindow,
@@ -29,7 +29,5 @@ __all__ = [
     "ModelMetrics",
     "ModelState",
     "PolicySettings",
-    "bounds",
     "decide",
-    "initial_replicas",
 ]

@@ -52,6 +52,7 @@ from shoal.autoscaling.types import (
     ModelMetrics,
     ModelState,
 )
+from shoal.contract import replica_range
 
 
 @dataclass(frozen=True)
@@ -81,19 +82,6 @@ class PolicySettings:
     #: Restore alpha (in steps of alpha_step) once the wanted cost is below this budget share.
     alpha_recovery_share: Decimal = Decimal("0.9")
     alpha_step: Decimal = Decimal("0.1")
-
-
-def bounds(model: ModelSpec, tier: TierSpec) -> tuple[int, int]:
-    """A model's replica bounds: its own, else its tier's (max never below min)."""
-    lo = model.min_replicas if model.min_replicas is not None else tier.autoscaling.min_replicas
-    hi = model.max_replicas if model.max_replicas is not None else tier.autoscaling.max_replicas
-    return lo, max(hi, lo)
-
-
-def initial_replicas(model: ModelSpec, tier: TierSpec) -> int:
-    """Replicas a model starts with before any decision (as Ray Serve's initial_replicas)."""
-    lo, hi = bounds(model, tier)
-    return min(max(lo, 1), hi)
 
 
 def _age(now: datetime, then: datetime | None) -> float | None:
@@ -128,7 +116,8 @@ def decide_model(
     settings: PolicySettings,
 ) -> ModelDecision:
     """The replicas one model wants, and why (before the fleet's budget is applied)."""
-    lo, hi = bounds(model, tier)
+    span = replica_range(model, tier)
+    lo, hi = span.min, span.max
     n = state.replicas
     scaling = tier.autoscaling
     target = scaling.target_ongoing_requests
@@ -285,7 +274,7 @@ def apply_budget(
     if cost <= budget:
         return wanted, False, ""
     floors = {
-        d.model: bounds(models[d.model], tiers[d.tier])[0] for d in wanted
+        d.model: replica_range(models[d.model], tiers[d.tier]).min for d in wanted
     }  # the minimums are not negotiable
 
     def load(name: str) -> float:
@@ -375,17 +364,17 @@ def decide(
 ) -> FleetDecision:
     """Desired replicas of every model of the fleet, the budget's verdict and alpha.
 
-    ``states`` holds each model's replicas in force (a model missing from it starts at
-    :func:`initial_replicas`). ``budget`` overrides ``spec.budget`` when the spec has none
-    (the operator's default budget). ``policy_alpha`` is the routing policy's own alpha;
-    ``previous_alpha`` the effective alpha in force (None: the policy's).
+    ``states`` holds each model's replicas in force (a model missing from it starts at its
+    :func:`~shoal.contract.replica_range` initial count). ``budget`` overrides ``spec.budget``
+    when the spec has none (the operator's default budget). ``policy_alpha`` is the routing
+    policy's own alpha; ``previous_alpha`` the effective alpha in force (None: the policy's).
     """
     settings = settings or PolicySettings()
     tiers = {t.name: t for t in spec.tiers}
     decisions = []
     for model in spec.models:
         tier = tiers[model.tier]
-        state = states.get(model.name) or ModelState(replicas=initial_replicas(model, tier))
+        state = states.get(model.name) or ModelState(replicas=replica_range(model, tier).initial)
         decisions.append(
             decide_model(model, tier, state, window.models.get(model.name), window, now, settings)
         )

@@ -12,8 +12,8 @@ from datetime import datetime
 
 from shoal.api.v1alpha1 import ModelFleet, ModelFleetSpec
 from shoal.api.v1alpha1.fleet import AutoscaledModel, AutoscalerMode, AutoscalerStatus
-from shoal.autoscaling.policy import bounds, initial_replicas
 from shoal.autoscaling.types import FleetDecision, ModelState
+from shoal.contract import replica_range
 
 
 def rendered_replicas(spec: ModelFleetSpec, status: AutoscalerStatus | None) -> dict[str, int]:
@@ -32,9 +32,8 @@ def rendered_replicas(spec: ModelFleetSpec, status: AutoscalerStatus | None) -> 
     out = {}
     for model in spec.models:
         tier = tiers[model.tier]
-        lo, hi = bounds(model, tier)
-        n = decided.get(model.name, initial_replicas(model, tier))
-        out[model.name] = min(max(n, lo), hi)
+        span = replica_range(model, tier)
+        out[model.name] = span.clamp(decided.get(model.name, span.initial))
     return out
 
 
@@ -61,7 +60,7 @@ def model_states(
         if p is not None:
             n = p.replicas
         else:
-            n = observed.get(model.name, initial_replicas(model, tiers[model.tier]))
+            n = observed.get(model.name, replica_range(model, tiers[model.tier]).initial)
         out[model.name] = ModelState(
             replicas=n,
             ready=ready.get(model.name) if mode == "Active" else None,

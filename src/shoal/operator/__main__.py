@@ -19,21 +19,42 @@ import kopf
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m shoal.operator", description=__doc__)
-    p.add_argument("-n", "--namespace", action="append", default=[],
-                   help="namespace to watch (repeatable; default: all namespaces)")  # fmt: skip
-    p.add_argument("--peering", default=os.environ.get("SHOAL_PEERING", ""),
-                   help="kopf peering name: replicas sharing it run one at a time "
-                   "(needs kopf's peering CRDs); empty: standalone")  # fmt: skip
-    p.add_argument("--priority", type=int, default=None,
-                   help="kopf peering priority: of the live peers the highest runs, the others "
-                   "stand by; default: derived from POD_ID, so replicas differ")  # fmt: skip
-    p.add_argument("--log-format", choices=["plain", "full", "json"],
-                   default=os.environ.get("SHOAL_LOG_FORMAT", "plain"))  # fmt: skip
-    p.add_argument("--metrics-port", type=int,
-                   default=int(os.environ.get("SHOAL_METRICS_PORT", "8080")),
-                   help="port of the Prometheus /metrics endpoint (0: off)")  # fmt: skip
-    p.add_argument("--liveness", default=os.environ.get("SHOAL_LIVENESS", ""),
-                   help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz")  # fmt: skip
+    p.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="namespace to watch (repeatable; default: all namespaces)",
+    )
+    p.add_argument(
+        "--peering",
+        default=os.environ.get("SHOAL_PEERING", ""),
+        help="kopf peering name: replicas sharing it run one at a time "
+        "(needs kopf's peering CRDs); empty: standalone",
+    )
+    p.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="kopf peering priority: of the live peers the highest runs, the others "
+        "stand by; default: derived from POD_ID, so replicas differ",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["plain", "full", "json"],
+        default=os.environ.get("SHOAL_LOG_FORMAT", "plain"),
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("SHOAL_METRICS_PORT", "8080")),
+        help="port of the Prometheus /metrics endpoint (0: off)",
+    )
+    p.add_argument(
+        "--liveness",
+        default=os.environ.get("SHOAL_LIVENESS", ""),
+        help="kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz",
+    )
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
 
@@ -51,9 +72,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     kopf.configure(
         verbose=args.verbose,
-        log_format={"plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL,
-                    "json": kopf.LogFormat.JSON}[args.log_format],
-    )  # fmt: skip
+        log_format={
+            "plain": kopf.LogFormat.PLAIN,
+            "full": kopf.LogFormat.FULL,
+            "json": kopf.LogFormat.JSON,
+        }[args.log_format],
+    )
     if args.metrics_port:
         from prometheus_client import start_http_server
 

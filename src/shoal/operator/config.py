@@ -14,7 +14,7 @@ from decimal import Decimal
 
 from shoal.api.v1alpha1.common import MONEY
 from shoal.api.v1alpha1.fleet import AutoscalerMode
-from shoal.serving.config import ray_serve_env
+from shoal.contract import ray_serve_env
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
 

@@ -82,9 +82,12 @@ def _write_status(gw: KubeGateway, fleet: ModelFleet, status: dict[str, Any]) ->
     if current == status:
         return
     gw.patch_status(
-        API_VERSION, ModelFleet.KIND, fleet.metadata.namespace or "default", fleet.metadata.name,
+        API_VERSION,
+        ModelFleet.KIND,
+        fleet.metadata.namespace or "default",
+        fleet.metadata.name,
         status,
-    )  # fmt: skip
+    )
 
 
 def _event_on_transition(body: Any, fleet: ModelFleet, new: Any) -> None:
@@ -212,9 +215,12 @@ def _report_invalid(gw: KubeGateway, body: Any, exc: ValidationError, now: datet
         for t, s in ((READY, "False"), (DEGRADED, "True"))
     ]  # fmt: skip
     gw.patch_status(
-        API_VERSION, ModelFleet.KIND, meta.get("namespace") or "default", meta["name"],
+        API_VERSION,
+        ModelFleet.KIND,
+        meta.get("namespace") or "default",
+        meta["name"],
         {"observedGeneration": meta.get("generation"), "conditions": conditions},
-    )  # fmt: skip
+    )
     events.post(body, warning=True, reason="InvalidSpec", message=message)
 
 

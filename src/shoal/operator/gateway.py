@@ -103,9 +103,13 @@ class KubeGateway:
         )
         try:
             resp = self._api.call_api(
-                method, url, header_params=headers, body=body, post_params=post,
+                method,
+                url,
+                header_params=headers,
+                body=body,
+                post_params=post,
                 _request_timeout=self._timeout,
-            )  # fmt: skip
+            )
             resp.read()  # type: ignore[no-untyped-call]
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise kopf.TemporaryError(f"Kubernetes API unreachable: {exc}", delay=5) from exc

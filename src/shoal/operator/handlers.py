@@ -135,8 +135,12 @@ def rayservice_changed(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **
     """KubeRay changed a fleet's RayService (usually its status): refresh the fleet."""
     if body.get("metadata", {}).get("deletionTimestamp"):
         return
-    fleet = {"metadata": {"namespace": body.metadata.namespace,
-                          "name": body.metadata.labels[names.FLEET_LABEL]}}  # fmt: skip
+    fleet = {
+        "metadata": {
+            "namespace": body.metadata.namespace,
+            "name": body.metadata.labels[names.FLEET_LABEL],
+        }
+    }
     try:
         _reconcile_fleet(fleet, memo)
     except (kopf.PermanentError, kopf.TemporaryError) as exc:
@@ -181,6 +185,8 @@ def policy_resync(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwarg
 def policy_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Delete the policy's fitted artifact with it."""
     memo.gateway.delete(
-        "v1", "ConfigMap", body.metadata.namespace or "default",
+        "v1",
+        "ConfigMap",
+        body.metadata.namespace or "default",
         names.policy_artifact_configmap_name(body.metadata.name),
-    )  # fmt: skip
+    )

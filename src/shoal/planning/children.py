@@ -5,8 +5,8 @@ same objects, byte for byte (the RayService's ``serveConfigV2`` is YAML with sor
 Every child carries an ownerReference to its fleet and the fleet's labels.
 
 The RayService holds one Ray Serve application built by ``shoal.serving.app:build_app`` from
-:class:`~shoal.serving.config.BuildArgs`; its deployments (the "router" ingress and one
-``model-<name>`` per model) are named and sized by :mod:`shoal.serving.config`, so what the
+:class:`~shoal.contract.BuildArgs`; its deployments (the "router" ingress and one
+``model-<name>`` per model) are named and sized by :mod:`shoal.contract`, so what the
 operator renders and what the builder builds agree.
 """
 
@@ -22,17 +22,17 @@ import yaml
 from pydantic import ValidationError
 
 from shoal.api.v1alpha1 import API_VERSION, ModelFleet, RoutingPolicy
+from shoal.api.v1alpha1.common import parse_quantity
 from shoal.api.v1alpha1.fleet import Resources
-from shoal.planning import names
-from shoal.serving.config import (
+from shoal.contract import (
     EMBEDDER_API_KEY_ENV,
     BuildArgs,
     ModelDeploymentPlan,
     deployment_plans,
-    parse_quantity,
     ray_serve_env,
     serve_application,
 )
+from shoal.planning import names
 
 RAY_API_VERSION = "ray.io/v1"
 DEFAULT_HEAD = Resources(cpu="2", memory="8Gi")
@@ -189,7 +189,7 @@ def _cpu_worker_group(
     needed = Decimal(str(args.ingress.num_cpus)) * args.ingress.num_replicas
     for p in plans:
         if "num_gpus" not in p.ray_actor_options:
-            needed += Decimal(str(p.ray_actor_options["num_cpus"])) * _bounds(p)[1]
+            needed += Decimal(str(p.ray_actor_options["num_cpus"])) * p.replicas.max
     max_nodes = max(1, math.ceil(needed / node_cpus)) if node_cpus > 0 else 1
     return {
         "groupName": "cpu",
@@ -215,8 +215,8 @@ def _gpu_worker_groups(
     for acc_type in sorted(by_type):
         group = by_type[acc_type]
         gpus = max(int(p.ray_actor_options["num_gpus"]) for p in group)
-        lo = sum(_bounds(p)[0] for p in group)
-        hi = sum(_bounds(p)[1] for p in group)
+        lo = sum(p.replicas.min for p in group)
+        hi = sum(p.replicas.max for p in group)
         res = _largest_resources([models[p.model].resources for p in group])
         groups.append(
             {
@@ -242,13 +242,6 @@ def _gpu_template(
         {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
     ]
     return template
-
-
-def _bounds(p: ModelDeploymentPlan) -> tuple[int, int]:
-    if p.num_replicas is not None:
-        return p.num_replicas, p.num_replicas
-    cfg = p.autoscaling_config or {}
-    return int(cfg.get("min_replicas", 0)), int(cfg.get("max_replicas", 1))
 
 
 def _largest_resources(all_res: list[Resources | None]) -> Resources:

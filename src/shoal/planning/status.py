@@ -16,9 +16,9 @@ from typing import Any
 from shoal.api.v1alpha1 import Condition, ModelFleet, RoutingPolicy
 from shoal.api.v1alpha1.fleet import ModelFleetStatus, ModelStatus
 from shoal.api.v1alpha1.policy import RouterArtifactStatus, RoutingPolicyStatus
+from shoal.contract import ModelDeploymentPlan, model_deployment_name
 from shoal.planning import names
 from shoal.planning.conditions import set_condition
-from shoal.serving.config import ModelDeploymentPlan, model_deployment_name
 
 READY, PROGRESSING, DEGRADED, ROUTER_READY, FITTED = (
     "Ready",
@@ -79,13 +79,6 @@ def _app_status(rs: dict[str, Any] | None, app: str) -> dict[str, Any]:
     return dict((active.get("applicationStatuses") or {}).get(app) or {})
 
 
-def _desired_replicas(plan: ModelDeploymentPlan) -> int:
-    if plan.num_replicas is not None:
-        return plan.num_replicas
-    cfg = plan.autoscaling_config or {}
-    return int(cfg.get("initial_replicas", cfg.get("min_replicas", 0)))
-
-
 def model_statuses(
     fleet: ModelFleet, app: dict[str, Any], plans: list[ModelDeploymentPlan]
 ) -> list[ModelStatus]:
@@ -95,7 +88,7 @@ def model_statuses(
     out = []
     for m in fleet.spec.models:
         plan = by_model.get(m.name)
-        desired = _desired_replicas(plan) if plan else 0
+        desired = plan.replicas.initial if plan else 0
         state = (deployments.get(model_deployment_name(m.name)) or {}).get("status")
         out.append(
             ModelStatus(

@@ -216,9 +216,11 @@ def fit_policy_router(
     from shoal.routing.embedders import embedder_for_policy
 
     embedder = embedder_for_policy(
-        spec.embedder.type, endpoint=spec.embedder.endpoint, model=spec.embedder.model,
+        spec.embedder.type,
+        endpoint=spec.embedder.endpoint,
+        model=spec.embedder.model,
         api_key=api_key,
-    )  # fmt: skip
+    )
     return fit_router(
         samples,
         embedder=embedder,

@@ -1,10 +1,10 @@
 """The Ray Serve application builder of a fleet: ``build_app(args) -> serve.Application``.
 
 ``serveConfigV2`` (rendered by the operator) and ``shoal up`` both point Ray Serve at
-:func:`build_app` with :class:`~shoal.serving.config.BuildArgs` as ``args``. It binds one
+:func:`build_app` with :class:`~shoal.contract.BuildArgs` as ``args``. It binds one
 deployment per model (a Shoal model server for ``llamacpp`` and ``simulated``, a
 ``ray.serve.llm`` LLM server for ``vllm``), each named and sized by
-:func:`~shoal.serving.config.deployment_plans`, and the ingress deployment ("router") that
+:func:`~shoal.contract.deployment_plans`, and the ingress deployment ("router") that
 holds their handles.
 """
 
@@ -14,8 +14,7 @@ from typing import Any
 
 from ray import serve
 
-from shoal.serving.clients import LLMServerClient, ModelClient, ModelInfo, ServeModelClient
-from shoal.serving.config import BuildArgs, deployment_plans, ingress_options, local_path
+from shoal.contract import BuildArgs, deployment_plans, ingress_options, local_path
 from shoal.serving.ingress import FleetIngress
 from shoal.serving.model_server import ModelServer
 
@@ -48,22 +47,3 @@ def build_app(args: dict[str, Any] | BuildArgs) -> serve.Application:
 def _deployment(cls: type) -> Any:
     """``serve.deployment(cls)`` (its overloads do not type-check for a bare class)."""
     return serve.deployment(cls)
-
-
-def model_clients(args: BuildArgs, handles: dict[str, Any]) -> dict[str, ModelClient]:
-    """Ingress-side clients over the models' deployment handles (called in the ingress)."""
-    clients: dict[str, ModelClient] = {}
-    for plan in deployment_plans(args):
-        model = args.model(plan.model)
-        info = ModelInfo(
-            name=model.name,
-            tier=plan.tier,
-            engine=model.engine,
-            cost_per_replica_hour=float(plan.cost_per_replica_hour),
-        )
-        handle = handles[model.name]
-        if model.engine == "vllm":
-            clients[model.name] = LLMServerClient(info, handle, model.name)
-        else:
-            clients[model.name] = ServeModelClient(info, handle)
-    return clients

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from shoal.contract import BuildArgs, deployment_plans
 from shoal.serving.engines.base import Chunk, Engine, EngineOverloaded, GenerationRequest
 
 
@@ -94,8 +95,11 @@ class ServeModelClient:
         # the replica instead of through the object store, much cheaper per streamed chunk.
         # Plain pickle: requests and chunks are dataclasses of importable modules, which
         # cloudpickle (the default) spends several times longer on, at every streamed chunk.
-        fast = {"_by_reference": False, "request_serialization": "pickle",
-                "response_serialization": "pickle"}  # fmt: skip
+        fast = {
+            "_by_reference": False,
+            "request_serialization": "pickle",
+            "response_serialization": "pickle",
+        }
         self._stream = handle.options(method_name="stream", stream=True, **fast)
         self._probe = handle.options(method_name="probe", **fast)
 
@@ -253,3 +257,22 @@ class LocalModelClient:
 
     async def probe(self) -> None:
         await self.engine.check_health()
+
+
+def model_clients(args: BuildArgs, handles: dict[str, Any]) -> dict[str, ModelClient]:
+    """Ingress-side clients over the models' deployment handles (called in the ingress)."""
+    clients: dict[str, ModelClient] = {}
+    for plan in deployment_plans(args):
+        model = args.model(plan.model)
+        info = ModelInfo(
+            name=model.name,
+            tier=plan.tier,
+            engine=model.engine,
+            cost_per_replica_hour=float(plan.cost_per_replica_hour),
+        )
+        handle = handles[model.name]
+        if model.engine == "vllm":
+            clients[model.name] = LLMServerClient(info, handle, model.name)
+        else:
+            clients[model.name] = ServeModelClient(info, handle)
+    return clients

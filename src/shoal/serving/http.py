@@ -20,7 +20,7 @@ from typing import Any, Literal
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from shoal.serving.config import ServingLimits
+from shoal.contract import ServingLimits
 from shoal.serving.engines.base import Chunk, GenerationRequest
 from shoal.serving.openai_api import (
     SSE_DONE,
@@ -125,8 +125,9 @@ async def collect(first: Chunk, rest: AsyncIterator[Chunk], deadline: float) -> 
                 if chunk.finish_reason is not None:
                     break
     if last.finish_reason is None:
-        raise ApiError(502, "The model ended its answer without a finish reason.",
-                       type="server_error")  # fmt: skip
+        raise ApiError(
+            502, "The model ended its answer without a finish reason.", type="server_error"
+        )
     return "".join(parts), last
 
 
@@ -179,9 +180,13 @@ def sse_response(
             if not isinstance(exc, Exception):
                 raise  # the client went away (cancelled, or the response closed us)
             log.warning("stream %s from %s broke: %s", rid, model, type(exc).__name__)
-            err = exc if isinstance(exc, ApiError) else ApiError(
-                502, f"The model {model} failed while streaming.", type="server_error"
-            )  # fmt: skip
+            err = (
+                exc
+                if isinstance(exc, ApiError)
+                else ApiError(
+                    502, f"The model {model} failed while streaming.", type="server_error"
+                )
+            )
             yield fmt.error(err)
         finally:
             aclose = getattr(rest, "aclose", None)

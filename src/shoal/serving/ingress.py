@@ -8,7 +8,7 @@ It answers 503 with ``Retry-After`` only when no model could take the request, a
 the caller who answered (``x-shoal-model``, ``x-shoal-cluster``, ``x-shoal-routing-ms``).
 
 :class:`FleetIngress` is the Ray Serve deployment ("router") that holds an :class:`Endpoint`
-built from :class:`~shoal.serving.config.BuildArgs` and the models' deployment handles.
+built from :class:`~shoal.contract.BuildArgs` and the models' deployment handles.
 
 Prompts never reach the logs unless ``log_prompts`` is set.
 """
@@ -26,9 +26,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from shoal.contract import BuildArgs
 from shoal.serving import http
-from shoal.serving.clients import ModelClient, ModelUnavailable
-from shoal.serving.config import BuildArgs
+from shoal.serving.clients import ModelClient, ModelUnavailable, model_clients
 from shoal.serving.engines.base import Chunk, GenerationRequest
 from shoal.serving.metrics import RouterMetrics
 from shoal.serving.openai_api import (
@@ -167,8 +167,9 @@ class Endpoint:
             self._ok(model)
             out_headers = {**headers, "x-shoal-model": model}
             if parsed.stream:
-                return self._stream(api, parsed, rid, client, first, rest, out_headers,
-                                    started, deadline)  # fmt: skip
+                return self._stream(
+                    api, parsed, rid, client, first, rest, out_headers, started, deadline
+                )
             try:
                 text, last = await http.collect(first, rest, deadline)
             except (ModelUnavailable, TimeoutError, ApiError) as exc:
@@ -280,10 +281,17 @@ class Endpoint:
         return first, stream
 
     def _stream(
-        self, api: http.Api, parsed: ChatRequest | CompletionRequest, rid: str,
-        client: ModelClient, first: Chunk, rest: AsyncIterator[Chunk],
-        headers: dict[str, str], started: float, deadline: float,
-    ) -> Response:  # fmt: skip
+        self,
+        api: http.Api,
+        parsed: ChatRequest | CompletionRequest,
+        rid: str,
+        client: ModelClient,
+        first: Chunk,
+        rest: AsyncIterator[Chunk],
+        headers: dict[str, str],
+        started: float,
+        deadline: float,
+    ) -> Response:
         model = client.info.name
 
         def on_finish(last: Chunk | None, error: BaseException | None) -> None:
@@ -294,10 +302,15 @@ class Endpoint:
                 if isinstance(error, Exception):  # not a client that went away
                     self.health.failed(model)
                     self.metrics.finished(
-                        model=model, tier=client.info.tier, api=api, code=502,
-                        seconds=time.perf_counter() - started, prompt_tokens=0,
-                        completion_tokens=0, cost_usd=0.0,
-                    )  # fmt: skip
+                        model=model,
+                        tier=client.info.tier,
+                        api=api,
+                        code=502,
+                        seconds=time.perf_counter() - started,
+                        prompt_tokens=0,
+                        completion_tokens=0,
+                        cost_usd=0.0,
+                    )
 
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         return http.sse_response(
@@ -313,9 +326,13 @@ class Endpoint:
         self.metrics.fallback(model, reason)
         log.log(
             logging.DEBUG if reason == "overload" else logging.WARNING,
-            "request %s: model %s unavailable (%s: %s)%s", rid, model, reason, exc,
+            "request %s: model %s unavailable (%s: %s)%s",
+            rid,
+            model,
+            reason,
+            exc,
             ", trying the next one" if more else "",
-        )  # fmt: skip
+        )
 
     def _ok(self, model: str) -> None:
         self.health.succeeded(model)
@@ -332,10 +349,15 @@ class Endpoint:
         seconds = time.perf_counter() - started
         cost = client.info.cost_per_replica_hour / 3600.0 * seconds / sharing
         self.metrics.finished(
-            model=model, tier=client.info.tier, api=api, code=200, seconds=seconds,
+            model=model,
+            tier=client.info.tier,
+            api=api,
+            code=200,
+            seconds=seconds,
             prompt_tokens=last.prompt_tokens or 0,
-            completion_tokens=last.completion_tokens or 0, cost_usd=cost,
-        )  # fmt: skip
+            completion_tokens=last.completion_tokens or 0,
+            cost_usd=cost,
+        )
 
     # -- readiness probes -------------------------------------------------------------------
 
@@ -403,17 +425,17 @@ class FleetIngress:
     """The Ray Serve ingress deployment ("router"): an :class:`Endpoint` over handles."""
 
     async def __init__(self, args: dict[str, Any], handles: dict[str, Any]) -> None:  # type: ignore[misc]
-        from shoal.serving.app import model_clients
-
         parsed = BuildArgs.parse(args)
         self.endpoint = Endpoint(
             parsed, model_clients(parsed, handles), RouterMetrics(parsed.fleet_name, "ray")
         )
         self.endpoint.start_probes()
         log.info(
-            "fleet %s: %d models, strategy %s", parsed.fleet_name, len(handles),
+            "fleet %s: %d models, strategy %s",
+            parsed.fleet_name,
+            len(handles),
             self.endpoint.ranker.strategy,
-        )  # fmt: skip
+        )
 
     async def __call__(self, request: Request) -> Response:
         return await self.endpoint.handle(request)

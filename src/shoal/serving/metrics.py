@@ -26,18 +26,66 @@ Backend = Literal["ray", "prometheus"]
 
 #: Latency buckets (seconds): fine below one second for TTFT/SLO work, coarse up to minutes.
 LATENCY_BUCKETS: tuple[float, ...] = (
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0,
-    3.0, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0, 120.0,
-)  # fmt: skip
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    30.0,
+    60.0,
+    120.0,
+)
 #: Routing decision buckets (seconds): the router should take well under ten milliseconds.
 ROUTING_BUCKETS: tuple[float, ...] = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-)  # fmt: skip
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
 #: Inter-token latency buckets (seconds).
 ITL_BUCKETS: tuple[float, ...] = (
-    0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15,
-    0.2, 0.3, 0.5, 1.0,
-)  # fmt: skip
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.015,
+    0.02,
+    0.025,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    1.0,
+)
 
 
 class _Metric(Protocol):
@@ -50,9 +98,13 @@ class _RayMetric:
     """A ``ray.util.metrics`` metric behind the small interface above."""
 
     def __init__(
-        self, kind: str, name: str, doc: str, labels: Sequence[str],
+        self,
+        kind: str,
+        name: str,
+        doc: str,
+        labels: Sequence[str],
         buckets: Sequence[float] = (),
-    ) -> None:  # fmt: skip
+    ) -> None:
         from ray.util import metrics as rm
 
         keys = tuple(labels)
@@ -78,9 +130,14 @@ class _PromMetric:
     """A ``prometheus_client`` metric behind the small interface above."""
 
     def __init__(
-        self, kind: str, name: str, doc: str, labels: Sequence[str], buckets: Sequence[float],
+        self,
+        kind: str,
+        name: str,
+        doc: str,
+        labels: Sequence[str],
+        buckets: Sequence[float],
         registry: Any,
-    ) -> None:  # fmt: skip
+    ) -> None:
         import prometheus_client as pc
 
         if kind == "counter":
@@ -114,9 +171,13 @@ class _Factory:
         self.registry = registry
 
     def make(
-        self, kind: str, name: str, doc: str, labels: Sequence[str],
+        self,
+        kind: str,
+        name: str,
+        doc: str,
+        labels: Sequence[str],
         buckets: Sequence[float] = (),
-    ) -> _Metric:  # fmt: skip
+    ) -> _Metric:
         if kind == "counter" and name.endswith("_total"):
             name = name[: -len("_total")]  # both exporters add the suffix to counters
         if self.backend == "ray":
@@ -135,51 +196,64 @@ class RouterMetrics:
         self.fleet = fleet
         mt = ("fleet", "model", "tier")
         self.requests = f.make(
-            "counter", "shoal_requests_total",
+            "counter",
+            "shoal_requests_total",
             "Requests answered per model and tier, by API and HTTP status code.",
             (*mt, "api", "code"),
-        )  # fmt: skip
+        )
         self.rejected = f.make(
-            "counter", "shoal_rejected_requests_total",
+            "counter",
+            "shoal_rejected_requests_total",
             "Requests refused before any model answered (4xx, or 503 when none could).",
             ("fleet", "api", "code"),
-        )  # fmt: skip
+        )
         self.decisions = f.make(
-            "counter", "shoal_routing_decisions_total",
+            "counter",
+            "shoal_routing_decisions_total",
             "Router decisions: the model ranked first, per strategy and cluster.",
             ("fleet", "strategy", "model", "cluster"),
-        )  # fmt: skip
+        )
         self.fallbacks = f.make(
-            "counter", "shoal_fallbacks_total",
+            "counter",
+            "shoal_fallbacks_total",
             "Requests moved down the ranked list, from the model that could not serve.",
             ("fleet", "model", "reason"),
-        )  # fmt: skip
+        )
         self.routing_latency = f.make(
-            "histogram", "shoal_routing_latency_seconds",
+            "histogram",
+            "shoal_routing_latency_seconds",
             "Time the router took to rank the models (embedding included).",
-            ("fleet", "strategy"), ROUTING_BUCKETS,
-        )  # fmt: skip
+            ("fleet", "strategy"),
+            ROUTING_BUCKETS,
+        )
         self.ttft = f.make(
-            "histogram", "shoal_time_to_first_token_seconds",
+            "histogram",
+            "shoal_time_to_first_token_seconds",
             "Time from request arrival at the ingress to the first generated token.",
-            mt, LATENCY_BUCKETS,
-        )  # fmt: skip
+            mt,
+            LATENCY_BUCKETS,
+        )
         self.e2e = f.make(
-            "histogram", "shoal_request_duration_seconds",
+            "histogram",
+            "shoal_request_duration_seconds",
             "Time from request arrival at the ingress to the last byte of the answer.",
-            mt, LATENCY_BUCKETS,
-        )  # fmt: skip
+            mt,
+            LATENCY_BUCKETS,
+        )
         self.tokens = f.make(
-            "counter", "shoal_tokens_total",
-            "Tokens processed, by kind (prompt or completion).", (*mt, "kind"),
-        )  # fmt: skip
+            "counter",
+            "shoal_tokens_total",
+            "Tokens processed, by kind (prompt or completion).",
+            (*mt, "kind"),
+        )
         self.cost = f.make(
-            "counter", "shoal_cost_usd_total",
+            "counter",
+            "shoal_cost_usd_total",
             "Estimated cost of answered requests in USD: the replica time each request "
             "held (its duration shared among the model's requests in flight) at the tier's "
             "price per replica hour.",
             mt,
-        )  # fmt: skip
+        )
         self.in_flight = f.make(
             "gauge", "shoal_requests_in_flight", "Requests in flight per model.", mt
         )
@@ -207,9 +281,17 @@ class RouterMetrics:
         self.ttft.observe(seconds, self._mt(model, tier))
 
     def finished(
-        self, *, model: str, tier: str, api: str, code: int, seconds: float,
-        prompt_tokens: int, completion_tokens: int, cost_usd: float,
-    ) -> None:  # fmt: skip
+        self,
+        *,
+        model: str,
+        tier: str,
+        api: str,
+        code: int,
+        seconds: float,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost_usd: float,
+    ) -> None:
         mt = self._mt(model, tier)
         self.requests.inc(1, {**mt, "api": api, "code": str(code)})
         self.e2e.observe(seconds, mt)
@@ -242,17 +324,26 @@ class EngineMetrics:
             "gauge", f"{p}:gpu_cache_usage_perc", "KV-cache usage (1 means 100 percent).", lab
         )
         self.ttft = f.make(
-            "histogram", f"{p}:time_to_first_token_seconds", "Time to first token.", lab,
+            "histogram",
+            f"{p}:time_to_first_token_seconds",
+            "Time to first token.",
+            lab,
             LATENCY_BUCKETS,
-        )  # fmt: skip
+        )
         self.itl = f.make(
-            "histogram", f"{p}:time_per_output_token_seconds", "Time per output token.", lab,
+            "histogram",
+            f"{p}:time_per_output_token_seconds",
+            "Time per output token.",
+            lab,
             ITL_BUCKETS,
-        )  # fmt: skip
+        )
         self.e2e = f.make(
-            "histogram", f"{p}:e2e_request_latency_seconds", "End-to-end request latency.", lab,
+            "histogram",
+            f"{p}:e2e_request_latency_seconds",
+            "End-to-end request latency.",
+            lab,
             LATENCY_BUCKETS,
-        )  # fmt: skip
+        )
         self.prompt_tokens = f.make(
             "counter", f"{p}:prompt_tokens_total", "Prefilled prompt tokens.", lab
         )

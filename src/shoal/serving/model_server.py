@@ -27,8 +27,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shoal.api.v1alpha1 import ModelSpec
+from shoal.contract import ServingLimits
 from shoal.serving import http
-from shoal.serving.config import ServingLimits
 from shoal.serving.engines import make_engine
 from shoal.serving.engines.base import Chunk, EngineLoad, GenerationRequest
 from shoal.serving.metrics import Backend
@@ -122,9 +122,14 @@ class ModelServer:
             first = await anext(chunks)
             headers = {"x-shoal-model": self.spec.name}
             return await http.respond(
-                api, parsed, self.spec.name, first, chunks, headers,
+                api,
+                parsed,
+                self.spec.name,
+                first,
+                chunks,
+                headers,
                 self.limits.request_timeout_seconds,
-            )  # fmt: skip
+            )
         except http.ApiError as err:
             return http.error_response(err)
 

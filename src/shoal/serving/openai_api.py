@@ -271,9 +271,13 @@ class StreamFormatter:
     """Turns engine chunks into OpenAI SSE events for one streamed response."""
 
     def __init__(
-        self, kind: Literal["chat", "completion"], rid: str, created: int, model: str,
+        self,
+        kind: Literal["chat", "completion"],
+        rid: str,
+        created: int,
+        model: str,
         include_usage: bool,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.kind = kind
         self.include_usage = include_usage
         self._head = (

@@ -24,7 +24,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol
 
 from shoal.api.v1alpha1 import RoutingPolicySpec
-from shoal.serving.config import EMBEDDER_API_KEY_ENV, BuildArgs
+from shoal.contract import EMBEDDER_API_KEY_ENV, BuildArgs
 
 if TYPE_CHECKING:
     from shoal.routing import Embedder

@@ -57,9 +57,14 @@ def sim(
     for col in ("policy", "in SLO", "cost USD", "USD/h", "TTFT p99 ms", "changes"):
         table.add_column(col, justify="right" if col != "policy" else "left")
     for name, p in summary["policies"].items():
-        table.add_row(name, f"{100 * p['slo_attainment']:.2f}%", f"{p['cost_usd']:.2f}",
-                      f"{p['mean_cost_per_hour']:.2f}", f"{p['ttft_p99_ms']:.0f}",
-                      str(p["replica_changes"]))  # fmt: skip
+        table.add_row(
+            name,
+            f"{100 * p['slo_attainment']:.2f}%",
+            f"{p['cost_usd']:.2f}",
+            f"{p['mean_cost_per_hour']:.2f}",
+            f"{p['ttft_p99_ms']:.0f}",
+            str(p["replica_changes"]),
+        )
     Console().print(table)
     met = summary["targets_met"]
     for key, target in TARGETS.items():

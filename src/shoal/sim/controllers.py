@@ -19,9 +19,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from shoal.api.v1alpha1 import ModelFleetSpec
-from shoal.autoscaling.policy import PolicySettings, bounds, decide
+from shoal.autoscaling.policy import PolicySettings, decide
 from shoal.autoscaling.prometheus import Windows, trend, windows_for
 from shoal.autoscaling.types import MetricsWindow, ModelMetrics, ModelState
+from shoal.contract import replica_range
 from shoal.sim.simulator import Scrape, Simulator, replicas_at
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -161,7 +162,8 @@ class QueueThresholdController:
         tiers = {t.name: t for t in self.spec.tiers}
         for model in self.spec.models:
             tier = tiers[model.tier]
-            lo, hi = bounds(model, tier)
+            span = replica_range(model, tier)
+            lo, hi = span.min, span.max
             n = self.replicas[model.name]
             pool = sim.pools[model.name]
             short = sim.recorder.window(model.name, now, windows.short)

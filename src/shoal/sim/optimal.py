@@ -38,9 +38,13 @@ class PoolSpec:
 
     def make(self) -> ModelPool:
         return ModelPool(
-            self.name, self.tier, self.latency, self.cold_start_seconds, self.price_per_hour,
+            self.name,
+            self.tier,
+            self.latency,
+            self.cold_start_seconds,
+            self.price_per_hour,
             self.slo_seconds,
-        )  # fmt: skip
+        )
 
 
 def erlang_c(servers: int, load: float) -> float:

@@ -34,8 +34,9 @@ def plot_study(study: Study, path: Path) -> Path:
     for topic in sc.topics:
         ax.plot(xs, [topic.shape.rate(t) for t in times], label=topic.name)
     ax.set_ylabel("requests/s (rate)")
-    ax.set_title(f"shoal sim --scenario {sc.name} (seed {study.seed})\n{sc.description}",
-                 fontsize=9)  # fmt: skip
+    ax.set_title(
+        f"shoal sim --scenario {sc.name} (seed {study.seed})\n{sc.description}", fontsize=9
+    )
     ax.legend(loc="upper right", fontsize=8)
 
     ax = axes[1]
@@ -52,10 +53,17 @@ def plot_study(study: Study, path: Path) -> Path:
     shoal, optimal = study.results["shoal"], study.results["optimal"]
     for i, (m, tl) in enumerate(shoal.timeline.items()):
         color = f"C{i}"
-        ax.step(xs, [replicas_at(tl, t) for t in times], where="post", color=color,
-                label=f"{m} (shoal)")  # fmt: skip
-        ax.step(xs, [replicas_at(optimal.timeline[m], t) for t in times], where="post",
-                color=color, linestyle=":", linewidth=1)  # fmt: skip
+        ax.step(
+            xs, [replicas_at(tl, t) for t in times], where="post", color=color, label=f"{m} (shoal)"
+        )
+        ax.step(
+            xs,
+            [replicas_at(optimal.timeline[m], t) for t in times],
+            where="post",
+            color=color,
+            linestyle=":",
+            linewidth=1,
+        )
     ax.set_ylabel("replicas (dotted: optimal)")
     ax.set_xlabel("hours")
     ax.set_xlim(0, hours)

@@ -48,22 +48,30 @@ COLD_START = {"large": 30.0, "small": 15.0}
 #: USD per query the router's calibration data carries (large about four times small).
 COST_PER_QUERY = {"math-7b": 0.0004, "code-7b": 0.0004, "general-7b": 0.0004, "mini-3b": 0.0001}
 
-MATH = ("What is {i} times 17 plus 3? Show the arithmetic step by step.",
-        "Solve for x: {i}x + 5 = 2x - 7. Explain each step.",
-        "Compute the derivative of x^{i} + sin(x) and simplify.",
-        "A train leaves at {i} km/h; how long does it take to travel 300 km?")  # fmt: skip
-CODE = ("Write a Python function that parses a CSV line with {i} quoted fields.",
-        "Fix the bug in this JavaScript loop that runs {i} times and leaks memory.",
-        "Implement a binary search over a sorted Go slice of {i} integers.",
-        "Write a SQL query that returns the top {i} customers by revenue.")  # fmt: skip
-GENERAL = ("Summarise the history of the printing press in {i} sentences.",
-           "Write a polite email declining meeting number {i} next week.",
-           "What are {i} good tips for a first trip to Lisbon?",
-           "Explain why the sky is blue to a child aged {i}.")  # fmt: skip
-LIBRARY = ("How do I migrate my app to version {i} of the new FrameKit release?",
-           "FrameKit {i}.0 throws a hydration error on startup; how do I fix it?",
-           "Show a FrameKit {i} example with server components and streaming.",
-           "What changed in FrameKit routing in release {i}?")  # fmt: skip
+MATH = (
+    "What is {i} times 17 plus 3? Show the arithmetic step by step.",
+    "Solve for x: {i}x + 5 = 2x - 7. Explain each step.",
+    "Compute the derivative of x^{i} + sin(x) and simplify.",
+    "A train leaves at {i} km/h; how long does it take to travel 300 km?",
+)
+CODE = (
+    "Write a Python function that parses a CSV line with {i} quoted fields.",
+    "Fix the bug in this JavaScript loop that runs {i} times and leaks memory.",
+    "Implement a binary search over a sorted Go slice of {i} integers.",
+    "Write a SQL query that returns the top {i} customers by revenue.",
+)
+GENERAL = (
+    "Summarise the history of the printing press in {i} sentences.",
+    "Write a polite email declining meeting number {i} next week.",
+    "What are {i} good tips for a first trip to Lisbon?",
+    "Explain why the sky is blue to a child aged {i}.",
+)
+LIBRARY = (
+    "How do I migrate my app to version {i} of the new FrameKit release?",
+    "FrameKit {i}.0 throws a hydration error on startup; how do I fix it?",
+    "Show a FrameKit {i} example with server components and streaming.",
+    "What changed in FrameKit routing in release {i}?",
+)
 
 QUALITY = {
     "math": {"math-7b": 0.86, "code-7b": 0.55, "general-7b": 0.62, "mini-3b": 0.50},
@@ -121,9 +129,13 @@ def _topic(
     name: str, templates: tuple[str, ...], shape: Any, answers: tuple[int, int] = (128, 512)
 ) -> Topic:
     return Topic(
-        name=name, templates=templates, quality=QUALITY[name], shape=shape,
-        prompt_tokens=(64, 1024), output_tokens=answers,
-    )  # fmt: skip
+        name=name,
+        templates=templates,
+        quality=QUALITY[name],
+        shape=shape,
+        prompt_tokens=(64, 1024),
+        output_tokens=answers,
+    )
 
 
 def bursty() -> Scenario:

@@ -255,9 +255,16 @@ class Simulator:
             waiting = len(pool.queue)
             kv = max((r.kv_tokens / pool.latency.kv_cache_tokens for r in ready), default=0.0)
             self.recorder.scrapes[name].append(
-                Scrape(self.now, running + waiting, waiting, kv, bool(ready),
-                       self._answered[name], self._routed[name])
-            )  # fmt: skip
+                Scrape(
+                    self.now,
+                    running + waiting,
+                    waiting,
+                    kv,
+                    bool(ready),
+                    self._answered[name],
+                    self._routed[name],
+                )
+            )
         self.recorder.trim(self.now)
 
     # --- scaling ----------------------------------------------------------------------------

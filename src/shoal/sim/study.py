@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shoal.autoscaling.policy import bounds
+from shoal.contract import replica_range
 from shoal.sim.controllers import QueueThresholdController, ScheduleController, ShoalController
 from shoal.sim.engine import Request
 from shoal.sim.optimal import PoolSpec, capacity_curve, hindsight_schedule, static_schedule
@@ -133,7 +133,8 @@ def run_study(
     specs = {p.name: p for p in pool_specs(scenario)}
     optimal: dict[str, list[tuple[float, int]]] = {}
     for m in models:
-        lo, hi = bounds(m, tiers[m.tier])
+        span = replica_range(m, tiers[m.tier])
+        lo, hi = span.min, span.max
         mix = mixes[m.name] or [(256, 128)]
         sample = random.Random(seed).sample(mix, min(len(mix), 1500))
         needed = _rough_peak(arrivals[m.name], scenario.duration)
@@ -151,10 +152,14 @@ def run_study(
     results = {}
     for ctl in controllers:
         sim = Simulator(
-            [p.make() for p in specs.values()], trace, table, ctl,
-            duration=scenario.duration, alpha=scenario.policy_alpha,
+            [p.make() for p in specs.values()],
+            trace,
+            table,
+            ctl,
+            duration=scenario.duration,
+            alpha=scenario.policy_alpha,
             scrape_seconds=scenario.scrape_seconds,
-        )  # fmt: skip
+        )
         results[ctl.name] = sim.run()
         say(f"{scenario.name}: {ctl.name} done ({time.perf_counter() - started:.1f}s)")
     return Study(scenario, seed, trace, results, time.perf_counter() - started)

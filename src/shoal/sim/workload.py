@@ -141,9 +141,14 @@ def generate_trace(
                 break
             if rng.random() * top <= topic.shape.rate(t):
                 out.append(
-                    (t, topic.name, rng.randrange(pool), rng.randint(lo_p, hi_p),
-                     rng.randint(lo_o, hi_o))
-                )  # fmt: skip
+                    (
+                        t,
+                        topic.name,
+                        rng.randrange(pool),
+                        rng.randint(lo_p, hi_p),
+                        rng.randint(lo_o, hi_o),
+                    )
+                )
     out.sort()
     return [Request(i, *row) for i, row in enumerate(out)]
 
@@ -156,9 +161,14 @@ def read_trace(path: Path) -> list[Request]:
         if line.strip():
             d = json.loads(line)
             rows.append(
-                (float(d["t"]), str(d["topic"]), int(d.get("prompt", 0)) % POOL,
-                 int(d["prompt_tokens"]), int(d["output_tokens"]))
-            )  # fmt: skip
+                (
+                    float(d["t"]),
+                    str(d["topic"]),
+                    int(d.get("prompt", 0)) % POOL,
+                    int(d["prompt_tokens"]),
+                    int(d["output_tokens"]),
+                )
+            )
     rows.sort()
     return [Request(i, *row) for i, row in enumerate(rows)]
 

@@ -24,10 +24,10 @@ import pytest
 from typer.testing import CliRunner
 
 from shoal.cli import app
+from shoal.devtools.testing import REPO_ROOT, require
 from shoal.routing import Sample, fit_router, load_calibration, load_router, make_embedder
 from shoal.routing.cache import cached_embed
 from shoal.routing.evaluate import cheapest_reaching, evaluate_router
-from shoal.testing import REPO_ROOT, require
 
 pytestmark = pytest.mark.slow
 

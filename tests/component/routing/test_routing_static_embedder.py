@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from shoal.devtools.testing import require
 from shoal.routing import EmbedderUnavailable, make_embedder
-from shoal.testing import require
 
 pytestmark = pytest.mark.slow
 

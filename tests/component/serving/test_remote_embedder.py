@@ -1,7 +1,7 @@
 """A cluster router whose policy embeds through an OpenAI-compatible endpoint, fitted and
 served as in a cluster: the API key comes from the environment the operator renders from the
 policy's Secret, and a down or refusing endpoint degrades routing instead of failing requests.
-The endpoint is real HTTP on loopback (shoal.testing.embeddings)."""
+The endpoint is real HTTP on loopback (shoal.devtools.testing.embeddings)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from tests.integration.operator.conftest import CALIBRATION
 
 from shoal.api.v1alpha1 import RoutingPolicySpec
+from shoal.contract import EMBEDDER_API_KEY_ENV
+from shoal.devtools.testing.embeddings import serve_embeddings
 from shoal.routing import fit_policy_router, parse_calibration
-from shoal.serving.config import EMBEDDER_API_KEY_ENV
 from shoal.serving.ranking import ClusterRanker
-from shoal.testing.embeddings import serve_embeddings
 
 MODELS = ["alpha", "beta"]
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from shoal.api.v1alpha1 import GROUP, VERSION, ModelFleetSpec, RoutingPolicySpec
-from shoal.testing.controlplane import ControlPlane
+from shoal.devtools.testing.controlplane import ControlPlane
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

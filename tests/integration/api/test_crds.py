@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from shoal.testing import REPO_ROOT
-from shoal.testing.controlplane import ControlPlane
+from shoal.devtools.testing import REPO_ROOT
+from shoal.devtools.testing.controlplane import ControlPlane
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import pytest
 
 from shoal.autoscaling.prometheus import Windows
 from shoal.autoscaling.types import MetricsWindow, ModelMetrics
-from shoal.testing.controlplane import ControlPlane
+from shoal.devtools.testing.controlplane import ControlPlane
 from tests.integration.operator.conftest import Cluster
 
 #: Seconds between two autoscaler evaluations in these tests. The kopf timer reads it when

@@ -29,9 +29,9 @@ import pytest
 import yaml
 
 from shoal.autoscaling.prometheus import windows_for
+from shoal.devtools.testing import require
+from shoal.devtools.testing.controlplane import ControlPlane
 from shoal.operator.gateway import KubeGateway
-from shoal.testing import require
-from shoal.testing.controlplane import ControlPlane
 from tests.integration.autoscaling.conftest import INTERVAL, scaling_fleet, static_policy
 from tests.integration.autoscaling.fleet_emulator import KubeRayPlayer, LoadedFleet
 from tests.integration.operator.conftest import Cluster, running_operator, wait_for, yaml_app

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
-from shoal.testing import REPO_ROOT, require
-from shoal.testing.controlplane import (
+from shoal.devtools.testing import REPO_ROOT, require
+from shoal.devtools.testing.controlplane import (
     KUBERAY_CRDS,
     ControlPlane,
     free_port,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shoal.testing.controlplane import ControlPlane
+from shoal.devtools.testing.controlplane import ControlPlane
 from tests.integration.chart.conftest import (
     CLUSTERWIDE,
     Install,

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from shoal.testing.controlplane import ControlPlane, free_port
-from shoal.testing.embeddings import serve_embeddings
+from shoal.devtools.testing.controlplane import ControlPlane, free_port
+from shoal.devtools.testing.embeddings import serve_embeddings
 from tests.integration.chart.conftest import (
     CLUSTERWIDE,
     HA,

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from shoal.testing.controlplane import ControlPlane, KubectlError
+from shoal.devtools.testing.controlplane import ControlPlane, KubectlError
 
 T = TypeVar("T")
 

@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from shoal.api.v1alpha1 import ModelFleet, RoutingPolicy
+from shoal.devtools.testing import require
 from shoal.planning.children import PlanSettings, RouterArtifact, desired_children
 from shoal.routing import Sample, artifact_checksum, fit_router
 from shoal.routing.embedders.hashing import HashingEmbedder
-from shoal.testing import require
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -74,7 +74,7 @@ def local_ray() -> Iterator[None]:
     except ImportError:
         require(False, "ray[serve] is not installed")
         return
-    from shoal.serving.config import local_ray_env
+    from shoal.local.ray_env import local_ray_env
 
     with local_ray_env():  # the Ray Serve settings the operator puts on every Ray container
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from shoal.testing import require
+from shoal.devtools.testing import require
 
 
 def free_port() -> int:
@@ -77,7 +77,7 @@ def local_ray() -> Iterator[LocalRay]:
     from ray import serve
 
     cluster = LocalRay(http_port=free_port(), metrics_port=free_port())
-    from shoal.serving.config import local_ray_env
+    from shoal.local.ray_env import local_ray_env
 
     with local_ray_env():  # the Ray Serve settings the fleet ships with
         ray.init(

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shoal.serving.config import BuildArgs, model_deployment_name
+from shoal.contract import BuildArgs, model_deployment_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

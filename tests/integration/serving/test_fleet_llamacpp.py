@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from shoal.serving.config import BuildArgs
+from shoal.contract import BuildArgs
+from shoal.devtools.testing import REPO_ROOT
 from shoal.serving.tinymodel import reply_pieces
-from shoal.testing import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -42,8 +42,8 @@ PROMPTS = {
 def fleet(local_ray: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from ray import serve
 
+    from shoal.local.manifests import fit_local_router, load_fleet_file
     from shoal.serving.app import build_app
-    from shoal.serving.manifests import fit_local_router, load_fleet_file
 
     manifests = load_fleet_file(QUICKSTART)
     folder: Path = tmp_path_factory.mktemp("quickstart")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.testing import REPO_ROOT, require
+from shoal.devtools.testing import REPO_ROOT, require
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from shoal.serving.config import BuildArgs
+from shoal.contract import BuildArgs
 
 MODEL = os.environ.get("SHOAL_VLLM_TEST_MODEL", "")
 

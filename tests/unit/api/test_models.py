@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from shoal.api.v1alpha1 import ModelFleet, ModelFleetSpec, RoutingPolicy, RoutingPolicySpec
 from shoal.api.v1alpha1.common import decimal
-from shoal.testing import REPO_ROOT
+from shoal.devtools.testing import REPO_ROOT
 
 FLEET: dict[str, Any] = {
     "routingPolicyRef": {"name": "default"},

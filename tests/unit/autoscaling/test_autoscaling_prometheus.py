@@ -23,7 +23,7 @@ from shoal.autoscaling.prometheus import (
     trend,
     windows_for,
 )
-from shoal.testing import require
+from shoal.devtools.testing import require
 
 WINDOWS = Windows(short=30, long=300, rate=60)
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from shoal.testing import REPO_ROOT, require
-from shoal.testing.controlplane import tool_path
+from shoal.devtools.testing import REPO_ROOT, require
+from shoal.devtools.testing.controlplane import tool_path
 
 CHART = REPO_ROOT / "charts" / "shoal"
 RELEASE, NAMESPACE = "shoal", "shoal-system"

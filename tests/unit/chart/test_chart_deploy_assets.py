@@ -11,8 +11,8 @@ import subprocess
 import pytest
 from tests.unit.chart.helm import CHART, run_helm
 
-from shoal.chart.values import Values
-from shoal.testing import REPO_ROOT, require
+from shoal.devtools.chart.values import Values
+from shoal.devtools.testing import REPO_ROOT, require
 
 SCRIPTS = [REPO_ROOT / "hack" / "kind-up.sh", REPO_ROOT / "hack" / "kind-down.sh"]
 DOCKERFILE = REPO_ROOT / "operator" / "Dockerfile"

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from tests.unit.chart.helm import CHART, MATRIX, one, render, select
 
-from shoal.chart import dashboard
-from shoal.testing import REPO_ROOT, require
+from shoal.devtools.chart import dashboard
+from shoal.devtools.testing import REPO_ROOT, require
 
 RULE_ENTRIES = ["monitoring", "monitoring-tuned"]
 

@@ -20,8 +20,8 @@ from tests.unit.chart.helm import (
     select,
 )
 
-from shoal.chart.values import Values
-from shoal.testing import REPO_ROOT
+from shoal.devtools.chart.values import Values
+from shoal.devtools.testing import REPO_ROOT
 
 ENTRIES = sorted(MATRIX)
 
@@ -124,7 +124,7 @@ def test_env_reaches_the_operator_settings(name: str) -> None:
     assert config.gpu_image == (
         v.serving.gpu_image or f"ghcr.io/shoal-dev/shoal-serving:{_app()}-gpu"
     )
-    from shoal.serving.config import RAY_SERVE_ENV
+    from shoal.contract import RAY_SERVE_ENV
 
     assert config.ray_serve_env == {**RAY_SERVE_ENV, **v.serving.ray_serve_env}
 

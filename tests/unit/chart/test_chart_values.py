@@ -16,9 +16,9 @@ import yaml
 from pydantic import ValidationError
 from tests.unit.chart.helm import CHART, MATRIX, run_helm
 
-from shoal.chart import values as values_module
-from shoal.chart.values import LATENCY_BUCKETS, Values
-from shoal.testing import REPO_ROOT
+from shoal.devtools.chart import values as values_module
+from shoal.devtools.chart.values import LATENCY_BUCKETS, Values
+from shoal.devtools.testing import REPO_ROOT
 
 
 def _values_yaml() -> dict[str, Any]:
@@ -103,9 +103,9 @@ def test_latency_buckets_are_the_serving_layers() -> None:
 
 
 def test_chart_package_imports_only_the_api() -> None:
-    """shoal.chart is a leaf: of Shoal's modules it may import shoal.api only."""
+    """shoal.devtools.chart is a leaf: of Shoal's modules it may import shoal.api only."""
     offenders = []
-    for path in (REPO_ROOT / "src/shoal/chart").glob("*.py"):
+    for path in (REPO_ROOT / "src/shoal/devtools/chart").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
             if isinstance(node, ast.Import):
@@ -113,7 +113,9 @@ def test_chart_package_imports_only_the_api() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             for name in names:
-                if name.startswith("shoal") and not name.startswith(("shoal.api", "shoal.chart")):
+                if name.startswith("shoal") and not name.startswith(
+                    ("shoal.api", "shoal.devtools.chart")
+                ):
                     offenders.append(f"{path.name}: {name}")
     assert offenders == []
 

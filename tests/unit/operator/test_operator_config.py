@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from shoal.contract import RAY_SERVE_ENV
 from shoal.operator.config import OperatorConfig
-from shoal.serving.config import RAY_SERVE_ENV
 
 
 def test_default_is_shoals_ray_serve_settings() -> None:

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from shoal.api.v1alpha1 import ModelFleet, RoutingPolicy
+from shoal.contract import RAY_SERVE_ENV
 from shoal.planning import names
 from shoal.planning.children import PlanError, PlanSettings, RouterArtifact, desired_children
-from shoal.serving.config import RAY_SERVE_ENV
 
 ART = RouterArtifact(checksum="sha256:" + "ab" * 32, data=b"artifact-bytes")
 

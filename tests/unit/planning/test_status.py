@@ -7,9 +7,9 @@ from typing import Any
 
 from shoal.api.v1alpha1 import ConditionStatus, ModelFleet, RoutingPolicy
 from shoal.api.v1alpha1.policy import RouterArtifactStatus
+from shoal.contract import BuildArgs, deployment_plans
 from shoal.planning.conditions import condition, set_condition
 from shoal.planning.status import FleetObservation, SpecProblem, fleet_status, policy_status
-from shoal.serving.config import BuildArgs, deployment_plans
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 FLEET = ModelFleet.model_validate(

@@ -9,11 +9,11 @@ import httpx
 import numpy as np
 import pytest
 
+from shoal.devtools.testing import require
 from shoal.routing import EmbedderUnavailable, embedder_for_policy, make_embedder
 from shoal.routing.embedders.hashing import HashingEmbedder, hash_tokens
 from shoal.routing.embedders.minilm import head_tail
 from shoal.routing.embedders.openai import OpenAIEmbedder
-from shoal.testing import require
 
 
 def test_hashing_embedder_is_normalised_and_deterministic() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from serving_fleets import fleet_spec
 
-from shoal.serving.config import INGRESS_DEPLOYMENT, BuildArgs, deployment_plans
+from shoal.contract import INGRESS_DEPLOYMENT, BuildArgs, deployment_plans
 
 serve = pytest.importorskip("ray.serve", reason="ray[serve] not installed")
 

@@ -6,13 +6,13 @@ import pytest
 from pydantic import ValidationError
 from serving_fleets import fleet_spec, sim_args
 
-from shoal.serving.config import (
+from shoal.api.v1alpha1.common import parse_quantity
+from shoal.contract import (
     IMPORT_PATH,
     INGRESS_DEPLOYMENT,
     BuildArgs,
     deployment_plans,
     model_deployment_name,
-    parse_quantity,
     serve_application,
 )
 
@@ -94,15 +94,15 @@ def test_config_module_does_not_import_ray() -> None:
     import subprocess
     import sys
 
-    code = "import sys, shoal.serving.config; assert 'ray' not in sys.modules"
+    code = "import sys, shoal.contract; assert 'ray' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_serving_image_runs_with_the_ray_serve_settings_of_the_code() -> None:
     import re
 
-    from shoal.serving.config import RAY_SERVE_ENV
-    from shoal.testing import REPO_ROOT
+    from shoal.contract import RAY_SERVE_ENV
+    from shoal.devtools.testing import REPO_ROOT
 
     dockerfile = (REPO_ROOT / "serving" / "Dockerfile").read_text()
     env = dict(re.findall(r"\b(RAY(?:_SERVE|LLM)_[A-Z_]+)=(\S+)", dockerfile))
@@ -120,7 +120,8 @@ def test_local_ray_env_is_set_for_ray_init_and_restored_after(
 ) -> None:
     import os
 
-    from shoal.serving.config import LOCAL_RAY_SERVE_ENV, RAY_SERVE_ENV, local_ray_env
+    from shoal.contract import RAY_SERVE_ENV
+    from shoal.local.ray_env import LOCAL_RAY_SERVE_ENV, local_ray_env
 
     monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")  # the caller's own value
     monkeypatch.delenv("RAY_SERVE_THROUGHPUT_OPTIMIZED", raising=False)

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from serving_fleets import sim_args
 
+from shoal.contract import BuildArgs
 from shoal.serving.clients import LocalModelClient, ModelInfo
-from shoal.serving.config import BuildArgs
 from shoal.serving.engines.simulated import SimulatedEngine
 from shoal.serving.ingress import Endpoint
 from shoal.serving.metrics import RouterMetrics

@@ -14,6 +14,7 @@ Rust's regex in pydantic-core): ASCII classes only, no look-around.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -63,6 +64,22 @@ PositiveDecimal = Annotated[str, StringConstraints(max_length=8, pattern=POSITIV
 Quantity = Annotated[str, StringConstraints(max_length=32, pattern=QUANTITY)]
 SourceUri = Annotated[str, StringConstraints(max_length=512, pattern=SOURCE_URI)]
 HttpUrl = Annotated[str, StringConstraints(max_length=512, pattern=HTTP_URL)]
+
+_QUANTITY = re.compile(QUANTITY)
+_QUANTITY_FACTORS: dict[str, Decimal] = {
+    "": Decimal(1), "m": Decimal("0.001"), "k": Decimal(10) ** 3, "M": Decimal(10) ** 6,
+    "G": Decimal(10) ** 9, "T": Decimal(10) ** 12, "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
+}  # fmt: skip
+
+
+def parse_quantity(value: str) -> Decimal:
+    """A Kubernetes quantity ("500m", "4", "16Gi") as a number (the :data:`QUANTITY` pattern)."""
+    match = _QUANTITY.match(value)
+    if not match:
+        raise ValueError(f"not a Kubernetes quantity: {value!r}")
+    return Decimal(match.group(1)) * _QUANTITY_FACTORS[match.group(3) or ""]
 
 
 def decimal(value: str) -> Decimal:

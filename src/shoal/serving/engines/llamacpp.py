@@ -200,9 +200,13 @@ class LlamaCppEngine:
                     completion = sampled - 1 if eos_ended else sampled
                     put(
                         job.queue.put_nowait,
-                        Chunk(text, "length" if finish == "length" else "stop",
-                              len(prompt), max(completion, 0)),
-                    )  # fmt: skip
+                        Chunk(
+                            text,
+                            "length" if finish == "length" else "stop",
+                            len(prompt),
+                            max(completion, 0),
+                        ),
+                    )
                     return
             if not job.cancelled:
                 put(job.queue.put_nowait, EngineError("llama.cpp ended without a finish reason"))

@@ -2,7 +2,7 @@
 
 A ``vllm`` model is not run by a Shoal model server: :func:`llm_config` describes it to Ray
 Serve LLM (weights source, engine arguments, accelerator, LoRA adapters and the very
-deployment settings of :func:`shoal.serving.config.deployment_plan`, under the same
+deployment settings of :func:`shoal.contract.deployment_plan`, under the same
 ``model-<name>`` deployment name), and :func:`build_vllm_deployment` binds its
 ``LLMServer``. Constructing an ``LLMConfig`` validates it, so this path is checked on
 machines without a GPU or vLLM too; only serving needs them.
@@ -19,7 +19,7 @@ import posixpath
 from typing import Any
 
 from shoal.api.v1alpha1 import ModelSpec
-from shoal.serving.config import BuildArgs, ModelDeploymentPlan, deployment_plan, local_path
+from shoal.contract import BuildArgs, ModelDeploymentPlan, deployment_plan, local_path
 
 
 def model_source(args: BuildArgs, model: ModelSpec) -> str | dict[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shoal.chart import crds, dashboard, schema
+from shoal.devtools.chart import crds, dashboard, schema
 
 
 def write_all(chart_dir: Path) -> list[Path]:

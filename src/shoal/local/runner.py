@@ -1,8 +1,8 @@
 """``shoal up`` / ``shoal down``: the fleet on a laptop, no cluster.
 
-``shoal up -f fleet.yaml`` reads the fleet file (:mod:`shoal.serving.manifests`), fits the
+``shoal up -f fleet.yaml`` reads the fleet file (:mod:`shoal.local.manifests`), fits the
 router from the policy's calibration ConfigMap, and starts a *fleet daemon*: a background
-process (``python -m shoal.serving.local daemon``) that starts its own local Ray instance,
+process (``python -m shoal.local.runner daemon``) that starts its own local Ray instance,
 deploys :func:`shoal.serving.app.build_app` with Ray Serve and writes its progress to a
 state folder. ``shoal up`` shows that progress while the models load, asks the fleet a first
 question, and prints the endpoint with copy-paste examples. ``shoal down`` asks the daemon
@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from shoal.serving.config import BuildArgs, local_ray_env
+from shoal.contract import BuildArgs
+from shoal.local.ray_env import local_ray_env
 
 DEFAULT_PORT = 8000
 DEFAULT_METRICS_PORT = 8080
@@ -89,15 +90,11 @@ def pid_alive(pid: int) -> bool:
 def logical_cpus(args: BuildArgs) -> int:
     """Logical CPUs for the local Ray instance: enough to place every replica (Ray's CPU
     count is for placement; llama.cpp threads are set separately)."""
-    from shoal.serving.config import deployment_plans
+    from shoal.contract import deployment_plans
 
     need = args.ingress.num_cpus * args.ingress.num_replicas
     for plan in deployment_plans(args):
-        replicas = plan.num_replicas
-        if replicas is None:
-            assert plan.autoscaling_config is not None
-            replicas = int(plan.autoscaling_config["max_replicas"])
-        need += float(plan.ray_actor_options.get("num_cpus", 1)) * replicas
+        need += float(plan.ray_actor_options.get("num_cpus", 1)) * plan.replicas.max
     return max(os.cpu_count() or 1, int(need) + 2)
 
 
@@ -193,12 +190,20 @@ def prepare(
     fleet_file: Path, folder: Path, fleet_name: str | None = None, log: Any = print
 ) -> BuildArgs:
     """Parse the file, fit the router, and write ``args.json`` (and ``router.bin``)."""
-    from shoal.serving.manifests import fit_local_router, load_fleet_file
+    from shoal.local.manifests import fit_local_router, load_fleet_file
 
     manifests = load_fleet_file(fleet_file, fleet_name)
     folder.mkdir(parents=True, exist_ok=True)
     artifact_path: str | None = None
     if manifests.policy.spec.strategy == "cluster":
+        if manifests.policy.spec.embedder.type == "minilm":
+            from shoal.routing.embedders.static import cache_dir, table_cached
+
+            if not table_cached():
+                log(
+                    "first run on this machine: distilling the router's embedder from MiniLM "
+                    f"(about a minute on two cores; cached in {cache_dir()} for later runs)"
+                )
         started = time.perf_counter()
         artifact = fit_local_router(manifests)
         assert artifact is not None
@@ -222,13 +227,29 @@ def start_daemon(folder: Path, host: str, port: int, metrics_port: int) -> subpr
     log = open(folder / "daemon.log", "wb")  # noqa: SIM115 - handed to the child
     env = dict(os.environ)
     env.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
-    cmd = [sys.executable, "-m", "shoal.serving.local", "daemon", "--state", str(folder),
-           "--host", host, "--port", str(port), "--metrics-port", str(metrics_port)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "shoal.local.runner",
+        "daemon",
+        "--state",
+        str(folder),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(metrics_port),
+    ]
     try:
         return subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env=env,
-        )  # fmt: skip
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
     finally:
         log.close()
 
@@ -293,8 +314,8 @@ def _reap(pid: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m shoal.serving.local daemon ...`` (started by ``shoal up``)."""
-    parser = argparse.ArgumentParser(prog="shoal.serving.local")
+    """``python -m shoal.local.runner daemon ...`` (started by ``shoal up``)."""
+    parser = argparse.ArgumentParser(prog="shoal.local.runner")
     sub = parser.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("daemon", help="run the fleet daemon (used by shoal up)")
     d.add_argument("--state", type=Path, required=True)

@@ -1,4 +1,4 @@
-"""Generate the chart's ``values.schema.json`` from :class:`shoal.chart.values.Values`.
+"""Generate the chart's ``values.schema.json`` from :class:`shoal.devtools.chart.values.Values`.
 
 Helm validates the merged values against this file on every ``install``, ``upgrade``,
 ``template`` and ``lint``, and prints each violation with its path. The schema is the
@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from shoal.chart.values import Values
+from shoal.devtools.chart.values import Values
 
 SCHEMA_FILE = "values.schema.json"
 _DRAFT = "http://json-schema.org/draft-07/schema#"

@@ -13,9 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from shoal.api.v1alpha1.crd import all_crds
+from shoal.api.v1alpha1.crd import all_crds, plain_yaml
 
 #: Folder of the CRD templates inside the chart.
 TEMPLATES_SUBDIR = Path("templates") / "crds"
@@ -43,7 +41,7 @@ class TemplateError(ValueError):
 
 def render_template(crd: dict[str, Any]) -> str:
     """The Helm template of one CRD: templated metadata, the generated spec verbatim."""
-    spec = yaml.safe_dump({"spec": crd["spec"]}, sort_keys=False, width=100, allow_unicode=True)
+    spec = plain_yaml({"spec": crd["spec"]})
     if "{{" in spec or "}}" in spec:
         raise TemplateError(f"{crd['metadata']['name']}: '{{{{' or '}}}}' in the CRD's text")
     return _HEADER % {"name": crd["metadata"]["name"]} + spec + _FOOTER

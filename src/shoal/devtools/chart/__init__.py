@@ -3,12 +3,12 @@
 The chart itself (``charts/shoal``) is hand-written YAML and templates. What can drift is
 generated from here and checked by ``shoal chart --check`` and the tests:
 
-- :mod:`shoal.chart.values`: a Pydantic model of ``values.yaml``; ``values.schema.json``
+- :mod:`shoal.devtools.chart.values`: a Pydantic model of ``values.yaml``; ``values.schema.json``
   (which Helm checks every install and upgrade against) is generated from it
-  (:mod:`shoal.chart.schema`).
-- :mod:`shoal.chart.crds`: the chart's templated copies of the ``shoal.dev`` CRDs (behind
+  (:mod:`shoal.devtools.chart.schema`).
+- :mod:`shoal.devtools.chart.crds`: the chart's templated copies of the ``shoal.dev`` CRDs (behind
   ``crds.install``, kept on uninstall by ``crds.keep``), from the same models as ``crds/``.
-- :mod:`shoal.chart.dashboard`: the Grafana dashboard the chart ships in a ConfigMap.
+- :mod:`shoal.devtools.chart.dashboard`: the Grafana dashboard the chart ships in a ConfigMap.
 
 A leaf module: it imports :mod:`shoal.api` and nothing else of Shoal's, so ``shoal crds`` and
 ``shoal chart`` stay fast and the chart never depends on the operator's or serving's code.

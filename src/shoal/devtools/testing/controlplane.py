@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from shoal.testing import REPO_ROOT
+from shoal.devtools.testing import REPO_ROOT
 
 TOOLS_DIR = Path(os.environ.get("SHOAL_TOOLS_DIR", REPO_ROOT / ".tools"))
 BIN_DIR = TOOLS_DIR / "bin"
@@ -187,8 +187,9 @@ class ControlPlane:
         files = sorted(SHOAL_CRDS.glob("*.yaml")) + sorted(KUBERAY_CRDS.glob("*.yaml"))
         self.apply_files(files)
         names = [yaml.safe_load(f.read_text())["metadata"]["name"] for f in files]
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                     *[f"crd/{n}" for n in names])  # fmt: skip
+        self.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names]
+        )
 
     def kubeconfig_for(self, user: str) -> Path:
         """A kubeconfig that authenticates as ``user`` (one of the extra users), not as admin."""
@@ -221,18 +222,22 @@ def _write_kubeconfig(path: Path, server: str, ca: Path, token: str, user: str =
                 "apiVersion": "v1",
                 "kind": "Config",
                 "clusters": [
-                    {"name": "shoal-test",
-                     "cluster": {"server": server, "certificate-authority": str(ca)}}
+                    {
+                        "name": "shoal-test",
+                        "cluster": {"server": server, "certificate-authority": str(ca)},
+                    }
                 ],
                 "users": [{"name": user, "user": {"token": token}}],
                 "contexts": [
-                    {"name": "shoal-test",
-                     "context": {"cluster": "shoal-test", "user": user, "namespace": "default"}}
+                    {
+                        "name": "shoal-test",
+                        "context": {"cluster": "shoal-test", "user": user, "namespace": "default"},
+                    }
                 ],
                 "current-context": "shoal-test",
             }
         )
-    )  # fmt: skip
+    )
 
 
 #: Audit policy of ``audit=True``: metadata of every request made by a service account (the
@@ -289,25 +294,35 @@ def start_control_plane(
         policy = workdir / "audit-policy.yaml"
         policy.write_text(yaml.safe_dump(AUDIT_POLICY))
         audit_log = workdir / "audit.log"
-        audit_args = [f"--audit-policy-file={policy}", f"--audit-log-path={audit_log}",
-                      "--audit-log-mode=blocking"]  # fmt: skip
+        audit_args = [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={audit_log}",
+            "--audit-log-mode=blocking",
+        ]
 
     etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
     etcd = _Process(
         "etcd",
         [
             str(BIN_DIR / "etcd"),
-            "--data-dir", str(workdir / "etcd"),
-            "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
-            "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
-            "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
-            "--initial-cluster", f"default=http://127.0.0.1:{etcd_peer}",
+            "--data-dir",
+            str(workdir / "etcd"),
+            "--listen-client-urls",
+            f"http://127.0.0.1:{etcd_port}",
+            "--advertise-client-urls",
+            f"http://127.0.0.1:{etcd_port}",
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{etcd_peer}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{etcd_peer}",
+            "--initial-cluster",
+            f"default=http://127.0.0.1:{etcd_peer}",
             "--unsafe-no-fsync",
-            "--log-level", "warn",
+            "--log-level",
+            "warn",
         ],
         workdir / "etcd.log",
-    )  # fmt: skip
+    )
     apiserver = _Process(
         "kube-apiserver",
         [
@@ -334,8 +349,17 @@ def start_control_plane(
     ca = certs / "apiserver.crt"
     kubeconfig = workdir / "kubeconfig"
     _write_kubeconfig(kubeconfig, server, ca, token)
-    cp = ControlPlane(workdir, server, token, ca, kubeconfig, etcd, apiserver,
-                      tokens=user_tokens, audit_log=audit_log)  # fmt: skip
+    cp = ControlPlane(
+        workdir,
+        server,
+        token,
+        ca,
+        kubeconfig,
+        etcd,
+        apiserver,
+        tokens=user_tokens,
+        audit_log=audit_log,
+    )
     etcd.start()
     apiserver.start()
     try:

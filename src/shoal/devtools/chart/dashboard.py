@@ -241,8 +241,12 @@ def _panel_json(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
     defaults: dict[str, Any] = {"unit": p.unit}
     options: dict[str, Any]
     if p.kind == "stat":
-        options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                   "colorMode": "value", "graphMode": "area", "textMode": "auto"}  # fmt: skip
+        options = {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "value",
+            "graphMode": "area",
+            "textMode": "auto",
+        }
     else:
         defaults["custom"] = {
             "drawStyle": "line",
@@ -251,8 +255,10 @@ def _panel_json(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
             "stacking": {"mode": "normal" if p.stacked else "none", "group": "A"},
             "spanNulls": False,
         }
-        options = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-                   "tooltip": {"mode": "multi", "sort": "desc"}}  # fmt: skip
+        options = {
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        }
     options.update(p.options)
     return {
         "id": pid,
@@ -299,8 +305,16 @@ def dashboard() -> dict[str, Any]:
     panels: list[dict[str, Any]] = []
     pid, y = 1, 0
     for row in _rows():
-        panels.append({"id": pid, "type": "row", "title": row.title, "collapsed": False,
-                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})  # fmt: skip
+        panels.append(
+            {
+                "id": pid,
+                "type": "row",
+                "title": row.title,
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                "panels": [],
+            }
+        )
         pid, y, x, row_height = pid + 1, y + 1, 0, 0
         for p in row.panels:
             if x + p.width > 24:

@@ -1,6 +1,6 @@
 """Support for running Shoal against real servers in tests and benchmarks.
 
-- :mod:`shoal.testing.controlplane` starts etcd and kube-apiserver (built by
+- :mod:`shoal.devtools.testing.controlplane` starts etcd and kube-apiserver (built by
   ``hack/build-control-plane.sh``) on loopback and installs the CRDs.
 - :func:`require` turns "this server is not here" into a visible skip, or into a failure
   where servers are required (``SHOAL_REQUIRE_SERVERS=1``, as ``make test`` and CI set it).
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[4]
 
 
 def servers_required() -> bool:

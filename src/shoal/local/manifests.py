@@ -85,8 +85,10 @@ def parse_fleet_documents(docs: list[Any], fleet_name: str | None = None) -> Fle
     fleet = fleets[0]
     ref = fleet.spec.routing_policy_ref.name
     if ref not in policies:
-        raise ManifestError(f"ModelFleet {fleet.metadata.name} refers to RoutingPolicy {ref}, "
-                            "which is not in the file")  # fmt: skip
+        raise ManifestError(
+            f"ModelFleet {fleet.metadata.name} refers to RoutingPolicy {ref}, "
+            "which is not in the file"
+        )
     return FleetManifests(fleet, policies[ref], config_maps)
 
 

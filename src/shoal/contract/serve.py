@@ -17,17 +17,15 @@ Pure functions over the API models; no Ray import here (the operator does not sh
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
-from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shoal.api.v1alpha1 import ModelFleetSpec, ModelSpec, RoutingPolicySpec, TierSpec
-from shoal.api.v1alpha1.common import ENV_NAME
+from shoal.api.v1alpha1.common import ENV_NAME, parse_quantity
+from shoal.contract.limits import IngressSettings, ServingLimits
+from shoal.contract.replicas import ReplicaRange, replica_range
 
 #: Ray Serve "application builder" import path the operator puts in ``serveConfigV2``.
 IMPORT_PATH = "shoal.serving.app:build_app"
@@ -45,11 +43,12 @@ PVC_MOUNT_ROOT = "/mnt/shoal/pvc"
 EMBEDDER_API_KEY_ENV = "SHOAL_EMBEDDER_API_KEY"
 
 #: Ray Serve settings the fleet runs with (environment of every Ray process: the operator sets
-#: them on every Ray container, the serving image too, and :func:`local_ray_env` for a Ray
-#: started on this machine). They are Ray Serve's own high-throughput mode: HAProxy instead
-#: of the Python HTTP proxy in front of each node, the ingress replicas answering HTTP
-#: themselves ("direct ingress"), gRPC between deployments, user code and the handle router
-#: on the replica's own event loop, buffered request logs.
+#: them on every Ray container, the serving image too, and
+#: :func:`shoal.local.ray_env.local_ray_env` for a Ray started on this machine). They are Ray
+#: Serve's own high-throughput mode: HAProxy instead of the Python HTTP proxy in front of each
+#: node, the ingress replicas answering HTTP themselves ("direct ingress"), gRPC between
+#: deployments, user code and the handle router on the replica's own event loop, buffered
+#: request logs.
 RAY_SERVE_ENV: dict[str, str] = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
@@ -65,102 +64,8 @@ def ray_serve_env(overrides: dict[str, str] | None = None) -> dict[str, str]:
     return {**RAY_SERVE_ENV, **(overrides or {})}
 
 
-#: Added for a Ray on one machine (``shoal up``, tests, benchmarks): an ingress replica that
-#: stops holds its port open this long so outside load balancers can deregister it (30 s by
-#: default); here only the local HAProxy is in front, and it retries.
-LOCAL_RAY_SERVE_ENV: dict[str, str] = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
-
-
-@contextmanager
-def local_ray_env() -> Iterator[None]:
-    """Set :data:`RAY_SERVE_ENV` (plus :data:`LOCAL_RAY_SERVE_ENV`) for a ``ray.init`` that
-    starts a local Ray: its processes inherit the environment they start with. The caller's
-    own environment is restored afterwards, so handles used from the driver keep Ray's
-    defaults (a separate router loop, usable outside asyncio)."""
-    wanted = {**RAY_SERVE_ENV, **LOCAL_RAY_SERVE_ENV}
-    saved = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 # Default CPUs a replica asks Ray for, per engine, when the model gives no resources.cpu.
 _DEFAULT_NUM_CPUS: dict[str, float] = {"llamacpp": 1.0, "simulated": 0.1, "vllm": 1.0}
-
-
-class ServingLimits(BaseModel):
-    """Request limits and downstream timeouts enforced by the ingress."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_body_bytes: int = Field(
-        default=1_048_576, ge=1024, description="Largest request body accepted (413 above)."
-    )
-    max_tokens: int = Field(
-        default=4096, ge=1, description="Largest max_tokens a request may ask for (400 above)."
-    )
-    default_max_tokens: int = Field(
-        default=512,
-        ge=1,
-        description="max_tokens used when a chat request sets none (capped at max_tokens "
-        "unless set explicitly).",
-    )
-    first_token_timeout_seconds: float = Field(
-        default=30.0,
-        gt=0,
-        description="How long the ingress waits for a model's first chunk before trying the "
-        "next model.",
-    )
-    request_timeout_seconds: float = Field(
-        default=300.0, gt=0, description="Upper bound on one downstream generation."
-    )
-    unhealthy_cooldown_seconds: float = Field(
-        default=5.0,
-        ge=0,
-        description="After a failure, how long a model is skipped before it is tried again.",
-    )
-    health_probe_interval_seconds: float = Field(
-        default=5.0, gt=0, description="How often the ingress probes every model deployment."
-    )
-    max_fallbacks: int = Field(
-        default=3, ge=0, description="Most models tried after the first one for one request."
-    )
-    stream_interval_ms: float = Field(
-        default=50.0,
-        ge=0,
-        description="Streaming: after the first chunk (sent at once), a model replica sends "
-        "what it generated at most every this many milliseconds, and the last chunk at once. "
-        "Fewer, larger messages; time to first token and to the last token are unchanged.",
-    )
-    retry_after_seconds: int = Field(
-        default=2, ge=1, description="Retry-After sent with a 503 when no model can take a request."
-    )
-
-    @model_validator(mode="after")
-    def _default_within_max(self) -> ServingLimits:
-        if "default_max_tokens" not in self.model_fields_set:
-            self.default_max_tokens = min(self.default_max_tokens, self.max_tokens)
-        if self.default_max_tokens > self.max_tokens:
-            raise ValueError("default_max_tokens may not exceed max_tokens")
-        return self
-
-
-class IngressSettings(BaseModel):
-    """Sizing of the ingress ("router") deployment."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    num_replicas: int = Field(default=1, ge=1, le=64, description="Ingress replicas.")
-    num_cpus: float = Field(default=1.0, ge=0, description="CPUs each ingress replica reserves.")
-    max_ongoing_requests: int = Field(
-        default=1024, ge=1, description="Concurrent requests one ingress replica accepts."
-    )
 
 
 class BuildArgs(BaseModel):
@@ -262,6 +167,10 @@ class ModelDeploymentPlan(BaseModel):
     ray_actor_options: dict[str, Any]
     max_ongoing_requests: int
     max_queued_requests: int
+    replicas: ReplicaRange = Field(
+        description="What Ray Serve may run: a fixed count (n, n, n), parked (0, 1, 0), or the "
+        "model's autoscaling range."
+    )
     num_replicas: int | None = None
     autoscaling_config: dict[str, Any] | None = None
     cost_per_replica_hour: str = "0"
@@ -284,23 +193,6 @@ class ModelDeploymentPlan(BaseModel):
 def model_deployment_name(model: str) -> str:
     """Ray Serve deployment name of a model: ``model-<name>``."""
     return f"{MODEL_DEPLOYMENT_PREFIX}{model}"
-
-
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?|\.[0-9]+)([KMGTPE]i|[mkMGTPE])?$")
-_FACTORS: dict[str, Decimal] = {
-    "": Decimal(1), "m": Decimal("0.001"), "k": Decimal(10) ** 3, "M": Decimal(10) ** 6,
-    "G": Decimal(10) ** 9, "T": Decimal(10) ** 12, "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,
-    "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40,
-    "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
-}  # fmt: skip
-
-
-def parse_quantity(value: str) -> Decimal:
-    """A Kubernetes quantity ("500m", "4", "16Gi") as a number."""
-    match = _QUANTITY.match(value)
-    if not match:
-        raise ValueError(f"not a Kubernetes quantity: {value!r}")
-    return Decimal(match.group(1)) * _FACTORS[match.group(2) or ""]
 
 
 def local_path(args: BuildArgs, model: ModelSpec) -> str | None:
@@ -350,31 +242,28 @@ def deployment_plan(args: BuildArgs, model: ModelSpec) -> ModelDeploymentPlan:
         "max_queued_requests": 4 * max_ongoing,
         "cost_per_replica_hour": tier.cost_per_replica_hour,
     }
-    if args.replicas.get(model.name) == 0:
+    fixed = args.replicas.get(model.name)
+    up, down = scaling.scale_up_cooldown_seconds, scaling.scale_down_cooldown_seconds
+    if fixed == 0:
         # Parked: Ray Serve's config cannot say num_replicas 0, but an autoscaling range of
         # 0..1 starting at 0 can. Ray starts a replica only for a request that reaches the
         # deployment, and the ingress sends none while the model is parked; Shoal's
         # autoscaler brings it back (num_replicas >= 1) when the router asks for it.
-        plan["autoscaling_config"] = {
-            "min_replicas": 0,
-            "initial_replicas": 0,
-            "max_replicas": 1,
-            "target_ongoing_requests": target,
-            "upscale_delay_s": 0,
-            "downscale_delay_s": scaling.scale_down_cooldown_seconds,
-        }
-    elif model.name in args.replicas:
-        plan["num_replicas"] = args.replicas[model.name]
+        span, up = ReplicaRange(min=0, max=1, initial=0), 0
+    elif fixed is not None:
+        span = ReplicaRange(min=fixed, max=fixed, initial=fixed)
+        plan["num_replicas"] = fixed
     else:
-        lo = model.min_replicas if model.min_replicas is not None else scaling.min_replicas
-        hi = model.max_replicas if model.max_replicas is not None else scaling.max_replicas
+        span = replica_range(model, tier)
+    plan["replicas"] = span
+    if fixed is None or fixed == 0:
         plan["autoscaling_config"] = {
-            "min_replicas": lo,
-            "initial_replicas": min(max(lo, 1), max(hi, lo)),
-            "max_replicas": max(hi, lo),
+            "min_replicas": span.min,
+            "initial_replicas": span.initial,
+            "max_replicas": span.max,
             "target_ongoing_requests": target,
-            "upscale_delay_s": scaling.scale_up_cooldown_seconds,
-            "downscale_delay_s": scaling.scale_down_cooldown_seconds,
+            "upscale_delay_s": up,
+            "downscale_delay_s": down,
         }
     return ModelDeploymentPlan.model_validate(plan)
 

@@ -48,15 +48,27 @@ def serve_embeddings(*, dim: int = 64, api_key: str | None = None) -> Iterator[E
             endpoint.authorizations.append(seen)
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if api_key is not None and seen != f"Bearer {api_key}":
-                error = {"message": "Incorrect API key provided.", "type": "invalid_request_error",
-                         "param": None, "code": "invalid_api_key"}  # fmt: skip
+                error = {
+                    "message": "Incorrect API key provided.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_api_key",
+                }
                 self._send(401, {"error": error})
                 return
             texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
             vectors = embedder.embed(texts).tolist()
-            self._send(200, {"object": "list", "model": body.get("model", ""),
-                             "data": [{"object": "embedding", "index": i, "embedding": v}
-                                      for i, v in enumerate(vectors)]})  # fmt: skip
+            self._send(
+                200,
+                {
+                    "object": "list",
+                    "model": body.get("model", ""),
+                    "data": [
+                        {"object": "embedding", "index": i, "embedding": v}
+                        for i, v in enumerate(vectors)
+                    ],
+                },
+            )
 
         def log_message(self, *args: Any) -> None:
             pass

@@ -1,4 +1,4 @@
-"""``shoal up`` and ``shoal down``: thin typer commands over :mod:`shoal.serving.local`.
+"""``shoal up`` and ``shoal down``: thin typer commands over :mod:`shoal.local.runner`.
 
 Registered on the main ``shoal`` command by :mod:`shoal.cli`. Nothing heavy is imported at
 module level (no Ray), so ``shoal --help`` stays fast.
@@ -6,7 +6,10 @@ module level (no Ray), so ``shoal --help`` stays fast.
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,7 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def _progress_table(args: Any, status: dict[str, Any], elapsed: float) -> Table:
-    from shoal.serving.config import INGRESS_DEPLOYMENT, deployment_plans
+    from shoal.contract import INGRESS_DEPLOYMENT, deployment_plans
 
     phase = status.get("phase", "starting")
     table = Table(title=f"fleet {args.fleet_name}: {phase} ({elapsed:.0f}s)", title_justify="left")
@@ -75,8 +78,23 @@ Python (openai)
   print(r.headers["x-shoal-model"], r.parse().choices[0].message.content)
 
   `model: "auto"` routes through the learned router; a model name bypasses it.
-  Metrics (Prometheus): http://{host}:{metrics_port}/metrics   Stop: shoal down
+  Metrics (Prometheus): http://{host}:{metrics_port}/metrics   Stop: {down_command()}
 """
+
+
+def down_command() -> str:
+    """How the caller's shell runs ``shoal down``: ``make down`` under make, ``shoal down``
+    where ``shoal`` on PATH is this very program, else this program's own path."""
+    if os.environ.get("MAKELEVEL"):
+        return "make down"
+    me = Path(sys.argv[0]).resolve()
+    if me.name != "shoal":
+        return f"{sys.executable} -m shoal.cli down"
+    found = shutil.which("shoal")
+    if found and Path(found).resolve() == me:
+        return "shoal down"
+    rel = os.path.relpath(me)
+    return f"{rel if not rel.startswith('..') else me} down"
 
 
 def up(
@@ -97,7 +115,7 @@ def up(
     timeout: float = typer.Option(900, "--timeout", help="Seconds to wait for the fleet."),
 ) -> None:
     """Run a fleet locally on CPU: local Ray, the router, the models; no cluster needed."""
-    from shoal.serving import local
+    from shoal.local import runner as local
 
     started = time.monotonic()
     folder = local.state_dir()
@@ -105,7 +123,7 @@ def up(
     if running is not None and local.pid_alive(running.pid):
         console.print(
             f"[red]a fleet ({running.fleet}) is already running at {running.base_url}[/red]; "
-            "run `shoal down` first"
+            f"run `{down_command()}` first"
         )
         raise typer.Exit(1)
     for p in (port, metrics_port):
@@ -161,7 +179,7 @@ def up(
 
 def down() -> None:
     """Stop the fleet that `shoal up` started."""
-    from shoal.serving import local
+    from shoal.local import runner as local
 
     folder = local.state_dir()
     with console.status("stopping the fleet (Ray Serve and its local Ray)"):
