@@ -3,12 +3,13 @@
 - :class:`ServeModelClient`: a Shoal model deployment (llama.cpp or the simulator) through
   its Ray Serve handle;
 - :class:`LLMServerClient`: a vLLM model served by ``ray.serve.llm``'s LLM server, through
-  its handle, translating its OpenAI-shaped output back into engine chunks;
+  its handle, passing the client's request on and its OpenAI events back;
 - :class:`LocalModelClient`: an engine in this very process (no Ray), for tests of the
   ingress logic and for tools that embed the endpoint.
 
 Every client raises :class:`ModelOverloaded` when the model refuses for load (Ray Serve's
-back-pressure or a full engine queue) and :class:`ModelFailed` for anything else, so the
+back-pressure or a full engine queue), :class:`ModelRejected` when the model cannot serve the
+request itself (too long for its context) and :class:`ModelFailed` for anything else, so the
 ingress can decide to fall back without knowing which engine it talked to.
 """
 
@@ -21,7 +22,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from shoal.contract import BuildArgs, deployment_plans
-from shoal.serving.engines.base import Chunk, Engine, EngineOverloaded, GenerationRequest
+from shoal.serving import openai_api
+from shoal.serving.engines.base import (
+    Chunk,
+    Engine,
+    EngineOverloaded,
+    GenerationRequest,
+    RequestRejected,
+)
 
 
 class ModelUnavailable(Exception):
@@ -46,6 +54,18 @@ class ModelFailed(ModelUnavailable):
     """The model failed (replica died, engine error, bad output)."""
 
     reason = "error"
+
+
+class ModelRejected(ModelUnavailable):
+    """The model cannot serve this request (prompt over its context, a parameter its engine
+    cannot honour): the client's error, not the model's, so no cooldown."""
+
+    reason = "rejected"
+
+    def __init__(self, message: str, code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.param = param
 
 
 @dataclass(frozen=True)
@@ -77,6 +97,16 @@ def _is_overload(exc: BaseException) -> bool:
         return True
     cause = getattr(exc, "cause", None)
     return isinstance(cause, BackPressureError | EngineOverloaded)
+
+
+def _unavailable(exc: BaseException) -> ModelUnavailable:
+    """The ingress's view of an error a model call raised (through Ray or in process)."""
+    cause = exc if isinstance(exc, RequestRejected) else getattr(exc, "cause", None)
+    if isinstance(cause, RequestRejected):
+        return ModelRejected(cause.message, cause.code, cause.param)
+    if _is_overload(exc):
+        return ModelOverloaded(str(exc))
+    return ModelFailed(f"{type(exc).__name__}: {exc}")
 
 
 def _cancel(response: Any) -> None:
@@ -116,9 +146,7 @@ class ServeModelClient:
             done = True
         except Exception as exc:
             done = True  # the call is over; nothing left to cancel
-            if _is_overload(exc):
-                raise ModelOverloaded(str(exc)) from exc
-            raise ModelFailed(f"{type(exc).__name__}: {exc}") from exc
+            raise _unavailable(exc) from exc
         finally:
             if gen is not None and not done:
                 _cancel(gen)
@@ -128,7 +156,12 @@ class ServeModelClient:
 
 
 class LLMServerClient:
-    """A vLLM model served by ``ray.serve.llm``'s ``LLMServer``, through its handle."""
+    """A vLLM model served by ``ray.serve.llm``'s ``LLMServer``, through its handle.
+
+    The client's OpenAI request goes to vLLM as it was sent (tools, ``response_format``,
+    logprobs, vLLM's own sampling extras), always streamed with usage; vLLM's SSE events are
+    forwarded as they are when the client streams (the usage event only if it asked for
+    it), and assembled into one body when it does not."""
 
     def __init__(self, info: ModelInfo, handle: Any, model_id: str) -> None:
         self.info = info
@@ -138,10 +171,12 @@ class LLMServerClient:
         self._health = handle.options(method_name="check_health")
 
     def _request(self, request: GenerationRequest) -> Any:
+        from pydantic import ValidationError
         from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
         model = f"{self.model_id}:{request.adapter}" if request.adapter else self.model_id
         body: dict[str, Any] = {
+            **request.params,
             "model": model,
             "max_tokens": request.max_tokens,
             "stream": True,
@@ -153,9 +188,15 @@ class LLMServerClient:
                 body[key] = value
         if request.stop:
             body["stop"] = list(request.stop)
-        if request.kind == "chat":
-            return ChatCompletionRequest(messages=request.messages, **body)
-        return CompletionRequest(prompt=request.prompt, **body)
+        try:
+            if request.kind == "chat":
+                return ChatCompletionRequest(messages=request.messages, **body)
+            return CompletionRequest(prompt=request.prompt, **body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            param = ".".join(str(p) for p in first.get("loc", ())) or None
+            message = f"vLLM refused the request: {first.get('msg')}"
+            raise ModelRejected(message, None, param) from None
 
     async def stream(self, request: GenerationRequest, coalesce: bool) -> AsyncIterator[Chunk]:
         method = self._chat if request.kind == "chat" else self._completions
@@ -163,33 +204,24 @@ class LLMServerClient:
             # Ray Serve LLM routes LoRA requests as multiplexed models "<base>:<adapter>".
             method = method.options(multiplexed_model_id=f"{self.model_id}:{request.adapter}")
         gen: Any = None
-        pending: Chunk | None = None
+        answer = ServerStream(request)
         try:
             gen = method.remote(self._request(request))
             async for batch in gen:
                 for item in batch if isinstance(batch, list) else [batch]:
-                    for chunk in parse_llm_server_item(item):
-                        if pending is not None and pending.finish_reason is not None:
-                            # usage arrives after the finish chunk: merge it in
-                            pending = Chunk(
-                                pending.text + chunk.text,
-                                pending.finish_reason,
-                                chunk.prompt_tokens or pending.prompt_tokens,
-                                chunk.completion_tokens or pending.completion_tokens,
-                            )
-                            continue
-                        if pending is not None:
-                            yield pending
-                        pending = chunk
-            if pending is not None:
-                yield pending
-        except ModelFailed:
+                    for event, raw in llm_server_events(item):
+                        chunk = answer.feed(event, raw)
+                        if chunk is not None:
+                            yield chunk
+            gen = None
+            last = answer.close()
+            if last is not None:
+                yield last
+        except ModelUnavailable:
             raise
         except Exception as exc:
             gen = None  # the call is over; nothing left to cancel
-            if _is_overload(exc):
-                raise ModelOverloaded(str(exc)) from exc
-            raise ModelFailed(f"{type(exc).__name__}: {exc}") from exc
+            raise _unavailable(exc) from exc
         finally:
             if gen is not None:
                 _cancel(gen)
@@ -198,16 +230,28 @@ class LLMServerClient:
         await self._health.remote()
 
 
-def parse_llm_server_item(item: Any) -> list[Chunk]:
-    """Engine chunks from one item of ``LLMServer.chat``/``completions`` output."""
+def _error(error: Any) -> ModelUnavailable:
+    """An error vLLM answered with: the request's fault (400s) or the model's."""
+    data = error if isinstance(error, dict) else {"message": str(error)}
+    message = str(data.get("message") or data)
+    status = data.get("code")
+    if status in (400, "400") or data.get("type") in ("BadRequestError", "invalid_request_error"):
+        code = "context_length_exceeded" if "context length" in message else None
+        return ModelRejected(message, code, data.get("param"))
+    return ModelFailed(message)
+
+
+def llm_server_events(item: Any) -> list[tuple[dict[str, Any], bytes]]:
+    """The events of one item of ``LLMServer.chat``/``completions`` output: each event's JSON
+    and its wire bytes (``data: ...`` as vLLM wrote it); ``[DONE]`` is left out."""
     if isinstance(item, bytes):
         item = item.decode()
     if not isinstance(item, str):
         data = item.model_dump() if hasattr(item, "model_dump") else item
         if isinstance(data, dict) and "error" in data:
-            raise ModelFailed(str(data["error"]))
+            raise _error(data["error"])
         raise ModelFailed(f"unexpected LLM server output {type(item).__name__}")
-    out: list[Chunk] = []
+    out: list[tuple[dict[str, Any], bytes]] = []
     for line in item.splitlines():
         if not line.startswith("data: "):
             continue
@@ -216,27 +260,62 @@ def parse_llm_server_item(item: Any) -> list[Chunk]:
             continue
         data = json.loads(payload)
         if "error" in data:
-            raise ModelFailed(str(data["error"]))
-        usage = data.get("usage") or {}
-        choices = data.get("choices") or []
-        text = ""
-        finish = None
+            raise _error(data["error"])
+        out.append((data, b"data: " + payload.encode() + b"\n\n"))
+    return out
+
+
+class ServerStream:
+    """Turns an OpenAI server's streamed events (asked with ``include_usage``) into engine
+    chunks: events forwarded as they are when the client streams, one assembled body when
+    not; the chunk that ends the answer carries the finish reason and the token counts."""
+
+    def __init__(self, request: GenerationRequest) -> None:
+        self.request = request
+        self.events: list[dict[str, Any]] = []
+        self.finish: str | None = None
+        self.held = b""
+        self.closed = False
+
+    def feed(self, event: dict[str, Any], raw: bytes) -> Chunk | None:
+        choices = event.get("choices") or []
         if choices:
             choice = choices[0]
-            if "delta" in choice:
-                text = (choice["delta"] or {}).get("content") or ""
-            else:
-                text = choice.get("text") or ""
-            finish = choice.get("finish_reason")
-        out.append(
-            Chunk(
-                text,
-                "length" if finish == "length" else ("stop" if finish else None),
-                usage.get("prompt_tokens"),
-                usage.get("completion_tokens"),
+            text = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
+            if not self.request.stream:
+                self.events.append(event)
+            if choice.get("finish_reason") is not None:
+                self.finish = choice["finish_reason"]
+                self.held += raw  # the answer ends with the usage event that follows
+                return None
+            return Chunk(text, data=raw if self.request.stream else None)
+        usage = event.get("usage")
+        if usage is not None:
+            return self._end(usage, raw if self.request.include_usage else b"")
+        return None
+
+    def close(self) -> Chunk | None:
+        """The last chunk, where the server sent no usage event after finishing."""
+        if self.closed or self.finish is None:
+            return None
+        return self._end(None, b"")
+
+    def _end(self, usage: dict[str, Any] | None, tail: bytes) -> Chunk:
+        self.closed = True
+        req = self.request
+        use = usage or {}
+        prompt, completion = use.get("prompt_tokens"), use.get("completion_tokens")
+        reason = self.finish if self.finish in ("stop", "length", "tool_calls") else "stop"
+        if req.stream:
+            data = self.held + tail
+        else:
+            build = (
+                openai_api.assemble_chat if req.kind == "chat" else openai_api.assemble_completion
             )
-        )
-    return out
+            counts = openai_api.usage(prompt or 0, completion or 0)
+            body = build(self.events, req.request_id, req.created, req.model_name, counts)
+            data = json.dumps(body, separators=(",", ":")).encode()
+        return Chunk("", reason, prompt, completion, data=data)  # type: ignore[arg-type]
 
 
 class LocalModelClient:
@@ -252,6 +331,8 @@ class LocalModelClient:
                 yield chunk
         except EngineOverloaded as exc:
             raise ModelOverloaded(str(exc)) from exc
+        except RequestRejected as exc:
+            raise ModelRejected(exc.message, exc.code, exc.param) from exc
         except Exception as exc:
             raise ModelFailed(f"{type(exc).__name__}: {exc}") from exc
 

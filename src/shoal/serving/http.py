@@ -56,6 +56,13 @@ def not_found(path: str) -> ApiError:
     return ApiError(404, f"Unknown request URL: {path}.", code="unknown_url")
 
 
+def method_not_allowed(path: str, allow: str) -> ApiError:
+    """405 with the ``Allow`` header HTTP requires."""
+    return ApiError(
+        405, f"Use {allow} for {path}.", code="method_not_allowed", headers={"allow": allow}
+    )
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, or 413 when it is larger than ``limit`` bytes (checked before reading when
     the client declares its length)."""
@@ -79,9 +86,16 @@ def parse(api: Api, body: bytes, limits: ServingLimits) -> ChatRequest | Complet
 
 
 def generation(
-    parsed: ChatRequest | CompletionRequest, request_id: str, limits: ServingLimits
+    parsed: ChatRequest | CompletionRequest,
+    request_id: str,
+    limits: ServingLimits,
+    model_name: str = "",
 ) -> GenerationRequest:
-    return to_generation(parsed, request_id, limits.default_max_tokens)
+    """The engine's request: what Shoal read, the client's other parameters, and the name
+    and ``created`` the answer carries."""
+    return to_generation(
+        parsed, request_id, limits.default_max_tokens, model_name or parsed.model, int(time.time())
+    )
 
 
 def new_id(api: Api) -> str:
@@ -134,6 +148,9 @@ async def collect(first: Chunk, rest: AsyncIterator[Chunk], deadline: float) -> 
 def completion_response(
     api: Api, rid: str, model: str, text: str, last: Chunk, headers: dict[str, str]
 ) -> Response:
+    """The unary answer: the engine's own body where it wrote one, else ``text`` formatted."""
+    if last.data is not None:
+        return Response(last.data, headers=headers, media_type="application/json")
     build = chat_body if api == "chat" else completion_body
     body = build(
         rid,
@@ -216,8 +233,7 @@ async def respond(
     """The whole answer of one model to one request, streamed or not."""
     rid = new_id(api)
     deadline = time.monotonic() + timeout
-    if parsed.stream:
-        include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-        return sse_response(api, rid, model, include_usage, first, rest, headers, deadline)
+    if parsed.streaming:
+        return sse_response(api, rid, model, parsed.include_usage, first, rest, headers, deadline)
     text, last = await collect(first, rest, deadline)
     return completion_response(api, rid, model, text, last, headers)

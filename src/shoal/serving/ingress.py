@@ -28,13 +28,16 @@ from starlette.responses import Response
 
 from shoal.contract import BuildArgs
 from shoal.serving import http
-from shoal.serving.clients import ModelClient, ModelUnavailable, model_clients
+from shoal.serving.capabilities import Refusal, capabilities, refusal
+from shoal.serving.clients import ModelClient, ModelRejected, ModelUnavailable, model_clients
 from shoal.serving.engines.base import Chunk, GenerationRequest
 from shoal.serving.metrics import RouterMetrics
 from shoal.serving.openai_api import (
     ApiError,
     ChatRequest,
     CompletionRequest,
+    approx_prompt_tokens,
+    max_tokens_of,
     model_not_found,
     query_text,
 )
@@ -73,6 +76,7 @@ class Endpoint:
             if m.name in clients
             for a in m.lora_adapters
         }
+        self.capabilities = {m.name: capabilities(m) for m in args.fleet.models}
         self.in_flight = dict.fromkeys(clients, 0)
         self.ready: set[str] = set()
         self._last_ok: dict[str, float] = {}
@@ -90,9 +94,11 @@ class Endpoint:
             api = http.api_of(path)
             if api is not None:
                 if method != "POST":
-                    raise ApiError(405, f"Use POST for {path}.", code="method_not_allowed")
+                    raise http.method_not_allowed(path, "POST")
                 return await self.generate(api, request)
             if method != "GET":
+                if path.endswith("/v1/models") or "/v1/models/" in path:
+                    raise http.method_not_allowed(path, "GET")
                 raise http.not_found(path)
             if path.endswith("/v1/models"):
                 return http.json_response(self.models_body())
@@ -147,6 +153,7 @@ class Endpoint:
             return http.error_response(err)
         rid = http.new_id(api)
         gen = http.generation(parsed, rid, self.limits)
+        ranked = self._capable(api, parsed, ranked)
         if parsed.model in self.adapters:
             gen = dataclasses.replace(gen, adapter=self.adapters[parsed.model][1])
         if self.args.log_prompts:
@@ -154,19 +161,21 @@ class Endpoint:
         deadline = time.monotonic() + self.limits.request_timeout_seconds
         candidates = self._candidates(ranked)
         last_error: ModelUnavailable | None = None
+        only_rejected = True  # every model tried refused the request itself
         for i, model in enumerate(candidates):
             client = self.clients[model]
             try:
-                first, rest = await self._first_chunk(client, gen, coalesce=not parsed.stream)
+                first, rest = await self._first_chunk(client, gen, coalesce=not parsed.streaming)
             except ModelUnavailable as exc:
                 last_error = exc
+                only_rejected &= isinstance(exc, ModelRejected)
                 self._unavailable(model, exc, rid, more=i + 1 < len(candidates))
                 continue
             ttft = time.perf_counter() - started
             self.metrics.first_token(model, client.info.tier, ttft)
             self._ok(model)
             out_headers = {**headers, "x-shoal-model": model}
-            if parsed.stream:
+            if parsed.streaming:
                 return self._stream(
                     api, parsed, rid, client, first, rest, out_headers, started, deadline
                 )
@@ -180,11 +189,18 @@ class Endpoint:
                 else:
                     failure = ModelUnavailable(exc.message)
                 last_error = failure
+                only_rejected &= isinstance(failure, ModelRejected)
                 self._unavailable(model, failure, rid, more=i + 1 < len(candidates))
                 self._done(model)
                 continue
             self._finished(client, api, started, last)
             return http.completion_response(api, rid, model, text, last, out_headers)
+        if isinstance(last_error, ModelRejected) and only_rejected:
+            # Every model that got the request refused it as too long or not servable: the
+            # client's error, said as the engine said it.
+            self.metrics.reject(api, 400)
+            refused = ApiError(400, str(last_error), param=last_error.param, code=last_error.code)
+            return http.error_response(refused, headers)
         self.metrics.reject(api, 503)
         reason = f" (last error: {last_error.reason})" if last_error else ""
         return http.error_response(
@@ -232,6 +248,37 @@ class Endpoint:
         if ranking.cluster is not None:
             headers["x-shoal-cluster"] = str(ranking.cluster)
         return models, headers
+
+    def _capable(
+        self, api: http.Api, parsed: ChatRequest | CompletionRequest, ranked: list[str]
+    ) -> list[str]:
+        """The ranked models that can serve this request (its parameters, its length); a 400
+        that names what is missing when none can."""
+        tokens = approx_prompt_tokens(parsed)
+        budget = max_tokens_of(parsed, self.limits.default_max_tokens)
+        capable: list[str] = []
+        first: tuple[str, Refusal] | None = None
+        for model in ranked:
+            why = refusal(self.capabilities[model], api, parsed.body, tokens, budget)
+            if why is None:
+                capable.append(model)
+            elif first is None:
+                first = (model, why)
+        if capable:
+            for model in ranked:
+                if model in capable:
+                    break
+                self.metrics.fallback(model, "incapable")
+            return capable
+        assert first is not None
+        model, why = first
+        named = parsed.model not in self.aliases
+        message = (
+            f"{why.message} (model {model})"
+            if named
+            else f"No model of this fleet can serve this request: {why.message}"
+        )
+        raise ApiError(400, message, param=why.param, code=why.code)
 
     def _candidates(self, ranked: list[str]) -> list[str]:
         limit = 1 + self.limits.max_fallbacks
@@ -312,16 +359,15 @@ class Endpoint:
                         cost_usd=0.0,
                     )
 
-        include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         return http.sse_response(
-            api, rid, model, include_usage, first, rest, headers, deadline, on_finish
+            api, rid, model, parsed.include_usage, first, rest, headers, deadline, on_finish
         )
 
     # -- bookkeeping ------------------------------------------------------------------------
 
     def _unavailable(self, model: str, exc: ModelUnavailable, rid: str, more: bool) -> None:
         reason = exc.reason
-        if reason != "overload":
+        if reason not in ("overload", "rejected"):  # a refused request says nothing of health
             self.health.failed(model)
         self.metrics.fallback(model, reason)
         log.log(

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -92,6 +91,7 @@ class ModelServer:
                     chunk.finish_reason,
                     chunk.prompt_tokens,
                     chunk.completion_tokens,
+                    data=chunk.data,  # an engine's own unary body comes whole in the last
                 )
                 return
 
@@ -117,7 +117,8 @@ class ModelServer:
                 raise http.not_found(path)
             body = await http.read_body(request, self.limits.max_body_bytes)
             parsed = http.parse(api, body, self.limits)
-            gen = http.generation(parsed, f"{api}-{uuid.uuid4().hex}", self.limits)
+            rid = http.new_id(api)
+            gen = http.generation(parsed, rid, self.limits, self.spec.name)
             chunks = merged(self.engine.generate(gen), self.limits.stream_interval_ms)
             first = await anext(chunks)
             headers = {"x-shoal-model": self.spec.name}
@@ -202,9 +203,11 @@ def _merge(batch: list[Chunk]) -> Chunk:
     if len(batch) == 1:
         return batch[0]
     last = batch[-1]
+    data = [c.data for c in batch if c.data is not None]
     return Chunk(
         "".join(c.text for c in batch),
         last.finish_reason,
         last.prompt_tokens,
         last.completion_tokens,
+        data=b"".join(data) if data else None,  # SSE events concatenate
     )

@@ -2,10 +2,14 @@
 
 Pure functions and Pydantic models, no I/O: the ingress parses a body with
 :func:`parse_chat` / :func:`parse_completion` (which raise :class:`ApiError` with the HTTP
-status and OpenAI error body), turns it into an engine-neutral
-:class:`~shoal.serving.engines.base.GenerationRequest`, and formats what the engine yields
-with the ``*_body`` / ``*_chunk`` functions below, exactly in the shapes the official
-``openai`` client parses.
+status and OpenAI error body). Only what Shoal reads is validated here (model, messages or
+prompt, stream, token limits, sampling); the request's other parameters stay in
+:attr:`_Common.body` and travel to the engine in the
+:class:`~shoal.serving.engines.base.GenerationRequest` (:func:`to_generation`), after the
+ingress checked them against the model's capabilities. Engines that only generate text have
+it formatted by the ``*_body`` functions and :class:`StreamFormatter`, exactly in the shapes
+the official ``openai`` client parses; :func:`assemble_chat` and :func:`assemble_completion`
+build a unary body from an engine's own streamed chunks.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, ValidationError
 
-from shoal.serving.engines.base import Chunk, GenerationRequest
+from shoal.serving.capabilities import NO_EFFECT, READ_BY_INGRESS
+from shoal.serving.engines.base import Chunk, GenerationRequest, approx_tokens, render_messages
 
 SSE_DONE = b"data: [DONE]\n\n"
 
@@ -64,12 +69,13 @@ def model_not_found(model: str) -> ApiError:
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    include_usage: bool = False
+    include_usage: bool | None = False
 
 
 class _Common(BaseModel):
-    """Fields chat and completions share. Unknown fields are ignored, as OpenAI-compatible
-    servers do, so newer clients keep working."""
+    """Fields chat and completions share, as far as Shoal reads them. Every other field stays
+    in :attr:`body` for the engine; the ingress checks it against the chosen model's
+    capabilities (and refuses, naming it, what that engine cannot honour)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -77,14 +83,34 @@ class _Common(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    n: int = Field(default=1, ge=1)
-    stream: bool = False
+    n: int | None = Field(default=None, ge=1)
+    stream: StrictBool | None = None
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
     user: str | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    _body: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The request as the client sent it (JSON)."""
+        return self._body
+
+    @property
+    def streaming(self) -> bool:
+        return bool(self.stream)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def params(self) -> dict[str, Any]:
+        """The client's parameters that Shoal does not read itself, for the engine."""
+        return {
+            k: v for k, v in self._body.items() if k not in READ_BY_INGRESS and k not in NO_EFFECT
+        }
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -100,18 +126,35 @@ class ChatMessage(BaseModel):
     name: str | None = None
 
 
+class ToolFunction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function"]
+    function: ToolFunction
+
+
 class ChatRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
-    tools: list[dict[str, Any]] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
 
 
 class CompletionRequest(_Common):
     prompt: str | list[str]
-    echo: bool = False
+    echo: bool | None = None
     best_of: int | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=20)
     suffix: str | None = None
 
 
@@ -132,7 +175,7 @@ def _load_json(body: bytes) -> dict[str, Any]:
 
 
 def _check_common(req: _Common, max_tokens: int | None, limit: int) -> None:
-    if req.n != 1:
+    if req.n not in (None, 1):
         raise ApiError(400, "Only n=1 is supported.", param="n")
     if max_tokens is not None and max_tokens > limit:
         raise ApiError(
@@ -147,57 +190,87 @@ def _check_common(req: _Common, max_tokens: int | None, limit: int) -> None:
 
 def parse_chat(body: bytes, *, max_tokens_limit: int) -> ChatRequest:
     """Validate a ``/v1/chat/completions`` body (:class:`ApiError` 400 when invalid)."""
+    data = _load_json(body)
     try:
-        req = ChatRequest.model_validate(_load_json(body))
+        req = ChatRequest.model_validate(data)
     except ValidationError as exc:
         raise _validation_error(exc) from None
+    req._body = data
     _check_common(req, req.max_completion_tokens or req.max_tokens, max_tokens_limit)
-    if req.tools:
-        raise ApiError(400, "Tool calling is not supported by this endpoint.", param="tools")
-    if req.logprobs:
-        raise ApiError(400, "logprobs are not supported by this endpoint.", param="logprobs")
+    if isinstance(req.tool_choice, dict):
+        name = (req.tool_choice.get("function") or {}).get("name")
+        if name not in {t.function.name for t in req.tools or []}:
+            raise ApiError(
+                400,
+                f"tool_choice names a function that is not in tools: {name!r}.",
+                param="tool_choice",
+            )
     return req
 
 
 def parse_completion(body: bytes, *, max_tokens_limit: int) -> CompletionRequest:
     """Validate a ``/v1/completions`` body (:class:`ApiError` 400 when invalid)."""
+    data = _load_json(body)
     try:
-        req = CompletionRequest.model_validate(_load_json(body))
+        req = CompletionRequest.model_validate(data)
     except ValidationError as exc:
         raise _validation_error(exc) from None
+    req._body = data
     _check_common(req, req.max_tokens, max_tokens_limit)
     if isinstance(req.prompt, list) and len(req.prompt) != 1:
         raise ApiError(400, "Exactly one prompt per request is supported.", param="prompt")
-    if req.echo or req.suffix is not None or (req.best_of not in (None, 1)):
-        raise ApiError(400, "echo, suffix and best_of are not supported.", param="echo")
-    if req.logprobs:
-        raise ApiError(400, "logprobs are not supported by this endpoint.", param="logprobs")
+    if req.best_of not in (None, 1):
+        raise ApiError(400, "Only best_of=1 is supported.", param="best_of")
     return req
 
 
+def max_tokens_of(req: ChatRequest | CompletionRequest, default_max_tokens: int) -> int:
+    """The completion budget of a request (OpenAI's legacy completions default to 16)."""
+    if isinstance(req, ChatRequest):
+        return req.max_completion_tokens or req.max_tokens or default_max_tokens
+    return req.max_tokens or 16
+
+
 def to_generation(
-    req: ChatRequest | CompletionRequest, request_id: str, default_max_tokens: int
+    req: ChatRequest | CompletionRequest,
+    request_id: str,
+    default_max_tokens: int,
+    model_name: str = "",
+    created: int = 0,
 ) -> GenerationRequest:
-    """The engine-neutral request."""
+    """The request for the engine: what Shoal read, and the client's other parameters."""
     common: dict[str, Any] = {
         "request_id": request_id,
         "temperature": req.temperature,
         "top_p": req.top_p,
         "stop": req.stop_list(),
         "seed": req.seed,
+        "params": req.params(),
+        "stream": req.streaming,
+        "include_usage": req.include_usage,
+        "model_name": model_name or req.model,
+        "created": created,
     }
     if isinstance(req, ChatRequest):
         return GenerationRequest(
             kind="chat",
-            max_tokens=req.max_completion_tokens or req.max_tokens or default_max_tokens,
+            max_tokens=max_tokens_of(req, default_max_tokens),
             messages=[m.model_dump(exclude_none=True) for m in req.messages],
             **common,
         )
     prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
-    # OpenAI's legacy completions default to 16 tokens.
     return GenerationRequest(
-        kind="completion", max_tokens=req.max_tokens or 16, prompt=prompt, **common
-    )
+        kind="completion", max_tokens=max_tokens_of(req, default_max_tokens), prompt=prompt,
+        **common,
+    )  # fmt: skip
+
+
+def approx_prompt_tokens(req: ChatRequest | CompletionRequest) -> int:
+    """A tokenizer-free estimate of the prompt's length (for the context-window check; the
+    engine checks exactly, and a model that finds it too long passes it on)."""
+    if isinstance(req, CompletionRequest):
+        return approx_tokens(req.prompt if isinstance(req.prompt, str) else req.prompt[0])
+    return approx_tokens(render_messages([m.model_dump(exclude_none=True) for m in req.messages]))
 
 
 def query_text(req: ChatRequest | CompletionRequest) -> str:
@@ -235,7 +308,6 @@ def chat_body(
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "system_fingerprint": None,
         "choices": [
             {
                 "index": 0,
@@ -256,7 +328,6 @@ def completion_body(
         "object": "text_completion",
         "created": created,
         "model": model,
-        "system_fingerprint": None,
         "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
         "usage": usage(prompt, completion),
     }
@@ -283,7 +354,7 @@ class StreamFormatter:
         self._head = (
             f'{{"id":"{rid}","object":"'
             + ("chat.completion.chunk" if kind == "chat" else "text_completion")
-            + f'","created":{created},"model":{json.dumps(model)},"system_fingerprint":null,'
+            + f'","created":{created},"model":{json.dumps(model)},'
         )
         self._started = False
 
@@ -292,7 +363,11 @@ class StreamFormatter:
         return f'data: {self._head}"choices":{choices}{tail}}}\n\n'.encode()
 
     def chunk(self, chunk: Chunk) -> bytes:
-        """Events for one engine chunk (several for the first and the last)."""
+        """Events for one engine chunk (several for the first and the last); an engine's
+        own wire bytes go out as they are."""
+        if chunk.data is not None:
+            self._started = True
+            return chunk.data
         out = b""
         if self.kind == "chat":
             if not self._started:
@@ -333,3 +408,115 @@ class StreamFormatter:
     def error(self, err: ApiError) -> bytes:
         """An error event for a stream that broke after it started."""
         return sse(err.body())
+
+
+# --- an engine's own streamed chunks -> one unary body ------------------------------------------
+
+
+def _merge_tool_calls(into: list[dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
+    for delta in deltas:
+        index = int(delta.get("index", len(into)))
+        while len(into) <= index:
+            into.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        call = into[index]
+        if delta.get("id"):
+            call["id"] = delta["id"]
+        if delta.get("type"):
+            call["type"] = delta["type"]
+        fn = delta.get("function") or {}
+        if fn.get("name"):
+            call["function"]["name"] += fn["name"]
+        if fn.get("arguments"):
+            call["function"]["arguments"] += fn["arguments"]
+
+
+def assemble_chat(
+    chunks: list[dict[str, Any]], rid: str, created: int, model: str, usage_: dict[str, int]
+) -> dict[str, Any]:
+    """A ``chat.completion`` body from an engine's ``chat.completion.chunk`` objects: content
+    joined, tool calls merged by index, logprobs appended, the last finish reason."""
+    content: list[str] = []
+    tool_calls: list[dict[str, Any]] = []
+    logprobs: list[dict[str, Any]] | None = None
+    finish: str | None = None
+    for chunk in chunks:
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                content.append(delta["content"])
+            if delta.get("tool_calls"):
+                _merge_tool_calls(tool_calls, delta["tool_calls"])
+            lp = choice.get("logprobs")
+            if lp and lp.get("content") is not None:
+                logprobs = (logprobs or []) + list(lp["content"])
+            if choice.get("finish_reason"):
+                finish = choice["finish_reason"]
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(content) if content or not tool_calls else None,
+        "refusal": None,
+    }
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None if logprobs is None else {"content": logprobs},
+                "finish_reason": finish or "stop",
+            }
+        ],
+        "usage": usage_,
+    }
+
+
+def assemble_completion(
+    chunks: list[dict[str, Any]], rid: str, created: int, model: str, usage_: dict[str, int]
+) -> dict[str, Any]:
+    """A ``text_completion`` body from an engine's streamed ``text_completion`` objects."""
+    text: list[str] = []
+    logprobs: dict[str, list[Any]] | None = None
+    finish: str | None = None
+    for chunk in chunks:
+        for choice in chunk.get("choices") or []:
+            text.append(choice.get("text") or "")
+            lp = choice.get("logprobs")
+            if lp:
+                logprobs = logprobs or {
+                    "tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []
+                }  # fmt: skip
+                for key in logprobs:
+                    logprobs[key].extend(lp.get(key) or [])
+            if choice.get("finish_reason"):
+                finish = choice["finish_reason"]
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {"text": "".join(text), "index": 0, "logprobs": logprobs,
+             "finish_reason": finish or "stop"}
+        ],
+        "usage": usage_,
+    }  # fmt: skip
+
+
+def usage_event(kind: Literal["chat", "completion"], rid: str, created: int, model: str,
+                usage_: dict[str, int]) -> bytes:  # fmt: skip
+    """The last event of a stream whose client asked for ``include_usage``."""
+    return sse(
+        {
+            "id": rid,
+            "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": usage_,
+        }
+    )

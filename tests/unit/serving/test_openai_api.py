@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
-from shoal.serving.engines.base import Chunk
+from shoal.serving.engines.base import Chunk, GenerationRequest
 from shoal.serving.openai_api import (
     ApiError,
     StreamFormatter,
@@ -65,7 +66,11 @@ def test_completion_defaults_to_sixteen_tokens() -> None:
         (body(model="m", messages=[{"role": "user", "content": "x"}], n=2), "n"),
         (body(model="m", messages=[{"role": "user", "content": "x"}], temperature=3), "temperature"),
         (body(model="m", messages=[{"role": "user", "content": "x"}], tools=[{"type": "function"}]),
-         "tools"),
+         "tools.0.function"),
+        (body(model="m", messages=[{"role": "user", "content": "x"}], stream=0), "stream"),
+        (body(model="m", messages=[{"role": "user", "content": "x"}],
+              tools=[{"type": "function", "function": {"name": "f"}}],
+              tool_choice={"type": "function", "function": {"name": "g"}}), "tool_choice"),
     ],
 )  # fmt: skip
 def test_bad_chat_requests_are_400(raw: bytes, param: str | None) -> None:
@@ -77,10 +82,38 @@ def test_bad_chat_requests_are_400(raw: bytes, param: str | None) -> None:
 
 
 def test_bad_completion_requests_are_400() -> None:
-    with pytest.raises(ApiError):
+    with pytest.raises(ApiError) as info:
         parse_completion(body(model="m", prompt=["a", "b"]), max_tokens_limit=100)
-    with pytest.raises(ApiError):
-        parse_completion(body(model="m", prompt="a", echo=True), max_tokens_limit=100)
+    assert info.value.param == "prompt"
+    with pytest.raises(ApiError) as info:
+        parse_completion(body(model="m", prompt="a", best_of=2), max_tokens_limit=100)
+    assert info.value.param == "best_of"
+
+
+def test_nullable_fields_take_their_defaults() -> None:
+    """OpenAI's description makes stream and n nullable; null means the default."""
+    req = parse_chat(
+        body(model="m", messages=[{"role": "user", "content": "x"}], stream=None, n=None),
+        max_tokens_limit=100,
+    )
+    assert req.streaming is False and req.n is None
+
+
+def test_parameters_shoal_does_not_read_travel_to_the_engine() -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    req = parse_chat(
+        body(model="m", messages=[{"role": "user", "content": "x"}], tools=tools,
+             tool_choice="auto", response_format=fmt, logprobs=True, top_logprobs=2,
+             user="team-a", stream=True, stream_options={"include_usage": True}),
+        max_tokens_limit=100,
+    )  # fmt: skip
+    gen = to_generation(req, "rid", default_max_tokens=50, model_name="math", created=7)
+    assert gen.params == {
+        "tools": tools, "tool_choice": "auto", "response_format": fmt, "logprobs": True,
+        "top_logprobs": 2,
+    }  # fmt: skip
+    assert gen.stream and gen.include_usage and gen.model_name == "math" and gen.created == 7
 
 
 def test_bodies_match_openai_types() -> None:
@@ -117,24 +150,56 @@ def test_completion_stream_events_match_openai_types() -> None:
     assert last.choices[0].text == "b" and evs[0]["object"] == "text_completion"
 
 
-def test_llm_server_output_is_read_back_into_chunks() -> None:
-    """What ray.serve.llm's LLMServer streams (lists of SSE strings from vLLM's OpenAI
-    server code) becomes engine chunks."""
-    from shoal.serving.clients import ModelFailed, parse_llm_server_item
-
+def _server_item() -> str:
     head = '"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m"'
-    item = (
+    return (
         f'data: {{{head},"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}}}}]}}\n\n'
         f'data: {{{head},"choices":[{{"index":0,"delta":{{"content":"Hi"}},"finish_reason":null}}]}}\n\n'
         f'data: {{{head},"choices":[{{"index":0,"delta":{{}},"finish_reason":"length"}}]}}\n\n'
-        f'data: {{{head},"choices":[],"usage":{{"prompt_tokens":3,"completion_tokens":1}}}}\n\n'
+        f'data: {{{head},"choices":[],"usage":{{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}}}\n\n'
         "data: [DONE]\n\n"
     )
-    chunks = parse_llm_server_item(item)
-    assert [c.text for c in chunks] == ["", "Hi", "", ""]
-    assert chunks[2].finish_reason == "length"
-    assert (chunks[3].prompt_tokens, chunks[3].completion_tokens) == (3, 1)
-    completion = 'data: {"id":"c","object":"text_completion","choices":[{"text":"ok","index":0,"finish_reason":"stop"}]}\n\n'
-    assert parse_llm_server_item(completion)[0].text == "ok"
+
+
+def _read(request: GenerationRequest, item: str) -> list[Chunk]:
+    from shoal.serving.clients import ServerStream, llm_server_events
+
+    stream = ServerStream(request)
+    out = [c for e, raw in llm_server_events(item) if (c := stream.feed(e, raw)) is not None]
+    last = stream.close()
+    return out + ([last] if last is not None else [])
+
+
+def test_llm_server_stream_is_forwarded_as_it_is() -> None:
+    """What ray.serve.llm's LLMServer streams (SSE strings from vLLM's OpenAI server code)
+    goes to a streaming client byte for byte; the usage event only if it asked for it."""
+    request = GenerationRequest("rid", "chat", 16, stream=True, include_usage=False)
+    chunks = _read(request, _server_item())
+    assert [c.text for c in chunks] == ["", "Hi", ""]
+    assert chunks[-1].finish_reason == "length"
+    assert (chunks[-1].prompt_tokens, chunks[-1].completion_tokens) == (3, 1)
+    forwarded = b"".join(c.data or b"" for c in chunks).decode()
+    assert forwarded == "".join(_server_item().splitlines(keepends=True)[0:6])
+    with_usage = _read(dataclasses.replace(request, include_usage=True), _server_item())
+    assert b'"usage"' in (with_usage[-1].data or b"")
+
+
+def test_llm_server_stream_becomes_one_body_for_a_unary_client() -> None:
+    request = GenerationRequest("rid", "chat", 16, model_name="m", created=5)
+    chunks = _read(request, _server_item())
+    body = openai_types.chat.ChatCompletion.model_validate_json(chunks[-1].data or b"")
+    assert body.choices[0].message.content == "Hi" and body.choices[0].finish_reason == "length"
+    assert body.usage is not None and body.usage.total_tokens == 4 and body.id == "rid"
+
+
+def test_llm_server_errors() -> None:
+    from shoal.serving.clients import ModelFailed, ModelRejected, llm_server_events
+
     with pytest.raises(ModelFailed):
-        parse_llm_server_item('data: {"error": {"message": "boom", "code": 500}}\n\n')
+        llm_server_events('data: {"error": {"message": "boom", "code": 500}}\n\n')
+    with pytest.raises(ModelRejected) as info:
+        llm_server_events(
+            'data: {"error": {"message": "This model\'s maximum context length is 256 '
+            'tokens", "code": 400, "type": "BadRequestError"}}\n\n'
+        )
+    assert info.value.code == "context_length_exceeded"

@@ -58,6 +58,30 @@ class LoraAdapter(ApiModel):
     source: SourceUri = Field(description="Where the adapter weights are (hf://, s3://, ...).")
 
 
+class ModelCapabilities(ApiModel):
+    """What a model can serve, where its engine would claim more: the router ranks only the
+    models that can serve a request (tools, JSON-schema output, prompt within the context).
+    Unset fields take what Shoal derives from the engine and its engineArgs (llama.cpp
+    n_ctx and logits_all, vLLM max_model_len)."""
+
+    tools: bool | None = Field(
+        default=None,
+        description="Whether the model may be sent tool definitions (false: its chat template "
+        "or training has no function calling).",
+    )
+    json_schema: bool | None = Field(
+        default=None,
+        description="Whether the model may be sent response_format json_object / json_schema.",
+    )
+    context_window: int | None = Field(
+        default=None,
+        ge=16,
+        le=10_000_000,
+        description="Tokens of prompt plus completion the model holds, where smaller than its "
+        "engine's own setting.",
+    )
+
+
 class ModelSpec(ApiModel):
     """One specialist model of the fleet."""
 
@@ -100,6 +124,12 @@ class ModelSpec(ApiModel):
         default_factory=list,
         max_length=16,
         description="Free-form tags of what the model is good at, e.g. math, code, chinese.",
+    )
+    capabilities: ModelCapabilities | None = Field(
+        default=None,
+        description="What the model can serve (tools, JSON-schema output, context window), "
+        "where less than its engine derives; the router skips models that cannot serve a "
+        "request.",
     )
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (

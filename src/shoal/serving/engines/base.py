@@ -2,8 +2,16 @@
 
 A model deployment (:mod:`shoal.serving.model_server`) owns one :class:`Engine`; the ingress
 sends it a :class:`GenerationRequest` and relays the :class:`Chunk` s it yields. Both are
-plain dataclasses so they cross Ray's process boundary cheaply; OpenAI formatting happens in
-the ingress only, the same way for every engine.
+plain dataclasses so they cross Ray's process boundary cheaply.
+
+The request carries what the ingress read (kind, token limit, messages or prompt, sampling)
+and, in ``params``, the rest of the client's OpenAI parameters for the engine to honour
+(tools, ``response_format``, logprobs, penalties, ...): Shoal passes the OpenAI request
+through rather than reducing it. An engine that implements the OpenAI API itself (llama.cpp
+through llama-cpp-python, vLLM) writes the answer's wire bytes into :attr:`Chunk.data`, with
+its own fields (``tool_calls``, ``logprobs``); the ingress forwards them as they are. An
+engine that only generates text (the simulator) leaves ``data`` empty and the ingress formats
+the text in OpenAI's shapes.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 Kind = Literal["chat", "completion"]
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,17 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     adapter: str | None = None  # a LoRA adapter of the model (vllm only)
+    #: The client's other OpenAI parameters, as sent (checked against the engine's support
+    #: by the ingress before the request gets here).
+    params: dict[str, Any] = field(default_factory=dict)
+    #: Whether the client streams: an engine that writes wire bytes writes SSE events when
+    #: it does, and one JSON body (in the last chunk) when it does not.
+    stream: bool = False
+    #: Whether a streamed answer ends with a usage event (``stream_options.include_usage``).
+    include_usage: bool = False
+    #: The model name the answer carries (as the client addressed it) and its ``created``.
+    model_name: str = ""
+    created: int = 0
 
 
 @dataclass(frozen=True)
@@ -41,6 +60,9 @@ class Chunk:
     finish_reason: FinishReason | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    #: The engine's own OpenAI wire bytes for this piece: SSE events when streaming, the
+    #: whole JSON body in the last chunk when not; None where the ingress formats ``text``.
+    data: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +79,23 @@ class EngineError(Exception):
 
 class EngineOverloaded(EngineError):
     """The engine's queue is full (the ingress tries another model at once)."""
+
+
+class RequestRejected(EngineError):
+    """The request itself cannot be served by this model (a prompt longer than its context,
+    a parameter it cannot honour): the client's error, not the model's. The ingress tries a
+    model that can, or answers 400; the model is not marked unhealthy.
+
+    ``code`` and ``param`` are OpenAI's (``context_length_exceeded``, ``messages``)."""
+
+    def __init__(self, message: str, code: str | None = None, param: str | None = None):
+        super().__init__(message, code, param)
+        self.message = message
+        self.code = code
+        self.param = param
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @runtime_checkable

@@ -17,18 +17,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from shoal.serving import openai_api
+from shoal.serving.capabilities import LLAMACPP_EXTRA
 from shoal.serving.engines.base import (
     Chunk,
     EngineError,
     EngineLoad,
     EngineOverloaded,
     GenerationRequest,
+    RequestRejected,
 )
 from shoal.serving.metrics import EngineMetrics
 from shoal.serving.tinymodel import TinyModelSpec, ensure_tiny_gguf
@@ -43,7 +47,7 @@ _SHOAL_KEYS = {"max_waiting", "chat_template", "tiny_model"}
 @dataclass
 class _Job:
     request: GenerationRequest
-    queue: asyncio.Queue[Chunk | BaseException]
+    queue: asyncio.Queue[tuple[dict[str, Any], tuple[int, int] | None] | BaseException]
     loop: asyncio.AbstractEventLoop
     cancelled: bool = False
 
@@ -71,6 +75,7 @@ class LlamaCppEngine:
         self.model_path = model_path
         self._llm: Any = None
         self._formatter: Any = None
+        self._handler: Any = None
         self._lock = asyncio.Lock()
         self._waiting = 0
         self._running = 0
@@ -91,7 +96,10 @@ class LlamaCppEngine:
 
     def _load(self) -> None:
         import llama_cpp
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        from llama_cpp.llama_chat_format import (
+            Jinja2ChatFormatter,
+            chat_formatter_to_chat_completion_handler,
+        )
 
         path = self._resolve_path()
         known = set(inspect.signature(llama_cpp.Llama.__init__).parameters)
@@ -113,6 +121,7 @@ class LlamaCppEngine:
             bos_token=llm._model.token_get_text(bos) if bos >= 0 else "",
             stop_token_ids=[eos] if eos >= 0 else None,
         )
+        self._handler = chat_formatter_to_chat_completion_handler(self._formatter)
         self._llm = llm
 
     async def start(self) -> None:
@@ -136,21 +145,87 @@ class LlamaCppEngine:
 
     # -- generation ---------------------------------------------------------------------------
 
-    def _prompt_tokens(self, request: GenerationRequest) -> tuple[list[int], list[str]]:
+    def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
+        """The prompt's tokens as the model's chat template renders it (for the context check
+        and the usage count; a tool-calling prompt adds a little)."""
         llm = self._llm
         if request.kind == "chat":
-            messages = [{**m, "content": _text(m.get("content"))} for m in request.messages]
-            result = self._formatter(messages=messages)
-            tokens = llm.tokenize(
-                result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
+            result = self._formatter(messages=_chat_messages(request.messages))
+            return list(
+                llm.tokenize(
+                    result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
+                )
             )
-            return tokens, list(request.stop)
-        return llm.tokenize(request.prompt.encode("utf-8"), add_bos=True, special=False), list(
-            request.stop
+        return list(llm.tokenize(request.prompt.encode("utf-8"), add_bos=True, special=False))
+
+    def _sampling(self, req: GenerationRequest, room: int) -> dict[str, Any]:
+        params = {k: v for k, v in req.params.items() if k in _PASSED}
+        return {
+            **params,
+            "max_tokens": min(req.max_tokens, room),
+            "temperature": 1.0 if req.temperature is None else req.temperature,
+            "top_p": 1.0 if req.top_p is None else req.top_p,
+            "stop": list(req.stop),
+            "seed": req.seed,
+            "stream": True,
+            "model": req.model_name or self.model,
+        }
+
+    def _chat(self, req: GenerationRequest, room: int, processors: Any) -> Any:
+        """llama-cpp-python's own chat completion for ``req``: tools, response_format and
+        logprobs as its OpenAI server takes them (see docs/serving.md for the table)."""
+        from llama_cpp import llama_chat_format
+
+        kwargs = self._sampling(req, room)
+        kwargs["messages"] = _chat_messages(req.messages)
+        kwargs["logits_processor"] = processors
+        params = req.params
+        fmt = params.get("response_format")
+        if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+            # llama.cpp constrains output with a grammar from the schema (json_object+schema).
+            schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
+            kwargs["response_format"] = {"type": "json_object", "schema": schema}
+        elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
+            kwargs["response_format"] = fmt
+        if params.get("logprobs"):
+            kwargs["logprobs"] = True
+            kwargs["top_logprobs"] = int(params.get("top_logprobs") or 0)
+        tools = params.get("tools") or [
+            {"type": "function", "function": f} for f in params.get("functions") or []
+        ]
+        choice = params.get("tool_choice", params.get("function_call"))
+        if isinstance(choice, dict) and "function" not in choice and "name" in choice:
+            choice = {"type": "function", "function": {"name": choice["name"]}}
+        handler = self._handler
+        if tools and choice != "none":
+            if choice == "required" and len(tools) == 1:
+                choice = {"type": "function", "function": {"name": tools[0]["function"]["name"]}}
+            if choice == "required":
+                raise RequestRejected(
+                    f"model {self.model}: tool_choice 'required' with several tools is not "
+                    "supported by llama.cpp; name the function",
+                    param="tool_choice",
+                )
+            kwargs["tools"] = tools
+            kwargs["tool_choice"] = choice
+            if not isinstance(choice, dict):
+                # "auto": the model chooses between answering and calling, through
+                # llama-cpp-python's function-calling chat format.
+                handler = llama_chat_format.chatml_function_calling
+                kwargs["tool_choice"] = "auto"
+        return handler(llama=self._llm, **kwargs)
+
+    def _completion(self, req: GenerationRequest, room: int, processors: Any, stop: Any) -> Any:
+        kwargs = self._sampling(req, room)
+        if req.params.get("logprobs") is not None:
+            kwargs["logprobs"] = int(req.params["logprobs"])
+        return self._llm.create_completion(
+            req.prompt, logits_processor=processors, stopping_criteria=stop, **kwargs
         )
 
     def _run(self, job: _Job) -> None:
-        """Generate in a worker thread, handing chunks to the event loop."""
+        """Generate in a worker thread, handing llama.cpp's OpenAI chunks to the event loop;
+        the last one comes with the prompt and completion token counts."""
         llm = self._llm
         put = job.loop.call_soon_threadsafe
         sampled = 0
@@ -166,50 +241,41 @@ class LlamaCppEngine:
         try:
             import llama_cpp
 
-            prompt, stop = self._prompt_tokens(job.request)
-            if len(prompt) + 1 > llm.n_ctx():
-                raise EngineError(
-                    f"prompt of {len(prompt)} tokens does not fit the context of {llm.n_ctx()}"
-                )
             req = job.request
-            stream = llm.create_completion(
-                prompt,
-                max_tokens=min(req.max_tokens, llm.n_ctx() - len(prompt)),
-                temperature=1.0 if req.temperature is None else req.temperature,
-                top_p=1.0 if req.top_p is None else req.top_p,
-                stop=stop,
-                seed=req.seed,
-                stream=True,
-                logits_processor=llama_cpp.LogitsProcessorList([count]),
-                stopping_criteria=llama_cpp.StoppingCriteriaList([stop_when_cancelled]),
-            )
-            finish: str | None = None
+            prompt = self._prompt_tokens(req)
+            if len(prompt) + 1 > llm.n_ctx():
+                raise RequestRejected(
+                    f"This model's maximum context length is {llm.n_ctx()} tokens; the prompt "
+                    f"has {len(prompt)}.",
+                    code="context_length_exceeded",
+                    param="messages" if req.kind == "chat" else "prompt",
+                )
+            room = llm.n_ctx() - len(prompt)
+            processors = llama_cpp.LogitsProcessorList([count])
+            if req.kind == "chat":
+                stream = self._chat(req, room, processors)
+            else:
+                stop = llama_cpp.StoppingCriteriaList([stop_when_cancelled])
+                stream = self._completion(req, room, processors, stop)
+            held: dict[str, Any] | None = None
             for part in stream:
                 if job.cancelled:
-                    break
-                choice = part["choices"][0]
-                finish = choice.get("finish_reason")
-                text = choice.get("text") or ""
-                if finish is None and text:
-                    put(job.queue.put_nowait, Chunk(text))
-                elif finish is not None:
-                    # Tokens sampled, less the end-of-sequence token when that ended it
-                    # (when a stop sequence ended it the count is one low: llama.cpp does not
-                    # say which of the two ended the generation).
-                    eos_ended = finish == "stop" and sampled > 0
-                    completion = sampled - 1 if eos_ended else sampled
-                    put(
-                        job.queue.put_nowait,
-                        Chunk(
-                            text,
-                            "length" if finish == "length" else "stop",
-                            len(prompt),
-                            max(completion, 0),
-                        ),
-                    )
                     return
-            if not job.cancelled:
-                put(job.queue.put_nowait, EngineError("llama.cpp ended without a finish reason"))
+                if held is not None:
+                    put(job.queue.put_nowait, (held, None))
+                held = part
+                if _finish(part) is not None:
+                    break
+            if job.cancelled:
+                return
+            if held is None or _finish(held) is None:
+                raise EngineError("llama.cpp ended without a finish reason")
+            # Tokens sampled, less the end-of-sequence token when that ended it (when a stop
+            # sequence ended it the count is one low: llama.cpp does not say which it was).
+            completion = sampled - 1 if _finish(held) == "stop" and sampled > 0 else sampled
+            put(job.queue.put_nowait, (held, (len(prompt), max(completion, 0))))
+        except ValueError as exc:  # llama-cpp-python's word for a request it cannot serve
+            put(job.queue.put_nowait, _rejected(self.model, exc))
         except BaseException as exc:  # handed to the caller, which raises it
             put(job.queue.put_nowait, exc)
 
@@ -230,28 +296,34 @@ class LlamaCppEngine:
         self._running += 1
         self._report()
         worker = loop.run_in_executor(None, self._run, job)
+        wire = _Wire(request, self.model)
         try:
             first = True
             last = started
             while True:
                 item = await job.queue.get()
+                if isinstance(item, RequestRejected):
+                    raise item
                 if isinstance(item, BaseException):
                     raise EngineError(f"llama.cpp failed: {item}") from item
+                chunk = wire.chunk(*item)
+                if chunk is None:
+                    continue
                 now = time.perf_counter()
                 if self.metrics is not None:
                     if first:
                         self.metrics.observe_ttft(now - started)
                     else:
                         self.metrics.observe_inter_token(now - last)
-                    if item.finish_reason is not None:
+                    if chunk.finish_reason is not None:
                         self.metrics.observe_finished(
                             now - started,
-                            prompt_tokens=item.prompt_tokens or 0,
-                            completion_tokens=item.completion_tokens or 0,
+                            prompt_tokens=chunk.prompt_tokens or 0,
+                            completion_tokens=chunk.completion_tokens or 0,
                         )
                 first, last = False, now
-                yield item
-                if item.finish_reason is not None:
+                yield chunk
+                if chunk.finish_reason is not None:
                     return
         finally:
             job.cancelled = True  # stops the worker at its next token
@@ -260,6 +332,79 @@ class LlamaCppEngine:
             self._running -= 1
             self._lock.release()
             self._report()
+
+
+#: Parameters handed to llama-cpp-python as they are (the others are mapped in _chat).
+_PASSED = {"frequency_penalty", "presence_penalty", "logit_bias", "echo", "suffix"} | set(
+    LLAMACPP_EXTRA
+)
+
+
+def _finish(part: dict[str, Any]) -> str | None:
+    choices = part.get("choices") or []
+    return choices[0].get("finish_reason") if choices else None
+
+
+def _rejected(model: str, exc: ValueError) -> RequestRejected:
+    message = str(exc)
+    if "context window" in message or "exceed" in message:
+        return RequestRejected(
+            f"model {model}: {message}", code="context_length_exceeded", param="messages"
+        )
+    return RequestRejected(f"model {model}: {message}")
+
+
+class _Wire:
+    """Turns llama.cpp's OpenAI chunks into engine chunks with the answer's wire bytes: SSE
+    events when the client streams, one JSON body at the end when not."""
+
+    def __init__(self, request: GenerationRequest, model: str) -> None:
+        self.request = request
+        self.rid = request.request_id
+        self.model = request.model_name or model
+        self.created = request.created or int(time.time())
+        self.parts: list[dict[str, Any]] = []
+        self.pending = b""  # the role event of a chat stream, sent with the first token
+
+    def chunk(self, part: dict[str, Any], counts: tuple[int, int] | None) -> Chunk | None:
+        req = self.request
+        part = {**part, "id": self.rid, "model": self.model, "created": self.created}
+        choice = (part.get("choices") or [{}])[0]
+        text = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
+        if counts is None:
+            if not req.stream:
+                self.parts.append(part)
+                return Chunk(text)
+            if (
+                req.kind == "chat"
+                and not text
+                and not (choice.get("delta") or {}).get("tool_calls")
+            ):
+                self.pending += openai_api.sse(part)
+                return None
+            data, self.pending = self.pending + openai_api.sse(part), b""
+            return Chunk(text, data=data)
+        prompt, completion = counts
+        use = openai_api.usage(prompt, completion)
+        finish = _finish(part)
+        reason = finish if finish in ("stop", "length", "tool_calls") else "stop"
+        if req.stream:
+            data = self.pending + openai_api.sse(part)
+            if req.include_usage:
+                data += openai_api.usage_event(req.kind, self.rid, self.created, self.model, use)
+        else:
+            self.parts.append(part)
+            build = (
+                openai_api.assemble_chat if req.kind == "chat" else openai_api.assemble_completion
+            )
+            body = build(self.parts, self.rid, self.created, self.model, use)
+            data = json.dumps(body, separators=(",", ":")).encode()
+        return Chunk(text, reason, prompt, completion, data=data)  # type: ignore[arg-type]
+
+
+def _chat_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages for a chat template: text content (parts joined), tool calls kept."""
+    return [{**m, "content": _text(m.get("content"))} for m in messages]
 
 
 def _text(content: Any) -> str:
