@@ -8,6 +8,7 @@ them around that ``ray.init`` and puts the caller's environment back afterwards.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -19,13 +20,26 @@ from shoal.contract import RAY_SERVE_ENV
 LOCAL_RAY_SERVE_ENV: dict[str, str] = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
 
 
+#: HAProxy's own metrics and stats listeners, on fixed ports by default (9101, 8404): a local
+#: Ray takes free ones instead, so that two can run on one machine (a test beside `shoal up`).
+HAPROXY_PORT_VARIABLES = ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @contextmanager
 def local_ray_env() -> Iterator[None]:
-    """Set :data:`RAY_SERVE_ENV` (plus :data:`LOCAL_RAY_SERVE_ENV`) for a ``ray.init`` that
-    starts a local Ray: its processes inherit the environment they start with. The caller's
-    own environment is restored afterwards, so handles used from the driver keep Ray's
-    defaults (a separate router loop, usable outside asyncio)."""
-    wanted = {**RAY_SERVE_ENV, **LOCAL_RAY_SERVE_ENV}
+    """Set :data:`RAY_SERVE_ENV` (plus :data:`LOCAL_RAY_SERVE_ENV`, and free ports for
+    HAProxy's listeners unless the caller chose them) for a ``ray.init`` that starts a local
+    Ray: its processes inherit the environment they start with. The caller's own environment
+    is restored afterwards, so handles used from the driver keep Ray's defaults (a separate
+    router loop, usable outside asyncio)."""
+    ports = {k: str(_free_port()) for k in HAPROXY_PORT_VARIABLES if k not in os.environ}
+    wanted = {**RAY_SERVE_ENV, **LOCAL_RAY_SERVE_ENV, **ports}
     saved = {k: os.environ.get(k) for k in wanted}
     os.environ.update(wanted)
     try:

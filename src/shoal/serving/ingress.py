@@ -165,7 +165,9 @@ class Endpoint:
         for i, model in enumerate(candidates):
             client = self.clients[model]
             try:
-                first, rest = await self._first_chunk(client, gen, coalesce=not parsed.streaming)
+                first, rest = await self._first_chunk(
+                    client, dataclasses.replace(gen, model_name=model), not parsed.streaming
+                )
             except ModelUnavailable as exc:
                 last_error = exc
                 only_rejected &= isinstance(exc, ModelRejected)

@@ -424,8 +424,8 @@ def _merge_tool_calls(into: list[dict[str, Any]], deltas: list[dict[str, Any]]) 
         if delta.get("type"):
             call["type"] = delta["type"]
         fn = delta.get("function") or {}
-        if fn.get("name"):
-            call["function"]["name"] += fn["name"]
+        if fn.get("name") and not call["function"]["name"]:  # named in the first delta
+            call["function"]["name"] = fn["name"]
         if fn.get("arguments"):
             call["function"]["arguments"] += fn["arguments"]
 

@@ -132,3 +132,20 @@ def test_local_ray_env_is_set_for_ray_init_and_restored_after(
     assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
     assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in os.environ
     assert "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S" not in os.environ
+
+
+def test_local_ray_env_gives_haproxy_free_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two local Rays on one machine must not fight over HAProxy's fixed default ports."""
+    import os
+
+    from shoal.local.ray_env import HAPROXY_PORT_VARIABLES, local_ray_env
+
+    for key in HAPROXY_PORT_VARIABLES:
+        monkeypatch.delenv(key, raising=False)
+    with local_ray_env():
+        first = [os.environ[k] for k in HAPROXY_PORT_VARIABLES]
+    assert all(p.isdigit() and p not in ("9101", "8404") for p in first)
+    assert all(k not in os.environ for k in HAPROXY_PORT_VARIABLES)
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", "18404")  # the caller's choice wins
+    with local_ray_env():
+        assert os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"

@@ -20,7 +20,7 @@ import inspect
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,9 +210,10 @@ class LlamaCppEngine:
             kwargs["tool_choice"] = choice
             if not isinstance(choice, dict):
                 # "auto": the model chooses between answering and calling, through
-                # llama-cpp-python's function-calling chat format.
-                handler = llama_chat_format.chatml_function_calling
-                kwargs["tool_choice"] = "auto"
+                # llama-cpp-python's function-calling chat format, which answers unstreamed.
+                kwargs.update(tool_choice="auto", stream=False)
+                whole = llama_chat_format.chatml_function_calling(llama=self._llm, **kwargs)
+                return _chunks_of(whole)
         return handler(llama=self._llm, **kwargs)
 
     def _completion(self, req: GenerationRequest, room: int, processors: Any, stop: Any) -> Any:
@@ -335,9 +336,23 @@ class LlamaCppEngine:
 
 
 #: Parameters handed to llama-cpp-python as they are (the others are mapped in _chat).
-_PASSED = {"frequency_penalty", "presence_penalty", "logit_bias", "echo", "suffix"} | set(
-    LLAMACPP_EXTRA
-)
+_PASSED = {"frequency_penalty", "presence_penalty", "logit_bias", "suffix"} | set(LLAMACPP_EXTRA)
+
+
+def _chunks_of(whole: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A whole chat completion as the chunks a stream of it would have been."""
+    head = {k: whole.get(k) for k in ("id", "model", "created")}
+    head["object"] = "chat.completion.chunk"
+    for choice in whole.get("choices") or []:
+        message = choice.get("message") or {}
+        delta: dict[str, Any] = {"role": "assistant"}
+        if message.get("content"):
+            delta["content"] = message["content"]
+        if message.get("tool_calls"):
+            delta["tool_calls"] = [{**c, "index": i} for i, c in enumerate(message["tool_calls"])]
+        yield {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        finish = choice.get("finish_reason") or "stop"
+        yield {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
 
 
 def _finish(part: dict[str, Any]) -> str | None:
@@ -365,10 +380,43 @@ class _Wire:
         self.created = request.created or int(time.time())
         self.parts: list[dict[str, Any]] = []
         self.pending = b""  # the role event of a chat stream, sent with the first token
+        self.calls_named: set[int] = set()
+        # echo: llama.cpp echoes only unstreamed completions; Shoal streams them, so it puts
+        # the prompt in front of the first text itself.
+        self.echo = request.prompt if request.kind == "completion" and request.params.get(
+            "echo"
+        ) else ""  # fmt: skip
+
+    def _normalise(self, part: dict[str, Any]) -> dict[str, Any]:
+        """The part as OpenAI streams it: this answer's id, name and time; a tool call's
+        name and id in its first delta only (llama.cpp repeats them in every delta); the
+        echoed prompt in front of the first text."""
+        part = {**part, "id": self.rid, "model": self.model, "created": self.created}
+        choices = [dict(c) for c in part.get("choices") or []]
+        for choice in choices:
+            delta = choice.get("delta")
+            if delta and delta.get("tool_calls"):
+                calls = []
+                for call in delta["tool_calls"]:
+                    index = int(call.get("index", 0))
+                    if index in self.calls_named:
+                        call = {
+                            "index": index,
+                            "function": {"arguments": (call.get("function") or {}).get(
+                                "arguments", ""
+                            )},
+                        }  # fmt: skip
+                    self.calls_named.add(index)
+                    calls.append(call)
+                choice["delta"] = {**delta, "tool_calls": calls}
+            if self.echo and "text" in choice:
+                choice["text"], self.echo = self.echo + (choice.get("text") or ""), ""
+        part["choices"] = choices
+        return part
 
     def chunk(self, part: dict[str, Any], counts: tuple[int, int] | None) -> Chunk | None:
         req = self.request
-        part = {**part, "id": self.rid, "model": self.model, "created": self.created}
+        part = self._normalise(part)
         choice = (part.get("choices") or [{}])[0]
         text = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
         if counts is None:
