@@ -117,7 +117,8 @@ class _RayMetric:
             self._m = rm.Histogram(name, description=doc, boundaries=list(buckets), tag_keys=keys)
 
     def inc(self, value: float, labels: dict[str, str]) -> None:
-        self._m.inc(value, tags=labels)
+        if value > 0:  # Ray's counters refuse 0 (an answer of no tokens counts nothing)
+            self._m.inc(value, tags=labels)
 
     def set(self, value: float, labels: dict[str, str]) -> None:
         self._m.set(value, tags=labels)

@@ -4,7 +4,11 @@ One ``Llama`` context per replica serves one generation at a time in a worker th
 requests beyond it wait in a bounded queue (``max_waiting``, default 16), past which the
 engine refuses and the ingress falls back. Chat requests are rendered with the model's own
 chat template (GGUF metadata ``tokenizer.chat_template``, or ``engine_args.chat_template``,
-or ChatML), as llama.cpp's chat path does.
+or ChatML) and answered by llama-cpp-python's own chat completion, which honours the
+client's tools (a grammar from a named function's parameters, or its function-calling chat
+format for ``tool_choice: auto``), ``response_format`` (a grammar from the JSON schema) and
+logprobs (with ``logits_all``). The engine writes the answer in OpenAI's wire format itself
+(SSE events, or one body at the end of a unary request).
 
 ``engine_args`` are passed to ``llama_cpp.Llama`` (``n_ctx``, ``n_threads``, ...) except
 Shoal's own keys: ``max_waiting``, ``chat_template``, and ``tiny_model`` (parameters of
@@ -159,12 +163,17 @@ class LlamaCppEngine:
         return list(llm.tokenize(request.prompt.encode("utf-8"), add_bos=True, special=False))
 
     def _sampling(self, req: GenerationRequest, room: int) -> dict[str, Any]:
-        params = {k: v for k, v in req.params.items() if k in _PASSED}
+        # llama.cpp's C sampler takes floats and ints exactly: JSON's 1 and 1.0 are cast.
+        params = {
+            k: (_INTS.get(k, float)(v) if k in _NUMBERS and v is not None else v)
+            for k, v in req.params.items()
+            if k in _PASSED
+        }
         return {
             **params,
             "max_tokens": min(req.max_tokens, room),
-            "temperature": 1.0 if req.temperature is None else req.temperature,
-            "top_p": 1.0 if req.top_p is None else req.top_p,
+            "temperature": 1.0 if req.temperature is None else float(req.temperature),
+            "top_p": 1.0 if req.top_p is None else float(req.top_p),
             "stop": list(req.stop),
             "seed": req.seed,
             "stream": True,
@@ -253,6 +262,8 @@ class LlamaCppEngine:
                 )
             room = llm.n_ctx() - len(prompt)
             processors = llama_cpp.LogitsProcessorList([count])
+            if req.params.get("logit_bias"):
+                processors.append(_bias_processor(req.params["logit_bias"]))
             if req.kind == "chat":
                 stream = self._chat(req, room, processors)
             else:
@@ -336,7 +347,24 @@ class LlamaCppEngine:
 
 
 #: Parameters handed to llama-cpp-python as they are (the others are mapped in _chat).
-_PASSED = {"frequency_penalty", "presence_penalty", "logit_bias", "suffix"} | set(LLAMACPP_EXTRA)
+_PASSED = {"frequency_penalty", "presence_penalty", "suffix"} | set(LLAMACPP_EXTRA)
+#: Of those, the numbers (floats unless listed in _INTS).
+_NUMBERS = _PASSED - {"suffix"}
+_INTS: dict[str, Any] = {"top_k": int, "mirostat_mode": int}
+
+
+def _bias_processor(logit_bias: dict[str, Any]) -> Any:
+    """OpenAI's ``logit_bias`` (token id -> -100..100, added to that token's logit), applied
+    by Shoal: llama-cpp-python drops every other logits processor when it is given one."""
+    bias = {int(k): float(v) for k, v in logit_bias.items()}
+
+    def apply(_ids: Any, logits: Any) -> Any:
+        for token, value in bias.items():
+            if 0 <= token < len(logits):
+                logits[token] += value
+        return logits
+
+    return apply
 
 
 def _chunks_of(whole: dict[str, Any]) -> Iterator[dict[str, Any]]:
