@@ -177,11 +177,12 @@ def refusal(
     """Why the model cannot serve ``body`` (None: it can). ``prompt_tokens`` is an estimate."""
     allowed = caps.params(kind)
     known = OPENAI_CHAT if kind == "chat" else OPENAI_COMPLETION
+    no_calls = body.get("tool_choice", body.get("function_call")) == "none"
     for name, value in body.items():
         if name in READ_BY_INGRESS or name in NO_EFFECT or name in allowed:
             continue
-        if _is_default(name, value):
-            continue
+        if _is_default(name, value) or (no_calls and name in ("tools", "functions")):
+            continue  # asks for nothing (tools that may not be called ask for nothing either)
         if name not in known and not (name in LLAMACPP_EXTRA and caps.engine == "llamacpp"):
             if caps.passes_unknown:
                 continue

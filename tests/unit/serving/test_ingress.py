@@ -261,3 +261,29 @@ def test_parked_model_is_routed_around_unless_named(client_for: Any) -> None:
     assert metric(ep, "shoal_fallbacks_total", model="fast", reason="parked") == 1
     named = tc.post("/v1/chat/completions", json={"model": "fast", "messages": msg})
     assert named.status_code == 200 and named.headers["x-shoal-model"] == "fast"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [("GET", "/v1/chat/completions", "POST"), ("PUT", "/v1/models", "GET"),
+     ("POST", "/v1/models/fast", "GET"), ("POST", "/ready/", "GET")],
+)  # fmt: skip
+def test_wrong_method_is_405_with_allow(
+    client_for: Any, method: str, path: str, allow: str
+) -> None:
+    r = client_for(make_endpoint(["fast"])).request(method, path)
+    assert r.status_code == 405 and r.headers["allow"] == allow
+
+
+def test_a_model_the_request_cannot_go_to_is_passed_over(client_for: Any) -> None:
+    """The simulator serves no tools: a request with tools to a simulated-only fleet is a 400
+    that names the parameter; with tool_choice none it is served."""
+    tc = client_for(make_endpoint(["fast"]))
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    msgs = [{"role": "user", "content": "x"}]
+    r = tc.post("/v1/chat/completions", json={"model": "auto", "messages": msgs, "tools": tools})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+    r = tc.post("/v1/chat/completions", json={"model": "fast", "messages": msgs, "tools": tools})
+    assert r.status_code == 400 and "fast" in r.json()["error"]["message"]
+    ok = {"model": "auto", "messages": msgs, "tools": tools, "tool_choice": "none"}
+    assert tc.post("/v1/chat/completions", json=ok).status_code == 200

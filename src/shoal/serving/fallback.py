@@ -1,0 +1,258 @@
+"""Calling the models of a ranked list in turn until one answers: the ingress's fallback.
+
+:class:`FallbackCaller` takes a request the ingress has parsed, ranked and checked against
+the models' capabilities, and calls the first candidate that is healthy and not over its
+queue limit, moving down the list when a model refuses for load, fails, gives no first token
+in time, or rejects the request itself (too long for it: no cooldown then). It answers 503
+with ``Retry-After`` only when no model could take the request, and 400 when every model
+tried rejected it. It keeps the books the autoscaler and the probes read
+(:class:`ModelBook`): requests in flight per model, health, who answered lately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from starlette.responses import Response
+
+from shoal.contract import BuildArgs
+from shoal.serving import http
+from shoal.serving.clients import ModelClient, ModelRejected, ModelUnavailable
+from shoal.serving.engines.base import Chunk, GenerationRequest
+from shoal.serving.metrics import RouterMetrics
+from shoal.serving.openai_api import ApiError, ChatRequest, CompletionRequest
+from shoal.serving.ranking import HealthBoard
+
+log = logging.getLogger("shoal.serving.ingress")
+
+
+@dataclass
+class ModelBook:
+    """What one ingress replica knows of its models now."""
+
+    clients: dict[str, ModelClient]
+    health: HealthBoard
+    in_flight: dict[str, int] = field(default_factory=dict)
+    ready: set[str] = field(default_factory=set)
+    last_ok: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.in_flight = {**dict.fromkeys(self.clients, 0), **self.in_flight}
+
+
+class FallbackCaller:
+    """The fallback loop over ranked candidates (see the module docstring)."""
+
+    def __init__(self, args: BuildArgs, book: ModelBook, metrics: RouterMetrics) -> None:
+        self.args = args
+        self.limits = args.limits
+        self.book = book
+        self.metrics = metrics
+
+    async def call(
+        self,
+        api: http.Api,
+        parsed: ChatRequest | CompletionRequest,
+        gen: GenerationRequest,
+        ranked: list[str],
+        headers: dict[str, str],
+        started: float,
+    ) -> Response:
+        """The answer of the first candidate that gives one, or the error that says why none
+        did."""
+        rid = gen.request_id
+        deadline = time.monotonic() + self.limits.request_timeout_seconds
+        candidates = self.candidates(ranked)
+        last_error: ModelUnavailable | None = None
+        only_rejected = True  # every model tried refused the request itself
+        for i, model in enumerate(candidates):
+            client = self.book.clients[model]
+            try:
+                first, rest = await self._first_chunk(
+                    client, dataclasses.replace(gen, model_name=model), not parsed.streaming
+                )
+            except ModelUnavailable as exc:
+                last_error = exc
+                only_rejected &= isinstance(exc, ModelRejected)
+                self._unavailable(model, exc, rid, more=i + 1 < len(candidates))
+                continue
+            ttft = time.perf_counter() - started
+            self.metrics.first_token(model, client.info.tier, ttft)
+            self._ok(model)
+            out_headers = {**headers, "x-shoal-model": model}
+            if parsed.streaming:
+                return self._stream(
+                    api, parsed, rid, client, first, rest, out_headers, started, deadline
+                )
+            try:
+                text, last = await http.collect(first, rest, deadline)
+            except (ModelUnavailable, TimeoutError, ApiError) as exc:
+                if isinstance(exc, ModelUnavailable):
+                    failure = exc
+                elif isinstance(exc, TimeoutError):
+                    failure = ModelUnavailable("no complete answer in time", "timeout")
+                else:
+                    failure = ModelUnavailable(exc.message)
+                last_error = failure
+                only_rejected &= isinstance(failure, ModelRejected)
+                self._unavailable(model, failure, rid, more=i + 1 < len(candidates))
+                self._done(model)
+                continue
+            self._finished(client, api, started, last)
+            return http.completion_response(api, rid, model, text, last, out_headers)
+        if isinstance(last_error, ModelRejected) and only_rejected:
+            # Every model that got the request refused it as too long or not servable: the
+            # client's error, said as the engine said it.
+            self.metrics.reject(api, 400)
+            refused = ApiError(400, str(last_error), param=last_error.param, code=last_error.code)
+            return http.error_response(refused, headers)
+        self.metrics.reject(api, 503)
+        reason = f" (last error: {last_error.reason})" if last_error else ""
+        return http.error_response(
+            ApiError(
+                503,
+                f"No model of the fleet could take the request{reason}; retry later.",
+                type="server_error",
+                code="overloaded",
+                headers={"retry-after": str(self.limits.retry_after_seconds)},
+            ),
+            headers,
+        )
+
+    def candidates(self, ranked: list[str]) -> list[str]:
+        limit = 1 + self.limits.max_fallbacks
+        # Parked models (scaled to zero) are passed over while another model can answer; the
+        # router's choice still counts in the decisions metric, which is the demand that
+        # brings a parked model back.
+        awake = [m for m in ranked if m not in self.args.parked] or ranked
+        for model in ranked:
+            if model in awake:
+                break
+            self.metrics.fallback(model, "parked")
+        ranked = awake
+        out = self.book.health.candidates(ranked, limit)
+        fallback = self.args.policy.fallback_model
+        if fallback and fallback in ranked and fallback not in out:
+            out.append(fallback)
+        # A model skipped because it failed recently is a fallback too.
+        for model in ranked:
+            if model in out:
+                break
+            self.metrics.fallback(model, "unhealthy")
+        return out
+
+    async def _first_chunk(
+        self, client: ModelClient, gen: GenerationRequest, coalesce: bool
+    ) -> tuple[Chunk, AsyncIterator[Chunk]]:
+        model = client.info.name
+        self.book.in_flight[model] += 1
+        stream = client.stream(gen, coalesce)
+        try:
+            first = await asyncio.wait_for(anext(stream), self.limits.first_token_timeout_seconds)
+        except ModelUnavailable:
+            await _close(stream)
+            self._done(model)
+            raise
+        except TimeoutError:
+            await _close(stream)
+            self._done(model)
+            raise ModelUnavailable("no first token in time", "timeout") from None
+        except StopAsyncIteration:
+            self._done(model)
+            raise ModelUnavailable("empty answer") from None
+        except Exception as exc:  # a client that let something unexpected through
+            await _close(stream)
+            self._done(model)
+            raise ModelUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return first, stream
+
+    def _stream(
+        self,
+        api: http.Api,
+        parsed: ChatRequest | CompletionRequest,
+        rid: str,
+        client: ModelClient,
+        first: Chunk,
+        rest: AsyncIterator[Chunk],
+        headers: dict[str, str],
+        started: float,
+        deadline: float,
+    ) -> Response:
+        model = client.info.name
+
+        def on_finish(last: Chunk | None, error: BaseException | None) -> None:
+            if last is not None:
+                self._finished(client, api, started, last)
+            else:
+                self._done(model)
+                if isinstance(error, Exception):  # not a client that went away
+                    self.book.health.failed(model)
+                    self.metrics.finished(
+                        model=model,
+                        tier=client.info.tier,
+                        api=api,
+                        code=502,
+                        seconds=time.perf_counter() - started,
+                        prompt_tokens=0,
+                        completion_tokens=0,
+                        cost_usd=0.0,
+                    )
+
+        return http.sse_response(
+            api, rid, model, parsed.include_usage, first, rest, headers, deadline, on_finish
+        )
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def _unavailable(self, model: str, exc: ModelUnavailable, rid: str, more: bool) -> None:
+        reason = exc.reason
+        if reason not in ("overload", "rejected"):  # a refused request says nothing of health
+            self.book.health.failed(model)
+        self.metrics.fallback(model, reason)
+        log.log(
+            logging.DEBUG if reason == "overload" else logging.WARNING,
+            "request %s: model %s unavailable (%s: %s)%s",
+            rid,
+            model,
+            reason,
+            exc,
+            ", trying the next one" if more else "",
+        )
+
+    def _ok(self, model: str) -> None:
+        self.book.health.succeeded(model)
+        self.book.ready.add(model)
+        self.book.last_ok[model] = time.monotonic()
+
+    def _done(self, model: str) -> None:
+        self.book.in_flight[model] = max(0, self.book.in_flight[model] - 1)
+
+    def _finished(self, client: ModelClient, api: str, started: float, last: Chunk) -> None:
+        model = client.info.name
+        sharing = max(1, self.book.in_flight[model])
+        self._done(model)
+        seconds = time.perf_counter() - started
+        cost = client.info.cost_per_replica_hour / 3600.0 * seconds / sharing
+        self.metrics.finished(
+            model=model,
+            tier=client.info.tier,
+            api=api,
+            code=200,
+            seconds=seconds,
+            prompt_tokens=last.prompt_tokens or 0,
+            completion_tokens=last.completion_tokens or 0,
+            cost_usd=cost,
+        )
+
+
+async def _close(stream: AsyncIterator[Chunk]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
