@@ -337,6 +337,9 @@ def main() -> int:
         "throughput_ratio": round(f.rps / d.rps, 4) if d.rps else None,
         "added_ttft_p50_ms": round((pct(f.ttft, 50) - pct(d.ttft, 50)) * 1e3, 2),
         "added_ttft_p99_ms": round((pct(f.ttft, 99) - pct(d.ttft, 99)) * 1e3, 2),
+        # CPU the ingress ("router" deployment) spends per request, from its processes' own
+        # accounting (/proc): parsing, routing, capability checks, relaying the answer.
+        "ingress_cpu_ms_per_request": f.cpu_ms_per_request().get("router"),
         "direct": {**summary(d), "models": d.models},
         "fleet": {**summary(f), "models": f.models},
         "streams": args.streams,
