@@ -14,6 +14,7 @@ from shoal.contract.limits import IngressSettings, ServingLimits
 from shoal.contract.replicas import ReplicaRange, replica_range
 from shoal.contract.serve import (
     EMBEDDER_API_KEY_ENV,
+    FEEDBACK_KEY_ENV,
     IMPORT_PATH,
     INGRESS_DEPLOYMENT,
     MODEL_DEPLOYMENT_PREFIX,
@@ -35,6 +36,7 @@ from shoal.contract.serve import (
 
 __all__ = [
     "EMBEDDER_API_KEY_ENV",
+    "FEEDBACK_KEY_ENV",
     "IMPORT_PATH",
     "INGRESS_DEPLOYMENT",
     "MODEL_DEPLOYMENT_PREFIX",

@@ -41,6 +41,9 @@ PVC_MOUNT_ROOT = "/mnt/shoal/pvc"
 #: Environment variable of the Ray pods holding the API key of an ``openai`` embedder (from
 #: the policy's ``embedder.apiKeySecretRef``; never written into ``serveConfigV2``).
 EMBEDDER_API_KEY_ENV = "SHOAL_EMBEDDER_API_KEY"
+#: Environment variable of the Ray pods holding the key that signs completion ids, so that
+#: any ingress replica can attribute a client's feedback (never in ``serveConfigV2``).
+FEEDBACK_KEY_ENV = "SHOAL_FEEDBACK_KEY"
 
 #: Ray Serve settings the fleet runs with (environment of every Ray process: the operator sets
 #: them on every Ray container, the serving image too, and

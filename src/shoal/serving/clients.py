@@ -278,6 +278,12 @@ class ServerStream:
         self.closed = False
 
     def feed(self, event: dict[str, Any], raw: bytes) -> Chunk | None:
+        their = event.get("id")
+        if isinstance(their, str) and their != self.request.request_id:
+            # The answer carries Shoal's signed id (for feedback), not the server's own.
+            raw = raw.replace(
+                f'"id":"{their}"'.encode(), f'"id":"{self.request.request_id}"'.encode(), 1
+            )
         choices = event.get("choices") or []
         if choices:
             choice = choices[0]

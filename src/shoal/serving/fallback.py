@@ -25,6 +25,7 @@ from shoal.contract import BuildArgs
 from shoal.serving import http
 from shoal.serving.clients import ModelClient, ModelRejected, ModelUnavailable
 from shoal.serving.engines.base import Chunk, GenerationRequest
+from shoal.serving.feedback import CompletionIds
 from shoal.serving.metrics import RouterMetrics
 from shoal.serving.openai_api import ApiError, ChatRequest, CompletionRequest
 from shoal.serving.ranking import HealthBoard
@@ -49,11 +50,18 @@ class ModelBook:
 class FallbackCaller:
     """The fallback loop over ranked candidates (see the module docstring)."""
 
-    def __init__(self, args: BuildArgs, book: ModelBook, metrics: RouterMetrics) -> None:
+    def __init__(
+        self,
+        args: BuildArgs,
+        book: ModelBook,
+        metrics: RouterMetrics,
+        ids: CompletionIds | None = None,
+    ) -> None:
         self.args = args
         self.limits = args.limits
         self.book = book
         self.metrics = metrics
+        self.ids = ids or CompletionIds()
 
     async def call(
         self,
@@ -63,9 +71,11 @@ class FallbackCaller:
         ranked: list[str],
         headers: dict[str, str],
         started: float,
+        cluster: int | None = None,
     ) -> Response:
         """The answer of the first candidate that gives one, or the error that says why none
-        did."""
+        did. Each answer's id is signed with the model and ``cluster`` (for feedback)."""
+        prefix = "chatcmpl-" if api == "chat" else "cmpl-"
         rid = gen.request_id
         deadline = time.monotonic() + self.limits.request_timeout_seconds
         candidates = self.candidates(ranked)
@@ -73,9 +83,12 @@ class FallbackCaller:
         only_rejected = True  # every model tried refused the request itself
         for i, model in enumerate(candidates):
             client = self.book.clients[model]
+            rid = self.ids.issue(prefix, model, cluster)
             try:
                 first, rest = await self._first_chunk(
-                    client, dataclasses.replace(gen, model_name=model), not parsed.streaming
+                    client,
+                    dataclasses.replace(gen, request_id=rid, model_name=model),
+                    not parsed.streaming,
                 )
             except ModelUnavailable as exc:
                 last_error = exc

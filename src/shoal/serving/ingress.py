@@ -33,6 +33,7 @@ from shoal.serving import http
 from shoal.serving.capabilities import Refusal, capabilities, refusal
 from shoal.serving.clients import ModelClient, model_clients
 from shoal.serving.fallback import FallbackCaller, ModelBook
+from shoal.serving.feedback import CompletionIds, parse_feedback
 from shoal.serving.metrics import RouterMetrics
 from shoal.serving.openai_api import (
     ApiError,
@@ -81,13 +82,15 @@ class Endpoint:
         }
         self.capabilities = {m.name: capabilities(m) for m in args.fleet.models}
         self.book = ModelBook(clients, HealthBoard(self.limits.unhealthy_cooldown_seconds))
-        self.caller = FallbackCaller(args, self.book, metrics)
+        self.ids = CompletionIds()
+        self.caller = FallbackCaller(args, self.book, metrics, self.ids)
         self.probes = Probes(args, self.book, metrics)
         self._created = int(time.time())
         self.routes = RouteTable(
             [
                 Route("POST", "/v1/chat/completions", self._chat),
                 Route("POST", "/v1/completions", self._completion),
+                Route("POST", "/v1/feedback", self._feedback),
                 Route("GET", "/v1/models", self._models),
                 Route("GET", "/v1/models", self._model, prefix=True),
                 Route("GET", "/health", self._health),
@@ -132,6 +135,19 @@ class Endpoint:
 
     async def _completion(self, request: Request, _: str) -> Response:
         return await self.generate("completion", request)
+
+    async def _feedback(self, request: Request, _: str) -> Response:
+        """``{"id", "score"}`` on one of the fleet's answers: counted for its model and
+        cluster (the router's refit reads the counts); the text of nothing is kept."""
+        body = await http.read_body(request, self.limits.max_body_bytes)
+        cid, score = parse_feedback(body)
+        who = self.ids.verify(cid)
+        if who.model not in self.clients:
+            raise ApiError(400, f"The model {who.model} is not in this fleet.", param="id")
+        self.metrics.feedback(who.model, who.cluster, score)
+        return http.json_response(
+            {"object": "feedback", "id": cid, "model": who.model, "accepted": True}
+        )
 
     async def _models(self, request: Request, _: str) -> Response:
         return http.json_response(self.models_body())
@@ -184,7 +200,10 @@ class Endpoint:
             gen = dataclasses.replace(gen, adapter=self.adapters[parsed.model][1])
         if self.args.log_prompts:
             log.info("request %s prompt: %r", gen.request_id, gen.messages or gen.prompt)
-        return await self.caller.call(api, parsed, gen, ranked, headers, started)
+        cluster = headers.get("x-shoal-cluster")
+        return await self.caller.call(
+            api, parsed, gen, ranked, headers, started, int(cluster) if cluster else None
+        )
 
     async def _rank(
         self, parsed: ChatRequest | CompletionRequest, request: Request

@@ -258,6 +258,20 @@ class RouterMetrics:
         self.in_flight = f.make(
             "gauge", "shoal_requests_in_flight", "Requests in flight per model.", mt
         )
+        fmc = ("fleet", "model", "cluster")
+        self.feedback_events = f.make(
+            "counter",
+            "shoal_feedback_total",
+            "Client feedback on answers, per model that answered and router cluster.",
+            fmc,
+        )
+        self.feedback_score = f.make(
+            "counter",
+            "shoal_feedback_score_total",
+            "Sum of feedback scores (0..1) per model and router cluster; divided by "
+            "shoal_feedback_total it is the mean score.",
+            fmc,
+        )
 
     def _mt(self, model: str, tier: str) -> dict[str, str]:
         return {"fleet": self.fleet, "model": model, "tier": tier}
@@ -268,6 +282,15 @@ class RouterMetrics:
             1, {"fleet": self.fleet, "strategy": strategy, "model": model, "cluster": cl}
         )
         self.routing_latency.observe(seconds, {"fleet": self.fleet, "strategy": strategy})
+
+    def feedback(self, model: str, cluster: int | None, score: float) -> None:
+        labels = {
+            "fleet": self.fleet,
+            "model": model,
+            "cluster": "" if cluster is None else str(cluster),
+        }
+        self.feedback_events.inc(1, labels)
+        self.feedback_score.inc(score, labels)
 
     def fallback(self, model: str, reason: str) -> None:
         self.fallbacks.inc(1, {"fleet": self.fleet, "model": model, "reason": reason})

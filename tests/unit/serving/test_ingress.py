@@ -287,3 +287,19 @@ def test_a_model_the_request_cannot_go_to_is_passed_over(client_for: Any) -> Non
     assert r.status_code == 400 and "fast" in r.json()["error"]["message"]
     ok = {"model": "auto", "messages": msgs, "tools": tools, "tool_choice": "none"}
     assert tc.post("/v1/chat/completions", json=ok).status_code == 200
+
+
+def test_feedback_on_an_answer_is_counted_for_its_model(client_for: Any) -> None:
+    ep = make_endpoint(["fast", "spare"])
+    tc = client_for(ep)
+    chat = oa(tc).chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "hi"}]
+    )
+    r = tc.post("/v1/feedback", json={"id": chat.id, "score": 0.75})
+    assert r.status_code == 200 and r.json()["model"] == "fast"
+    assert metric(ep, "shoal_feedback_total", model="fast", cluster="") == 1
+    assert metric(ep, "shoal_feedback_score_total", model="fast", cluster="") == 0.75
+    forged = chat.id.replace(".fast.", ".spare.")
+    r = tc.post("/v1/feedback", json={"id": forged, "score": 1})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_completion_id"
+    assert metric(ep, "shoal_feedback_total", model="spare", cluster="") == 0

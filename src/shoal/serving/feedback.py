@@ -1,0 +1,104 @@
+"""Feedback from clients on the fleet's answers, attributed without shared state.
+
+Every answer's ``id`` is a :class:`CompletionIds` id: it carries the model that answered and
+the router's nearest cluster, with an HMAC over both under the fleet's feedback key, so any
+ingress replica that holds the key can attribute ``POST /v1/feedback`` (``{"id": ..., "score":
+0..1}``) to its model and cluster, and a forged or altered id is refused. Feedback is counted
+per model and cluster in Prometheus (labels bounded by the fleet's models and the router's
+clusters); no prompt or answer text is kept anywhere. The operator's refit reads those series.
+
+The key comes from the environment (:data:`~shoal.contract.FEEDBACK_KEY_ENV`, set from a
+Secret in a cluster); without one, a replica makes its own, and feedback is then accepted only
+by the replica that answered (said in the log at start).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+from dataclasses import dataclass
+
+from shoal.contract import FEEDBACK_KEY_ENV
+from shoal.serving.openai_api import ApiError
+
+log = logging.getLogger("shoal.serving.feedback")
+
+_ID = re.compile(
+    r"^(?P<prefix>chatcmpl-|cmpl-)(?P<nonce>[0-9a-f]{16})\.(?P<model>[a-z0-9-]{1,40})"
+    r"\.(?P<cluster>[0-9]{1,6}|x)\.(?P<mac>[A-Za-z0-9_-]{22})$"
+)
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Who an answer came from, as its id says."""
+
+    model: str
+    cluster: int | None
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+class CompletionIds:
+    """Issues and verifies signed completion ids (see the module docstring)."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        if key is None:
+            env = os.environ.get(FEEDBACK_KEY_ENV, "")
+            key = env.encode() if env else None
+        self.shared = key is not None
+        if key is None:
+            log.warning(
+                "%s is not set: feedback is accepted only by the replica that answered",
+                FEEDBACK_KEY_ENV,
+            )
+            key = secrets.token_bytes(32)
+        self._key = key
+
+    def _mac(self, body: str) -> str:
+        return _b64(hmac.new(self._key, body.encode(), hashlib.sha256).digest()[:16])
+
+    def issue(self, prefix: str, model: str, cluster: int | None) -> str:
+        """A new id for an answer of ``model`` (the router's nearest ``cluster``, if any)."""
+        body = f"{prefix}{secrets.token_hex(8)}.{model}.{'x' if cluster is None else cluster}"
+        return f"{body}.{self._mac(body)}"
+
+    def verify(self, completion_id: str) -> Attribution:
+        """The model and cluster an id names; :class:`ApiError` 400 for a forged one."""
+        match = _ID.match(completion_id)
+        if match is not None:
+            body, mac = completion_id.rsplit(".", 1)
+            if hmac.compare_digest(mac, self._mac(body)):
+                cluster = match["cluster"]
+                return Attribution(match["model"], None if cluster == "x" else int(cluster))
+        raise ApiError(
+            400,
+            "This id was not issued by this fleet (or was altered); send the id of one of "
+            "its answers.",
+            param="id",
+            code="invalid_completion_id",
+        )
+
+
+def parse_feedback(body: bytes) -> tuple[str, float]:
+    """``(id, score)`` from a feedback body; 400 naming the field when it is not valid."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "We could not parse the JSON body of your request.") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    cid, score = data.get("id"), data.get("score")
+    if not isinstance(cid, str) or not cid:
+        raise ApiError(400, "id must be the id of an answer of this fleet.", param="id")
+    if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1:
+        raise ApiError(400, "score must be a number within [0, 1].", param="score")
+    return cid, float(score)
