@@ -8,11 +8,12 @@ them around that ``ray.init`` and puts the caller's environment back afterwards.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from shoal.contract import RAY_SERVE_ENV
+from shoal.contract import FEEDBACK_KEY_ENV, RAY_SERVE_ENV
 
 #: Added for a Ray on one machine (``shoal up``, tests, benchmarks): an ingress replica that
 #: stops holds its port open this long so outside load balancers can deregister it (30 s by
@@ -39,7 +40,9 @@ def local_ray_env() -> Iterator[None]:
     is restored afterwards, so handles used from the driver keep Ray's defaults (a separate
     router loop, usable outside asyncio)."""
     ports = {k: str(_free_port()) for k in HAPROXY_PORT_VARIABLES if k not in os.environ}
-    wanted = {**RAY_SERVE_ENV, **LOCAL_RAY_SERVE_ENV, **ports}
+    # One key signs the answers' ids for every replica of this Ray (feedback attribution).
+    key = {} if FEEDBACK_KEY_ENV in os.environ else {FEEDBACK_KEY_ENV: secrets.token_hex(32)}
+    wanted = {**RAY_SERVE_ENV, **LOCAL_RAY_SERVE_ENV, **ports, **key}
     saved = {k: os.environ.get(k) for k in wanted}
     os.environ.update(wanted)
     try:
