@@ -17,12 +17,14 @@ The folder is written atomically and keyed by a hash of its parameters;
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from shoal.serving.tinymodel import default_cache_dir
 
@@ -69,11 +71,17 @@ class TinyHFModelSpec:
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
+def _module(name: str) -> Any:
+    """``torch`` / ``transformers``, untyped: their stubs differ between releases, and they
+    are present only with the ``vllm`` extra."""
+    return importlib.import_module(name)
+
+
 def _train_tokenizer(folder: Path, spec: TinyHFModelSpec) -> None:
     """A byte-level BPE tokenizer (any text tokenizes) saved with ``save_pretrained``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
+    transformers = _module("transformers")
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -84,7 +92,7 @@ def _train_tokenizer(folder: Path, spec: TinyHFModelSpec) -> None:
         show_progress=False,
     )
     tokenizer.train_from_iterator(list(_CORPUS), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
+    fast = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD
     )
     fast.chat_template = CHAT_TEMPLATE
@@ -94,10 +102,9 @@ def _train_tokenizer(folder: Path, spec: TinyHFModelSpec) -> None:
 
 def write_tiny_hf_model(path: str | Path, spec: TinyHFModelSpec | None = None) -> Path:
     """Write the model ``spec`` describes into the folder ``path`` (atomically)."""
-    import torch
     from tokenizers import Tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
 
+    torch, transformers = _module("torch"), _module("transformers")
     spec = spec or TinyHFModelSpec()
     if spec.hidden_size % spec.heads:
         raise ValueError("hidden_size must be a multiple of heads")
@@ -107,7 +114,7 @@ def write_tiny_hf_model(path: str | Path, spec: TinyHFModelSpec | None = None) -
     try:
         _train_tokenizer(tmp, spec)
         vocab = Tokenizer.from_file(str(tmp / "tokenizer.json"))
-        config = LlamaConfig(
+        config = transformers.LlamaConfig(
             vocab_size=vocab.get_vocab_size(),
             hidden_size=spec.hidden_size,
             intermediate_size=spec.intermediate_size,
@@ -121,7 +128,7 @@ def write_tiny_hf_model(path: str | Path, spec: TinyHFModelSpec | None = None) -
             tie_word_embeddings=False,
         )
         torch.manual_seed(spec.seed)
-        model = LlamaForCausalLM(config).to(torch.float32)
+        model = transformers.LlamaForCausalLM(config).to(torch.float32)
         model.config.torch_dtype = "float32"
         model.save_pretrained(str(tmp), safe_serialization=True)
         (tmp / "shoal-tiny.json").write_text(json.dumps({"digest": spec.digest(), **asdict(spec)}))

@@ -251,6 +251,11 @@ async def _load(base_url: str, callers: int, seconds: float, on_tick: Any) -> li
 
 
 def test_killing_the_vllm_replica_under_load_loses_no_request(fleet: VllmFleet) -> None:
+    kill_vllm_under_load(fleet)
+
+
+def kill_vllm_under_load(fleet: VllmFleet) -> None:
+    """Kill the vLLM replica once it answers under load: every request is still answered."""
     import ray
 
     names = ray.util.list_named_actors(all_namespaces=True)
