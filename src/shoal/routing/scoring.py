@@ -79,4 +79,7 @@ def rank(scores: npt.NDArray[Any], prior: npt.NDArray[Any] | None = None) -> I64
     n, m = s.shape
     pr = np.zeros(m) if prior is None else np.asarray(prior, dtype=np.float64)
     keys = (np.broadcast_to(np.arange(m), (n, m)), np.broadcast_to(-pr, (n, m)), -s)
-    return np.lexsort(keys, axis=-1).astype(np.int64)
+    # Typed through a variable: numpy's stubs type lexsort differently across 2.3 and 2.4
+    # (the vllm extra's mistral_common keeps numpy below 2.4).
+    order: I64 = np.lexsort(keys, axis=-1).astype(np.int64)
+    return order

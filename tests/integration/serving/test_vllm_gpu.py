@@ -1,9 +1,12 @@
-"""A vLLM model in the fleet, for real: only where an NVIDIA GPU, vLLM and model weights are.
+"""The vLLM tests of ``test_vllm_cpu.py`` with a real model on a GPU, where one is.
 
-Never required (not even with ``SHOAL_REQUIRE_SERVERS``): elsewhere the vLLM path is checked
-through its configuration (``tests/unit/serving/test_app_build.py``). Point
-``SHOAL_VLLM_TEST_MODEL`` at a small model the machine already has (a local folder, or a
-Hugging Face id in the local cache); nothing is downloaded by the test.
+The same tests and the same fleet (one vLLM model, two llama.cpp models, one simulated
+model), with only the vLLM model's device settings and weights changed: a real model on an
+NVIDIA GPU instead of the tiny generated one on CPUs. Never required (not even with
+``SHOAL_REQUIRE_SERVERS``): it needs a GPU, vLLM's GPU build and weights the machine already
+has. Point ``SHOAL_VLLM_TEST_MODEL`` at a small instruct model (a local folder, or a Hugging
+Face id in the local cache; nothing is downloaded: the hub is offline) and
+``SHOAL_VLLM_ACCELERATOR`` at its GPU type (default H100).
 """
 
 from __future__ import annotations
@@ -14,10 +17,30 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from shoal.contract import BuildArgs
+from test_vllm_cpu import (
+    kill_vllm_under_load,
+    test_chat_streamed_by_name_matches_unstreamed,
+    test_chat_through_auto_is_answered_by_vllm,
+    test_completions_both_ways,
+    test_json_schema_output_through_the_fleet,
+    test_llm_server_json_schema_output,
+    test_llm_server_logprobs,
+    test_logprobs_through_the_fleet,
+)
+from vllm_fleet import VllmFleet, deploy, fleet_args, offline_hub
 
 MODEL = os.environ.get("SHOAL_VLLM_TEST_MODEL", "")
+
+__all__ = [
+    "offline_hub",
+    "test_chat_streamed_by_name_matches_unstreamed",
+    "test_chat_through_auto_is_answered_by_vllm",
+    "test_completions_both_ways",
+    "test_json_schema_output_through_the_fleet",
+    "test_llm_server_json_schema_output",
+    "test_llm_server_logprobs",
+    "test_logprobs_through_the_fleet",
+]
 
 
 def _gpu() -> bool:
@@ -39,50 +62,20 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def fleet(local_ray: Any) -> Iterator[Any]:
-    from ray import serve
-
-    from shoal.serving.app import build_app
-
+def fleet(
+    offline_hub: None, local_ray: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VllmFleet]:
     source = f"file://{MODEL}" if MODEL.startswith("/") else f"hf://{MODEL}"
-    args = BuildArgs.parse(
-        {
-            "fleet_name": "gpu",
-            "fleet": {
-                "routingPolicyRef": {"name": "p"},
-                "tiers": [{"name": "gpu", "costPerReplicaHour": "1.00"}],
-                "models": [
-                    {"name": "real", "engine": "vllm", "tier": "gpu", "source": source,
-                     "accelerator": {"type": os.environ.get("SHOAL_VLLM_ACCELERATOR", "H100")},
-                     "engineArgs": {"max_model_len": 2048, "gpu_memory_utilization": 0.5}},
-                    {"name": "sim", "engine": "simulated", "tier": "gpu"},
-                ],
-            },
-            "policy": {"strategy": "static", "staticOrder": ["real", "sim"]},
-        }
-    )  # fmt: skip
-    serve.run(build_app(args), name="gpu", route_prefix="/")
-    yield local_ray
-    serve.delete("gpu")
+    vllm_model = {
+        "engine": "vllm",
+        "source": source,
+        "accelerator": {"type": os.environ.get("SHOAL_VLLM_ACCELERATOR", "H100")},
+        "engineArgs": {"max_model_len": 2048, "gpu_memory_utilization": 0.5},
+    }
+    args = fleet_args(vllm_model, tmp_path_factory.mktemp("vllm-gpu-fleet"), None)
+    yield from deploy(local_ray, args, MODEL)
 
 
-def test_vllm_answers_through_the_fleet(fleet: Any) -> None:
-    from openai import OpenAI
-
-    client = OpenAI(base_url=f"{fleet.base_url}/v1", api_key="unused", max_retries=0)
-    raw = client.chat.completions.with_raw_response.create(
-        model="auto", messages=[{"role": "user", "content": "Say hello."}], max_tokens=16
-    )
-    assert raw.headers["x-shoal-model"] == "real"
-    chat = raw.parse()
-    assert chat.choices[0].message.content and chat.usage.completion_tokens > 0
-    chunks = list(
-        client.chat.completions.create(
-            model="real", messages=[{"role": "user", "content": "Count to five."}],
-            max_tokens=32, stream=True, stream_options={"include_usage": True},
-        )
-    )  # fmt: skip
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert chunks[-1].usage is not None
-    done = client.completions.create(model="real", prompt="The capital of France is", max_tokens=4)
-    assert done.choices[0].text
+def test_killing_the_vllm_replica_under_load_loses_no_request(fleet: VllmFleet) -> None:
+    # Last (it is defined after the imported tests): the replacement replica takes minutes.
+    kill_vllm_under_load(fleet)

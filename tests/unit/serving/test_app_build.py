@@ -71,8 +71,32 @@ def test_vllm_models_are_validated_llm_configs() -> None:
     assert qwen.deployment_config["name"] == "model-qwen"
     assert qwen.deployment_config["autoscaling_config"]["max_replicas"] == 4
     assert qwen.lora_config.dynamic_lora_loading_path == "s3://bucket/loras"
+    assert qwen.placement_group_config is None  # Ray Serve LLM's GPU bundles
     big = llm_config(args, args.model("big"))
     assert big.model_loading_config.model_source.bucket_uri == "s3://bucket/models/big"
+
+
+def test_vllm_models_without_accelerator_run_on_cpus() -> None:
+    pytest.importorskip("pyarrow", reason="pyarrow (ray.serve.llm's config) not installed")
+    from shoal.serving.engines.vllm import llm_config
+
+    args = _args(
+        [
+            {"name": "cpu", "engine": "vllm", "source": "file:///models/tiny",
+             "resources": {"cpu": "2", "memory": "16Gi"},
+             "engineArgs": {"dtype": "float32", "max_model_len": 256}},
+            {"name": "small", "engine": "vllm", "source": "file:///models/tiny"},
+        ]
+    )  # fmt: skip
+    cpu = llm_config(args, args.model("cpu"))
+    assert cpu.accelerator_type is None
+    assert cpu.placement_group_config == {"bundles": [{"CPU": 2.0}], "strategy": "PACK"}
+    assert cpu.runtime_env == {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "4"}}
+    assert cpu.engine_kwargs == {"dtype": "float32", "max_model_len": 256}
+    assert "tensor_parallel_size" not in cpu.engine_kwargs
+    small = llm_config(args, args.model("small"))
+    assert small.placement_group_config["bundles"] == [{"CPU": 1.0}]
+    assert small.runtime_env["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
 
 
 def test_vllm_config_errors() -> None:

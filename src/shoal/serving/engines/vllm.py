@@ -11,6 +11,12 @@ machines without a GPU or vLLM too; only serving needs them.
 vLLM), so on such machines :func:`llm_config_class` falls back to the class it re-exports,
 ``ray.llm._internal.serve.core.configs.llm_config.LLMConfig``: the same fields and
 validators (``ray.serve.llm.LLMConfig`` is a bare subclass of it).
+
+Devices: a model with an ``accelerator`` runs on that GPU type (Ray Serve LLM's default
+placement: one bundle per tensor-parallel worker); a model without one runs on CPUs, with
+vLLM's CPU build (the ``vllm`` extra, as CI runs it): one placement-group bundle of the
+replica's CPUs, and vLLM's KV cache sized through ``VLLM_CPU_KVCACHE_SPACE`` (see
+:func:`cpu_kv_cache_gib`). Nothing else differs between the two.
 """
 
 from __future__ import annotations
@@ -19,7 +25,12 @@ import posixpath
 from typing import Any
 
 from shoal.api.v1alpha1 import ModelSpec
+from shoal.api.v1alpha1.common import parse_quantity
 from shoal.contract import BuildArgs, ModelDeploymentPlan, deployment_plan, local_path
+
+#: vLLM's CPU KV cache (GiB) when the model declares no memory; a quarter of a declared
+#: ``resources.memory`` otherwise (weights, activations and the engine need the rest).
+DEFAULT_CPU_KV_CACHE_GIB = 1
 
 
 def model_source(args: BuildArgs, model: ModelSpec) -> str | dict[str, str]:
@@ -65,6 +76,25 @@ def deployment_config(plan: ModelDeploymentPlan) -> dict[str, Any]:
     return options
 
 
+def cpu_kv_cache_gib(model: ModelSpec) -> int:
+    """``VLLM_CPU_KVCACHE_SPACE`` of a CPU replica: a quarter of its memory, at least 1 GiB."""
+    memory = model.resources.memory if model.resources else None
+    if not memory:
+        return DEFAULT_CPU_KV_CACHE_GIB
+    return max(1, int(parse_quantity(memory) / (4 * 1024**3)))
+
+
+def device_config(plan: ModelDeploymentPlan, model: ModelSpec) -> dict[str, Any]:
+    """The LLMConfig fields that place the engine: a GPU type, or CPUs and a CPU KV cache."""
+    if model.accelerator is not None:
+        return {"accelerator_type": model.accelerator.type}
+    cpus = float(plan.ray_actor_options.get("num_cpus", 1.0))
+    return {
+        "placement_group_config": {"bundles": [{"CPU": cpus}], "strategy": "PACK"},
+        "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(cpu_kv_cache_gib(model))}},
+    }
+
+
 def llm_config_class() -> Any:
     """``ray.serve.llm.LLMConfig``, or the class it re-exports where vLLM is not installed."""
     import importlib
@@ -87,8 +117,8 @@ def llm_config(args: BuildArgs, model: ModelSpec) -> Any:
         "engine_kwargs": dict(model.engine_args),
         "deployment_config": deployment_config(plan),
     }
+    config.update(device_config(plan, model))
     if model.accelerator is not None:
-        config["accelerator_type"] = model.accelerator.type
         config["engine_kwargs"].setdefault("tensor_parallel_size", model.accelerator.count)
     lora = lora_config(model)
     if lora is not None:
