@@ -38,7 +38,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 __all__ = ["offline_hub"]  # a fixture this module uses
 
-PASS_THROUGH = "needs the ingress to pass the request through (issue 15 item 2)"
 MESSAGES = [{"role": "user", "content": "Say hello to the fleet."}]
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -49,14 +48,6 @@ SCHEMA: dict[str, Any] = {
     "required": ["city", "sunny"],
     "additionalProperties": False,
 }
-
-
-def _bad_request() -> type[Exception]:
-    try:
-        from openai import BadRequestError
-    except ImportError:  # the serving extras are missing: the fleet fixture says so
-        return Exception
-    return BadRequestError
 
 
 RESPONSE_FORMAT = {
@@ -160,8 +151,6 @@ def test_completions_both_ways(client: Any, fleet: VllmFleet) -> None:
     assert "".join(p.choices[0].text for p in parts) == done.choices[0].text
 
 
-# Today the ingress drops response_format: vLLM answers prose, which is no JSON.
-@pytest.mark.xfail(strict=True, reason=PASS_THROUGH, raises=ValueError)
 def test_json_schema_output_through_the_fleet(client: Any, fleet: VllmFleet) -> None:
     import jsonschema
 
@@ -172,8 +161,6 @@ def test_json_schema_output_through_the_fleet(client: Any, fleet: VllmFleet) -> 
     jsonschema.validate(json.loads(chat.choices[0].message.content), SCHEMA)
 
 
-# Today the ingress refuses logprobs with a 400 (openai.BadRequestError).
-@pytest.mark.xfail(strict=True, reason=PASS_THROUGH, raises=_bad_request())
 def test_logprobs_through_the_fleet(client: Any, fleet: VllmFleet) -> None:
     chat = client.chat.completions.create(
         model=fleet.vllm_model, messages=MESSAGES, max_tokens=4, logprobs=True, top_logprobs=2
