@@ -41,8 +41,10 @@ def local_ray_env() -> Iterator[None]:
     router loop, usable outside asyncio)."""
     ports = {k: str(_free_port()) for k in HAPROXY_PORT_VARIABLES if k not in os.environ}
     # One key signs the answers' ids for every replica of this Ray (feedback attribution).
-    key = {} if FEEDBACK_KEY_ENV in os.environ else {FEEDBACK_KEY_ENV: secrets.token_hex(32)}
-    wanted = {**RAY_SERVE_ENV, **LOCAL_RAY_SERVE_ENV, **ports, **key}
+    signing: dict[str, str] = (
+        {} if FEEDBACK_KEY_ENV in os.environ else {FEEDBACK_KEY_ENV: secrets.token_hex(32)}
+    )
+    wanted = {**RAY_SERVE_ENV, **LOCAL_RAY_SERVE_ENV, **ports, **signing}
     saved = {k: os.environ.get(k) for k in wanted}
     os.environ.update(wanted)
     try:
