@@ -42,6 +42,12 @@ class ModelBook:
     in_flight: dict[str, int] = field(default_factory=dict)
     ready: set[str] = field(default_factory=set)
     last_ok: dict[str, float] = field(default_factory=dict)
+    #: Recent cost of one answered request per model (USD, a moving average).
+    cost_per_request: dict[str, float] = field(default_factory=dict)
+
+    def record_cost(self, model: str, cost: float, weight: float = 0.1) -> None:
+        before = self.cost_per_request.get(model)
+        self.cost_per_request[model] = cost if before is None else before + weight * (cost - before)
 
     def __post_init__(self) -> None:
         self.in_flight = {**dict.fromkeys(self.clients, 0), **self.in_flight}
@@ -252,6 +258,7 @@ class FallbackCaller:
         self._done(model)
         seconds = time.perf_counter() - started
         cost = client.info.cost_per_replica_hour / 3600.0 * seconds / sharing
+        self.book.record_cost(model, cost)
         self.metrics.finished(
             model=model,
             tier=client.info.tier,

@@ -32,6 +32,7 @@ from shoal.contract import BuildArgs
 from shoal.serving import http
 from shoal.serving.capabilities import Refusal, capabilities, refusal
 from shoal.serving.clients import ModelClient, model_clients
+from shoal.serving.exploration import Explorer, explored
 from shoal.serving.fallback import FallbackCaller, ModelBook
 from shoal.serving.feedback import CompletionIds, parse_feedback
 from shoal.serving.metrics import RouterMetrics
@@ -83,6 +84,10 @@ class Endpoint:
         self.capabilities = {m.name: capabilities(m) for m in args.fleet.models}
         self.book = ModelBook(clients, HealthBoard(self.limits.unhealthy_cooldown_seconds))
         self.ids = CompletionIds()
+        spec = args.policy.exploration
+        self.explorer = (
+            Explorer(spec, args.ingress.num_replicas) if spec and spec.percent > 0 else None
+        )
         self.caller = FallbackCaller(args, self.book, metrics, self.ids)
         self.probes = Probes(args, self.book, metrics)
         self._created = int(time.time())
@@ -236,6 +241,17 @@ class Endpoint:
             raise ApiError(503, "The router ranked no model of this fleet.", type="server_error")
         self.metrics.decision(ranking.strategy, models[0], ranking.cluster, seconds)
         headers = {"x-shoal-routing-ms": f"{seconds * 1000:.3f}"}
+        if self.explorer is not None:
+            chosen = self.explorer.choose(
+                models,
+                ranking.scores,
+                time.monotonic(),
+                lambda m: self.book.cost_per_request.get(m, 0.0),
+            )
+            if chosen is not None:
+                models = explored(models, chosen)
+                headers["x-shoal-explored"] = chosen
+                self.metrics.exploration(chosen)
         if ranking.cluster is not None:
             headers["x-shoal-cluster"] = str(ranking.cluster)
         return models, headers

@@ -258,6 +258,13 @@ class RouterMetrics:
         self.in_flight = f.make(
             "gauge", "shoal_requests_in_flight", "Requests in flight per model.", mt
         )
+        self.explorations = f.make(
+            "counter",
+            "shoal_explorations_total",
+            "Routed requests sent to a near-best model instead of the first choice "
+            "(the policy's exploration), per model explored.",
+            ("fleet", "model"),
+        )
         fmc = ("fleet", "model", "cluster")
         self.feedback_events = f.make(
             "counter",
@@ -282,6 +289,9 @@ class RouterMetrics:
             1, {"fleet": self.fleet, "strategy": strategy, "model": model, "cluster": cl}
         )
         self.routing_latency.observe(seconds, {"fleet": self.fleet, "strategy": strategy})
+
+    def exploration(self, model: str) -> None:
+        self.explorations.inc(1, {"fleet": self.fleet, "model": model})
 
     def feedback(self, model: str, cluster: int | None, score: float) -> None:
         labels = {

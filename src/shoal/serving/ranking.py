@@ -40,6 +40,8 @@ class Ranking:
     cluster: int | None
     elapsed_ms: float
     strategy: str
+    #: Each model's blended score in [0, 1] (cluster strategy), for exploration.
+    scores: dict[str, float] | None = None
 
 
 class Ranker(Protocol):
@@ -110,6 +112,7 @@ class ClusterRanker:
             decision.cluster,
             decision.elapsed_ms,
             self.strategy,
+            dict(decision.scores),
         )
 
 

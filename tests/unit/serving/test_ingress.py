@@ -303,3 +303,31 @@ def test_feedback_on_an_answer_is_counted_for_its_model(client_for: Any) -> None
     r = tc.post("/v1/feedback", json={"id": forged, "score": 1})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_completion_id"
     assert metric(ep, "shoal_feedback_total", model="spare", cluster="") == 0
+
+
+class ScoredRankerFake:
+    """A fake ranker with scores (the cluster ranker's shape), for exploration below the
+    real-router tests."""
+
+    strategy = "cluster"
+    blocking = False
+
+    def rank(self, text: str, alpha: float | None = None) -> Any:
+        from shoal.serving.ranking import Ranking
+
+        return Ranking(["fast", "spare"], 3, 0.1, "cluster", {"fast": 0.9, "spare": 0.88})
+
+
+def test_an_explored_request_says_so(client_for: Any) -> None:
+    ep = make_endpoint(["fast", "spare"], policy={
+        "strategy": "static", "staticOrder": ["fast", "spare"],
+        "exploration": {"percent": 20, "qualityMargin": "0.05"}})  # fmt: skip
+    assert ep.explorer is not None
+    ep.ranker = ScoredRankerFake()
+    ep.explorer._rng = lambda: 0.0  # always within the share
+    r = client_for(ep).post(
+        "/v1/chat/completions",
+        json={"model": "auto", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert r.headers["x-shoal-explored"] == "spare" and r.headers["x-shoal-model"] == "spare"
+    assert metric(ep, "shoal_explorations_total", model="spare") == 1

@@ -18,6 +18,7 @@ from shoal.api.v1alpha1.common import (
     Condition,
     Fraction,
     HttpUrl,
+    Money,
     Name,
     ObjectMeta,
     ObjectName,
@@ -117,6 +118,29 @@ class CalibrationSource(ApiModel):
     )
 
 
+class ExplorationSpec(ApiModel):
+    """Safe exploration: a small share of routed requests goes to a model other than the
+    router's first choice, among those whose score is within a margin of it, so that client
+    feedback reaches models the router would not pick. Off unless ``percent`` > 0."""
+
+    percent: int = Field(
+        default=0,
+        ge=0,
+        le=20,
+        description="Largest share of routed requests (percent) that may be explored.",
+    )
+    quality_margin: Fraction = Field(
+        default="0.05",
+        description="Only models whose blended score is within this of the first choice's "
+        "(scores in [0, 1]) may be explored.",
+    )
+    max_cost_per_hour: Money | None = Field(
+        default=None,
+        description="USD per hour that explored requests may cost at most (estimated from "
+        "each model's recent cost per request); none: only percent caps it.",
+    )
+
+
 class RoutingPolicySpec(ApiModel):
     """Desired routing behaviour."""
 
@@ -160,6 +184,11 @@ class RoutingPolicySpec(ApiModel):
     allow_request_overrides: bool = Field(
         default=False,
         description="Let callers lower or raise alpha per request (x-shoal-alpha header).",
+    )
+    exploration: ExplorationSpec | None = Field(
+        default=None,
+        description="Send a capped share of requests to near-best models, for feedback "
+        "(cluster strategy; off by default).",
     )
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
