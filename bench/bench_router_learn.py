@@ -29,7 +29,7 @@ from shoal.routing import fit_router, load_calibration, make_embedder
 from shoal.routing.cache import cached_embed
 from shoal.routing.evaluate import baselines, cheapest_reaching
 from shoal.routing.fit import score_matrices
-from shoal.routing.learn import learn, labelled
+from shoal.routing.learn import labelled, learn
 from shoal.routing.perquery import knn_choice
 from shoal.routing.replay import Labelled, ReplayConfig, evaluate_choice, replay
 from shoal.routing.tables import TableRouter
@@ -65,20 +65,40 @@ def study(name: str, spec: dict[str, Any], *, fraction: float, seed: int) -> dic
     xte = cached_embed(emb, [s.prompt for s in test])
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(train))
-    n_cal = int(round(fraction * len(train)))
+    n_cal = round(fraction * len(train))
     cal_idx, stream_idx = np.sort(order[:n_cal]), np.sort(order[n_cal:])
     fit_args = {k: spec[k] for k in ("clusters", "top_p", "alpha")}
     when = datetime(2026, 12, 1, tzinfo=UTC)
-    small = fit_router([train[i] for i in cal_idx], embedder=emb, embeddings=xtr[cal_idx],
-                       seed=seed, fitted_at=when, **fit_args)  # fmt: skip
+    small = fit_router(
+        [train[i] for i in cal_idx],
+        embedder=emb,
+        embeddings=xtr[cal_idx],
+        seed=seed,
+        fitted_at=when,
+        **fit_args,
+    )
     full = fit_router(train, embedder=emb, embeddings=xtr, seed=seed, fitted_at=when, **fit_args)
     models = list(TableRouter.from_artifact(small).models)  # the tables' column order
     stream = labelled([train[i] for i in stream_idx], xtr[stream_idx], models)
     held = labelled(test, xte, models)
-    cfg = ReplayConfig(prior_weight=8.0, explore="thompson", batch=50, seed=seed,
-                       alpha=spec["alpha"], checkpoints=CHECKPOINTS)  # fmt: skip
-    outcome = learn(small, stream, held, cfg, now=when, variants=True,
-                    fine_clusters=(32, 64, 128), knn_neighbours=(50, 200))  # fmt: skip
+    cfg = ReplayConfig(
+        prior_weight=8.0,
+        explore="thompson",
+        batch=50,
+        seed=seed,
+        alpha=spec["alpha"],
+        checkpoints=CHECKPOINTS,
+    )
+    outcome = learn(
+        small,
+        stream,
+        held,
+        cfg,
+        now=when,
+        variants=True,
+        fine_clusters=(32, 64, 128),
+        knn_neighbours=(50, 200),
+    )
     full_router = TableRouter.from_artifact(full)
     full_point = evaluate_choice(full_router.choose(held.vectors), held, full_router.models)
     q, c = score_matrices(test, models)
@@ -89,10 +109,16 @@ def study(name: str, spec: dict[str, Any], *, fraction: float, seed: int) -> dic
         "stream_samples": len(stream),
         "test_samples": len(held),
         **outcome.report,
-        "full_train": {"accuracy": full_point["accuracy"], "cost_per_query": full_point["cost_per_query"]},
+        "full_train": {
+            "accuracy": full_point["accuracy"],
+            "cost_per_query": full_point["cost_per_query"],
+        },
         "per_task_best": base["per_task_best"]["accuracy"],
-        "best_single": {"model": base["best_single"]["model"], "accuracy": base["best_single"]["accuracy"],
-                        "cost": base["best_single"]["cost"]},  # fmt: skip
+        "best_single": {
+            "model": base["best_single"]["model"],
+            "accuracy": base["best_single"]["accuracy"],
+            "cost": base["best_single"]["cost"],
+        },
         "oracle": base["oracle"]["accuracy"],
     }
     if name == "routerbench":
@@ -103,36 +129,60 @@ def study(name: str, spec: dict[str, Any], *, fraction: float, seed: int) -> dic
         res = replay(small_r, stream, held, cfg)  # same seed: the same log as inside learn()
         curves = {
             "small_fit": sweep(small_r, held, lambda a: small_r.choose(held.vectors, alpha=a)),
-            "full_fit": sweep(full_router, held, lambda a: full_router.choose(held.vectors, alpha=a)),
+            "full_fit": sweep(
+                full_router, held, lambda a: full_router.choose(held.vectors, alpha=a)
+            ),
             "learned": sweep(learned, held, lambda a: learned.choose(held.vectors, alpha=a)),
-            "knn_200": sweep(learned, held, lambda a: knn_choice(res.router, res.log, stream,
-                                                                 held.vectors, neighbours=200, alpha=a)),
-        }  # fmt: skip
+            "knn_200": sweep(
+                learned,
+                held,
+                lambda a: knn_choice(
+                    res.router, res.log, stream, held.vectors, neighbours=200, alpha=a
+                ),
+            ),
+        }
         reach = {}
         for key, pts in curves.items():
             hit = cheapest_reaching(pts, target["accuracy"])
-            reach[key] = None if hit is None else {
-                "alpha": hit["alpha"], "accuracy": hit["accuracy"],
-                "cost_ratio": hit["cost"] / target["cost"],
-            }  # fmt: skip
+            reach[key] = (
+                None
+                if hit is None
+                else {
+                    "alpha": hit["alpha"],
+                    "accuracy": hit["accuracy"],
+                    "cost_ratio": hit["cost"] / target["cost"],
+                }
+            )
         report["gpt4"] = {"model": gpt4, "accuracy": target["accuracy"], "cost": target["cost"]}
         report["reach_gpt4"] = reach
     return report
 
 
 def show(r: dict[str, Any]) -> None:
-    print(f"\n== {r['set']}: fit on {r['calibration_samples']}, stream {r['stream_samples']}, "
-          f"test {r['test_samples']}")  # fmt: skip
+    print(
+        f"\n== {r['set']}: fit on {r['calibration_samples']}, stream {r['stream_samples']}, "
+        f"test {r['test_samples']}"
+    )
     for p in r["curve"]:
-        print(f"  {p['events']:>6} events  accuracy {100 * p['accuracy']:.2f}%  "
-              f"cost/query {p['cost_per_query']:.5f}")  # fmt: skip
+        print(
+            f"  {p['events']:>6} events  accuracy {100 * p['accuracy']:.2f}%  "
+            f"cost/query {p['cost_per_query']:.5f}"
+        )
     for k, v in r["variants"].items():
         print(f"  {k:>10}  accuracy {100 * v['accuracy']:.2f}%")
-    print(f"  full train fit {100 * r['full_train']['accuracy']:.2f}%, best per task "
-          f"{100 * r['per_task_best']:.2f}%, oracle {100 * r['oracle']:.2f}%")  # fmt: skip
+    print(
+        f"  full train fit {100 * r['full_train']['accuracy']:.2f}%, best per task "
+        f"{100 * r['per_task_best']:.2f}%, oracle {100 * r['oracle']:.2f}%"
+    )
     for k, v in r.get("reach_gpt4", {}).items():
-        print(f"  reaches GPT-4 ({k}): " + ("never" if v is None else
-              f"alpha {v['alpha']}, {100 * v['cost_ratio']:.1f}% of its cost"))  # fmt: skip
+        print(
+            f"  reaches GPT-4 ({k}): "
+            + (
+                "never"
+                if v is None
+                else f"alpha {v['alpha']}, {100 * v['cost_ratio']:.1f}% of its cost"
+            )
+        )
 
 
 def main() -> int:
@@ -152,13 +202,24 @@ def main() -> int:
         if ns.plot:
             from shoal.routing.plot import plot_learning
 
-            r["references"] = {"full train fit": r["full_train"]["accuracy"],
-                               "best per task": r["per_task_best"]}  # fmt: skip
-            plot_learning(r, REPO / "docs" / "img" / f"learn-{name}.png",
-                          title=f"{name}: fit on 10% of train, bandit feedback from the rest")  # fmt: skip
+            r["references"] = {
+                "full train fit": r["full_train"]["accuracy"],
+                "best per task": r["per_task_best"],
+            }
+            plot_learning(
+                r,
+                REPO / "docs" / "img" / f"learn-{name}.png",
+                title=f"{name}: fit on 10% of train, bandit feedback from the rest",
+            )
         out[name] = {k: v for k, v in r.items() if k not in ("curve", "share_after")}
-        out[name]["curve"] = [{"events": p["events"], "accuracy": p["accuracy"],
-                               "cost_per_query": p["cost_per_query"]} for p in r["curve"]]  # fmt: skip
+        out[name]["curve"] = [
+            {
+                "events": p["events"],
+                "accuracy": p["accuracy"],
+                "cost_per_query": p["cost_per_query"],
+            }
+            for p in r["curve"]
+        ]
     print(json.dumps(out, sort_keys=True))
     return 0
 

@@ -66,8 +66,17 @@ def parse_prompts(text: str, *, source: str) -> list[LabelledPrompt]:
             check_spec(grader, obj.get("reference"), obj.get("rubric"), obj.get("judge"))
         except GraderError as exc:
             raise CalibrationError(source, row, str(exc)) from None
-        out.append(LabelledPrompt(row, prompt, task, str(grader), obj.get("reference"),
-                                  obj.get("rubric"), obj.get("judge")))  # fmt: skip
+        out.append(
+            LabelledPrompt(
+                row,
+                prompt,
+                task,
+                str(grader),
+                obj.get("reference"),
+                obj.get("rubric"),
+                obj.get("judge"),
+            )
+        )
     if not out:
         raise CalibrationError(source, None, "no labelled prompts")
     return out
@@ -112,9 +121,10 @@ def read_calls(path: Path, digest: str) -> dict[tuple[int, str], CallRecord]:
     head = json.loads(lines[0]) if lines else {}
     if head.get("prompts_sha256") != digest:
         raise CalibrationError(
-            str(path), 1, "calls file was written for another prompt set; delete it or "
-            "pass --restart"
-        )  # fmt: skip
+            str(path),
+            1,
+            "calls file was written for another prompt set; delete it or pass --restart",
+        )
     out: dict[tuple[int, str], CallRecord] = {}
     for line in lines[1:]:
         try:
@@ -130,8 +140,12 @@ async def _chat(
 ) -> tuple[str, int, int, float]:
     import httpx
 
-    body = {"model": model, "messages": [{"role": "user", "content": content}],
-            "max_tokens": max_tokens, "temperature": 0}  # fmt: skip
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
     started = time.perf_counter()
     try:
         r = await client.post("/chat/completions", json=body, timeout=timeout)
@@ -150,7 +164,12 @@ async def _chat(
         doc = r.json()
         text = doc["choices"][0]["message"]["content"] or ""
         usage = doc.get("usage") or {}
-        return text, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)), seconds
+        return (
+            text,
+            int(usage.get("prompt_tokens", 0)),
+            int(usage.get("completion_tokens", 0)),
+            seconds,
+        )
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise CallFailed("error", f"answer is not an OpenAI chat completion: {exc!r}") from None
 
@@ -165,21 +184,39 @@ async def _one(
     timeout: float,
 ) -> CallRecord:
     try:
-        text, pt, ct, seconds = await _chat(client, model, p.prompt, max_tokens=max_tokens, timeout=timeout)
+        text, pt, ct, seconds = await _chat(
+            client, model, p.prompt, max_tokens=max_tokens, timeout=timeout
+        )
     except CallFailed as exc:
         return CallRecord(p.row, model, exc.kind, error=str(exc))
     cost = price.cost(seconds, pt, ct)
     if p.grader == "judge":
         assert p.judge is not None and p.rubric is not None
         try:
-            verdict, *_ = await _chat(client, p.judge, judge_prompt(p.rubric, p.prompt, text, p.reference),
-                                      max_tokens=16, timeout=timeout)  # fmt: skip
+            verdict, *_ = await _chat(
+                client,
+                p.judge,
+                judge_prompt(p.rubric, p.prompt, text, p.reference),
+                max_tokens=16,
+                timeout=timeout,
+            )
         except CallFailed as exc:
-            return CallRecord(p.row, model, exc.kind, None, seconds, pt, ct, cost, f"judge {p.judge}: {exc}")
+            return CallRecord(
+                p.row, model, exc.kind, None, seconds, pt, ct, cost, f"judge {p.judge}: {exc}"
+            )
         score = parse_judge(verdict)
         if score is None:
-            return CallRecord(p.row, model, "error", None, seconds, pt, ct, cost,
-                              f"judge {p.judge} gave no score: {verdict[:80]!r}")  # fmt: skip
+            return CallRecord(
+                p.row,
+                model,
+                "error",
+                None,
+                seconds,
+                pt,
+                ct,
+                cost,
+                f"judge {p.judge} gave no score: {verdict[:80]!r}",
+            )
     else:
         score = grade(p.grader, p.reference, text)
     return CallRecord(p.row, model, "ok", score, seconds, pt, ct, cost)
@@ -206,8 +243,12 @@ async def run_calibration(
 
     digest = prompts_digest(prompts)
     records = read_calls(calls_path, digest)
-    todo = [(p, m) for p in prompts for m in models
-            if (p.row, m) not in records or records[(p.row, m)].status != "ok"]  # fmt: skip
+    todo = [
+        (p, m)
+        for p in prompts
+        for m in models
+        if (p.row, m) not in records or records[(p.row, m)].status != "ok"
+    ]
     total, done = len(prompts) * len(models), len(prompts) * len(models) - len(todo)
     calls_path.parent.mkdir(parents=True, exist_ok=True)
     fresh = not calls_path.is_file()
@@ -226,8 +267,9 @@ async def run_calibration(
             async def task(p: LabelledPrompt, m: str) -> None:
                 nonlocal done
                 async with gate:
-                    rec = await _one(client, p, m, prices.get(m, Price()),
-                                     max_tokens=max_tokens, timeout=timeout)  # fmt: skip
+                    rec = await _one(
+                        client, p, m, prices.get(m, Price()), max_tokens=max_tokens, timeout=timeout
+                    )
                 records[(p.row, m)] = rec
                 fh.write(json.dumps(asdict(rec)) + "\n")
                 fh.flush()
@@ -253,8 +295,11 @@ def calibration_lines(
         if any(r is None or r.status != "ok" or r.score is None for r in recs):
             incomplete += 1
             continue
-        obj: dict[str, Any] = {"prompt": p.prompt, "task": p.task,
-                               "scores": {m: r.score for m, r in zip(models, recs, strict=True) if r}}  # fmt: skip
+        obj: dict[str, Any] = {
+            "prompt": p.prompt,
+            "task": p.task,
+            "scores": {m: r.score for m, r in zip(models, recs, strict=True) if r},
+        }
         if with_costs:
             obj["costs"] = {m: r.cost for m, r in zip(models, recs, strict=True) if r}
         lines.append(json.dumps(obj, ensure_ascii=False))
@@ -273,12 +318,18 @@ def summarise(
         for t in tasks:
             recs = [records[(p.row, m)] for p in prompts if p.task == t and (p.row, m) in records]
             ok = [r for r in recs if r.status == "ok" and r.score is not None]
-            rows.append({
-                "model": m, "task": t or "default", "answered": len(ok),
-                "score": sum(r.score for r in ok if r.score is not None) / len(ok) if ok else None,
-                "errors": sum(r.status == "error" for r in recs),
-                "timeouts": sum(r.status == "timeout" for r in recs),
-                "seconds": sum(r.seconds for r in ok) / len(ok) if ok else None,
-                "cost": sum(r.cost for r in ok),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "model": m,
+                    "task": t or "default",
+                    "answered": len(ok),
+                    "score": sum(r.score for r in ok if r.score is not None) / len(ok)
+                    if ok
+                    else None,
+                    "errors": sum(r.status == "error" for r in recs),
+                    "timeouts": sum(r.status == "timeout" for r in recs),
+                    "seconds": sum(r.seconds for r in ok) / len(ok) if ok else None,
+                    "cost": sum(r.cost for r in ok),
+                }
+            )
     return rows

@@ -49,12 +49,18 @@ def _endpoint_models(base_url: str, api_key: str | None) -> list[str]:
 
 
 def calibrate(
-    endpoint: str = typer.Option(..., "--endpoint", "-e", help="Fleet base URL, e.g. http://127.0.0.1:8000/v1."),
+    endpoint: str = typer.Option(
+        ..., "--endpoint", "-e", help="Fleet base URL, e.g. http://127.0.0.1:8000/v1."
+    ),
     prompts: Path = typer.Option(..., "--prompts", "-p", help="Labelled prompt set (JSONL)."),
     out: Path = typer.Option(..., "--out", "-o", help="Calibration JSONL to write."),
-    fleet: Path | None = typer.Option(None, "--fleet", "-f", help="Fleet file: models and tier prices."),
+    fleet: Path | None = typer.Option(
+        None, "--fleet", "-f", help="Fleet file: models and tier prices."
+    ),
     models: str | None = typer.Option(None, help="Comma-separated models (default: the fleet's)."),
-    token_price: list[str] = typer.Option([], "--token-price", help="MODEL=IN:OUT USD per million tokens."),
+    token_price: list[str] = typer.Option(
+        [], "--token-price", help="MODEL=IN:OUT USD per million tokens."
+    ),
     concurrency: int = typer.Option(4, min=1, max=256, help="Calls in flight at once."),
     timeout: float = typer.Option(120.0, min=0.1, help="Seconds to wait for one answer."),
     max_tokens: int = typer.Option(256, min=1, help="max_tokens of each call."),
@@ -89,10 +95,20 @@ def calibrate(
         if restart:
             calls.unlink(missing_ok=True)
         with _progress(f"calibrating {len(names)} models on {len(labelled)} prompts") as update:
-            records = asyncio.run(run_calibration(
-                endpoint, labelled, names, prices, calls_path=calls, concurrency=concurrency,
-                timeout=timeout, max_tokens=max_tokens, api_key=api_key, progress=update,
-            ))  # fmt: skip
+            records = asyncio.run(
+                run_calibration(
+                    endpoint,
+                    labelled,
+                    names,
+                    prices,
+                    calls_path=calls,
+                    concurrency=concurrency,
+                    timeout=timeout,
+                    max_tokens=max_tokens,
+                    api_key=api_key,
+                    progress=update,
+                )
+            )
     except (OSError, CalibrationError, ArtifactError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
@@ -106,11 +122,24 @@ def calibrate(
     failed = sum(r["errors"] + r["timeouts"] for r in rows)
     console.print(
         f"wrote {out}: {len(lines)} prompts x {len(names)} models"
-        + (f"; {incomplete} prompts left out (an error or timeout; run again to retry)" if incomplete else "")
+        + (
+            f"; {incomplete} prompts left out (an error or timeout; run again to retry)"
+            if incomplete
+            else ""
+        )
         + f"; calls in {calls}"
     )
-    print(json.dumps({"prompts": len(lines), "incomplete": incomplete, "failed_calls": failed,
-                      "models": names, "out": str(out)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "prompts": len(lines),
+                "incomplete": incomplete,
+                "failed_calls": failed,
+                "models": names,
+                "out": str(out),
+            }
+        )
+    )
     if failed:
         raise typer.Exit(1)
 
@@ -119,13 +148,26 @@ def _print_summary(rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     table = Table(title="calibration by model and task")
-    for col in ("model", "task", "answered", "mean score", "errors", "timeouts", "mean s", "cost USD"):
+    for col in (
+        "model",
+        "task",
+        "answered",
+        "mean score",
+        "errors",
+        "timeouts",
+        "mean s",
+        "cost USD",
+    ):
         table.add_column(col, justify="left" if col in ("model", "task") else "right")
     for r in rows:
         table.add_row(
-            r["model"], r["task"], str(r["answered"]),
+            r["model"],
+            r["task"],
+            str(r["answered"]),
             "-" if r["score"] is None else f"{r['score']:.3f}",
-            str(r["errors"]), str(r["timeouts"]),
-            "-" if r["seconds"] is None else f"{r['seconds']:.3f}", f"{r['cost']:.6f}",
-        )  # fmt: skip
+            str(r["errors"]),
+            str(r["timeouts"]),
+            "-" if r["seconds"] is None else f"{r['seconds']:.3f}",
+            f"{r['cost']:.6f}",
+        )
     Console(stderr=True).print(table)

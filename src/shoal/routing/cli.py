@@ -283,7 +283,9 @@ def learn(
         )
         outcome = run_learn(blob, stream, held, cfg, now=datetime.now(UTC), variants=variants)
         write_artifact(out, outcome.artifact)
-        report = dict(outcome.report, artifact=str(out), checksum=artifact_checksum(outcome.artifact))
+        report = dict(
+            outcome.report, artifact=str(out), checksum=artifact_checksum(outcome.artifact)
+        )
         if plot is not None:
             from shoal.routing.plot import plot_learning
 
@@ -295,7 +297,9 @@ def learn(
             f"cost/query {p['cost_per_query']:.6f}"
         )
     for name, v in report.get("variants", {}).items():
-        print(f"{name:>12}: accuracy {100 * v['accuracy']:.2f}%, cost/query {v['cost_per_query']:.6f}")
+        print(
+            f"{name:>12}: accuracy {100 * v['accuracy']:.2f}%, cost/query {v['cost_per_query']:.6f}"
+        )
     print(json.dumps(report, sort_keys=True))
 
 

@@ -2,14 +2,16 @@
 
 Each labelled prompt names a grader and a reference:
 
-| grader | reference | score |
-|---|---|---|
-| ``exact`` | string | 1 if the answer equals it (case, surrounding space and a final period ignored) |
-| ``number`` | number or numeric string | 1 if the answer's last number equals it (rel. 1e-6) |
-| ``choice`` | a letter A-J | 1 if the answer's chosen letter is it ("(B)", "Answer: B", "B. ...") |
-| ``regex`` | a Python regular expression | 1 if it matches anywhere in the answer |
-| ``json_schema`` | a JSON Schema object | 1 if the answer (fences stripped) is JSON that validates |
-| ``judge`` | optional reference answer; ``rubric`` and ``judge`` (a model of the fleet) | the judge's 0-10 mark / 10 |
+- ``exact`` (a string): 1 if the answer equals it, ignoring case, surrounding space and a
+  final period;
+- ``number`` (a number or numeric string): 1 if the answer's last number equals it
+  (relative tolerance 1e-6);
+- ``choice`` (a letter A-J): 1 if the answer picks it ("(B)", "Answer: B", "B. ...");
+- ``regex`` (a Python regular expression): 1 if it matches anywhere in the answer;
+- ``json_schema`` (a JSON Schema object): 1 if the answer, code fences stripped, is JSON
+  that validates;
+- ``judge`` (optional reference answer, with ``rubric`` and ``judge``, a model of the
+  fleet): the judge's 0-10 mark divided by 10.
 
 :func:`check_spec` validates a prompt's grader fields up front (so a bad regex or schema is
 reported before any model is called); :func:`grade` scores one answer. Pure functions;
@@ -109,8 +111,10 @@ def check_spec(grader: Any, reference: Any, rubric: Any = None, judge: Any = Non
 
 
 def _validator_class() -> Any:
+    import importlib
+
     try:
-        import jsonschema
+        jsonschema = importlib.import_module("jsonschema")
     except ImportError:  # pragma: no cover - depends on the installation
         raise GraderError(
             "grader 'json_schema' needs the jsonschema package: pip install jsonschema"

@@ -30,7 +30,9 @@ from shoal.routing.types import Sample
 DEFAULT_CHECKPOINTS = (100, 250, 500, 1000, 2000, 5000, 10000, 20000)
 
 
-def labelled(samples: Sequence[Sample], vectors: npt.NDArray[Any], models: Sequence[str]) -> Labelled:
+def labelled(
+    samples: Sequence[Sample], vectors: npt.NDArray[Any], models: Sequence[str]
+) -> Labelled:
     """Embedded samples as matrices in ``models`` order (raises on another model set)."""
     align_models(samples, models)
     q, c = score_matrices(samples, models)
@@ -98,14 +100,25 @@ def learn(
     if variants:
         extra: dict[str, Any] = {}
         for n in knn_neighbours:
-            choice = knn_choice(result.router, result.log, stream, held_out.vectors,
-                                neighbours=n, alpha=cfg.alpha)  # fmt: skip
+            choice = knn_choice(
+                result.router, result.log, stream, held_out.vectors, neighbours=n, alpha=cfg.alpha
+            )
             point = evaluate_choice(choice, held_out, router.models)
             extra[f"knn_{n}"] = {k: point[k] for k in ("accuracy", "cost_per_query", "per_task")}
         for k in fine_clusters:
-            fine = fine_router(result.router, result.log, stream, clusters=k,
-                               prior_weight=cfg.prior_weight, seed=cfg.seed)  # fmt: skip
-            point = evaluate_choice(fine.choose(held_out.vectors, alpha=cfg.alpha), held_out, router.models)
-            extra[f"fine_{k}"] = {k2: point[k2] for k2 in ("accuracy", "cost_per_query", "per_task")}
+            fine = fine_router(
+                result.router,
+                result.log,
+                stream,
+                clusters=k,
+                prior_weight=cfg.prior_weight,
+                seed=cfg.seed,
+            )
+            point = evaluate_choice(
+                fine.choose(held_out.vectors, alpha=cfg.alpha), held_out, router.models
+            )
+            extra[f"fine_{k}"] = {
+                k2: point[k2] for k2 in ("accuracy", "cost_per_query", "per_task")
+            }
         report["variants"] = extra
     return LearnOutcome(report, learned)

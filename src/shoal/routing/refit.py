@@ -27,7 +27,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from shoal.routing.artifact import ArtifactError, artifact_checksum, decode_artifact, encode_artifact
+from shoal.routing.artifact import (
+    ArtifactError,
+    artifact_checksum,
+    decode_artifact,
+    encode_artifact,
+)
 from shoal.routing.tables import TableRouter
 
 F64 = npt.NDArray[np.float64]
@@ -79,7 +84,7 @@ class Feedback:
     @property
     def total(self) -> int:
         """Number of feedback events."""
-        return int(round(float(self.events.sum())))
+        return round(float(self.events.sum()))
 
     def add(self, cluster: int, model: int, score: float) -> None:
         """Count one event (for replays; the arrays are updated in place)."""

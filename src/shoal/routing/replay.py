@@ -77,7 +77,9 @@ class ReplayResult:
     explored: int
 
 
-def evaluate_choice(choice: npt.NDArray[Any], data: Labelled, models: Sequence[str]) -> dict[str, Any]:
+def evaluate_choice(
+    choice: npt.NDArray[Any], data: Labelled, models: Sequence[str]
+) -> dict[str, Any]:
     """Accuracy (mean of per-task), per-task accuracy and cost per query of ``choice``."""
     s = summarise_choice(choice, data.quality, data.cost, list(data.tasks), models)
     return {k: s[k] for k in ("accuracy", "per_task", "cost", "cost_per_query", "share")}
@@ -121,7 +123,9 @@ def replay(
     explored = 0
 
     def checkpoint(events: int) -> None:
-        point = evaluate_choice(current.choose(held_out.vectors, alpha=cfg.alpha), held_out, router.models)
+        point = evaluate_choice(
+            current.choose(held_out.vectors, alpha=cfg.alpha), held_out, router.models
+        )
         curve.append({"events": events, **point})
 
     order = rng.permutation(len(stream))

@@ -27,12 +27,17 @@ QUICKSTART = REPO_ROOT / "examples" / "quickstart.yaml"
 PATTERN = {"math": "^Math specialist", "code": "^Code specialist", "chat": "^Chat specialist"}
 HELD_OUT = {
     "math": ["What is 12 squared?", "Solve 2x - 5 = 11 for x.", "What is 30% of 90?"],
-    "code": ["How do I parse command line arguments in Python?",
-             "Write a regex that matches an email address.",
-             "What is a null pointer exception in Java?"],
-    "chat": ["What is a nice gift for my mother?", "Tell me a joke about dogs.",
-             "What book should I read on holiday?"],
-}  # fmt: skip
+    "code": [
+        "How do I parse command line arguments in Python?",
+        "Write a regex that matches an email address.",
+        "What is a null pointer exception in Java?",
+    ],
+    "chat": [
+        "What is a nice gift for my mother?",
+        "Tell me a joke about dogs.",
+        "What book should I read on holiday?",
+    ],
+}
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +72,10 @@ def labelled_prompts(path: Path) -> list[dict[str, str]]:
 
     found = load_fleet_file(QUICKSTART).calibration_data()
     assert found is not None
-    rows = [{"prompt": s.prompt, "task": s.task, "grader": "regex", "reference": PATTERN[s.task]}
-            for s in parse_calibration(found[1].encode(), source=found[0], fmt="jsonl")]  # fmt: skip
+    rows = [
+        {"prompt": s.prompt, "task": s.task, "grader": "regex", "reference": PATTERN[s.task]}
+        for s in parse_calibration(found[1].encode(), source=found[0], fmt="jsonl")
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
@@ -80,15 +87,38 @@ def test_calibrate_then_fit_routes_each_kind_to_its_specialist(fleet: Any, tmp_p
     rows = labelled_prompts(tmp_path / "prompts.jsonl")
     out = tmp_path / "calibration.jsonl"
     run = subprocess.run(
-        [sys.executable, "-m", "shoal.cli", "calibrate", "--endpoint", f"{fleet.base_url}/v1",
-         "--fleet", str(QUICKSTART), "--prompts", str(tmp_path / "prompts.jsonl"),
-         "--out", str(out), "--concurrency", "4", "--max-tokens", "64"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "shoal.cli",
+            "calibrate",
+            "--endpoint",
+            f"{fleet.base_url}/v1",
+            "--fleet",
+            str(QUICKSTART),
+            "--prompts",
+            str(tmp_path / "prompts.jsonl"),
+            "--out",
+            str(out),
+            "--concurrency",
+            "4",
+            "--max-tokens",
+            "64",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     last = json.loads(run.stdout.strip().splitlines()[-1])
-    assert last == {"prompts": len(rows), "incomplete": 0, "failed_calls": 0,
-                    "models": ["math", "code", "chat"], "out": str(out)}  # fmt: skip
+    assert last == {
+        "prompts": len(rows),
+        "incomplete": 0,
+        "failed_calls": 0,
+        "models": ["math", "code", "chat"],
+        "out": str(out),
+    }
     assert "calibration by model and task" in run.stderr
 
     samples = load_calibration([out])
@@ -99,16 +129,33 @@ def test_calibrate_then_fit_routes_each_kind_to_its_specialist(fleet: Any, tmp_p
 
     policy = load_fleet_file(QUICKSTART).policy.spec
     router = load_router(fit_policy_router(policy, samples))
-    chosen = {kind: [router.rank(p).models[0] for p in prompts] for kind, prompts in HELD_OUT.items()}
+    chosen = {
+        kind: [router.rank(p).models[0] for p in prompts] for kind, prompts in HELD_OUT.items()
+    }
     majority = {kind: max(set(ms), key=ms.count) for kind, ms in chosen.items()}
     assert majority == {"math": "math", "code": "code", "chat": "chat"}, chosen
 
     # Run again: everything was answered, so nothing is called and the file is the same.
     before = out.read_text()
     again = subprocess.run(
-        [sys.executable, "-m", "shoal.cli", "calibrate", "-e", f"{fleet.base_url}/v1",
-         "-f", str(QUICKSTART), "-p", str(tmp_path / "prompts.jsonl"), "-o", str(out)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "shoal.cli",
+            "calibrate",
+            "-e",
+            f"{fleet.base_url}/v1",
+            "-f",
+            str(QUICKSTART),
+            "-p",
+            str(tmp_path / "prompts.jsonl"),
+            "-o",
+            str(out),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode == 0, again.stderr
     assert out.read_text() == before

@@ -22,11 +22,20 @@ from shoal.routing.calibrate import (
 from shoal.routing.data import CalibrationError, parse_calibration
 from shoal.routing.pricing import Price
 
-PROMPTS = "\n".join(json.dumps(o) for o in [
-    {"prompt": "What is 6 x 7?", "task": "math", "grader": "number", "reference": 42},
-    {"prompt": "Pick one", "task": "mc", "grader": "choice", "reference": "B"},
-    {"prompt": "Be nice", "task": "chat", "grader": "judge", "rubric": "Is it kind?", "judge": "b"},
-])  # fmt: skip
+PROMPTS = "\n".join(
+    json.dumps(o)
+    for o in [
+        {"prompt": "What is 6 x 7?", "task": "math", "grader": "number", "reference": 42},
+        {"prompt": "Pick one", "task": "mc", "grader": "choice", "reference": "B"},
+        {
+            "prompt": "Be nice",
+            "task": "chat",
+            "grader": "judge",
+            "rubric": "Is it kind?",
+            "judge": "b",
+        },
+    ]
+)
 
 
 class FakeFleetEndpoint:
@@ -49,17 +58,31 @@ class FakeFleetEndpoint:
             answer = "Score: 9"
         else:
             answer = {"a": "It is 42. The answer is (B).", "b": "41. The answer is (C)."}[model]
-        return httpx.Response(200, json={
-            "choices": [{"message": {"role": "assistant", "content": answer}}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5},
-        })  # fmt: skip
+        return httpx.Response(
+            200,
+            json={
+                "choices": [{"message": {"role": "assistant", "content": answer}}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+            },
+        )
 
 
 def run(fake: FakeFleetEndpoint, calls: Path) -> dict[tuple[int, str], object]:
     prompts = parse_prompts(PROMPTS, source="p.jsonl")
-    prices = {"a": Price(per_million_input=1.0, per_million_output=2.0), "b": Price(per_replica_hour=3.6)}
-    return asyncio.run(run_calibration("http://fleet/v1", prompts, ["a", "b"], prices,  # type: ignore[return-value]
-                                       calls_path=calls, transport=httpx.MockTransport(fake)))  # fmt: skip
+    prices = {
+        "a": Price(per_million_input=1.0, per_million_output=2.0),
+        "b": Price(per_replica_hour=3.6),
+    }
+    return asyncio.run(
+        run_calibration(
+            "http://fleet/v1",
+            prompts,
+            ["a", "b"],
+            prices,  # type: ignore[return-value]
+            calls_path=calls,
+            transport=httpx.MockTransport(fake),
+        )
+    )
 
 
 def test_grades_prices_and_reports_failures_apart_then_resumes(tmp_path: Path) -> None:
@@ -82,7 +105,11 @@ def test_grades_prices_and_reports_failures_apart_then_resumes(tmp_path: Path) -
     lines, incomplete = calibration_lines(prompts, ["a", "b"], records, with_costs=True)  # type: ignore[arg-type]
     assert incomplete == 0
     samples = parse_calibration("\n".join(lines).encode(), source="out.jsonl", fmt="jsonl")
-    assert [s.scores for s in samples] == [{"a": 1.0, "b": 0.0}, {"a": 1.0, "b": 0.0}, {"a": 0.9, "b": 0.9}]
+    assert [s.scores for s in samples] == [
+        {"a": 1.0, "b": 0.0},
+        {"a": 1.0, "b": 0.0},
+        {"a": 0.9, "b": 0.9},
+    ]
 
 
 def test_a_calls_file_of_another_prompt_set_is_refused(tmp_path: Path) -> None:

@@ -39,9 +39,14 @@ def test_number_grader_takes_the_last_number() -> None:
 
 @pytest.mark.parametrize(
     ("answer", "letter"),
-    [("The answer is (C).", "C"), ("B. Because...", "B"), ("Answer: d", "D"),
-     ("I pick (A) here", "A"), ("no idea", None)],
-)  # fmt: skip
+    [
+        ("The answer is (C).", "C"),
+        ("B. Because...", "B"),
+        ("Answer: d", "D"),
+        ("I pick (A) here", "A"),
+        ("no idea", None),
+    ],
+)
 def test_chosen_letter(answer: str, letter: str | None) -> None:
     assert chosen_letter(answer) == letter
 
@@ -59,12 +64,19 @@ def test_choice_regex_and_json_schema_graders() -> None:
 
 @pytest.mark.parametrize(
     ("grader", "reference", "message"),
-    [("fuzzy", "x", "not one of"), ("regex", "(", "not a valid regular expression"),
-     ("choice", "AB", "letter A-J"), ("number", "many", "numeric reference"),
-     ("number", True, "numeric reference"), ("json_schema", {"type": 5}, "not a valid JSON Schema"),
-     ("exact", 3, "string reference")],
-)  # fmt: skip
-def test_bad_specs_are_refused_with_the_reason(grader: str, reference: object, message: str) -> None:
+    [
+        ("fuzzy", "x", "not one of"),
+        ("regex", "(", "not a valid regular expression"),
+        ("choice", "AB", "letter A-J"),
+        ("number", "many", "numeric reference"),
+        ("number", True, "numeric reference"),
+        ("json_schema", {"type": 5}, "not a valid JSON Schema"),
+        ("exact", 3, "string reference"),
+    ],
+)
+def test_bad_specs_are_refused_with_the_reason(
+    grader: str, reference: object, message: str
+) -> None:
     with pytest.raises(GraderError, match=message):
         check_spec(grader, reference)
 
@@ -83,12 +95,18 @@ def test_judge_needs_rubric_and_model_and_its_mark_is_parsed() -> None:
 
 
 def test_prices_from_tiers_and_tokens() -> None:
-    fleet = ModelFleet.model_validate({
-        "apiVersion": "shoal.dev/v1alpha1", "kind": "ModelFleet", "metadata": {"name": "f"},
-        "spec": {"routingPolicyRef": {"name": "p"},
-                 "tiers": [{"name": "small", "costPerReplicaHour": "0.36"}],
-                 "models": [{"name": "m", "tier": "small", "source": "hf://org/m"}]},
-    })  # fmt: skip
+    fleet = ModelFleet.model_validate(
+        {
+            "apiVersion": "shoal.dev/v1alpha1",
+            "kind": "ModelFleet",
+            "metadata": {"name": "f"},
+            "spec": {
+                "routingPolicyRef": {"name": "p"},
+                "tiers": [{"name": "small", "costPerReplicaHour": "0.36"}],
+                "models": [{"name": "m", "tier": "small", "source": "hf://org/m"}],
+            },
+        }
+    )
     prices = fleet_prices(fleet.spec)
     assert prices["m"].cost(10.0, 100, 50) == pytest.approx(0.001)  # 0.36 $/h for 10 s
     model, price = parse_token_price("gpt=2.5:10")

@@ -31,8 +31,9 @@ def fitted() -> tuple[bytes, CalibrationSet]:
     samples = topic_samples()
     blob = fit_router(samples, embedder=EMB, clusters=2, top_p=1, alpha=1.0, seed=0)
     q, _ = score_matrices(samples, ["mathy", "wordy"])
-    cal = CalibrationSet(EMB.embed([s.prompt for s in samples]), q.astype(np.float64),
-                         tuple(s.task for s in samples))  # fmt: skip
+    cal = CalibrationSet(
+        EMB.embed([s.prompt for s in samples]), q.astype(np.float64), tuple(s.task for s in samples)
+    )
     return blob, cal
 
 
@@ -63,7 +64,10 @@ def test_table_router_matches_the_request_path() -> None:
     router = load_router(blob, embedder=EMB)
     for alpha in (0.0, 0.5, 1.0):
         want = router.rank_embeddings(cal.vectors, alpha=alpha)[:, 0]
-        assert TableRouter.from_artifact(blob).choose(cal.vectors, alpha=alpha).tolist() == want.tolist()
+        assert (
+            TableRouter.from_artifact(blob).choose(cal.vectors, alpha=alpha).tolist()
+            == want.tolist()
+        )
 
 
 def test_accepted_refit_writes_a_new_version_that_loads() -> None:
@@ -82,7 +86,9 @@ def test_accepted_refit_writes_a_new_version_that_loads() -> None:
     assert (arrays["quality"][:, 1] > arrays["prior_quality"][:, 1]).all()
     load_router(out.artifact, embedder=EMB)  # the request path reads it
     # A refit of the refit starts again from the calibration prior: same counts, same tables.
-    again = refit_artifact(out.artifact, fb, prior_weight=8, calibration=cal, max_regression=0.5, now=NOW)
+    again = refit_artifact(
+        out.artifact, fb, prior_weight=8, calibration=cal, max_regression=0.5, now=NOW
+    )
     assert again.version == 3 and again.artifact is not None
     np.testing.assert_allclose(decode_artifact(again.artifact)[1]["quality"], arrays["quality"])
 
@@ -104,9 +110,16 @@ def test_refit_that_hurts_the_calibration_set_is_refused_with_a_reason() -> None
 def test_no_feedback_and_mismatched_feedback_are_refused() -> None:
     blob, cal = fitted()
     k = TableRouter.from_artifact(blob).clusters
-    none = refit_artifact(blob, Feedback.zeros(k, 2), prior_weight=8, calibration=cal,
-                          max_regression=0.01, now=NOW)  # fmt: skip
+    none = refit_artifact(
+        blob, Feedback.zeros(k, 2), prior_weight=8, calibration=cal, max_regression=0.01, now=NOW
+    )
     assert not none.accepted and none.reason == NO_FEEDBACK
-    other = refit_artifact(blob, Feedback.zeros(k + 3, 2), prior_weight=8, calibration=cal,
-                           max_regression=0.01, now=NOW)  # fmt: skip
+    other = refit_artifact(
+        blob,
+        Feedback.zeros(k + 3, 2),
+        prior_weight=8,
+        calibration=cal,
+        max_regression=0.01,
+        now=NOW,
+    )
     assert not other.accepted and "another artifact" in other.message

@@ -40,8 +40,13 @@ def test_feedback_corrects_a_misleading_calibration() -> None:
     _, held = data(10)
     router = TableRouter.from_artifact(misleading_artifact())
     for explore in ("thompson", "epsilon"):
-        cfg = ReplayConfig(prior_weight=2, explore=explore, epsilon=0.2, batch=5,  # type: ignore[arg-type]
-                           checkpoints=(10, 40))  # fmt: skip
+        cfg = ReplayConfig(
+            prior_weight=2,
+            explore=explore,
+            epsilon=0.2,
+            batch=5,  # type: ignore[arg-type]
+            checkpoints=(10, 40),
+        )
         res = replay(router, stream, held, cfg)
         assert [p["events"] for p in res.curve] == [0, 10, 40, 80]
         # The two clusters of the hashed embedder mix the topics a little: 0.88 is their best.
@@ -62,9 +67,16 @@ def test_greedy_replay_is_reproducible_and_reveals_only_the_choice() -> None:
 def test_learn_reports_and_variants(tmp_path: Path) -> None:
     _, stream = data(30)
     _, held = data(8)
-    out = learn(misleading_artifact(), stream, held, ReplayConfig(prior_weight=2, batch=5),  # type: ignore[arg-type]
-                now=datetime(2026, 12, 1, tzinfo=UTC), variants=True, fine_clusters=(4,),
-                knn_neighbours=(5,))  # fmt: skip
+    out = learn(
+        misleading_artifact(),
+        stream,
+        held,
+        ReplayConfig(prior_weight=2, batch=5),  # type: ignore[arg-type]
+        now=datetime(2026, 12, 1, tzinfo=UTC),
+        variants=True,
+        fine_clusters=(4,),
+        knn_neighbours=(5,),
+    )
     r = out.report
     assert r["accuracy_after"] > r["accuracy_before"] and r["events"] == 60
     assert set(r["variants"]) == {"knn_5", "fine_4"}
@@ -72,8 +84,12 @@ def test_learn_reports_and_variants(tmp_path: Path) -> None:
 
 
 def write(path: Path, samples: list[Sample]) -> Path:
-    path.write_text("".join(json.dumps({"prompt": s.prompt, "task": s.task,
-                                        "scores": dict(s.scores)}) + "\n" for s in samples))  # fmt: skip
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": s.prompt, "task": s.task, "scores": dict(s.scores)}) + "\n"
+            for s in samples
+        )
+    )
     return path
 
 
@@ -82,16 +98,50 @@ def test_router_learn_cli(tmp_path: Path) -> None:
     art.write_bytes(misleading_artifact())
     fb = write(tmp_path / "fb.jsonl", topic_samples(30))
     ev = write(tmp_path / "ev.jsonl", topic_samples(6))
-    res = CliRunner().invoke(app, [
-        "router", "learn", "--artifact", str(art), "--feedback", str(fb), "-d", str(ev),
-        "--out", str(tmp_path / "b.bin"), "--prior-weight", "2", "--batch", "5", "--no-cache",
-        "--plot", str(tmp_path / "curve.png"),
-    ])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "router",
+            "learn",
+            "--artifact",
+            str(art),
+            "--feedback",
+            str(fb),
+            "-d",
+            str(ev),
+            "--out",
+            str(tmp_path / "b.bin"),
+            "--prior-weight",
+            "2",
+            "--batch",
+            "5",
+            "--no-cache",
+            "--plot",
+            str(tmp_path / "curve.png"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     last = json.loads(res.stdout.strip().splitlines()[-1])
     assert {"accuracy_before", "accuracy_after", "events", "cost_per_query_after"} <= set(last)
     assert last["events"] == 60 and last["accuracy_after"] > last["accuracy_before"]
-    assert (tmp_path / "b.bin").is_file() and (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
-    bad = CliRunner().invoke(app, ["router", "learn", "-a", str(art), "-f", str(fb), "-d", str(ev),
-                                   "-o", str(tmp_path / "c.bin"), "--explore", "wild"])  # fmt: skip
+    assert (tmp_path / "b.bin").is_file() and (tmp_path / "curve.png").read_bytes()[
+        :4
+    ] == b"\x89PNG"
+    bad = CliRunner().invoke(
+        app,
+        [
+            "router",
+            "learn",
+            "-a",
+            str(art),
+            "-f",
+            str(fb),
+            "-d",
+            str(ev),
+            "-o",
+            str(tmp_path / "c.bin"),
+            "--explore",
+            "wild",
+        ],
+    )
     assert bad.exit_code == 2 and "--explore" in bad.output
