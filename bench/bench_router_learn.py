@@ -40,7 +40,7 @@ SETS = {
     "routerdc": {"dir": "routerdc-7b", "clusters": 16, "top_p": 1, "alpha": 1.0},
     "routerbench": {"dir": "routerbench", "clusters": 16, "top_p": 3, "alpha": 1.0},
 }
-CHECKPOINTS = (1000, 5000)
+CHECKPOINTS = (100, 250, 500, 1000, 2000, 5000)  # multiples of the refit batch
 ALPHAS = tuple(round(a, 3) for a in np.linspace(0.0, 1.0, 41))
 
 
@@ -55,6 +55,44 @@ def sweep(router: TableRouter, held: Labelled, choose: Any) -> list[dict[str, An
         point = evaluate_choice(choose(a), held, router.models)
         out.append({"alpha": a, "accuracy": point["accuracy"], "cost": point["cost"]})
     return out
+
+
+GRID = [(e, w) for e in ("thompson", "epsilon", "greedy") for w in (2.0, 8.0, 32.0)]
+
+
+def select(
+    small: bytes, stream: Labelled, alpha: float, seed: int
+) -> tuple[ReplayConfig, list[Any]]:
+    """Exploration and prior weight chosen on train only: replay 8/9 of the stream, score on
+    the other 1/9 (about 10% of train)."""
+    router = TableRouter.from_artifact(small)
+    order = np.random.default_rng(seed + 1).permutation(len(stream))
+    n_val = len(stream) // 9
+    val, rest = np.sort(order[:n_val]), np.sort(order[n_val:])
+
+    def part(rows: Any) -> Labelled:
+        return Labelled(
+            stream.vectors[rows],
+            stream.quality[rows],
+            stream.cost[rows],
+            tuple(stream.tasks[i] for i in rows),
+        )
+
+    table = []
+    for explore, weight in GRID:
+        cfg = ReplayConfig(prior_weight=weight, explore=explore, batch=50, seed=seed, alpha=alpha)
+        acc = replay(router, part(rest), part(val), cfg).curve[-1]["accuracy"]
+        table.append({"explore": explore, "prior_weight": weight, "val_accuracy": acc})
+    best = max(table, key=lambda r: r["val_accuracy"])
+    chosen = ReplayConfig(
+        prior_weight=best["prior_weight"],
+        explore=best["explore"],
+        batch=50,
+        seed=seed,
+        alpha=alpha,
+        checkpoints=CHECKPOINTS,
+    )
+    return chosen, table
 
 
 def study(name: str, spec: dict[str, Any], *, fraction: float, seed: int) -> dict[str, Any]:
@@ -81,14 +119,7 @@ def study(name: str, spec: dict[str, Any], *, fraction: float, seed: int) -> dic
     models = list(TableRouter.from_artifact(small).models)  # the tables' column order
     stream = labelled([train[i] for i in stream_idx], xtr[stream_idx], models)
     held = labelled(test, xte, models)
-    cfg = ReplayConfig(
-        prior_weight=8.0,
-        explore="thompson",
-        batch=50,
-        seed=seed,
-        alpha=spec["alpha"],
-        checkpoints=CHECKPOINTS,
-    )
+    cfg, selection = select(small, stream, spec["alpha"], seed)
     outcome = learn(
         small,
         stream,
@@ -120,6 +151,7 @@ def study(name: str, spec: dict[str, Any], *, fraction: float, seed: int) -> dic
             "cost": base["best_single"]["cost"],
         },
         "oracle": base["oracle"]["accuracy"],
+        "selection": selection,
     }
     if name == "routerbench":
         gpt4 = next(m for m in models if m.startswith("gpt-4"))
@@ -170,6 +202,12 @@ def show(r: dict[str, Any]) -> None:
         )
     for k, v in r["variants"].items():
         print(f"  {k:>10}  accuracy {100 * v['accuracy']:.2f}%")
+    for row in r["selection"]:
+        print(
+            f"  selection on train: {row['explore']:>8} prior {row['prior_weight']:>4g}  "
+            f"validation {100 * row['val_accuracy']:.2f}%"
+        )
+    print(f"  chosen: {r['explore']}, prior weight {r['prior_weight']:g}")
     print(
         f"  full train fit {100 * r['full_train']['accuracy']:.2f}%, best per task "
         f"{100 * r['per_task_best']:.2f}%, oracle {100 * r['oracle']:.2f}%"

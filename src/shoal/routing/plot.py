@@ -68,8 +68,8 @@ def plot_learning(report: dict[str, Any], path: str | Path, *, title: str = "") 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     xs = [max(p["events"], 1) for p in curve]
     ax.plot(xs, [100 * p["accuracy"] for p in curve], "-o", markersize=3, label="refit tables")
-    for name, v in report.get("variants", {}).items():
-        ax.axhline(100 * v["accuracy"], linestyle=":", linewidth=1, label=name)
+    for i, (name, v) in enumerate(report.get("variants", {}).items()):
+        ax.axhline(100 * v["accuracy"], linestyle=":", linewidth=1, color=f"C{i + 1}", label=name)
     for name, value in report.get("references", {}).items():
         ax.axhline(100 * value, linestyle="--", linewidth=1, color="grey")
         ax.annotate(name, (xs[0], 100 * value), fontsize=7, color="grey")
