@@ -125,3 +125,21 @@ def test_bad_prompt_rows_name_the_row() -> None:
         parse_prompts(bad, source="p.jsonl")
     with pytest.raises(CalibrationError, match="no labelled prompts"):
         parse_prompts("\n# nothing\n", source="p.jsonl")
+
+
+def test_cli_refuses_bad_input_before_calling_anything(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from shoal.cli import app
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "x", "grader": "regex", "reference": "("}) + "\n")
+    base = ["calibrate", "-e", "http://127.0.0.1:9/v1", "-o", str(tmp_path / "o.jsonl")]
+    res = CliRunner().invoke(app, [*base, "-p", str(prompts), "--models", "a"])
+    assert res.exit_code == 2 and "row 1" in res.output and "regular expression" in res.output
+    prompts.write_text(PROMPTS)
+    res = CliRunner().invoke(
+        app, [*base, "-p", str(prompts), "--models", "a", "--token-price", "a=x"]
+    )
+    assert res.exit_code == 2 and "MODEL=IN:OUT" in res.output
+    assert not (tmp_path / "o.jsonl").exists()
