@@ -104,6 +104,11 @@ from shoal.routing.cli import app as router_app  # noqa: E402
 
 app.add_typer(router_app, name="router")
 
+# `shoal calibrate`: calibration data from running a fleet's models on labelled prompts.
+from shoal.routing.calibrate_cli import calibrate  # noqa: E402
+
+app.command("calibrate")(calibrate)
+
 
 # `shoal up` / `shoal down`: the fleet locally on CPU (Ray is imported only when they run).
 from shoal.local.cli import down as serving_down  # noqa: E402

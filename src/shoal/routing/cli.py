@@ -223,6 +223,87 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 @app.command()
+def learn(
+    artifact: Path = typer.Option(..., "--artifact", "-a", help="Router artifact to start from."),
+    feedback: list[Path] = typer.Option(
+        ..., "--feedback", "-f", help="Labelled files streamed as requests with bandit feedback."
+    ),
+    data: list[Path] = typer.Option(..., "--data", "-d", help="Held-out evaluation file(s)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Learned artifact to write (atomically)."),
+    prior_weight: float = typer.Option(
+        8.0, min=0.0, help="Feedback events the calibration prior counts as, per cluster and model."
+    ),
+    explore: str = typer.Option("thompson", help="Exploration: thompson, epsilon or greedy."),
+    epsilon: float = typer.Option(0.05, min=0.0, max=1.0, help="Share explored by epsilon."),
+    batch: int = typer.Option(50, min=1, help="Feedback events between two refits."),
+    events: int | None = typer.Option(None, min=0, help="Stream at most this many events."),
+    alpha: float | None = typer.Option(None, min=0.0, max=1.0, help="Quality weight."),
+    seed: int = typer.Option(0, min=0, help="Seed of the stream order and exploration."),
+    variants: bool = typer.Option(False, help="Also report per-query and finer-cluster estimates."),
+    plot: Path | None = typer.Option(None, help="Write the learning curve PNG here."),
+    endpoint: str | None = typer.Option(None, help="Endpoint for an openai:<model> embedder."),
+    cache: bool = typer.Option(True, help="Cache embeddings under ~/.cache/shoal."),
+) -> None:
+    """Replay labelled data as bandit feedback from an artifact; write the learned artifact.
+
+    The last line of the output is one JSON object with accuracy_before, accuracy_after,
+    events and cost_per_query_after (accuracy: mean of per-task accuracies on --data)."""
+    with _user_errors():
+        from datetime import UTC, datetime
+
+        from shoal.routing.artifact import artifact_checksum, read_artifact_info, write_artifact
+        from shoal.routing.data import load_calibration
+        from shoal.routing.embedders import make_embedder
+        from shoal.routing.learn import DEFAULT_CHECKPOINTS, labelled
+        from shoal.routing.learn import learn as run_learn
+        from shoal.routing.replay import ReplayConfig
+
+        if explore not in ("thompson", "epsilon", "greedy"):
+            raise ValueError(f"--explore must be thompson, epsilon or greedy, not {explore!r}")
+        blob = _read(artifact)
+        info = read_artifact_info(blob)
+        emb = make_embedder(info.embedder, endpoint=endpoint)
+        stream_samples = load_calibration(feedback)
+        eval_samples = load_calibration(data)
+        if events is not None:
+            import random
+
+            random.Random(seed).shuffle(stream_samples)
+            stream_samples = stream_samples[:events]
+        stream = labelled(stream_samples, _embed(emb, stream_samples, cache), info.models)
+        held = labelled(eval_samples, _embed(emb, eval_samples, cache), info.models)
+        cfg = ReplayConfig(
+            prior_weight=prior_weight,
+            explore=explore,  # type: ignore[arg-type]
+            epsilon=epsilon,
+            batch=batch,
+            seed=seed,
+            alpha=alpha,
+            checkpoints=DEFAULT_CHECKPOINTS,
+        )
+        outcome = run_learn(blob, stream, held, cfg, now=datetime.now(UTC), variants=variants)
+        write_artifact(out, outcome.artifact)
+        report = dict(
+            outcome.report, artifact=str(out), checksum=artifact_checksum(outcome.artifact)
+        )
+        if plot is not None:
+            from shoal.routing.plot import plot_learning
+
+            plot_learning(report, plot, title=f"{artifact.name}: bandit feedback")
+            console.print(f"wrote {plot}")
+    for p in report["curve"]:
+        print(
+            f"{p['events']:>7} events: accuracy {100 * p['accuracy']:.2f}%, "
+            f"cost/query {p['cost_per_query']:.6f}"
+        )
+    for name, v in report.get("variants", {}).items():
+        print(
+            f"{name:>12}: accuracy {100 * v['accuracy']:.2f}%, cost/query {v['cost_per_query']:.6f}"
+        )
+    print(json.dumps(report, sort_keys=True))
+
+
+@app.command()
 def info(artifact: Path = typer.Argument(..., help="Router artifact file.")) -> None:
     """Print an artifact's header (models, clusters, embedder, checksum) as JSON."""
     with _user_errors():

@@ -55,3 +55,33 @@ def plot_frontier(report: dict[str, Any], path: str | Path, *, title: str = "") 
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def plot_learning(report: dict[str, Any], path: str | Path, *, title: str = "") -> Path:
+    """Write the learning curve of ``shoal router learn`` (accuracy by feedback events)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = report["curve"]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    xs = [max(p["events"], 1) for p in curve]
+    ax.plot(xs, [100 * p["accuracy"] for p in curve], "-o", markersize=3, label="refit tables")
+    for i, (name, v) in enumerate(report.get("variants", {}).items()):
+        ax.axhline(100 * v["accuracy"], linestyle=":", linewidth=1, color=f"C{i + 1}", label=name)
+    for name, value in report.get("references", {}).items():
+        ax.axhline(100 * value, linestyle="--", linewidth=1, color="grey")
+        ax.annotate(name, (xs[0], 100 * value), fontsize=7, color="grey")
+    ax.set_xscale("log")
+    ax.set_xlabel("feedback events (log)")
+    ax.set_ylabel("held-out accuracy, mean of per-task (%)")
+    ax.set_title(title or "learning from bandit feedback")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

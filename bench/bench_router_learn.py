@@ -1,0 +1,266 @@
+"""Replay study: how far bandit feedback takes a router fitted on little calibration data.
+
+For each public data set (``$SHOAL_DATA_DIR/routing``): fit the router on a seeded 10% of
+train, stream the other 90% of train as requests with bandit feedback (only the chosen
+model's score revealed; Thompson exploration; tables refit every 50 events), and evaluate on
+test at 1k / 5k / all events. References: the router fitted on all of train, the best model
+per task (chosen on test, optimistic), the per-query oracle. Variants over the same feedback
+log: per-query kNN estimates and finer clusters (``shoal.routing.perquery``). For RouterBench
+the alpha sweep of the learned tables gives the cost of reaching GPT-4's test accuracy.
+
+Parameters are fixed before looking at test (the fit's are the CV-chosen ones of
+docs/routing.md; the prior weight equals the fit's shrinkage). Prints a table per data set,
+writes docs/img/learn-<set>.png with ``--plot``, and prints one JSON object as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shoal.routing import fit_router, load_calibration, make_embedder
+from shoal.routing.cache import cached_embed
+from shoal.routing.evaluate import baselines, cheapest_reaching
+from shoal.routing.fit import score_matrices
+from shoal.routing.learn import labelled, learn
+from shoal.routing.perquery import knn_choice
+from shoal.routing.replay import Labelled, ReplayConfig, evaluate_choice, replay
+from shoal.routing.tables import TableRouter
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SHOAL_DATA_DIR", REPO.parent / "shared" / "data")) / "routing"
+SETS = {
+    "routerdc": {"dir": "routerdc-7b", "clusters": 16, "top_p": 1, "alpha": 1.0},
+    "routerbench": {"dir": "routerbench", "clusters": 16, "top_p": 3, "alpha": 1.0},
+}
+CHECKPOINTS = (100, 250, 500, 1000, 2000, 5000)  # multiples of the refit batch
+ALPHAS = tuple(round(a, 3) for a in np.linspace(0.0, 1.0, 41))
+
+
+def split_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".json", ".csv"))
+    return [p for p in files if "train" in p.name], [p for p in files if "test" in p.name]
+
+
+def sweep(router: TableRouter, held: Labelled, choose: Any) -> list[dict[str, Any]]:
+    out = []
+    for a in ALPHAS:
+        point = evaluate_choice(choose(a), held, router.models)
+        out.append({"alpha": a, "accuracy": point["accuracy"], "cost": point["cost"]})
+    return out
+
+
+GRID = [(e, w) for e in ("thompson", "epsilon", "greedy") for w in (2.0, 8.0, 32.0)]
+
+
+def select(
+    small: bytes, stream: Labelled, alpha: float, seed: int
+) -> tuple[ReplayConfig, list[Any]]:
+    """Exploration and prior weight chosen on train only: replay 8/9 of the stream, score on
+    the other 1/9 (about 10% of train)."""
+    router = TableRouter.from_artifact(small)
+    order = np.random.default_rng(seed + 1).permutation(len(stream))
+    n_val = len(stream) // 9
+    val, rest = np.sort(order[:n_val]), np.sort(order[n_val:])
+
+    def part(rows: Any) -> Labelled:
+        return Labelled(
+            stream.vectors[rows],
+            stream.quality[rows],
+            stream.cost[rows],
+            tuple(stream.tasks[i] for i in rows),
+        )
+
+    table = []
+    for explore, weight in GRID:
+        cfg = ReplayConfig(prior_weight=weight, explore=explore, batch=50, seed=seed, alpha=alpha)
+        acc = replay(router, part(rest), part(val), cfg).curve[-1]["accuracy"]
+        table.append({"explore": explore, "prior_weight": weight, "val_accuracy": acc})
+    best = max(table, key=lambda r: r["val_accuracy"])
+    chosen = ReplayConfig(
+        prior_weight=best["prior_weight"],
+        explore=best["explore"],
+        batch=50,
+        seed=seed,
+        alpha=alpha,
+        checkpoints=CHECKPOINTS,
+    )
+    return chosen, table
+
+
+def study(name: str, spec: dict[str, Any], *, fraction: float, seed: int) -> dict[str, Any]:
+    emb = make_embedder("minilm-l6-static-v2")
+    train_files, test_files = split_files(DATA / spec["dir"])
+    train, test = load_calibration(train_files), load_calibration(test_files)
+    xtr = cached_embed(emb, [s.prompt for s in train])
+    xte = cached_embed(emb, [s.prompt for s in test])
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(train))
+    n_cal = round(fraction * len(train))
+    cal_idx, stream_idx = np.sort(order[:n_cal]), np.sort(order[n_cal:])
+    fit_args = {k: spec[k] for k in ("clusters", "top_p", "alpha")}
+    when = datetime(2026, 12, 1, tzinfo=UTC)
+    small = fit_router(
+        [train[i] for i in cal_idx],
+        embedder=emb,
+        embeddings=xtr[cal_idx],
+        seed=seed,
+        fitted_at=when,
+        **fit_args,
+    )
+    full = fit_router(train, embedder=emb, embeddings=xtr, seed=seed, fitted_at=when, **fit_args)
+    models = list(TableRouter.from_artifact(small).models)  # the tables' column order
+    stream = labelled([train[i] for i in stream_idx], xtr[stream_idx], models)
+    held = labelled(test, xte, models)
+    cfg, selection = select(small, stream, spec["alpha"], seed)
+    outcome = learn(
+        small,
+        stream,
+        held,
+        cfg,
+        now=when,
+        variants=True,
+        fine_clusters=(32, 64, 128),
+        knn_neighbours=(50, 200),
+    )
+    full_router = TableRouter.from_artifact(full)
+    full_point = evaluate_choice(full_router.choose(held.vectors), held, full_router.models)
+    q, c = score_matrices(test, models)
+    base = baselines(q, c, list(held.tasks), models)
+    report: dict[str, Any] = {
+        "set": name,
+        "calibration_samples": int(n_cal),
+        "stream_samples": len(stream),
+        "test_samples": len(held),
+        **outcome.report,
+        "full_train": {
+            "accuracy": full_point["accuracy"],
+            "cost_per_query": full_point["cost_per_query"],
+        },
+        "per_task_best": base["per_task_best"]["accuracy"],
+        "best_single": {
+            "model": base["best_single"]["model"],
+            "accuracy": base["best_single"]["accuracy"],
+            "cost": base["best_single"]["cost"],
+        },
+        "oracle": base["oracle"]["accuracy"],
+        "selection": selection,
+    }
+    if name == "routerbench":
+        gpt4 = next(m for m in models if m.startswith("gpt-4"))
+        target = base["single"][gpt4]
+        learned = TableRouter.from_artifact(outcome.artifact)
+        small_r = TableRouter.from_artifact(small)
+        res = replay(small_r, stream, held, cfg)  # same seed: the same log as inside learn()
+        curves = {
+            "small_fit": sweep(small_r, held, lambda a: small_r.choose(held.vectors, alpha=a)),
+            "full_fit": sweep(
+                full_router, held, lambda a: full_router.choose(held.vectors, alpha=a)
+            ),
+            "learned": sweep(learned, held, lambda a: learned.choose(held.vectors, alpha=a)),
+            "knn_200": sweep(
+                learned,
+                held,
+                lambda a: knn_choice(
+                    res.router, res.log, stream, held.vectors, neighbours=200, alpha=a
+                ),
+            ),
+        }
+        reach = {}
+        for key, pts in curves.items():
+            hit = cheapest_reaching(pts, target["accuracy"])
+            reach[key] = (
+                None
+                if hit is None
+                else {
+                    "alpha": hit["alpha"],
+                    "accuracy": hit["accuracy"],
+                    "cost_ratio": hit["cost"] / target["cost"],
+                }
+            )
+        report["gpt4"] = {"model": gpt4, "accuracy": target["accuracy"], "cost": target["cost"]}
+        report["reach_gpt4"] = reach
+    return report
+
+
+def show(r: dict[str, Any]) -> None:
+    print(
+        f"\n== {r['set']}: fit on {r['calibration_samples']}, stream {r['stream_samples']}, "
+        f"test {r['test_samples']}"
+    )
+    for p in r["curve"]:
+        print(
+            f"  {p['events']:>6} events  accuracy {100 * p['accuracy']:.2f}%  "
+            f"cost/query {p['cost_per_query']:.5f}"
+        )
+    for k, v in r["variants"].items():
+        print(f"  {k:>10}  accuracy {100 * v['accuracy']:.2f}%")
+    for row in r["selection"]:
+        print(
+            f"  selection on train: {row['explore']:>8} prior {row['prior_weight']:>4g}  "
+            f"validation {100 * row['val_accuracy']:.2f}%"
+        )
+    print(f"  chosen: {r['explore']}, prior weight {r['prior_weight']:g}")
+    print(
+        f"  full train fit {100 * r['full_train']['accuracy']:.2f}%, best per task "
+        f"{100 * r['per_task_best']:.2f}%, oracle {100 * r['oracle']:.2f}%"
+    )
+    for k, v in r.get("reach_gpt4", {}).items():
+        print(
+            f"  reaches GPT-4 ({k}): "
+            + (
+                "never"
+                if v is None
+                else f"alpha {v['alpha']}, {100 * v['cost_ratio']:.1f}% of its cost"
+            )
+        )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sets", default="routerdc,routerbench")
+    ap.add_argument("--fraction", type=float, default=0.10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--plot", action="store_true", help="write docs/img/learn-<set>.png")
+    ns = ap.parse_args()
+    if not DATA.is_dir():
+        print(f"no data at {DATA} (set SHOAL_DATA_DIR)", file=sys.stderr)
+        return 2
+    out = {}
+    for name in ns.sets.split(","):
+        r = study(name, SETS[name], fraction=ns.fraction, seed=ns.seed)
+        show(r)
+        if ns.plot:
+            from shoal.routing.plot import plot_learning
+
+            r["references"] = {
+                "full train fit": r["full_train"]["accuracy"],
+                "best per task": r["per_task_best"],
+            }
+            plot_learning(
+                r,
+                REPO / "docs" / "img" / f"learn-{name}.png",
+                title=f"{name}: fit on 10% of train, bandit feedback from the rest",
+            )
+        out[name] = {k: v for k, v in r.items() if k not in ("curve", "share_after")}
+        out[name]["curve"] = [
+            {
+                "events": p["events"],
+                "accuracy": p["accuracy"],
+                "cost_per_query": p["cost_per_query"],
+            }
+            for p in r["curve"]
+        ]
+    print(json.dumps(out, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

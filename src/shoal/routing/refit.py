@@ -1,0 +1,228 @@
+"""Refit a router's quality tables from client feedback (pure; the operator calls it).
+
+Feedback arrives as counts per cluster and model: how many scored answers (``events``) and
+the sum of their scores in [0, 1] (``score_sum``), both cumulative, as Prometheus counters
+hold them. Each cluster's per-model quality becomes the posterior mean of a prior worth
+``prior_weight`` pseudo-events at the calibration table's value::
+
+    quality = (prior_weight * calibration + score_sum) / (prior_weight + events)
+
+so a cluster with no feedback keeps its calibration value and one with many events follows
+them. The prior is always the *calibration* table (kept in the artifact as
+``prior_quality`` once refit), so repeated refits from cumulative counts never compound.
+
+A refit is refused, with a reason, when the refit router's accuracy on the calibration set
+(embedded; mean of per-task accuracies) would fall more than ``max_regression`` below the
+calibration-fitted router's. :func:`refit_artifact` takes ``now`` instead of reading a
+clock, and does no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from shoal.routing.artifact import (
+    ArtifactError,
+    artifact_checksum,
+    decode_artifact,
+    encode_artifact,
+)
+from shoal.routing.tables import TableRouter
+
+F64 = npt.NDArray[np.float64]
+
+#: Reasons of a :class:`RefitResult` (one CamelCase word, as in status conditions).
+REFIT = "Refit"
+NO_FEEDBACK = "NoFeedback"
+WORSE = "WorseOnCalibration"
+MISMATCH = "FeedbackMismatch"
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """Cumulative feedback per cluster and model: ``events`` and ``score_sum``, ``(k, m)``."""
+
+    events: F64
+    score_sum: F64
+
+    @staticmethod
+    def zeros(clusters: int, models: int) -> Feedback:
+        """No feedback yet."""
+        return Feedback(np.zeros((clusters, models)), np.zeros((clusters, models)))
+
+    @staticmethod
+    def from_records(
+        records: Iterable[tuple[int, str, float, float]], *, models: Sequence[str], clusters: int
+    ) -> Feedback:
+        """From ``(cluster, model, events, score_sum)`` rows (one Prometheus series each).
+
+        Rows naming an unknown model or a cluster out of range raise ``ValueError``: the
+        feedback belongs to another artifact.
+        """
+        pos = {m: j for j, m in enumerate(models)}
+        fb = Feedback.zeros(clusters, len(models))
+        for cluster, model, events, total in records:
+            if model not in pos:
+                raise ValueError(f"feedback names model {model!r}, not in the router")
+            if not 0 <= int(cluster) < clusters:
+                raise ValueError(f"feedback names cluster {cluster}, the router has {clusters}")
+            if events < 0 or total < 0 or total > events + 1e-9:
+                raise ValueError(
+                    f"feedback for {model!r} in cluster {cluster}: need 0 <= score sum "
+                    f"<= events, got {total} and {events}"
+                )
+            fb.events[int(cluster), pos[model]] += float(events)
+            fb.score_sum[int(cluster), pos[model]] += float(total)
+        return fb
+
+    @property
+    def total(self) -> int:
+        """Number of feedback events."""
+        return round(float(self.events.sum()))
+
+    def add(self, cluster: int, model: int, score: float) -> None:
+        """Count one event (for replays; the arrays are updated in place)."""
+        self.events[cluster, model] += 1.0
+        self.score_sum[cluster, model] += score
+
+
+def posterior_quality(prior: npt.NDArray[Any], feedback: Feedback, prior_weight: float) -> F64:
+    """``(prior_weight * prior + score_sum) / (prior_weight + events)``, the prior where a
+    cell has neither weight nor events."""
+    if not prior_weight >= 0:
+        raise ValueError(f"prior_weight must be >= 0, got {prior_weight!r}")
+    p = np.asarray(prior, dtype=np.float64)
+    if feedback.events.shape != p.shape:
+        raise ValueError(f"feedback has shape {feedback.events.shape}, the tables {p.shape}")
+    denom = prior_weight + feedback.events
+    num = prior_weight * p + feedback.score_sum
+    out: F64 = np.divide(num, denom, out=p.copy(), where=denom > 0)
+    return out
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """The calibration queries, embedded: vectors ``(n, d)``, quality ``(n, m)``, tasks."""
+
+    vectors: npt.NDArray[np.float32]
+    quality: F64
+    tasks: tuple[str, ...]
+
+
+def accuracy(router: TableRouter, cal: CalibrationSet, alpha: float | None = None) -> float:
+    """Mean of per-task accuracies of the router's first choices on ``cal``."""
+    choice = router.choose(cal.vectors, alpha=alpha)
+    got = cal.quality[np.arange(choice.size), choice]
+    names = sorted(set(cal.tasks))
+    tasks = np.array(cal.tasks)
+    return float(np.mean([got[tasks == t].mean() for t in names])) if names else 0.0
+
+
+@dataclass(frozen=True)
+class RefitResult:
+    """What a refit decided: ``accepted`` with the new ``artifact``, or refused, and why."""
+
+    accepted: bool
+    reason: str
+    message: str
+    artifact: bytes | None
+    version: int
+    events: int
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+
+
+def artifact_version(header: dict[str, Any]) -> int:
+    """The artifact's version: 1 when fitted, one more at every accepted refit."""
+    return int(header.get("refit", {}).get("version", 1))
+
+
+def refit_artifact(
+    data: bytes,
+    feedback: Feedback,
+    *,
+    prior_weight: float,
+    calibration: CalibrationSet | None,
+    max_regression: float,
+    now: datetime,
+    min_events: int = 1,
+) -> RefitResult:
+    """Blend the calibration prior with ``feedback`` and return the new artifact or a refusal.
+
+    ``max_regression`` is in accuracy units (0.01 = one point); the check is skipped when
+    ``calibration`` is None. The new artifact keeps the centroids, costs and parameters,
+    stores the posterior as ``quality``, the calibration table as ``prior_quality`` and the
+    counts as ``feedback_events`` / ``feedback_score_sum``; its header gains ``refit``
+    (``version``, ``parent`` checksum, ``events``, ``prior_weight``, ``refit_at``).
+    """
+    header, arrays = decode_artifact(data)
+    version = artifact_version(header)
+    try:
+        prior = np.asarray(arrays.get("prior_quality", arrays["quality"]), dtype=np.float64)
+    except KeyError as exc:
+        raise ArtifactError(f"router artifact lacks array {exc}") from exc
+    events = feedback.total
+    if feedback.events.shape != prior.shape:
+        return RefitResult(
+            False,
+            MISMATCH,
+            f"feedback has shape {feedback.events.shape}, the router's tables {prior.shape} "
+            "(clusters x models): it was counted for another artifact",
+            None,
+            version,
+            events,
+        )
+    if events < min_events:
+        return RefitResult(
+            False, NO_FEEDBACK, f"{events} feedback events (need {min_events})", None, version, 0
+        )
+    posterior = posterior_quality(prior, feedback, prior_weight)
+    base = TableRouter.from_artifact(data).with_quality(prior)
+    refit = base.with_quality(posterior)
+    before = after = None
+    if calibration is not None:
+        before, after = accuracy(base, calibration), accuracy(refit, calibration)
+        if after < before - max_regression:
+            return RefitResult(
+                False,
+                WORSE,
+                f"the refit router would score {100 * after:.2f}% on the calibration set, "
+                f"{100 * (before - after):.2f} points below the calibration fit's "
+                f"{100 * before:.2f}% (at most {100 * max_regression:.2f} allowed)",
+                None,
+                version,
+                events,
+                before,
+                after,
+            )
+    new_header = {k: v for k, v in header.items() if k not in ("arrays", "payload_sha256")}
+    new_header["refit"] = {
+        "version": version + 1,
+        "parent": artifact_checksum(data),
+        "events": events,
+        "prior_weight": float(prior_weight),
+        "refit_at": now.astimezone(UTC).replace(microsecond=0).isoformat(),
+    }
+    new_arrays = dict(arrays)
+    new_arrays["quality"] = posterior.astype(np.float32)
+    new_arrays["prior_quality"] = prior.astype(np.float32)
+    new_arrays["feedback_events"] = feedback.events.astype(np.float32)
+    new_arrays["feedback_score_sum"] = feedback.score_sum.astype(np.float32)
+    blob = encode_artifact(new_header, new_arrays)
+    shown = "" if after is None else f"; {100 * after:.2f}% on the calibration set"
+    return RefitResult(
+        True,
+        REFIT,
+        f"version {version + 1} from {events} feedback events{shown}",
+        blob,
+        version + 1,
+        events,
+        before,
+        after,
+    )

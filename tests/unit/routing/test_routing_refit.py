@@ -1,0 +1,125 @@
+"""The pure refit: posterior of calibration prior and feedback counts, refusal, versions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from conftest import topic_samples
+from shoal.routing import fit_router, load_router
+from shoal.routing.artifact import artifact_checksum, decode_artifact
+from shoal.routing.embedders.hashing import HashingEmbedder
+from shoal.routing.fit import score_matrices
+from shoal.routing.refit import (
+    NO_FEEDBACK,
+    REFIT,
+    WORSE,
+    CalibrationSet,
+    Feedback,
+    posterior_quality,
+    refit_artifact,
+)
+from shoal.routing.tables import TableRouter
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+EMB = HashingEmbedder(64)
+
+
+def fitted() -> tuple[bytes, CalibrationSet]:
+    samples = topic_samples()
+    blob = fit_router(samples, embedder=EMB, clusters=2, top_p=1, alpha=1.0, seed=0)
+    q, _ = score_matrices(samples, ["mathy", "wordy"])
+    cal = CalibrationSet(
+        EMB.embed([s.prompt for s in samples]), q.astype(np.float64), tuple(s.task for s in samples)
+    )
+    return blob, cal
+
+
+def test_posterior_blends_prior_and_counts() -> None:
+    prior = np.array([[0.8, 0.2]])
+    fb = Feedback(np.array([[0.0, 8.0]]), np.array([[0.0, 8.0]]))
+    post = posterior_quality(prior, fb, prior_weight=8.0)
+    # No feedback keeps the prior; 8 perfect events against 8 pseudo-events at 0.2 -> 0.6.
+    assert post.tolist() == [[0.8, 0.6]]
+    assert posterior_quality(prior, fb, prior_weight=0.0).tolist() == [[0.8, 1.0]]
+    with pytest.raises(ValueError, match="prior_weight"):
+        posterior_quality(prior, fb, prior_weight=-1)
+
+
+def test_feedback_from_records_checks_names_and_ranges() -> None:
+    fb = Feedback.from_records([(0, "a", 3, 2.5), (1, "b", 1, 0)], models=["a", "b"], clusters=2)
+    assert fb.total == 4 and fb.score_sum[0, 0] == 2.5
+    with pytest.raises(ValueError, match="model 'c'"):
+        Feedback.from_records([(0, "c", 1, 1)], models=["a"], clusters=1)
+    with pytest.raises(ValueError, match="cluster 5"):
+        Feedback.from_records([(5, "a", 1, 1)], models=["a"], clusters=1)
+    with pytest.raises(ValueError, match="score sum"):
+        Feedback.from_records([(0, "a", 1, 2)], models=["a"], clusters=1)
+
+
+def test_table_router_matches_the_request_path() -> None:
+    blob, cal = fitted()
+    router = load_router(blob, embedder=EMB)
+    for alpha in (0.0, 0.5, 1.0):
+        want = router.rank_embeddings(cal.vectors, alpha=alpha)[:, 0]
+        assert (
+            TableRouter.from_artifact(blob).choose(cal.vectors, alpha=alpha).tolist()
+            == want.tolist()
+        )
+
+
+def test_accepted_refit_writes_a_new_version_that_loads() -> None:
+    blob, cal = fitted()
+    k = TableRouter.from_artifact(blob).clusters
+    fb = Feedback.zeros(k, 2)
+    fb.events[:, 1] = 4.0
+    fb.score_sum[:, 1] = 4.0  # wordy answered well wherever it was asked
+    out = refit_artifact(blob, fb, prior_weight=8, calibration=cal, max_regression=0.5, now=NOW)
+    assert out.accepted and out.reason == REFIT and out.version == 2 and out.events == 4 * k
+    assert out.artifact is not None and out.accuracy_before == 1.0
+    header, arrays = decode_artifact(out.artifact)
+    assert header["refit"]["parent"] == artifact_checksum(blob)
+    assert header["refit"]["refit_at"] == "2026-12-01T12:00:00+00:00"
+    np.testing.assert_allclose(arrays["prior_quality"], decode_artifact(blob)[1]["quality"])
+    assert (arrays["quality"][:, 1] > arrays["prior_quality"][:, 1]).all()
+    load_router(out.artifact, embedder=EMB)  # the request path reads it
+    # A refit of the refit starts again from the calibration prior: same counts, same tables.
+    again = refit_artifact(
+        out.artifact, fb, prior_weight=8, calibration=cal, max_regression=0.5, now=NOW
+    )
+    assert again.version == 3 and again.artifact is not None
+    np.testing.assert_allclose(decode_artifact(again.artifact)[1]["quality"], arrays["quality"])
+
+
+def test_refit_that_hurts_the_calibration_set_is_refused_with_a_reason() -> None:
+    blob, cal = fitted()
+    k = TableRouter.from_artifact(blob).clusters
+    fb = Feedback.zeros(k, 2)
+    fb.events[:] = 100.0
+    fb.score_sum[:, 0] = 0.0  # mathy "always wrong", wordy "always right": routes math badly
+    fb.score_sum[:, 1] = 100.0
+    out = refit_artifact(blob, fb, prior_weight=8, calibration=cal, max_regression=0.02, now=NOW)
+    assert not out.accepted and out.reason == WORSE and out.artifact is None
+    assert out.accuracy_after is not None and out.accuracy_after < 1.0
+    assert "below the calibration fit's 100.00%" in out.message and "0.02" not in out.message
+    assert out.version == 1
+
+
+def test_no_feedback_and_mismatched_feedback_are_refused() -> None:
+    blob, cal = fitted()
+    k = TableRouter.from_artifact(blob).clusters
+    none = refit_artifact(
+        blob, Feedback.zeros(k, 2), prior_weight=8, calibration=cal, max_regression=0.01, now=NOW
+    )
+    assert not none.accepted and none.reason == NO_FEEDBACK
+    other = refit_artifact(
+        blob,
+        Feedback.zeros(k + 3, 2),
+        prior_weight=8,
+        calibration=cal,
+        max_regression=0.01,
+        now=NOW,
+    )
+    assert not other.accepted and "another artifact" in other.message
