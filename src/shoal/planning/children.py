@@ -23,9 +23,10 @@ from pydantic import ValidationError
 
 from shoal.api.v1alpha1 import API_VERSION, ModelFleet, RoutingPolicy
 from shoal.api.v1alpha1.common import parse_quantity
-from shoal.api.v1alpha1.fleet import Resources
+from shoal.api.v1alpha1.fleet import ModelSpec, Resources
 from shoal.contract import (
     EMBEDDER_API_KEY_ENV,
+    PVC_MOUNT_ROOT,
     BuildArgs,
     ModelDeploymentPlan,
     deployment_plans,
@@ -169,16 +170,44 @@ def _equip_for_the_ingress(
     if policy.spec.strategy == "cluster" and ref is not None:
         secret = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
         container["env"].append({"name": EMBEDDER_API_KEY_ENV, "valueFrom": secret})
-    if mount:
+    if mount:  # before any model claims (kept in place: first in the lists)
         container["volumeMounts"] = [
-            {"name": "router-artifact", "mountPath": names.ARTIFACT_MOUNT_DIR, "readOnly": True}
+            {"name": "router-artifact", "mountPath": names.ARTIFACT_MOUNT_DIR, "readOnly": True},
+            *container.get("volumeMounts", []),
         ]
         spec["volumes"] = [
             {
                 "name": "router-artifact",
                 "configMap": {"name": names.router_configmap_name(fleet.metadata.name)},
-            }
+            },
+            *spec.get("volumes", []),
         ]
+
+
+def model_claims(models: list[ModelSpec]) -> list[str]:
+    """The PersistentVolumeClaims that ``pvc://claim/path`` sources of ``models`` name."""
+    claims = {
+        (m.source or "")[len("pvc://") :].split("/", 1)[0]
+        for m in models
+        if (m.source or "").startswith("pvc://")
+    }
+    return sorted(claims)
+
+
+def _mount_claims(template: dict[str, Any], claims: list[str]) -> None:
+    """Mount each claim read-only at ``PVC_MOUNT_ROOT/<claim>``, where the Ray Serve app looks
+    for a ``pvc://`` model's weights (:func:`shoal.contract.local_path`)."""
+    if not claims:
+        return
+    spec, container = template["spec"], template["spec"]["containers"][0]
+    for i, claim in enumerate(claims):
+        volume = f"model-pvc-{i}"
+        spec.setdefault("volumes", []).append(
+            {"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+        container.setdefault("volumeMounts", []).append(
+            {"name": volume, "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True}
+        )
 
 
 def _cpu_worker_group(
@@ -191,15 +220,15 @@ def _cpu_worker_group(
         if "num_gpus" not in p.ray_actor_options:
             needed += Decimal(str(p.ray_actor_options["num_cpus"])) * p.replicas.max
     max_nodes = max(1, math.ceil(needed / node_cpus)) if node_cpus > 0 else 1
+    template = _pod_template(fleet, "ray-worker", image, _k8s_resources(node, DEFAULT_CPU_WORKER))
+    _mount_claims(template, model_claims([m for m in fleet.spec.models if m.accelerator is None]))
     return {
         "groupName": "cpu",
         "replicas": 1,
         "minReplicas": 1,
         "maxReplicas": max_nodes,
         "rayStartParams": {},
-        "template": _pod_template(
-            fleet, "ray-worker", image, _k8s_resources(node, DEFAULT_CPU_WORKER)
-        ),
+        "template": template,
     }
 
 
@@ -218,6 +247,8 @@ def _gpu_worker_groups(
         lo = sum(p.replicas.min for p in group)
         hi = sum(p.replicas.max for p in group)
         res = _largest_resources([models[p.model].resources for p in group])
+        template = _gpu_template(fleet, image, res, gpus, acc_type)
+        _mount_claims(template, model_claims([models[p.model] for p in group]))
         groups.append(
             {
                 "groupName": f"gpu-{acc_type.lower().replace('_', '-').replace('.', '-')}",
@@ -225,7 +256,7 @@ def _gpu_worker_groups(
                 "minReplicas": lo,
                 "maxReplicas": max(hi, 1),
                 "rayStartParams": {},
-                "template": _gpu_template(fleet, image, res, gpus, acc_type),
+                "template": template,
             }
         )
     return groups
