@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from shoal import __version__
 from shoal.api.v1alpha1 import API_VERSION, ModelFleet, RoutingPolicy
 from shoal.api.v1alpha1.common import parse_quantity
 from shoal.api.v1alpha1.fleet import ModelSpec, Resources
@@ -36,6 +37,10 @@ from shoal.contract import (
 from shoal.planning import names
 
 RAY_API_VERSION = "ray.io/v1"
+#: Shoal's serving images (serving/Dockerfile), as the chart names them by default: Ray with
+#: Shoal's Ray Serve app in it. A stock Ray image cannot import ``shoal.serving.app``.
+DEFAULT_SERVING_IMAGE = f"ghcr.io/shoal-dev/shoal-serving:{__version__}"
+DEFAULT_GPU_IMAGE = f"{DEFAULT_SERVING_IMAGE}-gpu"
 DEFAULT_HEAD = Resources(cpu="2", memory="8Gi")
 DEFAULT_CPU_WORKER = Resources(cpu="4", memory="16Gi")
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -57,8 +62,8 @@ class RouterArtifact:
 class PlanSettings:
     """Operator-wide settings and autoscaler decisions that shape the desired objects."""
 
-    image: str = "rayproject/ray:2.60.0-py311"
-    gpu_image: str = "rayproject/ray-llm:2.60.0-py311-cu128"
+    image: str = DEFAULT_SERVING_IMAGE
+    gpu_image: str = DEFAULT_GPU_IMAGE
     #: Environment of every Ray container (Ray Serve's settings must agree on every node).
     ray_serve_env: dict[str, str] = field(default_factory=ray_serve_env)
     #: Fixed replica counts per model, written by Shoal's autoscaler (others autoscale in Ray).

@@ -226,6 +226,7 @@ def test_pvc_models_have_their_claim_mounted_where_the_app_looks() -> None:
     ]  # fmt: skip
     children = desired_children(fleet(models=models), policy(), ART, PlanSettings())
     groups = _groups(children.rayservice)
+
     def mounts(group: dict[str, Any]) -> dict[str, str]:
         spec = group["template"]["spec"]
         claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
