@@ -53,6 +53,34 @@ def gpu_fleet(name: str = "f", policy_name: str = "p", **serving: Any) -> dict[s
     return fleet(name, policy_name, **spec)
 
 
+def weights_claim(namespace: str) -> list[dict[str, Any]]:
+    """The claim the pvc:// model names, bound (by kube-controller-manager) to a volume."""
+    volume = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": f"{namespace}-weights"},
+        "spec": {
+            "capacity": {"storage": "10Gi"},
+            "accessModes": ["ReadOnlyMany"],
+            "storageClassName": "",
+            "hostPath": {"path": "/srv/weights"},
+            "claimRef": {"namespace": namespace, "name": "weights"},
+        },
+    }
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "weights"},
+        "spec": {
+            "accessModes": ["ReadOnlyMany"],
+            "storageClassName": "",
+            "volumeName": f"{namespace}-weights",
+            "resources": {"requests": {"storage": "10Gi"}},
+        },
+    }
+    return [volume, claim]  # fmt: skip
+
+
 def static_policy(name: str = "p") -> dict[str, Any]:
     return policy(name, strategy="static", staticOrder=["alpha", "math"], calibration=None,
                   clusters=None, topP=None)  # fmt: skip
@@ -91,7 +119,7 @@ def test_kuberay_builds_the_cluster_shoal_renders_and_shoal_reports_its_status(
     cluster: RayCluster, operator: Any
 ) -> None:
     with operator():
-        cluster.apply(calibration_configmap(), policy(), gpu_fleet())
+        cluster.apply(*weights_claim(cluster.ns), calibration_configmap(), policy(), gpu_fleet())
         rs = wait_for("the RayService", lambda: cluster.get("rayservice", "f"), 240)
 
         # KubeRay, not the test, creates the RayCluster, owned by the RayService.
@@ -164,13 +192,13 @@ def test_kuberay_builds_the_cluster_shoal_renders_and_shoal_reports_its_status(
         # Delete the fleet: the finalizer runs, the garbage collector takes what KubeRay made.
         cluster.delete("fleet", "f")
         assert cluster.get("fleet", "f") is None
+        keep = {"kube-root-ca.crt", "cal", "weights", "p-router-artifact"}
         for kind in ("rayservice", "raycluster", "pods", "services", "configmaps"):
             wait_for(
                 f"every {kind} of the fleet to be gone",
                 lambda kind=kind: not [  # type: ignore[misc]
-                    o for o in cluster.items(kind)
-                    if o["metadata"]["name"] != "kube-root-ca.crt"
-                    and o["metadata"]["name"] != "cal"
+                    o["metadata"]["name"] for o in cluster.items(kind)
+                    if o["metadata"]["name"] not in keep
                 ] or None,
                 STEP,
             )  # fmt: skip
@@ -180,7 +208,7 @@ def test_replica_decisions_keep_the_raycluster_and_an_image_change_rolls_out(
     cluster: RayCluster, operator: Any
 ) -> None:
     with operator():
-        cluster.apply(static_policy(), gpu_fleet())
+        cluster.apply(*weights_claim(cluster.ns), static_policy(), gpu_fleet())
         rc = wait_for("KubeRay's RayCluster", lambda: the_raycluster(cluster), STEP)
         wait_for("the head pod", lambda: by_role(cluster.pods_of(rc["metadata"]["name"])), STEP)
 

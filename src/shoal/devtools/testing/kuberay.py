@@ -7,9 +7,9 @@ builds:
 - KubeRay's operator (``ray-operator``), authenticated as its ServiceAccount would be
   (``system:serviceaccount:ray-system:kuberay-operator``, a static token) and authorised by
   KubeRay's own ClusterRole, with leader election off;
-- ``kube-controller-manager`` with the garbage collector and the Endpoints/EndpointSlice
-  controllers (what deletes a RayService's RayCluster and Pods, what lists the head
-  Service's endpoints);
+- ``kube-controller-manager`` with the garbage collector, the Endpoints/EndpointSlice, node
+  lifecycle and volume binder controllers (what deletes a RayService's RayCluster and Pods,
+  lists the head Service's endpoints, makes KWOK's nodes schedulable, binds claims);
 - ``kube-scheduler``, which binds KubeRay's Pods to the test's nodes;
 - KWOK, which plays the kubelets: the Node objects it manages report Ready, and Pods bound to
   them get a Running status, a pod IP and Ready conditions, as a kubelet would write them.
@@ -59,8 +59,16 @@ CONTROLLER_MANAGER_USER = "shoal-test:kube-controller-manager"
 KWOK_USER = "shoal-test:kwok"
 #: Annotation that puts a Node under KWOK's management.
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
-#: kube-controller-manager controllers the tests need (nothing that needs cloud or kubelets).
-CONTROLLERS = ("garbage-collector-controller", "endpoints-controller", "endpointslice-controller")
+#: kube-controller-manager controllers the tests need (nothing that needs cloud or kubelets):
+#: the node lifecycle controller lifts the not-ready taint the API server puts on new Nodes
+#: once KWOK reports them Ready; the binder binds PersistentVolumeClaims to volumes.
+CONTROLLERS = (
+    "garbage-collector-controller",
+    "endpoints-controller",
+    "endpointslice-controller",
+    "node-lifecycle-controller",
+    "persistentvolume-binder-controller",
+)
 
 
 def stack_users() -> dict[str, list[str]]:
@@ -195,12 +203,13 @@ def _wait(what: str, check: Any, stack: KubeRayStack, timeout: float) -> None:
 
 
 def _nodes_ready(cp: ControlPlane, nodes: Sequence[FakeNode]) -> bool:
+    """Ready (KWOK) and schedulable (the node lifecycle controller lifted the taint)."""
     items = json.loads(cp.kubectl("get", "nodes", "-o", "json").stdout)["items"]
     ready = {
         n["metadata"]["name"]
         for n in items
         for c in (n.get("status") or {}).get("conditions") or []
-        if c["type"] == "Ready" and c["status"] == "True"
+        if c["type"] == "Ready" and c["status"] == "True" and not n["spec"].get("taints")
     }
     return {n.name for n in nodes} <= ready
 
