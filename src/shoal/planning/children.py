@@ -44,6 +44,16 @@ DEFAULT_GPU_IMAGE = f"{DEFAULT_SERVING_IMAGE}-gpu"
 DEFAULT_HEAD = Resources(cpu="2", memory="8Gi")
 DEFAULT_CPU_WORKER = Resources(cpu="4", memory="16Gi")
 GPU_RESOURCE = "nvidia.com/gpu"
+#: Ports of the head container, under KubeRay's names. KubeRay builds the head Service from
+#: these alone once any is declared: without "gcs-server" workers cannot join, without
+#: "dashboard" KubeRay cannot submit serveConfigV2 ("dashboard port is not found").
+HEAD_PORTS = (
+    {"name": "gcs-server", "containerPort": 6379},
+    {"name": "dashboard", "containerPort": 8265},
+    {"name": "client", "containerPort": 10001},
+    {"name": "serve", "containerPort": names.SERVE_PORT},
+    {"name": "metrics", "containerPort": 8080},
+)
 
 
 class PlanError(ValueError):
@@ -153,9 +163,7 @@ def _pod_template(
                 "name": container,
                 "image": image,
                 "resources": resources,
-                "ports": [{"name": "serve", "containerPort": names.SERVE_PORT}]
-                if container == "ray-head"
-                else [],
+                "ports": [dict(p) for p in HEAD_PORTS] if container == "ray-head" else [],
             }
         ]
     }

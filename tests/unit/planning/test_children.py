@@ -247,3 +247,20 @@ def test_pvc_models_have_their_claim_mounted_where_the_app_looks() -> None:
     cpu_mounts = groups["cpu"]["template"]["spec"]["containers"][0]["volumeMounts"]
     assert [m["name"] for m in cpu_mounts] == ["router-artifact", "model-pvc-0"]
     assert all(m["readOnly"] for m in cpu_mounts)
+
+
+def test_head_declares_the_ports_kuberay_builds_its_head_service_from() -> None:
+    rs = desired_children(fleet(), policy(), ART, PlanSettings()).rayservice
+    head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in head["ports"]}
+    assert ports == {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "serve": 8000,
+                     "metrics": 8080}  # fmt: skip
+
+
+def test_default_images_are_shoals_serving_images() -> None:
+    rs = desired_children(fleet(), policy(), ART, PlanSettings()).rayservice
+    cluster = rs["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["image"].startswith("ghcr.io/shoal-dev/shoal-serving:")
+    gpu = _groups(rs)["gpu-l4"]["template"]["spec"]["containers"][0]
+    assert gpu["image"] == head["image"] + "-gpu"

@@ -12,11 +12,12 @@ builds:
   lists the head Service's endpoints, makes KWOK's nodes schedulable, binds claims);
 - ``kube-scheduler``, which binds KubeRay's Pods to the test's nodes;
 - KWOK, which plays the kubelets: the Node objects it manages report Ready, and Pods bound to
-  them get a Running status, a pod IP and Ready conditions, as a kubelet would write them.
+  them get a Running status and a pod IP, as a kubelet would write them; containers with a
+  readiness probe (KubeRay's Ray containers) stay unready, since nothing answers the probe.
 
 There is no container runtime: no Ray process runs in those Pods. So KubeRay walks its state
-machine up to the head Pod being Running and Ready and then fails to reach the Ray dashboard
-of a head that does not exist; docs/operator.md says which steps are real.
+machine up to waiting for the head Pod to become ready ("The head Pod is not ready"), writing
+the RayService status all the way; docs/operator.md says which steps are real.
 
 Tests need the extra users of :func:`stack_users` in ``start_control_plane(users=...)``.
 """
@@ -68,6 +69,75 @@ CONTROLLERS = (
     "endpointslice-controller",
     "node-lifecycle-controller",
     "persistentvolume-binder-controller",
+)
+
+
+#: Status KWOK writes for a Pod bound to one of its nodes: Running with a pod IP. Containers
+#: with a readiness probe stay unready, as a kubelet would leave them with nothing answering
+#: the probe (KubeRay probes the Ray head's dashboard and raylet; no Ray runs here).
+_POD_STATUS = """
+{{ $now := Now }}
+conditions:
+- {type: Initialized, status: "True", lastTransitionTime: {{ $now | Quote }}}
+- {type: PodScheduled, status: "True", lastTransitionTime: {{ $now | Quote }}}
+- {type: Ready, status: "READY", lastTransitionTime: {{ $now | Quote }}}
+- {type: ContainersReady, status: "READY", lastTransitionTime: {{ $now | Quote }}}
+containerStatuses:
+{{ range .spec.containers }}
+- name: {{ .name | Quote }}
+  image: {{ .image | Quote }}
+  ready: BOOL
+  started: true
+  restartCount: 0
+  state: {running: {startedAt: {{ $now | Quote }}}}
+{{ end }}
+hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
+podIP: {{ PodIPWith .spec.nodeName false .metadata.uid .metadata.name .metadata.namespace | Quote }}
+phase: Running
+startTime: {{ $now | Quote }}
+"""
+
+
+def _pod_stage(name: str, probed: bool) -> dict[str, Any]:
+    ready = "False" if probed else "True"
+    template = _POD_STATUS.replace("READY", ready).replace("BOOL", ready.lower())
+    return {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "Stage",
+        "metadata": {"name": name},
+        "spec": {
+            "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+            "selector": {
+                "matchExpressions": [
+                    {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+                    {"key": ".status.podIP", "operator": "DoesNotExist"},
+                    {
+                        "key": ".spec.containers[0].readinessProbe",
+                        "operator": "Exists" if probed else "DoesNotExist",
+                    },
+                ]
+            },
+            "next": {"statusTemplate": template},
+        },
+    }
+
+
+#: KWOK's pod stages: start Pods (probed ones unready), and let deleted Pods go.
+KWOK_POD_STAGES = (
+    _pod_stage("pod-running", probed=False),
+    _pod_stage("pod-running-probe-unanswered", probed=True),
+    {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "Stage",
+        "metadata": {"name": "pod-delete"},
+        "spec": {
+            "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+            "selector": {
+                "matchExpressions": [{"key": ".metadata.deletionTimestamp", "operator": "Exists"}]
+            },
+            "next": {"finalizers": {"empty": True}, "delete": True},
+        },
+    },
 )
 
 
@@ -129,6 +199,22 @@ class KubeRayStack:
     cp: ControlPlane
     kuberay: ServerProcess
     others: list[ServerProcess]
+    #: Port of KubeRay's Prometheus metrics (controller-runtime's own among them).
+    metrics_port: int
+
+    def reconciles(self, controller: str = "rayservice") -> int:
+        """How many reconciles KubeRay's ``controller`` has finished so far (its own metric
+        ``controller_runtime_reconcile_total``, all results)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("controller_runtime_reconcile_total{") and (
+                f'controller="{controller}"' in line
+            ):
+                total += float(line.rsplit(" ", 1)[1])
+        return int(total)
 
     def stop(self) -> None:
         """Stop every process of the stack (the control plane keeps running)."""
@@ -262,10 +348,13 @@ def start_kuberay_stack(
         workdir / "kube-scheduler.log",
     )
     key, value = KWOK_NODE_ANNOTATION
+    stages = workdir / "kwok-stages.yaml"
+    stages.write_text(yaml.safe_dump_all(KWOK_POD_STAGES))
     kwok = ServerProcess(
         "kwok",
         [
             str(BIN_DIR / "kwok"),
+            f"--config={stages}",
             f"--kubeconfig={kubeconfig[KWOK_USER]}",
             f"--manage-nodes-with-annotation-selector={key}={value}",
             "--cidr=10.244.0.1/16",
@@ -273,20 +362,20 @@ def start_kuberay_stack(
         ],
         workdir / "kwok.log",
     )
-    probe = free_port()
+    probe, metrics = free_port(), free_port()
     kuberay = ServerProcess(
         "ray-operator",
         [
             str(BIN_DIR / "ray-operator"),
             f"--kubeconfig={kubeconfig[KUBERAY_USER]}",
             "--enable-leader-election=false",
-            f"--metrics-addr=127.0.0.1:{free_port()}",
+            f"--metrics-addr=127.0.0.1:{metrics}",
             f"--health-probe-bind-address=127.0.0.1:{probe}",
             "--log-stdout-encoder=console",
         ],
         workdir / "ray-operator.log",
     )
-    stack = KubeRayStack(cp, kuberay, [kcm, scheduler, kwok])
+    stack = KubeRayStack(cp, kuberay, [kcm, scheduler, kwok], metrics)
     try:
         for proc in (kcm, scheduler, kwok, kuberay):
             proc.start()
