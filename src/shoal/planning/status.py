@@ -63,10 +63,11 @@ def _rayservice_ready(rs: dict[str, Any]) -> tuple[bool, str]:
     if ready is not None:
         if ready.get("status") == "True":
             return True, ""
-        return (
-            False,
-            f"RayService not ready: {ready.get('reason', '')} {ready.get('message', '')}".strip(),
-        )
+        why = f"RayService not ready: {ready.get('reason', '')} {ready.get('message', '')}"
+        pending = (status.get("pendingServiceStatus") or {}).get("rayClusterName")
+        if pending:  # KubeRay's RayCluster status (its head Pod, its workers) says more
+            why = f"{why.strip()}; KubeRay is starting RayCluster {pending}"
+        return False, why.strip()
     if status.get("serviceStatus") == "Running":
         return True, ""
     return False, "waiting for KubeRay to start the Ray cluster and Serve application"

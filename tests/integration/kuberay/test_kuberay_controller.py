@@ -193,6 +193,7 @@ def test_kuberay_builds_the_cluster_shoal_renders_and_shoal_reports_its_status(
         assert ready["status"] == "False"
         assert fleet_condition(cluster, "Progressing")["status"] == "True"
         assert "RayService not ready" in ready["message"]
+        assert f"KubeRay is starting RayCluster {name}" in ready["message"]
 
         # Delete the fleet: the finalizer runs, the garbage collector takes what KubeRay made.
         cluster.delete("fleet", "f")

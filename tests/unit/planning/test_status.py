@@ -173,3 +173,17 @@ def test_progressing_while_kuberay_upgrades_and_the_active_cluster_serves() -> N
     assert cond(status, "Progressing") == (ConditionStatus.TRUE, "Upgrading")
     message = condition(status.conditions, "Progressing").message  # type: ignore[union-attr]
     assert "RayCluster f-xyz12" in message and "active cluster serves" in message
+
+
+def test_not_ready_names_the_raycluster_kuberay_is_starting() -> None:
+    rs = rayservice(False)
+    rs["status"]["conditions"][0]["message"] = "RayService is initializing"
+    rs["status"]["pendingServiceStatus"] = {"rayClusterName": "f-abcde"}
+    status = fleet_status(
+        FLEET, FleetObservation(policy=POLICY, rayservice=rs, plans=PLANS), None, NOW
+    )
+    ready = condition(status.conditions, "Ready")
+    assert ready is not None and ready.message == (
+        "RayService not ready: Initializing RayService is initializing; "
+        "KubeRay is starting RayCluster f-abcde"
+    )
