@@ -210,7 +210,7 @@ def test_kuberay_builds_the_cluster_shoal_renders_and_shoal_reports_its_status(
             )  # fmt: skip
 
 
-def test_replica_decisions_keep_the_raycluster_and_an_image_change_rolls_out(
+def test_replicas_and_engine_args_keep_the_raycluster_an_image_change_rolls_out(
     cluster: RayCluster, operator: Any
 ) -> None:
     with operator():
@@ -243,7 +243,14 @@ def test_replica_decisions_keep_the_raycluster_and_an_image_change_rolls_out(
     # An autoscaler decision: fixed replica counts, as Shoal's autoscaler renders them in its
     # Active mode (tests/integration/autoscaling covers how it decides). Applied directly, so
     # that no operator re-renders Ray Serve's own autoscaling meanwhile.
-    before = {c["metadata"]["name"]: c["metadata"]["uid"] for c in cluster.rayclusters()}
+    # The first RayCluster is on its way out (KubeRay deletes it after its deletion delay):
+    # compare the others.
+    def clusters() -> dict[str, str]:
+        return {c["metadata"]["name"]: c["metadata"]["uid"] for c in cluster.rayclusters()
+                if c["metadata"]["name"] != rc["metadata"]["name"]}  # fmt: skip
+
+    before = clusters()
+    assert list(before) == [upgraded["metadata"]["name"]]
     gw = KubeGateway(cluster.cp.api_client())
     body = cluster.get("fleet", "f")
     settings = PlanSettings(replicas={"alpha": 3, "math": 2}, gpu_image=DEFAULT_GPU_IMAGE)
@@ -260,8 +267,27 @@ def test_replica_decisions_keep_the_raycluster_and_an_image_change_rolls_out(
         lambda: cluster.stack.reconciles() >= done + 2,
         STEP,
     )
-    after = {c["metadata"]["name"]: c["metadata"]["uid"] for c in cluster.rayclusters()}
+    after = clusters()
     assert after == before, "a replica decision must not make KubeRay build a new RayCluster"
+
+    # New engine arguments: only serveConfigV2 changes, which KubeRay hands to Ray Serve on the
+    # same cluster (Serve redeploys the model); no new RayCluster either.
+    changed = gpu_fleet(gpuImage="registry.example/shoal-serving:next-gpu")
+    changed["spec"]["models"][1]["engineArgs"] = {"max_model_len": 2048}
+    cluster.apply(changed)
+    reconcile_fleet(gw, OperatorConfig(), cluster.get("fleet", "f"), datetime.now(UTC),
+                    settings=settings)  # fmt: skip
+    rs = cluster.get("rayservice", "f") or {}
+    math = next(m for m in yaml_app(rs)["args"]["fleet"]["models"] if m["name"] == "math")
+    assert math["engineArgs"] == {"max_model_len": 2048}
+    done = cluster.stack.reconciles()
+    wait_for(
+        "KubeRay to reconcile the new engine arguments",
+        lambda: cluster.stack.reconciles() >= done + 2,
+        STEP,
+    )
+    after = clusters()
+    assert after == before, "new engine arguments must not make KubeRay build a new RayCluster"
     events = json.loads(cluster.cp.kubectl("get", "events", "-n", cluster.ns, "-o", "json").stdout)
     created = [e for e in events["items"] if e["reason"] == "CreatedRayCluster"]
     assert len(created) == 2, [e["message"] for e in created]  # the first and the upgrade's
