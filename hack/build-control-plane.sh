@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Build a real Kubernetes control plane for tests from the Go module proxy:
-# kube-apiserver, kubectl and etcd (one wrapper module over k8s.io/kubernetes, whose
-# staging modules are replaced by their published versions), helm (its own wrapper
-# module), and fetch the KubeRay RayService CRD from the KubeRay Go module and the
-# prometheus-operator CRDs the chart's monitoring objects use (ServiceMonitor, PodMonitor,
+# kube-apiserver, kubectl, kube-controller-manager, kube-scheduler and etcd (one wrapper
+# module over k8s.io/kubernetes, whose staging modules are replaced by their published
+# versions), helm (its own wrapper module), KubeRay's operator (ray-operator) and KWOK (nodes
+# and pod status without kubelets) from their own modules; and fetch KubeRay's CRDs
+# (RayCluster, RayJob, RayService) and the operator's ClusterRole from the KubeRay module and
+# the prometheus-operator CRDs the chart's monitoring objects use (ServiceMonitor, PodMonitor,
 # PrometheusRule) from the prometheus-operator Go module.
 #
 # Idempotent: a binary whose stamped version already matches is not rebuilt. Output goes
@@ -16,13 +18,14 @@ set -euo pipefail
 K8S_VERSION="${K8S_VERSION:-v1.34.4}"     # one pinned Kubernetes minor (1.34)
 HELM_VERSION="${HELM_VERSION:-v3.19.5}"    # built against k8s.io/* v0.34
 KUBERAY_VERSION="${KUBERAY_VERSION:-v1.4.2}"
+KWOK_VERSION="${KWOK_VERSION:-v0.7.0}"       # built against k8s.io/* v0.33
 PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tools="${SHOAL_TOOLS_DIR:-$root/.tools}"
 bin="$tools/bin"
 work="$tools/src"
-mkdir -p "$bin" "$work" "$tools/crds"
+mkdir -p "$bin" "$work" "$tools/crds" "$tools/kuberay"
 
 force=0
 [[ "${1:-}" == "--force" ]] && force=1
@@ -43,10 +46,17 @@ have_version() {  # have_version BINARY EXPECTED-SUBSTRING VERSION-ARGS...
   [[ "$out" == *"$want"* ]]
 }
 
+stamped() {  # stamped BINARY VERSION: built, and its stamp file (.tools/bin/.BINARY-version) says VERSION
+  [[ $force -eq 0 && -x "$bin/$1" && "$(cat "$bin/.$1-version" 2>/dev/null)" == "$2" ]]
+}
+
+#: The Kubernetes commands the wrapper module builds (its .version stamp lists them).
+K8S_COMMANDS="kube-apiserver kubectl kube-controller-manager kube-scheduler"
+
 build_k8s() {
   local mod="$work/k8s"
   mkdir -p "$mod"
-  if [[ ! -f "$mod/go.mod" || "$(cat "$mod/.version" 2>/dev/null)" != "$K8S_VERSION" ]]; then
+  if [[ ! -f "$mod/go.mod" || "$(cat "$mod/.version" 2>/dev/null)" != "$K8S_VERSION $K8S_COMMANDS" ]]; then
     log "preparing wrapper module for k8s.io/kubernetes $K8S_VERSION"
     rm -rf "$mod"; mkdir -p "$mod/cmd/etcd"
     (cd "$mod" && go mod init shoal.dev/hack/k8s >/dev/null 2>&1)
@@ -70,6 +80,8 @@ package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 )
 GO
@@ -83,7 +95,7 @@ GO
     (cd "$mod" && go mod edit "${args[@]}" && go get "k8s.io/kubernetes@$K8S_VERSION" >/dev/null 2>&1 \
        && etcd_v="$(go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)" \
        && go get "go.etcd.io/etcd/server/v3@$etcd_v" && go mod tidy)
-    echo "$K8S_VERSION" >"$mod/.version"
+    echo "$K8S_VERSION $K8S_COMMANDS" >"$mod/.version"
   fi
   local git_commit="0000000000000000000000000000000000000000"
   local ld="-s -w"
@@ -99,6 +111,15 @@ GO
     log "building kubectl $K8S_VERSION"
     (cd "$mod" && go build -trimpath -ldflags "$ld" -o "$bin/kubectl" k8s.io/kubernetes/cmd/kubectl)
   fi
+  # Garbage collection, Endpoints/EndpointSlices and scheduling, for the tests that run
+  # KubeRay's controller (its pods need nodes, its children need the garbage collector).
+  local cmd
+  for cmd in kube-controller-manager kube-scheduler; do
+    if ! have_version "$cmd" "$K8S_VERSION" --version; then
+      log "building $cmd $K8S_VERSION"
+      (cd "$mod" && go build -trimpath -ldflags "$ld" -o "$bin/$cmd" "k8s.io/kubernetes/cmd/$cmd")
+    fi
+  done
   local etcd_v
   etcd_v="$(cd "$mod" && go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)"
   if ! have_version etcd "${etcd_v#v}" --version; then
@@ -120,18 +141,45 @@ build_helm() {
           -o "$bin/helm" helm.sh/helm/v3/cmd/helm)
 }
 
-fetch_kuberay_crd() {
-  local out="$tools/crds/ray.io_rayservices.yaml"
-  if [[ $force -eq 0 && -s "$out" && "$(cat "$tools/crds/.kuberay-version" 2>/dev/null)" == "$KUBERAY_VERSION" ]]; then
+fetch_kuberay_crds() {
+  # All three: KubeRay's RayService controller fails with 'no matches for kind "RayCluster"'
+  # without the RayCluster CRD. The operator's ClusterRole goes beside them, for the tests
+  # that run it under its own identity.
+  local stamp="$tools/crds/.kuberay-version"
+  if [[ $force -eq 0 && -s "$tools/crds/ray.io_rayclusters.yaml" && -s "$tools/kuberay/role.yaml" \
+        && "$(cat "$stamp" 2>/dev/null)" == "$KUBERAY_VERSION" ]]; then
     return
   fi
-  log "fetching RayService CRD from github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION"
-  local dir
+  log "fetching KubeRay CRDs from github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION"
+  local dir kind
   dir="$(cd "$work" && go mod download -json "github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION" \
          | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
-  cp "$dir/config/crd/bases/ray.io_rayservices.yaml" "$out"
-  chmod 0644 "$out"
-  echo "$KUBERAY_VERSION" >"$tools/crds/.kuberay-version"
+  for kind in rayclusters rayjobs rayservices; do
+    cp "$dir/config/crd/bases/ray.io_$kind.yaml" "$tools/crds/"
+    chmod 0644 "$tools/crds/ray.io_$kind.yaml"
+  done
+  cp "$dir/config/rbac/role.yaml" "$tools/kuberay/role.yaml"
+  chmod 0644 "$tools/kuberay/role.yaml"
+  echo "$KUBERAY_VERSION" >"$stamp"
+}
+
+build_kuberay_operator() {
+  # KubeRay's operator as released: its module has no replace directives, so go install
+  # builds it from the proxy as is. No version flag: a stamp file says what was built.
+  if stamped ray-operator "$KUBERAY_VERSION"; then return; fi
+  log "building KubeRay's ray-operator $KUBERAY_VERSION (a cold build takes 3-6 minutes on 2 cores)"
+  (cd "$work" && GOBIN="$bin" go install -trimpath -ldflags "-s -w" \
+     "github.com/ray-project/kuberay/ray-operator@$KUBERAY_VERSION")
+  echo "$KUBERAY_VERSION" >"$bin/.ray-operator-version"
+}
+
+build_kwok() {
+  # KWOK plays the kubelets: it gives the test's Node objects a Ready status and the pods
+  # scheduled onto them a Running status, a pod IP and Ready conditions.
+  if stamped kwok "$KWOK_VERSION"; then return; fi
+  log "building kwok $KWOK_VERSION"
+  (cd "$work" && GOBIN="$bin" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION")
+  echo "$KWOK_VERSION" >"$bin/.kwok-version"
 }
 
 fetch_monitoring_crds() {
@@ -153,8 +201,10 @@ fetch_monitoring_crds() {
   echo "$PROMETHEUS_OPERATOR_VERSION" >"$stamp"
 }
 
-fetch_kuberay_crd
+fetch_kuberay_crds
 fetch_monitoring_crds
 build_k8s
 build_helm
+build_kuberay_operator
+build_kwok
 log "ready in $bin: $(ls "$bin" | tr '\n' ' ')"

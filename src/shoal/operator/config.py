@@ -15,6 +15,7 @@ from decimal import Decimal
 from shoal.api.v1alpha1.common import MONEY
 from shoal.api.v1alpha1.fleet import AutoscalerMode
 from shoal.contract import ray_serve_env
+from shoal.planning.children import DEFAULT_GPU_IMAGE, DEFAULT_SERVING_IMAGE
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
 
@@ -56,10 +57,10 @@ def _money(env: dict[str, str], name: str) -> str | None:
 class OperatorConfig:
     """What the operator needs to know beyond the custom resources."""
 
-    #: Default image of CPU Ray nodes when a fleet names none.
-    serving_image: str = "rayproject/ray:2.60.0-py311"
+    #: Default image of CPU Ray nodes when a fleet names none (Shoal's serving image).
+    serving_image: str = DEFAULT_SERVING_IMAGE
     #: Default image of GPU Ray workers when a fleet names none.
-    gpu_image: str = "rayproject/ray-llm:2.60.0-py311-cu128"
+    gpu_image: str = DEFAULT_GPU_IMAGE
     #: Environment of every Ray container: Shoal's Ray Serve settings and the chart's overrides.
     ray_serve_env: dict[str, str] = field(default_factory=ray_serve_env)
     #: Seconds between periodic re-checks of every fleet and policy (drift, KubeRay status).

@@ -21,11 +21,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from shoal import __version__
 from shoal.api.v1alpha1 import API_VERSION, ModelFleet, RoutingPolicy
 from shoal.api.v1alpha1.common import parse_quantity
-from shoal.api.v1alpha1.fleet import Resources
+from shoal.api.v1alpha1.fleet import ModelSpec, Resources
 from shoal.contract import (
     EMBEDDER_API_KEY_ENV,
+    PVC_MOUNT_ROOT,
     BuildArgs,
     ModelDeploymentPlan,
     deployment_plans,
@@ -35,9 +37,23 @@ from shoal.contract import (
 from shoal.planning import names
 
 RAY_API_VERSION = "ray.io/v1"
+#: Shoal's serving images (serving/Dockerfile), as the chart names them by default: Ray with
+#: Shoal's Ray Serve app in it. A stock Ray image cannot import ``shoal.serving.app``.
+DEFAULT_SERVING_IMAGE = f"ghcr.io/shoal-dev/shoal-serving:{__version__}"
+DEFAULT_GPU_IMAGE = f"{DEFAULT_SERVING_IMAGE}-gpu"
 DEFAULT_HEAD = Resources(cpu="2", memory="8Gi")
 DEFAULT_CPU_WORKER = Resources(cpu="4", memory="16Gi")
 GPU_RESOURCE = "nvidia.com/gpu"
+#: Ports of the head container, under KubeRay's names. KubeRay builds the head Service from
+#: these alone once any is declared: without "gcs-server" workers cannot join, without
+#: "dashboard" KubeRay cannot submit serveConfigV2 ("dashboard port is not found").
+HEAD_PORTS = (
+    {"name": "gcs-server", "containerPort": 6379},
+    {"name": "dashboard", "containerPort": 8265},
+    {"name": "client", "containerPort": 10001},
+    {"name": "serve", "containerPort": names.SERVE_PORT},
+    {"name": "metrics", "containerPort": 8080},
+)
 
 
 class PlanError(ValueError):
@@ -56,8 +72,8 @@ class RouterArtifact:
 class PlanSettings:
     """Operator-wide settings and autoscaler decisions that shape the desired objects."""
 
-    image: str = "rayproject/ray:2.60.0-py311"
-    gpu_image: str = "rayproject/ray-llm:2.60.0-py311-cu128"
+    image: str = DEFAULT_SERVING_IMAGE
+    gpu_image: str = DEFAULT_GPU_IMAGE
     #: Environment of every Ray container (Ray Serve's settings must agree on every node).
     ray_serve_env: dict[str, str] = field(default_factory=ray_serve_env)
     #: Fixed replica counts per model, written by Shoal's autoscaler (others autoscale in Ray).
@@ -147,9 +163,7 @@ def _pod_template(
                 "name": container,
                 "image": image,
                 "resources": resources,
-                "ports": [{"name": "serve", "containerPort": names.SERVE_PORT}]
-                if container == "ray-head"
-                else [],
+                "ports": [dict(p) for p in HEAD_PORTS] if container == "ray-head" else [],
             }
         ]
     }
@@ -169,16 +183,44 @@ def _equip_for_the_ingress(
     if policy.spec.strategy == "cluster" and ref is not None:
         secret = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
         container["env"].append({"name": EMBEDDER_API_KEY_ENV, "valueFrom": secret})
-    if mount:
+    if mount:  # before any model claims (kept in place: first in the lists)
         container["volumeMounts"] = [
-            {"name": "router-artifact", "mountPath": names.ARTIFACT_MOUNT_DIR, "readOnly": True}
+            {"name": "router-artifact", "mountPath": names.ARTIFACT_MOUNT_DIR, "readOnly": True},
+            *container.get("volumeMounts", []),
         ]
         spec["volumes"] = [
             {
                 "name": "router-artifact",
                 "configMap": {"name": names.router_configmap_name(fleet.metadata.name)},
-            }
+            },
+            *spec.get("volumes", []),
         ]
+
+
+def model_claims(models: list[ModelSpec]) -> list[str]:
+    """The PersistentVolumeClaims that ``pvc://claim/path`` sources of ``models`` name."""
+    claims = {
+        (m.source or "")[len("pvc://") :].split("/", 1)[0]
+        for m in models
+        if (m.source or "").startswith("pvc://")
+    }
+    return sorted(claims)
+
+
+def _mount_claims(template: dict[str, Any], claims: list[str]) -> None:
+    """Mount each claim read-only at ``PVC_MOUNT_ROOT/<claim>``, where the Ray Serve app looks
+    for a ``pvc://`` model's weights (:func:`shoal.contract.local_path`)."""
+    if not claims:
+        return
+    spec, container = template["spec"], template["spec"]["containers"][0]
+    for i, claim in enumerate(claims):
+        volume = f"model-pvc-{i}"
+        spec.setdefault("volumes", []).append(
+            {"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+        container.setdefault("volumeMounts", []).append(
+            {"name": volume, "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True}
+        )
 
 
 def _cpu_worker_group(
@@ -191,15 +233,15 @@ def _cpu_worker_group(
         if "num_gpus" not in p.ray_actor_options:
             needed += Decimal(str(p.ray_actor_options["num_cpus"])) * p.replicas.max
     max_nodes = max(1, math.ceil(needed / node_cpus)) if node_cpus > 0 else 1
+    template = _pod_template(fleet, "ray-worker", image, _k8s_resources(node, DEFAULT_CPU_WORKER))
+    _mount_claims(template, model_claims([m for m in fleet.spec.models if m.accelerator is None]))
     return {
         "groupName": "cpu",
         "replicas": 1,
         "minReplicas": 1,
         "maxReplicas": max_nodes,
         "rayStartParams": {},
-        "template": _pod_template(
-            fleet, "ray-worker", image, _k8s_resources(node, DEFAULT_CPU_WORKER)
-        ),
+        "template": template,
     }
 
 
@@ -218,6 +260,8 @@ def _gpu_worker_groups(
         lo = sum(p.replicas.min for p in group)
         hi = sum(p.replicas.max for p in group)
         res = _largest_resources([models[p.model].resources for p in group])
+        template = _gpu_template(fleet, image, res, gpus, acc_type)
+        _mount_claims(template, model_claims([models[p.model] for p in group]))
         groups.append(
             {
                 "groupName": f"gpu-{acc_type.lower().replace('_', '-').replace('.', '-')}",
@@ -225,7 +269,7 @@ def _gpu_worker_groups(
                 "minReplicas": lo,
                 "maxReplicas": max(hi, 1),
                 "rayStartParams": {},
-                "template": _gpu_template(fleet, image, res, gpus, acc_type),
+                "template": template,
             }
         )
     return groups

@@ -63,13 +63,26 @@ def _rayservice_ready(rs: dict[str, Any]) -> tuple[bool, str]:
     if ready is not None:
         if ready.get("status") == "True":
             return True, ""
-        return (
-            False,
-            f"RayService not ready: {ready.get('reason', '')} {ready.get('message', '')}".strip(),
-        )
+        why = f"RayService not ready: {ready.get('reason', '')} {ready.get('message', '')}"
+        pending = (status.get("pendingServiceStatus") or {}).get("rayClusterName")
+        if pending:  # KubeRay's RayCluster status (its head Pod, its workers) says more
+            why = f"{why.strip()}; KubeRay is starting RayCluster {pending}"
+        return False, why.strip()
     if status.get("serviceStatus") == "Running":
         return True, ""
     return False, "waiting for KubeRay to start the Ray cluster and Serve application"
+
+
+def _upgrade_in_progress(rs: dict[str, Any]) -> str:
+    """Why KubeRay is rolling out a new RayCluster while the active one serves, or ''."""
+    status = rs.get("status") or {}
+    for c in status.get("conditions") or []:
+        if c.get("type") == "UpgradeInProgress" and c.get("status") == "True":
+            pending = (status.get("pendingServiceStatus") or {}).get("rayClusterName")
+            into = f" into RayCluster {pending}" if pending else ""
+            detail = f": {c['message']}" if c.get("message") else ""
+            return f"KubeRay is rolling out the new spec{into}{detail}; the active cluster serves"
+    return ""
 
 
 def _app_status(rs: dict[str, Any] | None, app: str) -> dict[str, Any]:
@@ -175,6 +188,10 @@ def fleet_status(
         message = why or f"Ray Serve application is {app_state}"
         put(PROGRESSING, True, "Deploying", message)
         put(READY, False, "Deploying", message)
+    elif upgrading := _upgrade_in_progress(seen.rayservice):
+        healthy = sum(1 for m in models if m.state == HEALTHY)
+        put(PROGRESSING, True, "Upgrading", upgrading)
+        put(READY, True, "AllModelsReady", f"{healthy} of {len(models)} models healthy")
     else:
         healthy = sum(1 for m in models if m.state == HEALTHY)
         put(PROGRESSING, False, "Deployed", "the RayService serves the current spec")

@@ -113,8 +113,10 @@ class Cluster:
         return None
 
     def play_kuberay(self, name: str, *, ready: bool = True) -> None:
-        """Write the RayService status the way KubeRay does once Serve runs (this test plays
-        KubeRay's part: the test control plane has no KubeRay controller and no kubelets)."""
+        """A stand-in for KubeRay: write the RayService status the way KubeRay does once Serve
+        runs (this control plane runs no KubeRay controller, and KubeRay's own controller
+        cannot reach a running Serve application in the tests: tests/integration/kuberay has it
+        write the status up to that point)."""
         rs = self.get("rayservice", name)
         assert rs is not None
         app = yaml_app(rs)

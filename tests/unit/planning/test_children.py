@@ -10,9 +10,15 @@ import pytest
 import yaml
 
 from shoal.api.v1alpha1 import ModelFleet, RoutingPolicy
-from shoal.contract import RAY_SERVE_ENV
+from shoal.contract import RAY_SERVE_ENV, local_path
 from shoal.planning import names
-from shoal.planning.children import PlanError, PlanSettings, RouterArtifact, desired_children
+from shoal.planning.children import (
+    PlanError,
+    PlanSettings,
+    RouterArtifact,
+    build_args,
+    desired_children,
+)
 
 ART = RouterArtifact(checksum="sha256:" + "ab" * 32, data=b"artifact-bytes")
 
@@ -202,3 +208,59 @@ def test_service_selects_serving_pods_of_the_fleet() -> None:
     svc = desired_children(fleet(), policy(), ART, PlanSettings()).service
     assert svc["spec"]["selector"] == {names.FLEET_LABEL: "f", "ray.io/serve": "true"}
     assert svc["spec"]["ports"][0]["port"] == 8000
+
+
+def _groups(rs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    cluster = rs["spec"]["rayClusterConfig"]
+    return {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+
+
+def test_pvc_models_have_their_claim_mounted_where_the_app_looks() -> None:
+    models = [
+        {"name": "tiny", "engine": "llamacpp", "source": "pvc://weights/gguf/tiny.gguf",
+         "tier": "cpu"},
+        {"name": "math", "source": "pvc://gpu-weights/qwen-math", "tier": "gpu",
+         "accelerator": {"type": "L4"}},
+        {"name": "code", "source": "hf://Qwen/Qwen2.5-Coder-7B-Instruct", "tier": "gpu",
+         "accelerator": {"type": "A100"}},
+    ]  # fmt: skip
+    children = desired_children(fleet(models=models), policy(), ART, PlanSettings())
+    groups = _groups(children.rayservice)
+
+    def mounts(group: dict[str, Any]) -> dict[str, str]:
+        spec = group["template"]["spec"]
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+                  for v in spec.get("volumes", []) if "persistentVolumeClaim" in v}  # fmt: skip
+        return {claims[m["name"]]: m["mountPath"]
+                for m in spec["containers"][0].get("volumeMounts", []) if m["name"] in claims}  # fmt: skip
+
+    assert mounts(groups["cpu"]) == {"weights": "/mnt/shoal/pvc/weights"}
+    assert mounts(groups["gpu-l4"]) == {"gpu-weights": "/mnt/shoal/pvc/gpu-weights"}
+    assert mounts(groups["gpu-a100"]) == {}
+    # Where the Ray Serve app reads each pvc:// model's weights lies under its claim's mount.
+    f = fleet(models=models)
+    args = build_args(f, policy(), ART, PlanSettings())
+    by_name = {m.name: m for m in f.spec.models}
+    assert local_path(args, by_name["tiny"]) == "/mnt/shoal/pvc/weights/gguf/tiny.gguf"
+    assert local_path(args, by_name["math"]) == "/mnt/shoal/pvc/gpu-weights/qwen-math"
+    # The router artifact stays mounted beside the claims.
+    cpu_mounts = groups["cpu"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert [m["name"] for m in cpu_mounts] == ["router-artifact", "model-pvc-0"]
+    assert all(m["readOnly"] for m in cpu_mounts)
+
+
+def test_head_declares_the_ports_kuberay_builds_its_head_service_from() -> None:
+    rs = desired_children(fleet(), policy(), ART, PlanSettings()).rayservice
+    head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in head["ports"]}
+    assert ports == {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "serve": 8000,
+                     "metrics": 8080}  # fmt: skip
+
+
+def test_default_images_are_shoals_serving_images() -> None:
+    rs = desired_children(fleet(), policy(), ART, PlanSettings()).rayservice
+    cluster = rs["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["image"].startswith("ghcr.io/shoal-dev/shoal-serving:")
+    gpu = _groups(rs)["gpu-l4"]["template"]["spec"]["containers"][0]
+    assert gpu["image"] == head["image"] + "-gpu"

@@ -40,6 +40,8 @@ PLANS = deployment_plans(BuildArgs(fleet_name="f", fleet=FLEET.spec, policy=POLI
 
 def rayservice(ready: bool, observed: int = 1, deployments: dict[str, str] | None = None,
                app: str = "RUNNING") -> dict[str, Any]:  # fmt: skip
+    """A stand-in for the status KubeRay writes (tests/integration/kuberay has KubeRay's own
+    controller write it for the same paths)."""
     return {
         "metadata": {"generation": 1},
         "status": {
@@ -155,3 +157,33 @@ def test_a_parked_healthy_model_counts_as_ready_and_costs_nothing() -> None:
     b = next(m for m in status.models if m.name == "b")
     assert (b.desired_replicas, b.ready_replicas) == (0, 0)
     assert status.cost_per_hour == "2.50"  # a's two replicas only
+
+
+def test_progressing_while_kuberay_upgrades_and_the_active_cluster_serves() -> None:
+    rs = rayservice(True, deployments={"model-a": "HEALTHY", "model-b": "HEALTHY"})
+    rs["status"]["conditions"].append(
+        {"type": "UpgradeInProgress", "status": "True", "reason": "BothActivePendingClustersExist",
+         "message": "Both active and pending Ray clusters exist"}
+    )  # fmt: skip
+    rs["status"]["pendingServiceStatus"] = {"rayClusterName": "f-xyz12"}
+    status = fleet_status(
+        FLEET, FleetObservation(policy=POLICY, rayservice=rs, plans=PLANS), None, NOW
+    )
+    assert cond(status, "Ready") == (ConditionStatus.TRUE, "AllModelsReady")
+    assert cond(status, "Progressing") == (ConditionStatus.TRUE, "Upgrading")
+    message = condition(status.conditions, "Progressing").message  # type: ignore[union-attr]
+    assert "RayCluster f-xyz12" in message and "active cluster serves" in message
+
+
+def test_not_ready_names_the_raycluster_kuberay_is_starting() -> None:
+    rs = rayservice(False)
+    rs["status"]["conditions"][0]["message"] = "RayService is initializing"
+    rs["status"]["pendingServiceStatus"] = {"rayClusterName": "f-abcde"}
+    status = fleet_status(
+        FLEET, FleetObservation(policy=POLICY, rayservice=rs, plans=PLANS), None, NOW
+    )
+    ready = condition(status.conditions, "Ready")
+    assert ready is not None and ready.message == (
+        "RayService not ready: Initializing RayService is initializing; "
+        "KubeRay is starting RayCluster f-abcde"
+    )

@@ -2,9 +2,9 @@
 
 Starts the binaries that ``hack/build-control-plane.sh`` builds into ``.tools/bin`` the way
 controller-runtime's envtest does: random free ports, a throwaway data and cert folder, a
-static token for an admin user, and a kubeconfig file. There are no controllers: no garbage
-collection, no pods. Tests play the part of other controllers (KubeRay, for example) where
-they need to, and say so.
+static token for an admin user, and a kubeconfig file. No controllers run here: no garbage
+collection, no pods. :mod:`shoal.devtools.testing.kuberay` adds them (KubeRay's operator,
+kube-controller-manager, kube-scheduler, KWOK) for the tests that need them.
 
 Used by the pytest fixtures in ``tests/conftest.py`` and by the operator benchmark.
 """
@@ -61,7 +61,9 @@ def free_port() -> int:
 
 
 @dataclass
-class _Process:
+class ServerProcess:
+    """One server binary run in its own process group, its output in a log file."""
+
     name: str
     argv: list[str]
     log: Path
@@ -103,8 +105,8 @@ class ControlPlane:
     token: str
     ca_file: Path
     kubeconfig: Path
-    _etcd: _Process
-    _apiserver: _Process
+    _etcd: ServerProcess
+    _apiserver: ServerProcess
     env: dict[str, str] = field(default_factory=dict)
     #: Bearer tokens of the extra users ``start_control_plane(users=...)`` created, by user name.
     tokens: dict[str, str] = field(default_factory=dict)
@@ -183,7 +185,8 @@ class ControlPlane:
         self.kubectl("apply", "--server-side", "--force-conflicts", *args)
 
     def install_crds(self) -> None:
-        """Install Shoal's CRDs and KubeRay's RayService CRD, and wait until established."""
+        """Install Shoal's CRDs and KubeRay's (RayCluster, RayJob, RayService), and wait until
+        established."""
         files = sorted(SHOAL_CRDS.glob("*.yaml")) + sorted(KUBERAY_CRDS.glob("*.yaml"))
         self.apply_files(files)
         names = [yaml.safe_load(f.read_text())["metadata"]["name"] for f in files]
@@ -301,7 +304,7 @@ def start_control_plane(
         ]
 
     etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
-    etcd = _Process(
+    etcd = ServerProcess(
         "etcd",
         [
             str(BIN_DIR / "etcd"),
@@ -323,7 +326,7 @@ def start_control_plane(
         ],
         workdir / "etcd.log",
     )
-    apiserver = _Process(
+    apiserver = ServerProcess(
         "kube-apiserver",
         [
             str(BIN_DIR / "kube-apiserver"),

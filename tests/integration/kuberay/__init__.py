@@ -1,0 +1,1 @@
+"""Shoal against KubeRay's own controller: RayService, RayCluster and Pods made by KubeRay."""
