@@ -35,6 +35,7 @@ def restricted_namespace(control_plane: ControlPlane) -> str:
 
 
 def _create(cp: ControlPlane, namespace: str, pod: dict[str, Any]) -> Any:
+    pod["metadata"]["namespace"] = namespace
     return cp.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(pod), check=False)
 
 
@@ -46,7 +47,6 @@ def test_rendered_ray_pods_are_admitted_under_restricted(
     pods = pod_manifests(children.rayservice)
     assert [p["metadata"]["name"] for p in pods] == ["f-head", "f-cpu", "f-gpu-a100", "f-gpu-l4"]
     for pod in pods:
-        pod["metadata"]["namespace"] = restricted_namespace
         out = _create(control_plane, restricted_namespace, pod)
         assert out.returncode == 0, f"{pod['metadata']['name']}: {out.stderr}"
         assert "Warning" not in out.stderr, out.stderr
