@@ -30,7 +30,7 @@ def test_every_ray_container_runs_restricted() -> None:
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
         for container in pod["containers"]:
             ctx = container["securityContext"]
-            assert ctx["runAsUser"] == RAY_UID != 0, name
+            assert ctx["runAsUser"] == RAY_UID, name
             assert ctx["allowPrivilegeEscalation"] is False, name
             assert ctx["capabilities"] == {"drop": ["ALL"]}, name
             assert ctx["readOnlyRootFilesystem"] is True, name
