@@ -4,6 +4,7 @@ every comparison in an assert has at least one side computed by the test."""
 from __future__ import annotations
 
 import ast
+import itertools
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ def test_no_assertion_compares_two_constants() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Assert) and isinstance(node.test, ast.Compare):
                 sides = [node.test.left, *node.test.comparators]
-                if any(_constant(a) and _constant(b) for a, b in zip(sides, sides[1:])):
+                if any(_constant(a) and _constant(b) for a, b in itertools.pairwise(sides)):
                     found.append(
                         f"{path.relative_to(TESTS)}:{node.lineno}: {ast.unparse(node.test)}"
                     )
