@@ -220,6 +220,17 @@ def reconcile_policy(
         events.post(body, warning=True, reason=exc.problem.reason, message=exc.problem.message)
         raise kopf.TemporaryError(exc.problem.message, delay=config.retry_seconds) from exc
 
+    # The embedder's key, checked on every reconcile, not only at fits: where the Secret's
+    # owner withdraws it (or the policy's host), the policy's artifact is withdrawn too, so
+    # its fleets are not rendered with the key for a host nobody allowed.
+    try:
+        api_key = read_api_key(gw, policy)
+    except CalibrationUnavailable as exc:
+        refused = exc.problem.reason in sources.REFUSALS
+        report(None if refused else kept, exc.problem)
+        events.post(body, warning=True, reason=exc.problem.reason, message=exc.problem.message)
+        raise kopf.PermanentError(exc.problem.message) from exc
+
     fp = fit_fingerprint(policy, data)
     cm_name = names.policy_artifact_configmap_name(name)
     existing = gw.get("v1", "ConfigMap", ns, cm_name)
@@ -233,7 +244,7 @@ def reconcile_policy(
     if kept is None:
         report(None, None)  # Fitting...
     try:
-        blob = fit(policy, data, source, now, api_key=read_api_key(gw, policy))
+        blob = fit(policy, data, source, now, api_key=api_key)
     except CalibrationUnavailable as exc:
         report(kept, exc.problem)
         events.post(body, warning=True, reason=exc.problem.reason, message=exc.problem.message)

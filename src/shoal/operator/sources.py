@@ -33,6 +33,9 @@ SECRET_LABEL = f"{GROUP}/embedder-key"
 #: Annotation listing the hosts (comma-separated) a marked Secret's key may be sent to.
 ALLOWED_HOSTS_ANNOTATION = f"{GROUP}/allowed-hosts"
 
+#: Reasons of a Secret the operator refuses to use (the policy's artifact is withdrawn).
+REFUSALS = frozenset({"EmbedderSecretNotMarked", "EmbedderHostNotAllowed"})
+
 #: Largest calibration file the operator downloads.
 MAX_CALIBRATION_BYTES = 64 * 1024 * 1024
 #: Seconds a calibration download may take, all of it.

@@ -100,6 +100,15 @@ def test_marked_secret_is_sent_to_its_host_only(cluster: Cluster) -> None:
         assert outcome.fitted
         assert _fitted(cluster)["status"] == "True"
         assert endpoint.authorizations and set(endpoint.authorizations) == {f"Bearer {KEY}"}
+        assert cluster.get("rpol", "p")["status"]["artifact"]  # type: ignore[index]
+
+        # The owner withdraws the host: the next reconcile (no refit needed) withdraws the
+        # policy's artifact, so no fleet is rendered with the key for that host.
+        cluster.apply(_secret(marked=True, hosts="embed.example"))
+        with pytest.raises(kopf.PermanentError, match="EmbedderHostNotAllowed|not to"):
+            _reconcile(cluster)
+        assert _fitted(cluster)["reason"] == "EmbedderHostNotAllowed"
+        assert "artifact" not in (cluster.get("rpol", "p") or {})["status"]
 
 
 @pytest.fixture()
