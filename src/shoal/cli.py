@@ -99,6 +99,41 @@ def chart_files(
         console.print(f"wrote {path}")
 
 
+@app.command()
+def render(
+    files: list[Path] = typer.Option(
+        ...,
+        "--file",
+        "-f",
+        help="YAML file of fleets, policies and calibration ConfigMaps (repeat for more).",
+    ),
+    namespace: str = typer.Option(
+        "default", "--namespace", "-n", help="Namespace of objects that name none."
+    ),
+    pod_templates: bool = typer.Option(
+        False,
+        "--pod-templates",
+        help="Also print each Ray head and worker pod template as a Pod (for scanners).",
+    ),
+) -> None:
+    """Print, as YAML, the objects the operator would apply for the fleets in the files.
+
+    A cluster policy's router is fitted from its calibration ConfigMap (in one of the files),
+    as `shoal up` does. The operator's default settings apply (SHOAL_* variables override
+    them).
+    """
+    from shoal.render import RenderError, render_files
+
+    try:
+        docs = render_files(files, namespace=namespace, pod_templates=pod_templates)
+    except RenderError as exc:
+        console.print(f"[red]cannot render:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    import yaml
+
+    print(yaml.safe_dump_all(docs, sort_keys=False, width=1000), end="")
+
+
 # `shoal router ...`: fit, evaluate and inspect the router (imports stay lazy inside it).
 from shoal.routing.cli import app as router_app  # noqa: E402
 

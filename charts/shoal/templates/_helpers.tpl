@@ -125,6 +125,14 @@ operator running under this identity); see docs/sre.md for what each is for.
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["create", "patch", "delete"]
+# Each fleet's NetworkPolicy and its workers' PodDisruptionBudget: server-side apply (patch,
+# create when new); garbage-collected with the fleet through their ownerReferences.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create", "patch"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["create", "patch"]
 # Events about fleets and policies (kopf posts core/v1 events).
 - apiGroups: [""]
   resources: ["events"]

@@ -23,6 +23,8 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "ConfigMap"): "configmaps",
     ("v1", "Secret"): "secrets",
     ("v1", "Service"): "services",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("ray.io/v1", "RayService"): "rayservices",
     ("shoal.dev/v1alpha1", "ModelFleet"): "modelfleets",
     ("shoal.dev/v1alpha1", "RoutingPolicy"): "routingpolicies",

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import httpx
 import kopf
 
 from shoal.api.v1alpha1 import API_VERSION, RoutingPolicy
 from shoal.api.v1alpha1.policy import RouterArtifactStatus
-from shoal.operator import events
+from shoal.operator import events, sources
 from shoal.operator.config import OperatorConfig
 from shoal.operator.gateway import WRITE_ERRORS, Forbidden, KubeGateway
 from shoal.planning import names
@@ -92,17 +91,16 @@ def read_calibration(gw: KubeGateway, policy: RoutingPolicy) -> tuple[bytes, str
             )
         )
     try:
-        resp = httpx.get(uri, timeout=30, follow_redirects=True)
-        resp.raise_for_status()
-    except httpx.HTTPError as exc:
-        raise CalibrationUnavailable(
-            SpecProblem("CalibrationNotFound", f"cannot read {uri}: {exc}")
-        ) from exc
-    return resp.content, uri.rsplit("/", 1)[-1]
+        data = sources.fetch_calibration(uri)
+    except sources.SourceRefused as exc:
+        raise CalibrationUnavailable(exc.problem) from exc
+    return data, uri.rsplit("/", 1)[-1]
 
 
 def read_api_key(gw: KubeGateway, policy: RoutingPolicy) -> str | None:
-    """The ``openai`` embedder's API key from the policy's Secret (None when it names none)."""
+    """The ``openai`` embedder's API key from the policy's Secret (None when it names none),
+    used only where the Secret's owner allows it for the embedder's host
+    (:func:`shoal.operator.sources.secret_grant_problem`)."""
     ref = policy.spec.embedder.api_key_secret_ref
     if ref is None:
         return None
@@ -121,6 +119,9 @@ def read_api_key(gw: KubeGateway, policy: RoutingPolicy) -> str | None:
         raise CalibrationUnavailable(
             SpecProblem("EmbedderSecretNotFound", f"Secret {ref.name!r} not found in {ns}")
         )
+    refused = sources.secret_grant_problem(secret, policy.spec.embedder.endpoint or "")
+    if refused is not None:
+        raise CalibrationUnavailable(refused)
     value = (secret.get("data") or {}).get(ref.key)
     if value is None:
         raise CalibrationUnavailable(
@@ -219,6 +220,17 @@ def reconcile_policy(
         events.post(body, warning=True, reason=exc.problem.reason, message=exc.problem.message)
         raise kopf.TemporaryError(exc.problem.message, delay=config.retry_seconds) from exc
 
+    # The embedder's key, checked on every reconcile, not only at fits: where the Secret's
+    # owner withdraws it (or the policy's host), the policy's artifact is withdrawn too, so
+    # its fleets are not rendered with the key for a host nobody allowed.
+    try:
+        api_key = read_api_key(gw, policy)
+    except CalibrationUnavailable as exc:
+        refused = exc.problem.reason in sources.REFUSALS
+        report(None if refused else kept, exc.problem)
+        events.post(body, warning=True, reason=exc.problem.reason, message=exc.problem.message)
+        raise kopf.PermanentError(exc.problem.message) from exc
+
     fp = fit_fingerprint(policy, data)
     cm_name = names.policy_artifact_configmap_name(name)
     existing = gw.get("v1", "ConfigMap", ns, cm_name)
@@ -232,7 +244,7 @@ def reconcile_policy(
     if kept is None:
         report(None, None)  # Fitting...
     try:
-        blob = fit(policy, data, source, now, api_key=read_api_key(gw, policy))
+        blob = fit(policy, data, source, now, api_key=api_key)
     except CalibrationUnavailable as exc:
         report(kept, exc.problem)
         events.post(body, warning=True, reason=exc.problem.reason, message=exc.problem.message)

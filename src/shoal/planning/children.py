@@ -1,4 +1,5 @@
-"""The objects a fleet should have: a KubeRay RayService, a router ConfigMap, a Service.
+"""The objects a fleet should have: a KubeRay RayService, a router ConfigMap, a Service, a
+NetworkPolicy and a PodDisruptionBudget.
 
 ``desired_children`` is a pure function: same fleet, policy, artifact and settings give the
 same objects, byte for byte (the RayService's ``serveConfigV2`` is YAML with sorted keys).
@@ -7,7 +8,8 @@ Every child carries an ownerReference to its fleet and the fleet's labels.
 The RayService holds one Ray Serve application built by ``shoal.serving.app:build_app`` from
 :class:`~shoal.contract.BuildArgs`; its deployments (the "router" ingress and one
 ``model-<name>`` per model) are named and sized by :mod:`shoal.contract`, so what the
-operator renders and what the builder builds agree.
+operator renders and what the builder builds agree. Its pods are hardened by
+:mod:`shoal.planning.security`; who may reach them is :mod:`shoal.planning.network`'s.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from shoal.contract import (
     ray_serve_env,
     serve_application,
 )
-from shoal.planning import names
+from shoal.planning import names, security
+from shoal.planning.network import Peers, desired_network_policy, desired_pod_disruption_budget
 
 RAY_API_VERSION = "ray.io/v1"
 #: Shoal's serving images (serving/Dockerfile), as the chart names them by default: Ray with
@@ -80,6 +83,8 @@ class PlanSettings:
     replicas: dict[str, int] = field(default_factory=dict)
     #: Router quality weight in force (lower than the policy's under budget pressure).
     effective_alpha: str | None = None
+    #: Where the operator and KubeRay run (the NetworkPolicy lets them reach Ray's dashboard).
+    peers: Peers = field(default_factory=Peers)
 
 
 @dataclass(frozen=True)
@@ -90,11 +95,15 @@ class DesiredChildren:
     service: dict[str, Any]
     router_configmap: dict[str, Any] | None
     plans: list[ModelDeploymentPlan]
+    network_policy: dict[str, Any]
+    disruption_budget: dict[str, Any]
 
     def objects(self) -> list[dict[str, Any]]:
-        """The children in apply order (the ConfigMap before the pods that mount it)."""
+        """The children in apply order (the ConfigMap before the pods that mount it, the
+        NetworkPolicy before the pods it guards)."""
         out = [self.router_configmap] if self.router_configmap else []
-        return [*out, self.rayservice, self.service]
+        guards = [self.network_policy, self.disruption_budget]
+        return [*out, *guards, self.rayservice, self.service]
 
 
 def owner_reference(fleet: ModelFleet) -> dict[str, Any]:
@@ -336,6 +345,8 @@ def desired_rayservice(
         env = [{"name": k, "value": v} for k, v in settings.ray_serve_env.items()]
         group["template"]["spec"]["containers"][0]["env"] = env
         _equip_for_the_ingress(group["template"], fleet, policy, mount=artifact is not None)
+        # Only the head keeps an API token: KubeRay's autoscaler sidecar runs there.
+        security.harden_pod_template(group["template"], api_token=group is head)
     return {
         "apiVersion": RAY_API_VERSION,
         "kind": "RayService",
@@ -345,6 +356,7 @@ def desired_rayservice(
             "rayClusterConfig": {
                 "rayVersion": serving.ray_version,
                 "enableInTreeAutoscaling": True,
+                "autoscalerOptions": security.autoscaler_options(),
                 "headGroupSpec": head,
                 "workerGroupSpecs": workers,
             },
@@ -397,4 +409,12 @@ def desired_children(
         service=desired_service(fleet),
         router_configmap=desired_router_configmap(fleet, artifact) if artifact else None,
         plans=plans,
+        network_policy=desired_network_policy(
+            fleet,
+            _metadata(fleet, names.network_policy_name(fleet.metadata.name), "network"),
+            settings.peers,
+        ),
+        disruption_budget=desired_pod_disruption_budget(
+            fleet, _metadata(fleet, names.disruption_budget_name(fleet.metadata.name), "serving")
+        ),
     )

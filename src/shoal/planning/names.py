@@ -33,6 +33,16 @@ def service_name(fleet: str) -> str:
     return fleet
 
 
+def network_policy_name(fleet: str) -> str:
+    """The NetworkPolicy that guards a fleet's Ray pods."""
+    return fleet
+
+
+def disruption_budget_name(fleet: str) -> str:
+    """The PodDisruptionBudget of a fleet's Ray workers."""
+    return f"{fleet}-workers"
+
+
 def policy_artifact_configmap_name(policy: str) -> str:
     """ConfigMap holding the artifact fitted for a RoutingPolicy."""
     return f"{policy}-router-artifact"

@@ -26,8 +26,17 @@ console = Console(stderr=True, soft_wrap=True)
 
 DATA_HELP = (
     "Calibration file(s): Shoal JSONL, RouterDC JSON or RouterBench CSV (by suffix). "
-    "Repeat the option or pass several paths."
+    "Repeat the option or pass several paths: --data a.json b.json."
 )
+#: The paths after the first one of ``--data a b c`` (click options take one value each, so
+#: the others arrive as arguments).
+MORE_DATA = typer.Argument(
+    None, help="More calibration files, as in --data a b c.", show_default=False
+)
+
+
+def _data_files(data: list[Path], more: list[Path] | None) -> list[Path]:
+    return [*data, *(more or [])]
 
 
 @contextmanager
@@ -77,6 +86,7 @@ def _embed(embedder: Any, samples: list[Any], cache: bool) -> Any:
 @app.command()
 def fit(
     data: list[Path] = typer.Option(..., "--data", "-d", help=DATA_HELP),
+    more_data: list[Path] | None = MORE_DATA,
     out: Path = typer.Option(..., "--out", "-o", help="Artifact file to write (atomically)."),
     embedder: str = typer.Option(
         "minilm-l6-static-v2",
@@ -101,6 +111,7 @@ def fit(
         from shoal.routing.embedders import make_embedder
         from shoal.routing.fit import DEFAULT_SHRINKAGE, fit_router
 
+        data = _data_files(data, more_data)
         samples = load_calibration(data)
         emb = make_embedder(embedder, endpoint=endpoint)
         vectors = _embed(emb, samples, cache)
@@ -127,6 +138,7 @@ def fit(
 def evaluate(
     artifact: Path = typer.Option(..., "--artifact", "-a", help="Router artifact file."),
     data: list[Path] = typer.Option(..., "--data", "-d", help=DATA_HELP),
+    more_data: list[Path] | None = MORE_DATA,
     alpha: float | None = typer.Option(
         None, min=0.0, max=1.0, help="Quality weight (default: the artifact's)."
     ),
@@ -149,6 +161,7 @@ def evaluate(
         info = read_artifact_info(blob)
         emb = make_embedder(info.embedder, endpoint=endpoint)
         router = load_router(blob, embedder=emb)
+        data = _data_files(data, more_data)
         samples = load_calibration(data)
         align_models(samples, router.models)
         vectors = _embed(emb, samples, cache)

@@ -24,6 +24,7 @@ import yaml
 
 from shoal.devtools.testing.controlplane import ControlPlane, free_port
 from shoal.devtools.testing.embeddings import serve_embeddings
+from shoal.operator.sources import ALLOWED_HOSTS_ANNOTATION, SECRET_LABEL
 from tests.integration.chart.conftest import (
     CLUSTERWIDE,
     HA,
@@ -85,7 +86,13 @@ def _fitted_policy(embeddings: str, api_key: str | None = None) -> list[dict[str
     if api_key is None:
         return [calibration_configmap(), policy(embedder=embedder)]
     embedder["apiKeySecretRef"] = {"name": "embed", "key": "token"}
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "embed"},
+    # Marked for Shoal by its owner, for the embedding endpoint's host only.
+    meta = {
+        "name": "embed",
+        "labels": {SECRET_LABEL: "true"},
+        "annotations": {ALLOWED_HOSTS_ANNOTATION: "127.0.0.1"},
+    }
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": meta,
               "stringData": {"token": api_key}}  # fmt: skip
     return [secret, calibration_configmap(), policy(embedder=embedder)]
 

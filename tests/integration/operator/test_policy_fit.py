@@ -4,7 +4,6 @@ bad data change leaves the previous artifact in service."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
@@ -40,7 +39,12 @@ def test_fit_once_refit_on_data_change_keep_on_bad_data(cluster: Cluster, operat
 
     with operator():  # a restart does not refit
         wait_for("the policy to be re-checked", lambda: cluster.condition("rpol", "p", "Ready"))
-        time.sleep(5)
+        # Proof that a reconcile ran after the restart: it rewrites a status field we spoil.
+        generation = cluster.get("rpol", "p")["metadata"]["generation"]  # type: ignore[index]
+        cluster.cp.kubectl("patch", "rpol", "p", "-n", cluster.ns, "--subresource=status",
+                           "--type=merge", "-p", '{"status": {"observedGeneration": 0}}')  # fmt: skip
+        wait_for("a reconcile after the restart",
+                 lambda: cluster.get("rpol", "p")["status"]["observedGeneration"] == generation, 60)  # type: ignore[index]  # fmt: skip
         cm = cluster.get("configmap", "p-router-artifact")
         assert cm is not None and cm["metadata"]["resourceVersion"] == version
 

@@ -78,7 +78,10 @@ def test_forbidden_child_write_is_a_condition(cluster: Cluster) -> None:
     cluster.apply(policy(strategy="static", staticOrder=["alpha"], calibration=None), fleet())
     configmaps = {"apiGroups": [""], "resources": ["configmaps", "services"],
                   "verbs": ["get", "list", "create", "patch", "delete"]}  # fmt: skip
-    gw = restricted_gateway(cluster, [READ_SHOAL, WRITE_STATUS, configmaps])
+    guards = {"apiGroups": ["networking.k8s.io", "policy"],
+              "resources": ["networkpolicies", "poddisruptionbudgets"],
+              "verbs": ["create", "patch"]}  # fmt: skip
+    gw = restricted_gateway(cluster, [READ_SHOAL, WRITE_STATUS, configmaps, guards])
     with pytest.raises(Forbidden):
         reconcile_fleet(gw, OperatorConfig(), cluster.get("fleet", "f"), NOW)
     degraded = cluster.condition("fleet", "f", "Degraded")

@@ -120,3 +120,21 @@ def test_empty_file_exits_2(tmp_path: Path) -> None:
     empty.write_text("")
     res = runner.invoke(app, fit_args(empty, tmp_path / "r.bin"))
     assert res.exit_code == 2 and "empty.jsonl: empty file" in res.output
+
+
+def test_data_takes_several_paths_after_one_option(tmp_path: Path) -> None:
+    """`--data a b` reads both files, as the help says (here: the second one's rows count)."""
+    first = write_jsonl(tmp_path / "a.jsonl")
+    second = write_jsonl(tmp_path / "b.jsonl")
+    out = tmp_path / "r.bin"
+    args = ["router", "fit", "--data", str(first), str(second), "--out", str(out),
+            "--embedder", "hash-128", "--clusters", "2", "--top-p", "1", "--no-cache"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    rows = len(first.read_text().splitlines())
+    assert f"{2 * rows} samples" in res.output.replace("\n", "")
+    res = runner.invoke(app, ["router", "eval", "-a", str(out), "--data", str(first), str(second),
+                              "--json", "--no-cache"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["data"] == [str(first), str(second)]

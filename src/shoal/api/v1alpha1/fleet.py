@@ -8,10 +8,11 @@ rejects a bad fleet before the operator ever sees it.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from shoal.api.v1alpha1.common import (
     ApiModel,
@@ -297,6 +298,80 @@ class ServingSpec(ApiModel):
     )
 
 
+#: A label key or value as Kubernetes accepts it in a selector (prefix/name, 63-char name).
+_LABEL_KEY = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+
+
+class LabelSelector(ApiModel):
+    """Labels an object must carry, all of them (a Kubernetes selector's ``matchLabels``)."""
+
+    match_labels: dict[
+        str, Annotated[str, StringConstraints(max_length=63, pattern=_LABEL_VALUE)]
+    ] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Label keys and values; an empty map selects everything.",
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=f"self.matchLabels.all(k, size(k) <= 317 && k.matches('{_LABEL_KEY}'))",
+            message="matchLabels keys must be label keys: [prefix/]name, the name at most 63 "
+            "alphanumerics, '-', '_' or '.', starting and ending alphanumeric",
+            check=lambda s: all(len(k) <= 317 and re.match(_LABEL_KEY, k) for k in s.match_labels),
+            field_path=".matchLabels",
+        ),
+    )
+
+
+class NetworkPeer(ApiModel):
+    """Clients allowed to reach a port, as in a NetworkPolicy peer: podSelector alone selects
+    pods of the fleet's namespace, namespaceSelector alone every pod of the namespaces it
+    selects, both together the selected pods of the selected namespaces."""
+
+    namespace_selector: LabelSelector | None = Field(
+        default=None, description="Namespaces whose pods may connect (by namespace labels)."
+    )
+    pod_selector: LabelSelector | None = Field(
+        default=None,
+        description="Pods that may connect (by pod labels); in the fleet's namespace unless "
+        "namespaceSelector is set too.",
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="has(self.namespaceSelector) || has(self.podSelector)",
+            message="a network peer needs namespaceSelector, podSelector or both",
+            check=lambda p: p.namespace_selector is not None or p.pod_selector is not None,
+            reason="FieldValueRequired",
+        ),
+    )
+
+
+class NetworkSpec(ApiModel):
+    """Who may reach the fleet's pods. The operator writes one NetworkPolicy per fleet: Ray's
+    internal ports are open only among the fleet's own pods, Ray's dashboard (and its job API)
+    only to the operator and KubeRay, the serving port to ``allowFrom``, the metrics port to
+    ``metricsFrom``."""
+
+    allow_from: list[NetworkPeer] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Clients of the fleet endpoint (port 8000), besides the operator. Empty: "
+        "every pod in the fleet's namespace.",
+    )
+    metrics_from: list[NetworkPeer] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Scrapers of Ray's metrics port (8080), e.g. Prometheus's namespace. "
+        "Empty: every pod in the fleet's namespace.",
+    )
+
+
 def _undeclared_tiers(spec: ModelFleetSpec) -> list[str]:
     tiers = {t.name for t in spec.tiers}
     return [m.name for m in spec.models if m.tier not in tiers]
@@ -330,6 +405,11 @@ class ModelFleetSpec(ApiModel):
     serving: ServingSpec = Field(
         default_factory=ServingSpec,
         description="Ray and KubeRay settings: images and node resources.",
+        json_schema_extra={"default": {}},
+    )
+    network: NetworkSpec = Field(
+        default_factory=NetworkSpec,
+        description="Who may reach the fleet's pods (rendered as a NetworkPolicy).",
         json_schema_extra={"default": {}},
     )
 

@@ -356,7 +356,9 @@ class Rbac(ChartModel):
         default=False,
         description="Grant get on Secrets in the watched namespaces, so the operator can read "
         "the API key a RoutingPolicy's openai embedder names (embedder.apiKeySecretRef) to fit "
-        "its router. Off: such policies report Fitted=False, reason Forbidden.",
+        "its router, where the Secret's owner allows it (label shoal.dev/embedder-key=true, "
+        "hosts in the annotation shoal.dev/allowed-hosts). Off: such policies report "
+        "Fitted=False, reason Forbidden.",
     )
 
 

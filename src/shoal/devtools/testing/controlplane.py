@@ -21,7 +21,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,19 @@ class ControlPlane:
         """Start kube-apiserver again on the same port and wait until it is ready."""
         self._apiserver.start()
         self.wait_ready(timeout)
+
+    def restart_etcd(self, while_down: Callable[[], None] | None = None) -> None:
+        """Kill etcd (SIGKILL: no clean shutdown) and start it again on the same port and
+        data, with kube-apiserver running through it, as when etcd's node restarts.
+        ``while_down`` runs while etcd is down (a test checks the outage is real there)."""
+        proc = self._etcd.proc
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(15)
+        if while_down is not None:
+            while_down()
+        self._etcd.start()
+        self.wait_ready()
 
     def stop(self) -> None:
         """Stop everything."""

@@ -1,0 +1,115 @@
+"""One named API-server test per CEL rule: for every ``Rule`` of every API model, an object
+that breaks that rule alone, applied to the real kube-apiserver, is rejected with the rule's
+message. A test (no server needed) fails when a rule has no case here."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from tests.integration.api.test_crds import FLEET, POLICY, apply
+
+from shoal.api.v1alpha1 import fleet as fleet_api
+from shoal.api.v1alpha1 import policy as policy_api
+from shoal.api.v1alpha1.common import ApiModel
+from shoal.devtools.testing.controlplane import ControlPlane
+
+Edit = Callable[[dict[str, Any]], None]
+
+
+def _set_model(**fields: Any) -> Edit:
+    def edit(spec: dict[str, Any]) -> None:
+        spec["models"][0].update(fields)
+
+    return edit
+
+
+def _set(**fields: Any) -> Edit:
+    def edit(spec: dict[str, Any]) -> None:
+        spec.update(fields)
+
+    return edit
+
+
+def _tier_autoscaling(**fields: Any) -> Edit:
+    def edit(spec: dict[str, Any]) -> None:
+        spec["tiers"][0]["autoscaling"] = fields
+
+    return edit
+
+
+#: (model class, rule message) -> (kind, edit of a valid object's spec that breaks the rule).
+CASES: dict[tuple[str, str], tuple[str, Edit]] = {
+    ("ModelFleetSpec", "every model's tier must be the name of a tier in spec.tiers"):
+        ("fleet", _set_model(tier="large")),
+    ("ModelFleetSpec", "a model may have minReplicas 0 only if its tier sets autoscaling.scaleToZero"):
+        ("fleet", _set_model(minReplicas=0)),
+    ("ModelFleetSpec", "a model's minReplicas may not exceed its tier's maxReplicas"):
+        ("fleet", _set_model(minReplicas=9)),  # the tier's default maxReplicas is 4
+    ("ModelSpec", "minReplicas must be less than or equal to maxReplicas"):
+        ("fleet", _set_model(minReplicas=3, maxReplicas=2)),
+    ("ModelSpec", "source is required unless engine is simulated"):
+        ("fleet", lambda spec: spec["models"][0].pop("source")),
+    ("ModelSpec", "loraAdapters are supported only by the vllm engine"):
+        ("fleet", _set_model(engine="llamacpp", loraAdapters=[{"name": "a", "source": "s3://b/a"}])),
+    ("ModelSpec", "a LoRA adapter may not have the model's own name"):
+        ("fleet", _set_model(loraAdapters=[{"name": "math", "source": "s3://b/a"}])),
+    ("TierAutoscaling", "minReplicas must be less than or equal to maxReplicas"):
+        ("fleet", _tier_autoscaling(minReplicas=3, maxReplicas=2)),
+    ("TierAutoscaling", "minReplicas 0 requires scaleToZero: true"):
+        ("fleet", _tier_autoscaling(minReplicas=0)),
+    ("NetworkPeer", "a network peer needs namespaceSelector, podSelector or both"):
+        ("fleet", _set(network={"allowFrom": [{}]})),
+    ("LabelSelector", fleet_api.LabelSelector.cel_rules[0].message):
+        ("fleet", _set(network={"allowFrom": [{"podSelector": {"matchLabels": {"-bad key": "x"}}}]})),
+    ("CalibrationSource", "set exactly one of configMapRef and uri"):
+        ("policy", _set(calibration={"uri": "https://h/x", "configMapRef": {"name": "c", "key": "k"}})),
+    ("EmbedderSpec", "an openai embedder needs endpoint and model"):
+        ("policy", _set(embedder={"type": "openai", "endpoint": "https://h/v1"})),
+    ("EmbedderSpec", "endpoint, model and apiKeySecretRef apply only to the openai embedder"):
+        ("policy", _set(embedder={"type": "minilm", "model": "m"})),
+    ("RoutingPolicySpec", "topP may not exceed clusters"):
+        ("policy", _set(clusters=2, topP=3)),
+    ("RoutingPolicySpec", "the cluster strategy needs calibration data"):
+        ("policy", lambda spec: spec.pop("calibration")),
+    ("RoutingPolicySpec", "the static strategy needs staticOrder"):
+        ("policy", _set(strategy="static")),
+}  # fmt: skip
+
+
+def _all_rules() -> list[tuple[str, str]]:
+    out = []
+    for module in (fleet_api, policy_api):
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, ApiModel) and cls.__module__ == module.__name__:
+                out += [(cls.__name__, r.message) for r in cls.__dict__.get("cel_rules", ())]
+    return out
+
+
+def test_every_cel_rule_has_a_case() -> None:
+    rules = _all_rules()
+    assert len(rules) >= 17
+    missing = [r for r in rules if r not in CASES]
+    assert missing == [], f"CEL rules without an API-server test case: {missing}"
+    assert not set(CASES) - set(rules), "cases for rules that no longer exist"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("rule", list(CASES), ids=[f"{c}: {m[:50]}" for c, m in CASES])
+def test_cel_rule_is_enforced_by_the_api_server(
+    control_plane: ControlPlane, namespace: str, rule: tuple[str, str]
+) -> None:
+    kind, edit = CASES[rule]
+    base = copy.deepcopy(FLEET if kind == "fleet" else POLICY)
+    if kind == "policy":
+        base["spec"].setdefault("topP", 3)
+    code, out = apply(control_plane, namespace, base)
+    assert code == 0, f"the valid base object was refused: {out}"
+    control_plane.kubectl("delete", base["kind"], base["metadata"]["name"], "-n", namespace)
+    edit(base["spec"])
+    code, out = apply(control_plane, namespace, base)
+    assert code != 0, f"accepted an object that breaks {rule}"
+    assert rule[1] in " ".join(out.split()), out
