@@ -52,13 +52,78 @@ def test_slo_breach_on_idle_replicas_is_no_reason_to_pay_for_more() -> None:
 
 
 def test_a_queue_is_sized_by_throughput_not_by_its_length() -> None:
-    # 1 replica saturated (8 running), 92 queued; arrivals 2.5x completions.
+    # Without a service time: 2 replicas saturated (8 running), 92 queued; arrivals 2.5x
+    # completions.
     m = metrics(100, waiting=92.0, request_rate=2.0, demand_rate=5.0, ttft=3.0)
-    d = one(1, m)
+    d = one(2, m)
     assert d.desired == 5  # ceil(8 * 2.5 / 4), not ceil(100 / 4) = 25
     assert "8.0 running, 92.0 queued, arrivals at 2.5x completions" in d.reason
-    capped = one(1, metrics(100, waiting=92.0, request_rate=1.0, demand_rate=50.0, ttft=3.0))
+    capped = one(2, metrics(100, waiting=92.0, request_rate=1.0, demand_rate=50.0, ttft=3.0))
     assert capped.desired == 8  # growth counted at most 4x
+
+
+# --- sizing from capacity ---------------------------------------------------------------------
+
+
+def test_arrivals_and_service_time_size_the_model() -> None:
+    # A replica carries 4 in flight / 2 s = 2 req/s: 9 req/s need 5 replicas.
+    d = one(1, metrics(6, arrival_rate=9.0, service_seconds=2.0))
+    assert (d.desired, d.direction) == (4, "up")  # at most 4x in one step
+    assert "9.0 req/s arriving" in d.reason and "at 2.00 req/s each" in d.reason
+    assert "(at most 4x in one step)" in d.reason
+    assert one(2, metrics(6, arrival_rate=9.0, service_seconds=2.0)).desired == 5
+
+
+def test_a_queue_that_piled_up_while_cold_is_a_correction_not_the_size() -> None:
+    # 300 queued behind 8 running; 6 req/s arrive at 2 req/s a replica: 3 replicas carry
+    # the arrivals, the queue drained within 60 s asks for 5 req/s more, 3 replicas more.
+    m = metrics(308, waiting=300.0, arrival_rate=6.0, service_seconds=2.0, ttft=20.0)
+    d = one(2, m)
+    assert d.desired == 6  # not ceil(308 / 4) = 77
+    assert "300 queued to drain in 60s" in d.reason
+
+
+def test_replicas_still_starting_count_as_capacity_arriving() -> None:
+    # 6 in force, 2 ready: the 4 starting carry what the arrivals and the queue need.
+    m = metrics(150, waiting=142.0, arrival_rate=6.0, service_seconds=2.0, ttft=20.0)
+    d = one(6, m, ready=2)
+    assert d.desired == 6 and d.direction == "hold"
+
+
+def test_a_step_is_not_projected_but_a_ramp_is() -> None:
+    from shoal.autoscaling.prometheus import rate_trend
+
+    # Rates of four 30 s windows, newest first.
+    assert rate_trend([18.0, 10.0, 3.0, 3.0], 30.0) == 0.0  # a step: in the rate already
+    ramp = rate_trend([9.0, 7.0, 5.0, 3.0], 30.0)
+    assert ramp == pytest.approx(2.0 / 30)
+    assert rate_trend([3.1, 3.0, 2.9, 3.0], 30.0) == 0.0  # noise
+    assert rate_trend([3.0, None, 3.0, 3.0], 30.0) is None
+    d = one(3, metrics(12, arrival_rate=6.0, service_seconds=2.0, arrival_trend=ramp))
+    assert d.desired == 5  # 6 + 4 req/s within 60 s, at 2 req/s a replica
+    assert "rising to 10.0 within 60s" in d.reason
+
+
+def test_headroom_keeps_part_of_a_recent_swing_warm() -> None:
+    m = metrics(4, peak=4, arrival_rate=2.0, service_seconds=2.0, peak_arrival_rate=10.0)
+    # 2 req/s need 1 replica; 50% of the 8 req/s swing asks for 2 more.
+    held = one(3, m, last_change=NOW - timedelta(seconds=600))
+    assert held.desired == 3 and held.direction == "hold"
+    tier = {
+        "name": "small", "costPerReplicaHour": "1.00", "slo": {"ttftP95Milliseconds": 1000},
+        "autoscaling": {"minReplicas": 1, "maxReplicas": 8, "targetOngoingRequests": 4,
+                        "headroomPercent": 0},
+    }  # fmt: skip
+    lean = one(3, m, fleet=spec(tiers=[tier]), last_change=NOW - timedelta(seconds=600))
+    assert lean.desired == 2  # the tier keeps no headroom: down (at most half at once)
+    generous = decide(
+        spec(),
+        {"a": ModelState(replicas=1), "b": ModelState(replicas=1)},
+        window(a=m, b=metrics(0)),
+        NOW,
+        settings=PolicySettings(headroom_percent=100),
+    ).by_model()["a"]
+    assert generous.desired == 4 and "headroom for 8.0 req/s more (100%" in generous.reason
 
 
 def test_slo_breach_waits_for_replicas_that_are_still_starting() -> None:
