@@ -54,6 +54,21 @@ RUNNING = _engine_names("num_requests_running")
 WAITING = _engine_names("num_requests_waiting")
 KV_CACHE = _engine_names("gpu_cache_usage_perc") + _engine_names("kv_cache_usage_perc")
 ENGINE_TTFT_BUCKETS = _engine_names("time_to_first_token_seconds_bucket")
+#: (sum, count) spellings of the engines' end-to-end and first-token histograms.
+ENGINE_E2E = list(
+    zip(
+        _engine_names("e2e_request_latency_seconds_sum"),
+        _engine_names("e2e_request_latency_seconds_count"),
+        strict=True,
+    )
+)
+ENGINE_TTFT = list(
+    zip(
+        _engine_names("time_to_first_token_seconds_sum"),
+        _engine_names("time_to_first_token_seconds_count"),
+        strict=True,
+    )
+)
 IN_FLIGHT = _router_names("shoal_requests_in_flight")
 REQUESTS = _router_names("shoal_requests_total")
 TTFT_BUCKETS = _router_names("shoal_time_to_first_token_seconds_bucket")
@@ -135,6 +150,15 @@ def fleet_queries(
         return " or ".join(template.format(sel=f"{n}{{{labels}}}") for n in names)
 
     s, lg, r, b = windows.short, windows.long, windows.rate, windows.burst
+
+    def mean_of(pairs: Sequence[tuple[str, str]]) -> str:
+        # A histogram's mean over the rate window: rate of its sum over rate of its count.
+        return " or ".join(
+            f"sum by (model_name) (rate({a}{{{eng}}}[{_dur(r)}])) / "
+            f"sum by (model_name) (rate({c}{{{eng}}}[{_dur(r)}]))"
+            for a, c in pairs
+        )
+
     return {
         "engine_in_flight": f"avg_over_time((sum by (model_name) "
         f"({engine_sel(RUNNING + WAITING)}))[{_dur(s)}:{windows.step(s)}])",
@@ -146,6 +170,10 @@ def fleet_queries(
         # the same window, the service time of a request (Little's law).
         "engine_running": f"avg_over_time((sum by (model_name) "
         f"({engine_sel(RUNNING)}))[{_dur(r)}:{windows.step(r)}])",
+        # Mean end-to-end and first-token seconds of the requests that finished in the rate
+        # window: their difference is how long a request holds a batch slot.
+        "engine_e2e_mean": mean_of(ENGINE_E2E),
+        "engine_ttft_mean": mean_of(ENGINE_TTFT),
         "engine_waiting": f"avg_over_time((sum by (model_name) "
         f"({engine_sel(WAITING)}))[{_dur(s)}:{windows.step(s)}])",
         "kv_cache": f"max_over_time((max by (model_name) "
@@ -336,9 +364,18 @@ def rate_trend(rates: Sequence[float | None], window: float, z: float = 1.0) -> 
     return min(rise(new, old) for new, old in itertools.pairwise(known))
 
 
-def service_seconds(running: float | None, completions: float | None) -> float | None:
-    """Mean seconds a request runs (Little's law): requests running over completions per
-    second; None unless both are known and requests complete."""
+def service_seconds(
+    e2e: float | None,
+    first_token: float | None,
+    running: float | None = None,
+    completions: float | None = None,
+) -> float | None:
+    """Mean seconds a request holds a batch slot: the engines' mean end-to-end time less
+    their mean time to first token (which holds the wait for a slot) of the requests that
+    finished lately; without those histograms, Little's law (requests running over
+    completions per second, biased upwards while load rises). None when neither is known."""
+    if e2e is not None and first_token is not None and e2e > first_token:
+        return e2e - first_token
     if running is None or completions is None or completions <= 0 or running <= 0:
         return None
     return running / completions
@@ -396,6 +433,11 @@ def assemble(
                 window,
             ),
             peak_arrival_rate=val("demand_rate_peak", m),
-            service_seconds=service_seconds(val("engine_running", m), val("request_rate", m)),
+            service_seconds=service_seconds(
+                val("engine_e2e_mean", m),
+                val("engine_ttft_mean", m),
+                val("engine_running", m),
+                val("request_rate", m),
+            ),
         )
     return MetricsWindow(collected_at=now, models=out)
