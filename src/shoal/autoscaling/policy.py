@@ -21,7 +21,8 @@
    - *Count what is starting.* Replicas still starting are part of the count in force, so
      their capacity counts as arriving: a model is scaled up only when the count in force,
      starting replicas included, falls short. A TTFT p95 over the SLO or a nearly full KV
-     cache asks for one more where replicas are busy and none is still starting.
+     cache asks for one more where replicas are busy and none is still starting (sized from
+     capacity, not while a queue drains: the drain term sizes that).
    - *Bounded steps.* One decision at most multiplies the replicas by
      ``max_scale_up_factor`` (at least one more); scale-ups are paced by the tier's
      ``scaleUpCooldownSeconds`` (a cold model scales from zero at once).
@@ -157,10 +158,12 @@ def capacity_need(
     waiting = m.waiting or 0.0
     drain = waiting / settings.queue_drain_seconds if waiting >= 1.0 else 0.0
     replicas = math.ceil((ahead + spare + drain) / per - 1e-9)
-    # Never fewer than the requests running now need at the target (a replica's service
-    # time grows with its batch: one measured at a light load overstates its capacity).
-    running = max(0.0, (m.in_flight or 0.0) - waiting)
-    replicas = max(replicas, math.ceil(running / target - 1e-9))
+    if drain == 0:
+        # Never fewer than the requests running now need at the target (a replica's service
+        # time grows with its batch: one measured at a light load overstates its capacity).
+        # Not while a queue drains: then every batch is full by design.
+        running = max(0.0, (m.in_flight or 0.0) - waiting)
+        replicas = max(replicas, math.ceil(running / target - 1e-9))
     parts = [f"{_fmt(rate)} req/s arriving"]
     if ahead > rate:
         parts.append(f"rising to {_fmt(ahead)} within {settings.lookahead_seconds:.0f}s")
@@ -255,7 +258,10 @@ def decide_model(
         want_up, why_up = need, why_need
     # A breach adds a replica where more replicas help: requests queue or replicas are busy
     # (a TTFT floor of the model itself is no reason to pay for more), none still starting.
-    if breach and busy and not pending and n + 1 > want_up:
+    # Sized from capacity, a queue is met by its drain term; a breach without one means the
+    # replicas run slower than their service time says.
+    queue_sized = sized is not None and waiting >= 1.0
+    if breach and busy and not pending and not queue_sized and n + 1 > want_up:
         want_up, why_up = n + 1, breach
     if want_up > n:
         step = max(n + 1, math.ceil(n * settings.max_scale_up_factor))
@@ -271,7 +277,15 @@ def decide_model(
         capped = " (the maximum)" if want_up > hi else ""
         return out(want_up, f"scale up to {min(want_up, hi)}{capped}: {why_up}")
     if breach:
-        why = "replicas still starting" if pending else "replicas not busy" if not busy else ""
+        why = (
+            "replicas still starting"
+            if pending
+            else "replicas not busy"
+            if not busy
+            else "the queue is drained by the capacity above"
+            if queue_sized
+            else ""
+        )
         return out(n, f"holding at {n}: {breach}" + (f", {why}" if why else ""))
 
     # --- down ---------------------------------------------------------------------------
