@@ -186,8 +186,13 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_replayed_trace_is_what_the_study_and_its_plot_show(tmp_path: Path) -> None:
-    import matplotlib.pyplot as plt
+def test_a_replayed_trace_is_what_the_study_and_its_plot_show(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typing import Any
+
+    import numpy as np
+    from matplotlib.figure import Figure
 
     from shoal.sim.plot import plot_study
 
@@ -197,20 +202,17 @@ def test_a_replayed_trace_is_what_the_study_and_its_plot_show(tmp_path: Path) ->
     trace.write_text("\n".join(json.dumps(r) for r in rows))
     study = run_study(tiny(), seed=0, trace_file=trace)
     assert study.summary()["trace"] == str(trace) and len(study.trace) == 600
-    seen = {}
-    real_savefig = plt.Figure.savefig
+    seen: dict[str, Any] = {}
+    real_savefig = Figure.savefig
 
-    def capture(fig, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def capture(fig: Figure, *args: Any, **kwargs: Any) -> None:
         ax = fig.axes[0]
         seen["title"] = ax.get_title()
-        seen["lines"] = {ln.get_label(): max(ln.get_ydata()) for ln in ax.get_lines()}
-        return real_savefig(fig, *args, **kwargs)
+        seen["lines"] = {ln.get_label(): float(np.max(ln.get_ydata())) for ln in ax.get_lines()}
+        real_savefig(fig, *args, **kwargs)
 
-    plt.Figure.savefig = capture  # type: ignore[method-assign]
-    try:
-        plot_study(study, tmp_path / "trace.png")
-    finally:
-        plt.Figure.savefig = real_savefig  # type: ignore[method-assign]
+    monkeypatch.setattr(Figure, "savefig", capture)
+    plot_study(study, tmp_path / "trace.png")
     assert "--trace t.jsonl" in seen["title"] and "600 requests replayed" in seen["title"]
     # The top panel draws the trace's arrivals (10/s in one minute of general), not the
     # scenario's synthetic rates (math at 2/s plus its burst).
