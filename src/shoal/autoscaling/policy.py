@@ -77,7 +77,7 @@ class PolicySettings:
     #: Scale down only while TTFT p95 is below this fraction of the SLO.
     slo_headroom: float = 0.8
     #: Safety margin of the scale-down rule, in standard deviations of a Poisson load.
-    sqrt_margin: float = 1.0
+    sqrt_margin: float = 1.5
     #: Most of the replicas removed in one step (at least one).
     max_scale_down_fraction: float = 0.5
     #: KV-cache use above which a model gets one more replica.
@@ -92,11 +92,11 @@ class PolicySettings:
     min_rise: float = 0.5
     #: Spare capacity, in percent of the gap between the busiest short window of the burst
     #: window and the arrival rate now (the tier's ``headroomPercent`` overrides it).
-    headroom_percent: int = 50
+    headroom_percent: int = 0
     #: Most one decision may multiply a model's replicas by (at least one more is allowed).
     max_scale_up_factor: float = 4.0
     #: A queue asks for the capacity that drains it within this many seconds.
-    queue_drain_seconds: float = 60.0
+    queue_drain_seconds: float = 90.0
     #: Restore alpha (in steps of alpha_step) once the wanted cost is below this budget share.
     alpha_recovery_share: Decimal = Decimal("0.9")
     alpha_step: Decimal = Decimal("0.1")
@@ -117,9 +117,15 @@ def fewest_replicas(peak: float, target: int, settings: PolicySettings) -> int:
     ``sqrt_margin`` standard deviations of a Poisson load (square-root staffing): a few
     replicas need proportionally more room than many, whose loads even out.
     """
-    per = target * settings.scale_down_utilisation
+    return staffed(peak, target * settings.scale_down_utilisation, settings.sqrt_margin)
+
+
+def staffed(load: float, per: float, margin: float) -> int:
+    """Fewest replicas (at least one) that hold ``load`` requests in flight at ``per`` each
+    less ``margin`` standard deviations of a Poisson load: ``n * per - margin * sqrt(n *
+    per) >= load`` (square-root staffing)."""
     n = 1
-    while n * per - settings.sqrt_margin * math.sqrt(n * per) < peak:
+    while n * per - margin * math.sqrt(n * per) < load:
         n += 1
     return n
 
@@ -140,7 +146,8 @@ def capacity_need(
     """Replicas that carry the model's arrivals at the SLO, or None without the figures.
 
     A replica carries ``target / service_seconds`` requests per second at ``target``
-    requests in flight (Little's law). The rate to carry is the arrival rate, projected
+    requests in flight (Little's law), less a square-root margin of ``sqrt_margin`` Poisson
+    standard deviations (:func:`staffed`). The rate to carry is the arrival rate, projected
     ``lookahead_seconds`` ahead while it rises by more than ``min_rise`` of a replica (at
     most ``max_growth`` times the rate now), plus ``headroom_percent`` of the gap between the
     busiest recent short window and now, plus the queue spread over ``queue_drain_seconds``.
@@ -157,7 +164,11 @@ def capacity_need(
     spare = headroom_percent / 100.0 * max(0.0, (m.peak_arrival_rate or 0.0) - rate)
     waiting = m.waiting or 0.0
     drain = waiting / settings.queue_drain_seconds if waiting >= 1.0 else 0.0
-    replicas = math.ceil((ahead + spare + drain) / per - 1e-9)
+    # Requests in flight that rate brings (Little's law), staffed with the square-root
+    # margin of the scale-down rule at the full target: a few replicas need proportionally
+    # more room than many, whose loads even out.
+    load = (ahead + spare + drain) * service
+    replicas = staffed(load, target, settings.sqrt_margin) if load > 0 else 0
     if drain == 0:
         # Never fewer than the requests running now need at the target (a replica's service
         # time grows with its batch: one measured at a light load overstates its capacity).

@@ -319,7 +319,7 @@ class Autoscaler(ChartModel):
         "empty: no cap (SHOAL_DEFAULT_BUDGET_PER_HOUR).",
     )
     headroom_percent: int = Field(
-        default=50,
+        default=0,
         ge=0,
         le=400,
         description="Spare capacity kept for bursts, in percent of the gap between the "
@@ -343,7 +343,7 @@ class Autoscaler(ChartModel):
         "(SHOAL_AUTOSCALER_MAX_SCALE_UP_FACTOR).",
     )
     queue_drain_seconds: int = Field(
-        default=60,
+        default=90,
         ge=5,
         le=3600,
         description="A queue asks for the capacity that drains it within this many seconds, "
