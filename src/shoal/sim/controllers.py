@@ -8,10 +8,7 @@
   more replica when requests queue, one fewer once the queue has stayed empty and the
   replicas are under half busy, with the tier's cooldowns.
 - :class:`ScheduleController`: replays a replica schedule (static peak provisioning, or the
-  hindsight-optimal schedule, which starts replicas one cold start ahead of need); with a
-  ``delay``, the optimal schedule learned that late (the reactive bound: what a controller
-  that knew the exact need one evaluation after it arose, and then waited for cold starts,
-  would get).
+  hindsight-optimal schedule, which starts replicas one cold start ahead of need).
 """
 
 from __future__ import annotations
@@ -214,23 +211,17 @@ class QueueThresholdController:
 
 @dataclass
 class ScheduleController:
-    """Replays a schedule; ``lead`` starts replicas that many seconds before they are due,
-    ``delay`` that many seconds after."""
+    """Replays a schedule; ``lead`` starts replicas that many seconds before they are due."""
 
     name: str
     schedule: Mapping[str, list[tuple[float, int]]]
     lead: Mapping[str, float] = field(default_factory=dict)
     interval_seconds: float = 5.0
-    delay: float = 0.0
 
     def initial(self) -> dict[str, int]:
         return {m: replicas_at(s, 0.0) for m, s in self.schedule.items()}
 
     def evaluate(self, now: float, sim: Simulator) -> tuple[dict[str, int], float | None]:
-        if self.delay > 0:
-            return {
-                m: replicas_at(s, max(0.0, now - self.delay)) for m, s in self.schedule.items()
-            }, None
         # Keep what is due now; start whatever is due before the next look plus a cold start.
         horizon = self.interval_seconds
         return {

@@ -12,7 +12,7 @@ from shoal.sim.simulator import replicas_at
 from shoal.sim.study import Study, pool_specs
 
 COLORS = {"shoal": "#1f77b4", "queue-threshold": "#ff7f0e", "static-peak": "#7f7f7f",
-          "optimal": "#2ca02c", "reactive-bound": "#d62728"}  # fmt: skip
+          "optimal": "#2ca02c"}  # fmt: skip
 
 
 def plot_study(study: Study, path: Path) -> Path:

@@ -61,7 +61,6 @@ class Study:
             "cost_vs_optimal": out["cost_vs_optimal"] <= TARGETS["cost_vs_optimal"],
         }
         out["policies"] = {name: describe(r) for name, r in self.results.items()}
-        out["reactive_bound_slo_attainment"] = out["policies"]["reactive-bound"]["slo_attainment"]
         peaks, best = out["policies"]["shoal"]["peak_replicas"], optimal_peaks(optimal)
         #: Shoal's highest count over what the issue allows: 1.5x the optimal peak + 1.
         out["peak_excess"] = max(peaks[m] - (1.5 * best[m] + 1) for m in best)
@@ -155,9 +154,6 @@ def run_study(
         QueueThresholdController(scenario.spec, start, scenario.interval_seconds),
         ScheduleController("static-peak", static_schedule(optimal)),
         ScheduleController("optimal", optimal, lead=lead),
-        # The optimal schedule learned one evaluation late: the best a reactive controller
-        # can hope for (it cannot start a replica before the load that needs it shows).
-        ScheduleController("reactive-bound", optimal, delay=scenario.interval_seconds),
     ]
     results = {}
     for ctl in controllers:
@@ -206,8 +202,6 @@ def aggregate(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         out[k] = {"mean": round(sum(vals) / len(vals), 4), "worst": worst}
     policies = [s["policies"] for s in summaries]
     out["optimal_slo_attainment"] = min(p["optimal"]["slo_attainment"] for p in policies)
-    bound = [p["reactive-bound"]["slo_attainment"] for p in policies if "reactive-bound" in p]
-    out["reactive_bound_slo_attainment"] = round(sum(bound) / len(bound), 4) if bound else None
     out["queue_threshold"] = {
         "slo_attainment": round(
             sum(p["queue-threshold"]["slo_attainment"] for p in policies) / len(policies), 4
