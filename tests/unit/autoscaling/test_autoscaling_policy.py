@@ -128,3 +128,239 @@ def test_headroom_keeps_part_of_a_recent_swing_warm() -> None:
     ).by_model()["a"]
     assert generous.desired == 4  # at most 4x in one step
     assert "headroom for 8.0 req/s more (100%" in generous.reason
+
+
+# --- hold on doubt ----------------------------------------------------------------------------
+
+
+def test_stale_metrics_hold() -> None:
+    d = one(2, metrics(100, age=90))
+    assert d.desired == 2
+    assert "metrics are 90s old (stale after 60s)" in d.reason
+
+
+def test_stale_limit_is_a_setting() -> None:
+    fleet = spec()
+    states = {"a": ModelState(replicas=2), "b": ModelState(replicas=1)}
+    w = window(a=metrics(100, age=90), b=metrics(0))
+    lenient = decide(fleet, states, w, NOW, settings=PolicySettings(stale_seconds=120))
+    assert lenient.by_model()["a"].desired > 2
+
+
+def test_missing_metrics_hold() -> None:
+    d = one(3, None)
+    assert d.desired == 3 and "no engine metrics" in d.reason
+
+
+def test_a_failed_source_holds_every_model() -> None:
+    fleet = spec()
+    states = {"a": ModelState(replicas=3), "b": ModelState(replicas=2)}
+    w = MetricsWindow(collected_at=NOW, error="connection refused")
+    out = decide(fleet, states, w, NOW)
+    assert [(d.desired, d.direction) for d in out.models] == [(3, "hold"), (2, "hold")]
+    assert all("metrics unavailable (connection refused)" in d.reason for d in out.models)
+
+
+def test_out_of_bounds_counts_are_clamped_even_without_metrics() -> None:
+    w = MetricsWindow(collected_at=NOW, error="down")
+    fleet = spec()
+    out = decide(fleet, {"a": ModelState(replicas=12), "b": ModelState(replicas=0)}, w, NOW)
+    assert [d.desired for d in out.models] == [8, 1]
+    assert "outside the bounds [1, 8]" in out.models[0].reason
+
+
+# --- scale down -------------------------------------------------------------------------------
+
+
+def test_scale_down_needs_the_peak_to_fit_with_room() -> None:
+    # 2 replicas, target 4: one replica may carry 0.9 * 4 = 3.6 less 1.5 * sqrt(3.6) = 0.75
+    # at peak.
+    assert one(2, metrics(0.5, peak=0.7)).desired == 1
+    held = one(2, metrics(0.5, peak=0.8))
+    assert held.desired == 2 and "fits" in held.reason
+
+
+def test_the_safety_margin_shrinks_as_replicas_pool_their_load() -> None:
+    from shoal.autoscaling.policy import fewest_replicas
+
+    s = PolicySettings(sqrt_margin=1.0)
+    # Target 24: one replica holds 21.6 - 4.65 = 16.95 at peak; ten hold 216 - 14.7 = 201.3.
+    assert fewest_replicas(16.9, 24, s) == 1 and fewest_replicas(17.0, 24, s) == 2
+    assert fewest_replicas(201.0, 24, s) == 10 and fewest_replicas(202.0, 24, s) == 11
+
+
+def test_scale_down_waits_for_the_cooldown() -> None:
+    d = one(4, metrics(1), last_change=NOW - timedelta(seconds=100))
+    assert d.desired == 4 and "scale-down cooldown, 20s left" in d.reason
+    assert one(4, metrics(1), last_change=NOW - timedelta(seconds=121)).desired == 2
+
+
+def test_scale_down_at_most_halves() -> None:
+    d = one(8, metrics(0.5))
+    assert d.desired == 4
+    assert "scale down to 4" in d.reason
+
+
+def test_no_scale_down_without_slo_headroom_or_with_a_queue() -> None:
+    assert one(4, metrics(1, ttft=0.9)).desired == 4  # within SLO, but above 80% of it
+    assert one(4, metrics(1, waiting=2.0)).desired == 4
+
+
+def test_scale_down_stops_at_the_minimum() -> None:
+    d = one(1, metrics(0))
+    assert d.desired == 1 and d.direction == "hold"
+
+
+def test_flapping_load_does_not_flap_replicas() -> None:
+    """Load that swings around one replica's target never makes 2-1-2 steps."""
+    fleet = spec()
+    n, changes, last_change, last_up = 2, [], None, None
+    for step in range(40):
+        now = NOW + timedelta(seconds=15 * step)
+        load = 4.4 if step % 2 else 3.4  # around target 4 of one replica
+        peak = 4.4 if step else load
+        states = {
+            "a": ModelState(replicas=n, last_change=last_change, last_scale_up=last_up),
+            "b": ModelState(replicas=1),
+        }
+        w = MetricsWindow(
+            collected_at=now,
+            models={
+                "a": ModelMetrics(load, peak, 0, None, None, 0.3, None, now),
+                "b": ModelMetrics(0, 0, 0, None, None, None, None, now),
+            },
+        )
+        d = decide(fleet, states, w, now).by_model()["a"]
+        if d.desired != n:
+            changes.append((step, n, d.desired))
+            last_change = now
+            if d.desired > n:
+                last_up = now
+            n = d.desired
+    assert changes == []  # 2 replicas carry it; the peak (4.4) never fits one at 80%
+
+
+# --- scale to zero ----------------------------------------------------------------------------
+
+
+def zero_fleet(scale_to_zero: bool = True):  # type: ignore[no-untyped-def]
+    tier = {
+        "name": "cold", "costPerReplicaHour": "2.00",
+        "autoscaling": {"minReplicas": 0 if scale_to_zero else 1, "maxReplicas": 4,
+                        "targetOngoingRequests": 4, "scaleToZero": scale_to_zero,
+                        "scaleDownCooldownSeconds": 60},
+    }  # fmt: skip
+    return spec(
+        tiers=[tier],
+        models=[
+            {"name": "a", "engine": "simulated", "tier": "cold"},
+            {"name": "b", "engine": "simulated", "tier": "cold"},
+        ],
+    )
+
+
+def test_idle_model_scales_to_zero_only_where_the_tier_allows() -> None:
+    idle = metrics(0, ttft=None, request_rate=0.0, demand_rate=0.0)
+    d = one(1, idle, fleet=zero_fleet())
+    assert d.desired == 0 and "scale to zero" in d.reason
+    assert one(1, idle, fleet=zero_fleet(scale_to_zero=False)).desired == 1
+    # Some demand in the window: stays at one.
+    assert one(1, metrics(0, peak=1, ttft=None), fleet=zero_fleet()).desired == 1
+
+
+def test_cold_model_with_demand_scales_from_zero_at_once() -> None:
+    cold = ModelMetrics(demand_rate=0.4)  # no engine metrics: there is no engine
+    d = one(0, cold, fleet=zero_fleet(), last_scale_up=NOW - timedelta(seconds=1))
+    assert d.desired == 1 and "routed to it while cold" in d.reason
+    assert one(0, None, fleet=zero_fleet()).desired == 0
+
+
+# --- budget and alpha -------------------------------------------------------------------------
+
+
+def budget_fleet(cap: str = "6.00") -> object:
+    tiers = [
+        {"name": "big", "costPerReplicaHour": "2.00",
+         "autoscaling": {"minReplicas": 1, "maxReplicas": 8, "targetOngoingRequests": 4}},
+        {"name": "small", "costPerReplicaHour": "0.50",
+         "autoscaling": {"minReplicas": 1, "maxReplicas": 8, "targetOngoingRequests": 4}},
+    ]  # fmt: skip
+    models = [
+        {"name": "a", "engine": "simulated", "tier": "big"},
+        {"name": "b", "engine": "simulated", "tier": "small"},
+    ]
+    return spec(tiers=tiers, models=models, budget={"maxCostPerHour": cap, "minAlpha": "0.4"})
+
+
+def test_budget_caps_the_fleet_and_says_who_lost_capacity() -> None:
+    fleet = budget_fleet("6.00")
+    states = {"a": ModelState(replicas=1), "b": ModelState(replicas=1)}
+    # a wants 4 (8.00/h), b wants 2 (1.00/h): 9.00/h over a 6.00/h budget.
+    w = window(a=metrics(16), b=metrics(8))
+    out = decide(fleet, states, w, NOW, policy_alpha=Decimal("0.8"))  # type: ignore[arg-type]
+    got = out.by_model()
+    assert out.budget_binding
+    assert out.cost_per_hour <= Decimal("6.00")
+    assert out.wanted_cost_per_hour == Decimal("9.00")
+    assert got["a"].budget_limited and got["a"].desired < got["a"].wanted
+    assert "budget: capped at" in got["a"].reason
+    assert "binds: capacity taken from a 4->" in out.summary
+    # Alpha goes down in proportion (0.8 * 6 / 9 = 0.53), not below minAlpha.
+    assert out.effective_alpha == Decimal("0.53")
+    assert "router alpha lowered from 0.8 to 0.53" in out.summary
+
+
+def test_budget_takes_the_least_needed_replica_first() -> None:
+    fleet = budget_fleet("5.00")
+    # Both want 2 big-tier-equivalents; a is busy per replica, b barely loaded.
+    states = {"a": ModelState(replicas=2), "b": ModelState(replicas=4)}
+    w = window(a=metrics(8), b=metrics(4, peak=12))
+    out = decide(fleet, states, w, NOW)  # type: ignore[arg-type]
+    got = out.by_model()
+    # Wanted: a 2 (4.00), b stays 4 (2.00): 6.00 > 5.00. b's replicas are least needed.
+    assert got["a"].desired == 2
+    assert got["b"].desired == 2 and got["b"].budget_limited
+    assert out.cost_per_hour == Decimal("5.00")
+
+
+def test_budget_below_the_minimums_holds_the_minimums() -> None:
+    fleet = budget_fleet("1.00")
+    states = {"a": ModelState(replicas=3), "b": ModelState(replicas=3)}
+    out = decide(fleet, states, window(a=metrics(12), b=metrics(12)), NOW)  # type: ignore[arg-type]
+    assert [d.desired for d in out.models] == [1, 1]
+    assert "below the cost of the minimum replicas" in out.summary
+
+
+def test_default_budget_applies_without_spec_budget() -> None:
+    fleet = spec()
+    states = {"a": ModelState(replicas=1), "b": ModelState(replicas=1)}
+    w = window(a=metrics(40), b=metrics(40))
+    out = decide(fleet, states, w, NOW, budget=Decimal("6"))
+    assert out.cost_per_hour == Decimal("6") and out.budget_binding
+    assert out.effective_alpha is None  # no policy alpha given: nothing to lower
+
+
+@pytest.mark.parametrize(
+    ("previous", "wanted", "expected"),
+    [
+        (Decimal("0.5"), "small", Decimal("0.6")),  # well within budget: one step back up
+        (Decimal("0.75"), "small", None),  # the step reaches the policy's alpha
+        (Decimal("0.5"), "near", Decimal("0.5")),  # close to the budget: held
+    ],
+)
+def test_alpha_recovers_in_steps(previous: Decimal, wanted: str, expected: Decimal | None) -> None:
+    fleet = budget_fleet("6.00")
+    states = {"a": ModelState(replicas=1), "b": ModelState(replicas=1)}
+    # small: a 1 + b 1 = 2.50/h; near: a 2 + b 4 = 6.00/h (within 6.00, over 90% of it)
+    a, b = (1, 1) if wanted == "small" else (5, 13)
+    w = window(a=metrics(a), b=metrics(b))
+    out = decide(
+        fleet,
+        states,
+        w,
+        NOW,
+        policy_alpha=Decimal("0.8"),
+        previous_alpha=previous,  # type: ignore[arg-type]
+    )
+    assert not out.budget_binding
+    assert out.effective_alpha == expected
