@@ -62,6 +62,64 @@ def test_a_queue_is_sized_by_throughput_not_by_its_length() -> None:
     assert capped.desired == 8  # growth counted at most 4x
 
 
+def test_slo_breach_waits_for_replicas_that_are_still_starting() -> None:
+    d = one(3, metrics(11, ttft=1.8), ready=2)
+    assert d.desired == 3
+    assert "replicas still starting" in d.reason
+
+
+def test_load_beyond_pending_capacity_still_scales_up() -> None:
+    d = one(3, metrics(20, ttft=1.8), ready=2)
+    assert d.desired == 5
+
+
+def test_rising_load_is_met_where_it_will_be_in_a_minute() -> None:
+    # 10 in flight needs 3 now; rising 6/min, it will need 4 when a new replica is up.
+    d = one(2, metrics(10, in_flight_trend=0.1))
+    assert d.desired == 4
+    assert "rising 6.0/min, need 4 replicas at 4 each within 60s" in d.reason
+
+
+def test_a_small_rise_is_noise() -> None:
+    # A projected rise below half a replica's target is ignored.
+    assert one(3, metrics(10, in_flight_trend=0.03)).desired == 3
+    # And a falling load projects nothing (scale-down has its own, slower rule).
+    assert one(3, metrics(10, in_flight_trend=-1.0)).desired == 3
+
+
+def test_full_kv_cache_adds_a_replica() -> None:
+    d = one(2, metrics(3, kv_cache_usage=0.97))
+    assert d.desired == 3 and "KV cache 97% full" in d.reason
+
+
+def test_scale_up_cooldown_holds_then_releases() -> None:
+    recent = NOW - timedelta(seconds=10)
+    held = one(2, metrics(20), last_scale_up=recent)
+    assert held.desired == 2
+    assert "scale-up cooldown, 20s left" in held.reason
+    later = one(2, metrics(20), last_scale_up=NOW - timedelta(seconds=31))
+    assert later.desired == 5
+
+
+def test_scale_up_stops_at_the_maximum() -> None:
+    capped = one(6, metrics(100))
+    assert capped.desired == 8 and "(the maximum)" in capped.reason
+    at_max = one(8, metrics(100))
+    assert at_max.desired == 8 and at_max.reason.startswith("at the maximum 8")
+
+
+def test_model_bounds_override_the_tier() -> None:
+    fleet = spec(
+        models=[
+            {"name": "a", "engine": "simulated", "tier": "small", "minReplicas": 2,
+             "maxReplicas": 3},
+            {"name": "b", "engine": "simulated", "tier": "small"},
+        ]
+    )  # fmt: skip
+    assert one(2, metrics(100), fleet=fleet).desired == 3
+    assert one(3, metrics(0), fleet=fleet).desired == 2  # idle, but not below its own min
+
+
 # --- sizing from capacity ---------------------------------------------------------------------
 
 
