@@ -8,21 +8,32 @@
      when metrics are missing.
    - *Hold on doubt.* Missing or stale metrics (older than ``stale_seconds``), or a failed
      source, hold the current count: the policy never guesses.
-   - *Scale up fast.* The load asks for ``ceil(in_flight / target)`` replicas, projected
-     ``lookahead_seconds`` ahead while it rises (a replica takes that long to start); a
-     queue is sized by throughput (running requests times arrivals over completions),
-     not by its length. A TTFT p95 over the SLO or a nearly full KV cache asks for at least
-     one more where replicas are busy (not while replicas are still starting, whose capacity
-     is on its way). Scale-ups are paced by the tier's ``scaleUpCooldownSeconds`` (a cold
-     model scales from zero at once).
+   - *Size from capacity.* Where the source reports the arrival rate and the engines'
+     service time (:func:`capacity_need`), a replica carries ``target / service seconds``
+     requests per second at its target concurrency, and the model needs the replicas that
+     carry its arrival rate (projected ``lookahead_seconds`` ahead while it rises, at most
+     ``max_growth`` times the rate now), plus spare capacity for ``headroom_percent`` of the
+     gap between the busiest short window of the burst window and now (the tier's
+     ``headroomPercent`` overrides it), plus what drains the queue within
+     ``queue_drain_seconds``. The queue is a correction, not the size: requests that piled
+     up while replicas were cold do not ask for replicas by their count. Without those
+     figures (no completions yet) the load in flight sizes it: ``ceil(in_flight / target)``.
+   - *Count what is starting.* Replicas still starting are part of the count in force, so
+     their capacity counts as arriving: a model is scaled up only when the count in force,
+     starting replicas included, falls short. A TTFT p95 over the SLO or a nearly full KV
+     cache asks for one more where replicas are busy and none is still starting (sized from
+     capacity, not while a queue drains: the drain term sizes that).
+   - *Bounded steps.* One decision at most multiplies the replicas by
+     ``max_scale_up_factor`` (at least one more); scale-ups are paced by the tier's
+     ``scaleUpCooldownSeconds`` (a cold model scales from zero at once).
    - *Scale down slow.* Only when the sustained *peak* load of the long window would fit in
-     fewer
-     replicas at no more than ``scale_down_utilisation`` of the target (so N-1 replicas still
-     meet the SLO with room to spare: the gap between this and the scale-up threshold is the
-     hysteresis that prevents 2-1-2 flapping), TTFT p95 is comfortably within the SLO and
-     nothing queues; at most ``max_scale_down_fraction`` of the replicas at once; never within
-     ``scaleDownCooldownSeconds`` of the last change. Zero only where the tier allows it and the
-     model saw no traffic and no demand for the whole window.
+     fewer replicas at no more than ``scale_down_utilisation`` of the target (so N-1
+     replicas still meet the SLO with room to spare: the gap between this and the scale-up
+     threshold is the hysteresis that prevents 2-1-2 flapping), never below what the
+     capacity sizing (headroom included) asks for, TTFT p95 is comfortably within the SLO
+     and nothing queues; at most ``max_scale_down_fraction`` of the replicas at once; never
+     within ``scaleDownCooldownSeconds`` of the last change. Zero only where the tier allows
+     it and the model saw no traffic and no demand for the whole window.
 
 2. **Budget** (:func:`apply_budget`): if the wanted replicas cost more per hour than the
    budget, replicas are taken away one at a time, each time from the model whose load would
@@ -66,7 +77,7 @@ class PolicySettings:
     #: Scale down only while TTFT p95 is below this fraction of the SLO.
     slo_headroom: float = 0.8
     #: Safety margin of the scale-down rule, in standard deviations of a Poisson load.
-    sqrt_margin: float = 1.0
+    sqrt_margin: float = 1.5
     #: Most of the replicas removed in one step (at least one).
     max_scale_down_fraction: float = 0.5
     #: KV-cache use above which a model gets one more replica.
@@ -79,6 +90,13 @@ class PolicySettings:
     #: Smallest projected rise, as a share of one replica's target, that counts as a trend
     #: (smaller slopes are noise of a steady load, and would make replicas flap).
     min_rise: float = 0.5
+    #: Spare capacity, in percent of the gap between the busiest short window of the burst
+    #: window and the arrival rate now (the tier's ``headroomPercent`` overrides it).
+    headroom_percent: int = 0
+    #: Most one decision may multiply a model's replicas by (at least one more is allowed).
+    max_scale_up_factor: float = 4.0
+    #: A queue asks for the capacity that drains it within this many seconds.
+    queue_drain_seconds: float = 90.0
     #: Restore alpha (in steps of alpha_step) once the wanted cost is below this budget share.
     alpha_recovery_share: Decimal = Decimal("0.9")
     alpha_step: Decimal = Decimal("0.1")
@@ -99,11 +117,76 @@ def fewest_replicas(peak: float, target: int, settings: PolicySettings) -> int:
     ``sqrt_margin`` standard deviations of a Poisson load (square-root staffing): a few
     replicas need proportionally more room than many, whose loads even out.
     """
-    per = target * settings.scale_down_utilisation
+    return staffed(peak, target * settings.scale_down_utilisation, settings.sqrt_margin)
+
+
+def staffed(load: float, per: float, margin: float) -> int:
+    """Fewest replicas (at least one) that hold ``load`` requests in flight at ``per`` each
+    less ``margin`` standard deviations of a Poisson load: ``n * per - margin * sqrt(n *
+    per) >= load`` (square-root staffing)."""
     n = 1
-    while n * per - settings.sqrt_margin * math.sqrt(n * per) < peak:
+    while n * per - margin * math.sqrt(n * per) < load:
         n += 1
     return n
+
+
+@dataclass(frozen=True)
+class CapacityNeed:
+    """What :func:`capacity_need` found: replicas, and the figures behind them."""
+
+    replicas: int
+    #: Requests per second one replica carries at its target concurrency.
+    per_replica: float
+    reason: str
+
+
+def capacity_need(
+    m: ModelMetrics, target: int, headroom_percent: int, settings: PolicySettings
+) -> CapacityNeed | None:
+    """Replicas that carry the model's arrivals at the SLO, or None without the figures.
+
+    A replica carries ``target / service_seconds`` requests per second at ``target``
+    requests in flight (Little's law), less a square-root margin of ``sqrt_margin`` Poisson
+    standard deviations (:func:`staffed`). The rate to carry is the arrival rate, projected
+    ``lookahead_seconds`` ahead while it rises by more than ``min_rise`` of a replica (at
+    most ``max_growth`` times the rate now), plus ``headroom_percent`` of the gap between the
+    busiest recent short window and now, plus the queue spread over ``queue_drain_seconds``.
+    """
+    rate = m.arrival_rate if m.arrival_rate is not None else m.demand_rate
+    service = m.service_seconds
+    if rate is None or service is None or service <= 0:
+        return None
+    per = target / service
+    ahead = rate
+    rise = max(0.0, m.arrival_trend or 0.0) * settings.lookahead_seconds
+    if rise >= settings.min_rise * per:
+        ahead = min(rate + rise, rate * settings.max_growth)
+    spare = headroom_percent / 100.0 * max(0.0, (m.peak_arrival_rate or 0.0) - rate)
+    waiting = m.waiting or 0.0
+    drain = waiting / settings.queue_drain_seconds if waiting >= 1.0 else 0.0
+    # Requests in flight that rate brings (Little's law), staffed with the square-root
+    # margin of the scale-down rule at the full target: a few replicas need proportionally
+    # more room than many, whose loads even out.
+    load = (ahead + spare + drain) * service
+    replicas = staffed(load, target, settings.sqrt_margin) if load > 0 else 0
+    if drain == 0:
+        # Never fewer than the requests running now need at the target (a replica's service
+        # time grows with its batch: one measured at a light load overstates its capacity).
+        # Not while a queue drains: then every batch is full by design.
+        running = max(0.0, (m.in_flight or 0.0) - waiting)
+        replicas = max(replicas, math.ceil(running / target - 1e-9))
+    parts = [f"{_fmt(rate)} req/s arriving"]
+    if ahead > rate:
+        parts.append(f"rising to {_fmt(ahead)} within {settings.lookahead_seconds:.0f}s")
+    if drain > 0:
+        parts.append(f"{_fmt(waiting)} queued to drain in {settings.queue_drain_seconds:.0f}s")
+    if spare > 0.05 * per:
+        parts.append(f"headroom for {_fmt(spare)} req/s more ({headroom_percent}% of the swing)")
+    why = (
+        ", ".join(parts) + f": need {replicas} replicas at {per:.2f} req/s each "
+        f"({target} in flight, {service:.1f}s a request)"
+    )
+    return CapacityNeed(replicas, per, why)
 
 
 def decide_model(
@@ -159,32 +242,16 @@ def decide_model(
 
     assert m is not None
     waiting = m.waiting or 0.0
-    basis = load
-    need = math.ceil(load / target) if load > 0 else 0
-    why_need = f"{_fmt(load)} requests in flight need {need} replicas at {target} each"
-    done, arriving = m.request_rate or 0.0, m.demand_rate
-    if waiting >= 1.0 and done > 0 and arriving is not None:
-        # A queue is not steady load: size for the running requests scaled by how much
-        # faster requests arrive than they finish (what runs once capacity catches up).
-        growth = min(settings.max_growth, max(1.0, arriving / done))
-        basis = max(0.0, load - waiting) * growth
-        need = math.ceil(basis / target)
-        why_need = (
-            f"{_fmt(load - waiting)} running, {_fmt(waiting)} queued, arrivals at "
-            f"{growth:.1f}x completions: need {need} replicas at {target} each"
-        )
-    rise = (m.in_flight_trend or 0.0) * settings.lookahead_seconds
-    trend = rise / settings.lookahead_seconds
-    if rise >= settings.min_rise * target and basis > 0:
-        # Rising load (by more than noise): size for where it will be once a new replica
-        # is up.
-        ahead = math.ceil((basis + rise) / target)
-        if ahead > need:
-            need = ahead
-            why_need = (
-                f"{_fmt(load)} requests in flight, rising {_fmt(trend * 60)}/min, need {need} "
-                f"replicas at {target} each within {settings.lookahead_seconds:.0f}s"
-            )
+    headroom = (
+        scaling.headroom_percent
+        if scaling.headroom_percent is not None
+        else settings.headroom_percent
+    )
+    sized = capacity_need(m, target, headroom, settings)
+    if sized is not None:
+        need, why_need = sized.replicas, sized.reason
+    else:
+        need, why_need = _in_flight_need(m, target, settings)
     ttft = m.ttft_p95_seconds
     ready = n if state.ready is None else state.ready
     pending = ready < n
@@ -202,9 +269,16 @@ def decide_model(
         want_up, why_up = need, why_need
     # A breach adds a replica where more replicas help: requests queue or replicas are busy
     # (a TTFT floor of the model itself is no reason to pay for more), none still starting.
-    if breach and busy and not pending and n + 1 > want_up:
+    # Sized from capacity, a queue is met by its drain term; a breach without one means the
+    # replicas run slower than their service time says.
+    queue_sized = sized is not None and waiting >= 1.0
+    if breach and busy and not pending and not queue_sized and n + 1 > want_up:
         want_up, why_up = n + 1, breach
     if want_up > n:
+        step = max(n + 1, math.ceil(n * settings.max_scale_up_factor))
+        if want_up > step and step < hi:
+            want_up = step
+            why_up += f" (at most {settings.max_scale_up_factor:g}x in one step)"
         if want_up > hi and n >= hi:
             return out(n, f"at the maximum {hi}: {why_up}")
         since = _age(now, state.last_scale_up)
@@ -214,7 +288,15 @@ def decide_model(
         capped = " (the maximum)" if want_up > hi else ""
         return out(want_up, f"scale up to {min(want_up, hi)}{capped}: {why_up}")
     if breach:
-        why = "replicas still starting" if pending else "replicas not busy" if not busy else ""
+        why = (
+            "replicas still starting"
+            if pending
+            else "replicas not busy"
+            if not busy
+            else "the queue is drained by the capacity above"
+            if queue_sized
+            else ""
+        )
         return out(n, f"holding at {n}: {breach}" + (f", {why}" if why else ""))
 
     # --- down ---------------------------------------------------------------------------
@@ -222,7 +304,7 @@ def decide_model(
     idle = peak <= 0 and demand <= 0 and not (m.request_rate or 0) > 0
     fits = 0 if idle else fewest_replicas(peak, target, settings)
     floor = n - max(1, math.floor(n * settings.max_scale_down_fraction))
-    down_to = max(fits, floor, lo)
+    down_to = max(fits, floor, lo, need if sized is not None else 0)
     if down_to >= n:
         return out(n, f"holding at {n}: {_fmt(load)} in flight (peak {_fmt(peak)}) fits")
     if ttft is not None and ttft > slo * settings.slo_headroom:
@@ -244,6 +326,44 @@ def decide_model(
         f"scale down to {down_to}: peak {_fmt(peak)} in flight fits {down_to} replicas at "
         f"{settings.scale_down_utilisation:.0%} of {target} each, with margin",
     )
+
+
+def _in_flight_need(m: ModelMetrics, target: int, settings: PolicySettings) -> tuple[int, str]:
+    """Replicas for the load in flight, when arrival rate or service time are not known.
+
+    ``ceil(in_flight / target)``; a queue is sized by throughput (the running requests times
+    arrivals over completions, at most ``max_growth``), and rising load is projected
+    ``lookahead_seconds`` ahead.
+    """
+    load = m.in_flight or 0.0
+    waiting = m.waiting or 0.0
+    basis = load
+    need = math.ceil(load / target) if load > 0 else 0
+    why = f"{_fmt(load)} requests in flight need {need} replicas at {target} each"
+    done, arriving = m.request_rate or 0.0, m.demand_rate
+    if waiting >= 1.0 and done > 0 and arriving is not None:
+        # A queue is not steady load: size for the running requests scaled by how much
+        # faster requests arrive than they finish (what runs once capacity catches up).
+        growth = min(settings.max_growth, max(1.0, arriving / done))
+        basis = max(0.0, load - waiting) * growth
+        need = math.ceil(basis / target)
+        why = (
+            f"{_fmt(load - waiting)} running, {_fmt(waiting)} queued, arrivals at "
+            f"{growth:.1f}x completions: need {need} replicas at {target} each"
+        )
+    rise = (m.in_flight_trend or 0.0) * settings.lookahead_seconds
+    if rise >= settings.min_rise * target and basis > 0:
+        # Rising load (by more than noise): size for where it will be once a new replica
+        # is up.
+        ahead = math.ceil((basis + rise) / target)
+        if ahead > need:
+            need = ahead
+            trend = rise / settings.lookahead_seconds
+            why = (
+                f"{_fmt(load)} requests in flight, rising {_fmt(trend * 60)}/min, need {need} "
+                f"replicas at {target} each within {settings.lookahead_seconds:.0f}s"
+            )
+    return need, why
 
 
 def _price(spec: ModelFleetSpec) -> dict[str, Decimal]:

@@ -22,6 +22,7 @@ A failed query makes the whole window an error: the policy then holds every mode
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +54,21 @@ RUNNING = _engine_names("num_requests_running")
 WAITING = _engine_names("num_requests_waiting")
 KV_CACHE = _engine_names("gpu_cache_usage_perc") + _engine_names("kv_cache_usage_perc")
 ENGINE_TTFT_BUCKETS = _engine_names("time_to_first_token_seconds_bucket")
+#: (sum, count) spellings of the engines' end-to-end and first-token histograms.
+ENGINE_E2E = list(
+    zip(
+        _engine_names("e2e_request_latency_seconds_sum"),
+        _engine_names("e2e_request_latency_seconds_count"),
+        strict=True,
+    )
+)
+ENGINE_TTFT = list(
+    zip(
+        _engine_names("time_to_first_token_seconds_sum"),
+        _engine_names("time_to_first_token_seconds_count"),
+        strict=True,
+    )
+)
 IN_FLIGHT = _router_names("shoal_requests_in_flight")
 REQUESTS = _router_names("shoal_requests_total")
 TTFT_BUCKETS = _router_names("shoal_time_to_first_token_seconds_bucket")
@@ -77,24 +93,32 @@ class Windows:
     long: float = 300.0
     #: Rates and latency quantiles (needs at least two scrapes).
     rate: float = 60.0
+    #: How far back the busiest short-window arrival rate is looked for (burstiness).
+    burst: float = 600.0
 
     def step(self, window: float) -> str:
         """Subquery resolution: about fifteen points per window, at least one second."""
         return _dur(max(1.0, window / 15))
 
 
-def windows_for(spec: ModelFleetSpec, interval_seconds: float) -> Windows:
+def windows_for(
+    spec: ModelFleetSpec, interval_seconds: float, burst_seconds: float = 600.0
+) -> Windows:
     """Query windows for a fleet evaluated every ``interval_seconds``.
 
     Averages cover two evaluation intervals; rates and quantiles four (at least two scrapes
     at any sensible scrape interval); peaks the fleet's shortest scale-down cooldown (load
-    must have stayed low that long), at least four intervals and at most ten minutes.
+    must have stayed low that long), at least four intervals and at most ten minutes; the
+    burst window (where the headroom's busiest arrival rate is looked for) is
+    ``burst_seconds``, at least the peak window.
     """
     down = min(t.autoscaling.scale_down_cooldown_seconds for t in spec.tiers)
+    long = min(max(4 * interval_seconds, float(down)), 600.0)
     return Windows(
         short=max(2 * interval_seconds, 4.0),
-        long=min(max(4 * interval_seconds, float(down)), 600.0),
+        long=long,
         rate=max(4 * interval_seconds, 8.0),
+        burst=max(float(burst_seconds), long),
     )
 
 
@@ -125,7 +149,16 @@ def fleet_queries(
         # name, and two spellings with equal labels would otherwise collide.
         return " or ".join(template.format(sel=f"{n}{{{labels}}}") for n in names)
 
-    s, lg, r = windows.short, windows.long, windows.rate
+    s, lg, r, b = windows.short, windows.long, windows.rate, windows.burst
+
+    def mean_of(pairs: Sequence[tuple[str, str]]) -> str:
+        # A histogram's mean over the rate window: rate of its sum over rate of its count.
+        return " or ".join(
+            f"sum by (model_name) (rate({a}{{{eng}}}[{_dur(r)}])) / "
+            f"sum by (model_name) (rate({c}{{{eng}}}[{_dur(r)}]))"
+            for a, c in pairs
+        )
+
     return {
         "engine_in_flight": f"avg_over_time((sum by (model_name) "
         f"({engine_sel(RUNNING + WAITING)}))[{_dur(s)}:{windows.step(s)}])",
@@ -133,6 +166,14 @@ def fleet_queries(
         "engine_peak": f"max_over_time(avg_over_time((sum by (model_name) "
         f"({engine_sel(RUNNING + WAITING)}))[{_dur(s)}:{windows.step(s)}])"
         f"[{_dur(lg)}:{windows.step(lg)}])",
+        # Requests running (not waiting) over the rate window: with the completion rate over
+        # the same window, the service time of a request (Little's law).
+        "engine_running": f"avg_over_time((sum by (model_name) "
+        f"({engine_sel(RUNNING)}))[{_dur(r)}:{windows.step(r)}])",
+        # Mean end-to-end and first-token seconds of the requests that finished in the rate
+        # window: their difference is how long a request holds a batch slot.
+        "engine_e2e_mean": mean_of(ENGINE_E2E),
+        "engine_ttft_mean": mean_of(ENGINE_TTFT),
         "engine_waiting": f"avg_over_time((sum by (model_name) "
         f"({engine_sel(WAITING)}))[{_dur(s)}:{windows.step(s)}])",
         "kv_cache": f"max_over_time((max by (model_name) "
@@ -152,6 +193,30 @@ def fleet_queries(
         ),
         "demand_rate_before": per_name(
             "sum by (model) (rate({sel}[" + _dur(s) + "] offset " + _dur(s) + "))",
+            DECISIONS,
+            rtr,
+        ),
+        # And the two windows before that: a rise in all three steps is a ramp; a step in
+        # the rate shows as a rise in at most two (see rate_trend).
+        "demand_rate_earlier": per_name(
+            "sum by (model) (rate({sel}[" + _dur(s) + "] offset " + _dur(2 * s) + "))",
+            DECISIONS,
+            rtr,
+        ),
+        "demand_rate_earliest": per_name(
+            "sum by (model) (rate({sel}[" + _dur(s) + "] offset " + _dur(3 * s) + "))",
+            DECISIONS,
+            rtr,
+        ),
+        # The busiest short-window arrival rate of the burst window (burstiness).
+        "demand_rate_peak": per_name(
+            "max_over_time(sum by (model) (rate({sel}["
+            + _dur(s)
+            + "]))["
+            + _dur(b)
+            + ":"
+            + windows.step(b)
+            + "])",
             DECISIONS,
             rtr,
         ),
@@ -276,6 +341,46 @@ def trend(
     return in_flight * (rate / before - 1.0) / window
 
 
+def rate_trend(rates: Sequence[float | None], window: float, z: float = 1.0) -> float | None:
+    """How fast the arrival rate rises, per second, from consecutive windows of ``window``
+    seconds (``rates``: newest first); None when a rate is unknown.
+
+    Only a rise seen between every pair of neighbouring windows counts, at the smallest: that
+    is a ramp, which goes on while new replicas start. A step in the rate is smeared over one
+    window's width by the averaging, so it shows as a rise between at most two neighbours
+    (four windows tell the two apart); its new level is in the newest rate already, and
+    projecting it would size for a rate that never comes. A change within ``z`` standard
+    deviations of the Poisson counts is noise (0); so is a fall (scale-down has its own,
+    slower rule).
+    """
+    if len(rates) < 2 or any(r is None for r in rates):
+        return None
+    known = [float(r) for r in rates if r is not None]
+
+    def rise(new: float, old: float) -> float:
+        a, b = new * window, old * window
+        return 0.0 if a - b <= z * math.sqrt(a + b) else (new - old) / window
+
+    return min(rise(new, old) for new, old in itertools.pairwise(known))
+
+
+def service_seconds(
+    e2e: float | None,
+    first_token: float | None,
+    running: float | None = None,
+    completions: float | None = None,
+) -> float | None:
+    """Mean seconds a request holds a batch slot: the engines' mean end-to-end time less
+    their mean time to first token (which holds the wait for a slot) of the requests that
+    finished lately; without those histograms, Little's law (requests running over
+    completions per second, biased upwards while load rises). None when neither is known."""
+    if e2e is not None and first_token is not None and e2e > first_token:
+        return e2e - first_token
+    if running is None or completions is None or completions <= 0 or running <= 0:
+        return None
+    return running / completions
+
+
 def assemble(
     models: Sequence[str],
     results: dict[str, dict[str, tuple[float, float | None]]],
@@ -314,5 +419,25 @@ def assemble(
             else val("engine_ttft_p95", m),
             kv_cache_usage=val("kv_cache", m),
             observed_at=observed_at,
+            arrival_rate=val("demand_rate_recent", m),
+            arrival_trend=rate_trend(
+                [
+                    val(k, m)
+                    for k in (
+                        "demand_rate_recent",
+                        "demand_rate_before",
+                        "demand_rate_earlier",
+                        "demand_rate_earliest",
+                    )
+                ],
+                window,
+            ),
+            peak_arrival_rate=val("demand_rate_peak", m),
+            service_seconds=service_seconds(
+                val("engine_e2e_mean", m),
+                val("engine_ttft_mean", m),
+                val("engine_running", m),
+                val("request_rate", m),
+            ),
         )
     return MetricsWindow(collected_at=now, models=out)

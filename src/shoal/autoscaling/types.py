@@ -36,6 +36,15 @@ class ModelMetrics:
     - ``ttft_p95_seconds``: p95 time to first token seen by clients over the short window.
     - ``kv_cache_usage``: highest KV-cache use of any replica, 0..1 (engines that report it).
     - ``observed_at``: time of the newest engine sample; older than the stale limit: hold.
+    - ``arrival_rate``: requests per second the router ranked this model first over the
+      short window (the newest arrival rate; ``demand_rate`` is over the rate window).
+    - ``arrival_trend``: how fast that rate changes, in requests per second per second,
+      from the short window against the one before it; 0 when the change is within the
+      noise of Poisson arrival counts.
+    - ``peak_arrival_rate``: the highest short-window arrival rate over the burst window
+      (how bursty the model's traffic was lately).
+    - ``service_seconds``: mean seconds a request holds a batch slot in an engine (Little's
+      law over the rate window: requests running over requests completed per second).
     """
 
     in_flight: float | None = None
@@ -47,6 +56,10 @@ class ModelMetrics:
     ttft_p95_seconds: float | None = None
     kv_cache_usage: float | None = None
     observed_at: datetime | None = None
+    arrival_rate: float | None = None
+    arrival_trend: float | None = None
+    peak_arrival_rate: float | None = None
+    service_seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from prometheus_client import Counter, Gauge
 
 from shoal.api.v1alpha1 import API_VERSION, ModelFleet, RoutingPolicy
 from shoal.api.v1alpha1.fleet import AutoscalerStatus, ScalingDecision
-from shoal.autoscaling.policy import PolicySettings, decide
+from shoal.autoscaling.policy import decide
 from shoal.autoscaling.prometheus import PrometheusSource, Windows, windows_for
 from shoal.autoscaling.state import model_states, rendered_replicas, status_after
 from shoal.autoscaling.types import FleetDecision, MetricsWindow, ModelDecision
@@ -251,7 +251,9 @@ def autoscale_fleet(
     if mode == "Off" or source is None:
         return _off(gw, config, body, fleet, now)
     names = [m.name for m in fleet.spec.models]
-    windows = windows_for(fleet.spec, config.autoscaler_interval_seconds)
+    windows = windows_for(
+        fleet.spec, config.autoscaler_interval_seconds, config.autoscaler_burst_window_seconds
+    )
     window = source.collect(fleet.metadata.name, names, now, windows)
     EVALUATIONS.labels("metrics_unavailable" if window.error else "ok").inc()
     status = fleet.status
@@ -266,7 +268,7 @@ def autoscale_fleet(
         model_states(fleet, mode),
         window,
         now,
-        settings=PolicySettings(stale_seconds=config.autoscaler_stale_seconds),
+        settings=config.policy_settings(),
         budget=config.default_budget,
         policy_alpha=_policy_alpha(gw, fleet),
         previous_alpha=prev_alpha,

@@ -14,6 +14,7 @@ from decimal import Decimal
 
 from shoal.api.v1alpha1.common import MONEY
 from shoal.api.v1alpha1.fleet import AutoscalerMode
+from shoal.autoscaling import PolicySettings
 from shoal.contract import ray_serve_env
 from shoal.planning.children import DEFAULT_GPU_IMAGE, DEFAULT_SERVING_IMAGE
 
@@ -42,6 +43,16 @@ def _env_map(env: dict[str, str], name: str) -> dict[str, str]:
         return ray_serve_env(overrides)
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from None
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {raw!r}") from None
 
 
 def _money(env: dict[str, str], name: str) -> str | None:
@@ -81,10 +92,36 @@ class OperatorConfig:
     autoscaler_stale_seconds: float = 60.0
     #: Budget in USD per hour for fleets without spec.budget (decimal string); None: none.
     default_budget_per_hour: str | None = None
+    #: Spare capacity for bursts, percent of the recent swing (tiers may override it).
+    autoscaler_headroom_percent: int = PolicySettings.headroom_percent
+    #: Seconds back the busiest arrival rate is looked for (the headroom's swing).
+    autoscaler_burst_window_seconds: float = 600.0
+    #: Most one decision may multiply a model's replicas by.
+    autoscaler_max_scale_up_factor: float = PolicySettings.max_scale_up_factor
+    #: A queue asks for the capacity that drains it within this many seconds.
+    autoscaler_queue_drain_seconds: float = PolicySettings.queue_drain_seconds
 
     def __post_init__(self) -> None:
         if self.autoscaler_interval_seconds <= 0 or self.autoscaler_stale_seconds <= 0:
             raise ValueError("autoscaler interval and stale limit must be positive seconds")
+        if not 0 <= self.autoscaler_headroom_percent <= 400:
+            raise ValueError("SHOAL_AUTOSCALER_HEADROOM_PERCENT must be within 0..400")
+        if self.autoscaler_max_scale_up_factor < 1:
+            raise ValueError("SHOAL_AUTOSCALER_MAX_SCALE_UP_FACTOR must be at least 1")
+        if self.autoscaler_queue_drain_seconds <= 0 or self.autoscaler_burst_window_seconds <= 0:
+            raise ValueError(
+                "SHOAL_AUTOSCALER_QUEUE_DRAIN_SECONDS and SHOAL_AUTOSCALER_BURST_WINDOW_SECONDS "
+                "must be positive seconds"
+            )
+
+    def policy_settings(self) -> PolicySettings:
+        """The autoscaling policy's settings that the operator's environment sets."""
+        return PolicySettings(
+            stale_seconds=self.autoscaler_stale_seconds,
+            headroom_percent=self.autoscaler_headroom_percent,
+            max_scale_up_factor=self.autoscaler_max_scale_up_factor,
+            queue_drain_seconds=self.autoscaler_queue_drain_seconds,
+        )
 
     @property
     def autoscaler_mode(self) -> AutoscalerMode:
@@ -131,4 +168,23 @@ class OperatorConfig:
                 env.get("SHOAL_AUTOSCALER_STALE_SECONDS", defaults.autoscaler_stale_seconds)
             ),
             default_budget_per_hour=_money(env, "SHOAL_DEFAULT_BUDGET_PER_HOUR"),
+            autoscaler_headroom_percent=_int(
+                env, "SHOAL_AUTOSCALER_HEADROOM_PERCENT", defaults.autoscaler_headroom_percent
+            ),
+            autoscaler_burst_window_seconds=float(
+                env.get(
+                    "SHOAL_AUTOSCALER_BURST_WINDOW_SECONDS",
+                    defaults.autoscaler_burst_window_seconds,
+                )
+            ),
+            autoscaler_max_scale_up_factor=float(
+                env.get(
+                    "SHOAL_AUTOSCALER_MAX_SCALE_UP_FACTOR", defaults.autoscaler_max_scale_up_factor
+                )
+            ),
+            autoscaler_queue_drain_seconds=float(
+                env.get(
+                    "SHOAL_AUTOSCALER_QUEUE_DRAIN_SECONDS", defaults.autoscaler_queue_drain_seconds
+                )
+            ),
         )

@@ -2,13 +2,15 @@
 
 ``shoal sim --scenario bursty --json`` prints one JSON object (``slo_attainment``,
 ``cost_vs_static``, ``cost_vs_optimal`` and the figures behind them) and writes the plot.
-Thin on purpose: the work is in :mod:`shoal.sim.study`.
+``shoal sim --study`` runs every scenario over several seeds and reports the mean and the
+worst case of each target. Thin on purpose: the work is in :mod:`shoal.sim.study`.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -29,6 +31,13 @@ def sim(
         None, "--plot", help="Where to write the PNG plot (default: sim-<scenario>.png)."
     ),
     no_plot: bool = typer.Option(False, "--no-plot", help="Write no plot."),
+    many: bool = typer.Option(
+        False,
+        "--study",
+        help="Run every scenario (smooth and sharp) over --seeds seeds and report the mean "
+        "and the worst case of each target (no plot).",
+    ),
+    seeds: int = typer.Option(5, "--seeds", min=1, max=100, help="Seeds 0..N-1 of --study."),
 ) -> None:
     """Simulate the fleet under Shoal's autoscaler and three baselines; compare them."""
     from rich.console import Console
@@ -36,6 +45,9 @@ def sim(
     from shoal.sim.study import TARGETS, run_study, scenario_named
 
     err = Console(stderr=True)
+    if many:
+        _study(list(range(seeds)), as_json, err)
+        return
     try:
         chosen = scenario_named(scenario)
     except KeyError as exc:
@@ -73,3 +85,30 @@ def sim(
         Console().print(f"{key} = {summary[key]} (target {op} {target}): {mark}")
     if "plot" in summary:
         Console().print(f"plot: {summary['plot']}")
+
+
+def _study(seeds: list[int], as_json: bool, err: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from shoal.sim.scenarios import SCENARIOS, SHARP
+    from shoal.sim.study import run_many
+
+    out = run_many(list(SCENARIOS), seeds, progress=None if as_json else err.print)
+    if as_json:
+        print(json.dumps(out))
+        return
+    table = Table(title=f"every scenario over seeds {seeds[0]}..{seeds[-1]}: mean (worst)")
+    for col in ("scenario", "in SLO", "vs static", "vs optimal", "peak over 1.5x+1", "optimal"):
+        table.add_column(col, justify="left" if col == "scenario" else "right")
+    for name, a in out["scenarios"].items():
+        slo, st, op = a["slo_attainment"], a["cost_vs_static"], a["cost_vs_optimal"]
+        table.add_row(
+            name + (" (sharp)" if name in SHARP else ""),
+            f"{100 * slo['mean']:.2f}% ({100 * slo['worst']:.2f}%)",
+            f"{st['mean']:.3f} ({st['worst']:.3f})",
+            f"{op['mean']:.3f} ({op['worst']:.3f})",
+            f"{a['peak_excess']:+.1f}",
+            f"{100 * a['optimal_slo_attainment']:.2f}% in SLO",
+        )
+    Console().print(table)

@@ -20,7 +20,7 @@ from decimal import Decimal
 
 from shoal.api.v1alpha1 import ModelFleetSpec
 from shoal.autoscaling.policy import PolicySettings, decide
-from shoal.autoscaling.prometheus import Windows, trend, windows_for
+from shoal.autoscaling.prometheus import Windows, rate_trend, trend, windows_for
 from shoal.autoscaling.types import MetricsWindow, ModelMetrics, ModelState
 from shoal.contract import replica_range
 from shoal.sim.simulator import Scrape, Simulator, replicas_at
@@ -42,23 +42,42 @@ def observe(sim: Simulator, now: float, windows: Windows) -> MetricsWindow:
         long = rec.window(name, now, windows.long)
         engine = next((s for s in reversed(rec.scrapes[name]) if s.engine), None)
         in_flight = sum(s.in_flight for s in short) / len(short) if short else None
+        recent = rec.rate(name, now, windows.short, "routed")
+        before = rec.rate(name, now, windows.short, "routed", offset=windows.short)
+        earlier = [
+            rec.rate(name, now, windows.short, "routed", offset=k * windows.short) for k in (2, 3)
+        ]
         models[name] = ModelMetrics(
             in_flight=in_flight,
             peak_in_flight=_peak_of_averages(long, windows.short),
-            in_flight_trend=trend(
-                in_flight,
-                rec.rate(name, now, windows.short, "routed"),
-                rec.rate(name, now, windows.short, "routed", offset=windows.short),
-                windows.short,
-            ),
+            in_flight_trend=trend(in_flight, recent, before, windows.short),
             waiting=sum(s.waiting for s in short) / len(short) if short else None,
             request_rate=rec.rate(name, now, windows.rate, "answered"),
             demand_rate=rec.rate(name, now, windows.rate, "routed"),
             ttft_p95_seconds=rec.ttft_quantile(name, now, windows.rate, 0.95),
             kv_cache_usage=max((s.kv_cache for s in short if s.engine), default=None),
             observed_at=at(engine.t) if engine else None,
+            arrival_rate=recent,
+            arrival_trend=rate_trend([recent, before, *earlier], windows.short),
+            peak_arrival_rate=_peak_rate(rec.window(name, now, windows.burst), windows.short),
+            service_seconds=rec.mean_service(name, now, windows.rate),
         )
     return MetricsWindow(collected_at=at(now), models=models)
+
+
+def _peak_rate(scrapes: list[Scrape], width: float) -> float | None:
+    """Highest rate of routed requests over any ``width`` seconds (PromQL's
+    ``max_over_time(rate(...[width])[burst])``)."""
+    best: float | None = None
+    lo = 0
+    for s in scrapes:
+        while scrapes[lo].t < s.t - width - 1e-9:
+            lo += 1
+        first = scrapes[lo]
+        if s.t > first.t:
+            r = (s.routed - first.routed) / (s.t - first.t)
+            best = r if best is None else max(best, r)
+    return best
 
 
 def _peak_of_averages(scrapes: list[Scrape], width: float) -> float | None:

@@ -75,6 +75,9 @@ class ModelPool:
     #: (time of first token, TTFT) of answered requests, oldest first (trimmed by the
     #: simulator's recorder).
     first_tokens: deque[tuple[float, float]] = field(default_factory=deque)
+    #: (time of finish, seconds from admission to finish) of answered requests, oldest first
+    #: (what the engine's request-duration histograms show; trimmed like ``first_tokens``).
+    services: deque[tuple[float, float]] = field(default_factory=deque)
     #: Billing of replicas that are gone: replica-seconds.
     billed_seconds: float = 0.0
     #: ``latency.inter_token_seconds(k)`` for every batch size ``k`` (computed once).

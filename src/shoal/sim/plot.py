@@ -31,12 +31,26 @@ def plot_study(study: Study, path: Path) -> Path:
 
     fig, axes = plt.subplots(3, 1, figsize=(11, 10), sharex=True)
     ax = axes[0]
-    for topic in sc.topics:
-        ax.plot(xs, [topic.shape.rate(t) for t in times], label=topic.name)
-    ax.set_ylabel("requests/s (rate)")
-    ax.set_title(
-        f"shoal sim --scenario {sc.name} (seed {study.seed})\n{sc.description}", fontsize=9
-    )
+    # The arrivals actually replayed (the scenario's synthetic trace or the --trace file),
+    # per topic and minute.
+    bucket = 60.0
+    slots = int(sc.duration // bucket) + 1
+    counts: dict[str, list[int]] = {}
+    for req in study.trace:
+        k = int(req.arrival // bucket)
+        if k < slots:
+            counts.setdefault(req.topic, [0] * slots)[k] += 1
+    mids = [(k + 0.5) * bucket / 3600.0 for k in range(slots)]
+    for topic, row in counts.items():
+        ax.plot(mids, [c / bucket for c in row], label=topic, linewidth=1)
+    ax.set_ylabel("arrivals/s (per minute)")
+    if study.trace_file is not None:
+        title = f"shoal sim --trace {study.trace_file.name} (fleet of scenario {sc.name})"
+        detail = f"{len(study.trace)} requests replayed from {study.trace_file}"
+    else:
+        title = f"shoal sim --scenario {sc.name} (seed {study.seed})"
+        detail = sc.description
+    ax.set_title(f"{title}\n{detail}", fontsize=9)
     ax.legend(loc="upper right", fontsize=8)
 
     ax = axes[1]

@@ -14,6 +14,10 @@ Prompts are 64 to 1024 tokens, answers 128 to 512.
   its base rate (4-minute ramps, four minutes at the top), topics at different times.
 - ``diurnal``: a day of traffic that follows a daily cycle per topic (peaks at different
   hours, a night-time trough at a tenth of the peak).
+- ``step`` (sharp): two hours of steady traffic; twice, one topic's traffic jumps at once
+  to six times its rate and decays back over 15 minutes.
+- ``spike`` (sharp): two hours of steady traffic; twice, every topic jumps at once to four
+  times its rate for three minutes and drops back at once.
 - ``hot-topic``: a new topic (questions about a just-released library) appears and grows
   on top of steady traffic, under a budget that binds at its height: the autoscaler lowers
   the router's alpha, sending more general traffic to the cheap generalist.
@@ -26,7 +30,7 @@ from typing import Any
 
 from shoal.api.v1alpha1 import ModelFleetSpec
 from shoal.serving.engines.latency import LatencyModel
-from shoal.sim.workload import Bursts, Constant, Diurnal, Sum, Topic
+from shoal.sim.workload import Bursts, Constant, Diurnal, Step, Sum, Topic
 
 LARGE = LatencyModel(
     base_step_seconds=0.020,
@@ -193,4 +197,49 @@ def hot_topic() -> Scenario:
     )
 
 
-SCENARIOS = {"bursty": bursty, "diurnal": diurnal, "hot-topic": hot_topic}
+def step() -> Scenario:
+    minute = 60.0
+    return Scenario(
+        name="step",
+        description="2 h of steady traffic; twice, math traffic jumps at once to 6x and "
+        "decays back over 15 minutes",
+        spec=fleet_spec(),
+        topics=(
+            _topic("math", MATH, Sum((Constant(3.0), Step(15.0, (20 * minute, 80 * minute),
+                                                          15 * minute)))),
+            _topic("code", CODE, Constant(4.0)),
+            _topic("general", GENERAL, Constant(3.0)),
+        ),
+        duration=120 * minute,
+    )  # fmt: skip
+
+
+def spike() -> Scenario:
+    minute = 60.0
+
+    def spikes(rps: float) -> Bursts:
+        return Bursts(rps, (30 * minute, 90 * minute), hold=180.0, ramp=1.0)
+
+    return Scenario(
+        name="spike",
+        description="2 h of steady traffic; twice, every topic jumps at once to 4x for "
+        "3 minutes and drops back",
+        spec=fleet_spec(),
+        topics=(
+            _topic("math", MATH, Sum((Constant(3.0), spikes(9.0)))),
+            _topic("code", CODE, Sum((Constant(4.0), spikes(12.0)))),
+            _topic("general", GENERAL, Sum((Constant(3.0), spikes(9.0)))),
+        ),
+        duration=120 * minute,
+    )
+
+
+#: Smooth traffic (ramps of minutes and hours) and sharp traffic (steps and spikes).
+SCENARIOS = {
+    "bursty": bursty,
+    "diurnal": diurnal,
+    "hot-topic": hot_topic,
+    "step": step,
+    "spike": spike,
+}
+SHARP = ("step", "spike")

@@ -55,15 +55,29 @@ class Recorder:
     scrapes: dict[str, deque[Scrape]] = field(default_factory=dict)
     #: (time of first token, TTFT) per model, in time order.
     first_tokens: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)
+    #: (time of finish, seconds in a batch slot) per model, in time order.
+    services: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)
 
     def trim(self, now: float) -> None:
         horizon = now - self.keep_seconds
         for q in self.scrapes.values():
             while q and q[0].t < horizon:
                 q.popleft()
-        for ft in self.first_tokens.values():
+        for ft in (*self.first_tokens.values(), *self.services.values()):
             while ft and ft[0][0] < horizon:
                 ft.popleft()
+
+    def mean_service(self, model: str, now: float, seconds: float) -> float | None:
+        """Mean seconds in a batch slot of the requests that finished in the last ``seconds``
+        (the engine's request-duration histograms: end to end less time to first token)."""
+        total, count = 0.0, 0
+        for t, v in reversed(self.services.get(model, ())):
+            if t <= now - seconds:
+                break
+            if t <= now:
+                total += v
+                count += 1
+        return total / count if count else None
 
     def window(self, model: str, now: float, seconds: float) -> list[Scrape]:
         """Scrapes of the last ``seconds``, oldest first."""
@@ -173,6 +187,7 @@ class Simulator:
         for m, pool in self.pools.items():
             self.recorder.scrapes[m] = deque()
             self.recorder.first_tokens[m] = pool.first_tokens
+            self.recorder.services[m] = pool.services
 
     # --- events -----------------------------------------------------------------------------
 
@@ -191,7 +206,8 @@ class Simulator:
         self._served.append((req.arrival, pool.name, ttft, ttft <= pool.slo_seconds))
         pool.first_tokens.append((now + first, ttft))
         self._seq += 1
-        heapq.heappush(self._events, (now + finish, FINISH, self._seq, (pool, r, kv, r.stall)))
+        data = (pool, r, kv, r.stall, now)
+        heapq.heappush(self._events, (now + finish, FINISH, self._seq, data))
 
     def _drain_queue(self, pool: ModelPool) -> None:
         while pool.queue:
@@ -220,13 +236,17 @@ class Simulator:
         else:
             pool.queue.append((req, self.now))
 
-    def _finish(self, pool: ModelPool, r: Replica, kv_tokens: int, stall: float) -> None:
+    def _finish(
+        self, pool: ModelPool, r: Replica, kv_tokens: int, stall: float, admitted: float
+    ) -> None:
         if r.stall > stall + 1e-12:
             # Prefills of later admissions stalled this request: it finishes that much later.
             self._seq += 1
             late = self.now + r.stall - stall
-            heapq.heappush(self._events, (late, FINISH, self._seq, (pool, r, kv_tokens, r.stall)))
+            data = (pool, r, kv_tokens, r.stall, admitted)
+            heapq.heappush(self._events, (late, FINISH, self._seq, data))
             return
+        pool.services.append((self.now, self.now - admitted))
         r.running -= 1
         r.kv_tokens -= kv_tokens
         self._answered[pool.name] += 1
@@ -327,7 +347,7 @@ class Simulator:
             t, kind, _, data = heapq.heappop(events)
             self.now = t
             if kind == FINISH:
-                self._finish(*cast(tuple[ModelPool, Replica, int, float], data))
+                self._finish(*cast(tuple[ModelPool, Replica, int, float, float], data))
             elif kind == READY:
                 self._ready(*cast(tuple[ModelPool, Replica], data))
             elif t < self.duration:  # scrapes and evaluations stop with the trace

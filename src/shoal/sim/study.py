@@ -37,6 +37,8 @@ class Study:
     trace: list[Request]
     results: dict[str, SimResult]
     seconds: float
+    #: The JSONL trace replayed instead of the scenario's synthetic one, if any.
+    trace_file: Path | None = None
 
     def summary(self) -> dict[str, Any]:
         """The JSON object ``shoal sim --json`` prints."""
@@ -45,6 +47,7 @@ class Study:
         optimal = self.results["optimal"]
         out: dict[str, Any] = {
             "scenario": self.scenario.name,
+            "trace": str(self.trace_file) if self.trace_file else None,
             "seed": self.seed,
             "requests": len(self.trace),
             "hours": round(self.scenario.duration / 3600.0, 2),
@@ -58,6 +61,9 @@ class Study:
             "cost_vs_optimal": out["cost_vs_optimal"] <= TARGETS["cost_vs_optimal"],
         }
         out["policies"] = {name: describe(r) for name, r in self.results.items()}
+        peaks, best = out["policies"]["shoal"]["peak_replicas"], optimal_peaks(optimal)
+        #: Shoal's highest count over what the issue allows: 1.5x the optimal peak + 1.
+        out["peak_excess"] = max(peaks[m] - (1.5 * best[m] + 1) for m in best)
         out["simulated_in_seconds"] = round(self.seconds, 1)
         return out
 
@@ -162,7 +168,12 @@ def run_study(
         )
         results[ctl.name] = sim.run()
         say(f"{scenario.name}: {ctl.name} done ({time.perf_counter() - started:.1f}s)")
-    return Study(scenario, seed, trace, results, time.perf_counter() - started)
+    return Study(scenario, seed, trace, results, time.perf_counter() - started, trace_file)
+
+
+def optimal_peaks(r: SimResult) -> dict[str, int]:
+    """Each model's peak count in a run."""
+    return {m: max(n for _, n in t) for m, t in r.timeline.items()}
 
 
 def _rough_peak(arrivals: list[float], duration: float) -> int:
@@ -179,3 +190,58 @@ def scenario_named(name: str) -> Scenario:
         return SCENARIOS[name]()
     except KeyError:
         raise KeyError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}") from None
+
+
+def aggregate(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and worst case over seeds of one scenario's summaries (see :func:`run_many`)."""
+    keys = ("slo_attainment", "cost_vs_static", "cost_vs_optimal")
+    out: dict[str, Any] = {"seeds": [s["seed"] for s in summaries]}
+    for k in keys:
+        vals = [float(s[k]) for s in summaries]
+        worst = min(vals) if k == "slo_attainment" else max(vals)
+        out[k] = {"mean": round(sum(vals) / len(vals), 4), "worst": worst}
+    policies = [s["policies"] for s in summaries]
+    out["optimal_slo_attainment"] = min(p["optimal"]["slo_attainment"] for p in policies)
+    out["queue_threshold"] = {
+        "slo_attainment": round(
+            sum(p["queue-threshold"]["slo_attainment"] for p in policies) / len(policies), 4
+        ),
+        "cost_vs_optimal": round(
+            sum(p["queue-threshold"]["cost_usd"] / p["optimal"]["cost_usd"] for p in policies)
+            / len(policies),
+            3,
+        ),
+    }
+    out["peak_excess"] = max(s["peak_excess"] for s in summaries)
+    out["targets_met"] = {
+        "slo_attainment": out["slo_attainment"]["mean"] >= TARGETS["slo_attainment"],
+        "cost_vs_static": out["cost_vs_static"]["mean"] <= TARGETS["cost_vs_static"],
+        "cost_vs_optimal": out["cost_vs_optimal"]["mean"] <= TARGETS["cost_vs_optimal"],
+        "peak": out["peak_excess"] <= 0,
+    }
+    return out
+
+
+def run_many(
+    names: list[str],
+    seeds: list[int],
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Every named scenario over every seed: per scenario the mean and the worst case of
+    each target (the JSON object ``shoal sim --study`` prints)."""
+    say = progress or (lambda _: None)
+    started = time.perf_counter()
+    out: dict[str, Any] = {"seeds": seeds, "scenarios": {}}
+    for name in names:
+        runs = []
+        for seed in seeds:
+            summary = run_study(scenario_named(name), seed).summary()
+            say(
+                f"{name} seed {seed}: {100 * summary['slo_attainment']:.2f}% in SLO, "
+                f"{summary['cost_vs_static']:.3f} of static, "
+                f"{summary['cost_vs_optimal']:.3f} of optimal"
+            )
+            runs.append(summary)
+        out["scenarios"][name] = aggregate(runs)
+    out["simulated_in_seconds"] = round(time.perf_counter() - started, 1)
+    return out

@@ -1,9 +1,9 @@
 """Synthetic traffic for the fleet simulator: topics, arrival-rate shapes, traces, routing.
 
 A workload is a set of :class:`Topic` s (kinds of query: math, code, ...), each with an
-arrival-rate shape over time (:class:`Constant`, :class:`Diurnal`, :class:`Bursts`, sums of
-them). :func:`generate_trace` draws a deterministic trace from it for a seed (a
-non-homogeneous Poisson process by thinning). Traces can also be read from JSONL
+arrival-rate shape over time (:class:`Constant`, :class:`Diurnal`, :class:`Bursts`,
+:class:`Step`, sums of them). :func:`generate_trace` draws a deterministic trace from it
+for a seed (a non-homogeneous Poisson process by thinning). Traces can also be read from JSONL
 (:func:`read_trace`).
 
 Routing uses the real router: :func:`fit_workload_router` fits a cluster-router artifact
@@ -82,6 +82,25 @@ class Bursts:
                 if x < self.ramp + self.hold:
                     return self.rps
                 return self.rps * (2 * self.ramp + self.hold - x) / self.ramp
+        return 0.0
+
+    def peak(self) -> float:
+        return self.rps
+
+
+@dataclass(frozen=True)
+class Step:
+    """Extra traffic of ``rps`` from each start on at once (no ramp), decaying linearly to
+    nothing over ``decay`` seconds (a link on a front page, a batch job let loose)."""
+
+    rps: float
+    starts: tuple[float, ...]
+    decay: float
+
+    def rate(self, t: float) -> float:
+        for s in self.starts:
+            if s <= t < s + self.decay:
+                return self.rps * (1.0 - (t - s) / self.decay)
         return 0.0
 
     def peak(self) -> float:

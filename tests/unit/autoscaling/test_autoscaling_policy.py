@@ -52,12 +52,13 @@ def test_slo_breach_on_idle_replicas_is_no_reason_to_pay_for_more() -> None:
 
 
 def test_a_queue_is_sized_by_throughput_not_by_its_length() -> None:
-    # 1 replica saturated (8 running), 92 queued; arrivals 2.5x completions.
+    # Without a service time: 2 replicas saturated (8 running), 92 queued; arrivals 2.5x
+    # completions.
     m = metrics(100, waiting=92.0, request_rate=2.0, demand_rate=5.0, ttft=3.0)
-    d = one(1, m)
+    d = one(2, m)
     assert d.desired == 5  # ceil(8 * 2.5 / 4), not ceil(100 / 4) = 25
     assert "8.0 running, 92.0 queued, arrivals at 2.5x completions" in d.reason
-    capped = one(1, metrics(100, waiting=92.0, request_rate=1.0, demand_rate=50.0, ttft=3.0))
+    capped = one(2, metrics(100, waiting=92.0, request_rate=1.0, demand_rate=50.0, ttft=3.0))
     assert capped.desired == 8  # growth counted at most 4x
 
 
@@ -119,6 +120,74 @@ def test_model_bounds_override_the_tier() -> None:
     assert one(3, metrics(0), fleet=fleet).desired == 2  # idle, but not below its own min
 
 
+# --- sizing from capacity ---------------------------------------------------------------------
+
+
+def test_arrivals_and_service_time_size_the_model() -> None:
+    # A replica carries 4 in flight / 2 s = 2 req/s; 9 req/s bring 18 in flight, which 7
+    # replicas hold with the square-root margin (28 - 1.5 * sqrt(28) = 20.1; 6: 16.7).
+    d = one(1, metrics(6, arrival_rate=9.0, service_seconds=2.0))
+    assert (d.desired, d.direction) == (4, "up")  # at most 4x in one step
+    assert "9.0 req/s arriving" in d.reason and "at 2.00 req/s each" in d.reason
+    assert "(at most 4x in one step)" in d.reason
+    assert one(2, metrics(6, arrival_rate=9.0, service_seconds=2.0)).desired == 7
+
+
+def test_a_queue_that_piled_up_while_cold_is_a_correction_not_the_size() -> None:
+    # 300 queued behind 8 running; 6 req/s arrive, and the queue drained within 90 s asks
+    # for 3.3 req/s more: 18.7 in flight at 2 s a request, 7 replicas with the margin.
+    m = metrics(308, waiting=300.0, arrival_rate=6.0, service_seconds=2.0, ttft=20.0)
+    d = one(2, m)
+    assert d.desired == 7  # not ceil(308 / 4) = 77
+    assert "300 queued to drain in 90s" in d.reason
+
+
+def test_replicas_still_starting_count_as_capacity_arriving() -> None:
+    # 7 in force, 2 ready: the 5 starting carry what the arrivals and the queue need.
+    m = metrics(150, waiting=142.0, arrival_rate=6.0, service_seconds=2.0, ttft=20.0)
+    d = one(7, m, ready=2)
+    assert d.desired == 7 and d.direction == "hold"
+
+
+def test_a_step_is_not_projected_but_a_ramp_is() -> None:
+    from shoal.autoscaling.prometheus import rate_trend
+
+    # Rates of four 30 s windows, newest first.
+    assert rate_trend([18.0, 10.0, 3.0, 3.0], 30.0) == 0.0  # a step: in the rate already
+    ramp = rate_trend([9.0, 7.0, 5.0, 3.0], 30.0)
+    assert ramp == pytest.approx(2.0 / 30)
+    assert rate_trend([3.1, 3.0, 2.9, 3.0], 30.0) == 0.0  # noise
+    assert rate_trend([3.0, None, 3.0, 3.0], 30.0) is None
+    d = one(3, metrics(12, arrival_rate=6.0, service_seconds=2.0, arrival_trend=ramp))
+    assert d.desired == 7  # 6 + 4 req/s within 60 s: 20 in flight, 7 replicas with the margin
+    assert "rising to 10.0 within 60s" in d.reason
+
+
+def test_headroom_keeps_part_of_a_recent_swing_warm() -> None:
+    m = metrics(4, peak=4, arrival_rate=2.0, service_seconds=2.0, peak_arrival_rate=10.0)
+    quiet = NOW - timedelta(seconds=600)
+    # 2 req/s bring 4 in flight: 3 replicas (12 - 1.5 * sqrt(12) = 6.8; 2: 3.8).
+    lean = one(4, m, last_change=quiet)  # the operator's default: no headroom
+    assert lean.desired == 3 and lean.direction == "down"
+    tier = {
+        "name": "small", "costPerReplicaHour": "1.00", "slo": {"ttftP95Milliseconds": 1000},
+        "autoscaling": {"minReplicas": 1, "maxReplicas": 8, "targetOngoingRequests": 4,
+                        "headroomPercent": 50},
+    }  # fmt: skip
+    # The tier keeps half the 8 req/s swing: 6 req/s, 12 in flight: 5 replicas.
+    warm = one(4, m, fleet=spec(tiers=[tier]), last_change=quiet)
+    assert warm.desired == 5 and "headroom for 4.0 req/s more (50% of the swing)" in warm.reason
+    generous = decide(
+        spec(),
+        {"a": ModelState(replicas=1), "b": ModelState(replicas=1)},
+        window(a=m, b=metrics(0)),
+        NOW,
+        settings=PolicySettings(headroom_percent=100),
+    ).by_model()["a"]
+    assert generous.desired == 4  # at most 4x in one step
+    assert "headroom for 8.0 req/s more (100%" in generous.reason
+
+
 # --- hold on doubt ----------------------------------------------------------------------------
 
 
@@ -162,16 +231,17 @@ def test_out_of_bounds_counts_are_clamped_even_without_metrics() -> None:
 
 
 def test_scale_down_needs_the_peak_to_fit_with_room() -> None:
-    # 2 replicas, target 4: one replica may carry 0.9 * 4 = 3.6 less sqrt(3.6) = 1.7 at peak.
-    assert one(2, metrics(1.5, peak=1.7)).desired == 1
-    held = one(2, metrics(1.5, peak=2.0))
+    # 2 replicas, target 4: one replica may carry 0.9 * 4 = 3.6 less 1.5 * sqrt(3.6) = 0.75
+    # at peak.
+    assert one(2, metrics(0.5, peak=0.7)).desired == 1
+    held = one(2, metrics(0.5, peak=0.8))
     assert held.desired == 2 and "fits" in held.reason
 
 
 def test_the_safety_margin_shrinks_as_replicas_pool_their_load() -> None:
     from shoal.autoscaling.policy import fewest_replicas
 
-    s = PolicySettings()
+    s = PolicySettings(sqrt_margin=1.0)
     # Target 24: one replica holds 21.6 - 4.65 = 16.95 at peak; ten hold 216 - 14.7 = 201.3.
     assert fewest_replicas(16.9, 24, s) == 1 and fewest_replicas(17.0, 24, s) == 2
     assert fewest_replicas(201.0, 24, s) == 10 and fewest_replicas(202.0, 24, s) == 11

@@ -60,7 +60,8 @@ def test_windows_follow_the_interval_and_the_cooldowns() -> None:
     from autoscaling_builders import spec
 
     w = windows_for(spec(), 15)
-    assert (w.short, w.long, w.rate) == (30, 120, 60)
+    assert (w.short, w.long, w.rate, w.burst) == (30, 120, 60, 600)
+    assert windows_for(spec(), 15, burst_seconds=60).burst == 120  # at least the peak window
     assert windows_for(spec(), 2).long == 120  # the shortest scale-down cooldown
     assert windows_for(spec(), 200).long == 600  # at most ten minutes
 
@@ -105,6 +106,42 @@ def test_collect_assembles_a_window() -> None:
     assert a.ttft_p95_seconds == 0.25  # the engine's, since the ingress saw no request
     assert a.kv_cache_usage == 0.4 and a.request_rate == 3.0
     assert b.in_flight is None and b.observed_at is None and b.demand_rate == 0.5
+
+
+def test_collect_reads_arrivals_bursts_and_service_time() -> None:
+    answers: dict[str, dict[str, Any]] = {
+        "engine_in_flight": {"alpha": 20.0, "beta": 4.0},
+        "engine_seen": {"alpha": 999.0, "beta": 999.0},
+        "engine_running": {"alpha": 18.0, "beta": 4.0},
+        "request_rate": {"alpha": 2.0, "beta": 0.5},
+        # alpha: the engines' histograms; beta has none (Little's law: 4 / 0.5 = 8 s).
+        "engine_e2e_mean": {"alpha": 9.5},
+        "engine_ttft_mean": {"alpha": 0.5},
+        "demand_rate_recent": {"alpha": 9.0, "beta": 0.5},
+        "demand_rate_before": {"alpha": 7.0, "beta": 0.5},
+        "demand_rate_earlier": {"alpha": 5.0, "beta": 0.5},
+        "demand_rate_earliest": {"alpha": 3.0, "beta": 0.5},
+        "demand_rate_peak": {"alpha": 9.5, "beta": 1.0},
+    }
+    src = PrometheusSource("http://prom:9090", windows=WINDOWS, client=fake_prometheus(answers))
+    w = src.collect("f", ["alpha", "beta"], NOW)
+    a, b = w.models["alpha"], w.models["beta"]
+    assert a.service_seconds == 9.0 and b.service_seconds == 8.0
+    assert a.arrival_rate == 9.0 and a.peak_arrival_rate == 9.5
+    assert a.arrival_trend == pytest.approx(2.0 / 30)  # a ramp: 3, 5, 7, 9 req/s
+    assert b.arrival_trend == 0.0
+
+
+def test_new_queries_have_their_windows() -> None:
+    q = fleet_queries("f", ["alpha"], Windows(short=30, long=300, rate=60, burst=600))
+    assert "offset 90s" in q["demand_rate_earliest"]
+    assert q["demand_rate_peak"].startswith("max_over_time(sum by (model) (rate(")
+    assert "[30s]))[600s:40s])" in q["demand_rate_peak"]
+    assert "vllm:e2e_request_latency_seconds_sum{" in q["engine_e2e_mean"]
+    assert (
+        "/ sum by (model_name) (rate(vllm:e2e_request_latency_seconds_count{"
+        in (q["engine_e2e_mean"])
+    )
 
 
 def test_a_failing_prometheus_makes_the_window_an_error() -> None:

@@ -26,11 +26,19 @@ def test_every_variable_of_the_contract() -> None:
         "SHOAL_AUTOSCALER_DRY_RUN": "false",
         "SHOAL_AUTOSCALER_STALE_SECONDS": "45",
         "SHOAL_DEFAULT_BUDGET_PER_HOUR": "25.50",
+        "SHOAL_AUTOSCALER_HEADROOM_PERCENT": "80",
+        "SHOAL_AUTOSCALER_BURST_WINDOW_SECONDS": "900",
+        "SHOAL_AUTOSCALER_MAX_SCALE_UP_FACTOR": "3",
+        "SHOAL_AUTOSCALER_QUEUE_DRAIN_SECONDS": "45",
     })  # fmt: skip
     assert c.prometheus_url == "http://prometheus:9090"
     assert (c.autoscaler_interval_seconds, c.autoscaler_stale_seconds) == (5.0, 45.0)
     assert c.default_budget == Decimal("25.50")
     assert c.autoscaler_mode == "Active" and c.autoscaler_off_reason == ""
+    assert c.autoscaler_burst_window_seconds == 900.0
+    ps = c.policy_settings()
+    assert (ps.stale_seconds, ps.headroom_percent) == (45.0, 80)
+    assert (ps.max_scale_up_factor, ps.queue_drain_seconds) == (3.0, 45.0)
     url = {"SHOAL_PROMETHEUS_URL": "http://p:9090"}
     assert (
         OperatorConfig.from_env({**url, "SHOAL_AUTOSCALER_DRY_RUN": "True"}).autoscaler_mode
@@ -59,6 +67,10 @@ def test_every_variable_of_the_contract() -> None:
         ),
         ({"SHOAL_AUTOSCALER_INTERVAL_SECONDS": "0"}, "must be positive"),
         ({"SHOAL_AUTOSCALER_STALE_SECONDS": "-1"}, "must be positive"),
+        ({"SHOAL_AUTOSCALER_HEADROOM_PERCENT": "lots"}, "HEADROOM_PERCENT must be a whole"),
+        ({"SHOAL_AUTOSCALER_HEADROOM_PERCENT": "500"}, "HEADROOM_PERCENT must be within"),
+        ({"SHOAL_AUTOSCALER_MAX_SCALE_UP_FACTOR": "0.5"}, "FACTOR must be at least 1"),
+        ({"SHOAL_AUTOSCALER_QUEUE_DRAIN_SECONDS": "0"}, "must be positive seconds"),
     ],
 )
 def test_bad_values_stop_the_operator_with_the_variable_named(

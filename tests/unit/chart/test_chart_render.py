@@ -119,6 +119,10 @@ def test_env_reaches_the_operator_settings(name: str) -> None:
     assert config.autoscaler_interval_seconds == v.autoscaler.interval_seconds
     assert config.autoscaler_dry_run == v.autoscaler.dry_run
     assert config.autoscaler_stale_seconds == v.autoscaler.stale_seconds
+    assert config.autoscaler_headroom_percent == v.autoscaler.headroom_percent
+    assert config.autoscaler_burst_window_seconds == v.autoscaler.burst_window_seconds
+    assert config.autoscaler_max_scale_up_factor == v.autoscaler.max_scale_up_factor
+    assert config.autoscaler_queue_drain_seconds == v.autoscaler.queue_drain_seconds
     assert config.default_budget_per_hour == (v.autoscaler.default_budget_per_hour or None)
     assert config.serving_image == (v.serving.image or f"ghcr.io/shoal-dev/shoal-serving:{_app()}")
     assert config.gpu_image == (

@@ -24,7 +24,15 @@ from shoal.sim.optimal import (
 from shoal.sim.scenarios import GENERAL, LARGE, MATH, Scenario, _topic, fleet_spec
 from shoal.sim.simulator import replicas_at
 from shoal.sim.study import run_study
-from shoal.sim.workload import Bursts, Constant, Diurnal, RoutingTable, Sum, fit_workload_router
+from shoal.sim.workload import (
+    Bursts,
+    Constant,
+    Diurnal,
+    RoutingTable,
+    Step,
+    Sum,
+    fit_workload_router,
+)
 from shoal.sim.workload import generate_trace as trace_of
 
 
@@ -40,6 +48,62 @@ def tiny(budget: str | None = None) -> Scenario:
         ),
         duration=1200.0,
     )
+
+
+def sharp() -> Scenario:
+    """Twenty minutes: steady traffic; math jumps at once to 6x, decaying over 10 minutes."""
+    return Scenario(
+        name="sharp",
+        description="test",
+        spec=fleet_spec(),
+        topics=(
+            _topic("math", MATH, Sum((Constant(2.0), Step(10.0, (300.0,), 600.0)))),
+            _topic("general", GENERAL, Constant(2.0)),
+        ),
+        duration=1200.0,
+    )
+
+
+def test_a_step_does_not_run_the_replicas_away() -> None:
+    """The signature of sizing from the queue: a step takes a model to far more replicas than
+    the hindsight-optimal schedule needs. Sized from capacity, it stays within 1.5x + 1."""
+    study = run_study(sharp(), seed=0)
+    summary = study.summary()
+    peaks = summary["policies"]["shoal"]["peak_replicas"]
+    best = summary["policies"]["optimal"]["peak_replicas"]
+    assert all(peaks[m] <= 1.5 * best[m] + 1 for m in best), (peaks, best)
+    assert summary["peak_excess"] <= 0
+    assert summary["policies"]["optimal"]["slo_attainment"] == 1.0
+
+
+def test_a_step_jumps_at_once_and_decays() -> None:
+    step = Step(12.0, (100.0,), decay=300.0)
+    rates = [step.rate(t) for t in (99, 100, 250, 399, 400)]
+    assert rates == pytest.approx([0.0, 12.0, 6.0, 0.04, 0.0])
+    assert step.peak() == 12.0
+
+
+def test_many_seeds_report_the_mean_and_the_worst_case() -> None:
+    from shoal.sim.study import aggregate
+
+    def run(seed: int, slo: float, static: float, optimal: float, excess: float) -> dict:  # type: ignore[type-arg]
+        pol = {"slo_attainment": 1.0, "cost_usd": 10.0}
+        return {
+            "seed": seed, "slo_attainment": slo, "cost_vs_static": static,
+            "cost_vs_optimal": optimal, "peak_excess": excess,
+            "policies": {"optimal": pol, "queue-threshold": {"slo_attainment": 0.9,
+                                                             "cost_usd": 9.0}},
+        }  # fmt: skip
+
+    a = aggregate([run(0, 0.99, 0.6, 1.1, -1.0), run(1, 0.97, 0.8, 1.4, 0.5)])
+    assert a["slo_attainment"] == {"mean": 0.98, "worst": 0.97}
+    assert a["cost_vs_static"] == {"mean": 0.7, "worst": 0.8}
+    assert a["cost_vs_optimal"] == {"mean": 1.25, "worst": 1.4}
+    assert a["peak_excess"] == 0.5 and a["optimal_slo_attainment"] == 1.0
+    assert a["queue_threshold"] == {"slo_attainment": 0.9, "cost_vs_optimal": 0.9}
+    assert a["targets_met"] == {
+        "slo_attainment": False, "cost_vs_static": True, "cost_vs_optimal": False, "peak": False
+    }  # fmt: skip
 
 
 def test_erlang_c_and_capacity_behave() -> None:
@@ -120,6 +184,39 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
 
     out = plot_study(run_study(tiny(), seed=0), tmp_path / "plot.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_replayed_trace_is_what_the_study_and_its_plot_show(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typing import Any
+
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from shoal.sim.plot import plot_study
+
+    trace = tmp_path / "t.jsonl"
+    rows = [{"t": 420 + i * 0.1, "topic": "general", "prompt_tokens": 200, "output_tokens": 100}
+            for i in range(600)]  # fmt: skip
+    trace.write_text("\n".join(json.dumps(r) for r in rows))
+    study = run_study(tiny(), seed=0, trace_file=trace)
+    assert study.summary()["trace"] == str(trace) and len(study.trace) == 600
+    seen: dict[str, Any] = {}
+    real_savefig = Figure.savefig
+
+    def capture(fig: Figure, *args: Any, **kwargs: Any) -> None:
+        ax = fig.axes[0]
+        seen["title"] = ax.get_title()
+        seen["lines"] = {ln.get_label(): float(np.max(ln.get_ydata())) for ln in ax.get_lines()}
+        real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", capture)
+    plot_study(study, tmp_path / "trace.png")
+    assert "--trace t.jsonl" in seen["title"] and "600 requests replayed" in seen["title"]
+    # The top panel draws the trace's arrivals (10/s in one minute of general), not the
+    # scenario's synthetic rates (math at 2/s plus its burst).
+    assert seen["lines"] == {"general": 10.0}
 
 
 def test_cli_rejects_unknown_scenarios() -> None:

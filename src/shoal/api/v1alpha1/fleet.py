@@ -198,6 +198,15 @@ class TierAutoscaling(ApiModel):
         default=False,
         description="Allow models of this tier to scale to zero replicas when idle.",
     )
+    headroom_percent: int | None = Field(
+        default=None,
+        ge=0,
+        le=400,
+        description="Spare capacity the autoscaler keeps for bursts, in percent of the gap "
+        "between the busiest 30-second arrival rate of the last minutes and the rate now: 0 "
+        "keeps none, 100 keeps the whole swing warm. Unset: the operator's default "
+        "(Helm value autoscaler.headroomPercent).",
+    )
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(

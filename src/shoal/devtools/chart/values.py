@@ -318,6 +318,37 @@ class Autoscaler(ChartModel):
         description='Budget in USD per hour for fleets without spec.budget, e.g. "25.00"; '
         "empty: no cap (SHOAL_DEFAULT_BUDGET_PER_HOUR).",
     )
+    headroom_percent: int = Field(
+        default=0,
+        ge=0,
+        le=400,
+        description="Spare capacity kept for bursts, in percent of the gap between the "
+        "busiest 30-second arrival rate of the burst window and the rate now; a tier's "
+        "autoscaling.headroomPercent overrides it. 0: none; higher: steps land on warm "
+        "replicas more often, at a cost (SHOAL_AUTOSCALER_HEADROOM_PERCENT).",
+    )
+    burst_window_seconds: int = Field(
+        default=600,
+        ge=60,
+        le=3600,
+        description="How far back the busiest arrival rate is looked for when sizing the "
+        "headroom (SHOAL_AUTOSCALER_BURST_WINDOW_SECONDS).",
+    )
+    max_scale_up_factor: int = Field(
+        default=4,
+        ge=1,
+        le=100,
+        description="Most one decision may multiply a model's replicas by (one more is always "
+        "allowed): a bound on how far a wrong reading can throw the fleet "
+        "(SHOAL_AUTOSCALER_MAX_SCALE_UP_FACTOR).",
+    )
+    queue_drain_seconds: int = Field(
+        default=90,
+        ge=5,
+        le=3600,
+        description="A queue asks for the capacity that drains it within this many seconds, "
+        "on top of what carries the arrivals (SHOAL_AUTOSCALER_QUEUE_DRAIN_SECONDS).",
+    )
 
 
 class ServiceAccount(ChartModel):
