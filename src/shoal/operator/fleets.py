@@ -1,8 +1,13 @@
 """Reconcile one ModelFleet: read its policy and artifact, plan, apply, write status.
 
 Level-based: every call computes the whole desired state from what is there now, so it is
-safe to run at any time, any number of times (create, update, resume, timer, a policy change,
-a RayService status change, a restart half-way through).
+safe to run at any time, any number of times (create, update, resume, the periodic re-check,
+a policy change, a RayService status change, a restart half-way through).
+
+Writes only what changes: a child is applied when the live copy the operator knows (its
+watch cache, or what its last write returned) does not cover the desired one, and the status
+only when it differs. The periodic re-check passes ``verify=True``, which reads every child
+from the API server first, so drift made by others is found without writing anything.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from shoal.planning.children import (
     desired_children,
 )
 from shoal.planning.conditions import condition
+from shoal.planning.drift import needs_apply
 from shoal.planning.status import (
     DEGRADED,
     READY,
@@ -126,14 +132,38 @@ def plan_settings(config: OperatorConfig, fleet: ModelFleet) -> PlanSettings:
     )
 
 
+def _current(gw: KubeGateway, obj: dict[str, Any], verify: bool) -> dict[str, Any] | None:
+    """The live child as far as the operator knows it (read from the API when verifying)."""
+    meta = obj["metadata"]
+    where = (obj["apiVersion"], obj["kind"], meta["namespace"] or "default", meta["name"])
+    if verify:
+        return gw.read(*where)
+    _, live = gw.known(*where)
+    return live
+
+
+def _apply(gw: KubeGateway, obj: dict[str, Any], verify: bool) -> tuple[dict[str, Any], bool]:
+    """Apply ``obj`` unless its live copy covers it already; (live object, written)."""
+    live = _current(gw, obj, verify)
+    if live is not None and not needs_apply(live, obj):
+        return live, False
+    return gw.apply(obj), True
+
+
 def reconcile_fleet(
     gw: KubeGateway,
     config: OperatorConfig,
     body: Any,
     now: datetime,
     settings: PlanSettings | None = None,
+    *,
+    verify: bool = False,
 ) -> FleetOutcome:
-    """Bring one fleet's children and status in line with its spec."""
+    """Bring one fleet's children and status in line with its spec.
+
+    ``verify``: read every child from the API server before deciding whether to write it
+    (the periodic re-check); otherwise the operator's cache decides.
+    """
     try:
         fleet = ModelFleet.model_validate(dict(body))
     except ValidationError as exc:  # stored before a stricter schema, or written around it
@@ -177,16 +207,17 @@ def reconcile_fleet(
     applied, live_rs = [], None
     for obj in children.objects():
         try:
-            live = gw.apply(obj)
+            live, written = _apply(gw, obj, verify)
         except WRITE_ERRORS as exc:
             what = f"{obj['kind']}/{obj['metadata']['name']}"
             problem = SpecProblem(exc.reason, f"cannot write {what}: {exc}")
             report(FleetObservation(policy=policy, problem=problem))
             raise
-        applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        if written:
+            applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
         if obj["kind"] == "RayService":
             live_rs = live
-    _prune(gw, fleet, children.objects())
+    _prune(gw, fleet, children.objects(), verify)
     status = report(
         FleetObservation(
             policy=policy,
@@ -224,14 +255,24 @@ def _report_invalid(gw: KubeGateway, body: Any, exc: ValidationError, now: datet
     events.post(body, warning=True, reason="InvalidSpec", message=message)
 
 
-def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]]) -> None:
-    """Delete router ConfigMaps of this fleet that are no longer desired (strategy change)."""
+def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]], verify: bool) -> None:
+    """Delete the fleet's router ConfigMap when it is no longer desired (strategy change).
+
+    Only when it may exist: not when the operator knows it is gone (it deleted it, or a read
+    found none), so an unchanged static fleet costs no request here.
+    """
     ns = fleet.metadata.namespace or "default"
-    keep = {o["metadata"]["name"] for o in desired if o["kind"] == "ConfigMap"}
-    labels = {names.FLEET_LABEL: fleet.metadata.name, names.COMPONENT_LABEL: "router"}
-    for cm in gw.list("v1", "ConfigMap", ns, labels):
-        if cm["metadata"]["name"] not in keep:
-            gw.delete("v1", "ConfigMap", ns, cm["metadata"]["name"])
+    cm_name = names.router_configmap_name(fleet.metadata.name)
+    if any(o["kind"] == "ConfigMap" and o["metadata"]["name"] == cm_name for o in desired):
+        return
+    if verify:
+        if gw.read("v1", "ConfigMap", ns, cm_name) is None:
+            return
+    else:
+        known, live = gw.known("v1", "ConfigMap", ns, cm_name)
+        if known and live is None:
+            return
+    gw.delete("v1", "ConfigMap", ns, cm_name)
 
 
 def delete_fleet_children(gw: KubeGateway, body: Any) -> list[str]:
