@@ -318,10 +318,17 @@ def main(argv: list[str] | None = None) -> None:
                       f"{r['operator_cpu_s']:.0f} CPU s, peak RSS {r['peak_rss_mb']:.0f} MB",
                       file=sys.stderr, flush=True)  # fmt: skip
         finally:
-            if bench is not None:
-                bench.done_with_namespace()
-            if cp is not None:
-                cp.stop()
+            # A second signal (``timeout`` signals its child, then its whole process group)
+            # must not cut the clean-up short: an API server left without its etcd (whose
+            # data directory goes with the temporary directory) spins on forever.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                if bench is not None:
+                    bench.done_with_namespace()
+            finally:
+                if cp is not None:
+                    cp.stop()
 
     m = args.models
     label = "apply -> RayService written, 50 fleets"

@@ -39,6 +39,8 @@ from shoal.planning import names
 
 log = logging.getLogger(__name__)
 FLEETS, POLICIES = "modelfleets", "routingpolicies"
+#: Threads that run synchronous handlers (kopf's default is a few more than the CPUs).
+HANDLER_THREADS = 16
 
 
 def _now() -> datetime:
@@ -68,13 +70,18 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.client_timeout = 70
     settings.watching.reconnect_backoff = 1.0
     settings.networking.error_backoffs = [1, 2, 5, 10]
+    # Handlers mostly wait for the API server: enough threads to keep it busy when many
+    # fleets arrive at once, each with a connection of its own.
+    settings.execution.max_workers = HANDLER_THREADS
     config = OperatorConfig.from_env()
     memo.config = config
     # Operator-wide, before any object's memo is copied from this one: kopf gives each object
     # a shallow copy of the operator's memo, so these are shared by every object's handlers.
     memo.cache = ObjectCache()
     memo.gateway = KubeGateway(
-        credentials.api_client(), timeout=config.api_timeout_seconds, cache=memo.cache
+        credentials.api_client(pool_size=HANDLER_THREADS + 2),
+        timeout=config.api_timeout_seconds,
+        cache=memo.cache,
     )
     memo.locks = FleetLocks()
     memo.indexes = {}  # kopf's live indexes, for the periodic loop (filled by handlers)
