@@ -33,14 +33,14 @@ from typing import Any, Protocol
 import kopf
 
 from shoal.api.v1alpha1 import API_VERSION, ModelFleet, RoutingPolicy
-from shoal.api.v1alpha1.fleet import AutoscalerStatus, ScalingDecision
+from shoal.api.v1alpha1.fleet import ScalingDecision
 from shoal.autoscaling.policy import PolicySettings, decide
 from shoal.autoscaling.prometheus import PrometheusSource, Windows, windows_for
 from shoal.autoscaling.state import model_states, rendered_replicas, status_after
 from shoal.autoscaling.types import FleetDecision, MetricsWindow, ModelDecision
 from shoal.operator import events
 from shoal.operator.config import OperatorConfig
-from shoal.operator.fleets import reconcile_fleet
+from shoal.operator.fleets import autoscaler_off_status, reconcile_fleet
 from shoal.operator.gateway import KubeGateway
 from shoal.operator.metrics import (
     BUDGET_BINDING,
@@ -156,13 +156,11 @@ def _off(
 ) -> AutoscaleOutcome:
     """Autoscaler off: say so in status (once), hand replicas back to Ray Serve."""
     previous = fleet.status.autoscaler if fleet.status else None
-    message = (
-        f"autoscaler off: {config.autoscaler_off_reason}; Ray Serve autoscales each model "
-        "within its tier's bounds"
-    )
+    off = autoscaler_off_status(config)
+    message = off.message
     patch: dict[str, Any] = {}
     if previous is None or previous.mode != "Off" or previous.message != message:
-        patch["autoscaler"] = _dump(AutoscalerStatus(mode="Off", message=message))
+        patch["autoscaler"] = _dump(off)
     if fleet.status and fleet.status.effective_alpha is not None:
         patch["effectiveAlpha"] = None
     if not patch:

@@ -22,6 +22,7 @@ import kopf
 from pydantic import ValidationError
 
 from shoal.api.v1alpha1 import API_VERSION, ConditionStatus, ModelFleet, RoutingPolicy
+from shoal.api.v1alpha1.fleet import AutoscalerStatus
 from shoal.autoscaling.state import rendered_replicas
 from shoal.operator import events
 from shoal.operator.config import OperatorConfig
@@ -116,6 +117,15 @@ def _event_on_transition(body: Any, fleet: ModelFleet, new: Any) -> None:
         events.post(body, warning=True, reason=new_deg.reason, message=new_deg.message)
 
 
+def autoscaler_off_status(config: OperatorConfig) -> AutoscalerStatus:
+    """``status.autoscaler`` while Shoal's autoscaler is off, and why it is."""
+    message = (
+        f"autoscaler off: {config.autoscaler_off_reason}; Ray Serve autoscales each model "
+        "within its tier's bounds"
+    )
+    return AutoscalerStatus(mode="Off", message=message)
+
+
 def plan_settings(config: OperatorConfig, fleet: ModelFleet) -> PlanSettings:
     """The operator's settings, plus the autoscaler's persisted decision while it owns the
     replicas (mode Active): fixed replicas for every model and the effective alpha."""
@@ -176,6 +186,9 @@ def reconcile_fleet(
 
     def report(seen: FleetObservation) -> Any:
         status = fleet_status(fleet, seen, previous, now)
+        if status.autoscaler is None and config.autoscaler_mode == "Off":
+            # A new fleet says so in its first status write, not in a second one.
+            status = status.model_copy(update={"autoscaler": autoscaler_off_status(config)})
         _event_on_transition(body, fleet, status)
         _write_status(gw, fleet, status.model_dump(mode="json", by_alias=True))
         return status
