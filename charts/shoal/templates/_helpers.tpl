@@ -111,10 +111,10 @@ operator running under this identity); see docs/sre.md for what each is for.
   resources: ["rayservices"]
   verbs: ["list", "watch", "create", "patch", "delete"]
 # Calibration data (read), router artifacts (server-side apply: patch, and create when new;
-# listed to prune; deleted).
+# read back by the periodic re-check; deleted).
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 {{- if .Values.rbac.embedderSecrets }}
 # The API key an openai embedder names (embedder.apiKeySecretRef), read to fit the router.
 - apiGroups: [""]

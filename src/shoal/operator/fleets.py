@@ -6,8 +6,9 @@ a policy change, a RayService status change, a restart half-way through).
 
 Writes only what changes: a child is applied when the live copy the operator knows (its
 watch cache, or what its last write returned) does not cover the desired one, and the status
-only when it differs. The periodic re-check passes ``verify=True``, which reads every child
-from the API server first, so drift made by others is found without writing anything.
+only when it differs. The periodic re-check passes ``verify=True``, which reads the children
+it may read first (:func:`_current`), so drift made by others is found without writing
+anything.
 """
 
 from __future__ import annotations
@@ -143,10 +144,16 @@ def plan_settings(config: OperatorConfig, fleet: ModelFleet) -> PlanSettings:
 
 
 def _current(gw: KubeGateway, obj: dict[str, Any], verify: bool) -> dict[str, Any] | None:
-    """The live child as far as the operator knows it (read from the API when verifying)."""
+    """The live child as far as the operator knows it.
+
+    The RayService from the watch cache (KubeRay's and anyone's changes reach it); when
+    verifying, ConfigMaps read from the API server. The Service is known from the operator's own
+    last apply only: its RBAC grants no read of Services (a Service changed by someone else
+    is put right at the fleet's next change or the operator's next start).
+    """
     meta = obj["metadata"]
     where = (obj["apiVersion"], obj["kind"], meta["namespace"] or "default", meta["name"])
-    if verify:
+    if verify and obj["kind"] == "ConfigMap":
         return gw.read(*where)
     _, live = gw.known(*where)
     return live
