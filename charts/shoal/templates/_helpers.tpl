@@ -97,10 +97,11 @@ Each verb is one the operator is seen to use in tests/integration/chart (an audi
 operator running under this identity); see docs/sre.md for what each is for.
 */}}
 {{- define "shoal.namespacedRules" -}}
-# Watch fleets and policies; kopf keeps its state in annotations and a finalizer (patch).
+# Watch fleets and policies (the operator reads them from its watch cache, never with a get);
+# kopf keeps its state in annotations and a finalizer (patch).
 - apiGroups: ["shoal.dev"]
   resources: ["modelfleets", "routingpolicies"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 # Write their status (conditions, replicas, cost, the fitted router).
 - apiGroups: ["shoal.dev"]
   resources: ["modelfleets/status", "routingpolicies/status"]

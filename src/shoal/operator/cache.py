@@ -45,6 +45,9 @@ class ObjectCache:
 
     def __init__(self) -> None:
         self._objects: dict[Key, dict[str, Any]] = {}
+        #: Kinds the cache holds every object of (kopf indexes them before any handler runs):
+        #: a miss means the object does not exist.
+        self.authoritative: set[tuple[str, str]] = set()
         self._gone: dict[Key, int | None] = {}
         self._guard = threading.Lock()
 

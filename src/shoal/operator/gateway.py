@@ -143,7 +143,7 @@ class KubeGateway:
             if self.cache.is_gone(key):
                 return None
             cached = self.cache.get(key)
-            if cached is not None:
+            if cached is not None or (api_version, kind) in self.cache.authoritative:
                 return cached
         return self.read(api_version, kind, namespace, name)
 

@@ -78,6 +78,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # Operator-wide, before any object's memo is copied from this one: kopf gives each object
     # a shallow copy of the operator's memo, so these are shared by every object's handlers.
     memo.cache = ObjectCache()
+    # Complete for fleets and policies: the indexes below put every one of them in it.
+    memo.cache.authoritative |= {(API_VERSION, ModelFleet.KIND), (API_VERSION, RoutingPolicy.KIND)}
     memo.gateway = KubeGateway(
         credentials.api_client(pool_size=HANDLER_THREADS + 2),
         timeout=config.api_timeout_seconds,
@@ -169,9 +171,23 @@ async def policy_seen(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> N
 
 
 @kopf.index(GROUP, VERSION, FLEETS)
-def fleets_by_policy(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> Any:
-    """(namespace, policy name) -> names of the fleets that reference the policy."""
+def fleets_by_policy(
+    namespace: str | None, name: str, spec: kopf.Spec, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> Any:
+    """(namespace, policy name) -> names of the fleets that reference the policy.
+
+    Also puts the fleet into the cache: kopf indexes every fleet (and policy, below) before
+    any handler runs, so the cache holds them all and a miss means there is no such object.
+    """
+    memo.cache.put(dict(body))
     return {(namespace, (spec.get("routingPolicyRef") or {}).get("name")): name}
+
+
+@kopf.index(GROUP, VERSION, POLICIES)
+def policies_cached(body: kopf.Body, memo: kopf.Memo, **_: Any) -> Any:
+    """Puts every policy into the cache before any handler runs (see above); indexes nothing."""
+    memo.cache.put(dict(body))
+    return None
 
 
 def _reconcile_fleet(body: Any, memo: kopf.Memo, verify: bool = False) -> None:
