@@ -37,7 +37,7 @@ crds: ## regenerate CRDs from the API models
 bench-router: setup ## routing speed and artifact size
 	$(PY) bench/bench_router.py
 
-bench-operator: setup ## apply-to-RayService latency and 100-fleet convergence
+bench-operator: setup ## apply-to-RayService latency, 100/300/1,000-fleet convergence, steady writes
 	$(PY) bench/bench_operator.py
 
 bench-serving: setup ## latency the fleet endpoint adds over direct engine calls

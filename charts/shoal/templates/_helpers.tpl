@@ -97,10 +97,11 @@ Each verb is one the operator is seen to use in tests/integration/chart (an audi
 operator running under this identity); see docs/sre.md for what each is for.
 */}}
 {{- define "shoal.namespacedRules" -}}
-# Watch fleets and policies; kopf keeps its state in annotations and a finalizer (patch).
+# Watch fleets and policies (the operator reads them from its watch cache, never with a get);
+# kopf keeps its state in annotations and a finalizer (patch).
 - apiGroups: ["shoal.dev"]
   resources: ["modelfleets", "routingpolicies"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 # Write their status (conditions, replicas, cost, the fitted router).
 - apiGroups: ["shoal.dev"]
   resources: ["modelfleets/status", "routingpolicies/status"]
@@ -111,10 +112,10 @@ operator running under this identity); see docs/sre.md for what each is for.
   resources: ["rayservices"]
   verbs: ["list", "watch", "create", "patch", "delete"]
 # Calibration data (read), router artifacts (server-side apply: patch, and create when new;
-# listed to prune; deleted).
+# read back by the periodic re-check; deleted).
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 {{- if .Values.rbac.embedderSecrets }}
 # The API key an openai embedder names (embedder.apiKeySecretRef), read to fit the router.
 - apiGroups: [""]

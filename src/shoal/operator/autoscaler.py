@@ -1,7 +1,7 @@
 """The autoscaler's actuator: evaluate a fleet, persist the decision, render it, report it.
 
-Called by a kopf timer per fleet (:mod:`shoal.operator.handlers`), every
-``SHOAL_AUTOSCALER_INTERVAL_SECONDS``. One evaluation:
+Called for every fleet by the operator's periodic loop (:mod:`shoal.operator.resync`), about
+every ``SHOAL_AUTOSCALER_INTERVAL_SECONDS``. One evaluation:
 
 1. reads the fleet's metrics window from Prometheus (:mod:`shoal.autoscaling.prometheus`);
 2. asks the pure policy (:func:`shoal.autoscaling.policy.decide`) for every model's replicas,
@@ -18,67 +18,40 @@ Serve's ``autoscaling_config`` within the tier bounds and this module never chan
 
 Because the decision lives in status, a restarted operator renders the same replicas and
 honours the same cooldowns. Reconciles of the same fleet are serialised with the autoscaler
-and the finalizer (:meth:`AutoscalerRuntime.fleet_lock`) and read the fleet fresh, so a
+and the finalizer (:class:`shoal.operator.locks.FleetLocks`) and read the fleet fresh, so a
 reconcile working from a stale copy can never roll a decision back.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
 import kopf
-from prometheus_client import Counter, Gauge
 
 from shoal.api.v1alpha1 import API_VERSION, ModelFleet, RoutingPolicy
-from shoal.api.v1alpha1.fleet import AutoscalerStatus, ScalingDecision
+from shoal.api.v1alpha1.fleet import ScalingDecision
 from shoal.autoscaling.policy import decide
 from shoal.autoscaling.prometheus import PrometheusSource, Windows, windows_for
 from shoal.autoscaling.state import model_states, rendered_replicas, status_after
 from shoal.autoscaling.types import FleetDecision, MetricsWindow, ModelDecision
 from shoal.operator import events
 from shoal.operator.config import OperatorConfig
-from shoal.operator.fleets import reconcile_fleet
+from shoal.operator.fleets import autoscaler_off_status, reconcile_fleet
 from shoal.operator.gateway import KubeGateway
+from shoal.operator.metrics import (
+    BUDGET_BINDING,
+    BUDGET_UTILISATION,
+    DECISIONS,
+    DESIRED,
+    EFFECTIVE_ALPHA,
+    EVALUATIONS,
+)
 
 log = logging.getLogger(__name__)
-
-DESIRED = Gauge(
-    "shoal_autoscaler_desired_replicas",
-    "Replicas the autoscaler wants per model (applied in Active mode, reported in DryRun).",
-    ["namespace", "fleet", "model", "mode"],
-)
-DECISIONS = Counter(
-    "shoal_autoscaler_decisions_total",
-    "Per-model autoscaler decisions by direction (up, down, hold) and mode.",
-    ["namespace", "fleet", "direction", "mode"],
-)
-BUDGET_UTILISATION = Gauge(
-    "shoal_autoscaler_budget_utilisation",
-    "Cost per hour of the decided replicas as a fraction of the fleet's budget.",
-    ["namespace", "fleet"],
-)
-BUDGET_BINDING = Gauge(
-    "shoal_autoscaler_budget_binding",
-    "1 while the budget holds replicas below what load and SLOs ask for.",
-    ["namespace", "fleet"],
-)
-EFFECTIVE_ALPHA = Gauge(
-    "shoal_autoscaler_effective_alpha",
-    "Router quality weight in force (the policy's alpha unless the budget binds).",
-    ["namespace", "fleet"],
-)
-EVALUATIONS = Counter(
-    "shoal_autoscaler_evaluations_total",
-    "Fleet evaluations by result (ok, metrics_unavailable, off).",
-    ["result"],
-)
 
 
 class MetricsSource(Protocol):
@@ -91,45 +64,19 @@ class MetricsSource(Protocol):
 
 @dataclass
 class AutoscalerRuntime:
-    """Per-operator autoscaler state: the metrics source and one lock per fleet."""
+    """Per-operator autoscaler state: where metric windows come from."""
 
     config: OperatorConfig
     source: MetricsSource | None = None
-    _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
-    _guard: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def from_config(cls, config: OperatorConfig) -> AutoscalerRuntime:
         source = PrometheusSource(config.prometheus_url) if config.prometheus_url else None
         return cls(config=config, source=source)
 
-    def _lock(self, namespace: str, name: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault((namespace, name), threading.Lock())
-
-    @contextmanager
-    def fleet_lock(self, gw: KubeGateway, body: Any) -> Iterator[dict[str, Any] | None]:
-        """Hold the fleet's lock; yield the fleet as it is now (None once it is gone).
-
-        Reconciles, autoscaler evaluations and the finalizer of one fleet run one at a time,
-        each on a copy read under the lock rather than the one an older watch event carried:
-        a reconcile never rolls back the autoscaler's latest decision, and never re-creates
-        children the finalizer has just deleted.
-        """
-        meta = body["metadata"]
-        ns, name = meta.get("namespace") or "default", meta["name"]
-        with self._lock(ns, name):
-            yield gw.get(API_VERSION, ModelFleet.KIND, ns, name)
-
 
 def runtime(memo: Any) -> AutoscalerRuntime:
-    """The operator's autoscaler runtime, which the startup handler puts in kopf's memo.
-
-    It must exist before any resource is seen: kopf gives each object a shallow copy of the
-    operator's memo, so a runtime created lazily by one object's handler would be that
-    object's alone, and the fleet locks would not be shared with the handlers of policies
-    and RayServices that reconcile the same fleet.
-    """
+    """The operator's autoscaler runtime, which the startup handler puts in kopf's memo."""
     rt: AutoscalerRuntime = memo.autoscaler
     return rt
 
@@ -209,13 +156,11 @@ def _off(
 ) -> AutoscaleOutcome:
     """Autoscaler off: say so in status (once), hand replicas back to Ray Serve."""
     previous = fleet.status.autoscaler if fleet.status else None
-    message = (
-        f"autoscaler off: {config.autoscaler_off_reason}; Ray Serve autoscales each model "
-        "within its tier's bounds"
-    )
+    off = autoscaler_off_status(config)
+    message = off.message
     patch: dict[str, Any] = {}
     if previous is None or previous.mode != "Off" or previous.message != message:
-        patch["autoscaler"] = _dump(AutoscalerStatus(mode="Off", message=message))
+        patch["autoscaler"] = _dump(off)
     if fleet.status and fleet.status.effective_alpha is not None:
         patch["effectiveAlpha"] = None
     if not patch:

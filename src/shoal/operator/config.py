@@ -76,6 +76,9 @@ class OperatorConfig:
     ray_serve_env: dict[str, str] = field(default_factory=ray_serve_env)
     #: Seconds between periodic re-checks of every fleet and policy (drift, KubeRay status).
     resync_seconds: float = 30.0
+    #: Most periodic jobs (re-checks, autoscaler evaluations) the operator starts per second;
+    #: with many fleets their intervals grow so that this holds (:mod:`shoal.operator.resync`).
+    periodic_rate_per_second: float = 10.0
     #: Seconds a fleet waits before re-checking a missing or unfitted dependency.
     retry_seconds: float = 10.0
     #: Timeout of one Kubernetes API call.
@@ -104,6 +107,8 @@ class OperatorConfig:
     def __post_init__(self) -> None:
         if self.autoscaler_interval_seconds <= 0 or self.autoscaler_stale_seconds <= 0:
             raise ValueError("autoscaler interval and stale limit must be positive seconds")
+        if self.resync_seconds <= 0 or self.periodic_rate_per_second <= 0:
+            raise ValueError("resync interval and periodic rate must be positive")
         if not 0 <= self.autoscaler_headroom_percent <= 400:
             raise ValueError("SHOAL_AUTOSCALER_HEADROOM_PERCENT must be within 0..400")
         if self.autoscaler_max_scale_up_factor < 1:
@@ -154,6 +159,9 @@ class OperatorConfig:
             gpu_image=env.get("SHOAL_GPU_IMAGE", defaults.gpu_image),
             ray_serve_env=_env_map(env, "SHOAL_RAY_SERVE_ENV"),
             resync_seconds=float(env.get("SHOAL_RESYNC_SECONDS", defaults.resync_seconds)),
+            periodic_rate_per_second=float(
+                env.get("SHOAL_PERIODIC_RATE_PER_SECOND", defaults.periodic_rate_per_second)
+            ),
             retry_seconds=float(env.get("SHOAL_RETRY_SECONDS", defaults.retry_seconds)),
             api_timeout_seconds=float(
                 env.get("SHOAL_API_TIMEOUT_SECONDS", defaults.api_timeout_seconds)

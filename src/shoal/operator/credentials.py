@@ -15,16 +15,21 @@ from typing import Any
 import kopf
 
 
-def api_client() -> Any:
-    """A ``kubernetes.client.ApiClient`` with the operator's credentials."""
+def api_client(pool_size: int | None = None) -> Any:
+    """A ``kubernetes.client.ApiClient`` with the operator's credentials; ``pool_size``: how
+    many connections it keeps open (as many as threads use it at once, else each extra
+    request opens and closes a TLS connection of its own)."""
     from kubernetes import client, config
 
+    cfg = client.Configuration()
     try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return client.ApiClient()
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     except config.ConfigException:
         kubeconfig = os.environ.get("KUBECONFIG") or None
-        return config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
+    if pool_size:
+        cfg.connection_pool_maxsize = pool_size
+    return client.ApiClient(cfg)
 
 
 def connection_info(api: Any, *, trust_env: bool = False) -> kopf.ConnectionInfo:

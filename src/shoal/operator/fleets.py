@@ -1,8 +1,14 @@
 """Reconcile one ModelFleet: read its policy and artifact, plan, apply, write status.
 
 Level-based: every call computes the whole desired state from what is there now, so it is
-safe to run at any time, any number of times (create, update, resume, timer, a policy change,
-a RayService status change, a restart half-way through).
+safe to run at any time, any number of times (create, update, resume, the periodic re-check,
+a policy change, a RayService status change, a restart half-way through).
+
+Writes only what changes: a child is applied when the live copy the operator knows (its
+watch cache, or what its last write returned) does not cover the desired one, and the status
+only when it differs. The periodic re-check passes ``verify=True``, which reads the children
+it may read first (:func:`_current`), so drift made by others is found without writing
+anything.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import kopf
 from pydantic import ValidationError
 
 from shoal.api.v1alpha1 import API_VERSION, ConditionStatus, ModelFleet, RoutingPolicy
+from shoal.api.v1alpha1.fleet import AutoscalerStatus
 from shoal.autoscaling.state import rendered_replicas
 from shoal.operator import events
 from shoal.operator.config import OperatorConfig
@@ -29,6 +36,7 @@ from shoal.planning.children import (
     desired_children,
 )
 from shoal.planning.conditions import condition
+from shoal.planning.drift import needs_apply
 from shoal.planning.status import (
     DEGRADED,
     READY,
@@ -110,6 +118,15 @@ def _event_on_transition(body: Any, fleet: ModelFleet, new: Any) -> None:
         events.post(body, warning=True, reason=new_deg.reason, message=new_deg.message)
 
 
+def autoscaler_off_status(config: OperatorConfig) -> AutoscalerStatus:
+    """``status.autoscaler`` while Shoal's autoscaler is off, and why it is."""
+    message = (
+        f"autoscaler off: {config.autoscaler_off_reason}; Ray Serve autoscales each model "
+        "within its tier's bounds"
+    )
+    return AutoscalerStatus(mode="Off", message=message)
+
+
 def plan_settings(config: OperatorConfig, fleet: ModelFleet) -> PlanSettings:
     """The operator's settings, plus the autoscaler's persisted decision while it owns the
     replicas (mode Active): fixed replicas for every model and the effective alpha."""
@@ -126,14 +143,44 @@ def plan_settings(config: OperatorConfig, fleet: ModelFleet) -> PlanSettings:
     )
 
 
+def _current(gw: KubeGateway, obj: dict[str, Any], verify: bool) -> dict[str, Any] | None:
+    """The live child as far as the operator knows it.
+
+    The RayService from the watch cache (KubeRay's and anyone's changes reach it); when
+    verifying, ConfigMaps read from the API server. The Service is known from the operator's own
+    last apply only: its RBAC grants no read of Services (a Service changed by someone else
+    is put right at the fleet's next change or the operator's next start).
+    """
+    meta = obj["metadata"]
+    where = (obj["apiVersion"], obj["kind"], meta["namespace"] or "default", meta["name"])
+    if verify and obj["kind"] == "ConfigMap":
+        return gw.read(*where)
+    _, live = gw.known(*where)
+    return live
+
+
+def _apply(gw: KubeGateway, obj: dict[str, Any], verify: bool) -> tuple[dict[str, Any], bool]:
+    """Apply ``obj`` unless its live copy covers it already; (live object, written)."""
+    live = _current(gw, obj, verify)
+    if live is not None and not needs_apply(live, obj):
+        return live, False
+    return gw.apply(obj), True
+
+
 def reconcile_fleet(
     gw: KubeGateway,
     config: OperatorConfig,
     body: Any,
     now: datetime,
     settings: PlanSettings | None = None,
+    *,
+    verify: bool = False,
 ) -> FleetOutcome:
-    """Bring one fleet's children and status in line with its spec."""
+    """Bring one fleet's children and status in line with its spec.
+
+    ``verify``: read every child from the API server before deciding whether to write it
+    (the periodic re-check); otherwise the operator's cache decides.
+    """
     try:
         fleet = ModelFleet.model_validate(dict(body))
     except ValidationError as exc:  # stored before a stricter schema, or written around it
@@ -146,6 +193,9 @@ def reconcile_fleet(
 
     def report(seen: FleetObservation) -> Any:
         status = fleet_status(fleet, seen, previous, now)
+        if status.autoscaler is None and config.autoscaler_mode == "Off":
+            # A new fleet says so in its first status write, not in a second one.
+            status = status.model_copy(update={"autoscaler": autoscaler_off_status(config)})
         _event_on_transition(body, fleet, status)
         _write_status(gw, fleet, status.model_dump(mode="json", by_alias=True))
         return status
@@ -177,16 +227,17 @@ def reconcile_fleet(
     applied, live_rs = [], None
     for obj in children.objects():
         try:
-            live = gw.apply(obj)
+            live, written = _apply(gw, obj, verify)
         except WRITE_ERRORS as exc:
             what = f"{obj['kind']}/{obj['metadata']['name']}"
             problem = SpecProblem(exc.reason, f"cannot write {what}: {exc}")
             report(FleetObservation(policy=policy, problem=problem))
             raise
-        applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        if written:
+            applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
         if obj["kind"] == "RayService":
             live_rs = live
-    _prune(gw, fleet, children.objects())
+    _prune(gw, fleet, children.objects(), verify)
     status = report(
         FleetObservation(
             policy=policy,
@@ -224,14 +275,24 @@ def _report_invalid(gw: KubeGateway, body: Any, exc: ValidationError, now: datet
     events.post(body, warning=True, reason="InvalidSpec", message=message)
 
 
-def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]]) -> None:
-    """Delete router ConfigMaps of this fleet that are no longer desired (strategy change)."""
+def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]], verify: bool) -> None:
+    """Delete the fleet's router ConfigMap when it is no longer desired (strategy change).
+
+    Only when it may exist: not when the operator knows it is gone (it deleted it, or a read
+    found none), so an unchanged static fleet costs no request here.
+    """
     ns = fleet.metadata.namespace or "default"
-    keep = {o["metadata"]["name"] for o in desired if o["kind"] == "ConfigMap"}
-    labels = {names.FLEET_LABEL: fleet.metadata.name, names.COMPONENT_LABEL: "router"}
-    for cm in gw.list("v1", "ConfigMap", ns, labels):
-        if cm["metadata"]["name"] not in keep:
-            gw.delete("v1", "ConfigMap", ns, cm["metadata"]["name"])
+    cm_name = names.router_configmap_name(fleet.metadata.name)
+    if any(o["kind"] == "ConfigMap" and o["metadata"]["name"] == cm_name for o in desired):
+        return
+    if verify:
+        if gw.read("v1", "ConfigMap", ns, cm_name) is None:
+            return
+    else:
+        known, live = gw.known("v1", "ConfigMap", ns, cm_name)
+        if known and live is None:
+            return
+    gw.delete("v1", "ConfigMap", ns, cm_name)
 
 
 def delete_fleet_children(gw: KubeGateway, body: Any) -> list[str]:

@@ -16,6 +16,8 @@ import kopf
 import urllib3
 from kubernetes import client
 
+from shoal.operator.cache import WATCHED, ObjectCache
+
 FIELD_MANAGER = "shoal-operator"
 
 #: (apiVersion, kind) -> plural, for every kind the operator touches.
@@ -78,9 +80,17 @@ def _message(body: bytes | None) -> str:
 class KubeGateway:
     """Narrow, synchronous Kubernetes access for the operator's handlers."""
 
-    def __init__(self, api: client.ApiClient, timeout: float = 30.0) -> None:
+    def __init__(
+        self, api: client.ApiClient, timeout: float = 30.0, cache: ObjectCache | None = None
+    ) -> None:
         self._api = api
         self._timeout = timeout
+        #: The operator's watch cache (None: every read asks the API server).
+        self.cache = cache
+
+    def _remember(self, obj: dict[str, Any] | None) -> None:
+        if self.cache is not None and obj and obj.get("metadata", {}).get("name"):
+            self.cache.put(obj)
 
     def _request(
         self,
@@ -129,8 +139,37 @@ class KubeGateway:
         return json.loads(data) if data else {}
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """The object, or None when it does not exist."""
-        return self._request("GET", resource_path(api_version, kind, namespace, name))
+        """The object, or None when it does not exist; watched kinds from the watch cache."""
+        if self.cache is not None and (api_version, kind) in WATCHED:
+            key = (api_version, kind, namespace, name)
+            if self.cache.is_gone(key):
+                return None
+            cached = self.cache.get(key)
+            if cached is not None or (api_version, kind) in self.cache.authoritative:
+                return cached
+        return self.read(api_version, kind, namespace, name)
+
+    def read(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object as the API server has it now (a GET, whatever the cache holds)."""
+        out = self._request("GET", resource_path(api_version, kind, namespace, name))
+        if self.cache is not None:
+            if out is None:
+                self.cache.drop((api_version, kind, namespace, name))
+            else:
+                self._remember(out)
+        return out
+
+    def known(
+        self, api_version: str, kind: str, namespace: str, name: str
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """What the cache knows without asking: (known, object); (True, None): known absent."""
+        if self.cache is None:
+            return False, None
+        key = (api_version, kind, namespace, name)
+        if self.cache.is_gone(key):
+            return True, None
+        cached = self.cache.get(key)
+        return cached is not None, cached
 
     def list(
         self, api_version: str, kind: str, namespace: str, labels: dict[str, str] | None = None
@@ -160,6 +199,7 @@ class KubeGateway:
                 f"install its CRD{owner}",
                 delay=REFUSED_RETRY_SECONDS,
             )
+        self._remember(out)
         return out
 
     def patch_status(
@@ -167,11 +207,16 @@ class KubeGateway:
     ) -> dict[str, Any] | None:
         """Merge-patch the status subresource (``None`` values delete fields)."""
         path = resource_path(api_version, kind, namespace, name) + "/status"
-        return self._request(
+        out = self._request(
             "PATCH", path, body={"status": status}, content_type="application/merge-patch+json"
         )
+        self._remember(out)
+        return out
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         """Delete an object; False when it was already gone."""
         path = resource_path(api_version, kind, namespace, name)
-        return self._request("DELETE", path) is not None
+        out = self._request("DELETE", path)
+        if self.cache is not None:
+            self.cache.drop((api_version, kind, namespace, name))
+        return out is not None

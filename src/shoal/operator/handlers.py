@@ -3,40 +3,44 @@
 
 Run with ``python -m shoal.operator`` (or ``kopf run -m shoal.operator.handlers``).
 
-- Fleets reconcile on create, update, resume, a periodic re-check, and whenever their
-  RayService changes (KubeRay writes its status there).
-- Policies reconcile (fit when needed) on create, update, resume and a periodic re-check
-  (which notices changed calibration data); then every fleet that references the policy is
-  reconciled, found through an in-memory index.
+- Fleets reconcile on create, update, resume, and whenever KubeRay changes their RayService's
+  status; policies on create, update and resume, after which every fleet that references the
+  policy is reconciled (found through an in-memory index).
+- One periodic loop (:mod:`shoal.operator.resync`), not a kopf timer per object, re-checks
+  every fleet and policy (drift, missed events, changed calibration data) and runs the
+  autoscaler, at a bounded rate. With no per-object timers, deleting a fleet waits for its
+  finalizer handler only, never for a timer to stop.
 - Deleting a fleet deletes its children (a finalizer; ownerReferences do the same where a
   garbage collector runs).
+- Watch handlers keep the operator's cache (:mod:`shoal.operator.cache`) current, so handlers
+  read fleets, policies and RayServices from memory instead of with GETs.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
-from shoal.api.v1alpha1 import GROUP, VERSION
+from shoal.api.v1alpha1 import API_VERSION, GROUP, VERSION, ModelFleet, RoutingPolicy
 from shoal.operator import credentials
 from shoal.operator.autoscaler import AutoscalerRuntime, autoscale_fleet, runtime
+from shoal.operator.cache import ObjectCache
 from shoal.operator.config import OperatorConfig
 from shoal.operator.fleets import delete_fleet_children, reconcile_fleet
 from shoal.operator.gateway import KubeGateway
+from shoal.operator.locks import FleetLocks
 from shoal.operator.metrics import FITS, observed
 from shoal.operator.policies import reconcile_policy
+from shoal.operator.resync import PeriodicLoop, Schedule
 from shoal.planning import names
 
 log = logging.getLogger(__name__)
 FLEETS, POLICIES = "modelfleets", "routingpolicies"
-#: Interval of the periodic re-check; a kopf decorator needs it when this module is imported.
-RESYNC_SECONDS = float(os.environ.get("SHOAL_RESYNC_SECONDS", "30"))
-#: Interval of the autoscaler's evaluations (SHOAL_AUTOSCALER_INTERVAL_SECONDS), likewise.
-AUTOSCALER_SECONDS = OperatorConfig.from_env().autoscaler_interval_seconds
+#: Threads that run synchronous handlers (kopf's default is a few more than the CPUs).
+HANDLER_THREADS = 16
 
 
 def _now() -> datetime:
@@ -53,7 +57,8 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    """kopf's state under shoal.dev annotations; events at info level; our config in memo."""
+    """kopf's state under shoal.dev annotations; events at info level; our config in memo;
+    the periodic loop started."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
@@ -65,31 +70,145 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.client_timeout = 70
     settings.watching.reconnect_backoff = 1.0
     settings.networking.error_backoffs = [1, 2, 5, 10]
+    # Handlers mostly wait for the API server: enough threads to keep it busy when many
+    # fleets arrive at once, each with a connection of its own.
+    settings.execution.max_workers = HANDLER_THREADS
     config = OperatorConfig.from_env()
     memo.config = config
-    memo.gateway = KubeGateway(credentials.api_client(), timeout=config.api_timeout_seconds)
-    # Operator-wide, before any object's memo is copied from this one (see runtime()).
+    # Operator-wide, before any object's memo is copied from this one: kopf gives each object
+    # a shallow copy of the operator's memo, so these are shared by every object's handlers.
+    memo.cache = ObjectCache()
+    # Complete for fleets and policies: the indexes below put every one of them in it.
+    memo.cache.authoritative |= {(API_VERSION, ModelFleet.KIND), (API_VERSION, RoutingPolicy.KIND)}
+    memo.gateway = KubeGateway(
+        credentials.api_client(pool_size=HANDLER_THREADS + 2),
+        timeout=config.api_timeout_seconds,
+        cache=memo.cache,
+    )
+    memo.locks = FleetLocks()
+    memo.indexes = {}  # kopf's live indexes, for the periodic loop (filled by handlers)
     memo.autoscaler = AutoscalerRuntime.from_config(config)
+    memo.periodic = _periodic_loop(memo, config)
+    memo.periodic.start()
 
 
-@kopf.index(GROUP, VERSION, FLEETS)
-def fleets_by_policy(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> Any:
-    """(namespace, policy name) -> names of the fleets that reference the policy."""
-    return {(namespace, (spec.get("routingPolicyRef") or {}).get("name")): name}
+@kopf.on.cleanup()
+def stop_periodic(memo: kopf.Memo, **_: Any) -> None:
+    """Stop the periodic loop with the operator."""
+    memo.periodic.stop()
+
+
+def _periodic_loop(memo: kopf.Memo, config: OperatorConfig) -> PeriodicLoop:
+    cache: ObjectCache = memo.cache
+
+    def fleets() -> list[tuple[str, str]]:
+        return cache.keys(API_VERSION, ModelFleet.KIND)
+
+    def policies() -> list[tuple[str, str]]:
+        return cache.keys(API_VERSION, RoutingPolicy.KIND)
+
+    def resync(ns: str, name: str) -> None:
+        _quietly(lambda: _reconcile_fleet(_ref(ns, name), memo, verify=True), "reconciled")
+
+    def autoscale(ns: str, name: str) -> None:
+        _quietly(lambda: _autoscale(_ref(ns, name), memo), "autoscaled")
+
+    def policy_resync(ns: str, name: str) -> None:
+        body = memo.gateway.get(API_VERSION, RoutingPolicy.KIND, ns, name)
+        if body is not None and not body["metadata"].get("deletionTimestamp"):
+            _quietly(lambda: _policy_resync(body, memo), "reconciled")
+
+    return PeriodicLoop(
+        [
+            Schedule("re-check", fleets, resync, config.resync_seconds),
+            Schedule("autoscaler", fleets, autoscale, config.autoscaler_interval_seconds),
+            Schedule("policy re-check", policies, policy_resync, config.resync_seconds),
+        ],
+        rate=config.periodic_rate_per_second,
+    )
+
+
+def _ref(namespace: str, name: str) -> dict[str, Any]:
+    return {"metadata": {"namespace": namespace, "name": name}}
+
+
+def _quietly(fn: Any, what: str) -> None:
+    try:
+        fn()
+    except (kopf.PermanentError, kopf.TemporaryError) as exc:
+        log.info("not %s yet: %s", what, exc)
 
 
 def _being_deleted(fleet: dict[str, Any]) -> bool:
     return bool(fleet["metadata"].get("deletionTimestamp"))
 
 
-def _reconcile_fleet(body: Any, memo: kopf.Memo) -> None:
+def _seen(memo: kopf.Memo, event: kopf.RawEvent, kwargs: dict[str, Any]) -> None:
+    """Keep the cache current with one watch event; adopt kopf's context and indexes for the
+    periodic loop."""
+    memo.periodic.adopt_context()
+    memo.indexes.setdefault("fleets_by_policy", kwargs["fleets_by_policy"])
+    obj = event["object"]
+    if event["type"] == "DELETED":
+        memo.cache.deleted(obj)
+    elif event["type"] in ("ADDED", "MODIFIED", None):  # None: the initial listing
+        memo.cache.put(obj)
+
+
+@kopf.on.event(GROUP, VERSION, FLEETS)
+async def fleet_seen(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A fleet changed (or is listed): the cache follows; a deleted fleet's lock goes."""
+    _seen(memo, event, kwargs)
+    if event["type"] == "DELETED":
+        meta = event["object"]["metadata"]
+        memo.locks.forget(meta.get("namespace") or "default", meta["name"])
+
+
+@kopf.on.event(GROUP, VERSION, POLICIES)
+async def policy_seen(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A policy changed (or is listed): the cache follows."""
+    _seen(memo, event, kwargs)
+
+
+@kopf.index(GROUP, VERSION, FLEETS)
+def fleets_by_policy(
+    namespace: str | None, name: str, spec: kopf.Spec, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> Any:
+    """(namespace, policy name) -> names of the fleets that reference the policy.
+
+    Also puts the fleet into the cache: kopf indexes every fleet (and policy, below) before
+    any handler runs, so the cache holds them all and a miss means there is no such object.
+    """
+    memo.cache.put(dict(body))
+    return {(namespace, (spec.get("routingPolicyRef") or {}).get("name")): name}
+
+
+@kopf.index(GROUP, VERSION, POLICIES)
+def policies_cached(body: kopf.Body, memo: kopf.Memo, **_: Any) -> Any:
+    """Puts every policy into the cache before any handler runs (see above); indexes nothing."""
+    memo.cache.put(dict(body))
+    return None
+
+
+def _reconcile_fleet(body: Any, memo: kopf.Memo, verify: bool = False) -> None:
     # Serialised with the autoscaler and the finalizer, on the fleet as it is now: a fleet
     # being deleted belongs to the finalizer (reconciling it would re-create its children).
-    with runtime(memo).fleet_lock(memo.gateway, body) as fresh:
+    locks: FleetLocks = memo.locks
+    with locks.hold(memo.gateway, body) as fresh:
         if fresh is None or _being_deleted(fresh):
             return
         with observed("ModelFleet"):
-            reconcile_fleet(memo.gateway, memo.config, fresh, _now())
+            reconcile_fleet(memo.gateway, memo.config, fresh, _now(), verify=verify)
+
+
+def _autoscale(body: Any, memo: kopf.Memo) -> None:
+    """Shoal's autoscaler: evaluate the fleet; persist, apply or only report the decision."""
+    rt = runtime(memo)
+    locks: FleetLocks = memo.locks
+    with locks.hold(memo.gateway, body) as fresh:
+        if fresh is None or _being_deleted(fresh):
+            return
+        autoscale_fleet(memo.gateway, memo.config, rt.source, fresh, _now())
 
 
 @kopf.on.resume(GROUP, VERSION, FLEETS)
@@ -100,51 +219,52 @@ def fleet_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _reconcile_fleet(body, memo)
 
 
-@kopf.timer(GROUP, VERSION, FLEETS, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-def fleet_resync(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """Periodic level-based re-check (drift, missed events, dependencies that appeared)."""
-    try:
-        _reconcile_fleet(body, memo)
-    except (kopf.PermanentError, kopf.TemporaryError) as exc:
-        logger.info(f"fleet not reconciled yet: {exc}")
-
-
-@kopf.timer(GROUP, VERSION, FLEETS, interval=AUTOSCALER_SECONDS, initial_delay=AUTOSCALER_SECONDS)
-def fleet_autoscale(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """Shoal's autoscaler: evaluate the fleet; persist, apply or only report the decision."""
-    rt = runtime(memo)
-    with rt.fleet_lock(memo.gateway, body) as fresh:
-        if fresh is None or _being_deleted(fresh):
-            return
-        try:
-            autoscale_fleet(memo.gateway, memo.config, rt.source, fresh, _now())
-        except (kopf.PermanentError, kopf.TemporaryError) as exc:
-            logger.info(f"fleet not autoscaled this time: {exc}")
-
-
 @kopf.on.delete(GROUP, VERSION, FLEETS)
 def fleet_deleted(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Delete the fleet's children before the fleet goes (after any reconcile in flight)."""
-    with runtime(memo).fleet_lock(memo.gateway, body):
+    locks: FleetLocks = memo.locks
+    with locks.hold(memo.gateway, body):
         gone = delete_fleet_children(memo.gateway, body)
     logger.info(f"deleted {', '.join(gone) or 'no children'}")
 
 
+def _status_seen(rs: Any) -> Any:
+    """What of a RayService the fleet's status is made of: its generation and status."""
+    return (rs.get("metadata", {}).get("generation"), rs.get("status"))
+
+
 @kopf.on.event("ray.io", "v1", "rayservices", labels={names.FLEET_LABEL: kopf.PRESENT})
-def rayservice_changed(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """KubeRay changed a fleet's RayService (usually its status): refresh the fleet."""
-    if body.get("metadata", {}).get("deletionTimestamp"):
+def rayservice_changed(
+    event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
+) -> None:
+    """KubeRay changed a fleet's RayService (usually its status): refresh the fleet.
+
+    Not when the event brings nothing new: the operator's own apply returned this RayService
+    already (same generation and status), and the fleet's status was made from it; nor when
+    the operator starts and lists the RayServices (every fleet is resumed anyway).
+    """
+    raw = event["object"]
+    before = memo.cache.get(("ray.io/v1", "RayService", body.metadata.namespace or "default",
+                             body.metadata.name))  # fmt: skip
+    _seen(memo, event, kwargs)
+    if event["type"] in ("DELETED", None) or body.get("metadata", {}).get("deletionTimestamp"):
         return
-    fleet = {
-        "metadata": {
-            "namespace": body.metadata.namespace,
-            "name": body.metadata.labels[names.FLEET_LABEL],
-        }
-    }
+    if before is not None and _status_seen(before) == _status_seen(raw):
+        return
+    fleet = _ref(body.metadata.namespace or "default", body.metadata.labels[names.FLEET_LABEL])
     try:
         _reconcile_fleet(fleet, memo)
     except (kopf.PermanentError, kopf.TemporaryError) as exc:
         logger.info(f"fleet not reconciled yet: {exc}")
+
+
+def _follow(memo: kopf.Memo, ns: str | None, name: str, index: Any, logger: Any) -> None:
+    """Reconcile every fleet that references the policy."""
+    for fleet_name in list(index.get((ns, name), [])):  # the index changes meanwhile
+        try:
+            _reconcile_fleet(_ref(ns or "default", fleet_name), memo)
+        except (kopf.PermanentError, kopf.TemporaryError) as exc:
+            logger.info(f"fleet {fleet_name} not reconciled yet: {exc}")
 
 
 def _reconcile_policy(body: Any, memo: kopf.Memo, index: kopf.Index[Any, Any], logger: Any) -> None:
@@ -155,12 +275,29 @@ def _reconcile_policy(body: Any, memo: kopf.Memo, index: kopf.Index[Any, Any], l
             FITS.labels("ok").inc()
     finally:
         # Fleets follow their policy whatever happened to it (fitted, failed, unchanged).
-        ns, name = body["metadata"].get("namespace"), body["metadata"]["name"]
-        for fleet_name in list(index.get((ns, name), [])):  # the index changes meanwhile
-            try:
-                _reconcile_fleet({"metadata": {"namespace": ns, "name": fleet_name}}, memo)
-            except (kopf.PermanentError, kopf.TemporaryError) as exc:
-                logger.info(f"fleet {fleet_name} not reconciled yet: {exc}")
+        _follow(memo, body["metadata"].get("namespace"), body["metadata"]["name"], index, logger)
+
+
+def _policy_resync(body: dict[str, Any], memo: kopf.Memo) -> None:
+    """Periodic re-check: notices changed calibration data (the fingerprint changes). The
+    policy's fleets follow when the policy's status changed (they re-check on their own
+    otherwise)."""
+    meta = body["metadata"]
+    ns, name = meta.get("namespace") or "default", meta["name"]
+    try:
+        with observed("RoutingPolicy"):
+            outcome = reconcile_policy(memo.gateway, memo.config, body, _now())
+        if outcome.fitted:
+            FITS.labels("ok").inc()
+    except (kopf.PermanentError, kopf.TemporaryError):
+        FITS.labels("failed").inc()
+        raise
+    finally:
+        after = memo.gateway.get(API_VERSION, RoutingPolicy.KIND, ns, name) or {}
+        if after.get("status") != body.get("status"):
+            index = memo.indexes.get("fleets_by_policy")
+            if index is not None:
+                _follow(memo, ns, name, index, log)
 
 
 @kopf.on.resume(GROUP, VERSION, POLICIES)
@@ -169,16 +306,6 @@ def _reconcile_policy(body: Any, memo: kopf.Memo, index: kopf.Index[Any, Any], l
 def policy_changed(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
     """Fit the policy's router if its spec or data changed; then refresh its fleets."""
     _reconcile_policy(body, memo, kwargs["fleets_by_policy"], logger)
-
-
-@kopf.timer(GROUP, VERSION, POLICIES, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-def policy_resync(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
-    """Periodic re-check: notices changed calibration data (the fingerprint changes)."""
-    try:
-        _reconcile_policy(body, memo, kwargs["fleets_by_policy"], logger)
-    except (kopf.PermanentError, kopf.TemporaryError) as exc:
-        FITS.labels("failed").inc()
-        logger.info(f"policy not reconciled: {exc}")
 
 
 @kopf.on.delete(GROUP, VERSION, POLICIES)

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the operator itself: reconciles, their durations and outcomes, fits."""
+"""Prometheus metrics of the operator: reconciles, their durations and outcomes, fits, and the
+autoscaler's decisions."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 import kopf
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 T = TypeVar("T")
 
@@ -24,6 +25,37 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 FITS = Counter("shoal_operator_router_fits_total", "Router fits by result.", ["result"])
+
+DESIRED = Gauge(
+    "shoal_autoscaler_desired_replicas",
+    "Replicas the autoscaler wants per model (applied in Active mode, reported in DryRun).",
+    ["namespace", "fleet", "model", "mode"],
+)
+DECISIONS = Counter(
+    "shoal_autoscaler_decisions_total",
+    "Per-model autoscaler decisions by direction (up, down, hold) and mode.",
+    ["namespace", "fleet", "direction", "mode"],
+)
+BUDGET_UTILISATION = Gauge(
+    "shoal_autoscaler_budget_utilisation",
+    "Cost per hour of the decided replicas as a fraction of the fleet's budget.",
+    ["namespace", "fleet"],
+)
+BUDGET_BINDING = Gauge(
+    "shoal_autoscaler_budget_binding",
+    "1 while the budget holds replicas below what load and SLOs ask for.",
+    ["namespace", "fleet"],
+)
+EFFECTIVE_ALPHA = Gauge(
+    "shoal_autoscaler_effective_alpha",
+    "Router quality weight in force (the policy's alpha unless the budget binds).",
+    ["namespace", "fleet"],
+)
+EVALUATIONS = Counter(
+    "shoal_autoscaler_evaluations_total",
+    "Fleet evaluations by result (ok, metrics_unavailable, off).",
+    ["result"],
+)
 
 
 def result_of(exc: BaseException | None) -> str:

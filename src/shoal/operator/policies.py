@@ -24,10 +24,10 @@ from shoal.operator import events, sources
 from shoal.operator.config import OperatorConfig
 from shoal.operator.gateway import WRITE_ERRORS, Forbidden, KubeGateway
 from shoal.planning import names
+from shoal.planning.artifacts import FINGERPRINT_ANNOTATION, artifact_configmap
 from shoal.planning.status import SpecProblem, policy_status
 
 log = logging.getLogger(__name__)
-FINGERPRINT_ANNOTATION = "shoal.dev/fit-fingerprint"
 
 
 class CalibrationUnavailable(Exception):
@@ -150,32 +150,6 @@ def fit(
         raise CalibrationUnavailable(SpecProblem("EmbedderUnavailable", str(exc))) from exc
 
 
-def _artifact_configmap(
-    policy: RoutingPolicy, data: bytes, fp: str, checksum: str
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": names.policy_artifact_configmap_name(policy.metadata.name),
-            "namespace": policy.metadata.namespace,
-            "labels": {**names.MANAGED_BY, names.POLICY_LABEL: policy.metadata.name},
-            "annotations": {FINGERPRINT_ANNOTATION: fp, names.ARTIFACT_ANNOTATION: checksum},
-            "ownerReferences": [
-                {
-                    "apiVersion": API_VERSION,
-                    "kind": RoutingPolicy.KIND,
-                    "name": policy.metadata.name,
-                    "uid": policy.metadata.uid or "",
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
-        },
-        "binaryData": {names.ARTIFACT_KEY: base64.b64encode(data).decode("ascii")},
-    }
-
-
 def _artifact_status(cm_name: str, data: bytes) -> RouterArtifactStatus:
     from shoal.routing import read_artifact_info
 
@@ -251,7 +225,7 @@ def reconcile_policy(
         raise kopf.PermanentError(exc.problem.message) from exc
     artifact = _artifact_status(cm_name, blob)
     try:
-        gw.apply(_artifact_configmap(policy, blob, fp, artifact.checksum))
+        gw.apply(artifact_configmap(policy, blob, fp, artifact.checksum))
     except WRITE_ERRORS as exc:
         problem = SpecProblem(exc.reason, f"cannot store the router artifact: {exc}")
         report(kept, problem)

@@ -351,7 +351,7 @@ def start_control_plane(
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={sa_key}",
             f"--service-account-signing-key-file={sa_key}",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            "--service-cluster-ip-range=10.0.0.0/16",  # room for a Service per fleet at 1,000s
             "--authorization-mode=RBAC",
             f"--token-auth-file={tokens}",
             "--disable-admission-plugins=ServiceAccount",
