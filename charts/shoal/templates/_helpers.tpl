@@ -130,10 +130,10 @@ operator running under this identity); see docs/sre.md for what each is for.
 # create when new); garbage-collected with the fleet through their ownerReferences.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["create", "patch"]
+  verbs: ["create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["create", "patch"]
+  verbs: ["create", "patch", "delete"]
 # Events about fleets and policies (kopf posts core/v1 events).
 - apiGroups: [""]
   resources: ["events"]

@@ -303,6 +303,8 @@ def delete_fleet_children(gw: KubeGateway, body: Any) -> list[str]:
         ("ray.io/v1", "RayService", names.rayservice_name(name)),
         ("v1", "Service", names.service_name(name)),
         ("v1", "ConfigMap", names.router_configmap_name(name)),
+        ("networking.k8s.io/v1", "NetworkPolicy", names.network_policy_name(name)),
+        ("policy/v1", "PodDisruptionBudget", names.disruption_budget_name(name)),
     ):
         if gw.delete(api_version, kind, ns, child):
             gone.append(f"{kind}/{child}")
