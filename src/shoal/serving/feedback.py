@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import logging
 import os
 import re
@@ -25,7 +24,7 @@ import secrets
 from dataclasses import dataclass
 
 from shoal.contract import FEEDBACK_KEY_ENV
-from shoal.serving.openai_api import ApiError
+from shoal.serving.openai_api import ApiError, load_json_object
 
 log = logging.getLogger("shoal.serving.feedback")
 
@@ -90,12 +89,7 @@ class CompletionIds:
 
 def parse_feedback(body: bytes) -> tuple[str, float]:
     """``(id, score)`` from a feedback body; 400 naming the field when it is not valid."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "We could not parse the JSON body of your request.") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "The request body must be a JSON object.")
+    data = load_json_object(body)
     cid, score = data.get("id"), data.get("score")
     if not isinstance(cid, str) or not cid:
         raise ApiError(400, "id must be the id of an answer of this fleet.", param="id")

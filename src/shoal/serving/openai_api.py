@@ -164,7 +164,8 @@ def _validation_error(exc: ValidationError) -> ApiError:
     return ApiError(400, f"Invalid value for '{loc}': {first.get('msg')}", param=loc or None)
 
 
-def _load_json(body: bytes) -> dict[str, Any]:
+def load_json_object(body: bytes) -> dict[str, Any]:
+    """A request body as a JSON object (400 in OpenAI's shape when it is not one)."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -190,7 +191,7 @@ def _check_common(req: _Common, max_tokens: int | None, limit: int) -> None:
 
 def parse_chat(body: bytes, *, max_tokens_limit: int) -> ChatRequest:
     """Validate a ``/v1/chat/completions`` body (:class:`ApiError` 400 when invalid)."""
-    data = _load_json(body)
+    data = load_json_object(body)
     try:
         req = ChatRequest.model_validate(data)
     except ValidationError as exc:
@@ -210,7 +211,7 @@ def parse_chat(body: bytes, *, max_tokens_limit: int) -> ChatRequest:
 
 def parse_completion(body: bytes, *, max_tokens_limit: int) -> CompletionRequest:
     """Validate a ``/v1/completions`` body (:class:`ApiError` 400 when invalid)."""
-    data = _load_json(body)
+    data = load_json_object(body)
     try:
         req = CompletionRequest.model_validate(data)
     except ValidationError as exc:
