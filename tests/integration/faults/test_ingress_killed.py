@@ -63,6 +63,9 @@ class Outcomes:
         self.served_after_retry = 0
         self.refused_tries: Counter[str] = Counter()
         self.in_flight_lost: list[str] = []
+        #: When the replica was killed (time.monotonic); a request sent after it cannot have
+        #: been in flight at the kill.
+        self.killed_at: float | None = None
 
 
 async def _caller(http: httpx.AsyncClient, out: Outcomes, stop: asyncio.Event) -> None:
@@ -70,13 +73,19 @@ async def _caller(http: httpx.AsyncClient, out: Outcomes, stop: asyncio.Event) -
         retried = False
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
+            sent = time.monotonic()
             try:
                 r = await http.post("/v1/chat/completions", json=BODY)
             except httpx.ConnectError as exc:  # not accepted: nobody listening
                 out.refused_tries[type(exc).__name__] += 1
-            except httpx.HTTPError as exc:  # accepted, then lost: in flight at the kill
-                out.in_flight_lost.append(repr(exc)[:120])
-                break
+            except httpx.HTTPError as exc:
+                if out.killed_at is not None and sent > out.killed_at:
+                    # Sent while no ingress replica was up: the front end dropped it without
+                    # an ingress ever accepting it, so it is retried like a refused one.
+                    out.refused_tries[type(exc).__name__] += 1
+                else:  # accepted, then lost: in flight at the kill
+                    out.in_flight_lost.append(repr(exc)[:120])
+                    break
             else:
                 if r.status_code == 200:
                     out.served += 1
@@ -106,6 +115,7 @@ def test_ingress_killed_under_load(fleet: Any) -> None:
             while out.served < 20:  # under load, answered, before the kill
                 await asyncio.sleep(0.05)
             served_before = out.served
+            out.killed_at = time.monotonic()
             ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
             # Load goes on until a new ingress replica has answered plenty.
             while not (set(_ingress_actors()) - {victim}) or out.served < served_before + 40:
