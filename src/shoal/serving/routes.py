@@ -2,7 +2,8 @@
 
 One row per route (exact paths, or a prefix whose rest is the handler's argument); a path
 that matches with the wrong method is a 405 with ``Allow``, one that matches nothing a 404,
-both in OpenAI's error shape. Paths match with or without a trailing slash.
+both in OpenAI's error shape. Paths are matched under the application's route prefix, with
+or without a trailing slash.
 """
 
 from __future__ import annotations
@@ -36,6 +37,16 @@ class Route:
         return "" if path == self.path else None
 
 
+def relative_path(request: Request) -> str:
+    """The request's path under the application's route prefix (Ray Serve passes the full
+    path with the prefix as ``root_path``), without a trailing slash."""
+    path = request.url.path
+    root = (request.scope.get("root_path") or "").rstrip("/")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path.rstrip("/") or "/"
+
+
 class RouteTable:
     """Dispatch a request to the first route that matches its path and method."""
 
@@ -43,7 +54,7 @@ class RouteTable:
         self.routes = routes
 
     async def dispatch(self, request: Request) -> Response:
-        path = request.url.path.rstrip("/") or "/"
+        path = relative_path(request)
         allowed: list[str] = []
         try:
             for route in self.routes:

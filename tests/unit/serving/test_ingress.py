@@ -331,3 +331,18 @@ def test_an_explored_request_says_so(client_for: Any) -> None:
     )
     assert r.headers["x-shoal-explored"] == "spare" and r.headers["x-shoal-model"] == "spare"
     assert metric(ep, "shoal_explorations_total", model="spare") == 1
+
+
+def test_routes_match_under_the_application_s_route_prefix() -> None:
+    """Ray Serve hands an application under /fleet the whole path and /fleet as root_path."""
+    from starlette.requests import Request
+
+    from shoal.serving.routes import relative_path
+
+    def req(path: str, root: str) -> Request:
+        return Request({"type": "http", "path": path, "root_path": root, "headers": [],
+                        "query_string": b"", "method": "GET"})  # fmt: skip
+
+    assert relative_path(req("/fleet/v1/models/", "/fleet")) == "/v1/models"
+    assert relative_path(req("/v1/models", "")) == "/v1/models"
+    assert relative_path(req("/fleet", "/fleet")) == "/"
