@@ -83,8 +83,11 @@ def capabilities(model: ModelSpec) -> Capabilities:
     args: dict[str, Any] = dict(model.engine_args or {})
     if model.engine == "llamacpp":
         logprobs = bool(args.get("logits_all", False))
+        # Legacy functions/function_call are refused by name: llama.cpp answers in tool_calls,
+        # not the legacy function_call their clients read.
         chat = OPENAI_CHAT - {"audio", "modalities", "prediction", "reasoning_effort",
-                              "web_search_options", "verbosity"}  # fmt: skip
+                              "web_search_options", "verbosity", "functions",
+                              "function_call"}  # fmt: skip
         # logprobs need llama.cpp to keep the logits of every token (engineArgs logits_all).
         no_logprobs = frozenset() if logprobs else frozenset({"logprobs", "top_logprobs"})
         caps = Capabilities(

@@ -165,9 +165,9 @@ class LlamaCppEngine:
     def _sampling(self, req: GenerationRequest, room: int) -> dict[str, Any]:
         # llama.cpp's C sampler takes floats and ints exactly: JSON's 1 and 1.0 are cast.
         params = {
-            k: (_INTS.get(k, float)(v) if k in _NUMBERS and v is not None else v)
+            k: (_INTS.get(k, float)(v) if k in _NUMBERS else v)
             for k, v in req.params.items()
-            if k in _PASSED
+            if k in _PASSED and v is not None  # null means llama.cpp's own default
         }
         return {
             **params,
@@ -199,12 +199,8 @@ class LlamaCppEngine:
         if params.get("logprobs"):
             kwargs["logprobs"] = True
             kwargs["top_logprobs"] = int(params.get("top_logprobs") or 0)
-        tools = params.get("tools") or [
-            {"type": "function", "function": f} for f in params.get("functions") or []
-        ]
-        choice = params.get("tool_choice", params.get("function_call"))
-        if isinstance(choice, dict) and "function" not in choice and "name" in choice:
-            choice = {"type": "function", "function": {"name": choice["name"]}}
+        tools = params.get("tools")
+        choice = params.get("tool_choice")
         handler = self._handler
         if tools and choice != "none":
             if choice == "required" and len(tools) == 1:
