@@ -58,30 +58,9 @@ Severity = Literal["critical", "warning", "info"]
 #: (``shoal.serving.metrics.LATENCY_BUCKETS``): an SLO threshold must be one of them, because
 #: the burn-rate alert reads the share of requests below it from the ``le`` bucket.
 LATENCY_BUCKETS: tuple[float, ...] = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.075,
-    0.1,
-    0.15,
-    0.2,
-    0.3,
-    0.4,
-    0.5,
-    0.75,
-    1.0,
-    1.5,
-    2.0,
-    3.0,
-    5.0,
-    7.5,
-    10.0,
-    20.0,
-    30.0,
-    60.0,
-    120.0,
-)
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0,
+    3.0, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0, 120.0,
+)  # fmt: skip
 
 
 # --- cross-field rules -----------------------------------------------------------------------

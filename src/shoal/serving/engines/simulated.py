@@ -35,27 +35,10 @@ from shoal.serving.engines.latency import BatchScheduler, LatencyModel, QueueFul
 from shoal.serving.metrics import EngineMetrics
 
 _WORDS = (
-    "simulated",
-    "tokens",
-    "from",
-    "the",
-    "shoal",
-    "load",
-    "simulator",
-    "stand",
-    "in",
-    "for",
-    "a",
-    "real",
-    "model",
-    "under",
-    "continuous",
-    "batching",
-    "with",
-    "queueing",
-    "and",
+    "simulated", "tokens", "from", "the", "shoal", "load", "simulator", "stand", "in", "for",
+    "a", "real", "model", "under", "continuous", "batching", "with", "queueing", "and",
     "prefill",
-)
+)  # fmt: skip
 _KNOWN_ARGS = {
     "step_ms", "per_sequence_ms", "per_prefill_token_ms", "max_batch", "max_waiting",
     "kv_cache_tokens", "fixed_step_ms", "output_tokens", "max_prefill_tokens_per_step",
