@@ -47,14 +47,7 @@ def plot_frontier(report: dict[str, Any], path: str | Path, *, title: str = "") 
     ax.set_xlabel("total cost (USD)" if any(xs) else "total cost (USD; all models equal)")
     ax.set_ylabel("accuracy, mean of per-task (%)")
     ax.set_title(title or "router quality/cost frontier")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _finish(fig, ax, path)
 
 
 def plot_learning(report: dict[str, Any], path: str | Path, *, title: str = "") -> Path:
@@ -77,6 +70,13 @@ def plot_learning(report: dict[str, Any], path: str | Path, *, title: str = "") 
     ax.set_xlabel("feedback events (log)")
     ax.set_ylabel("held-out accuracy, mean of per-task (%)")
     ax.set_title(title or "learning from bandit feedback")
+    return _finish(fig, ax, path)
+
+
+def _finish(fig: Any, ax: Any, path: str | Path) -> Path:
+    """Grid, legend and layout of a plot, written to ``path`` (folders made) and closed."""
+    import matplotlib.pyplot as plt
+
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
