@@ -7,7 +7,9 @@ without either importing the other, and the operator never imports Ray:
 - :mod:`shoal.contract.serve`: the application's build arguments, deployment names and
   plans, and the rendered ``serveConfigV2`` entries;
 - :mod:`shoal.contract.limits`: the ingress's request limits and sizing;
-- :mod:`shoal.contract.replicas`: a model's replica range, derived in one place.
+- :mod:`shoal.contract.replicas`: a model's replica range, derived in one place;
+- :mod:`shoal.contract.tenants`: who may call the fleet and within what limits (the
+  ingress's ``user_config``).
 """
 
 from shoal.contract.limits import IngressSettings, ServingLimits
@@ -33,8 +35,22 @@ from shoal.contract.serve import (
     serve_application,
     serve_config_deployments,
 )
+from shoal.contract.tenants import (
+    MIN_KEY_LENGTH,
+    AccessConfig,
+    StoreFailureMode,
+    TenantAccess,
+    TenantLimits,
+    key_digest,
+)
 
 __all__ = [
+    "MIN_KEY_LENGTH",
+    "AccessConfig",
+    "StoreFailureMode",
+    "TenantAccess",
+    "TenantLimits",
+    "key_digest",
     "EMBEDDER_API_KEY_ENV",
     "FEEDBACK_KEY_ENV",
     "IMPORT_PATH",

@@ -26,6 +26,7 @@ from shoal.api.v1alpha1 import ModelFleetSpec, ModelSpec, RoutingPolicySpec, Tie
 from shoal.api.v1alpha1.common import ENV_NAME, parse_quantity
 from shoal.contract.limits import IngressSettings, ServingLimits
 from shoal.contract.replicas import ReplicaRange, replica_range
+from shoal.contract.tenants import AccessConfig
 
 #: Ray Serve "application builder" import path the operator puts in ``serveConfigV2``.
 IMPORT_PATH = "shoal.serving.app:build_app"
@@ -276,31 +277,43 @@ def deployment_plans(args: BuildArgs) -> list[ModelDeploymentPlan]:
     return [deployment_plan(args, m) for m in args.fleet.models]
 
 
-def ingress_options(args: BuildArgs) -> dict[str, Any]:
-    """``Deployment.options`` of the ingress deployment."""
-    return {
+def ingress_options(args: BuildArgs, access: AccessConfig | None = None) -> dict[str, Any]:
+    """``Deployment.options`` of the ingress deployment.
+
+    ``access`` (tenants, key digests, limits) goes in as the deployment's ``user_config``, not
+    in ``args``: Ray Serve applies a changed ``user_config`` to the running replicas in place,
+    where changed ``args`` would rebuild the whole application. None: an open fleet.
+    """
+    out: dict[str, Any] = {
         "name": INGRESS_DEPLOYMENT,
         "num_replicas": args.ingress.num_replicas,
         "ray_actor_options": {"num_cpus": args.ingress.num_cpus},
         "max_ongoing_requests": args.ingress.max_ongoing_requests,
     }
+    if access is not None:
+        out["user_config"] = access.to_user_config()
+    return out
 
 
-def serve_config_deployments(args: BuildArgs) -> list[dict[str, Any]]:
+def serve_config_deployments(
+    args: BuildArgs, access: AccessConfig | None = None
+) -> list[dict[str, Any]]:
     """``serveConfigV2`` ``deployments`` entries (ingress first), agreeing with the builder.
 
     vLLM models are listed too: their deployment is ``ray.serve.llm``'s LLM server, renamed
     to ``model-<name>`` by the builder, so the operator can override their replicas alike.
     """
-    return [ingress_options(args)] + [p.deployment_options() for p in deployment_plans(args)]
+    ingress = ingress_options(args, access)
+    return [ingress] + [p.deployment_options() for p in deployment_plans(args)]
 
 
-def serve_application(args: BuildArgs) -> dict[str, Any]:
-    """One ``serveConfigV2`` ``applications`` entry for the fleet."""
+def serve_application(args: BuildArgs, access: AccessConfig | None = None) -> dict[str, Any]:
+    """One ``serveConfigV2`` ``applications`` entry for the fleet (``access``: see
+    :func:`ingress_options`)."""
     return {
         "name": args.fleet_name,
         "route_prefix": ROUTE_PREFIX,
         "import_path": IMPORT_PATH,
         "args": args.to_serve_args(),
-        "deployments": serve_config_deployments(args),
+        "deployments": serve_config_deployments(args, access),
     }
