@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import kopf
 
-from shoal.api.v1alpha1 import API_VERSION, ModelFleet, RoutingPolicy
+from shoal.api.v1alpha1 import API_VERSION, Condition, ConditionStatus, ModelFleet, RoutingPolicy
 from shoal.api.v1alpha1.fleet import ScalingDecision
 from shoal.autoscaling.policy import decide
 from shoal.autoscaling.prometheus import PrometheusSource, Windows, windows_for
@@ -50,6 +50,8 @@ from shoal.operator.metrics import (
     EFFECTIVE_ALPHA,
     EVALUATIONS,
 )
+from shoal.planning.conditions import condition
+from shoal.planning.status import METRICS_AVAILABLE, METRICS_UNAVAILABLE, metrics_conditions
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,16 @@ def _report(body: Any, fleet: ModelFleet, mode: str, decision: FleetDecision, wa
         events.post(body, warning=False, reason="BudgetReleased", message=decision.summary)
 
 
+def _report_metrics(body: Any, error: str | None, was: Condition | None) -> None:
+    """A Warning event when the fleet's metrics go missing, a Normal one when they return."""
+    if error:
+        message = f"metrics unavailable ({error}): replicas held at their last counts"
+        events.post(body, warning=True, reason=METRICS_UNAVAILABLE, message=message)
+    elif was is not None and was.status != ConditionStatus.TRUE:
+        message = "metrics readable again: the autoscaler resumes"
+        events.post(body, warning=False, reason="MetricsRead", message=message)
+
+
 def _off(
     gw: KubeGateway, config: OperatorConfig, body: Any, fleet: ModelFleet, now: datetime
 ) -> AutoscaleOutcome:
@@ -163,6 +175,9 @@ def _off(
         patch["autoscaler"] = _dump(off)
     if fleet.status and fleet.status.effective_alpha is not None:
         patch["effectiveAlpha"] = None
+    conditions = list(fleet.status.conditions) if fleet.status else []
+    if any(c.type == METRICS_AVAILABLE for c in conditions):
+        patch["conditions"] = [_dump(c) for c in conditions if c.type != METRICS_AVAILABLE]
     if not patch:
         return AutoscaleOutcome("Off", None, False, message)
     ns = fleet.metadata.namespace or "default"
@@ -220,6 +235,11 @@ def autoscale_fleet(
     )
     auto = status_after(previous, mode, decision, now)
     patch: dict[str, Any] = {"autoscaler": _dump(auto)}
+    had = list(status.conditions) if status else []
+    conditions = metrics_conditions(had, window.error, fleet.metadata.generation, now)
+    if conditions is not None:
+        patch["conditions"] = [_dump(c) for c in conditions]
+        _report_metrics(body, window.error, condition(had, METRICS_AVAILABLE))
     changes = decision.changes
     if changes:
         patch["lastScaling"] = [

@@ -74,6 +74,11 @@ class OperatorConfig:
     gpu_image: str = DEFAULT_GPU_IMAGE
     #: Environment of every Ray container: Shoal's Ray Serve settings and the chart's overrides.
     ray_serve_env: dict[str, str] = field(default_factory=ray_serve_env)
+    #: Namespace the operator runs in (the chart sets it from the pod's own); fleets'
+    #: NetworkPolicies admit the operator from there only. None: from any namespace.
+    operator_namespace: str | None = None
+    #: Namespace of KubeRay's controller, for the same policies. None: any namespace.
+    kuberay_namespace: str | None = None
     #: Seconds between periodic re-checks of every fleet and policy (drift, KubeRay status).
     resync_seconds: float = 30.0
     #: Most periodic jobs (re-checks, autoscaler evaluations) the operator starts per second;
@@ -158,6 +163,8 @@ class OperatorConfig:
             serving_image=env.get("SHOAL_SERVING_IMAGE", defaults.serving_image),
             gpu_image=env.get("SHOAL_GPU_IMAGE", defaults.gpu_image),
             ray_serve_env=_env_map(env, "SHOAL_RAY_SERVE_ENV"),
+            operator_namespace=env.get("SHOAL_OPERATOR_NAMESPACE", "").strip() or None,
+            kuberay_namespace=env.get("SHOAL_KUBERAY_NAMESPACE", "").strip() or None,
             resync_seconds=float(env.get("SHOAL_RESYNC_SECONDS", defaults.resync_seconds)),
             periodic_rate_per_second=float(
                 env.get("SHOAL_PERIODIC_RATE_PER_SECOND", defaults.periodic_rate_per_second)

@@ -37,6 +37,7 @@ from shoal.planning.children import (
 )
 from shoal.planning.conditions import condition
 from shoal.planning.drift import needs_apply
+from shoal.planning.network import Peers
 from shoal.planning.status import (
     DEGRADED,
     READY,
@@ -131,7 +132,13 @@ def plan_settings(config: OperatorConfig, fleet: ModelFleet) -> PlanSettings:
     """The operator's settings, plus the autoscaler's persisted decision while it owns the
     replicas (mode Active): fixed replicas for every model and the effective alpha."""
     base = PlanSettings(
-        image=config.serving_image, gpu_image=config.gpu_image, ray_serve_env=config.ray_serve_env
+        image=config.serving_image,
+        gpu_image=config.gpu_image,
+        ray_serve_env=config.ray_serve_env,
+        peers=Peers(
+            operator_namespace=config.operator_namespace,
+            kuberay_namespace=config.kuberay_namespace,
+        ),
     )
     if config.autoscaler_mode != "Active":
         return base  # Ray Serve autoscales every model within its tier's bounds

@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from shoal.api.v1alpha1 import Condition, ModelFleet, RoutingPolicy
+from shoal.api.v1alpha1 import Condition, ConditionStatus, ModelFleet, RoutingPolicy
 from shoal.api.v1alpha1.fleet import ModelFleetStatus, ModelStatus
 from shoal.api.v1alpha1.policy import RouterArtifactStatus, RoutingPolicyStatus
 from shoal.contract import ModelDeploymentPlan, model_deployment_name
@@ -27,6 +27,10 @@ READY, PROGRESSING, DEGRADED, ROUTER_READY, FITTED = (
     "RouterReady",
     "Fitted",
 )
+#: The autoscaler's condition: True while it reads the fleet's metrics from Prometheus,
+#: False (reason :data:`METRICS_UNAVAILABLE`) while it holds replicas for want of them.
+METRICS_AVAILABLE = "MetricsAvailable"
+METRICS_UNAVAILABLE = "MetricsUnavailable"
 HEALTHY = "HEALTHY"
 
 
@@ -256,3 +260,36 @@ def policy_status(
         put(FITTED, False, "Fitting", "fitting the router")
         put(READY, False, "Fitting", "fitting the router")
     return RoutingPolicyStatus(observed_generation=gen, conditions=conds, artifact=artifact)
+
+
+def metrics_conditions(
+    previous: list[Condition],
+    error: str | None,
+    generation: int | None,
+    now: datetime,
+) -> list[Condition] | None:
+    """``previous`` with :data:`METRICS_AVAILABLE` set from one autoscaler evaluation
+    (``error``: why the metrics could not be read), or None when nothing changed (so a
+    healthy fleet's status is not rewritten every evaluation)."""
+    if error:
+        status, reason = False, METRICS_UNAVAILABLE
+        message = (
+            f"the autoscaler cannot read this fleet's metrics ({error}); every model is held "
+            "at its last replica count until they return"
+        )
+    else:
+        status, reason = True, "MetricsRead"
+        message = "the autoscaler reads this fleet's metrics from Prometheus"
+    wanted = ConditionStatus.TRUE if status else ConditionStatus.FALSE
+    old = next((c for c in previous if c.type == METRICS_AVAILABLE), None)
+    if old and (old.status, old.reason, old.message) == (wanted, reason, message):
+        return None
+    return set_condition(
+        previous,
+        type=METRICS_AVAILABLE,
+        status=status,
+        reason=reason,
+        message=message,
+        generation=generation,
+        now=now,
+    )

@@ -93,10 +93,27 @@ def test_unavailable_metrics_hold_and_say_so(cluster: Cluster) -> None:
     assert out.decision is not None and not out.decision.changes
     auto = (cluster.get("fleet", "f") or {})["status"]["autoscaler"]
     assert all("metrics unavailable" in m["reason"] for m in auto["models"])
+    cond = _condition(cluster, "MetricsAvailable")
+    assert cond["status"] == "False" and cond["reason"] == "MetricsUnavailable", cond
+    assert "prometheus.invalid unreachable" in cond["message"]
+    assert "held at its last replica count" in cond["message"]
     stale = FakeSource({"alpha": 50.0, "beta": 0.0}, age_seconds=600)
     out = autoscale_fleet(gw, ACTIVE, stale, cluster.get("fleet", "f"), T0)
     assert out.decision is not None and not out.decision.changes
     assert deployments(cluster)["model-alpha"]["num_replicas"] == 1
+    # Prometheus answers again: the condition turns True.
+    autoscale_fleet(
+        gw, ACTIVE, FakeSource({"alpha": 0.0, "beta": 0.0}), cluster.get("fleet", "f"), T0
+    )
+    cond = _condition(cluster, "MetricsAvailable")
+    assert cond["status"] == "True" and cond["reason"] == "MetricsRead", cond
+
+
+def _condition(cluster: Cluster, type_: str) -> dict[str, Any]:
+    conditions = ((cluster.get("fleet", "f") or {}).get("status") or {}).get("conditions") or []
+    found = [c for c in conditions if c["type"] == type_]
+    assert found, f"no {type_} condition in {conditions}"
+    return dict(found[0])
 
 
 def test_budget_is_never_exceeded(cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:

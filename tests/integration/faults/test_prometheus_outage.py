@@ -93,6 +93,14 @@ def _alpha_reason(cluster: Cluster) -> str:
     return str(models.get("alpha", {}).get("reason", ""))
 
 
+def _metrics_condition(cluster: Cluster) -> tuple[str, str] | None:
+    status = (cluster.get("fleet", "f") or {}).get("status") or {}
+    for c in status.get("conditions") or []:
+        if c["type"] == "MetricsAvailable":
+            return c["status"], c["reason"]
+    return None
+
+
 def test_prometheus_outage_holds_replicas_then_scaling_resumes(
     cluster: Cluster,
     control_plane: ControlPlane,
@@ -132,6 +140,7 @@ def test_prometheus_outage_holds_replicas_then_scaling_resumes(
             held = alpha_replicas(cluster)
             assert held > 1
             assert reason.startswith(f"holding at {held}"), reason
+            assert _metrics_condition(cluster) == ("False", "MetricsUnavailable")
             # Several evaluations later (each one stamps lastEvaluationTime), still held.
             seen: set[str] = set()
             wait_for("three evaluations during the outage",
@@ -144,6 +153,8 @@ def test_prometheus_outage_holds_replicas_then_scaling_resumes(
             prom.start()
             wait_for("alpha to scale back down", lambda: alpha_replicas(cluster) == 1, 120, 0.2)
             assert "metrics unavailable" not in _alpha_reason(cluster)
+            wait_for("the MetricsAvailable condition to turn True",
+                     lambda: _metrics_condition(cluster) == ("True", "MetricsRead"), 30, 0.2)  # fmt: skip
         finally:
             player.stop()
     assert not player.errors, player.errors

@@ -131,6 +131,9 @@ def test_env_reaches_the_operator_settings(name: str) -> None:
     from shoal.contract import RAY_SERVE_ENV
 
     assert config.ray_serve_env == {**RAY_SERVE_ENV, **v.serving.ray_serve_env}
+    assert config.kuberay_namespace == (v.serving.kuberay_namespace or None)
+    refs = {e["name"]: e.get("valueFrom") for e in container(render(MATRIX[name]))["env"]}
+    assert refs["SHOAL_OPERATOR_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
 
 
 def _app() -> str:

@@ -33,3 +33,24 @@ def test_overrides_go_on_top() -> None:
 def test_bad_overrides_stop_the_operator_with_the_variable_named(raw: str, message: str) -> None:
     with pytest.raises(ValueError, match=f"SHOAL_RAY_SERVE_ENV.*{message}"):
         OperatorConfig.from_env({"SHOAL_RAY_SERVE_ENV": raw})
+
+
+def test_the_operators_namespace_reaches_the_fleets_network_policy() -> None:
+    """The chart passes the pod's namespace (downward API) and KubeRay's; the NetworkPolicy of
+    every fleet then admits the operator and KubeRay from those namespaces only."""
+    from shoal.api.v1alpha1 import ModelFleet
+    from shoal.operator.fleets import plan_settings
+
+    config = OperatorConfig.from_env(
+        {"SHOAL_OPERATOR_NAMESPACE": "shoal-system", "SHOAL_KUBERAY_NAMESPACE": "ray"}
+    )
+    fleet = ModelFleet.model_validate({
+        "metadata": {"name": "f", "namespace": "ns"},
+        "spec": {"routingPolicyRef": {"name": "p"},
+                 "tiers": [{"name": "t", "costPerReplicaHour": "1"}],
+                 "models": [{"name": "m", "engine": "simulated", "tier": "t"}]},
+    })  # fmt: skip
+    peers = plan_settings(config, fleet).peers
+    assert (peers.operator_namespace, peers.kuberay_namespace) == ("shoal-system", "ray")
+    unset = plan_settings(OperatorConfig.from_env({}), fleet).peers
+    assert (unset.operator_namespace, unset.kuberay_namespace) == (None, None)

@@ -9,7 +9,13 @@ from shoal.api.v1alpha1 import ConditionStatus, ModelFleet, RoutingPolicy
 from shoal.api.v1alpha1.policy import RouterArtifactStatus
 from shoal.contract import BuildArgs, deployment_plans
 from shoal.planning.conditions import condition, set_condition
-from shoal.planning.status import FleetObservation, SpecProblem, fleet_status, policy_status
+from shoal.planning.status import (
+    FleetObservation,
+    SpecProblem,
+    fleet_status,
+    metrics_conditions,
+    policy_status,
+)
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 FLEET = ModelFleet.model_validate(
@@ -187,3 +193,21 @@ def test_not_ready_names_the_raycluster_kuberay_is_starting() -> None:
         "RayService not ready: Initializing RayService is initializing; "
         "KubeRay is starting RayCluster f-abcde"
     )
+
+
+def test_metrics_condition_says_why_replicas_are_held_and_clears() -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    down = metrics_conditions([], "connection refused", 3, t0)
+    assert down is not None
+    c = condition(down, "MetricsAvailable")
+    assert c is not None and c.status == ConditionStatus.FALSE
+    assert c.reason == "MetricsUnavailable" and "connection refused" in c.message
+    assert c.observed_generation == 3
+    # The same outage again: nothing to write.
+    assert metrics_conditions(down, "connection refused", 3, t0 + timedelta(seconds=15)) is None
+    up = metrics_conditions(down, None, 3, t0 + timedelta(seconds=30))
+    assert up is not None
+    c = condition(up, "MetricsAvailable")
+    assert c is not None and c.status == ConditionStatus.TRUE and c.reason == "MetricsRead"
+    assert c.last_transition_time == t0 + timedelta(seconds=30)
+    assert metrics_conditions(up, None, 3, t0 + timedelta(seconds=45)) is None

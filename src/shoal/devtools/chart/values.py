@@ -257,6 +257,14 @@ class Serving(ChartModel):
         "Python proxy.",
         json_schema_extra={"additionalProperties": False},
     )
+    kuberay_namespace: str = Field(
+        default="",
+        max_length=63,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$",
+        description="Namespace of KubeRay's controller (SHOAL_KUBERAY_NAMESPACE): fleets' "
+        "NetworkPolicies let the dashboard be reached from its pods in this namespace only; "
+        "empty: from its pods (app.kubernetes.io/name=kuberay-operator) in any namespace.",
+    )
 
 
 class Autoscaler(ChartModel):
