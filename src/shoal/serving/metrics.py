@@ -268,7 +268,9 @@ class RouterMetrics:
             1, {"fleet": self.fleet, "tenant": tenant, "model": model, "code": str(code)}
         )
         if prompt:
-            self.tenant_tokens.inc(prompt, {"fleet": self.fleet, "tenant": tenant, "kind": "prompt"})
+            self.tenant_tokens.inc(
+                prompt, {"fleet": self.fleet, "tenant": tenant, "kind": "prompt"}
+            )
         if completion:
             self.tenant_tokens.inc(
                 completion, {"fleet": self.fleet, "tenant": tenant, "kind": "completion"}

@@ -207,6 +207,9 @@ class TenantState:
     #: Usage not yet in the shared store (pushed at the next sync): what this replica
     #: admitted on top of :attr:`snapshot`.
     pending: Usage = field(default_factory=Usage)
+    #: Usage pushed to the store whose snapshot has not come back yet: it is not in
+    #: :attr:`snapshot` either, so it still counts against the snapshot's grant.
+    sent: Usage = field(default_factory=Usage)
     snapshot: Snapshot | None = None
 
     @property
@@ -292,7 +295,7 @@ class TenantGate:
         """USD the tenant spent in the last hour, fleet-wide as far as this replica knows."""
         snap = t.snapshot
         if snap is not None and self.store_up:
-            return snap.cost + t.pending.cost
+            return snap.cost + t.pending.cost + t.sent.cost
         return t.cost.used(now) * (self.replicas if self.failure_mode == "share" else 1)
 
     def alpha(self, t: TenantState, base: float) -> float:
@@ -334,8 +337,9 @@ class TenantGate:
         rpm = lim.requests_per_minute
         if rpm is not None:
             if snap is not None:
-                used = snap.requests + t.pending.requests
-                ok = t.pending.requests + 1 <= snap.allow_requests
+                since = t.pending.requests + t.sent.requests
+                used = snap.requests + since
+                ok = since + 1 <= snap.allow_requests
                 reset = max(0.0, snap.requests_reset - (now - snap.at))
             else:
                 used = t.requests.used(now)
@@ -344,7 +348,8 @@ class TenantGate:
                 reset = t.requests.reset_after(now)
             if not ok:
                 refused = ("requests", reset or 1.0)
-            remaining = max(0, math.floor(rpm - used - (1 if ok else 0)))
+            # Refused: none remain for this caller now (the rest is other replicas' part).
+            remaining = max(0, math.floor(rpm - used - 1)) if ok else 0
             headers["x-ratelimit-limit-requests"] = str(rpm)
             headers["x-ratelimit-remaining-requests"] = str(remaining)
             headers["x-ratelimit-reset-requests"] = format_reset(reset)
@@ -352,11 +357,12 @@ class TenantGate:
         tpm = lim.tokens_per_minute
         if tpm is not None:
             if snap is not None:
-                used_t = snap.tokens + t.pending.tokens
+                since_t = t.pending.tokens + t.sent.tokens
+                used_t = snap.tokens + since_t
                 # The first request after a sync may take the whole headroom (a prompt larger
                 # than this replica's share is not refused for ever).
-                ok_t = t.pending.tokens + prompt_tokens <= snap.allow_tokens or (
-                    t.pending.tokens <= 0 and prompt_tokens <= snap.headroom_tokens
+                ok_t = since_t + prompt_tokens <= snap.allow_tokens or (
+                    since_t <= 0 and prompt_tokens <= snap.headroom_tokens
                 )
                 reset_t = max(0.0, snap.tokens_reset - (now - snap.at))
             else:
@@ -366,7 +372,7 @@ class TenantGate:
                 reset_t = t.tokens.reset_after(now)
             if not ok_t and refused is None:
                 refused = ("tokens", reset_t or 1.0)
-            remaining_t = max(0, math.floor(tpm - used_t - (prompt_tokens if ok_t else 0)))
+            remaining_t = max(0, math.floor(tpm - used_t - prompt_tokens)) if ok_t else 0
             headers["x-ratelimit-limit-tokens"] = str(tpm)
             headers["x-ratelimit-remaining-tokens"] = str(remaining_t)
             headers["x-ratelimit-reset-tokens"] = format_reset(reset_t)

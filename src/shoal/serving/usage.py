@@ -51,6 +51,12 @@ Push = tuple[int, int, float, float, int]
 #: Per tenant, the limits the store splits: (requests per minute, tokens per minute).
 Limits = tuple[int | None, int | None]
 
+_MODES = {
+    "share": "per replica (each its 1/N share)",
+    "open": "per replica (each the whole limit)",
+    "closed": "closed (503 for limited tenants)",
+}
+
 
 @dataclass
 class _Tally:
@@ -59,6 +65,9 @@ class _Tally:
     cost: Window = field(default_factory=lambda: Window(HOUR, 60))
     in_flight: dict[str, int] = field(default_factory=dict)
     demand: dict[str, float] = field(default_factory=dict)
+    #: What each replica may still admit on top of what it pushed (its last grant).
+    granted_requests: dict[str, float] = field(default_factory=dict)
+    granted_tokens: dict[str, float] = field(default_factory=dict)
 
 
 class UsageStore:
@@ -70,10 +79,15 @@ class UsageStore:
         self.seen: dict[str, float] = {}
 
     def sync(
-        self, replica: str, limits: dict[str, Limits], usage: dict[str, Push]
+        self,
+        replica: str,
+        limits: dict[str, Limits],
+        usage: dict[str, Push],
+        replicas: int = 1,
     ) -> dict[str, Snapshot]:
         """Add ``replica``'s usage since its last sync; the snapshot of every tenant in
-        ``limits`` as this replica should enforce it until its next sync."""
+        ``limits`` as this replica should enforce it until its next sync. ``replicas``: how
+        many ingress replicas the fleet runs (the ones not seen yet keep a part too)."""
         now = self.clock()
         self.seen[replica] = now
         live = sorted(r for r, t in self.seen.items() if now - t < REPLICA_STALE_SECONDS)
@@ -97,6 +111,8 @@ class UsageStore:
             for r in [r for r in tally.in_flight if r not in live]:
                 tally.in_flight.pop(r, None)
                 tally.demand.pop(r, None)
+                tally.granted_requests.pop(r, None)
+                tally.granted_tokens.pop(r, None)
             used_r = tally.requests.used(now)
             used_t = tally.tokens.used(now)
             head_t = math.inf if tpm is None else max(0.0, tpm - used_t)
@@ -105,8 +121,12 @@ class UsageStore:
                 tokens=used_t,
                 cost=tally.cost.used(now),
                 others_in_flight=sum(n for r, n in tally.in_flight.items() if r != replica),
-                allow_requests=_share(rpm, used_r, replica, live, tally.demand),
-                allow_tokens=_share(tpm, used_t, replica, live, tally.demand),
+                allow_requests=_grant(
+                    rpm, used_r, replica, live, replicas, tally.demand, tally.granted_requests
+                ),
+                allow_tokens=_grant(
+                    tpm, used_t, replica, live, replicas, tally.demand, tally.granted_tokens
+                ),
                 headroom_tokens=head_t,
                 requests_reset=tally.requests.reset_after(now),
                 tokens_reset=tally.tokens.reset_after(now),
@@ -121,27 +141,41 @@ class UsageStore:
         return True
 
 
-def _share(
-    limit: int | None, used: float, replica: str, live: list[str], demand: dict[str, float]
+def _grant(
+    limit: int | None,
+    used: float,
+    replica: str,
+    live: list[str],
+    replicas: int,
+    demand: dict[str, float],
+    granted: dict[str, float],
 ) -> float:
-    """This replica's part of a limit's headroom: in proportion to each live replica's demand
-    plus one (a quiet replica keeps a part), rounded down, the rest to the busiest replica."""
+    """What ``replica`` may admit until its next sync: its part of the headroom (in
+    proportion to each live replica's demand plus one, so a quiet replica keeps a part;
+    rounded down, the rest to the busiest replica; replicas not seen yet count as quiet
+    ones), but never more than what the other
+    replicas' outstanding grants leave. Grants are leases: together they never exceed the
+    headroom, so replicas syncing at different times cannot overshoot the limit."""
     if limit is None:
         return math.inf
     headroom = max(0, math.floor(limit - used))
     weights = {r: demand.get(r, 0.0) + 1.0 for r in live}
-    total = sum(weights.values())
+    total = sum(weights.values()) + max(0, replicas - len(live))
     parts = {r: math.floor(headroom * w / total) for r, w in weights.items()}
-    busiest = max(live, key=lambda r: (weights[r], r))
-    parts[busiest] += headroom - sum(parts.values())
-    return float(parts.get(replica, 0))
+    if len(live) >= replicas:
+        busiest = max(live, key=lambda r: (weights[r], r))
+        parts[busiest] += headroom - sum(parts.values())
+    reserved = sum(g for r, g in granted.items() if r != replica and r in weights)
+    grant = float(max(0, min(parts.get(replica, 0), headroom - reserved)))
+    granted[replica] = grant
+    return grant
 
 
 class StoreClient(Protocol):
     """How a replica reaches the store."""
 
     async def sync(
-        self, replica: str, limits: dict[str, Limits], usage: dict[str, Push]
+        self, replica: str, limits: dict[str, Limits], usage: dict[str, Push], replicas: int
     ) -> dict[str, Snapshot]: ...
 
     def recreate(self) -> None: ...
@@ -154,9 +188,9 @@ class LocalStore:
         self.store = store or UsageStore()
 
     async def sync(
-        self, replica: str, limits: dict[str, Limits], usage: dict[str, Push]
+        self, replica: str, limits: dict[str, Limits], usage: dict[str, Push], replicas: int
     ) -> dict[str, Snapshot]:
-        return self.store.sync(replica, limits, usage)
+        return self.store.sync(replica, limits, usage, replicas)
 
     def recreate(self) -> None:
         """Nothing to re-create in-process."""
@@ -183,7 +217,7 @@ class RayStore:
         import ray
 
         remote = ray.remote(num_cpus=0, max_restarts=0)(UsageStore)
-        self.actor = remote.options(  # type: ignore[attr-defined]
+        self.actor = remote.options(
             name=self.name,
             namespace=STORE_NAMESPACE,
             get_if_exists=True,
@@ -191,9 +225,9 @@ class RayStore:
         ).remote()
 
     async def sync(
-        self, replica: str, limits: dict[str, Limits], usage: dict[str, Push]
+        self, replica: str, limits: dict[str, Limits], usage: dict[str, Push], replicas: int
     ) -> dict[str, Snapshot]:
-        result: dict[str, Snapshot] = await self.actor.sync.remote(replica, limits, usage)
+        result: dict[str, Snapshot] = await self.actor.sync.remote(replica, limits, usage, replicas)
         return result
 
 
@@ -237,17 +271,18 @@ class UsageSync:
         for name, t in tenants.items():
             lim = t.spec.limits
             limits[name] = (lim.requests_per_minute, lim.tokens_per_minute)
-            p = sent[name] = t.pending
+            p = sent[name] = t.sent = t.pending
             t.pending = Usage()
             usage[name] = (p.attempts, p.requests, p.tokens, p.cost, t.in_flight)
         try:
             snaps = await asyncio.wait_for(
-                self.store.sync(self.replica, limits, usage), SYNC_TIMEOUT_SECONDS
+                self.store.sync(self.replica, limits, usage, gate.replicas), SYNC_TIMEOUT_SECONDS
             )
         except Exception as exc:
             for name, p in sent.items():  # not counted: push it again next time
                 t = tenants[name]
                 q = t.pending
+                t.sent = Usage()
                 t.pending = Usage(
                     q.attempts + p.attempts,
                     q.requests + p.requests,
@@ -257,9 +292,10 @@ class UsageSync:
             self._failed(exc)
             return False
         for name, snap in snaps.items():
-            t = tenants.get(name)
-            if t is not None:
-                t.snapshot = snap
+            state = tenants.get(name)
+            if state is not None:
+                state.snapshot = snap
+                state.sent = Usage()
         if not gate.store_up:
             log.warning("tenant usage store reachable again: limits are fleet-wide again")
         gate.store_up = True
@@ -272,9 +308,7 @@ class UsageSync:
             log.warning(
                 "tenant usage store unreachable (%s): limits now %s",
                 type(exc).__name__,
-                {"share": "per replica, 1/N each", "open": "per replica, whole", "closed": "closed"}[
-                    self.gate.failure_mode
-                ],
+                _MODES[self.gate.failure_mode],
             )
             self.gate.store_up = False
             self.failing_since = now

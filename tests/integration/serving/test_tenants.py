@@ -154,9 +154,20 @@ def fleet(local_ray: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     serve.delete(FLEET)
 
 
+def _no_key(request: httpx.Request) -> None:
+    del request.headers["authorization"]
+
+
 def client(fleet: Any, key: str | None) -> Any:
+    """The official client; ``key`` None: one that sends no Authorization header at all
+    (the client insists on a key, so its header is removed on the way out)."""
+    http = httpx.Client(event_hooks={"request": [_no_key]}) if key is None else None
     return openai.OpenAI(
-        base_url=f"{fleet.base_url}/v1", api_key=key or "", max_retries=0, timeout=60
+        base_url=f"{fleet.base_url}/v1",
+        api_key=key or "unused",
+        max_retries=0,
+        timeout=60,
+        http_client=http,
     )
 
 
@@ -353,15 +364,21 @@ def test_tenant_series_are_exported_and_no_key_is_in_any_log_or_metric(fleet: An
         "ray_shoal_tenant_requests_total", lambda v: v > 0, tenant="beta", model="big", code="200"
     )
     assert value > 0
-    assert fleet.wait_metric(
-        "ray_shoal_tenant_rejections_total", lambda v: v > 0, tenant="alpha", reason="requests"
-    ) > 0
-    assert fleet.wait_metric(
-        "ray_shoal_tenant_cost_usd_total", lambda v: v > 0, tenant="budget"
-    ) > 0
-    assert fleet.wait_metric(
-        "ray_shoal_tenant_tokens_total", lambda v: v > 0, tenant="tok", kind="completion"
-    ) > 0
+    assert (
+        fleet.wait_metric(
+            "ray_shoal_tenant_rejections_total", lambda v: v > 0, tenant="alpha", reason="requests"
+        )
+        > 0
+    )
+    assert (
+        fleet.wait_metric("ray_shoal_tenant_cost_usd_total", lambda v: v > 0, tenant="budget") > 0
+    )
+    assert (
+        fleet.wait_metric(
+            "ray_shoal_tenant_tokens_total", lambda v: v > 0, tenant="tok", kind="completion"
+        )
+        > 0
+    )
     from prometheus_client.parser import text_string_to_metric_families
 
     scrape = fleet.scrape()
