@@ -260,7 +260,7 @@ class Endpoint:
             ranked, headers = await self._rank(parsed, request, tenant)
             ranked = self._capable(api, parsed, ranked)
             if tenant is not None and gate is not None:
-                ticket = gate.admit(tenant, approx_prompt_tokens(parsed))
+                ticket = await self._admit(gate, tenant, approx_prompt_tokens(parsed))
                 headers.update(ticket.headers)
         except ApiError as err:
             self.metrics.reject(api, err.status)
@@ -285,6 +285,19 @@ class Endpoint:
         except BaseException:
             gate.finish(ticket, None, 0.0)
             raise
+
+    async def _admit(self, gate: TenantGate, tenant: TenantState, tokens: int) -> Ticket:
+        """Admit a tenant's request; refused only because this replica's grant ran out while
+        the fleet has headroom, it waits for the next grants (two syncs at most) first: a
+        short wait instead of a 429 the fleet-wide limit does not call for."""
+        for attempt in range(3):
+            try:
+                return gate.admit(tenant, tokens)
+            except TenantRefused as err:
+                if not err.granted_out or self.usage_sync is None or attempt == 2:
+                    raise
+                await self.usage_sync.next_round()
+        raise AssertionError("unreachable")
 
     def _tenant_refused(self, tenant: TenantState, err: ApiError) -> None:
         name = tenant.spec.name

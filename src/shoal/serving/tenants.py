@@ -333,6 +333,9 @@ class TenantGate:
         snap = t.snapshot if shared else None
         headers: dict[str, str] = {}
         refused: tuple[Reason, float] | None = None
+        #: Refused only because this replica's grant ran out while the fleet has headroom:
+        #: the next sync's grant may well admit it.
+        granted_out = False
 
         rpm = lim.requests_per_minute
         if rpm is not None:
@@ -348,6 +351,7 @@ class TenantGate:
                 reset = t.requests.reset_after(now)
             if not ok:
                 refused = ("requests", reset or 1.0)
+                granted_out = snap is not None and rpm - used >= 1
             # Refused: none remain for this caller now (the rest is other replicas' part).
             remaining = max(0, math.floor(rpm - used - 1)) if ok else 0
             headers["x-ratelimit-limit-requests"] = str(rpm)
@@ -372,6 +376,7 @@ class TenantGate:
                 reset_t = t.tokens.reset_after(now)
             if not ok_t and refused is None:
                 refused = ("tokens", reset_t or 1.0)
+                granted_out = snap is not None and tpm - used_t >= prompt_tokens
             remaining_t = max(0, math.floor(tpm - used_t - prompt_tokens)) if ok_t else 0
             headers["x-ratelimit-limit-tokens"] = str(tpm)
             headers["x-ratelimit-remaining-tokens"] = str(remaining_t)
@@ -396,7 +401,9 @@ class TenantGate:
         if refused is not None:
             reason, wait = refused
             headers["retry-after"] = str(max(1, math.ceil(wait)))
-            raise rate_limited(reason, spec, headers)
+            err = rate_limited(reason, spec, headers)
+            err.granted_out = granted_out
+            raise err
 
         t.in_flight += 1
         t.requests.add(1, now)
@@ -432,6 +439,9 @@ class TenantRefused(ApiError):
     def __init__(self, reason: Reason, status: int, message: str, **kw: Any) -> None:
         super().__init__(status, message, **kw)
         self.reason: Reason = reason
+        #: Only this replica's grant ran out (the fleet has headroom): worth one more try
+        #: after the next sync.
+        self.granted_out = False
 
 
 def model_denied(model: str) -> TenantRefused:

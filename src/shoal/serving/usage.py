@@ -240,6 +240,7 @@ class UsageSync:
         self.replica = replica
         self.failing_since: float | None = None
         self._task: asyncio.Task[None] | None = None
+        self._round = asyncio.Event()
 
     def start(self) -> None:
         if self._task is None:
@@ -252,12 +253,24 @@ class UsageSync:
                 await self._task
             self._task = None
 
+    async def next_round(self, rounds: int = 1) -> None:
+        """Wait until this replica has synced ``rounds`` more times (at most that many sync
+        intervals and a timeout each)."""
+        for _ in range(rounds):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._round.wait(),
+                    self.gate.config.sync_interval_seconds + SYNC_TIMEOUT_SECONDS,
+                )
+
     async def _loop(self) -> None:
         while True:
             try:
                 await self.sync_once()
             except Exception:  # never let the loop die; the next round retries
                 log.exception("tenant usage sync failed")
+            done, self._round = self._round, asyncio.Event()
+            done.set()
             await asyncio.sleep(self.gate.config.sync_interval_seconds)
 
     async def sync_once(self) -> bool:

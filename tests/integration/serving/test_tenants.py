@@ -52,7 +52,7 @@ def access(rot_key: str = KEYS["rot"], **extra: Any) -> AccessConfig:
             tenant("alpha", limits={"requests_per_minute": 5}),
             tenant("beta"),
             tenant("tok", limits={"tokens_per_minute": 300}),
-            tenant("budget", max_cost_per_hour="0.05", budget_soft_percent=50, min_alpha=0),
+            tenant("budget", max_cost_per_hour="0.02", budget_soft_percent=50, min_alpha=0),
             tenant("wide", limits={"requests_per_minute": 60}),
             tenant("rot", key=rot_key),
             tenant("guarded", limits={"requests_per_minute": 1000}),
@@ -85,8 +85,8 @@ def fleet_args(artifact_path: str) -> BuildArgs:
         "fleet": {
             "routingPolicyRef": {"name": "p"},
             "tiers": [
-                {"name": "large", "costPerReplicaHour": "360.00"},
-                {"name": "small", "costPerReplicaHour": "36.00"},
+                {"name": "large", "costPerReplicaHour": "36.00"},
+                {"name": "small", "costPerReplicaHour": "9.00"},
             ],
             "models": [
                 {"name": "big", "engine": "simulated", "tier": "large", **one, "engineArgs": sim},
@@ -214,7 +214,8 @@ def test_a_tenant_over_its_request_rate_gets_429_while_another_is_served(fleet: 
             refused = err
             break
     assert refused is not None, "tenant alpha was never limited"
-    assert 4 <= len(answered) <= 6  # 5, within what two replicas' last sync allows
+    seen = [h.get("x-ratelimit-remaining-requests") for h in answered]
+    assert 4 <= len(answered) <= 6, (seen, refused.body, dict(refused.response.headers))
     assert answered[0]["x-ratelimit-limit-requests"] == "5"
     assert int(answered[0]["x-ratelimit-remaining-requests"]) >= 3
     h = refused.response.headers
@@ -250,7 +251,8 @@ def test_a_tenant_nearing_its_budget_is_routed_cheaper_then_refused(fleet: Any) 
     models: list[str] = []
     alphas: list[float] = []
     refused: Any = None
-    for _ in range(60):
+    # a big answer costs about a tenth of the budget, a small one a quarter of that
+    for _ in range(200):
         try:
             raw = chat(fleet, KEYS["budget"])
         except openai.RateLimitError as err:

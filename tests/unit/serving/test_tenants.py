@@ -273,3 +273,28 @@ def test_budget_is_a_decimal_and_open_mode_has_no_gate() -> None:
     cfg = config(max_cost_per_hour="0.50")
     assert cfg.tenants[0].max_cost_per_hour == Decimal("0.50")
     assert AccessConfig.from_user_config(None).mode == "open"
+
+
+def test_a_replica_whose_grant_ran_out_gets_more_once_the_other_s_lease_shrinks() -> None:
+    clock = Clock()
+    gates, syncs = two_replicas(config(limits={"requests_per_minute": 4}), clock)
+
+    async def run() -> None:
+        for s in syncs:
+            await s.sync_once()
+        g = gates[0]
+        a = g.authenticate(f"Bearer {KEY_A}")
+        g.admit(a, 1)
+        g.admit(a, 1)  # its grant: half of the 4
+        with pytest.raises(TenantRefused) as err:
+            g.admit(a, 1)
+        assert err.value.granted_out  # the fleet has headroom: worth waiting for a sync
+        for s in [*syncs, *syncs]:  # the quiet replica's lease shrinks, the busy one's grows
+            await s.sync_once()
+        g.admit(a, 1)
+        g.admit(a, 1)
+        with pytest.raises(TenantRefused) as err:
+            g.admit(a, 1)
+        assert not err.value.granted_out  # the fleet is at its limit
+
+    asyncio.run(run())
