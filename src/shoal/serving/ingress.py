@@ -160,7 +160,11 @@ class Endpoint:
                 self.usage_sync = None
             return
         if self.gate is None:
-            gate = TenantGate(config, replicas=self.args.ingress.num_replicas)
+            gate = TenantGate(
+                config,
+                replicas=self.args.ingress.num_replicas,
+                max_request_seconds=self.limits.request_timeout_seconds + 60.0,
+            )
             self.usage_sync = UsageSync(gate, self._store(), self.replica_id)
             self.gate = gate
             await self.usage_sync.sync_once()  # the fleet-wide view before the first request

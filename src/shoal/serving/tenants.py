@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -204,6 +205,10 @@ class TenantState:
     tokens: Window = field(default_factory=Window)
     cost: Window = field(default_factory=lambda: Window(HOUR, 60))
     in_flight: int = 0
+    #: The admitted requests not over yet, by id, with when they started: a request whose
+    #: end was never told (a client gone before its stream began) is dropped after
+    #: ``max_request_seconds`` rather than holding a concurrency slot for ever.
+    open: dict[int, float] = field(default_factory=dict)
     #: Usage not yet in the shared store (pushed at the next sync): what this replica
     #: admitted on top of :attr:`snapshot`.
     pending: Usage = field(default_factory=Usage)
@@ -231,6 +236,7 @@ class Ticket:
     reserved_tokens: int
     headers: dict[str, str]
     done: bool = False
+    id: int = 0
 
 
 class TenantGate:
@@ -241,9 +247,12 @@ class TenantGate:
         config: AccessConfig,
         replicas: int = 1,
         clock: Callable[[], float] = time.time,
+        max_request_seconds: float = 3600.0,
     ) -> None:
         self.replicas = max(1, replicas)
         self.clock = clock
+        self.max_request_seconds = max_request_seconds
+        self._ids = itertools.count(1)
         #: False while the shared store is unreachable (the failure mode applies).
         self.store_up = True
         self.config = config
@@ -387,6 +396,8 @@ class TenantGate:
             others = snap.others_in_flight if snap is not None else 0
             cap = conc if shared or self.failure_mode == "open" else max(1, conc // self.replicas)
             if others + t.in_flight + 1 > cap:
+                self._drop_stale(t, now)
+            if others + t.in_flight + 1 > cap:
                 refused = ("concurrency", 1.0)
 
         if refused is None and spec.max_cost_per_hour is not None:
@@ -406,12 +417,20 @@ class TenantGate:
             raise err
 
         t.in_flight += 1
+        ticket = Ticket(t, prompt_tokens, headers, id=next(self._ids))
+        t.open[ticket.id] = now
         t.requests.add(1, now)
         t.pending.requests += 1
         if prompt_tokens:
             t.tokens.add(prompt_tokens, now)
             t.pending.tokens += prompt_tokens
-        return Ticket(t, prompt_tokens, headers)
+        return ticket
+
+    def _drop_stale(self, t: TenantState, now: float) -> None:
+        stale = [i for i, at in t.open.items() if now - at > self.max_request_seconds]
+        for i in stale:
+            del t.open[i]
+        t.in_flight = len(t.open)
 
     def finish(self, ticket: Ticket, tokens: int | None, cost: float) -> None:
         """The request is over: release its concurrency slot and count what it used
@@ -421,7 +440,8 @@ class TenantGate:
             return
         ticket.done = True
         t = ticket.tenant
-        t.in_flight = max(0, t.in_flight - 1)
+        if t.open.pop(ticket.id, None) is not None:
+            t.in_flight = max(0, t.in_flight - 1)
         now = self.clock()
         if tokens is not None:
             extra = tokens - ticket.reserved_tokens

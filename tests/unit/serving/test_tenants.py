@@ -298,3 +298,21 @@ def test_a_replica_whose_grant_ran_out_gets_more_once_the_other_s_lease_shrinks(
         assert not err.value.granted_out  # the fleet is at its limit
 
     asyncio.run(run())
+
+
+def test_a_request_whose_end_was_never_told_frees_its_slot_in_time() -> None:
+    clock = Clock()
+    gate = TenantGate(
+        config(limits={"concurrent_requests": 1}), clock=clock, max_request_seconds=360
+    )
+    a = gate.authenticate(f"Bearer {KEY_A}")
+    lost = gate.admit(a, 1)  # its client went away before its stream began
+    clock.now += 100
+    with pytest.raises(TenantRefused):
+        gate.admit(a, 1)
+    clock.now += 300
+    t = gate.admit(a, 1)
+    gate.finish(lost, None, 0.0)  # told late: counts nothing twice
+    assert a.in_flight == 1
+    gate.finish(t, None, 0.0)
+    assert a.in_flight == 0
