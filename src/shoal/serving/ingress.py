@@ -292,13 +292,13 @@ class Endpoint:
 
     async def _admit(self, gate: TenantGate, tenant: TenantState, tokens: int) -> Ticket:
         """Admit a tenant's request; refused only because this replica's grant ran out while
-        the fleet has headroom, it waits for the next grants (two syncs at most) first: a
+        the fleet has headroom, it waits for the next grants (three syncs at most) first: a
         short wait instead of a 429 the fleet-wide limit does not call for."""
-        for attempt in range(3):
+        for attempt in range(4):
             try:
                 return gate.admit(tenant, tokens)
             except TenantRefused as err:
-                if not err.granted_out or self.usage_sync is None or attempt == 2:
+                if not err.granted_out or self.usage_sync is None or attempt == 3:
                     raise
                 await self.usage_sync.next_round()
         raise AssertionError("unreachable")
