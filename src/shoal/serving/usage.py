@@ -4,7 +4,7 @@
 minute, USD in the last hour, requests in flight per replica). Ingress replicas never call
 it per request: :class:`UsageSync` runs in each replica's event loop and, every
 ``sync_interval_seconds``, pushes what the replica admitted since its last push and reads back
-a :class:`~shoal.serving.tenants.Snapshot` per tenant. The store also splits each tenant's
+a :class:`~shoal.serving.tenants.Snapshot` per tenant that has a limit or a budget. The store also splits each tenant's
 remaining headroom among the live replicas in proportion to their recent demand (smoothed, so
 a quiet replica still gets some), and a replica admits at most its part until the next sync:
 together the replicas cannot overshoot a limit by more than what arrives between a push and
@@ -282,6 +282,8 @@ class UsageSync:
         sent: dict[str, Usage] = {}
         usage: dict[str, Push] = {}
         for name, t in tenants.items():
+            if not t.limited:  # nothing to hold fleet-wide: no limit, no budget
+                continue
             lim = t.spec.limits
             limits[name] = (lim.requests_per_minute, lim.tokens_per_minute)
             p = sent[name] = t.sent = t.pending
