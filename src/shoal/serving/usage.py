@@ -3,12 +3,12 @@
 :class:`UsageStore` keeps every tenant's fleet-wide usage (requests and tokens in the last
 minute, USD in the last hour, requests in flight per replica). Ingress replicas never call
 it per request: :class:`UsageSync` runs in each replica's event loop and, every
-``sync_interval_seconds``, pushes what the replica admitted since its last push and reads back
-a :class:`~shoal.serving.tenants.Snapshot` per tenant that has a limit or a budget. The store also splits each tenant's
-remaining headroom among the live replicas in proportion to their recent demand (smoothed, so
-a quiet replica still gets some), and a replica admits at most its part until the next sync:
-together the replicas cannot overshoot a limit by more than what arrives between a push and
-its answer.
+``sync_interval_seconds``, pushes what the replica admitted since its last push and reads
+back a :class:`~shoal.serving.tenants.Snapshot` per tenant that has a limit or a budget.
+Each snapshot carries a grant: what the replica may admit until its next sync, its part of
+the remaining headroom in proportion to its recent demand (smoothed, so a quiet replica
+keeps a part), never more than the other replicas' outstanding grants leave. Grants are
+leases, so replicas that sync at different times cannot together overshoot a limit.
 
 Under Ray the store is one small named actor per fleet (:func:`ray_store`, zero CPUs,
 detached so that no single ingress replica owns it), created by whichever replica comes first.
