@@ -10,13 +10,13 @@ the remaining headroom in proportion to its recent demand (smoothed, so a quiet 
 keeps a part), never more than the other replicas' outstanding grants leave. Grants are
 leases, so replicas that sync at different times cannot together overshoot a limit.
 
-Under Ray the store is one small named actor per fleet (:func:`ray_store`, zero CPUs,
-detached so that no single ingress replica owns it), created by whichever replica comes first.
-When a sync fails (the actor died, or did not answer within a second) the gate's
-``store_up`` turns false and the fleet's ``store_failure_mode`` applies; the replica keeps
-retrying the same actor, and re-creates it (with empty counters) only after
-:data:`RECREATE_AFTER_SECONDS` without an answer, so a store that restarts by itself is not
-raced.
+Under Ray the store is one small named actor per fleet (:class:`RayStore`, zero CPUs,
+detached so that no single ingress replica owns it, not restarted by Ray), created by
+whichever replica comes first. When a sync fails (the actor died, or did not answer within a
+second) the gate's ``store_up`` turns false and the fleet's ``store_failure_mode`` applies;
+the replica keeps retrying, and re-creates the store (with empty counters) after
+:data:`RECREATE_AFTER_SECONDS` without an answer, so that a slow store is not replaced at
+its first hiccup.
 
 :class:`UsageStore` is plain Python; :class:`LocalStore` serves it in-process (one ingress,
 unit tests).
