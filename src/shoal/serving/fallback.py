@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from starlette.responses import Response
@@ -31,6 +31,10 @@ from shoal.serving.openai_api import ApiError, ChatRequest, CompletionRequest
 from shoal.serving.ranking import HealthBoard
 
 log = logging.getLogger("shoal.serving.ingress")
+
+#: Told once when a request is over: the model that answered (None: none did), the status,
+#: the prompt and completion tokens the engine counted (None when unknown) and the cost.
+Done = Callable[[str | None, int, int | None, int | None, float], None]
 
 
 @dataclass
@@ -78,9 +82,11 @@ class FallbackCaller:
         headers: dict[str, str],
         started: float,
         cluster: int | None = None,
+        done: Done | None = None,
     ) -> Response:
         """The answer of the first candidate that gives one, or the error that says why none
-        did. Each answer's id is signed with the model and ``cluster`` (for feedback)."""
+        did. Each answer's id is signed with the model and ``cluster`` (for feedback);
+        ``done`` is told when the request is over (a stream: when it ends)."""
         prefix = "chatcmpl-" if api == "chat" else "cmpl-"
         rid = gen.request_id
         deadline = time.monotonic() + self.limits.request_timeout_seconds
@@ -107,7 +113,7 @@ class FallbackCaller:
             out_headers = {**headers, "x-shoal-model": model}
             if parsed.streaming:
                 return self._stream(
-                    api, parsed, rid, client, first, rest, out_headers, started, deadline
+                    api, parsed, rid, client, first, rest, out_headers, started, deadline, done
                 )
             try:
                 text, last = await http.collect(first, rest, deadline)
@@ -123,15 +129,19 @@ class FallbackCaller:
                 self._unavailable(model, failure, rid, more=i + 1 < len(candidates))
                 self._done(model)
                 continue
-            self._finished(client, api, started, last)
+            self._finished(client, api, started, last, done)
             return http.completion_response(api, rid, model, text, last, out_headers)
         if isinstance(last_error, ModelRejected) and only_rejected:
             # Every model that got the request refused it as too long or not servable: the
             # client's error, said as the engine said it.
             self.metrics.reject(api, 400)
+            if done is not None:
+                done(None, 400, None, None, 0.0)
             refused = ApiError(400, str(last_error), param=last_error.param, code=last_error.code)
             return http.error_response(refused, headers)
         self.metrics.reject(api, 503)
+        if done is not None:
+            done(None, 503, None, None, 0.0)
         reason = f" (last error: {last_error.reason})" if last_error else ""
         return http.error_response(
             ApiError(
@@ -202,14 +212,17 @@ class FallbackCaller:
         headers: dict[str, str],
         started: float,
         deadline: float,
+        done: Done | None = None,
     ) -> Response:
         model = client.info.name
 
         def on_finish(last: Chunk | None, error: BaseException | None) -> None:
             if last is not None:
-                self._finished(client, api, started, last)
+                self._finished(client, api, started, last, done)
             else:
                 self._done(model)
+                if done is not None:
+                    done(model, 502 if isinstance(error, Exception) else 499, None, None, 0.0)
                 if isinstance(error, Exception):  # not a client that went away
                     self.book.health.failed(model)
                     self.metrics.finished(
@@ -252,7 +265,9 @@ class FallbackCaller:
     def _done(self, model: str) -> None:
         self.book.in_flight[model] = max(0, self.book.in_flight[model] - 1)
 
-    def _finished(self, client: ModelClient, api: str, started: float, last: Chunk) -> None:
+    def _finished(
+        self, client: ModelClient, api: str, started: float, last: Chunk, done: Done | None = None
+    ) -> None:
         model = client.info.name
         sharing = max(1, self.book.in_flight[model])
         self._done(model)
@@ -269,6 +284,8 @@ class FallbackCaller:
             completion_tokens=last.completion_tokens or 0,
             cost_usd=cost,
         )
+        if done is not None:
+            done(model, 200, last.prompt_tokens, last.completion_tokens, cost)
 
 
 async def _close(stream: AsyncIterator[Chunk]) -> None:

@@ -9,10 +9,16 @@
 - the fallback caller (:mod:`shoal.serving.fallback`) calls them in turn until one answers,
   and tells the caller who did (``x-shoal-model``, ``x-shoal-cluster``,
   ``x-shoal-routing-ms``);
-- the probes (:mod:`shoal.serving.probes`) keep readiness and the in-flight gauge.
+- the probes (:mod:`shoal.serving.probes`) keep readiness and the in-flight gauge;
+- when the fleet declares tenants (:meth:`Endpoint.configure_access`, from the ingress's
+  ``user_config``), the tenant gate (:mod:`shoal.serving.tenants`) authenticates every
+  ``/v1`` request, admits it against its tenant's limits and budget, lowers its alpha as the
+  budget runs out, and keeps the ranked list to the tenant's models; an open fleet skips all
+  of it.
 
 :class:`FleetIngress` is the Ray Serve deployment ("router") that holds an :class:`Endpoint`
-built from :class:`~shoal.contract.BuildArgs` and the models' deployment handles.
+built from :class:`~shoal.contract.BuildArgs` and the models' deployment handles; Ray Serve
+hands it the fleet's access config through ``reconfigure`` (in place, no restart).
 
 Prompts never reach the logs unless ``log_prompts`` is set.
 """
@@ -23,12 +29,14 @@ import asyncio
 import dataclasses
 import logging
 import time
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shoal.contract import BuildArgs
+from shoal.contract import AccessConfig, BuildArgs
 from shoal.serving import http
 from shoal.serving.capabilities import Refusal, capabilities, refusal
 from shoal.serving.clients import ModelClient, model_clients
@@ -47,12 +55,16 @@ from shoal.serving.openai_api import (
 )
 from shoal.serving.probes import IN_FLIGHT_PUBLISH_SECONDS, Probes
 from shoal.serving.ranking import HealthBoard, Ranker, default_alpha, make_ranker, parse_alpha
-from shoal.serving.routes import Route, RouteTable
+from shoal.serving.routes import Route, RouteTable, relative_path
+from shoal.serving.tenants import TenantGate, TenantRefused, TenantState, Ticket, model_denied
+from shoal.serving.usage import LocalStore, RayStore, StoreClient, UsageSync, store_name
 
 log = logging.getLogger("shoal.serving.ingress")
 
 ALPHA_HEADER = "x-shoal-alpha"
 AUTO = "auto"
+#: Where the ingress keeps an authenticated request's tenant (the ASGI scope).
+TENANT_SCOPE = "shoal.tenant"
 
 __all__ = ["ALPHA_HEADER", "AUTO", "IN_FLIGHT_PUBLISH_SECONDS", "Endpoint", "FleetIngress"]
 
@@ -66,6 +78,7 @@ class Endpoint:
         clients: dict[str, ModelClient],
         metrics: RouterMetrics,
         ranker: Ranker | None = None,
+        store: Callable[[], StoreClient] = LocalStore,
     ) -> None:
         self.args = args
         self.limits = args.limits
@@ -91,6 +104,11 @@ class Endpoint:
         self.caller = FallbackCaller(args, self.book, metrics, self.ids)
         self.probes = Probes(args, self.book, metrics)
         self._created = int(time.time())
+        #: The tenant gate; None while the fleet is open (nothing checked, nothing counted).
+        self.gate: TenantGate | None = None
+        self.usage_sync: UsageSync | None = None
+        self._store = store
+        self.replica_id = uuid.uuid4().hex
         self.routes = RouteTable(
             [
                 Route("POST", "/v1/chat/completions", self._chat),
@@ -130,9 +148,50 @@ class Endpoint:
     async def probe_once(self) -> None:
         await self.probes.probe_once()
 
+    # -- tenants ----------------------------------------------------------------------------
+
+    async def configure_access(self, config: AccessConfig) -> None:
+        """Apply the fleet's access config at once (Ray Serve's ``reconfigure``): tenants that
+        remain keep their counters; ``mode: open`` drops the gate."""
+        if config.mode == "open":
+            self.gate = None
+            if self.usage_sync is not None:
+                await self.usage_sync.stop()
+                self.usage_sync = None
+            return
+        if self.gate is None:
+            gate = TenantGate(
+                config,
+                replicas=self.args.ingress.num_replicas,
+                max_request_seconds=self.limits.request_timeout_seconds + 60.0,
+            )
+            self.usage_sync = UsageSync(gate, self._store(), self.replica_id)
+            self.gate = gate
+            await self.usage_sync.sync_once()  # the fleet-wide view before the first request
+            self.usage_sync.start()
+        else:
+            self.gate.configure(config)
+
+    def _authenticate(self, request: Request, gate: TenantGate) -> Response | None:
+        """401 unless a ``/v1`` request bears a tenant's key (kept in the scope)."""
+        path = relative_path(request)
+        if not path.startswith("/v1/"):
+            return None
+        try:
+            request.scope[TENANT_SCOPE] = gate.authenticate(request.headers.get("authorization"))
+        except ApiError as err:
+            self.metrics.reject(http.api_of(path) or "other", err.status)
+            return http.error_response(err)
+        return None
+
     # -- HTTP -------------------------------------------------------------------------------
 
     async def handle(self, request: Request) -> Response:
+        gate = self.gate
+        if gate is not None:
+            refused = self._authenticate(request, gate)
+            if refused is not None:
+                return refused
         return await self.routes.dispatch(request)
 
     async def _chat(self, request: Request, _: str) -> Response:
@@ -155,10 +214,10 @@ class Endpoint:
         )
 
     async def _models(self, request: Request, _: str) -> Response:
-        return http.json_response(self.models_body())
+        return http.json_response(self.models_body(request.scope.get(TENANT_SCOPE)))
 
     async def _model(self, request: Request, name: str) -> Response:
-        for entry in self.models_body()["data"]:
+        for entry in self.models_body(request.scope.get(TENANT_SCOPE))["data"]:
             if entry["id"] == name:
                 return http.json_response(entry)
         raise model_not_found(name)
@@ -172,8 +231,12 @@ class Endpoint:
     async def _root(self, request: Request, _: str) -> Response:
         return http.json_response({"fleet": self.args.fleet_name, "api": "/v1"})
 
-    def models_body(self) -> dict[str, Any]:
-        body = http.models_body([AUTO, *self.clients, *self.adapters], self._created)
+    def models_body(self, tenant: TenantState | None = None) -> dict[str, Any]:
+        names = [AUTO, *self.clients, *self.adapters]
+        if tenant is not None and tenant.spec.models is not None:
+            allowed = tenant.spec.models
+            names = [n for n in names if n == AUTO or n.partition(":")[0] in allowed]
+        body = http.models_body(names, self._created)
         for entry in body["data"]:
             base, _, adapter = entry["id"].partition(":")
             client = self.clients.get(base)
@@ -192,13 +255,21 @@ class Endpoint:
 
     async def generate(self, api: http.Api, request: Request) -> Response:
         started = time.perf_counter()
+        gate = self.gate
+        tenant: TenantState | None = request.scope.get(TENANT_SCOPE) if gate else None
+        ticket: Ticket | None = None
         try:
             body = await http.read_body(request, self.limits.max_body_bytes)
             parsed = http.parse(api, body, self.limits)
-            ranked, headers = await self._rank(parsed, request)
+            ranked, headers = await self._rank(parsed, request, tenant)
             ranked = self._capable(api, parsed, ranked)
+            if tenant is not None and gate is not None:
+                ticket = await self._admit(gate, tenant, approx_prompt_tokens(parsed))
+                headers.update(ticket.headers)
         except ApiError as err:
             self.metrics.reject(api, err.status)
+            if tenant is not None:
+                self._tenant_refused(tenant, err)
             return http.error_response(err)
         gen = http.generation(parsed, http.new_id(api), self.limits)
         if parsed.model in self.adapters:
@@ -206,18 +277,71 @@ class Endpoint:
         if self.args.log_prompts:
             log.info("request %s prompt: %r", gen.request_id, gen.messages or gen.prompt)
         cluster = headers.get("x-shoal-cluster")
-        return await self.caller.call(
-            api, parsed, gen, ranked, headers, started, int(cluster) if cluster else None
-        )
+        if ticket is None or gate is None:
+            return await self.caller.call(
+                api, parsed, gen, ranked, headers, started, int(cluster) if cluster else None
+            )
+        done = self._tenant_done(gate, ticket)
+        try:
+            return await self.caller.call(
+                api, parsed, gen, ranked, headers, started, int(cluster) if cluster else None, done
+            )
+        except BaseException:
+            gate.finish(ticket, None, 0.0)
+            raise
+
+    async def _admit(self, gate: TenantGate, tenant: TenantState, tokens: int) -> Ticket:
+        """Admit a tenant's request; refused only because this replica's grant ran out while
+        the fleet has headroom, it waits for the next grants (three syncs at most) first: a
+        short wait instead of a 429 the fleet-wide limit does not call for."""
+        for attempt in range(4):
+            try:
+                return gate.admit(tenant, tokens)
+            except TenantRefused as err:
+                if not err.granted_out or self.usage_sync is None or attempt == 3:
+                    raise
+                await self.usage_sync.next_round()
+        raise AssertionError("unreachable")
+
+    def _tenant_refused(self, tenant: TenantState, err: ApiError) -> None:
+        name = tenant.spec.name
+        if isinstance(err, TenantRefused):
+            self.metrics.tenant_rejected(name, err.reason, err.status)
+        else:
+            self.metrics.tenant_finished(name, "", err.status, 0, 0, 0.0)
+
+    def _tenant_done(
+        self, gate: TenantGate, ticket: Ticket
+    ) -> Callable[[str | None, int, int | None, int | None, float], None]:
+        metrics = self.metrics
+        name = ticket.tenant.spec.name
+
+        def done(
+            model: str | None, code: int, prompt: int | None, completion: int | None, cost: float
+        ) -> None:
+            tokens = None if prompt is None else prompt + (completion or 0)
+            gate.finish(ticket, tokens, cost)
+            metrics.tenant_finished(name, model or "", code, prompt or 0, completion or 0, cost)
+
+        return done
 
     async def _rank(
-        self, parsed: ChatRequest | CompletionRequest, request: Request
+        self,
+        parsed: ChatRequest | CompletionRequest,
+        request: Request,
+        tenant: TenantState | None = None,
     ) -> tuple[list[str], dict[str, str]]:
         name = parsed.model
+        allowed = tenant.spec.models if tenant is not None else None
         if name in self.clients:
+            if allowed is not None and name not in allowed:
+                raise model_denied(name)
             return [name], {}
         if name in self.adapters:
-            return [self.adapters[name][0]], {}
+            base = self.adapters[name][0]
+            if allowed is not None and base not in allowed:
+                raise model_denied(name)
+            return [base], {}
         if name not in self.aliases:
             raise model_not_found(name)
         alpha = self.alpha
@@ -229,6 +353,10 @@ class Endpoint:
                 raise ApiError(
                     400, f"{ALPHA_HEADER} must be a number within [0, 1].", param=ALPHA_HEADER
                 ) from None
+        if tenant is not None and self.gate is not None:
+            # The tenant's floor and ceiling bound any alpha, an override too; nearing its
+            # budget lowers it towards the floor.
+            alpha = self.gate.alpha(tenant, alpha)
         text = query_text(parsed)
         started = time.perf_counter()
         if self.ranker.blocking:
@@ -237,10 +365,19 @@ class Endpoint:
             ranking = self.ranker.rank(text, alpha)
         seconds = time.perf_counter() - started
         models = [m for m in ranking.models if m in self.clients]
+        if allowed is not None:
+            models = [m for m in models if m in allowed]
+            if not models:
+                raise TenantRefused(
+                    "model", 403, "This API key may use no model of this fleet.",
+                    code="model_not_allowed",
+                )  # fmt: skip
         if not models:
             raise ApiError(503, "The router ranked no model of this fleet.", type="server_error")
         self.metrics.decision(ranking.strategy, models[0], ranking.cluster, seconds)
         headers = {"x-shoal-routing-ms": f"{seconds * 1000:.3f}"}
+        if tenant is not None:
+            headers["x-shoal-alpha"] = f"{alpha:.4f}"
         if self.explorer is not None:
             chosen = self.explorer.choose(
                 models,
@@ -293,8 +430,12 @@ class FleetIngress:
 
     async def __init__(self, args: dict[str, Any], handles: dict[str, Any]) -> None:  # type: ignore[misc]
         parsed = BuildArgs.parse(args)
+        name = store_name(parsed.fleet_name, parsed.namespace)
         self.endpoint = Endpoint(
-            parsed, model_clients(parsed, handles), RouterMetrics(parsed.fleet_name, "ray")
+            parsed,
+            model_clients(parsed, handles),
+            RouterMetrics(parsed.fleet_name, "ray"),
+            store=lambda: RayStore(name),
         )
         self.endpoint.start_probes()
         log.info(
@@ -302,6 +443,17 @@ class FleetIngress:
             parsed.fleet_name,
             len(handles),
             self.endpoint.ranker.strategy,
+        )
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Ray Serve's in-place update: the fleet's tenants, key digests and limits."""
+        config = AccessConfig.from_user_config(user_config)
+        await self.endpoint.configure_access(config)
+        log.info(
+            "fleet %s: access %s, %d tenants",
+            self.endpoint.args.fleet_name,
+            config.mode,
+            len(config.tenants),
         )
 
     async def __call__(self, request: Request) -> Response:

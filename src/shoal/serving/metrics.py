@@ -232,6 +232,58 @@ class RouterMetrics:
             fmc,
         )
 
+        # Per tenant (chargeback). The tenant label only ever holds a declared tenant's name:
+        # an unauthenticated request has no tenant and counts in shoal_rejected_requests_total.
+        self.tenant_requests = f.make(
+            "counter",
+            "shoal_tenant_requests_total",
+            "Requests of each tenant, per model that answered (empty when refused) and HTTP "
+            "status code.",
+            ("fleet", "tenant", "model", "code"),
+        )
+        self.tenant_tokens = f.make(
+            "counter",
+            "shoal_tenant_tokens_total",
+            "Tokens of each tenant's answered requests, by kind (prompt or completion).",
+            ("fleet", "tenant", "kind"),
+        )
+        self.tenant_cost = f.make(
+            "counter",
+            "shoal_tenant_cost_usd_total",
+            "Estimated USD of each tenant's answered requests (as shoal_cost_usd_total).",
+            ("fleet", "tenant"),
+        )
+        self.tenant_rejections = f.make(
+            "counter",
+            "shoal_tenant_rejections_total",
+            "Requests of each tenant refused by its limits, by reason (requests, tokens, "
+            "concurrency, budget, store, model).",
+            ("fleet", "tenant", "reason"),
+        )
+
+    def tenant_finished(
+        self, tenant: str, model: str, code: int, prompt: int, completion: int, cost: float
+    ) -> None:
+        self.tenant_requests.inc(
+            1, {"fleet": self.fleet, "tenant": tenant, "model": model, "code": str(code)}
+        )
+        if prompt:
+            self.tenant_tokens.inc(
+                prompt, {"fleet": self.fleet, "tenant": tenant, "kind": "prompt"}
+            )
+        if completion:
+            self.tenant_tokens.inc(
+                completion, {"fleet": self.fleet, "tenant": tenant, "kind": "completion"}
+            )
+        if cost > 0:
+            self.tenant_cost.inc(cost, {"fleet": self.fleet, "tenant": tenant})
+
+    def tenant_rejected(self, tenant: str, reason: str, code: int) -> None:
+        self.tenant_rejections.inc(1, {"fleet": self.fleet, "tenant": tenant, "reason": reason})
+        self.tenant_requests.inc(
+            1, {"fleet": self.fleet, "tenant": tenant, "model": "", "code": str(code)}
+        )
+
     def _mt(self, model: str, tier: str) -> dict[str, str]:
         return {"fleet": self.fleet, "model": model, "tier": tier}
 
