@@ -137,11 +137,11 @@ operator running under this identity); see docs/sre.md for what each is for.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["create", "patch", "delete"]
-# Each fleet's HTTPRoute when it names a Gateway (spec.serving.gateway): server-side apply,
-# read back by the periodic re-check, deleted when the gateway is removed or with the fleet.
+# Each fleet's HTTPRoute when it names a Gateway (spec.serving.gateway): server-side apply
+# (patch, create when new), deleted when the gateway is removed or with the fleet.
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["create", "patch", "delete"]
 # Events about fleets and policies (kopf posts core/v1 events).
 - apiGroups: [""]
   resources: ["events"]

@@ -159,14 +159,13 @@ def _current(gw: KubeGateway, obj: dict[str, Any], verify: bool) -> dict[str, An
     """The live child as far as the operator knows it.
 
     The RayService from the watch cache (KubeRay's and anyone's changes reach it); when
-    verifying, ConfigMaps and the HTTPRoute read from the API server. The Service is known
-    from the operator's own last apply only: its RBAC grants no read of Services (a Service
-    changed by someone else is put right at the fleet's next change or the operator's next
-    start).
+    verifying, ConfigMaps read from the API server. The Service and the HTTPRoute are known
+    from the operator's own last apply only: its RBAC grants no read of them (one changed by
+    someone else is put right at the fleet's next change or the operator's next start).
     """
     meta = obj["metadata"]
     where = (obj["apiVersion"], obj["kind"], meta["namespace"] or "default", meta["name"])
-    if verify and obj["kind"] in ("ConfigMap", "HTTPRoute"):
+    if verify and obj["kind"] == "ConfigMap":
         return gw.read(*where)
     _, live = gw.known(*where)
     return live
@@ -205,7 +204,14 @@ def reconcile_fleet(
     ref = fleet.spec.routing_policy_ref.name
 
     # Tenants first: their statuses are written whatever else holds the fleet up.
-    tenant_bodies = tenants.tenants_of(gw, ns, fleet.metadata.name)
+    try:
+        tenant_bodies = tenants.tenants_of(gw, ns, fleet.metadata.name)
+    except Forbidden:
+        # Only where no watch cache holds them (a direct reconcile) are tenants listed. An
+        # open fleet serves on without them; one that requires keys cannot be rendered.
+        if fleet.spec.access.mode == "Tenants":
+            raise
+        tenant_bodies = []
     resolutions = tenants.resolve_tenants(gw, fleet, tenant_bodies)
     try:
         tenants.report(gw, resolutions, now)
@@ -315,7 +321,7 @@ def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]], ve
         if any(o["kind"] == kind and o["metadata"]["name"] == name for o in desired):
             continue
         try:
-            if verify:
+            if verify and kind == "ConfigMap":  # the HTTPRoute: known from the cache only
                 if gw.read(api_version, kind, ns, name) is None:
                     continue
             else:
