@@ -25,6 +25,7 @@ Run with ``python -m shoal.operator`` (or ``kopf run -m shoal.operator.handlers`
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -206,10 +207,11 @@ async def tenant_seen(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> N
         ns = obj["metadata"].get("namespace") or "default"
         fleet = ((obj.get("spec") or {}).get("fleetRef") or {}).get("name")
         if fleet:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(
-                None, lambda: _quietly(lambda: _tenants_changed(memo, ns, fleet), "reconciled")
-            )
+            # In a thread, like kopf's sync handlers, in this handler's context (kopf's event
+            # queue: the fleet's events are posted).
+            context = contextvars.copy_context()
+            job = lambda: _quietly(lambda: _tenants_changed(memo, ns, fleet), "reconciled")  # noqa: E731
+            await asyncio.get_running_loop().run_in_executor(None, context.run, job)
 
 
 @kopf.index(GROUP, VERSION, TENANTS)

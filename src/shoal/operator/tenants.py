@@ -163,7 +163,10 @@ def _write(gw: KubeGateway, tenant: Tenant, status: TenantStatus) -> None:
     ns = tenant.metadata.namespace or "default"
     body = {"apiVersion": API_VERSION, "kind": Tenant.KIND,
             "metadata": tenant.metadata.model_dump(by_alias=True, exclude_none=True)}  # fmt: skip
-    gw.patch_status(*TENANT, ns, tenant.metadata.name, new)
+    # Usage is the usage loop's to write (update_usage): left out of the merge patch, so a
+    # reconcile holding an older copy never rolls it back.
+    patch = {k: v for k, v in new.items() if k != "usage"}
+    gw.patch_status(*TENANT, ns, tenant.metadata.name, patch)
     _events(body, tenant.status, status)
 
 
