@@ -173,13 +173,15 @@ class TenantSpec(ApiModel):
             field_path=".apiKeys",
         ),
         Rule(
-            cel="self.allowedModels.all(m, self.allowedModels.exists_one(n, n == m))",
+            cel="!has(self.allowedModels) "
+            "|| self.allowedModels.all(m, self.allowedModels.exists_one(n, n == m))",
             message="allowedModels must name each model once",
             check=lambda s: len(s.allowed_models) == len(set(s.allowed_models)),
             field_path=".allowedModels",
         ),
         Rule(
-            cel="self.allowedTiers.all(t, self.allowedTiers.exists_one(n, n == t))",
+            cel="!has(self.allowedTiers) "
+            "|| self.allowedTiers.all(t, self.allowedTiers.exists_one(n, n == t))",
             message="allowedTiers must name each tier once",
             check=lambda s: len(s.allowed_tiers) == len(set(s.allowed_tiers)),
             field_path=".allowedTiers",
