@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from shoal.api.v1alpha1 import API_VERSION, ConditionStatus, ModelFleet, Tenant
 from shoal.api.v1alpha1.tenant import TenantStatus
 from shoal.autoscaling.prometheus import PrometheusError, PrometheusSource
+from shoal.contract.tenants import TENANT_COST_METRIC, TENANT_REQUESTS_METRIC, TENANT_TOKENS_METRIC
 from shoal.operator import events
 from shoal.operator.gateway import Forbidden, KubeGateway
 from shoal.planning.conditions import condition
@@ -43,10 +44,10 @@ from shoal.planning.tenants import (
 log = logging.getLogger(__name__)
 TENANT = (API_VERSION, Tenant.KIND)
 
-#: The ingress's per-tenant series (``shoal.serving``), summed over the last hour.
-COST_METRIC = "shoal_tenant_cost_usd_total"
-REQUESTS_METRIC = "shoal_tenant_requests_total"
-TOKENS_METRIC = "shoal_tenant_tokens_total"
+#: The ingress's per-tenant series (the contract's names), summed over the last hour.
+COST_METRIC = TENANT_COST_METRIC
+REQUESTS_METRIC = TENANT_REQUESTS_METRIC
+TOKENS_METRIC = TENANT_TOKENS_METRIC
 
 
 def _fleet_of(body: dict[str, Any]) -> str | None:

@@ -42,6 +42,8 @@ COST = "ray_shoal_cost_usd_total"
 IN_FLIGHT = "ray_shoal_requests_in_flight"
 # Per-tenant series of the ingress (labels fleet, tenant; requests also model and code,
 # tokens also kind).
+# (shoal.contract.tenants names them; this package imports only the API, a test holds the
+# two to the same names.)
 TENANT_REQUESTS = "ray_shoal_tenant_requests_total"
 TENANT_TOKENS = "ray_shoal_tenant_tokens_total"
 TENANT_COST = "ray_shoal_tenant_cost_usd_total"
