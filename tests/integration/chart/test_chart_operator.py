@@ -276,7 +276,7 @@ def test_replicas_take_turns_through_peering(
     """Two replicas: one reconciles, the other stands by and takes over when it stops."""
     from shoal.operator.__main__ import peering_priority
 
-    values = _install(chart_cp, HA, {"replicaCount": 2})
+    values = _install(chart_cp, HA, {"replicaCount": 2, "rbac": {"tenantSecrets": True}})
     pods = sorted(["shoal-ha-7f6d5-abcde", "shoal-ha-7f6d5-vwxyz"],
                   key=lambda p: -peering_priority(None, p))  # fmt: skip
     assert peering_priority(None, pods[0]) != peering_priority(None, pods[1])
@@ -299,8 +299,13 @@ def test_replicas_take_turns_through_peering(
         assert "fleet_changed" not in standby.output()
         assert active.stop() == 0
         _wait_log(standby, "Resuming operations after the pause")
-        cluster.apply(fleet("second"))
+        # The new active replica serves a tenant and a Gateway's route too.
+        gateway = {"parentRefs": [{"name": "public"}]}
+        cluster.apply(*_tenant("second"),
+                      fleet("second", access={"mode": "Tenants"}, serving={"gateway": gateway}))  # fmt: skip
         wait_for("the RayService", lambda: cluster.get("rayservice", "second"), 90)
+        wait_for("the tenant to be Ready", lambda: _ready(cluster, "tenant", "team"), 60)
+        assert cluster.get("httproute", "second") is not None
         cluster.play_kuberay("second")
         wait_for("the fleet to be Ready", lambda: _ready(cluster, "fleet", "second"), 90)
         for name in ("first", "second"):
