@@ -135,8 +135,22 @@ def _periodic_loop(memo: kopf.Memo, config: OperatorConfig) -> PeriodicLoop:
     def tenanted() -> list[tuple[str, str]]:
         return tenants.fleets_with_tenants(memo.gateway)
 
+    fingerprints: dict[tuple[str, str], Any] = {}
+
     def tenant_keys(ns: str, name: str) -> None:
-        _quietly(lambda: _tenants_changed(memo, ns, name), "reconciled")
+        # Re-read the tenants' Secrets; reconcile the fleet only when what they say changed
+        # (cheap at rest: a GET per Secret, no rendering, no write).
+        seen = tenants.key_fingerprint(memo.gateway, ns, name)
+        if fingerprints.get((ns, name)) == seen:
+            return
+        try:
+            _tenants_changed(memo, ns, name)
+        except (kopf.PermanentError, kopf.TemporaryError) as exc:
+            log.info("not reconciled yet: %s", exc)
+            return  # tried again at the next re-read
+        fingerprints[(ns, name)] = seen
+        for key in [k for k in fingerprints if k not in set(tenanted())]:
+            del fingerprints[key]
 
     def tenant_usage(ns: str, name: str) -> None:
         if memo.usage_source is not None:

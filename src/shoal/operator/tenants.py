@@ -124,6 +124,22 @@ def read_keys(gw: KubeGateway, tenant: Tenant) -> list[KeyResult]:
     return out
 
 
+def key_fingerprint(gw: KubeGateway, namespace: str, fleet: str) -> tuple[Any, ...]:
+    """What the fleet's tenants' Secrets say now, in a comparable form: per tenant (name and
+    generation) the digest or refusal reason of each key. Equal fingerprints: a reconcile
+    would render the same keys, so the periodic Secret re-read needs none."""
+    out = []
+    for body in tenants_of(gw, namespace, fleet):
+        tenant = _parse(body)
+        if tenant is None:
+            continue
+        keys = tuple(
+            (k.digest, k.problem.reason if k.problem else None) for k in read_keys(gw, tenant)
+        )
+        out.append((tenant.metadata.name, tenant.metadata.generation, keys))
+    return tuple(out)
+
+
 def resolve_tenants(
     gw: KubeGateway, fleet: ModelFleet, bodies: Iterable[dict[str, Any]] | None = None
 ) -> list[TenantResolution]:
