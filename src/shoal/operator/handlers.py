@@ -16,10 +16,11 @@ Run with ``python -m shoal.operator`` (or ``kopf run -m shoal.operator.handlers`
   read fleets, policies, tenants and RayServices from memory instead of with GETs.
 - Tenants: a created, changed or deleted Tenant reconciles the fleet it names (and the one
   it named before), which renders the fleet's access config and writes every one of its
-  tenants' status (:mod:`shoal.operator.tenants`). The periodic loop reconciles every fleet
-  with tenants every ``SHOAL_TENANT_KEY_RESYNC_SECONDS`` (10 s), re-reading their key
-  Secrets, so a rotated key takes effect without a restart or a watch on Secrets; and, with
-  Prometheus configured, reads each tenant's use of the last hour into its status.
+  tenants' status (:mod:`shoal.operator.tenants`). The periodic loop re-reads the key
+  Secrets of every fleet with tenants every ``SHOAL_TENANT_KEY_RESYNC_SECONDS`` (10 s) and
+  reconciles the fleet when what they say changed, so a rotated key takes effect without a
+  restart or a watch on Secrets; and, with Prometheus configured, reads each tenant's use of
+  the last hour into its status.
 """
 
 from __future__ import annotations
