@@ -30,3 +30,13 @@ def test_prometheus_numbers_replace_the_status() -> None:
     rows = rows_from_tenants([body("a", "f", "0.1000")])
     got = with_prometheus(rows, {("f", "a"): {"cost": 0.25, "requests": 3, "tokens": 40}}, "now")
     assert (got[0].cost_usd, got[0].requests, got[0].updated) == (Decimal("0.2500"), 3, "now")
+
+
+def test_tenant_key_makes_long_random_keys() -> None:
+    from typer.testing import CliRunner
+
+    from shoal.cli import app
+    from shoal.contract.tenants import MIN_KEY_LENGTH
+
+    keys = {CliRunner().invoke(app, ["tenant", "key"]).output.strip() for _ in range(3)}
+    assert len(keys) == 3 and all(len(k) == 48 >= MIN_KEY_LENGTH for k in keys)
