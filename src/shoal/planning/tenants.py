@@ -174,7 +174,7 @@ def resolve_tenant(
             problem=problem,
             key_problems=key_problems,
             keys=len(digests),
-            models=listed,
+            models=[],  # not served: no model
             open_fleet=open_fleet,
         )
     budget = spec.budget
