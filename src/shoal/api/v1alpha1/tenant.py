@@ -219,7 +219,8 @@ class TenantStatus(ApiModel):
     )
     keys: int = Field(default=0, ge=0, description="API keys resolved from their Secrets.")
     models: list[str] = Field(
-        default_factory=list, description="Models of the fleet the tenant may use."
+        default_factory=list,
+        description="Models of the fleet the tenant may use (none while it is not Ready).",
     )
     usage: TenantUsage | None = Field(default=None, description="Use in the last hour.")
 
