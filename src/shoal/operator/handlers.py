@@ -139,9 +139,12 @@ def _periodic_loop(memo: kopf.Memo, config: OperatorConfig) -> PeriodicLoop:
     fingerprints: dict[tuple[str, str], Any] = {}
 
     def tenant_keys(ns: str, name: str) -> None:
-        # Re-read the tenants' Secrets; reconcile the fleet only when what they say changed
-        # (cheap at rest: a GET per Secret, no rendering, no write).
-        seen = tenants.key_fingerprint(memo.gateway, ns, name)
+        # Re-read the tenants' Secrets; reconcile the fleet only when what they say changed, or
+        # the fleet did (gone: its tenants are told) (cheap at rest: a GET per Secret, no
+        # rendering, no write).
+        fleet = memo.gateway.get(API_VERSION, ModelFleet.KIND, ns, name) or {"metadata": {}}
+        exists = (fleet["metadata"].get("uid"), fleet["metadata"].get("generation"))
+        seen = (exists, tenants.key_fingerprint(memo.gateway, ns, name))
         if fingerprints.get((ns, name)) == seen:
             return
         try:

@@ -256,3 +256,15 @@ def test_gateway_gives_an_http_route_to_the_service(cluster: Cluster) -> None:
     cluster.apply(fleet(access={"mode": "Tenants"}))
     _reconcile(cluster, gw=gw)
     assert cluster.get("httproute", "f") is None
+
+
+def test_tenants_of_a_deleted_fleet_say_so(cluster: Cluster, operator: Any) -> None:
+    cluster.apply(key_secret("team-key", KEY_A), static_policy(),
+                  fleet(access={"mode": "Tenants"}), tenant("team", "team-key"))  # fmt: skip
+    with operator():
+        wait_for("Ready", lambda: (c := cluster.condition("tenant", "team", "Ready"))
+                 and c["status"] == "True", 60)  # fmt: skip
+        cluster.delete("fleet", "f")
+        gone = wait_for("Ready=False", lambda: (c := cluster.condition("tenant", "team", "Ready"))
+                        and c["status"] == "False" and c, 30)  # fmt: skip
+    assert gone["reason"] == "UnknownFleet"
