@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: help setup up down test test-fast lint typecheck crds check-generated bench-router bench-operator bench-serving
+.PHONY: help setup up down test test-fast lint typecheck crds check-generated bench-router bench-operator bench-serving bench-tenants bench-tenant-keys
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -39,6 +39,12 @@ bench-router: setup ## routing speed and artifact size
 
 bench-operator: setup ## apply-to-RayService latency, 100/300/1,000-fleet convergence, steady writes
 	$(PY) bench/bench_operator.py
+
+bench-tenants: setup ## a tenant's limits across two ingress replicas (shared usage store vs per-replica share); the gate's CPU
+	$(PY) bench/bench_tenants.py
+
+bench-tenant-keys: setup ## a new tenant's and a rotated key's time to the fleet; Secret reads at rest
+	$(PY) bench/bench_tenant_keys.py
 
 bench-serving: setup ## latency the fleet endpoint adds over direct engine calls
 	$(PY) bench/bench_serving.py

@@ -6,7 +6,8 @@
 # and pod status without kubelets) from their own modules; and fetch KubeRay's CRDs
 # (RayCluster, RayJob, RayService) and the operator's ClusterRole from the KubeRay module and
 # the prometheus-operator CRDs the chart's monitoring objects use (ServiceMonitor, PodMonitor,
-# PrometheusRule) from the prometheus-operator Go module.
+# PrometheusRule) from the prometheus-operator Go module, and the Gateway API's CRDs from
+# sigs.k8s.io/gateway-api (hack/fetch-gateway-api-crds.sh).
 #
 # Idempotent: a binary whose stamped version already matches is not rebuilt. Output goes
 # to .tools/ (git-ignored). Go's module and build caches (GOMODCACHE, GOCACHE) make a
@@ -203,6 +204,7 @@ fetch_monitoring_crds() {
 
 fetch_kuberay_crds
 fetch_monitoring_crds
+"$root/hack/fetch-gateway-api-crds.sh" $([[ $force -eq 1 ]] && echo --force)
 build_k8s
 build_helm
 build_kuberay_operator

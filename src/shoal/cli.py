@@ -134,6 +134,69 @@ def render(
     print(yaml.safe_dump_all(docs, sort_keys=False, width=1000), end="")
 
 
+@app.command()
+def usage(
+    namespace: str | None = typer.Option(
+        "default", "--namespace", "-n", help="Namespace of the tenants."
+    ),
+    all_namespaces: bool = typer.Option(
+        False, "--all-namespaces", "-A", help="Tenants of every namespace."
+    ),
+    fleet: str | None = typer.Option(None, "--fleet", help="Only the tenants of this fleet."),
+    prometheus: str | None = typer.Option(
+        None,
+        "--prometheus",
+        help="Read the last hour from this Prometheus (base URL) instead of the Tenants' "
+        "status (which the operator refreshes every minute).",
+    ),
+) -> None:
+    """Print what each tenant used in the last hour: requests, tokens, estimated USD, budget."""
+    from datetime import UTC, datetime
+
+    from rich.table import Table
+
+    from shoal.operator.usage import (
+        list_tenants,
+        prometheus_usage,
+        rows_from_tenants,
+        with_prometheus,
+    )
+
+    try:
+        rows = rows_from_tenants(list_tenants(None if all_namespaces else namespace), fleet)
+        if prometheus:
+            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            rows = with_prometheus(rows, prometheus_usage(prometheus, {r.fleet for r in rows}), now)
+    except Exception as exc:  # no cluster, no RBAC, no Prometheus: say which
+        console.print(f"[red]cannot read usage:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    if not rows:
+        console.print("no tenants found")
+        return
+    table = Table(title="Tenants' use in the last hour")
+    numbers = ("KEYS", "REQUESTS", "TOKENS", "USD", "BUDGET/H", "USED")
+    for col in ("NAMESPACE", "FLEET", "TENANT", "READY", *numbers, "UPDATED"):
+        table.add_column(col, justify="right" if col in numbers else "left")
+    for r in rows:
+        table.add_row(r.namespace, r.fleet, r.tenant, r.ready, str(r.keys), f"{r.requests:,}",
+                      f"{r.tokens:,}", f"{r.cost_usd:.4f}",
+                      f"{r.budget_usd:.2f}" if r.budget_usd is not None else "-",
+                      r.budget_used, r.updated)  # fmt: skip
+    Console().print(table)
+
+
+tenant_app = typer.Typer(help="Tenants' API keys.", no_args_is_help=True)
+app.add_typer(tenant_app, name="tenant")
+
+
+@tenant_app.command("key")
+def tenant_key() -> None:
+    """Print a new random API key (48 characters) to put into a tenant's Secret."""
+    import secrets
+
+    print(secrets.token_urlsafe(36))
+
+
 # `shoal router ...`: fit, evaluate and inspect the router (imports stay lazy inside it).
 from shoal.routing.cli import app as router_app  # noqa: E402
 

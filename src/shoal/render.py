@@ -33,6 +33,7 @@ def render_documents(
     from shoal.operator.fleets import plan_settings
     from shoal.planning.children import PlanError, RouterArtifact, desired_children
     from shoal.planning.render import pod_manifests
+    from shoal.planning.tenants import access_config
 
     docs = [_with_namespace(d, namespace) for d in docs if isinstance(d, dict)]
     fleets = [d["metadata"]["name"] for d in docs if d.get("kind") == "ModelFleet"]
@@ -58,8 +59,11 @@ def render_documents(
             artifact = RouterArtifact(checksum=artifact_checksum(blob), data=blob)
         fleet = manifests.fleet
         try:
+            # Tenants' keys live in Secrets the file does not hold: rendered without tenants
+            # (a fleet in mode Tenants then admits nobody, as the operator's would).
+            access = access_config(fleet, [], config.access_settings())
             children = desired_children(
-                fleet, manifests.policy, artifact, plan_settings(config, fleet)
+                fleet, manifests.policy, artifact, plan_settings(config, fleet), access
             )
         except PlanError as exc:
             raise RenderError(

@@ -97,14 +97,14 @@ Each verb is one the operator is seen to use in tests/integration/chart (an audi
 operator running under this identity); see docs/sre.md for what each is for.
 */}}
 {{- define "shoal.namespacedRules" -}}
-# Watch fleets and policies (the operator reads them from its watch cache, never with a get);
-# kopf keeps its state in annotations and a finalizer (patch).
+# Watch fleets, policies and tenants (the operator reads them from its watch cache, never
+# with a get); kopf keeps its state in annotations and a finalizer (patch).
 - apiGroups: ["shoal.dev"]
-  resources: ["modelfleets", "routingpolicies"]
+  resources: ["modelfleets", "routingpolicies", "tenants"]
   verbs: ["list", "watch", "patch"]
-# Write their status (conditions, replicas, cost, the fitted router).
+# Write their status (conditions, replicas, cost, the fitted router, tenants' keys and use).
 - apiGroups: ["shoal.dev"]
-  resources: ["modelfleets/status", "routingpolicies/status"]
+  resources: ["modelfleets/status", "routingpolicies/status", "tenants/status"]
   verbs: ["patch"]
 # Each fleet's RayService: server-side apply (patch, and create when it is new), watched for
 # KubeRay's status, deleted with the fleet.
@@ -116,8 +116,11 @@ operator running under this identity); see docs/sre.md for what each is for.
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "create", "patch", "delete"]
-{{- if .Values.rbac.embedderSecrets }}
-# The API key an openai embedder names (embedder.apiKeySecretRef), read to fit the router.
+{{- if or .Values.rbac.embedderSecrets .Values.rbac.tenantSecrets }}
+# The API key an openai embedder names (embedder.apiKeySecretRef), read to fit the router
+# (rbac.embedderSecrets); tenants' API keys (Tenant spec.apiKeys), read every
+# tenants.keyResyncSeconds and only digested (rbac.tenantSecrets). A get by name only: no
+# list, no watch.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
@@ -133,6 +136,11 @@ operator running under this identity); see docs/sre.md for what each is for.
   verbs: ["create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
+  verbs: ["create", "patch", "delete"]
+# Each fleet's HTTPRoute when it names a Gateway (spec.serving.gateway): server-side apply
+# (patch, create when new), deleted when the gateway is removed or with the fleet.
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
   verbs: ["create", "patch", "delete"]
 # Events about fleets and policies (kopf posts core/v1 events).
 - apiGroups: [""]

@@ -27,6 +27,16 @@ MIN_KEY_LENGTH = 32
 #: Name of the ``user_config`` entry holding the access config.
 USER_CONFIG_KEY = "access"
 
+#: The ingress's per-tenant series, as Prometheus stores them when scraped from the ingress
+#: itself (from a Ray cluster, Ray's metrics agent prefixes them with ``ray_``). Labels:
+#: ``fleet`` and ``tenant`` (the Tenant's name, never a key); requests also ``model`` and
+#: ``code``, tokens also ``kind``. The operator reads them into each Tenant's status, the
+#: chart's dashboard charts them.
+TENANT_REQUESTS_METRIC = "shoal_tenant_requests_total"
+TENANT_TOKENS_METRIC = "shoal_tenant_tokens_total"
+TENANT_COST_METRIC = "shoal_tenant_cost_usd_total"
+TENANT_METRICS = (TENANT_REQUESTS_METRIC, TENANT_TOKENS_METRIC, TENANT_COST_METRIC)
+
 #: What the ingress does for limits while the shared usage store is unreachable:
 #: ``share`` enforces limit / ingress replicas on each replica alone, ``open`` enforces the
 #: whole limit on each replica (more may pass), ``closed`` refuses limited tenants with 503.

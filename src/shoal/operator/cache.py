@@ -1,9 +1,9 @@
 """The operator's in-memory view of the objects it watches and writes.
 
-kopf's watches feed it (fleets, policies, RayServices), and so does every answer of the
-operator's own writes (an apply or a status patch returns the object as stored). Reads of a
-watched kind are answered from here instead of with a GET; reads of children the operator
-wrote tell a reconcile whether an apply would change anything (see
+kopf's watches feed it (fleets, policies, tenants, RayServices; never Secrets), and so does
+every answer of the operator's own writes (an apply or a status patch returns the object as
+stored). Reads of a watched kind are answered from here instead of with a GET; reads of
+children the operator wrote tell a reconcile whether an apply would change anything (see
 :mod:`shoal.planning.drift`).
 
 Newer wins: an object replaces the cached copy only if its resourceVersion is not older, so a
@@ -23,6 +23,7 @@ Key = tuple[str, str, str, str]  # apiVersion, kind, namespace, name
 WATCHED = {
     ("shoal.dev/v1alpha1", "ModelFleet"),
     ("shoal.dev/v1alpha1", "RoutingPolicy"),
+    ("shoal.dev/v1alpha1", "Tenant"),
     ("ray.io/v1", "RayService"),
 }
 

@@ -17,6 +17,10 @@ from shoal.api.v1alpha1.fleet import AutoscalerMode
 from shoal.autoscaling import PolicySettings
 from shoal.contract import ray_serve_env
 from shoal.planning.children import DEFAULT_GPU_IMAGE, DEFAULT_SERVING_IMAGE
+from shoal.planning.tenants import AccessSettings
+
+#: What the ingress does with tenant limits while its shared usage store is unreachable.
+STORE_FAILURE_MODES = ("share", "open", "closed")
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
 
@@ -108,6 +112,15 @@ class OperatorConfig:
     autoscaler_max_scale_up_factor: float = PolicySettings.max_scale_up_factor
     #: A queue asks for the capacity that drains it within this many seconds.
     autoscaler_queue_drain_seconds: float = PolicySettings.queue_drain_seconds
+    #: Tenant limits while the ingress's shared usage store is unreachable: share, open, closed.
+    tenant_store_failure_mode: str = "share"
+    #: Seconds between two shares of an ingress replica's usage with the others.
+    tenant_sync_interval_seconds: float = 0.2
+    #: Seconds between two reads of every tenant's key Secrets (a rotated key takes effect
+    #: within about this long, plus a tenth for jitter).
+    tenant_key_resync_seconds: float = 10.0
+    #: Seconds between two reads of every tenant's use from Prometheus into its status.
+    tenant_usage_interval_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if self.autoscaler_interval_seconds <= 0 or self.autoscaler_stale_seconds <= 0:
@@ -123,6 +136,26 @@ class OperatorConfig:
                 "SHOAL_AUTOSCALER_QUEUE_DRAIN_SECONDS and SHOAL_AUTOSCALER_BURST_WINDOW_SECONDS "
                 "must be positive seconds"
             )
+
+        if self.tenant_store_failure_mode not in STORE_FAILURE_MODES:
+            raise ValueError(
+                "SHOAL_TENANT_STORE_FAILURE_MODE must be share, open or closed, not "
+                f"{self.tenant_store_failure_mode!r}"
+            )
+        if not 0 < self.tenant_sync_interval_seconds <= 10:
+            raise ValueError("SHOAL_TENANT_SYNC_INTERVAL_SECONDS must be within (0, 10]")
+        if self.tenant_key_resync_seconds <= 0 or self.tenant_usage_interval_seconds <= 0:
+            raise ValueError(
+                "SHOAL_TENANT_KEY_RESYNC_SECONDS and SHOAL_TENANT_USAGE_INTERVAL_SECONDS must "
+                "be positive seconds"
+            )
+
+    def access_settings(self) -> AccessSettings:
+        """The tenants' settings every fleet's access config carries."""
+        return AccessSettings(
+            store_failure_mode=self.tenant_store_failure_mode,  # type: ignore[arg-type]
+            sync_interval_seconds=self.tenant_sync_interval_seconds,
+        )
 
     def policy_settings(self) -> PolicySettings:
         """The autoscaling policy's settings that the operator's environment sets."""
@@ -200,6 +233,20 @@ class OperatorConfig:
             autoscaler_queue_drain_seconds=float(
                 env.get(
                     "SHOAL_AUTOSCALER_QUEUE_DRAIN_SECONDS", defaults.autoscaler_queue_drain_seconds
+                )
+            ),
+            tenant_store_failure_mode=env.get(
+                "SHOAL_TENANT_STORE_FAILURE_MODE", defaults.tenant_store_failure_mode
+            ).strip(),
+            tenant_sync_interval_seconds=float(
+                env.get("SHOAL_TENANT_SYNC_INTERVAL_SECONDS", defaults.tenant_sync_interval_seconds)
+            ),
+            tenant_key_resync_seconds=float(
+                env.get("SHOAL_TENANT_KEY_RESYNC_SECONDS", defaults.tenant_key_resync_seconds)
+            ),
+            tenant_usage_interval_seconds=float(
+                env.get(
+                    "SHOAL_TENANT_USAGE_INTERVAL_SECONDS", defaults.tenant_usage_interval_seconds
                 )
             ),
         )

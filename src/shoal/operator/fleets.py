@@ -25,9 +25,9 @@ from pydantic import ValidationError
 from shoal.api.v1alpha1 import API_VERSION, ConditionStatus, ModelFleet, RoutingPolicy
 from shoal.api.v1alpha1.fleet import AutoscalerStatus
 from shoal.autoscaling.state import rendered_replicas
-from shoal.operator import events
+from shoal.operator import events, tenants
 from shoal.operator.config import OperatorConfig
-from shoal.operator.gateway import WRITE_ERRORS, KubeGateway
+from shoal.operator.gateway import WRITE_ERRORS, Forbidden, KubeGateway
 from shoal.planning import names
 from shoal.planning.children import (
     PlanError,
@@ -40,11 +40,13 @@ from shoal.planning.drift import needs_apply
 from shoal.planning.network import Peers
 from shoal.planning.status import (
     DEGRADED,
+    EXPOSED,
     READY,
     FleetObservation,
     SpecProblem,
     fleet_status,
 )
+from shoal.planning.tenants import access_config
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,16 @@ def _event_on_transition(body: Any, fleet: ModelFleet, new: Any) -> None:
         )
     ):
         events.post(body, warning=True, reason=new_deg.reason, message=new_deg.message)
+    old_exp = condition(fleet.status.conditions, EXPOSED) if fleet.status else None
+    new_exp = condition(new.conditions, EXPOSED)
+    if (
+        new_exp
+        and new_exp.status == ConditionStatus.TRUE
+        and (
+            old_exp is None or (old_exp.status, old_exp.reason) != (new_exp.status, new_exp.reason)
+        )
+    ):
+        events.post(body, warning=True, reason=new_exp.reason, message=new_exp.message)
 
 
 def autoscaler_off_status(config: OperatorConfig) -> AutoscalerStatus:
@@ -154,9 +166,9 @@ def _current(gw: KubeGateway, obj: dict[str, Any], verify: bool) -> dict[str, An
     """The live child as far as the operator knows it.
 
     The RayService from the watch cache (KubeRay's and anyone's changes reach it); when
-    verifying, ConfigMaps read from the API server. The Service is known from the operator's own
-    last apply only: its RBAC grants no read of Services (a Service changed by someone else
-    is put right at the fleet's next change or the operator's next start).
+    verifying, ConfigMaps read from the API server. The Service and the HTTPRoute are known
+    from the operator's own last apply only: its RBAC grants no read of them (one changed by
+    someone else is put right at the fleet's next change or the operator's next start).
     """
     meta = obj["metadata"]
     where = (obj["apiVersion"], obj["kind"], meta["namespace"] or "default", meta["name"])
@@ -198,7 +210,26 @@ def reconcile_fleet(
     previous = fleet.status
     ref = fleet.spec.routing_policy_ref.name
 
+    # Tenants first: their statuses are written whatever else holds the fleet up.
+    try:
+        tenant_bodies = tenants.tenants_of(gw, ns, fleet.metadata.name)
+    except Forbidden:
+        # Only where no watch cache holds them (a direct reconcile) are tenants listed. An
+        # open fleet serves on without them; one that requires keys cannot be rendered.
+        if fleet.spec.access.mode == "Tenants":
+            raise
+        tenant_bodies = []
+    resolutions = tenants.resolve_tenants(gw, fleet, tenant_bodies)
+    try:
+        tenants.report(gw, resolutions, now)
+    except (kopf.TemporaryError, kopf.PermanentError) as exc:
+        log.info("tenant statuses of fleet %s/%s not written: %s", ns, fleet.metadata.name, exc)
+    access = access_config(fleet, resolutions, config.access_settings())
+    counted = bool(tenant_bodies) or fleet.spec.access.mode == "Tenants"
+    tenant_count = f"{sum(r.ready for r in resolutions)}/{len(tenant_bodies)}" if counted else None
+
     def report(seen: FleetObservation) -> Any:
+        seen = replace(seen, tenants=tenant_count)
         status = fleet_status(fleet, seen, previous, now)
         if status.autoscaler is None and config.autoscaler_mode == "Off":
             # A new fleet says so in its first status write, not in a second one.
@@ -225,7 +256,7 @@ def reconcile_fleet(
             report(FleetObservation(policy=policy, router_waiting=waiting))
             raise FleetWaiting(waiting or "waiting for the router", delay=config.retry_seconds)
     try:
-        children = desired_children(fleet, policy, artifact, settings)
+        children = desired_children(fleet, policy, artifact, settings, access)
     except PlanError as exc:
         problem = SpecProblem("InvalidRouting", f"fleet and routing policy disagree: {exc}")
         report(FleetObservation(policy=policy, problem=problem))
@@ -283,23 +314,32 @@ def _report_invalid(gw: KubeGateway, body: Any, exc: ValidationError, now: datet
 
 
 def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]], verify: bool) -> None:
-    """Delete the fleet's router ConfigMap when it is no longer desired (strategy change).
+    """Delete the fleet's router ConfigMap (strategy change) and HTTPRoute (gateway removed)
+    when they are no longer desired.
 
-    Only when it may exist: not when the operator knows it is gone (it deleted it, or a read
-    found none), so an unchanged static fleet costs no request here.
+    Only when they may exist: not when the operator knows they are gone (it deleted them, or
+    a read found none), so an unchanged fleet costs no request here.
     """
     ns = fleet.metadata.namespace or "default"
-    cm_name = names.router_configmap_name(fleet.metadata.name)
-    if any(o["kind"] == "ConfigMap" and o["metadata"]["name"] == cm_name for o in desired):
-        return
-    if verify:
-        if gw.read("v1", "ConfigMap", ns, cm_name) is None:
-            return
-    else:
-        known, live = gw.known("v1", "ConfigMap", ns, cm_name)
-        if known and live is None:
-            return
-    gw.delete("v1", "ConfigMap", ns, cm_name)
+    for api_version, kind, name in (
+        ("v1", "ConfigMap", names.router_configmap_name(fleet.metadata.name)),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute", names.http_route_name(fleet.metadata.name)),
+    ):
+        if any(o["kind"] == kind and o["metadata"]["name"] == name for o in desired):
+            continue
+        try:
+            if verify and kind == "ConfigMap":  # the HTTPRoute: known from the cache only
+                if gw.read(api_version, kind, ns, name) is None:
+                    continue
+            else:
+                known, live = gw.known(api_version, kind, ns, name)
+                if known and live is None:
+                    continue
+            gw.delete(api_version, kind, ns, name)
+        except Forbidden as exc:  # an operator not granted HTTPRoutes, for fleets without one
+            if kind == "ConfigMap":
+                raise
+            log.info("%s/%s not pruned: %s", kind, name, exc)
 
 
 def delete_fleet_children(gw: KubeGateway, body: Any) -> list[str]:
@@ -312,6 +352,7 @@ def delete_fleet_children(gw: KubeGateway, body: Any) -> list[str]:
         ("v1", "ConfigMap", names.router_configmap_name(name)),
         ("networking.k8s.io/v1", "NetworkPolicy", names.network_policy_name(name)),
         ("policy/v1", "PodDisruptionBudget", names.disruption_budget_name(name)),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute", names.http_route_name(name)),
     ):
         if gw.delete(api_version, kind, ns, child):
             gone.append(f"{kind}/{child}")

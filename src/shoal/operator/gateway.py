@@ -30,6 +30,8 @@ PLURALS: dict[tuple[str, str], str] = {
     ("ray.io/v1", "RayService"): "rayservices",
     ("shoal.dev/v1alpha1", "ModelFleet"): "modelfleets",
     ("shoal.dev/v1alpha1", "RoutingPolicy"): "routingpolicies",
+    ("shoal.dev/v1alpha1", "Tenant"): "tenants",
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
 }
 
 
@@ -89,6 +91,8 @@ class KubeGateway:
         self.cache = cache
 
     def _remember(self, obj: dict[str, Any] | None) -> None:
+        if obj and obj.get("kind") == "Secret":
+            return  # key material stays out of the cache (read_secret reads every time)
         if self.cache is not None and obj and obj.get("metadata", {}).get("name"):
             self.cache.put(obj)
 
@@ -159,6 +163,13 @@ class KubeGateway:
                 self._remember(out)
         return out
 
+    def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Secret as the API server has it now (a GET; never cached, never logged)."""
+        out = self._request("GET", resource_path("v1", "Secret", namespace, name))
+        if out is not None:
+            out.setdefault("kind", "Secret")
+        return out
+
     def known(
         self, api_version: str, kind: str, namespace: str, name: str
     ) -> tuple[bool, dict[str, Any] | None]:
@@ -170,6 +181,12 @@ class KubeGateway:
             return True, None
         cached = self.cache.get(key)
         return cached is not None, cached
+
+    def list_all(self, api_version: str, kind: str) -> list[dict[str, Any]]:
+        """Objects of a kind in every namespace."""
+        path = resource_path(api_version, kind, "-").replace("/namespaces/-", "")
+        out = self._request("GET", path)
+        return list((out or {}).get("items") or [])
 
     def list(
         self, api_version: str, kind: str, namespace: str, labels: dict[str, str] | None = None

@@ -13,19 +13,29 @@ Run with ``python -m shoal.operator`` (or ``kopf run -m shoal.operator.handlers`
 - Deleting a fleet deletes its children (a finalizer; ownerReferences do the same where a
   garbage collector runs).
 - Watch handlers keep the operator's cache (:mod:`shoal.operator.cache`) current, so handlers
-  read fleets, policies and RayServices from memory instead of with GETs.
+  read fleets, policies, tenants and RayServices from memory instead of with GETs.
+- Tenants: a created, changed or deleted Tenant reconciles the fleet it names (and the one
+  it named before), which renders the fleet's access config and writes every one of its
+  tenants' status (:mod:`shoal.operator.tenants`). The periodic loop re-reads the key
+  Secrets of every fleet with tenants every ``SHOAL_TENANT_KEY_RESYNC_SECONDS`` (10 s) and
+  reconciles the fleet when what they say changed, so a rotated key takes effect without a
+  restart or a watch on Secrets; and, with Prometheus configured, reads each tenant's use of
+  the last hour into its status.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
-from shoal.api.v1alpha1 import API_VERSION, GROUP, VERSION, ModelFleet, RoutingPolicy
-from shoal.operator import credentials
+from shoal.api.v1alpha1 import API_VERSION, GROUP, VERSION, ModelFleet, RoutingPolicy, Tenant
+from shoal.autoscaling.prometheus import PrometheusSource
+from shoal.operator import credentials, tenants
 from shoal.operator.autoscaler import AutoscalerRuntime, autoscale_fleet, runtime
 from shoal.operator.cache import ObjectCache
 from shoal.operator.config import OperatorConfig
@@ -38,7 +48,7 @@ from shoal.operator.resync import PeriodicLoop, Schedule
 from shoal.planning import names
 
 log = logging.getLogger(__name__)
-FLEETS, POLICIES = "modelfleets", "routingpolicies"
+FLEETS, POLICIES, TENANTS = "modelfleets", "routingpolicies", "tenants"
 #: Threads that run synchronous handlers (kopf's default is a few more than the CPUs).
 HANDLER_THREADS = 16
 
@@ -79,7 +89,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # a shallow copy of the operator's memo, so these are shared by every object's handlers.
     memo.cache = ObjectCache()
     # Complete for fleets and policies: the indexes below put every one of them in it.
-    memo.cache.authoritative |= {(API_VERSION, ModelFleet.KIND), (API_VERSION, RoutingPolicy.KIND)}
+    memo.cache.authoritative |= {
+        (API_VERSION, ModelFleet.KIND),
+        (API_VERSION, RoutingPolicy.KIND),
+        (API_VERSION, Tenant.KIND),
+    }
     memo.gateway = KubeGateway(
         credentials.api_client(pool_size=HANDLER_THREADS + 2),
         timeout=config.api_timeout_seconds,
@@ -88,6 +102,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.locks = FleetLocks()
     memo.indexes = {}  # kopf's live indexes, for the periodic loop (filled by handlers)
     memo.autoscaler = AutoscalerRuntime.from_config(config)
+    memo.usage_source = PrometheusSource(config.prometheus_url) if config.prometheus_url else None
     memo.periodic = _periodic_loop(memo, config)
     memo.periodic.start()
 
@@ -118,14 +133,44 @@ def _periodic_loop(memo: kopf.Memo, config: OperatorConfig) -> PeriodicLoop:
         if body is not None and not body["metadata"].get("deletionTimestamp"):
             _quietly(lambda: _policy_resync(body, memo), "reconciled")
 
-    return PeriodicLoop(
-        [
-            Schedule("re-check", fleets, resync, config.resync_seconds),
-            Schedule("autoscaler", fleets, autoscale, config.autoscaler_interval_seconds),
-            Schedule("policy re-check", policies, policy_resync, config.resync_seconds),
-        ],
-        rate=config.periodic_rate_per_second,
-    )
+    def tenanted() -> list[tuple[str, str]]:
+        return tenants.fleets_with_tenants(memo.gateway)
+
+    fingerprints: dict[tuple[str, str], Any] = {}
+
+    def tenant_keys(ns: str, name: str) -> None:
+        # Re-read the tenants' Secrets; reconcile the fleet only when what they say changed, or
+        # the fleet did (gone: its tenants are told) (cheap at rest: a GET per Secret, no
+        # rendering, no write).
+        fleet = memo.gateway.get(API_VERSION, ModelFleet.KIND, ns, name) or {"metadata": {}}
+        exists = (fleet["metadata"].get("uid"), fleet["metadata"].get("generation"))
+        seen = (exists, tenants.key_fingerprint(memo.gateway, ns, name))
+        if fingerprints.get((ns, name)) == seen:
+            return
+        try:
+            _tenants_changed(memo, ns, name)
+        except (kopf.PermanentError, kopf.TemporaryError) as exc:
+            log.info("not reconciled yet: %s", exc)
+            return  # tried again at the next re-read
+        fingerprints[(ns, name)] = seen
+        for key in [k for k in fingerprints if k not in set(tenanted())]:
+            del fingerprints[key]
+
+    def tenant_usage(ns: str, name: str) -> None:
+        if memo.usage_source is not None:
+            tenants.update_usage(memo.gateway, memo.usage_source, ns, name, _now())
+
+    schedules = [
+        Schedule("re-check", fleets, resync, config.resync_seconds),
+        Schedule("autoscaler", fleets, autoscale, config.autoscaler_interval_seconds),
+        Schedule("policy re-check", policies, policy_resync, config.resync_seconds),
+        Schedule("tenant keys", tenanted, tenant_keys, config.tenant_key_resync_seconds),
+    ]
+    if config.prometheus_url:
+        schedules.append(
+            Schedule("tenant usage", tenanted, tenant_usage, config.tenant_usage_interval_seconds)
+        )
+    return PeriodicLoop(schedules, rate=config.periodic_rate_per_second)
 
 
 def _ref(namespace: str, name: str) -> dict[str, Any]:
@@ -168,6 +213,56 @@ async def fleet_seen(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> No
 async def policy_seen(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> None:
     """A policy changed (or is listed): the cache follows."""
     _seen(memo, event, kwargs)
+
+
+@kopf.on.event(GROUP, VERSION, TENANTS)
+async def tenant_seen(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A tenant changed (or is listed): the cache follows; a deleted tenant's fleet drops its
+    keys (no finalizer needed: the fleet is rendered from the tenants that exist)."""
+    _seen(memo, event, kwargs)
+    if event["type"] == "DELETED":
+        obj = event["object"]
+        ns = obj["metadata"].get("namespace") or "default"
+        fleet = ((obj.get("spec") or {}).get("fleetRef") or {}).get("name")
+        if fleet:
+            # In a thread, like kopf's sync handlers, in this handler's context (kopf's event
+            # queue: the fleet's events are posted).
+            context = contextvars.copy_context()
+            job = lambda: _quietly(lambda: _tenants_changed(memo, ns, fleet), "reconciled")  # noqa: E731
+            await asyncio.get_running_loop().run_in_executor(None, context.run, job)
+
+
+@kopf.index(GROUP, VERSION, TENANTS)
+def tenants_cached(body: kopf.Body, memo: kopf.Memo, **_: Any) -> Any:
+    """Puts every tenant into the cache before any handler runs (see below); indexes nothing."""
+    memo.cache.put(dict(body))
+    return None
+
+
+def _tenants_changed(memo: kopf.Memo, ns: str, fleet: str) -> None:
+    """Reconcile the fleet whose tenants changed (it writes their statuses too); tenants of a
+    fleet that does not exist are told so."""
+    if memo.gateway.get(API_VERSION, ModelFleet.KIND, ns, fleet) is None:
+        tenants.report_orphans(memo.gateway, ns, fleet, _now())
+        return
+    _reconcile_fleet(_ref(ns, fleet), memo)
+
+
+@kopf.on.resume(GROUP, VERSION, TENANTS)
+@kopf.on.create(GROUP, VERSION, TENANTS)
+@kopf.on.update(GROUP, VERSION, TENANTS)
+def tenant_changed(
+    body: kopf.Body, old: Any, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """A tenant is new or changed: its fleet (and the one it named before) follows."""
+    ns = body.metadata.namespace or "default"
+    fleets = {(body.get("spec") or {}).get("fleetRef", {}).get("name")}
+    fleets.add(((old or {}).get("spec") or {}).get("fleetRef", {}).get("name"))
+    for fleet in sorted(f for f in fleets if f):
+        try:
+            _tenants_changed(memo, ns, fleet)
+        except (kopf.PermanentError, kopf.TemporaryError) as exc:
+            logger.info(f"fleet {fleet} not reconciled yet: {exc}")
 
 
 @kopf.index(GROUP, VERSION, FLEETS)

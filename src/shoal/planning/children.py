@@ -1,5 +1,5 @@
 """The objects a fleet should have: a KubeRay RayService, a router ConfigMap, a Service, a
-NetworkPolicy and a PodDisruptionBudget.
+NetworkPolicy, a PodDisruptionBudget and, when the fleet names a Gateway, an HTTPRoute.
 
 ``desired_children`` is a pure function: same fleet, policy, artifact and settings give the
 same objects, byte for byte (the RayService's ``serveConfigV2`` is YAML with sorted keys).
@@ -8,7 +8,10 @@ Every child carries an ownerReference to its fleet and the fleet's labels.
 The RayService holds one Ray Serve application built by ``shoal.serving.app:build_app`` from
 :class:`~shoal.contract.BuildArgs`; its deployments (the "router" ingress and one
 ``model-<name>`` per model) are named and sized by :mod:`shoal.contract`, so what the
-operator renders and what the builder builds agree. Its pods are hardened by
+operator renders and what the builder builds agree. Who may call the fleet (its tenants' key
+digests and limits, an :class:`~shoal.contract.tenants.AccessConfig`) is the ingress
+deployment's ``user_config``, outside the builder's args, so that onboarding a team or
+rotating a key changes that entry alone and Ray Serve applies it in place. Its pods are hardened by
 :mod:`shoal.planning.security`; who may reach them is :mod:`shoal.planning.network`'s.
 """
 
@@ -36,10 +39,12 @@ from shoal.contract import (
     ray_serve_env,
     serve_application,
 )
+from shoal.contract.tenants import AccessConfig
 from shoal.planning import names, security
 from shoal.planning.network import Peers, desired_network_policy, desired_pod_disruption_budget
 
 RAY_API_VERSION = "ray.io/v1"
+GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
 #: Shoal's serving images (serving/Dockerfile), as the chart names them by default: Ray with
 #: Shoal's Ray Serve app in it. A stock Ray image cannot import ``shoal.serving.app``.
 DEFAULT_SERVING_IMAGE = f"ghcr.io/shoal-dev/shoal-serving:{__version__}"
@@ -97,13 +102,15 @@ class DesiredChildren:
     plans: list[ModelDeploymentPlan]
     network_policy: dict[str, Any]
     disruption_budget: dict[str, Any]
+    http_route: dict[str, Any] | None = None
 
     def objects(self) -> list[dict[str, Any]]:
         """The children in apply order (the ConfigMap before the pods that mount it, the
-        NetworkPolicy before the pods it guards)."""
+        NetworkPolicy before the pods it guards, the route after the Service it points at)."""
         out = [self.router_configmap] if self.router_configmap else []
         guards = [self.network_policy, self.disruption_budget]
-        return [*out, *guards, self.rayservice, self.service]
+        route = [self.http_route] if self.http_route else []
+        return [*out, *guards, self.rayservice, self.service, *route]
 
 
 def owner_reference(fleet: ModelFleet) -> dict[str, Any]:
@@ -306,11 +313,12 @@ def _largest_resources(all_res: list[Resources | None]) -> Resources:
     )
 
 
-def serve_config_v2(args: BuildArgs) -> str:
-    """KubeRay's ``serveConfigV2``: Ray Serve's config file as a YAML string."""
+def serve_config_v2(args: BuildArgs, access: AccessConfig | None = None) -> str:
+    """KubeRay's ``serveConfigV2``: Ray Serve's config file as a YAML string (``access``: the
+    ingress's ``user_config``; None: an open fleet without tenants)."""
     config = {
         "http_options": {"host": "0.0.0.0", "port": names.SERVE_PORT},
-        "applications": [serve_application(args)],
+        "applications": [serve_application(args, access)],
     }
     return yaml.safe_dump(config, sort_keys=True, width=1000)
 
@@ -322,6 +330,7 @@ def desired_rayservice(
     plans: list[ModelDeploymentPlan],
     artifact: RouterArtifact | None,
     settings: PlanSettings,
+    access: AccessConfig | None = None,
 ) -> dict[str, Any]:
     """The fleet's RayService."""
     serving = fleet.spec.serving
@@ -352,7 +361,7 @@ def desired_rayservice(
         "kind": "RayService",
         "metadata": meta,
         "spec": {
-            "serveConfigV2": serve_config_v2(args),
+            "serveConfigV2": serve_config_v2(args, access),
             "rayClusterConfig": {
                 "rayVersion": serving.ray_version,
                 "enableInTreeAutoscaling": True,
@@ -381,6 +390,51 @@ def desired_service(fleet: ModelFleet) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def desired_http_route(fleet: ModelFleet) -> dict[str, Any] | None:
+    """The HTTPRoute from the fleet's Gateways to its Service (None: no gateway named).
+
+    Only the OpenAI API's paths (``/v1``) are routed; TLS is terminated by the Gateway's
+    listener, so the route carries plain HTTP to the Service inside the cluster.
+    """
+    gateway = fleet.spec.serving.gateway
+    if gateway is None:
+        return None
+    parents = []
+    for ref in gateway.parent_refs:
+        parent: dict[str, Any] = {
+            "group": "gateway.networking.k8s.io",
+            "kind": "Gateway",
+            "name": ref.name,
+        }
+        if ref.namespace:
+            parent["namespace"] = ref.namespace
+        if ref.section_name:
+            parent["sectionName"] = ref.section_name
+        parents.append(parent)
+    spec: dict[str, Any] = {"parentRefs": parents}
+    if gateway.hostnames:
+        spec["hostnames"] = list(gateway.hostnames)
+    spec["rules"] = [
+        {
+            "matches": [{"path": {"type": "PathPrefix", "value": "/v1"}}],
+            "backendRefs": [
+                {
+                    "group": "",
+                    "kind": "Service",
+                    "name": names.service_name(fleet.metadata.name),
+                    "port": names.SERVE_PORT,
+                }
+            ],
+        }
+    ]
+    return {
+        "apiVersion": GATEWAY_API_VERSION,
+        "kind": "HTTPRoute",
+        "metadata": _metadata(fleet, names.http_route_name(fleet.metadata.name), "endpoint"),
+        "spec": spec,
+    }
+
+
 def desired_router_configmap(fleet: ModelFleet, artifact: RouterArtifact) -> dict[str, Any]:
     """ConfigMap with the router artifact the fleet's ingress loads."""
     meta = _metadata(fleet, names.router_configmap_name(fleet.metadata.name), "router")
@@ -398,14 +452,18 @@ def desired_children(
     policy: RoutingPolicy,
     artifact: RouterArtifact | None,
     settings: PlanSettings,
+    access: AccessConfig | None = None,
 ) -> DesiredChildren:
-    """Everything the fleet should own; :class:`PlanError` for specs that cannot work."""
+    """Everything the fleet should own; :class:`PlanError` for specs that cannot work.
+
+    ``access``: who may call the fleet (:func:`shoal.planning.tenants.access_config`); None:
+    anyone, with no tenants to tell apart."""
     if policy.spec.strategy != "cluster":
         artifact = None
     args = build_args(fleet, policy, artifact, settings)
     plans = deployment_plans(args)
     return DesiredChildren(
-        rayservice=desired_rayservice(fleet, policy, args, plans, artifact, settings),
+        rayservice=desired_rayservice(fleet, policy, args, plans, artifact, settings, access),
         service=desired_service(fleet),
         router_configmap=desired_router_configmap(fleet, artifact) if artifact else None,
         plans=plans,
@@ -417,4 +475,5 @@ def desired_children(
         disruption_budget=desired_pod_disruption_budget(
             fleet, _metadata(fleet, names.disruption_budget_name(fleet.metadata.name), "serving")
         ),
+        http_route=desired_http_route(fleet),
     )

@@ -43,6 +43,11 @@ def disruption_budget_name(fleet: str) -> str:
     return f"{fleet}-workers"
 
 
+def http_route_name(fleet: str) -> str:
+    """The HTTPRoute that attaches a fleet's Service to its Gateways."""
+    return fleet
+
+
 def policy_artifact_configmap_name(policy: str) -> str:
     """ConfigMap holding the artifact fitted for a RoutingPolicy."""
     return f"{policy}-router-artifact"

@@ -3,7 +3,8 @@
 The operator gathers what it saw (the RayService and its status, whether the policy and its
 artifact exist, a planning error if any) into a :class:`FleetObservation`; ``fleet_status``
 turns that into the fleet's ``status``: ``Ready``, ``Progressing``, ``Degraded`` and
-``RouterReady`` conditions, per-model replicas, endpoint and cost per hour.
+``RouterReady`` conditions, per-model replicas, endpoint and cost per hour; and ``Exposed``,
+a warning that an open fleet (no API keys asked) is reachable from outside the cluster.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from shoal.contract import ModelDeploymentPlan, model_deployment_name
 from shoal.planning import names
 from shoal.planning.conditions import set_condition
 
-READY, PROGRESSING, DEGRADED, ROUTER_READY, FITTED = (
+READY, PROGRESSING, DEGRADED, ROUTER_READY, FITTED, EXPOSED = (
     "Ready",
     "Progressing",
     "Degraded",
     "RouterReady",
     "Fitted",
+    "Exposed",
 )
 #: The autoscaler's condition: True while it reads the fleet's metrics from Prometheus,
 #: False (reason :data:`METRICS_UNAVAILABLE`) while it holds replicas for want of them.
@@ -53,6 +55,29 @@ class FleetObservation:
     router_waiting: str | None = None
     rayservice: dict[str, Any] | None = None
     plans: list[ModelDeploymentPlan] = field(default_factory=list)
+    #: Tenants whose keys the fleet serves, of those naming it, e.g. "2/3" (None: not known).
+    tenants: str | None = None
+
+
+def exposure_problem(fleet: ModelFleet) -> SpecProblem | None:
+    """Why an open fleet is reachable from outside the cluster (None: it is not, or it asks
+    for API keys)."""
+    if fleet.spec.access.mode != "Open":
+        return None
+    serving = fleet.spec.serving
+    ways = []
+    if serving.service_type in ("LoadBalancer", "NodePort"):
+        ways.append(f"its Service is of type {serving.service_type}")
+    if serving.gateway is not None:
+        gateways = ", ".join(p.name for p in serving.gateway.parent_refs)
+        ways.append(f"an HTTPRoute attaches it to Gateway {gateways}")
+    if not ways:
+        return None
+    return SpecProblem(
+        "OpenEndpoint",
+        "the fleet serves anyone without an API key (spec.access.mode Open) and "
+        f"{' and '.join(ways)}: set spec.access.mode to Tenants and declare Tenants",
+    )
 
 
 def _rayservice_ready(rs: dict[str, Any]) -> tuple[bool, str]:
@@ -159,6 +184,15 @@ def fleet_status(
             seen.router_waiting or "waiting for the routing policy's router to be fitted",
         )
 
+    # Exposed: a warning, whatever else holds (it is about the spec, not the cluster).
+    exposure = exposure_problem(fleet)
+    if exposure is not None:
+        put(EXPOSED, True, exposure.reason, exposure.message)
+    elif fleet.spec.access.mode == "Tenants":
+        put(EXPOSED, False, "KeysRequired", "only requests bearing a tenant's API key are served")
+    else:
+        put(EXPOSED, False, "ClusterInternal", "the open endpoint is reachable in the cluster only")
+
     # Degraded: specs that cannot work, or a failed Serve application.
     app = _app_status(seen.rayservice, fleet.metadata.name)
     app_state = app.get("status")
@@ -217,6 +251,9 @@ def fleet_status(
         cost_per_hour=f"{cost_per_hour(fleet, models):.2f}",
         effective_alpha=previous.effective_alpha if previous else None,
         router_artifact=seen.artifact_checksum,
+        tenants=seen.tenants
+        if seen.tenants is not None
+        else (previous.tenants if previous else None),
         last_scaling=list(previous.last_scaling) if previous else [],
         # Written by the autoscaler (shoal.operator.autoscaler); a reconcile keeps it.
         autoscaler=previous.autoscaler if previous else None,

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from shoal.api.v1alpha1 import GROUP, VERSION, ModelFleetSpec, RoutingPolicySpec
+from shoal.api.v1alpha1 import GROUP, VERSION, ModelFleetSpec, RoutingPolicySpec, TenantSpec
 from shoal.devtools.testing.controlplane import ControlPlane
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -88,7 +88,40 @@ fleet_specs = st.fixed_dictionaries(
         "tiers": mostly_unique(tier),
         "models": mostly_unique(model),
     },
-    optional={"budget": st.fixed_dictionaries({"maxCostPerHour": money}, optional={"minAlpha": fractions})},
+    optional={"budget": st.fixed_dictionaries({"maxCostPerHour": money}, optional={"minAlpha": fractions}),
+              "access": optional(mode=mixed(["Open", "Tenants"], ["Closed", "open"])),
+              "serving": optional(
+                  serviceType=mixed(["ClusterIP", "LoadBalancer"], ["External"]),
+                  gateway=st.fixed_dictionaries(
+                      {"parentRefs": st.lists(st.fixed_dictionaries(
+                          {"name": mixed(["public", "gw.a"], ["Public", ""])},
+                          optional={"namespace": mixed(["gateways"], ["Gateways", "a.b"]),
+                                    "sectionName": mixed(["https"], ["HTTPS"])}),
+                          min_size=0, max_size=2)},
+                      optional={"hostnames": st.lists(mixed(
+                          ["llm.example.com", "*.example.com"], ["https://x", "a..b", "*"]),
+                          max_size=2)}))},
+)  # fmt: skip
+secret_refs = st.fixed_dictionaries(
+    {"secretRef": st.fixed_dictionaries(
+        {"name": mixed(["team-key", "k.v"], ["Team_Key", ""]),
+         "key": mixed(["key", "api.key", "k-1"], ["a/b", ""])})},
+)  # fmt: skip
+tenant_specs = st.fixed_dictionaries(
+    {
+        "fleetRef": st.fixed_dictionaries({"name": mixed(["f"], ["", "Bad"])}),
+        "apiKeys": st.lists(secret_refs, min_size=0, max_size=3),
+    },
+    optional={
+        "limits": optional(requestsPerMinute=mixed([1, 600], [0, -1]),
+                           tokensPerMinute=mixed([1000], [0]),
+                           concurrentRequests=mixed([1, 20], [0, 1_000_001])),
+        "budget": st.fixed_dictionaries({"maxCostPerHour": money},
+                                        optional={"softLimitPercent": mixed([1, 80, 100], [0, 101])}),
+        "routing": optional(minAlpha=fractions, maxAlpha=fractions),
+        "allowedModels": st.lists(mixed(["math", "code"], ["Math"]), max_size=3),
+        "allowedTiers": st.lists(names, max_size=2),
+    },
 )  # fmt: skip
 calibration = st.one_of(
     st.fixed_dictionaries(
@@ -213,5 +246,12 @@ def test_policy_models_and_server_agree(control_plane: ControlPlane, namespace: 
         "RoutingPolicy",
         "routingpolicies",
         policy_specs,
+    )
+    assert verdicts[True] >= 5 and verdicts[False] >= 5, verdicts
+
+
+def test_tenant_models_and_server_agree(control_plane: ControlPlane, namespace: str) -> None:
+    verdicts = check_agreement(
+        control_plane, namespace, TenantSpec, "Tenant", "tenants", tenant_specs
     )
     assert verdicts[True] >= 5 and verdicts[False] >= 5, verdicts

@@ -10,10 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from tests.integration.api.test_crds import FLEET, POLICY, apply
+from tests.integration.api.test_crds import FLEET, POLICY, TENANT, apply
 
 from shoal.api.v1alpha1 import fleet as fleet_api
 from shoal.api.v1alpha1 import policy as policy_api
+from shoal.api.v1alpha1 import tenant as tenant_api
 from shoal.api.v1alpha1.common import ApiModel
 from shoal.devtools.testing.controlplane import ControlPlane
 
@@ -77,12 +78,20 @@ CASES: dict[tuple[str, str], tuple[str, Edit]] = {
         ("policy", lambda spec: spec.pop("calibration")),
     ("RoutingPolicySpec", "the static strategy needs staticOrder"):
         ("policy", _set(strategy="static")),
+    ("TenantRouting", "routing.minAlpha must be less than or equal to routing.maxAlpha"):
+        ("tenant", _set(routing={"minAlpha": "0.8", "maxAlpha": "0.2"})),
+    ("TenantSpec", "apiKeys must name each Secret key once"):
+        ("tenant", lambda spec: spec["apiKeys"].append(dict(spec["apiKeys"][0]))),
+    ("TenantSpec", "allowedModels must name each model once"):
+        ("tenant", _set(allowedModels=["math", "math"])),
+    ("TenantSpec", "allowedTiers must name each tier once"):
+        ("tenant", _set(allowedTiers=["small", "small"])),
 }  # fmt: skip
 
 
 def _all_rules() -> list[tuple[str, str]]:
     out = []
-    for module in (fleet_api, policy_api):
+    for module in (fleet_api, policy_api, tenant_api):
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, ApiModel) and cls.__module__ == module.__name__:
                 out += [(cls.__name__, r.message) for r in cls.__dict__.get("cel_rules", ())]
@@ -103,7 +112,7 @@ def test_cel_rule_is_enforced_by_the_api_server(
     control_plane: ControlPlane, namespace: str, rule: tuple[str, str]
 ) -> None:
     kind, edit = CASES[rule]
-    base = copy.deepcopy(FLEET if kind == "fleet" else POLICY)
+    base = copy.deepcopy({"fleet": FLEET, "policy": POLICY, "tenant": TENANT}[kind])
     if kind == "policy":
         base["spec"].setdefault("topP", 3)
     code, out = apply(control_plane, namespace, base)

@@ -34,6 +34,15 @@ FLEET = {
         "models": [{"name": "math", "source": "hf://org/math-7b", "tier": "small"}],
     },
 }
+TENANT = {
+    "apiVersion": "shoal.dev/v1alpha1",
+    "kind": "Tenant",
+    "metadata": {"name": "team"},
+    "spec": {
+        "fleetRef": {"name": "f"},
+        "apiKeys": [{"secretRef": {"name": "team-key", "key": "key"}}],
+    },
+}
 
 
 def apply(cp: ControlPlane, ns: str, obj: dict[str, Any]) -> tuple[int, str]:
@@ -129,6 +138,66 @@ def test_invalid_policy_is_rejected_naming_field_and_rule(
     obj["spec"].setdefault("topP", 3)
     code, out = apply(control_plane, namespace, obj)
     assert code != 0, f"accepted an invalid policy ({path}={value!r})"
+    assert field in out and message in out, out
+
+
+INVALID_FLEET_ACCESS = [
+    ("access", {"mode": "Closed"}, "spec.access.mode", 'supported values: "Open", "Tenants"'),
+    ("serving", {"gateway": {"parentRefs": []}}, "spec.serving.gateway.parentRefs", "should have at least 1 items"),
+    ("serving", {"gateway": {"parentRefs": [{"name": "Public GW"}]}}, "spec.serving.gateway.parentRefs[0].name", "should match"),
+    ("serving", {"gateway": {"parentRefs": [{"name": "gw"}], "hostnames": ["https://llm.example.com"]}}, "spec.serving.gateway.hostnames[0]", "should match"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "value", "field", "message"), INVALID_FLEET_ACCESS)
+def test_invalid_access_and_gateway_are_rejected_naming_the_field(
+    control_plane: ControlPlane, namespace: str, path: str, value: Any, field: str, message: str
+) -> None:
+    code, out = apply(control_plane, namespace, with_spec(FLEET, path, value))
+    assert code != 0, f"accepted an invalid fleet ({path}={value!r})"
+    assert field in out and message in out, out
+
+
+def test_tenants_apply_and_get_defaults(control_plane: ControlPlane, namespace: str) -> None:
+    tenant = with_spec(TENANT, "budget", {"maxCostPerHour": "5.00"})
+    assert apply(control_plane, namespace, tenant)[0] == 0
+    out = control_plane.kubectl("get", "tenant", "team", "-n", namespace, "-o", "json").stdout
+    spec = json.loads(out)["spec"]
+    assert spec["budget"]["softLimitPercent"] == 80
+    assert spec["limits"] == {} and spec["routing"] == {}
+    explain = control_plane.kubectl("explain", "tenant.spec.apiKeys.secretRef").stdout
+    assert "shoal.dev/api-key" in control_plane.kubectl("explain", "tenant.spec.apiKeys").stdout
+    assert "Key within the Secret" in explain
+
+
+INVALID_TENANTS = [
+    ("limits", {"requestsPerMinute": 0}, "spec.limits.requestsPerMinute", "should be greater than or equal to 1"),
+    ("limits", {"tokensPerMinute": -5}, "spec.limits.tokensPerMinute", "should be greater than or equal to 1"),
+    ("limits", {"concurrentRequests": "ten"}, "spec.limits.concurrentRequests", "must be of type integer"),
+    ("budget", {"maxCostPerHour": "five"}, "spec.budget.maxCostPerHour", "should match"),
+    ("budget", {"maxCostPerHour": "5", "softLimitPercent": 0}, "spec.budget.softLimitPercent", "should be greater than or equal to 1"),
+    ("budget", {}, "spec.budget.maxCostPerHour", "Required value"),
+    ("routing", {"minAlpha": "1.5"}, "spec.routing.minAlpha", "should match"),
+    ("routing", {"minAlpha": "0.9", "maxAlpha": "0.1"}, "spec.routing.minAlpha", "routing.minAlpha must be less than or equal to routing.maxAlpha"),
+    ("allowedTiers", ["Gold Tier"], "spec.allowedTiers[0]", "should match"),
+    ("allowedModels", ["Math_Model"], "spec.allowedModels[0]", "should match"),
+    ("apiKeys", [], "spec.apiKeys", "should have at least 1 items"),
+    ("apiKeys", [{"secretRef": {"name": "team-key"}}], "spec.apiKeys[0].secretRef.key", "Required value"),
+    ("apiKeys", [{"secretRef": {"key": "key"}}], "spec.apiKeys[0].secretRef.name", "Required value"),
+    ("apiKeys", [{"secretRef": {"name": "Team_Key", "key": "key"}}], "spec.apiKeys[0].secretRef.name", "should match"),
+    ("apiKeys", [{"secretRef": {"name": "team-key", "key": "a/b"}}], "spec.apiKeys[0].secretRef.key", "should match"),
+    ("apiKeys", [{"secretRef": {"name": "k", "key": "key"}}] * 2, "spec.apiKeys", "apiKeys must name each Secret key once"),
+    ("apiKeys", [{"secret": "team-key"}], "spec.apiKeys[0]", "unknown field"),
+    ("fleetRef", {}, "spec.fleetRef.name", "Required value"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "value", "field", "message"), INVALID_TENANTS)
+def test_invalid_tenant_is_rejected_naming_field_and_rule(
+    control_plane: ControlPlane, namespace: str, path: str, value: Any, field: str, message: str
+) -> None:
+    code, out = apply(control_plane, namespace, with_spec(TENANT, path, value))
+    assert code != 0, f"accepted an invalid tenant ({path}={value!r})"
     assert field in out and message in out, out
 
 

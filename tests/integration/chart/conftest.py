@@ -104,6 +104,7 @@ def chart_cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]
         crds = [yaml.safe_load(p.read_text()) for p in sorted(KUBERAY_CRDS.glob("*.yaml"))]
         crds += [d for d in render() if d["kind"] == "CustomResourceDefinition"]
         install_crds(cp, crds)
+        cp.install_gateway_api_crds()  # fleets with a gateway get an HTTPRoute
         yield cp
     finally:
         cp.stop()

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from shoal.api.v1alpha1.tenant import API_KEY_LABEL
 from shoal.devtools.testing.controlplane import ControlPlane, free_port
 from shoal.devtools.testing.embeddings import serve_embeddings
 from shoal.operator.sources import ALLOWED_HOSTS_ANNOTATION, SECRET_LABEL
@@ -97,21 +98,43 @@ def _fitted_policy(embeddings: str, api_key: str | None = None) -> list[dict[str
     return [secret, calibration_configmap(), policy(embedder=embedder)]
 
 
+#: A tenant's API key (48 characters, as `shoal tenant key` makes them).
+TENANT_KEY = "cH4rTt3nAntK3y0fF0rtyE1ghtCh4r4ct3rsL0ng000000000"
+
+
+def _tenant(fleet_name: str) -> list[dict[str, Any]]:
+    """A tenant of the fleet and its key's Secret, marked for Shoal by its owner."""
+    secret = {"apiVersion": "v1", "kind": "Secret",
+              "metadata": {"name": "team-key", "labels": {API_KEY_LABEL: "true"}},
+              "stringData": {"key": TENANT_KEY}}  # fmt: skip
+    tenant = {"apiVersion": "shoal.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "team"},
+              "spec": {"fleetRef": {"name": fleet_name},
+                       "apiKeys": [{"secretRef": {"name": "team-key", "key": "key"}}]}}  # fmt: skip
+    return [secret, tenant]
+
+
 def serve_and_retire(
     cluster: Cluster, embeddings: str, name: str = "f", api_key: str | None = None
 ) -> dict[str, Any]:
-    """A fitted policy and a fleet through their life: created, Ready, deleted. The fleet as
-    it was when Ready."""
+    """A fitted policy and a fleet with a tenant and a Gateway's HTTPRoute through their life:
+    created, Ready, deleted. The fleet as it was when Ready."""
     cluster.apply(*_fitted_policy(embeddings, api_key))
     wait_for("the router fit", lambda: _ready(cluster, "rpol", "p"), 120)
-    cluster.apply(fleet(name, budget={"maxCostPerHour": "10.00"}))
+    gateway = {"parentRefs": [{"name": "public"}]}
+    cluster.apply(*_tenant(name), fleet(name, budget={"maxCostPerHour": "10.00"},
+                                        access={"mode": "Tenants"}, serving={"gateway": gateway}))  # fmt: skip
     wait_for("the RayService", lambda: cluster.get("rayservice", name), 90)
+    wait_for("the HTTPRoute", lambda: cluster.get("httproute", name), 30)
+    wait_for("the tenant to be Ready", lambda: _ready(cluster, "tenant", "team"), 60)
     cluster.play_kuberay(name)  # the test plays KubeRay's part
     wait_for("the fleet to be Ready", lambda: _ready(cluster, "fleet", name), 90)
     ready = cluster.get("fleet", name)
     assert ready is not None
+    assert TENANT_KEY not in json.dumps(cluster.get("rayservice", name))
+    cluster.delete("tenant", "team")
     cluster.delete("fleet", name)  # the operator's finalizer deletes the children first
     assert cluster.get("rayservice", name) is None and cluster.get("service", name) is None
+    assert cluster.get("httproute", name) is None
     cluster.delete("rpol", "p")
     assert cluster.names("configmap") == ["cal"]  # artifacts and router ConfigMaps deleted
     return ready
@@ -182,7 +205,7 @@ def test_cluster_wide_operator_under_the_chart_rbac(chart_cp: ControlPlane, tmp_
     """With rbac.embedderSecrets the operator reads the API key its policy's embedder names."""
     values = _install(chart_cp, CLUSTERWIDE, {
         "monitoring": {"kubeStateMetrics": {"enabled": True}},
-        "rbac": {"embedderSecrets": True},
+        "rbac": {"embedderSecrets": True, "tenantSecrets": True},
     })  # fmt: skip
     chart_cp.kubectl("create", "namespace", "apps")
     op = start_operator(chart_cp, CLUSTERWIDE, values, "shoal-5d8f7-x2k9q", tmp_path)
@@ -215,7 +238,7 @@ def test_namespaced_operator_under_the_chart_rbac(
     watched = f"{where.release}-apps"
     chart_cp.kubectl("create", "namespace", watched)
     values = _install(chart_cp, where, {
-        "rbac": {"namespaced": True, "clusterDiscovery": discovery},
+        "rbac": {"namespaced": True, "clusterDiscovery": discovery, "tenantSecrets": True},
         "operator": {"watchNamespaces": [watched]},
     })  # fmt: skip
     op = start_operator(chart_cp, where, values, f"{where.release}-6c4b9-p7r2m", tmp_path)
@@ -253,7 +276,7 @@ def test_replicas_take_turns_through_peering(
     """Two replicas: one reconciles, the other stands by and takes over when it stops."""
     from shoal.operator.__main__ import peering_priority
 
-    values = _install(chart_cp, HA, {"replicaCount": 2})
+    values = _install(chart_cp, HA, {"replicaCount": 2, "rbac": {"tenantSecrets": True}})
     pods = sorted(["shoal-ha-7f6d5-abcde", "shoal-ha-7f6d5-vwxyz"],
                   key=lambda p: -peering_priority(None, p))  # fmt: skip
     assert peering_priority(None, pods[0]) != peering_priority(None, pods[1])
@@ -276,8 +299,13 @@ def test_replicas_take_turns_through_peering(
         assert "fleet_changed" not in standby.output()
         assert active.stop() == 0
         _wait_log(standby, "Resuming operations after the pause")
-        cluster.apply(fleet("second"))
+        # The new active replica serves a tenant and a Gateway's route too.
+        gateway = {"parentRefs": [{"name": "public"}]}
+        cluster.apply(*_tenant("second"),
+                      fleet("second", access={"mode": "Tenants"}, serving={"gateway": gateway}))  # fmt: skip
         wait_for("the RayService", lambda: cluster.get("rayservice", "second"), 90)
+        wait_for("the tenant to be Ready", lambda: _ready(cluster, "tenant", "team"), 60)
+        assert cluster.get("httproute", "second") is not None
         cluster.play_kuberay("second")
         wait_for("the fleet to be Ready", lambda: _ready(cluster, "fleet", "second"), 90)
         for name in ("first", "second"):

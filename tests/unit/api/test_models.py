@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from shoal.api.v1alpha1 import ModelFleet, ModelFleetSpec, RoutingPolicy, RoutingPolicySpec
+from shoal.api.v1alpha1 import ModelFleet, ModelFleetSpec, RoutingPolicy, RoutingPolicySpec, Tenant
 from shoal.api.v1alpha1.common import decimal
 from shoal.devtools.testing import REPO_ROOT
 
@@ -122,7 +122,7 @@ def test_simulated_engine_needs_no_source() -> None:
 
 
 def test_examples_parse() -> None:
-    kinds = {"ModelFleet": ModelFleet, "RoutingPolicy": RoutingPolicy}
+    kinds = {"ModelFleet": ModelFleet, "RoutingPolicy": RoutingPolicy, "Tenant": Tenant}
     seen = 0
     for path in sorted((REPO_ROOT / "examples").glob("*.yaml")):
         for doc in yaml.safe_load_all(Path(path).read_text()):

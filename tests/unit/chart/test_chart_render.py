@@ -124,6 +124,10 @@ def test_env_reaches_the_operator_settings(name: str) -> None:
     assert config.autoscaler_max_scale_up_factor == v.autoscaler.max_scale_up_factor
     assert config.autoscaler_queue_drain_seconds == v.autoscaler.queue_drain_seconds
     assert config.default_budget_per_hour == (v.autoscaler.default_budget_per_hour or None)
+    assert config.tenant_store_failure_mode == v.tenants.store_failure_mode
+    assert config.tenant_sync_interval_seconds == v.tenants.sync_interval_seconds
+    assert config.tenant_key_resync_seconds == v.tenants.key_resync_seconds
+    assert config.tenant_usage_interval_seconds == v.tenants.usage_interval_seconds
     assert config.serving_image == (v.serving.image or f"ghcr.io/shoal-dev/shoal-serving:{_app()}")
     assert config.gpu_image == (
         v.serving.gpu_image or f"ghcr.io/shoal-dev/shoal-serving:{_app()}-gpu"
@@ -230,6 +234,22 @@ def test_rbac_scope_follows_the_mode(name: str) -> None:
         for rule in role["rules"]:
             assert set(rule["verbs"]) <= {"list", "watch"}
             assert set(rule["resources"]) <= {"namespaces", "customresourcedefinitions"}
+
+
+def test_secrets_get_only_where_a_value_asks_for_it() -> None:
+    """Secrets: get by name, and only with rbac.embedderSecrets or rbac.tenantSecrets."""
+
+    def secret_rules(values: dict[str, Any]) -> list[dict[str, Any]]:
+        return [r for _, r in _rules(render(values)) if "secrets" in r["resources"]]
+
+    assert secret_rules({}) == []
+    for flag in ("embedderSecrets", "tenantSecrets"):
+        (rule,) = secret_rules({"rbac": {flag: True}})
+        assert rule["verbs"] == ["get"] and rule["resources"] == ["secrets"]
+    routes = [r for _, r in _rules(render()) if "httproutes" in r["resources"]]
+    assert routes and routes[0]["apiGroups"] == ["gateway.networking.k8s.io"]
+    tenants = [r for _, r in _rules(render()) if "tenants/status" in r["resources"]]
+    assert tenants and tenants[0]["verbs"] == ["patch"]
 
 
 def test_service_account_and_its_use() -> None:

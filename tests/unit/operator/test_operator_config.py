@@ -54,3 +54,28 @@ def test_the_operators_namespace_reaches_the_fleets_network_policy() -> None:
     assert (peers.operator_namespace, peers.kuberay_namespace) == ("shoal-system", "ray")
     unset = plan_settings(OperatorConfig.from_env({}), fleet).peers
     assert (unset.operator_namespace, unset.kuberay_namespace) == (None, None)
+
+
+def test_tenant_settings_from_the_environment() -> None:
+    from shoal.operator.config import OperatorConfig
+
+    config = OperatorConfig.from_env(
+        {"SHOAL_TENANT_STORE_FAILURE_MODE": "closed", "SHOAL_TENANT_SYNC_INTERVAL_SECONDS": "0.5",
+         "SHOAL_TENANT_KEY_RESYNC_SECONDS": "5", "SHOAL_TENANT_USAGE_INTERVAL_SECONDS": "30"}
+    )  # fmt: skip
+    assert config.access_settings().store_failure_mode == "closed"
+    assert config.access_settings().sync_interval_seconds == 0.5
+    assert (config.tenant_key_resync_seconds, config.tenant_usage_interval_seconds) == (5, 30)
+    import pytest
+
+    with pytest.raises(ValueError, match="SHOAL_TENANT_STORE_FAILURE_MODE"):
+        OperatorConfig.from_env({"SHOAL_TENANT_STORE_FAILURE_MODE": "maybe"})
+
+
+def test_usage_queries_read_both_spellings_per_tenant() -> None:
+    from shoal.operator.tenants import usage_queries
+
+    q = usage_queries("f", 'namespace="team"')
+    assert set(q) == {"cost", "requests", "tokens"}
+    assert "sum by (tenant) (increase(shoal_tenant_cost_usd_total{" in q["cost"]
+    assert 'ray_shoal_tenant_cost_usd_total{fleet="f", namespace="team"}[1h]' in q["cost"]

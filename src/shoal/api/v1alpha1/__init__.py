@@ -1,4 +1,4 @@
-"""The ``shoal.dev/v1alpha1`` API: ``ModelFleet`` and ``RoutingPolicy``.
+"""The ``shoal.dev/v1alpha1`` API: ``ModelFleet``, ``RoutingPolicy`` and ``Tenant``.
 
 The Pydantic models here are the single source of truth. The CRD YAML in ``crds/`` and in the
 Helm chart is generated from them by :mod:`shoal.api.v1alpha1.crd` (``shoal crds``), and a test
@@ -14,6 +14,7 @@ from shoal.api.v1alpha1.fleet import (
     TierSpec,
 )
 from shoal.api.v1alpha1.policy import RoutingPolicy, RoutingPolicySpec, RoutingPolicyStatus
+from shoal.api.v1alpha1.tenant import Tenant, TenantSpec, TenantStatus
 
 API_VERSION = f"{GROUP}/{VERSION}"
 
@@ -30,5 +31,8 @@ __all__ = [
     "RoutingPolicy",
     "RoutingPolicySpec",
     "RoutingPolicyStatus",
+    "Tenant",
+    "TenantSpec",
+    "TenantStatus",
     "TierSpec",
 ]

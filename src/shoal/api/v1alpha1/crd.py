@@ -19,6 +19,7 @@ import yaml
 from shoal.api.v1alpha1.common import GROUP, VERSION, ApiModel
 from shoal.api.v1alpha1.fleet import ModelFleet, ModelFleetSpec, ModelFleetStatus
 from shoal.api.v1alpha1.policy import RoutingPolicy, RoutingPolicySpec, RoutingPolicyStatus
+from shoal.api.v1alpha1.tenant import Tenant, TenantSpec, TenantStatus
 
 _ALLOWED_KEYS = {
     "description", "type", "format", "default", "enum", "pattern", "maxLength", "minLength",
@@ -242,9 +243,56 @@ def routing_policy_crd() -> dict[str, Any]:
     )
 
 
+def tenant_crd() -> dict[str, Any]:
+    """The Tenant CRD."""
+    return _crd(
+        kind=Tenant.KIND,
+        plural=Tenant.PLURAL,
+        short_names=["tenant"],
+        description=(Tenant.__doc__ or "").strip(),
+        spec=TenantSpec,
+        status=TenantStatus,
+        columns=[
+            _ready_column(),
+            {
+                "name": "Fleet",
+                "type": "string",
+                "jsonPath": ".spec.fleetRef.name",
+                "description": "The fleet the tenant may call.",
+            },
+            {
+                "name": "Keys",
+                "type": "integer",
+                "jsonPath": ".status.keys",
+                "description": "API keys resolved from their Secrets.",
+            },
+            {
+                "name": "Cost/h",
+                "type": "string",
+                "jsonPath": ".status.usage.lastHourCostUsd",
+                "description": "Estimated USD spent in the last hour.",
+            },
+            {
+                "name": "Requests/h",
+                "type": "integer",
+                "jsonPath": ".status.usage.lastHourRequests",
+                "description": "Requests in the last hour.",
+            },
+            {
+                "name": "Reason",
+                "type": "string",
+                "priority": 1,
+                "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+                "description": "Why the tenant is (not) ready.",
+            },
+            _age_column(),
+        ],
+    )
+
+
 def all_crds() -> dict[str, dict[str, Any]]:
     """File name -> CRD, for every kind of this API version."""
-    crds = [model_fleet_crd(), routing_policy_crd()]
+    crds = [model_fleet_crd(), routing_policy_crd(), tenant_crd()]
     return {f"{GROUP}_{c['spec']['names']['plural']}.yaml": c for c in crds}
 
 

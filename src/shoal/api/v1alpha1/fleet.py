@@ -15,6 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, StringConstraints
 
 from shoal.api.v1alpha1.common import (
+    DNS_SUBDOMAIN,
     ApiModel,
     Condition,
     Fraction,
@@ -272,6 +273,52 @@ class RayNode(ApiModel):
     )
 
 
+#: A host name as the Gateway API accepts it: a DNS name, optionally with a leading "*.".
+HOSTNAME = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+Hostname = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=HOSTNAME)]
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class GatewayParentRef(ApiModel):
+    """A Gateway (gateway.networking.k8s.io) the fleet's HTTPRoute attaches to."""
+
+    name: ObjectName = Field(description="Name of the Gateway.")
+    namespace: Annotated[str, StringConstraints(max_length=63, pattern=_DNS_LABEL)] | None = Field(
+        default=None, description="Namespace of the Gateway; default: the fleet's."
+    )
+    section_name: (
+        Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+        | None
+    ) = Field(default=None, description="Listener of the Gateway to attach to; default: all.")
+
+
+class GatewaySpec(ApiModel):
+    """Expose the fleet through a Gateway API Gateway: the operator writes an HTTPRoute
+    (gateway.networking.k8s.io/v1) from the Gateway to the fleet's Service. TLS is the
+    Gateway's: terminate it there (a listener with protocol HTTPS and a certificateRef)."""
+
+    parent_refs: list[GatewayParentRef] = Field(
+        min_length=1, max_length=8, description="Gateways (and listeners) the route attaches to."
+    )
+    hostnames: list[Hostname] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Host names the route answers, e.g. llm.example.com; empty: the "
+        "listeners' own.",
+    )
+
+
+class AccessSpec(ApiModel):
+    """Who may call the fleet."""
+
+    mode: Literal["Open", "Tenants"] = Field(
+        default="Open",
+        description="Open: anyone who reaches the endpoint (the laptop quickstart; a Warning "
+        "condition Exposed when the endpoint leaves the cluster). Tenants: only requests "
+        "bearing an API key of a Ready Tenant of this fleet (none: every request gets 401).",
+    )
+
+
 class ServingSpec(ApiModel):
     """How the fleet runs on Ray through KubeRay."""
 
@@ -304,6 +351,11 @@ class ServingSpec(ApiModel):
     )
     service_type: ServiceType = Field(
         default="ClusterIP", description="Type of the fleet endpoint's Service."
+    )
+    gateway: GatewaySpec | None = Field(
+        default=None,
+        description="Optional Gateway API exposure: an HTTPRoute from these Gateways to the "
+        "fleet's Service (TLS terminated at the Gateway).",
     )
 
 
@@ -419,6 +471,11 @@ class ModelFleetSpec(ApiModel):
     network: NetworkSpec = Field(
         default_factory=NetworkSpec,
         description="Who may reach the fleet's pods (rendered as a NetworkPolicy).",
+        json_schema_extra={"default": {}},
+    )
+    access: AccessSpec = Field(
+        default_factory=AccessSpec,
+        description="Who may call the fleet: anyone (Open) or its Tenants' API keys.",
         json_schema_extra={"default": {}},
     )
 
@@ -543,7 +600,7 @@ class ModelFleetStatus(ApiModel):
     )
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Ready, Progressing, Degraded and RouterReady conditions.",
+        description="Ready, Progressing, Degraded, RouterReady and Exposed conditions.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     endpoint: str | None = Field(
@@ -567,6 +624,10 @@ class ModelFleetStatus(ApiModel):
     )
     router_artifact: str | None = Field(
         default=None, description="Checksum of the router artifact the fleet serves."
+    )
+    tenants: str | None = Field(
+        default=None,
+        description='Tenants whose API keys the fleet serves, of those naming it, e.g. "2/3".',
     )
     last_scaling: list[ScalingDecision] = Field(
         default_factory=list,

@@ -12,6 +12,8 @@ Where the numbers come from:
 - fleet state (readiness, replicas per model and tier, cost per hour, budget) from the
   ModelFleet objects through kube-state-metrics' custom resource state config, which the
   chart also ships (``monitoring.kubeStateMetrics``);
+- per-tenant requests, tokens and estimated USD from the ingress (labels ``fleet`` and
+  ``tenant``: the Tenant object's name, never a key), in the Tenants row;
 - the operator's own metrics (:mod:`shoal.operator.metrics`) and its autoscaler's
   (:mod:`shoal.operator.autoscaler`), through the ServiceMonitor.
 """
@@ -38,6 +40,13 @@ DURATION = "ray_shoal_request_duration_seconds_bucket"
 TOKENS = "ray_shoal_tokens_total"
 COST = "ray_shoal_cost_usd_total"
 IN_FLIGHT = "ray_shoal_requests_in_flight"
+# Per-tenant series of the ingress (labels fleet, tenant; requests also model and code,
+# tokens also kind).
+# (shoal.contract.tenants names them; this package imports only the API, a test holds the
+# two to the same names.)
+TENANT_REQUESTS = "ray_shoal_tenant_requests_total"
+TENANT_TOKENS = "ray_shoal_tenant_tokens_total"
+TENANT_COST = "ray_shoal_tenant_cost_usd_total"
 #: Engines' queue, vLLM's or llama.cpp's (both export vLLM's metric names under their prefix).
 ENGINE_WAITING = '__name__=~"ray_(vllm|llamacpp)_num_requests_waiting"'
 # Fleet state through kube-state-metrics (see templates/kube-state-metrics.yaml).
@@ -59,6 +68,7 @@ FITS = "shoal_operator_router_fits_total"
 SEL = '{namespace=~"$namespace", fleet=~"$fleet"}'
 READY = 'type="Ready"'
 NOT_2XX = 'code!~"2.."'
+REFUSED = 'code=~"40[139]"'
 CHANGES = 'direction!="hold"'
 RATE = "$__rate_interval"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -182,6 +192,26 @@ def _rows() -> list[Row]:
             Panel("Tokens per second by model", "Prompt and completion tokens.",
                   [Target(f"sum by (model, kind) ({_rate(TOKENS)})", "{{model}} {{kind}}")],
                   unit="short"),
+        ]),
+        Row("Tenants", [
+            Panel("Requests per second by tenant", "Requests each tenant sent, answered or "
+                  "not (by the Tenant's name; `shoal usage` prints the last hour).",
+                  [Target(f"sum by (tenant) ({_rate(TENANT_REQUESTS)})", "{{tenant}}")],
+                  unit="reqps", stacked=True, width=6),
+            Panel("Refused requests by tenant", "Requests refused for a tenant's key, limits "
+                  "or budget (401, 403, 429), per tenant and code.",
+                  [Target(f"sum by (tenant, code) ({_rate(TENANT_REQUESTS, REFUSED)})",
+                          "{{tenant}} {{code}}")],
+                  unit="reqps", width=6),
+            Panel("Tokens per second by tenant", "Prompt and completion tokens per tenant.",
+                  [Target(f"sum by (tenant, kind) ({_rate(TENANT_TOKENS)})",
+                          "{{tenant}} {{kind}}")],
+                  unit="short", width=6),
+            Panel("Estimated cost per hour by tenant", "Replica time the tenant's requests "
+                  "held, at each tier's price, in USD per hour; compare with the Tenant's "
+                  "spec.budget.maxCostPerHour.",
+                  [Target(f"sum by (tenant) ({_rate(TENANT_COST)}) * 3600", "{{tenant}}")],
+                  unit="currencyUSD", stacked=True, width=6),
         ]),
         Row("Capacity", [
             Panel("Ready replicas by tier", "Replicas serving traffic, per cost tier "

@@ -338,6 +338,39 @@ class Autoscaler(ChartModel):
     )
 
 
+class Tenants(ChartModel):
+    """Tenants of the fleets: the operator-wide settings of their access config."""
+
+    store_failure_mode: Literal["share", "open", "closed"] = Field(
+        default="share",
+        description="What the ingress does with tenant limits while its shared usage store is "
+        "unreachable: share (each ingress replica enforces its share of every limit), open "
+        "(each enforces the whole limit), closed (limited tenants get 503) "
+        "(SHOAL_TENANT_STORE_FAILURE_MODE).",
+    )
+    sync_interval_seconds: float = Field(
+        default=0.2,
+        gt=0,
+        le=10,
+        description="Seconds between two shares of an ingress replica's usage with the others "
+        "(SHOAL_TENANT_SYNC_INTERVAL_SECONDS).",
+    )
+    key_resync_seconds: int = Field(
+        default=10,
+        ge=2,
+        le=25,
+        description="Seconds between two reads of every tenant's key Secrets; a rotated key "
+        "takes effect within about this long (SHOAL_TENANT_KEY_RESYNC_SECONDS).",
+    )
+    usage_interval_seconds: int = Field(
+        default=60,
+        ge=10,
+        le=3600,
+        description="Seconds between two reads of every tenant's last-hour use from Prometheus "
+        "into its status (SHOAL_TENANT_USAGE_INTERVAL_SECONDS).",
+    )
+
+
 class ServiceAccount(ChartModel):
     """The operator's ServiceAccount."""
 
@@ -377,6 +410,13 @@ class Rbac(ChartModel):
         "its router, where the Secret's owner allows it (label shoal.dev/embedder-key=true, "
         "hosts in the annotation shoal.dev/allowed-hosts). Off: such policies report "
         "Fitted=False, reason Forbidden.",
+    )
+    tenant_secrets: bool = Field(
+        default=False,
+        description="Grant get on Secrets in the watched namespaces, so the operator can read "
+        "the API keys Tenants name (spec.apiKeys), where the Secret's owner allows it (label "
+        "shoal.dev/api-key=true); only digests leave the operator. Off: Tenants report "
+        "Ready=False, reason Forbidden.",
     )
 
 
@@ -638,6 +678,7 @@ class Values(ChartModel):
     )
     serving: Serving = Field(default_factory=Serving, description="Fleet images.")
     autoscaler: Autoscaler = Field(default_factory=Autoscaler, description="The autoscaler.")
+    tenants: Tenants = Field(default_factory=Tenants, description="Tenants of the fleets.")
     service_account: ServiceAccount = Field(
         default_factory=ServiceAccount, description="The ServiceAccount."
     )

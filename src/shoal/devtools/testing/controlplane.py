@@ -28,12 +28,14 @@ from typing import Any
 
 import yaml
 
-from shoal.devtools.testing import REPO_ROOT
+from shoal.devtools.testing import REPO_ROOT, require
 
 TOOLS_DIR = Path(os.environ.get("SHOAL_TOOLS_DIR", REPO_ROOT / ".tools"))
 BIN_DIR = TOOLS_DIR / "bin"
 KUBERAY_CRDS = TOOLS_DIR / "crds"
 SHOAL_CRDS = REPO_ROOT / "crds"
+#: The Gateway API's standard CRDs (hack/fetch-gateway-api-crds.sh), installed on request.
+GATEWAY_API_CRDS = KUBERAY_CRDS / "gateway-api"
 REQUIRED_BINARIES = ("etcd", "kube-apiserver", "kubectl")
 
 
@@ -46,6 +48,11 @@ class KubectlError(subprocess.CalledProcessError):
 
     def __str__(self) -> str:
         return f"{' '.join(map(str, self.cmd[3:]))} exited {self.returncode}: {self.stderr}"
+
+
+def gateway_api_crd_files() -> list[Path]:
+    """The fetched Gateway API CRD files (empty: not fetched)."""
+    return sorted(GATEWAY_API_CRDS.glob("gateway.networking.k8s.io_*.yaml"))
 
 
 def missing_binaries() -> list[str]:
@@ -201,6 +208,22 @@ class ControlPlane:
         """Install Shoal's CRDs and KubeRay's (RayCluster, RayJob, RayService), and wait until
         established."""
         files = sorted(SHOAL_CRDS.glob("*.yaml")) + sorted(KUBERAY_CRDS.glob("*.yaml"))
+        self.apply_files(files)
+        names = [yaml.safe_load(f.read_text())["metadata"]["name"] for f in files]
+        self.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names]
+        )
+
+    def install_gateway_api_crds(self) -> None:
+        """Install the Gateway API's standard CRDs (HTTPRoute, Gateway, ...) and wait until
+        established; a visible skip (a failure where servers are required) when they were not
+        fetched."""
+        files = gateway_api_crd_files()
+        require(
+            bool(files),
+            "Gateway API CRDs not fetched (run hack/build-control-plane.sh, which calls "
+            "hack/fetch-gateway-api-crds.sh)",
+        )
         self.apply_files(files)
         names = [yaml.safe_load(f.read_text())["metadata"]["name"] for f in files]
         self.kubectl(
