@@ -73,8 +73,9 @@ class TenantAccess(BaseModel):
     min_alpha: float | None = Field(default=None, ge=0, le=1, description="Floor on alpha.")
     max_alpha: float | None = Field(default=None, ge=0, le=1, description="Ceiling on alpha.")
     models: list[str] | None = Field(
-        default=None, description="Models the tenant may use (resolved from its models and "
-        "tiers); none: every model of the fleet."
+        default=None,
+        description="Models the tenant may use (resolved from its models and "
+        "tiers); none: every model of the fleet.",
     )
 
     @model_validator(mode="after")

@@ -34,6 +34,7 @@ from shoal.operator.gateway import KubeGateway
 from shoal.operator.locks import FleetLocks
 from shoal.operator.metrics import FITS, observed
 from shoal.operator.policies import reconcile_policy
+from shoal.operator.refit import RefitState, feedback_enabled, refit_policy
 from shoal.operator.resync import PeriodicLoop, Schedule
 from shoal.planning import names
 
@@ -88,6 +89,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.locks = FleetLocks()
     memo.indexes = {}  # kopf's live indexes, for the periodic loop (filled by handlers)
     memo.autoscaler = AutoscalerRuntime.from_config(config)
+    memo.refit = RefitState.from_url(config.prometheus_url)
     memo.periodic = _periodic_loop(memo, config)
     memo.periodic.start()
 
@@ -113,6 +115,18 @@ def _periodic_loop(memo: kopf.Memo, config: OperatorConfig) -> PeriodicLoop:
     def autoscale(ns: str, name: str) -> None:
         _quietly(lambda: _autoscale(_ref(ns, name), memo), "autoscaled")
 
+    def refitting() -> list[tuple[str, str]]:
+        return [
+            k
+            for k in policies()
+            if feedback_enabled(cache.get((API_VERSION, RoutingPolicy.KIND, *k)) or {})
+        ]
+
+    def refit(ns: str, name: str) -> None:
+        body = memo.gateway.get(API_VERSION, RoutingPolicy.KIND, ns, name)
+        if body is not None and not body["metadata"].get("deletionTimestamp"):
+            _refit(body, memo)
+
     def policy_resync(ns: str, name: str) -> None:
         body = memo.gateway.get(API_VERSION, RoutingPolicy.KIND, ns, name)
         if body is not None and not body["metadata"].get("deletionTimestamp"):
@@ -123,6 +137,9 @@ def _periodic_loop(memo: kopf.Memo, config: OperatorConfig) -> PeriodicLoop:
             Schedule("re-check", fleets, resync, config.resync_seconds),
             Schedule("autoscaler", fleets, autoscale, config.autoscaler_interval_seconds),
             Schedule("policy re-check", policies, policy_resync, config.resync_seconds),
+            # Every policy with feedback on is looked at on the re-check cadence; each is
+            # refit at most once per its spec.feedback.refitIntervalSeconds.
+            Schedule("router refit", refitting, refit, config.resync_seconds),
         ],
         rate=config.periodic_rate_per_second,
     )
@@ -298,6 +315,18 @@ def _policy_resync(body: dict[str, Any], memo: kopf.Memo) -> None:
             index = memo.indexes.get("fleets_by_policy")
             if index is not None:
                 _follow(memo, ns, name, index, log)
+
+
+def _refit(body: dict[str, Any], memo: kopf.Memo) -> None:
+    """Refit the policy's router from feedback (:mod:`shoal.operator.refit`); fleets follow
+    a new artifact version."""
+    meta = body["metadata"]
+    ns, name = meta.get("namespace") or "default", meta["name"]
+    index = memo.indexes.get("fleets_by_policy")
+    fleets = sorted(index.get((ns, name), [])) if index is not None else []
+    outcome = refit_policy(memo.gateway, memo.refit, body, fleets, _now())
+    if outcome.reason == "Refit" and index is not None:
+        _follow(memo, ns, name, index, log)
 
 
 @kopf.on.resume(GROUP, VERSION, POLICIES)

@@ -29,6 +29,7 @@ from shoal.api.v1alpha1.common import parse_quantity
 from shoal.api.v1alpha1.fleet import ModelSpec, Resources
 from shoal.contract import (
     EMBEDDER_API_KEY_ENV,
+    FEEDBACK_KEY_ENV,
     PVC_MOUNT_ROOT,
     BuildArgs,
     ModelDeploymentPlan,
@@ -185,9 +186,16 @@ def _equip_for_the_ingress(
     template: dict[str, Any], fleet: ModelFleet, policy: RoutingPolicy, mount: bool
 ) -> None:
     """Give a Ray pod what the ingress needs, since Ray may place the ingress on any node with
-    CPUs (GPU workers included): the router artifact, and the embedder's API key from its
-    Secret."""
+    CPUs (GPU workers included): the router artifact, the key that signs completion ids (the
+    same in every ingress replica, so any replica attributes feedback; optional: without the
+    Secret each replica makes its own) and the embedder's API key, each from its Secret."""
     spec, container = template["spec"], template["spec"]["containers"][0]
+    key_ref = {
+        "name": names.feedback_key_secret_name(fleet.metadata.name),
+        "key": names.FEEDBACK_KEY_KEY,
+        "optional": True,
+    }
+    container["env"].append({"name": FEEDBACK_KEY_ENV, "valueFrom": {"secretKeyRef": key_ref}})
     ref = policy.spec.embedder.api_key_secret_ref
     if policy.spec.strategy == "cluster" and ref is not None:
         secret = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
@@ -390,6 +398,19 @@ def desired_router_configmap(fleet: ModelFleet, artifact: RouterArtifact) -> dic
         "kind": "ConfigMap",
         "metadata": meta,
         "binaryData": {names.ARTIFACT_KEY: base64.b64encode(artifact.data).decode("ascii")},
+    }
+
+
+def desired_feedback_key_secret(fleet: ModelFleet, key: str) -> dict[str, Any]:
+    """The Secret holding the fleet's completion-id signing key ``key`` (random, made by the
+    operator once: it creates this Secret only where none exists and never reads it back)."""
+    meta = _metadata(fleet, names.feedback_key_secret_name(fleet.metadata.name), "feedback")
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta,
+        "type": "Opaque",
+        "stringData": {names.FEEDBACK_KEY_KEY: key},
     }
 
 

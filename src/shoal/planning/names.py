@@ -14,6 +14,8 @@ ARTIFACT_ANNOTATION = f"{GROUP}/router-artifact"
 ARTIFACT_KEY = "router.bin"
 #: Where Ray pods see the router artifact.
 ARTIFACT_MOUNT_DIR = "/etc/shoal/router"
+#: Key of the completion-id signing key in the fleet's feedback-key Secret.
+FEEDBACK_KEY_KEY = "key"
 #: Port of Ray Serve's HTTP proxy, which serves the fleet endpoint.
 SERVE_PORT = 8000
 
@@ -41,6 +43,11 @@ def network_policy_name(fleet: str) -> str:
 def disruption_budget_name(fleet: str) -> str:
     """The PodDisruptionBudget of a fleet's Ray workers."""
     return f"{fleet}-workers"
+
+
+def feedback_key_secret_name(fleet: str) -> str:
+    """Secret holding the key that signs a fleet's completion ids (the same in every replica)."""
+    return f"{fleet}-feedback-key"
 
 
 def policy_artifact_configmap_name(policy: str) -> str:

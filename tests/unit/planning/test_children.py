@@ -132,10 +132,30 @@ def test_every_ray_container_runs_ray_serve_in_the_fleets_mode() -> None:
     """HAProxy and direct ingress must be on for every node alike, whatever image runs."""
     rs = desired_children(fleet(), policy(), ART, PlanSettings()).rayservice
     for name, container in _ray_containers(rs).items():
-        env = {e["name"]: e.get("value") for e in container["env"]}
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
         assert env == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}, (
             name
         )
+
+
+def test_feedback_key_reaches_every_ray_pod_from_the_fleets_secret() -> None:
+    """Every ingress replica signs and verifies completion ids with the same key, from the
+    fleet's Secret by reference (never a value in the pod spec or serveConfigV2)."""
+    rs = desired_children(fleet(), policy(), ART, PlanSettings()).rayservice
+    for name, container in _ray_containers(rs).items():
+        (entry,) = [e for e in container["env"] if e["name"] == "SHOAL_FEEDBACK_KEY"]
+        assert entry == {"name": "SHOAL_FEEDBACK_KEY", "valueFrom": {"secretKeyRef": {
+            "name": "f-feedback-key", "key": "key", "optional": True}}}, name  # fmt: skip
+    assert "SHOAL_FEEDBACK_KEY" not in rs["spec"]["serveConfigV2"]
+
+
+def test_feedback_key_secret_is_owned_by_the_fleet() -> None:
+    from shoal.planning.children import desired_feedback_key_secret
+
+    s = desired_feedback_key_secret(fleet(), "k" * 64)
+    assert s["metadata"]["name"] == "f-feedback-key"
+    assert s["metadata"]["ownerReferences"][0]["kind"] == "ModelFleet"
+    assert s["stringData"] == {"key": "k" * 64}
 
 
 def test_operator_overrides_reach_every_ray_container() -> None:
