@@ -77,6 +77,8 @@ CASES: dict[tuple[str, str], tuple[str, Edit]] = {
         ("policy", lambda spec: spec.pop("calibration")),
     ("RoutingPolicySpec", "the static strategy needs staticOrder"):
         ("policy", _set(strategy="static")),
+    ("RoutingPolicySpec", "feedback.enabled needs the cluster strategy (a static order has no quality tables to refit)"):
+        ("policy", _set(strategy="static", staticOrder=["math"], feedback={"enabled": True})),
 }  # fmt: skip
 
 

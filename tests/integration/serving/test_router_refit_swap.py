@@ -46,12 +46,18 @@ def samples() -> list[Sample]:
     return out
 
 
-def math_prompt(i: int) -> str:
-    return f"{MATH[i % 6]} {MATH[(i + 2) % 6]} question {i}"
+def prompts_of(blob: bytes) -> tuple[list[str], list[str]]:
+    """Prompts the fitted router sends to alpha, and to beta (what the fit decided, read with
+    the router itself, so the test does not depend on how k-means split the topics)."""
+    from shoal.routing import load_router
 
-
-def law_prompt(i: int) -> str:
-    return f"{LAW[i % 6]} {LAW[(i + 2) % 6]} question {i}"
+    router = load_router(blob, embedder=EMB)
+    texts = [
+        f"{w[i % 6]} {w[(i + 3) % 6]} {w[(i + 1) % 6]}" for w in (MATH, LAW) for i in range(60)
+    ]
+    firsts = [router.rank(t).models[0] for t in texts]
+    return ([t for t, m in zip(texts, firsts, strict=True) if m == "alpha"],
+            [t for t, m in zip(texts, firsts, strict=True) if m == "beta"])  # fmt: skip
 
 
 def fleet_args(artifact: Path) -> BuildArgs:
@@ -95,8 +101,10 @@ def ask(client: Any, prompt: str) -> tuple[str, str, str]:
     return chat.id, raw.headers["x-shoal-model"], raw.headers["x-shoal-router-version"]
 
 
-async def load_during(base_url: str, swap: Any) -> list[tuple[int, str | None, str | None]]:
-    """Four callers sending math prompts back to back while ``swap(results)`` runs."""
+async def load_during(
+    base_url: str, prompts: list[str], swap: Any
+) -> list[tuple[int, str | None, str | None]]:
+    """Four callers sending ``prompts`` back to back while ``swap(results)`` runs."""
     results: list[tuple[int, str | None, str | None]] = []
     done = asyncio.Event()
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
@@ -106,7 +114,7 @@ async def load_during(base_url: str, swap: Any) -> list[tuple[int, str | None, s
             while not done.is_set():
                 i += 1
                 body = {"model": "auto", "max_tokens": 4,
-                        "messages": [{"role": "user", "content": math_prompt(n * 1000 + i)}]}  # fmt: skip
+                        "messages": [{"role": "user", "content": prompts[(n + i) % len(prompts)]}]}  # fmt: skip
                 try:
                     r = await http.post("/v1/chat/completions", json=body)
                     results.append((r.status_code, r.headers.get("x-shoal-model"),
@@ -137,8 +145,10 @@ def test_feedback_moves_the_tables_and_the_ingress_swaps_without_a_failed_reques
     http = httpx.Client(base_url=ray.base_url, timeout=30)
 
     # Version 1 sends math to alpha and law to beta; every answer's id is signed.
-    math = [ask(client, math_prompt(i)) for i in range(60)]
-    law = [ask(client, law_prompt(i)) for i in range(20)]
+    to_alpha, to_beta = prompts_of(path.read_bytes())
+    assert len(to_alpha) >= 30 and len(to_beta) >= 20
+    math = [ask(client, to_alpha[i % len(to_alpha)]) for i in range(60)]
+    law = [ask(client, to_beta[i % len(to_beta)]) for i in range(20)]
     assert {(m, v) for _, m, v in math} == {("alpha", "1")}
     assert {(m, v) for _, m, v in law} == {("beta", "1")}
 
@@ -203,7 +213,7 @@ def test_feedback_moves_the_tables_and_the_ingress_swaps_without_a_failed_reques
                 return
             await asyncio.sleep(0.1)
 
-    results = asyncio.run(load_during(ray.base_url, swap))
+    results = asyncio.run(load_during(ray.base_url, to_alpha, swap))
     failed = [r for r in results if r[0] != 200]
     assert failed == [], f"{len(failed)} of {len(results)} requests failed during the swap"
     versions = [v for _, _, v in results]
