@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -218,7 +217,6 @@ class RefitState:
     source: FeedbackSource
     attempted: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
     calibration: dict[tuple[str, str], tuple[str, Any]] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def from_url(cls, url: str) -> RefitState:
@@ -450,12 +448,13 @@ def _report(
     changed = any(old.get(k) != v for k, v in patch.items())
     if changed:
         job.gw.patch_status(API_VERSION, RoutingPolicy.KIND, ns, name, patch)
-    same_verdict = before is not None and before.reason == reason and before.message == message
+    from shoal.routing.refit import NO_FEEDBACK
+
     if artifact is not None:
         events.post(job.body, warning=False, reason="Refit", message=message)
-    elif not ok and not same_verdict:
+    elif reason != NO_FEEDBACK and (before is None or before.reason != reason):
+        # A refusal is a Warning once per verdict (not "no feedback yet", which is normal).
         events.post(job.body, warning=True, reason=reason, message=message)
-    version = artifact.version if artifact else (previous.artifact.version if previous and
-                                                 previous.artifact else None)  # fmt: skip
+    in_use = artifact or (previous.artifact if previous else None)
     log.info("router refit of %s/%s: %s: %s", ns, name, reason, message)
-    return RefitOutcome(True, reason, message, version, changed)
+    return RefitOutcome(True, reason, message, in_use.version if in_use else None, changed)
