@@ -7,8 +7,9 @@ Run with ``python -m shoal.operator`` (or ``kopf run -m shoal.operator.handlers`
   status; policies on create, update and resume, after which every fleet that references the
   policy is reconciled (found through an in-memory index).
 - One periodic loop (:mod:`shoal.operator.resync`), not a kopf timer per object, re-checks
-  every fleet and policy (drift, missed events, changed calibration data) and runs the
-  autoscaler, at a bounded rate. With no per-object timers, deleting a fleet waits for its
+  every fleet and policy (drift, missed events, changed calibration data), runs the
+  autoscaler and refits routers from feedback (:mod:`shoal.operator.refit`), at a bounded
+  rate. With no per-object timers, deleting a fleet waits for its
   finalizer handler only, never for a timer to stop.
 - Deleting a fleet deletes its children (a finalizer; ownerReferences do the same where a
   garbage collector runs).
