@@ -88,6 +88,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         cache=memo.cache,
     )
     memo.locks = FleetLocks()
+    # One lock per policy (its own set: a fleet's reconcile runs under a policy's), so a fit
+    # and a refit of the same policy never write its artifact at once.
+    memo.policy_locks = FleetLocks()
     memo.indexes = {}  # kopf's live indexes, for the periodic loop (filled by handlers)
     memo.autoscaler = AutoscalerRuntime.from_config(config)
     memo.refit = RefitState.from_url(config.prometheus_url)
@@ -286,9 +289,14 @@ def _follow(memo: kopf.Memo, ns: str | None, name: str, index: Any, logger: Any)
 
 
 def _reconcile_policy(body: Any, memo: kopf.Memo, index: kopf.Index[Any, Any], logger: Any) -> None:
+    meta = body["metadata"]
+    ns, name = meta.get("namespace") or "default", meta["name"]
     try:
-        with observed("RoutingPolicy"):
-            outcome = reconcile_policy(memo.gateway, memo.config, body, _now())
+        with memo.policy_locks.held(ns, name):
+            # As it is now (the watch cache): a refit may have written its status meanwhile.
+            fresh = memo.gateway.get(API_VERSION, RoutingPolicy.KIND, ns, name) or body
+            with observed("RoutingPolicy"):
+                outcome = reconcile_policy(memo.gateway, memo.config, fresh, _now())
         if outcome.fitted:
             FITS.labels("ok").inc()
     finally:
@@ -303,8 +311,11 @@ def _policy_resync(body: dict[str, Any], memo: kopf.Memo) -> None:
     meta = body["metadata"]
     ns, name = meta.get("namespace") or "default", meta["name"]
     try:
-        with observed("RoutingPolicy"):
-            outcome = reconcile_policy(memo.gateway, memo.config, body, _now())
+        with memo.policy_locks.held(ns, name):
+            # The policy as it is now: a fit or refit may have finished while this waited.
+            body = memo.gateway.get(API_VERSION, RoutingPolicy.KIND, ns, name) or body
+            with observed("RoutingPolicy"):
+                outcome = reconcile_policy(memo.gateway, memo.config, body, _now())
         if outcome.fitted:
             FITS.labels("ok").inc()
     except (kopf.PermanentError, kopf.TemporaryError):
@@ -325,7 +336,9 @@ def _refit(body: dict[str, Any], memo: kopf.Memo) -> None:
     ns, name = meta.get("namespace") or "default", meta["name"]
     index = memo.indexes.get("fleets_by_policy")
     fleets = sorted(index.get((ns, name), [])) if index is not None else []
-    outcome = refit_policy(memo.gateway, memo.refit, body, fleets, _now())
+    with memo.policy_locks.held(ns, name):
+        body = memo.gateway.get(API_VERSION, RoutingPolicy.KIND, ns, name) or body
+        outcome = refit_policy(memo.gateway, memo.refit, body, fleets, _now())
     if outcome.reason == "Refit" and index is not None:
         _follow(memo, ns, name, index, log)
 

@@ -87,6 +87,17 @@ def stored_artifact(cluster: Cluster, name: str = "p-router-artifact") -> bytes:
     return base64.b64decode((cm.get("binaryData") or {}).get("router.bin", ""))
 
 
+def fitted(cluster: Cluster) -> dict[str, Any]:
+    """The policy's artifact status, once the artifact ConfigMap holds that artifact."""
+
+    def settled() -> dict[str, Any] | None:
+        art = status(cluster).get("artifact")
+        blob = stored_artifact(cluster)
+        return art if art and blob and artifact_checksum(blob) == art["checksum"] else None
+
+    return wait_for("a fitted artifact in status and ConfigMap", settled, 180)
+
+
 def clusters_of(blob: bytes) -> tuple[int, int]:
     """The math and the code prompts' clusters in the fitted router."""
     router = load_router(blob)
@@ -114,7 +125,7 @@ def test_feedback_counts_refit_the_router_and_the_fleet_follows(
     # refits nothing.
     cluster.apply(calibration_configmap(), feedback_policy(minEvents=50), fleet())
     with operator():
-        first = wait_for("a fitted artifact", lambda: status(cluster).get("artifact"), 180)
+        first = fitted(cluster)
         assert status(cluster)["routerArtifactVersion"] == 1
         assert "lastRefitTime" not in status(cluster)
         no_feedback = wait_for(
@@ -175,7 +186,7 @@ def test_a_refit_worse_on_the_calibration_set_is_refused(
     settings.setenv("SHOAL_PROMETHEUS_URL", prometheus.url)
     cluster.apply(calibration_configmap(), feedback_policy(minEvents=400), fleet())
     with operator():
-        first = wait_for("a fitted artifact", lambda: status(cluster).get("artifact"), 180)
+        first = fitted(cluster)
         math, code = clusters_of(stored_artifact(cluster))
         # Scores that contradict the calibration data everywhere (a client scoring backwards).
         for model, cluster_id, score in [("alpha", math, 0.0), ("beta", math, 1.0),
@@ -207,7 +218,7 @@ def test_prometheus_down_is_a_condition_and_nothing_else(
     settings.setenv("SHOAL_PROMETHEUS_URL", f"http://127.0.0.1:{free_port()}")  # nobody there
     cluster.apply(calibration_configmap(), feedback_policy(), fleet())
     with operator():
-        first = wait_for("a fitted artifact", lambda: status(cluster).get("artifact"), 180)
+        first = fitted(cluster)
         down = wait_for("RouterRefit=False MetricsUnavailable",
                         lambda: refit_condition(cluster, "MetricsUnavailable"), 60)  # fmt: skip
         assert down["status"] == "False"
