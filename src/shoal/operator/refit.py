@@ -350,7 +350,12 @@ def _attempt(
             f"{round(t.unranked)} on models the router does not rank were left out)"
         )
     if fb.total >= feedback.min_events and same_feedback(fb, stored_feedback(blob)):
-        return RefitOutcome(True, "Unchanged", f"no new feedback since version {kept.version}")
+        message = f"no new feedback since version {kept.version}"
+        conds = policy.status.conditions if policy.status else []
+        before = next((c for c in conds if c.type == ROUTER_REFIT), None)
+        if before is None or before.status != "True":  # after an outage, say all is well
+            _report(job, None, True, "Refit", f"version {kept.version} in use; {message}", fb.total)
+        return RefitOutcome(True, "Unchanged", message, kept.version)
     try:
         fp, cal = _embedded_calibration(gw, state, policy, kept.models)
     except CalibrationUnavailable as exc:

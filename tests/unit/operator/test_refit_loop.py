@@ -152,6 +152,15 @@ def test_accepted_then_unchanged_then_held_for_the_interval(world: Any) -> None:
     assert (out.reason, out.version) == ("Refit", 3)
     assert gw.objects[("RoutingPolicy", "ns", "p")]["status"]["feedbackEvents"] == 22
 
+    # Prometheus goes away and comes back with the same counts: all is well again.
+    source.error = "Prometheus at http://prom:9090 is unreachable: connection refused"
+    assert attempt(gw, state, clock=200.0).reason == "MetricsUnavailable"
+    assert condition(gw)["status"] == "False"
+    source.error = None
+    assert attempt(gw, state, clock=201.0).reason == "Unchanged"
+    assert condition(gw)["status"] == "True"
+    assert condition(gw)["message"] == "version 3 in use; no new feedback since version 3"
+
 
 def test_refusals_leave_the_artifact_and_are_retried_soon(world: Any) -> None:
     gw, source, state, (math, code) = world
