@@ -29,7 +29,7 @@ from shoal.api.v1alpha1.common import parse_quantity
 from shoal.api.v1alpha1.fleet import ModelSpec, Resources
 from shoal.contract import (
     EMBEDDER_API_KEY_ENV,
-    FEEDBACK_KEY_ENV,
+    FEEDBACK_KEY_FILE_ENV,
     PVC_MOUNT_ROOT,
     BuildArgs,
     ModelDeploymentPlan,
@@ -188,14 +188,19 @@ def _equip_for_the_ingress(
     """Give a Ray pod what the ingress needs, since Ray may place the ingress on any node with
     CPUs (GPU workers included): the router artifact, the key that signs completion ids (the
     same in every ingress replica, so any replica attributes feedback; optional: without the
-    Secret each replica makes its own) and the embedder's API key, each from its Secret."""
+    Secret each replica makes its own) as a file, and the embedder's API key from its
+    Secret."""
     spec, container = template["spec"], template["spec"]["containers"][0]
-    key_ref = {
-        "name": names.feedback_key_secret_name(fleet.metadata.name),
-        "key": names.FEEDBACK_KEY_KEY,
-        "optional": True,
-    }
-    container["env"].append({"name": FEEDBACK_KEY_ENV, "valueFrom": {"secretKeyRef": key_ref}})
+    # The key as a file (a secret in the environment leaks into process listings and dumps).
+    key_file = f"{names.FEEDBACK_KEY_MOUNT_DIR}/{names.FEEDBACK_KEY_KEY}"
+    container["env"].append({"name": FEEDBACK_KEY_FILE_ENV, "value": key_file})
+    container.setdefault("volumeMounts", []).append(
+        {"name": "feedback-key", "mountPath": names.FEEDBACK_KEY_MOUNT_DIR, "readOnly": True}
+    )
+    key_volume = {"secretName": names.feedback_key_secret_name(fleet.metadata.name),
+                  "optional": True, "items": [{"key": names.FEEDBACK_KEY_KEY,
+                                               "path": names.FEEDBACK_KEY_KEY}]}  # fmt: skip
+    spec.setdefault("volumes", []).append({"name": "feedback-key", "secret": key_volume})
     ref = policy.spec.embedder.api_key_secret_ref
     if policy.spec.strategy == "cluster" and ref is not None:
         secret = {"secretKeyRef": {"name": ref.name, "key": ref.key}}

@@ -16,6 +16,8 @@ ARTIFACT_KEY = "router.bin"
 ARTIFACT_MOUNT_DIR = "/etc/shoal/router"
 #: Key of the completion-id signing key in the fleet's feedback-key Secret.
 FEEDBACK_KEY_KEY = "key"
+#: Where Ray pods see the fleet's feedback-key Secret (a file per key).
+FEEDBACK_KEY_MOUNT_DIR = "/etc/shoal/feedback"
 #: Port of Ray Serve's HTTP proxy, which serves the fleet endpoint.
 SERVE_PORT = 8000
 
