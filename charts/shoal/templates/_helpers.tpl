@@ -116,6 +116,14 @@ operator running under this identity); see docs/sre.md for what each is for.
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "create", "patch", "delete"]
+{{- if .Values.rbac.feedbackKeys }}
+# Each fleet's completion-id signing key: a Secret created once, with a random key, where none
+# exists (create only: the operator never reads, lists or changes a Secret for it; the fleet's
+# ownerReference garbage-collects it).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create"]
+{{- end }}
 {{- if or .Values.rbac.embedderSecrets .Values.rbac.tenantSecrets }}
 # The API key an openai embedder names (embedder.apiKeySecretRef), read to fit the router
 # (rbac.embedderSecrets); tenants' API keys (Tenant spec.apiKeys), read every

@@ -17,6 +17,7 @@ from shoal.contract.replicas import ReplicaRange, replica_range
 from shoal.contract.serve import (
     EMBEDDER_API_KEY_ENV,
     FEEDBACK_KEY_ENV,
+    FEEDBACK_KEY_FILE_ENV,
     IMPORT_PATH,
     INGRESS_DEPLOYMENT,
     MODEL_DEPLOYMENT_PREFIX,
@@ -47,6 +48,7 @@ from shoal.contract.tenants import (
 __all__ = [
     "EMBEDDER_API_KEY_ENV",
     "FEEDBACK_KEY_ENV",
+    "FEEDBACK_KEY_FILE_ENV",
     "IMPORT_PATH",
     "INGRESS_DEPLOYMENT",
     "MIN_KEY_LENGTH",

@@ -45,6 +45,10 @@ EMBEDDER_API_KEY_ENV = "SHOAL_EMBEDDER_API_KEY"
 #: Environment variable of the Ray pods holding the key that signs completion ids, so that
 #: any ingress replica can attribute a client's feedback (never in ``serveConfigV2``).
 FEEDBACK_KEY_ENV = "SHOAL_FEEDBACK_KEY"
+#: Environment variable naming a *file* that holds that key (in a cluster: the fleet's
+#: Secret mounted as a file, not its value in the environment); read when
+#: :data:`FEEDBACK_KEY_ENV` is not set.
+FEEDBACK_KEY_FILE_ENV = "SHOAL_FEEDBACK_KEY_FILE"
 
 #: Ray Serve settings the fleet runs with (environment of every Ray process: the operator sets
 #: them on every Ray container, the serving image too, and

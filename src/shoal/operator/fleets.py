@@ -34,6 +34,7 @@ from shoal.planning.children import (
     PlanSettings,
     RouterArtifact,
     desired_children,
+    desired_feedback_key_secret,
 )
 from shoal.planning.conditions import condition
 from shoal.planning.drift import needs_apply
@@ -263,6 +264,8 @@ def reconcile_fleet(
         raise FleetBlocked(problem.message) from exc
 
     applied, live_rs = [], None
+    if _ensure_feedback_key(gw, fleet, verify):
+        applied.append(f"Secret/{names.feedback_key_secret_name(fleet.metadata.name)}")
     for obj in children.objects():
         try:
             live, written = _apply(gw, obj, verify)
@@ -290,6 +293,23 @@ def reconcile_fleet(
         reason=ready.reason if ready else "",
         applied=applied,
     )
+
+
+def _ensure_feedback_key(gw: KubeGateway, fleet: ModelFleet, verify: bool) -> bool:
+    """Create the fleet's completion-id signing key Secret, with a random key, unless one
+    exists (an existing one, made here or by a person, is kept and never read). Without the
+    RBAC to create it the fleet still runs, each ingress replica with a key of its own
+    (feedback then reaches only the replica that answered); the log says so."""
+    import secrets as random_keys
+
+    secret = desired_feedback_key_secret(fleet, random_keys.token_hex(32))
+    try:
+        return gw.create(secret, remembered=not verify)
+    except Forbidden as exc:
+        log.warning("fleet %s/%s: cannot create its feedback key Secret (%s); each ingress "
+                    "replica signs completion ids with a key of its own",
+                    fleet.metadata.namespace, fleet.metadata.name, exc)  # fmt: skip
+        return False
 
 
 def _report_invalid(gw: KubeGateway, body: Any, exc: ValidationError, now: datetime) -> None:

@@ -89,6 +89,8 @@ class KubeGateway:
         self._timeout = timeout
         #: The operator's watch cache (None: every read asks the API server).
         self.cache = cache
+        #: Objects :meth:`create` made or found existing: (kind, namespace, name).
+        self._created: set[tuple[str, str, str]] = set()
 
     def _remember(self, obj: dict[str, Any] | None) -> None:
         if obj and obj.get("kind") == "Secret":
@@ -104,6 +106,7 @@ class KubeGateway:
         query: list[tuple[str, str]] | None = None,
         body: Any = None,
         content_type: str | None = None,
+        exists_ok: bool = False,
     ) -> dict[str, Any] | None:
         headers = {"Accept": "application/json"}
         if content_type:
@@ -130,7 +133,7 @@ class KubeGateway:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise kopf.TemporaryError(f"Kubernetes API unreachable: {exc}", delay=5) from exc
         status, data = resp.status, resp.data
-        if status == 404:
+        if status == 404 or (status == 409 and exists_ok):
             return None
         if status == 422:
             raise InvalidObject(f"{method} {path} rejected: {_message(data)}")
@@ -218,6 +221,23 @@ class KubeGateway:
             )
         self._remember(out)
         return out
+
+    def create(self, obj: dict[str, Any], *, remembered: bool = True) -> bool:
+        """Create ``obj`` unless an object of its name exists, which is neither read nor
+        changed (for Secrets the operator makes once and never reads back: ``create`` is the
+        only verb it needs). True when this call created it.
+
+        ``remembered``: skip the request for an object this gateway already created or found
+        existing (the periodic re-check passes False, so a deleted one is made again).
+        """
+        meta = obj["metadata"]
+        key = (obj["kind"], meta["namespace"], meta["name"])
+        if remembered and key in self._created:
+            return False
+        path = resource_path(obj["apiVersion"], obj["kind"], meta["namespace"])
+        out = self._request("POST", path, body=obj, exists_ok=True)
+        self._created.add(key)
+        return out is not None
 
     def patch_status(
         self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]

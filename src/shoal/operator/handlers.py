@@ -7,8 +7,9 @@ Run with ``python -m shoal.operator`` (or ``kopf run -m shoal.operator.handlers`
   status; policies on create, update and resume, after which every fleet that references the
   policy is reconciled (found through an in-memory index).
 - One periodic loop (:mod:`shoal.operator.resync`), not a kopf timer per object, re-checks
-  every fleet and policy (drift, missed events, changed calibration data) and runs the
-  autoscaler, at a bounded rate. With no per-object timers, deleting a fleet waits for its
+  every fleet and policy (drift, missed events, changed calibration data), runs the
+  autoscaler and refits routers from feedback (:mod:`shoal.operator.refit`), at a bounded
+  rate. With no per-object timers, deleting a fleet waits for its
   finalizer handler only, never for a timer to stop.
 - Deleting a fleet deletes its children (a finalizer; ownerReferences do the same where a
   garbage collector runs).
@@ -44,6 +45,7 @@ from shoal.operator.gateway import KubeGateway
 from shoal.operator.locks import FleetLocks
 from shoal.operator.metrics import FITS, observed
 from shoal.operator.policies import reconcile_policy
+from shoal.operator.refit import RefitState, feedback_enabled, refit_policy
 from shoal.operator.resync import PeriodicLoop, Schedule
 from shoal.planning import names
 
@@ -100,9 +102,13 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         cache=memo.cache,
     )
     memo.locks = FleetLocks()
+    # One lock per policy (its own set: a fleet's reconcile runs under a policy's), so a fit
+    # and a refit of the same policy never write its artifact at once.
+    memo.policy_locks = FleetLocks()
     memo.indexes = {}  # kopf's live indexes, for the periodic loop (filled by handlers)
     memo.autoscaler = AutoscalerRuntime.from_config(config)
     memo.usage_source = PrometheusSource(config.prometheus_url) if config.prometheus_url else None
+    memo.refit = RefitState.from_url(config.prometheus_url)
     memo.periodic = _periodic_loop(memo, config)
     memo.periodic.start()
 
@@ -127,6 +133,18 @@ def _periodic_loop(memo: kopf.Memo, config: OperatorConfig) -> PeriodicLoop:
 
     def autoscale(ns: str, name: str) -> None:
         _quietly(lambda: _autoscale(_ref(ns, name), memo), "autoscaled")
+
+    def refitting() -> list[tuple[str, str]]:
+        return [
+            k
+            for k in policies()
+            if feedback_enabled(cache.get((API_VERSION, RoutingPolicy.KIND, *k)) or {})
+        ]
+
+    def refit(ns: str, name: str) -> None:
+        body = memo.gateway.get(API_VERSION, RoutingPolicy.KIND, ns, name)
+        if body is not None and not body["metadata"].get("deletionTimestamp"):
+            _refit(body, memo)
 
     def policy_resync(ns: str, name: str) -> None:
         body = memo.gateway.get(API_VERSION, RoutingPolicy.KIND, ns, name)
@@ -165,6 +183,9 @@ def _periodic_loop(memo: kopf.Memo, config: OperatorConfig) -> PeriodicLoop:
         Schedule("autoscaler", fleets, autoscale, config.autoscaler_interval_seconds),
         Schedule("policy re-check", policies, policy_resync, config.resync_seconds),
         Schedule("tenant keys", tenanted, tenant_keys, config.tenant_key_resync_seconds),
+        # Every policy with feedback on is looked at on the re-check cadence; each is refit at
+        # most once per its spec.feedback.refitIntervalSeconds.
+        Schedule("router refit", refitting, refit, config.resync_seconds),
     ]
     if config.prometheus_url:
         schedules.append(
@@ -363,9 +384,14 @@ def _follow(memo: kopf.Memo, ns: str | None, name: str, index: Any, logger: Any)
 
 
 def _reconcile_policy(body: Any, memo: kopf.Memo, index: kopf.Index[Any, Any], logger: Any) -> None:
+    meta = body["metadata"]
+    ns, name = meta.get("namespace") or "default", meta["name"]
     try:
-        with observed("RoutingPolicy"):
-            outcome = reconcile_policy(memo.gateway, memo.config, body, _now())
+        with memo.policy_locks.held(ns, name):
+            # As it is now (the watch cache): a refit may have written its status meanwhile.
+            fresh = memo.gateway.get(API_VERSION, RoutingPolicy.KIND, ns, name) or body
+            with observed("RoutingPolicy"):
+                outcome = reconcile_policy(memo.gateway, memo.config, fresh, _now())
         if outcome.fitted:
             FITS.labels("ok").inc()
     finally:
@@ -380,8 +406,11 @@ def _policy_resync(body: dict[str, Any], memo: kopf.Memo) -> None:
     meta = body["metadata"]
     ns, name = meta.get("namespace") or "default", meta["name"]
     try:
-        with observed("RoutingPolicy"):
-            outcome = reconcile_policy(memo.gateway, memo.config, body, _now())
+        with memo.policy_locks.held(ns, name):
+            # The policy as it is now: a fit or refit may have finished while this waited.
+            body = memo.gateway.get(API_VERSION, RoutingPolicy.KIND, ns, name) or body
+            with observed("RoutingPolicy"):
+                outcome = reconcile_policy(memo.gateway, memo.config, body, _now())
         if outcome.fitted:
             FITS.labels("ok").inc()
     except (kopf.PermanentError, kopf.TemporaryError):
@@ -393,6 +422,20 @@ def _policy_resync(body: dict[str, Any], memo: kopf.Memo) -> None:
             index = memo.indexes.get("fleets_by_policy")
             if index is not None:
                 _follow(memo, ns, name, index, log)
+
+
+def _refit(body: dict[str, Any], memo: kopf.Memo) -> None:
+    """Refit the policy's router from feedback (:mod:`shoal.operator.refit`); fleets follow
+    a new artifact version."""
+    meta = body["metadata"]
+    ns, name = meta.get("namespace") or "default", meta["name"]
+    index = memo.indexes.get("fleets_by_policy")
+    fleets = sorted(index.get((ns, name), [])) if index is not None else []
+    with memo.policy_locks.held(ns, name):
+        body = memo.gateway.get(API_VERSION, RoutingPolicy.KIND, ns, name) or body
+        outcome = refit_policy(memo.gateway, memo.refit, body, fleets, _now())
+    if outcome.reason == "Refit" and index is not None:
+        _follow(memo, ns, name, index, log)
 
 
 @kopf.on.resume(GROUP, VERSION, POLICIES)

@@ -34,6 +34,13 @@ class FleetLocks:
             self._locks.pop((namespace, name), None)
 
     @contextmanager
+    def held(self, namespace: str, name: str) -> Iterator[None]:
+        """Hold the lock of ``namespace/name`` (no read): for kinds other than fleets, such as
+        policies, whose fit and refit both write the policy's artifact."""
+        with self._lock(namespace, name):
+            yield
+
+    @contextmanager
     def hold(self, gw: KubeGateway, body: Any) -> Iterator[dict[str, Any] | None]:
         """Hold the fleet's lock; yield the fleet as it is now (None once it is gone).
 

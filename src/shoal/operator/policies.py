@@ -150,7 +150,8 @@ def fit(
         raise CalibrationUnavailable(SpecProblem("EmbedderUnavailable", str(exc))) from exc
 
 
-def _artifact_status(cm_name: str, data: bytes) -> RouterArtifactStatus:
+def artifact_status(cm_name: str, data: bytes) -> RouterArtifactStatus:
+    """What the policy's status says of the artifact ``data`` stored in ``cm_name``."""
     from shoal.routing import read_artifact_info
 
     info = read_artifact_info(data)
@@ -162,6 +163,8 @@ def _artifact_status(cm_name: str, data: bytes) -> RouterArtifactStatus:
         samples=info.samples,
         clusters=info.clusters,
         models=list(info.models),
+        version=info.version,
+        refit_at=info.refit_at,
     )
 
 
@@ -211,7 +214,7 @@ def reconcile_policy(
     annotations = ((existing or {}).get("metadata") or {}).get("annotations") or {}
     if existing and annotations.get(FINGERPRINT_ANNOTATION) == fp:
         blob = base64.b64decode((existing.get("binaryData") or {}).get(names.ARTIFACT_KEY, ""))
-        artifact = _artifact_status(cm_name, blob)
+        artifact = artifact_status(cm_name, blob)
         report(artifact, None)
         return PolicyOutcome(fitted=False, artifact=artifact)
 
@@ -223,7 +226,7 @@ def reconcile_policy(
         report(kept, exc.problem)
         events.post(body, warning=True, reason=exc.problem.reason, message=exc.problem.message)
         raise kopf.PermanentError(exc.problem.message) from exc
-    artifact = _artifact_status(cm_name, blob)
+    artifact = artifact_status(cm_name, blob)
     try:
         gw.apply(artifact_configmap(policy, blob, fp, artifact.checksum))
     except WRITE_ERRORS as exc:

@@ -32,6 +32,7 @@ from shoal.api.v1alpha1.common import parse_quantity
 from shoal.api.v1alpha1.fleet import ModelSpec, Resources
 from shoal.contract import (
     EMBEDDER_API_KEY_ENV,
+    FEEDBACK_KEY_FILE_ENV,
     PVC_MOUNT_ROOT,
     BuildArgs,
     ModelDeploymentPlan,
@@ -192,9 +193,21 @@ def _equip_for_the_ingress(
     template: dict[str, Any], fleet: ModelFleet, policy: RoutingPolicy, mount: bool
 ) -> None:
     """Give a Ray pod what the ingress needs, since Ray may place the ingress on any node with
-    CPUs (GPU workers included): the router artifact, and the embedder's API key from its
+    CPUs (GPU workers included): the router artifact, the key that signs completion ids (the
+    same in every ingress replica, so any replica attributes feedback; optional: without the
+    Secret each replica makes its own) as a file, and the embedder's API key from its
     Secret."""
     spec, container = template["spec"], template["spec"]["containers"][0]
+    # The key as a file (a secret in the environment leaks into process listings and dumps).
+    key_file = f"{names.FEEDBACK_KEY_MOUNT_DIR}/{names.FEEDBACK_KEY_KEY}"
+    container["env"].append({"name": FEEDBACK_KEY_FILE_ENV, "value": key_file})
+    container.setdefault("volumeMounts", []).append(
+        {"name": "feedback-key", "mountPath": names.FEEDBACK_KEY_MOUNT_DIR, "readOnly": True}
+    )
+    key_volume = {"secretName": names.feedback_key_secret_name(fleet.metadata.name),
+                  "optional": True, "items": [{"key": names.FEEDBACK_KEY_KEY,
+                                               "path": names.FEEDBACK_KEY_KEY}]}  # fmt: skip
+    spec.setdefault("volumes", []).append({"name": "feedback-key", "secret": key_volume})
     ref = policy.spec.embedder.api_key_secret_ref
     if policy.spec.strategy == "cluster" and ref is not None:
         secret = {"secretKeyRef": {"name": ref.name, "key": ref.key}}
@@ -444,6 +457,19 @@ def desired_router_configmap(fleet: ModelFleet, artifact: RouterArtifact) -> dic
         "kind": "ConfigMap",
         "metadata": meta,
         "binaryData": {names.ARTIFACT_KEY: base64.b64encode(artifact.data).decode("ascii")},
+    }
+
+
+def desired_feedback_key_secret(fleet: ModelFleet, key: str) -> dict[str, Any]:
+    """The Secret holding the fleet's completion-id signing key ``key`` (random, made by the
+    operator once: it creates this Secret only where none exists and never reads it back)."""
+    meta = _metadata(fleet, names.feedback_key_secret_name(fleet.metadata.name), "feedback")
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta,
+        "type": "Opaque",
+        "stringData": {names.FEEDBACK_KEY_KEY: key},
     }
 
 

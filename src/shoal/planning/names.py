@@ -14,6 +14,10 @@ ARTIFACT_ANNOTATION = f"{GROUP}/router-artifact"
 ARTIFACT_KEY = "router.bin"
 #: Where Ray pods see the router artifact.
 ARTIFACT_MOUNT_DIR = "/etc/shoal/router"
+#: Key of the completion-id signing key in the fleet's feedback-key Secret.
+FEEDBACK_KEY_KEY = "key"
+#: Where Ray pods see the fleet's feedback-key Secret (a file per key).
+FEEDBACK_KEY_MOUNT_DIR = "/etc/shoal/feedback"
 #: Port of Ray Serve's HTTP proxy, which serves the fleet endpoint.
 SERVE_PORT = 8000
 
@@ -46,6 +50,11 @@ def disruption_budget_name(fleet: str) -> str:
 def http_route_name(fleet: str) -> str:
     """The HTTPRoute that attaches a fleet's Service to its Gateways."""
     return fleet
+
+
+def feedback_key_secret_name(fleet: str) -> str:
+    """Secret holding the key that signs a fleet's completion ids (the same in every replica)."""
+    return f"{fleet}-feedback-key"
 
 
 def policy_artifact_configmap_name(policy: str) -> str:

@@ -21,13 +21,14 @@ from shoal.contract import ModelDeploymentPlan, model_deployment_name
 from shoal.planning import names
 from shoal.planning.conditions import set_condition
 
-READY, PROGRESSING, DEGRADED, ROUTER_READY, FITTED, EXPOSED = (
+READY, PROGRESSING, DEGRADED, ROUTER_READY, FITTED, EXPOSED, ROUTER_REFIT = (
     "Ready",
     "Progressing",
     "Degraded",
     "RouterReady",
     "Fitted",
     "Exposed",
+    "RouterRefit",
 )
 #: The autoscaler's condition: True while it reads the fleet's metrics from Prometheus,
 #: False (reason :data:`METRICS_UNAVAILABLE`) while it holds replicas for want of them.
@@ -278,6 +279,9 @@ def policy_status(
             conds, type=type, status=ok, reason=reason, message=message, generation=gen, now=now
         )
 
+    feedback = policy.spec.feedback
+    if feedback is None or not feedback.enabled or policy.spec.strategy != "cluster":
+        conds = [c for c in conds if c.type != ROUTER_REFIT]  # written by the refit only
     if policy.spec.strategy == "static":
         put(FITTED, True, "NotNeeded", "the static strategy needs no fitted router")
         put(READY, True, "StaticOrder", f"ranking {', '.join(policy.spec.static_order)}")
@@ -296,7 +300,17 @@ def policy_status(
     else:
         put(FITTED, False, "Fitting", "fitting the router")
         put(READY, False, "Fitting", "fitting the router")
-    return RoutingPolicyStatus(observed_generation=gen, conditions=conds, artifact=artifact)
+    return RoutingPolicyStatus(
+        observed_generation=gen,
+        conditions=conds,
+        artifact=artifact,
+        router_artifact_version=artifact.version if artifact else None,
+        last_refit_time=artifact.refit_at if artifact else None,
+        # Counted by the refit (shoal.operator.refit); a reconcile keeps it.
+        feedback_events=previous.feedback_events
+        if previous and any(c.type == ROUTER_REFIT for c in conds)
+        else None,
+    )
 
 
 def metrics_conditions(

@@ -56,6 +56,10 @@ class ArtifactInfo:
     params: dict[str, Any]
     size_bytes: int
     checksum: str
+    #: 1 when fitted, one more at every accepted refit from feedback.
+    version: int = 1
+    #: When it was last refit from feedback (None: never).
+    refit_at: datetime | None = None
 
 
 def artifact_checksum(data: bytes) -> str:
@@ -105,6 +109,10 @@ def read_artifact_info(data: bytes) -> ArtifactInfo:
             params=dict(header.get("params", {})),
             size_bytes=len(data),
             checksum=artifact_checksum(bytes(data)),
+            version=int((header.get("refit") or {}).get("version", 1)),
+            refit_at=datetime.fromisoformat(header["refit"]["refit_at"])
+            if (header.get("refit") or {}).get("refit_at")
+            else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"corrupt router artifact header: {exc!r}") from exc

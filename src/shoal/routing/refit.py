@@ -33,7 +33,9 @@ from shoal.routing.artifact import (
     decode_artifact,
     encode_artifact,
 )
+from shoal.routing.fit import embed_all, score_matrices
 from shoal.routing.tables import TableRouter
+from shoal.routing.types import Embedder, Sample
 
 F64 = npt.NDArray[np.float64]
 
@@ -225,4 +227,44 @@ def refit_artifact(
         events,
         before,
         after,
+    )
+
+
+def calibration_set(
+    samples: Sequence[Sample], embedder: Embedder, models: Sequence[str]
+) -> CalibrationSet:
+    """The calibration samples embedded, their quality in ``models`` order (the artifact's).
+
+    Raises :class:`ValueError` when a sample lacks a score for one of ``models``.
+    """
+    missing = sorted({m for s in samples for m in models if m not in s.scores})
+    if missing:
+        raise ValueError(f"calibration samples lack scores for {', '.join(missing)}")
+    vectors = embed_all(embedder, [s.prompt for s in samples])
+    quality, _ = score_matrices(samples, models)
+    return CalibrationSet(
+        vectors=vectors,
+        quality=quality.astype(np.float64),
+        tasks=tuple(s.task or "default" for s in samples),
+    )
+
+
+def stored_feedback(data: bytes) -> Feedback | None:
+    """The feedback counts an artifact was refit from (None: never refit)."""
+    _, arrays = decode_artifact(data)
+    if "feedback_events" not in arrays or "feedback_score_sum" not in arrays:
+        return None
+    return Feedback(
+        np.asarray(arrays["feedback_events"], dtype=np.float64),
+        np.asarray(arrays["feedback_score_sum"], dtype=np.float64),
+    )
+
+
+def same_feedback(a: Feedback, b: Feedback | None) -> bool:
+    """Whether two counts are the same (to the float32 precision artifacts store them in)."""
+    if b is None or a.events.shape != b.events.shape:
+        return False
+    return bool(
+        np.allclose(a.events, b.events, rtol=1e-6, atol=1e-3)
+        and np.allclose(a.score_sum, b.score_sum, rtol=1e-6, atol=1e-3)
     )

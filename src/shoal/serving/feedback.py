@@ -7,8 +7,9 @@ ingress replica that holds the key can attribute ``POST /v1/feedback`` (``{"id":
 per model and cluster in Prometheus (labels bounded by the fleet's models and the router's
 clusters); no prompt or answer text is kept anywhere. The operator's refit reads those series.
 
-The key comes from the environment (:data:`~shoal.contract.FEEDBACK_KEY_ENV`, set from a
-Secret in a cluster); without one, a replica makes its own, and feedback is then accepted only
+The key comes from the environment (:data:`~shoal.contract.FEEDBACK_KEY_ENV`), or from the
+file :data:`~shoal.contract.FEEDBACK_KEY_FILE_ENV` names (in a cluster: the fleet's Secret,
+mounted as a file); without one, a replica makes its own, and feedback is then accepted only
 by the replica that answered (said in the log at start).
 """
 
@@ -23,7 +24,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from shoal.contract import FEEDBACK_KEY_ENV
+from shoal.contract import FEEDBACK_KEY_ENV, FEEDBACK_KEY_FILE_ENV
 from shoal.serving.openai_api import ApiError, load_json_object
 
 log = logging.getLogger("shoal.serving.feedback")
@@ -42,6 +43,19 @@ class Attribution:
     cluster: int | None
 
 
+def _key_file(path: str) -> bytes | None:
+    """The key in the file ``path`` names (surrounding whitespace dropped); None when there is
+    no such file (the Secret is optional) or it is empty."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            key = f.read().strip()
+    except OSError:
+        return None
+    return key or None
+
+
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -52,7 +66,7 @@ class CompletionIds:
     def __init__(self, key: bytes | None = None) -> None:
         if key is None:
             env = os.environ.get(FEEDBACK_KEY_ENV, "")
-            key = env.encode() if env else None
+            key = env.encode() if env else _key_file(os.environ.get(FEEDBACK_KEY_FILE_ENV, ""))
         self.shared = key is not None
         if key is None:
             log.warning(

@@ -109,6 +109,7 @@ class Endpoint:
         self.usage_sync: UsageSync | None = None
         self._store = store
         self.replica_id = uuid.uuid4().hex
+        self._watch_task: asyncio.Task[None] | None = None
         self.routes = RouteTable(
             [
                 Route("POST", "/v1/chat/completions", self._chat),
@@ -139,8 +140,12 @@ class Endpoint:
         return self.book.health
 
     def start_probes(self) -> None:
-        """Start the background work: readiness probes, and publishing the in-flight gauge."""
+        """Start the background work: readiness probes, publishing the in-flight gauge, and
+        following the router artifact file (a new version is swapped in place)."""
         self.probes.start()
+        watch = getattr(self.ranker, "watch", None)
+        if watch is not None and self._watch_task is None:
+            self._watch_task = asyncio.get_running_loop().create_task(watch())
 
     def publish_in_flight(self) -> None:
         self.probes.publish_in_flight()
@@ -242,6 +247,9 @@ class Endpoint:
             client = self.clients.get(base)
             if client is None:
                 entry["shoal"] = {"routes": self.ranker.strategy}
+                version = getattr(self.ranker, "version", None)
+                if version is not None:
+                    entry["shoal"]["router_version"] = version
             else:
                 entry["shoal"] = {"tier": client.info.tier, "engine": client.info.engine}
                 if adapter:
@@ -391,6 +399,8 @@ class Endpoint:
                 self.metrics.exploration(chosen)
         if ranking.cluster is not None:
             headers["x-shoal-cluster"] = str(ranking.cluster)
+        if ranking.version is not None:
+            headers["x-shoal-router-version"] = str(ranking.version)
         return models, headers
 
     def _capable(

@@ -9,19 +9,29 @@
 - ``static`` strategy: the policy's ``staticOrder``.
 
 Either way the policy's ``fallbackModel`` is appended last when it is not already ranked.
+
+The cluster ranker follows its artifact file: when the operator writes a new artifact version
+(a refit from feedback; Kubernetes then swaps the mounted ConfigMap file atomically), the
+ingress's :meth:`ClusterRanker.watch` loop notices within :data:`ARTIFACT_POLL_SECONDS`,
+loads the new router off the event loop and swaps it in with one assignment: a request
+ranks with the old router or the new one, never a mix, and none is dropped. A file that does
+not load (torn, corrupt, or ranking models the fleet lacks) is logged and the router in use
+stays.
 :class:`HealthBoard` remembers which models failed recently so the ingress skips them for a
 cooldown. Both are plain Python, testable without Ray.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shoal.api.v1alpha1 import RoutingPolicySpec
 from shoal.contract import EMBEDDER_API_KEY_ENV, BuildArgs
@@ -30,6 +40,9 @@ if TYPE_CHECKING:
     from shoal.routing import Embedder
 
 log = logging.getLogger(__name__)
+
+#: How often an ingress replica looks at its router artifact file for a new version.
+ARTIFACT_POLL_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,8 @@ class Ranking:
     strategy: str
     #: Each model's blended score in [0, 1] (cluster strategy), for exploration.
     scores: dict[str, float] | None = None
+    #: Version of the router artifact that ranked (cluster strategy).
+    version: int | None = None
 
 
 class Ranker(Protocol):
@@ -81,39 +96,128 @@ class ClusterRanker:
         fallback: str | None,
         policy: RoutingPolicySpec | None = None,
     ) -> None:
-        from shoal.routing import load_router, read_artifact_info
-
+        self.path = artifact
+        self.fleet_models = list(fleet_models)
+        self.policy = policy
+        self.fallback = fallback
+        self.reloads = 0
         with open(artifact, "rb") as f:
             data = f.read()
-        dim = read_artifact_info(data).embedder_dim
-        self.router = load_router(data, embedder=remote_embedder(policy, dim))
+        self._stat = _stat_of(artifact)
+        self._digest = hashlib.sha256(data).hexdigest()
+        self._refused: str | None = None
+        self.router = self._load(data, None)
         self.blocking = not self.router.embedder.name.startswith(self.INLINE_EMBEDDERS)
-        known = set(fleet_models)
-        missing = [m for m in self.router.models if m not in known]
+
+    def _load(self, data: bytes, current: Any) -> Any:
+        """A router over ``data``; the current router's embedder kept when the artifact
+        names the same one (a refit changes tables, not the embedder)."""
+        from shoal.routing import load_router, read_artifact_info
+
+        info = read_artifact_info(data)
+        embedder = None
+        if current is not None and (current.embedder.name, current.embedder.dim) == (
+            info.embedder,
+            info.embedder_dim,
+        ):
+            embedder = current.embedder
+        router = load_router(
+            data, embedder=embedder or remote_embedder(self.policy, info.embedder_dim)
+        )
+        known = set(self.fleet_models)
+        missing = [m for m in router.models if m not in known]
         if missing:
             raise ValueError(
                 f"router artifact ranks models the fleet does not have: {', '.join(missing)}"
             )
-        self.fallback = fallback
+        return router
+
+    @property
+    def version(self) -> int:
+        """Version of the artifact in use (1 as fitted, one more per refit)."""
+        return int(self.router.info.version)
+
+    @property
+    def checksum(self) -> str:
+        """Checksum of the artifact in use."""
+        return str(self.router.info.checksum)
+
+    def reload(self) -> bool:
+        """Load the artifact file again if it changed; True when a new router is in use.
+
+        Blocking (reads and decodes the file): :meth:`watch` calls it off the event loop.
+        """
+        stat = _stat_of(self.path)
+        if stat is None or stat == self._stat:
+            return False
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            log.warning("cannot read the router artifact %s: %s", self.path, exc)
+            return False
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in (self._digest, self._refused):
+            self._stat = stat
+            return False
+        try:
+            router = self._load(data, self.router)
+        except Exception as exc:  # keep serving with the router in use
+            log.warning("router artifact %s not loaded, keeping version %d: %s",
+                        self.path, self.version, exc)  # fmt: skip
+            self._refused = digest
+            self._stat = stat
+            return False
+        old = self.version
+        self.router = router  # one assignment: a request sees the old router or the new one
+        self._stat, self._digest = stat, digest
+        self.reloads += 1
+        log.info("router artifact version %d in use (was %d), %s", self.version, old,
+                 self.checksum[:19])  # fmt: skip
+        return True
+
+    async def watch(self, every: float = ARTIFACT_POLL_SECONDS) -> None:
+        """Follow the artifact file until cancelled (one ingress replica's background task)."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await asyncio.to_thread(self.reload)
+            except Exception:  # never let the watcher die
+                log.exception("router artifact reload failed")
 
     def rank(self, text: str, alpha: float | None = None) -> Ranking:
         from shoal.routing import EmbedderUnavailable
 
+        router = self.router  # the one this request ranks with, whatever a reload does
+        version = int(router.info.version)
         started = time.perf_counter()
         try:
-            decision = self.router.rank(text, alpha=alpha)
+            decision = router.rank(text, alpha=alpha)
         except EmbedderUnavailable as exc:  # a remote embedder is down: route by the tables
             log.warning("routing without the query's embedding: %s", exc)
-            models = self.router.rank_unembedded(alpha=alpha)
+            models = router.rank_unembedded(alpha=alpha)
             elapsed = (time.perf_counter() - started) * 1000.0
-            return Ranking(_with_fallback(models, self.fallback), None, elapsed, self.strategy)
+            return Ranking(
+                _with_fallback(models, self.fallback), None, elapsed, self.strategy, None, version
+            )
         return Ranking(
             _with_fallback(list(decision.models), self.fallback),
             decision.cluster,
             decision.elapsed_ms,
             self.strategy,
             dict(decision.scores),
+            version,
         )
+
+
+def _stat_of(path: str) -> tuple[int, int, int] | None:
+    """What changes when the file is replaced (Kubernetes swaps a ConfigMap's files through
+    a symlink, which ``stat`` follows); None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def _with_fallback(order: list[str], fallback: str | None) -> list[str]:

@@ -132,10 +132,40 @@ def test_every_ray_container_runs_ray_serve_in_the_fleets_mode() -> None:
     """HAProxy and direct ingress must be on for every node alike, whatever image runs."""
     rs = desired_children(fleet(), policy(), ART, PlanSettings()).rayservice
     for name, container in _ray_containers(rs).items():
-        env = {e["name"]: e.get("value") for e in container["env"]}
+        env = {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("RAY_")}
         assert env == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}, (
             name
         )
+
+
+def test_feedback_key_reaches_every_ray_pod_from_the_fleets_secret() -> None:
+    """Every ingress replica signs and verifies completion ids with the same key, from the
+    fleet's Secret mounted as a file (never a value in the pod spec, its environment or
+    serveConfigV2)."""
+    rs = desired_children(fleet(), policy(), ART, PlanSettings()).rayservice
+    for group in [rs["spec"]["rayClusterConfig"]["headGroupSpec"],
+                  *rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]]:  # fmt: skip
+        spec = group["template"]["spec"]
+        container = spec["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["SHOAL_FEEDBACK_KEY_FILE"] == {
+            "name": "SHOAL_FEEDBACK_KEY_FILE", "value": "/etc/shoal/feedback/key"}  # fmt: skip
+        assert "SHOAL_FEEDBACK_KEY" not in env
+        assert {"name": "feedback-key", "mountPath": "/etc/shoal/feedback",
+                "readOnly": True} in container["volumeMounts"]  # fmt: skip
+        (volume,) = [v for v in spec["volumes"] if v["name"] == "feedback-key"]
+        assert volume["secret"] == {"secretName": "f-feedback-key", "optional": True,
+                                    "items": [{"key": "key", "path": "key"}]}  # fmt: skip
+    assert "SHOAL_FEEDBACK_KEY" not in rs["spec"]["serveConfigV2"]
+
+
+def test_feedback_key_secret_is_owned_by_the_fleet() -> None:
+    from shoal.planning.children import desired_feedback_key_secret
+
+    s = desired_feedback_key_secret(fleet(), "k" * 64)
+    assert s["metadata"]["name"] == "f-feedback-key"
+    assert s["metadata"]["ownerReferences"][0]["kind"] == "ModelFleet"
+    assert s["stringData"] == {"key": "k" * 64}
 
 
 def test_operator_overrides_reach_every_ray_container() -> None:

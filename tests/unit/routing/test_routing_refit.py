@@ -123,3 +123,30 @@ def test_no_feedback_and_mismatched_feedback_are_refused() -> None:
         now=NOW,
     )
     assert not other.accepted and "another artifact" in other.message
+
+
+def test_calibration_set_and_stored_feedback_follow_the_artifact() -> None:
+    from shoal.routing import read_artifact_info
+    from shoal.routing.refit import calibration_set, same_feedback, stored_feedback
+
+    blob, cal = fitted()
+    samples = topic_samples()
+    built = calibration_set(samples, EMB, ["mathy", "wordy"])
+    assert np.allclose(built.vectors, cal.vectors) and np.allclose(built.quality, cal.quality)
+    with pytest.raises(ValueError, match="lack scores for nope"):
+        calibration_set(samples, EMB, ["mathy", "nope"])
+    assert stored_feedback(blob) is None
+    info = read_artifact_info(blob)
+    assert (info.version, info.refit_at) == (1, None)
+    fb = Feedback.zeros(2, 2)
+    fb.events[0, 0], fb.score_sum[0, 0] = 20.0, 19.0
+    out = refit_artifact(
+        blob, fb, prior_weight=8, calibration=None, max_regression=0.01, now=NOW, min_events=1
+    )
+    assert out.accepted and out.artifact is not None
+    info = read_artifact_info(out.artifact)
+    assert (info.version, info.refit_at) == (2, NOW)
+    assert same_feedback(fb, stored_feedback(out.artifact))
+    more = Feedback(fb.events + 1, fb.score_sum)
+    assert not same_feedback(more, stored_feedback(out.artifact))
+    assert not same_feedback(fb, None)

@@ -56,3 +56,18 @@ def test_feedback_bodies_are_checked(body: dict[str, Any], param: str) -> None:
 
 def test_feedback_body() -> None:
     assert parse_feedback(b'{"id": "chatcmpl-x", "score": 1}') == ("chatcmpl-x", 1.0)
+
+
+def test_the_key_comes_from_a_file_where_the_environment_has_none(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a cluster the fleet's Secret is mounted as a file; replicas that read it agree."""
+    path = tmp_path / "key"
+    path.write_text("s3cret-key-of-the-fleet\n")
+    monkeypatch.delenv("SHOAL_FEEDBACK_KEY", raising=False)
+    monkeypatch.setenv("SHOAL_FEEDBACK_KEY_FILE", str(path))
+    one, other = CompletionIds(), CompletionIds()
+    assert one.shared and other.verify(one.issue("chatcmpl-", "math", 1)).model == "math"
+    assert CompletionIds(b"s3cret-key-of-the-fleet").verify(one.issue("cmpl-", "m", 0)).cluster == 0
+    monkeypatch.setenv("SHOAL_FEEDBACK_KEY_FILE", str(tmp_path / "absent"))  # optional Secret
+    assert not CompletionIds().shared

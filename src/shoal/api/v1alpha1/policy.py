@@ -9,9 +9,9 @@ order. The operator fits the router artifact from ``calibration`` and reports it
 from __future__ import annotations
 
 from datetime import datetime
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from shoal.api.v1alpha1.common import (
     ApiModel,
@@ -28,6 +28,8 @@ from shoal.api.v1alpha1.common import (
 
 Strategy = Literal["cluster", "static"]
 EmbedderType = Literal["minilm", "multilingual-e5", "openai"]
+#: A percentage in [0, 100] with at most two places: "0", "1.0", "2.5", "100".
+PERCENT = r"^(100(\.0{1,2})?|[1-9]?[0-9](\.[0-9]{1,2})?)$"
 CALIBRATION_URI = r"^((s3|gs)://[a-z0-9][a-z0-9.-]*[a-z0-9]|https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?)/[A-Za-z0-9._~/%+=-]+$"
 
 
@@ -141,6 +143,44 @@ class ExplorationSpec(ApiModel):
     )
 
 
+class FeedbackSpec(ApiModel):
+    """Refit the router from client feedback (``POST /v1/feedback`` on the fleets' answers).
+
+    On an interval the operator reads the feedback counts of every fleet that uses the policy
+    from Prometheus, blends them into each cluster's per-model quality (a posterior whose
+    prior is the calibration table, worth ``priorWeight`` feedback events) and writes a new
+    artifact version, unless that would make the router worse on the calibration set by more
+    than ``maxCalibrationRegressionPercent`` points."""
+
+    enabled: bool = Field(default=False, description="Refit the router from feedback.")
+    prior_weight: int = Field(
+        default=8,
+        ge=0,
+        le=1_000_000,
+        description="Feedback events the calibration value of a cluster and model is worth: "
+        "a cell with this many events weighs feedback and calibration alike.",
+    )
+    refit_interval_seconds: int = Field(
+        default=600,
+        ge=30,
+        le=86_400,
+        description="Seconds between two refits (at least 30).",
+    )
+    min_events: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000_000,
+        description="Feedback events needed (all fleets of the policy together) before a refit.",
+    )
+    max_calibration_regression_percent: Annotated[
+        str, StringConstraints(max_length=6, pattern=PERCENT)
+    ] = Field(
+        default="1.0",
+        description="A refit that scores more than this many points (percent) below the "
+        "calibration fit on the calibration set is refused (decimal in [0, 100]).",
+    )
+
+
 class RoutingPolicySpec(ApiModel):
     """Desired routing behaviour."""
 
@@ -190,6 +230,11 @@ class RoutingPolicySpec(ApiModel):
         description="Send a capped share of requests to near-best models, for feedback "
         "(cluster strategy; off by default).",
     )
+    feedback: FeedbackSpec | None = Field(
+        default=None,
+        description="Refit the router's quality tables from client feedback (cluster "
+        "strategy; off by default).",
+    )
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
@@ -213,6 +258,14 @@ class RoutingPolicySpec(ApiModel):
             field_path=".staticOrder",
             reason="FieldValueRequired",
         ),
+        Rule(
+            cel="self.strategy == 'cluster' || !has(self.feedback) || !self.feedback.enabled",
+            message="feedback.enabled needs the cluster strategy (a static order has no "
+            "quality tables to refit)",
+            check=lambda s: s.strategy == "cluster" or s.feedback is None or not s.feedback.enabled,
+            field_path=".feedback.enabled",
+            reason="FieldValueForbidden",
+        ),
     )
 
 
@@ -226,6 +279,12 @@ class RouterArtifactStatus(ApiModel):
     samples: int = Field(ge=0, description="Calibration samples it was fitted on.")
     clusters: int = Field(ge=0, description="Clusters in the artifact.")
     models: list[str] = Field(default_factory=list, description="Models it knows about.")
+    version: int = Field(
+        default=1, ge=1, description="Artifact version: 1 when fitted, one more per refit."
+    )
+    refit_at: datetime | None = Field(
+        default=None, description="When it was refit from feedback (none: as fitted)."
+    )
 
 
 class RoutingPolicyStatus(ApiModel):
@@ -236,11 +295,26 @@ class RoutingPolicyStatus(ApiModel):
     )
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Ready and Fitted conditions.",
+        description="Ready, Fitted and (with feedback enabled) RouterRefit conditions.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     artifact: RouterArtifactStatus | None = Field(
         default=None, description="The current router artifact."
+    )
+    router_artifact_version: int | None = Field(
+        default=None,
+        ge=1,
+        description="Version of the router artifact in use: 1 when fitted from calibration "
+        "data, one more at every accepted refit from feedback.",
+    )
+    last_refit_time: datetime | None = Field(
+        default=None, description="When the router was last refit from feedback."
+    )
+    feedback_events: int | None = Field(
+        default=None,
+        ge=0,
+        description="Feedback events counted for the router's clusters at the last refit "
+        "attempt (every fleet of the policy together).",
     )
 
 

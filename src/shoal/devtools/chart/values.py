@@ -403,6 +403,15 @@ class Rbac(ChartModel):
         "starts (KubeRay's, say). Off: strictly namespaced; restart the operator after "
         "installing CRDs.",
     )
+    feedback_keys: bool = Field(
+        default=True,
+        description="Grant create (only) on Secrets in the watched namespaces, so the operator "
+        "makes each fleet's completion-id signing key (Secret <fleet>-feedback-key, a random "
+        "key, created where none exists and never read back) and every ingress replica "
+        "attributes client feedback alike. Off: create that Secret yourself (key: key), or "
+        "each replica signs with a key of its own and feedback reaches only the replica "
+        "that answered.",
+    )
     embedder_secrets: bool = Field(
         default=False,
         description="Grant get on Secrets in the watched namespaces, so the operator can read "

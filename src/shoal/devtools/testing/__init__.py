@@ -2,6 +2,7 @@
 
 - :mod:`shoal.devtools.testing.controlplane` starts etcd and kube-apiserver (built by
   ``hack/build-control-plane.sh``) on loopback and installs the CRDs.
+- :mod:`shoal.devtools.testing.prometheus` runs a real Prometheus scraping given targets.
 - :func:`require` turns "this server is not here" into a visible skip, or into a failure
   where servers are required (``SHOAL_REQUIRE_SERVERS=1``, as ``make test`` and CI set it).
 """

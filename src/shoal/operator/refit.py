@@ -1,0 +1,465 @@
+"""The router's refit from client feedback: read the counts, refit, store the new version.
+
+Run for every RoutingPolicy with ``spec.feedback.enabled`` by the operator's periodic loop
+(:mod:`shoal.operator.resync`, schedule "router refit", at the re-check cadence); a policy is
+refit at most once per ``spec.feedback.refitIntervalSeconds``. One attempt:
+
+1. reads, from Prometheus, the cumulative feedback counts (``shoal_feedback_total``) and score
+   sums (``shoal_feedback_score_total``) per model and router cluster of *every fleet that
+   uses the policy*, summed over those fleets. The fleets serve the same artifact (the
+   policy's), so a cluster index means the same queries in each, and a model's answers on a
+   cluster are evidence of its quality there whichever fleet served them: one posterior from
+   all of them learns fastest and keeps the fleets routing alike. Feedback on answers the
+   router did not route (a model named in the request: no cluster) and on models the router
+   does not rank (a fallback model outside the artifact) cannot move a table and is left out;
+2. blends them with the calibration table (:func:`shoal.routing.refit.refit_artifact`, the
+   prior worth ``priorWeight`` events), and checks the refit router on the calibration set
+   (embedded once per calibration fit and kept in memory);
+3. accepted: writes the new artifact version into the policy's artifact ConfigMap (the fit's
+   fingerprint kept, so the policy's reconcile reports it rather than refitting) and the
+   status (``artifact``, ``routerArtifactVersion``, ``lastRefitTime``, ``feedbackEvents``,
+   ``RouterRefit=True``); the fleets then follow like after a fit, and each ingress replica
+   swaps to the new version in place (:mod:`shoal.serving.ranking`);
+4. refused: ``RouterRefit=False`` with the reason (``NoFeedback``, ``WorseOnCalibration``,
+   ``FeedbackMismatch``, ``MetricsUnavailable``) and a Warning event; the artifact in use
+   stays.
+
+The counts are cumulative, and the prior is always the calibration table, so a refit never
+compounds an earlier one and a refit from unchanged counts is skipped (no new version).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+import httpx
+
+from shoal.api.v1alpha1 import API_VERSION, RoutingPolicy
+from shoal.api.v1alpha1.policy import RouterArtifactStatus
+from shoal.operator import events
+from shoal.operator.gateway import WRITE_ERRORS, KubeGateway
+from shoal.operator.policies import (
+    CalibrationUnavailable,
+    artifact_status,
+    fit_fingerprint,
+    read_api_key,
+    read_calibration,
+)
+from shoal.planning import names
+from shoal.planning.artifacts import FINGERPRINT_ANNOTATION, artifact_configmap
+from shoal.planning.conditions import set_condition
+from shoal.planning.status import ROUTER_REFIT
+
+log = logging.getLogger(__name__)
+
+#: Reason of ``RouterRefit=False`` when Prometheus cannot be read.
+METRICS_UNAVAILABLE = "MetricsUnavailable"
+#: Metric names of the feedback counters, as the ingress writes them and as Ray's metrics
+#: agent exports them (``ray_`` prefix).
+EVENTS = ("shoal_feedback_total", "ray_shoal_feedback_total")
+SCORES = ("shoal_feedback_score_total", "ray_shoal_feedback_score_total")
+
+
+class FeedbackUnavailable(Exception):
+    """The feedback counts cannot be read (Prometheus down, not configured, or erroring)."""
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    """One (model, cluster) cell's cumulative counts, all the policy's fleets together."""
+
+    model: str
+    cluster: str
+    events: float
+    score_sum: float
+
+
+class FeedbackSource(Protocol):
+    """Where feedback counts come from (Prometheus in a cluster)."""
+
+    def counts(self, fleets: Sequence[str]) -> list[FeedbackRow]: ...
+
+
+def _fleet_matcher(fleets: Sequence[str]) -> str:
+    # Fleet names are DNS names: a dot is the only regex metacharacter they can hold.
+    return "|".join(f.replace(".", "\\\\.") for f in sorted(fleets))
+
+
+def feedback_queries(fleets: Sequence[str], extra_matchers: str = "") -> dict[str, str]:
+    """PromQL of the feedback counts of ``fleets``, summed by model and cluster (pure)."""
+    sel = f'fleet=~"{_fleet_matcher(fleets)}"' + (f", {extra_matchers}" if extra_matchers else "")
+
+    def summed(metric_names: Sequence[str]) -> str:
+        # One term per spelling joined with `or`, as the autoscaler's queries do.
+        return " or ".join(f"sum by (model, cluster) ({n}{{{sel}}})" for n in metric_names)
+
+    return {"events": summed(EVENTS), "score_sum": summed(SCORES)}
+
+
+def _vector(body: Any) -> dict[tuple[str, str], float]:
+    if not isinstance(body, dict) or body.get("status") != "success":
+        error = body.get("error") if isinstance(body, dict) else None
+        raise FeedbackUnavailable(f"Prometheus refused the query: {error or 'malformed answer'}")
+    data = body.get("data") or {}
+    if data.get("resultType") != "vector":
+        raise FeedbackUnavailable(f"Prometheus answered a {data.get('resultType')!r}, not a vector")
+    out: dict[tuple[str, str], float] = {}
+    for item in data.get("result") or []:
+        metric = item.get("metric") or {}
+        try:
+            value = float((item.get("value") or (None, "nan"))[1])
+        except (TypeError, ValueError):
+            continue
+        if value == value and value >= 0:  # not NaN
+            out[(str(metric.get("model", "")), str(metric.get("cluster", "")))] = value
+    return out
+
+
+class PrometheusFeedback:
+    """Feedback counts from a Prometheus server's ``/api/v1/query``."""
+
+    def __init__(
+        self, url: str, *, timeout: float = 5.0, client: httpx.Client | None = None
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._client = client or httpx.Client(timeout=timeout)
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        self._client.close()
+
+    def _query(self, promql: str) -> dict[tuple[str, str], float]:
+        try:
+            resp = self._client.get(f"{self.url}/api/v1/query", params={"query": promql})
+        except httpx.HTTPError as exc:
+            raise FeedbackUnavailable(f"Prometheus at {self.url} is unreachable: {exc}") from exc
+        try:
+            body = resp.json()
+        except ValueError as exc:
+            raise FeedbackUnavailable(
+                f"Prometheus at {self.url} answered HTTP {resp.status_code}, not JSON"
+            ) from exc
+        return _vector(body)
+
+    def counts(self, fleets: Sequence[str]) -> list[FeedbackRow]:
+        """Every (model, cluster) with feedback; :class:`FeedbackUnavailable` on failure."""
+        queries = feedback_queries(fleets)
+        events_by = self._query(queries["events"])
+        scores_by = self._query(queries["score_sum"])
+        return [
+            FeedbackRow(model, cluster, n, scores_by.get((model, cluster), 0.0))
+            for (model, cluster), n in sorted(events_by.items())
+        ]
+
+
+class NoFeedbackSource:
+    """What the operator uses without ``SHOAL_PROMETHEUS_URL``: every read fails, saying so."""
+
+    def counts(self, fleets: Sequence[str]) -> list[FeedbackRow]:
+        raise FeedbackUnavailable(
+            "no Prometheus configured (SHOAL_PROMETHEUS_URL is empty): the operator cannot "
+            "read the feedback counts; set it (Helm value prometheus.url)"
+        )
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Feedback rows sorted into what can move the router's tables and what cannot."""
+
+    records: list[tuple[int, str, float, float]]
+    unrouted: float
+    unranked: float
+    foreign: list[str]
+
+
+def tally(rows: Sequence[FeedbackRow], models: Sequence[str], clusters: int) -> Tally:
+    """Usable ``(cluster, model, events, score_sum)`` records from ``rows`` (pure).
+
+    Rows without a cluster (requests that named a model) and rows of models the router does
+    not rank are counted aside; a cluster index outside the router's is *foreign*: feedback
+    counted against another fit's clusters. Score sums are capped at the events (the two
+    counters are scraped a moment apart).
+    """
+    known = set(models)
+    records: list[tuple[int, str, float, float]] = []
+    unrouted = unranked = 0.0
+    foreign: list[str] = []
+    for row in rows:
+        if row.model not in known:
+            unranked += row.events
+            continue
+        if row.cluster == "":
+            unrouted += row.events
+            continue
+        try:
+            cluster = int(row.cluster)
+        except ValueError:
+            cluster = -1
+        if not 0 <= cluster < clusters:
+            foreign.append(row.cluster)
+            continue
+        records.append((cluster, row.model, row.events, min(row.score_sum, row.events)))
+    return Tally(records, unrouted, unranked, sorted(set(foreign)))
+
+
+@dataclass
+class RefitState:
+    """The operator's refit memory: when each policy was last attempted, and calibration
+    sets already embedded (one per policy, for the fit they belong to)."""
+
+    source: FeedbackSource
+    attempted: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
+    calibration: dict[tuple[str, str], tuple[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def from_url(cls, url: str) -> RefitState:
+        return cls(PrometheusFeedback(url) if url else NoFeedbackSource())
+
+
+#: Reasons after which the next attempt waits a whole refit interval (the others are retried
+#: at the re-check cadence: feedback may arrive, Prometheus may come back).
+_SETTLED = ("Refit", "WorseOnCalibration", "Unchanged")
+
+
+@dataclass(frozen=True)
+class RefitOutcome:
+    """What one attempt did (``reason`` as in the condition; ``Unchanged``: no new feedback)."""
+
+    attempted: bool
+    reason: str = ""
+    message: str = ""
+    version: int | None = None
+    status_changed: bool = False
+
+
+def feedback_enabled(body: Any) -> bool:
+    """Whether a policy object asks for refits (cheap: no validation)."""
+    spec = body.get("spec") or {}
+    return spec.get("strategy", "cluster") == "cluster" and bool(
+        (spec.get("feedback") or {}).get("enabled")
+    )
+
+
+def _embedded_calibration(
+    gw: KubeGateway, state: RefitState, policy: RoutingPolicy, models: Sequence[str]
+) -> tuple[str, Any]:
+    """(fit fingerprint, CalibrationSet) of the policy's calibration data, embedded once."""
+    from shoal.routing import embedder_for_policy, parse_calibration
+    from shoal.routing.refit import calibration_set
+
+    data, source = read_calibration(gw, policy)
+    fp = fit_fingerprint(policy, data)
+    key = (policy.metadata.namespace or "default", policy.metadata.name)
+    cached = state.calibration.get(key)
+    if cached is not None and cached[0] == fp:
+        return cached
+    spec = policy.spec.embedder
+    embedder = embedder_for_policy(
+        spec.type, endpoint=spec.endpoint, model=spec.model, api_key=read_api_key(gw, policy)
+    )
+    cal = calibration_set(parse_calibration(data, source=source), embedder, models)
+    state.calibration[key] = (fp, cal)
+    return fp, cal
+
+
+def refit_policy(
+    gw: KubeGateway,
+    state: RefitState,
+    body: Any,
+    fleets: Sequence[str],
+    now: datetime,
+    clock: float | None = None,
+) -> RefitOutcome:
+    """One refit attempt for the policy ``body`` (see the module docstring); never raises for
+    a missing or unreadable input, which it reports in the ``RouterRefit`` condition."""
+    if not feedback_enabled(body):
+        return RefitOutcome(False)
+    policy = RoutingPolicy.model_validate(dict(body))
+    feedback = policy.spec.feedback
+    assert feedback is not None
+    ns, name = policy.metadata.namespace or "default", policy.metadata.name
+    previous = policy.status
+    kept = previous.artifact if previous else None
+    if kept is None:
+        return RefitOutcome(False, message="no fitted artifact yet")
+    tick = time.monotonic() if clock is None else clock
+    last = state.attempted.get((ns, name))
+    if (
+        last is not None
+        and last[1] in _SETTLED
+        and tick - last[0] < feedback.refit_interval_seconds
+    ):
+        return RefitOutcome(False, message="refit interval not over")
+    from shoal.routing import artifact_checksum
+
+    cm = gw.get("v1", "ConfigMap", ns, kept.config_map)
+    blob = base64.b64decode(((cm or {}).get("binaryData") or {}).get(names.ARTIFACT_KEY, ""))
+    if cm is None or artifact_checksum(blob) != kept.checksum:
+        return RefitOutcome(False, message="the artifact ConfigMap does not hold the artifact")
+    outcome = _attempt(_Job(gw, body, policy, now), state, blob, kept, fleets)
+    state.attempted[(ns, name)] = (tick, outcome.reason)
+    return outcome
+
+
+def _attempt(
+    job: _Job, state: RefitState, blob: bytes, kept: RouterArtifactStatus, fleets: Sequence[str]
+) -> RefitOutcome:
+    from shoal.routing.refit import (
+        MISMATCH,
+        NO_FEEDBACK,
+        Feedback,
+        refit_artifact,
+        same_feedback,
+        stored_feedback,
+    )
+
+    gw, policy, now = job.gw, job.policy, job.now
+    feedback = policy.spec.feedback
+    assert feedback is not None
+    if not fleets:
+        return _report(job, None, False, NO_FEEDBACK, "no fleet uses this policy", None)
+    try:
+        rows = state.source.counts(fleets)
+    except FeedbackUnavailable as exc:
+        return _report(
+            job, None, False, METRICS_UNAVAILABLE,
+            f"cannot read the feedback counts: {exc}; the router keeps version {kept.version}",
+            None,
+        )  # fmt: skip
+    t = tally(rows, kept.models, kept.clusters)
+    if t.foreign:
+        return _report(
+            job, None, False, MISMATCH,
+            f"feedback names clusters {', '.join(t.foreign)}, the router has {kept.clusters}: "
+            "it was counted for another fit (the ingress serves an older artifact, or the "
+            "fleets' metrics mix routers); the router keeps its tables until the counts match",
+            None,
+        )  # fmt: skip
+    fb = Feedback.from_records(t.records, models=kept.models, clusters=kept.clusters)
+    aside = ""
+    if t.unrouted or t.unranked:
+        aside = (
+            f" ({round(t.unrouted)} events on answers of a named model and "
+            f"{round(t.unranked)} on models the router does not rank were left out)"
+        )
+    if fb.total >= feedback.min_events and same_feedback(fb, stored_feedback(blob)):
+        message = f"no new feedback since version {kept.version}"
+        conds = policy.status.conditions if policy.status else []
+        before = next((c for c in conds if c.type == ROUTER_REFIT), None)
+        if before is None or before.status != "True":  # after an outage, say all is well
+            _report(job, None, True, "Refit", f"version {kept.version} in use; {message}", fb.total)
+        return RefitOutcome(True, "Unchanged", message, kept.version)
+    try:
+        fp, cal = _embedded_calibration(gw, state, policy, kept.models)
+    except CalibrationUnavailable as exc:
+        return _report(
+            job, None, False, exc.problem.reason,
+            f"cannot check a refit on the calibration set: {exc.problem.message}", fb.total,
+        )  # fmt: skip
+    except Exception as exc:  # embedder down, bad calibration rows: the fit reports them too
+        return _report(
+            job, None, False, "CalibrationUnavailable",
+            f"cannot check a refit on the calibration set: {exc}", fb.total,
+        )  # fmt: skip
+    result = refit_artifact(
+        blob,
+        fb,
+        prior_weight=float(feedback.prior_weight),
+        calibration=cal,
+        max_regression=float(Decimal(feedback.max_calibration_regression_percent)) / 100.0,
+        now=now,
+        min_events=feedback.min_events,
+    )
+    if not result.accepted or result.artifact is None:
+        message = result.message
+        if result.reason == NO_FEEDBACK:
+            message = (
+                f"{fb.total} feedback events on the router's clusters from fleets "
+                f"{', '.join(sorted(fleets))}; a refit needs {feedback.min_events} "
+                "(spec.feedback.minEvents)" + aside
+            )
+        else:
+            message += (
+                f"; the router keeps version {kept.version}. Check the feedback scores the "
+                "clients send, or raise spec.feedback.maxCalibrationRegressionPercent or "
+                "priorWeight to trust the calibration data more"
+            )
+        return _report(job, None, False, result.reason, message, fb.total)
+    ns = policy.metadata.namespace or "default"
+    existing = gw.get("v1", "ConfigMap", ns, kept.config_map) or {}
+    fingerprint = ((existing.get("metadata") or {}).get("annotations") or {}).get(
+        FINGERPRINT_ANNOTATION, fp
+    )
+    artifact = artifact_status(kept.config_map, result.artifact)
+    try:
+        gw.apply(artifact_configmap(policy, result.artifact, fingerprint, artifact.checksum))
+    except WRITE_ERRORS as exc:
+        return _report(
+            job, None, False, exc.reason, f"cannot store the refit artifact: {exc}", fb.total
+        )
+    return _report(job, artifact, True, result.reason, result.message + aside, fb.total)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One attempt's inputs."""
+
+    gw: KubeGateway
+    body: Any
+    policy: RoutingPolicy
+    now: datetime
+
+
+def _report(
+    job: _Job,
+    artifact: RouterArtifactStatus | None,
+    ok: bool,
+    reason: str,
+    message: str,
+    events_seen: int | None,
+) -> RefitOutcome:
+    """Write the attempt into the policy's status (and an event when it changed anything)."""
+    policy = job.policy
+    ns, name = policy.metadata.namespace or "default", policy.metadata.name
+    previous = policy.status
+    conds = list(previous.conditions) if previous else []
+    before = next((c for c in conds if c.type == ROUTER_REFIT), None)
+    conds = set_condition(
+        conds,
+        type=ROUTER_REFIT,
+        status=ok,
+        reason=reason,
+        message=message,
+        generation=policy.metadata.generation,
+        now=job.now,
+    )
+    patch: dict[str, Any] = {
+        "conditions": [c.model_dump(mode="json", by_alias=True) for c in conds],
+    }
+    if events_seen is not None:
+        patch["feedbackEvents"] = events_seen
+    if artifact is not None:
+        patch["artifact"] = artifact.model_dump(mode="json", by_alias=True)
+        patch["routerArtifactVersion"] = artifact.version
+        patch["lastRefitTime"] = artifact.model_dump(mode="json", by_alias=True)["refitAt"]
+    old = previous.model_dump(mode="json", by_alias=True) if previous else {}
+    changed = any(old.get(k) != v for k, v in patch.items())
+    if changed:
+        job.gw.patch_status(API_VERSION, RoutingPolicy.KIND, ns, name, patch)
+    from shoal.routing.refit import NO_FEEDBACK
+
+    if artifact is not None:
+        events.post(job.body, warning=False, reason="Refit", message=message)
+    elif reason != NO_FEEDBACK and (before is None or before.reason != reason):
+        # A refusal is a Warning once per verdict (not "no feedback yet", which is normal).
+        events.post(job.body, warning=True, reason=reason, message=message)
+    in_use = artifact or (previous.artifact if previous else None)
+    log.info("router refit of %s/%s: %s: %s", ns, name, reason, message)
+    return RefitOutcome(True, reason, message, in_use.version if in_use else None, changed)
