@@ -237,14 +237,16 @@ def test_rbac_scope_follows_the_mode(name: str) -> None:
 
 
 def test_secrets_get_only_where_a_value_asks_for_it() -> None:
-    """Secrets: get by name, and only with rbac.embedderSecrets or rbac.tenantSecrets."""
+    """Secrets: get by name, and only with rbac.embedderSecrets or rbac.tenantSecrets; create
+    (never read) for the fleets' feedback keys unless rbac.feedbackKeys is off."""
 
     def secret_rules(values: dict[str, Any]) -> list[dict[str, Any]]:
         return [r for _, r in _rules(render(values)) if "secrets" in r["resources"]]
 
-    assert secret_rules({}) == []
+    assert [r["verbs"] for r in secret_rules({})] == [["create"]]
+    assert secret_rules({"rbac": {"feedbackKeys": False}}) == []
     for flag in ("embedderSecrets", "tenantSecrets"):
-        (rule,) = secret_rules({"rbac": {flag: True}})
+        (rule,) = secret_rules({"rbac": {flag: True, "feedbackKeys": False}})
         assert rule["verbs"] == ["get"] and rule["resources"] == ["secrets"]
     routes = [r for _, r in _rules(render()) if "httproutes" in r["resources"]]
     assert routes and routes[0]["apiGroups"] == ["gateway.networking.k8s.io"]
