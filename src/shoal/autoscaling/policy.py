@@ -12,12 +12,13 @@
      service time (:func:`capacity_need`), a replica carries ``target / service seconds``
      requests per second at its target concurrency, and the model needs the replicas that
      carry its arrival rate (projected ``lookahead_seconds`` ahead while it rises, at most
-     ``max_growth`` times the rate now), plus spare capacity for ``headroom_percent`` of the
-     gap between the busiest short window of the burst window and now (the tier's
-     ``headroomPercent`` overrides it), plus what drains the queue within
-     ``queue_drain_seconds``. The queue is a correction, not the size: requests that piled
-     up while replicas were cold do not ask for replicas by their count. Without those
-     figures (no completions yet) the load in flight sizes it: ``ceil(in_flight / target)``.
+     ``max_growth`` times the rate now, and not while a queue drains), plus spare capacity
+     for ``headroom_percent`` of the gap between the busiest short window of the burst
+     window and now (the tier's ``headroomPercent`` overrides it), plus what drains the
+     queue within ``queue_drain_seconds``. The queue is a correction, not the size:
+     requests that piled up while replicas were cold do not ask for replicas by their
+     count. Without those figures (no completions yet) the load in flight sizes it:
+     ``ceil(in_flight / target)``.
    - *Count what is starting.* Replicas still starting are part of the count in force, so
      their capacity counts as arriving: a model is scaled up only when the count in force,
      starting replicas included, falls short. A TTFT p95 over the SLO or a nearly full KV
@@ -26,8 +27,13 @@
    - *Bounded steps.* One decision at most multiplies the replicas by
      ``max_scale_up_factor`` (at least one more); scale-ups are paced by the tier's
      ``scaleUpCooldownSeconds`` (a cold model scales from zero at once).
-   - *Scale down slow.* Only when the sustained *peak* load of the long window would fit in
-     fewer replicas at no more than ``scale_down_utilisation`` of the target (so N-1
+   - *Release a burst's replicas.* Once a burst is over (arrivals down to
+     ``release_share`` of the burst window's busiest rate) and its queue drained, the
+     replicas it was sized for go in one step, down to what the capacity sizing asks for
+     (headroom included), after the scale-down cooldown: the long window's peak in flight
+     was the burst and its backlog, and holding it would pay for a burst that is gone.
+   - *Scale down slow.* Otherwise only when the sustained *peak* load of the long window
+     would fit in fewer replicas at no more than ``scale_down_utilisation`` of the target (so N-1
      replicas still meet the SLO with room to spare: the gap between this and the scale-up
      threshold is the hysteresis that prevents 2-1-2 flapping), never below what the
      capacity sizing (headroom included) asks for, TTFT p95 is comfortably within the SLO
@@ -97,6 +103,10 @@ class PolicySettings:
     max_scale_up_factor: float = 4.0
     #: A queue asks for the capacity that drains it within this many seconds.
     queue_drain_seconds: float = 90.0
+    #: Once arrivals fall to this share of the burst window's busiest rate and no queue is
+    #: left, the capacity sizing alone bounds a scale-down (0 turns this off): the long
+    #: window's peak in flight was the burst and its backlog, not load to come.
+    release_share: float = 0.5
     #: Restore alpha (in steps of alpha_step) once the wanted cost is below this budget share.
     alpha_recovery_share: Decimal = Decimal("0.9")
     alpha_step: Decimal = Decimal("0.1")
@@ -151,6 +161,9 @@ def capacity_need(
     ``lookahead_seconds`` ahead while it rises by more than ``min_rise`` of a replica (at
     most ``max_growth`` times the rate now), plus ``headroom_percent`` of the gap between the
     busiest recent short window and now, plus the queue spread over ``queue_drain_seconds``.
+    While a queue drains the rise is not projected: the drain term sizes the backlog, and a
+    step smeared over the rate windows (with a Poisson wobble) looks like a ramp, which
+    would size for the same jump twice.
     """
     rate = m.arrival_rate if m.arrival_rate is not None else m.demand_rate
     service = m.service_seconds
@@ -158,11 +171,11 @@ def capacity_need(
         return None
     per = target / service
     ahead = rate
+    waiting = m.waiting or 0.0
     rise = max(0.0, m.arrival_trend or 0.0) * settings.lookahead_seconds
-    if rise >= settings.min_rise * per:
+    if rise >= settings.min_rise * per and waiting < 1.0:
         ahead = min(rate + rise, rate * settings.max_growth)
     spare = headroom_percent / 100.0 * max(0.0, (m.peak_arrival_rate or 0.0) - rate)
-    waiting = m.waiting or 0.0
     drain = waiting / settings.queue_drain_seconds if waiting >= 1.0 else 0.0
     # Requests in flight that rate brings (Little's law), staffed with the square-root
     # margin of the scale-down rule at the full target: a few replicas need proportionally
@@ -304,6 +317,10 @@ def decide_model(
     idle = peak <= 0 and demand <= 0 and not (m.request_rate or 0) > 0
     fits = 0 if idle else fewest_replicas(peak, target, settings)
     floor = n - max(1, math.floor(n * settings.max_scale_down_fraction))
+    fell = _burst_over(m, settings) if sized is not None else None
+    if fell:
+        # The burst is over and its queue drained: what the arrivals need bounds the step.
+        fits, floor = min(fits, need), 0
     down_to = max(fits, floor, lo, need if sized is not None else 0)
     if down_to >= n:
         return out(n, f"holding at {n}: {_fmt(load)} in flight (peak {_fmt(peak)}) fits")
@@ -321,11 +338,25 @@ def decide_model(
         return out(n, f"holding at {n} (scale-down cooldown, {left:.0f}s left)")
     if down_to == 0:
         return out(0, "scale to zero: no traffic and no demand over the window")
+    if fell:
+        return out(down_to, f"scale down to {down_to}: {fell}; {why_need}")
     return out(
         down_to,
         f"scale down to {down_to}: peak {_fmt(peak)} in flight fits {down_to} replicas at "
         f"{settings.scale_down_utilisation:.0%} of {target} each, with margin",
     )
+
+
+def _burst_over(m: ModelMetrics, settings: PolicySettings) -> str:
+    """Why a burst is over, in words, or "" while it is not: no queue left and arrivals at
+    most ``release_share`` of the burst window's busiest short-window rate."""
+    rate = m.arrival_rate if m.arrival_rate is not None else m.demand_rate
+    peak = m.peak_arrival_rate
+    if settings.release_share <= 0 or rate is None or not peak or (m.waiting or 0.0) >= 0.5:
+        return ""
+    if rate > settings.release_share * peak:
+        return ""
+    return f"the burst is over (arrivals fell to {_fmt(rate)} req/s of a busiest {_fmt(peak)})"
 
 
 def _in_flight_need(m: ModelMetrics, target: int, settings: PolicySettings) -> tuple[int, str]:

@@ -163,6 +163,19 @@ def test_a_step_is_not_projected_but_a_ramp_is() -> None:
     assert "rising to 10.0 within 60s" in d.reason
 
 
+def test_a_queue_is_not_projected_as_a_ramp() -> None:
+    # Rising arrivals with a queue: the drain term sizes the backlog; projecting the rise
+    # on top would size for it twice (a step smeared over the windows looks like a ramp).
+    from shoal.autoscaling.prometheus import rate_trend
+
+    ramp = rate_trend([9.0, 7.0, 5.0, 3.0], 30.0)
+    m = metrics(17, waiting=5.0, arrival_rate=6.0, service_seconds=2.0, arrival_trend=ramp)
+    d = one(3, m)
+    # 6 req/s and 5 queued within 90 s: 12.1 in flight, 5 replicas with the margin.
+    assert d.desired == 5
+    assert "rising" not in d.reason and "5.0 queued to drain in 90s" in d.reason
+
+
 def test_headroom_keeps_part_of_a_recent_swing_warm() -> None:
     m = metrics(4, peak=4, arrival_rate=2.0, service_seconds=2.0, peak_arrival_rate=10.0)
     quiet = NOW - timedelta(seconds=600)
@@ -257,6 +270,33 @@ def test_scale_down_at_most_halves() -> None:
     d = one(8, metrics(0.5))
     assert d.desired == 4
     assert "scale down to 4" in d.reason
+
+
+def test_replicas_held_for_a_burst_go_once_its_arrivals_fall_away() -> None:
+    # 8 replicas after a burst: the long window's peak (30 in flight) was the burst and its
+    # queue. Arrivals fell to 1 req/s of a busiest 8: the capacity sizing alone bounds the
+    # step (1 req/s at 2 s: 2 in flight, 2 replicas with the margin), not the halving rule.
+    quiet = NOW - timedelta(seconds=300)
+    fell = metrics(2, peak=30, arrival_rate=1.0, service_seconds=2.0, peak_arrival_rate=8.0)
+    d = one(8, fell, last_change=quiet)
+    assert d.desired == 2
+    assert "arrivals fell to 1.0 req/s of a busiest 8.0" in d.reason
+    # Arrivals still near the busiest rate: the peak holds the replicas.
+    busy = metrics(2, peak=30, arrival_rate=5.0, service_seconds=2.0, peak_arrival_rate=8.0)
+    assert one(8, busy, last_change=quiet).desired == 8
+    # Not while the queue drains, and not within the cooldown.
+    queued = metrics(4, peak=30, waiting=2.0, arrival_rate=1.0, service_seconds=2.0,
+                     peak_arrival_rate=8.0)  # fmt: skip
+    assert one(8, queued, last_change=quiet).desired == 8
+    assert one(8, fell, last_change=NOW - timedelta(seconds=60)).desired == 8
+    # Off in the settings: the halving rule and the peak as before.
+    fleet = spec()
+    states = {"a": ModelState(replicas=8, last_change=quiet), "b": ModelState(replicas=1)}
+    off = decide(
+        fleet, states, window(a=fell, b=metrics(0)), NOW,
+        settings=PolicySettings(release_share=0.0),
+    )  # fmt: skip
+    assert off.by_model()["a"].desired == 8
 
 
 def test_no_scale_down_without_slo_headroom_or_with_a_queue() -> None:
