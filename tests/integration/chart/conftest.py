@@ -211,6 +211,8 @@ def start_operator(
             env[e["name"]] = e["value"]
         elif e["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}:
             env[e["name"]] = pod
+        elif e["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}:
+            env[e["name"]] = where.namespace
         else:
             raise AssertionError(f"the test does not know how to fill {e}")
     home = workdir / f"home-{pod}"
