@@ -15,9 +15,7 @@ replica as the target, 1 to 6 replicas, 2 s scale-up and 8 s scale-down cooldown
 from __future__ import annotations
 
 import json
-import shutil
 import socket
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -26,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from shoal.autoscaling.prometheus import windows_for
-from shoal.devtools.testing import require
 from shoal.devtools.testing.controlplane import ControlPlane
+from shoal.devtools.testing.prometheus import running_prometheus
 from shoal.operator.gateway import KubeGateway
 from tests.integration.autoscaling.conftest import INTERVAL, scaling_fleet, static_policy
 from tests.integration.autoscaling.fleet_emulator import KubeRayPlayer, LoadedFleet
@@ -38,7 +35,6 @@ from tests.integration.operator.conftest import Cluster, running_operator, wait_
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-PROMETHEUS = "/usr/bin/prometheus"
 BUDGET, PRICE, UP_COOLDOWN, DOWN_COOLDOWN = 4.0, 1.0, 2, 8
 ENGINE = {"fixed_step_ms": 40, "output_tokens": 8, "max_batch": 2}
 
@@ -56,37 +52,14 @@ def http_json(url: str) -> Any:
 
 @pytest.fixture()
 def prometheus_and_load(tmp_path: Path) -> Iterator[tuple[str, LoadedFleet]]:
-    """Simulated engines exporting metrics, and a Prometheus scraping them every second."""
-    binary = shutil.which("prometheus") or (PROMETHEUS if Path(PROMETHEUS).exists() else None)
-    require(
-        binary is not None, "Prometheus not installed (Debian package prometheus; hack/setup.sh)"
-    )
-    assert binary is not None
     fleet = LoadedFleet("f", {"alpha": ("small", ENGINE), "beta": ("small", ENGINE)})
     ports = {k: free_port() for k in ("router", "alpha", "beta")}
     fleet.start(ports)
-    port = free_port()
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "shoal", "static_configs": [
-            {"targets": [f"127.0.0.1:{p}" for p in ports.values()]}]}],
-    }  # fmt: skip
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    log = (tmp_path / "prometheus.log").open("w")
-    proc = subprocess.Popen(
-        [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-         f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
-         "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_for("Prometheus to be ready", lambda: urllib.request.urlopen(f"{url}/-/ready"), 60)
-        yield url, fleet
+        targets = [f"127.0.0.1:{p}" for p in ports.values()]
+        with running_prometheus(targets, tmp_path / "prometheus") as prom:
+            yield prom.url, fleet
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
         fleet.stop()
 
 

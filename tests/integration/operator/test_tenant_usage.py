@@ -8,22 +8,18 @@ is the operator's side, from the PromQL on."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 from typer.testing import CliRunner
 
 from shoal.autoscaling.prometheus import PrometheusSource
-from shoal.devtools.testing import require
 from shoal.devtools.testing.controlplane import free_port
+from shoal.devtools.testing.prometheus import running_prometheus
 from shoal.operator.gateway import KubeGateway
 from shoal.operator.tenants import update_usage
 from tests.integration.operator.conftest import Cluster, fleet, wait_for
@@ -36,11 +32,6 @@ NOW = datetime(2026, 12, 1, tzinfo=UTC)
 @pytest.fixture()
 def prometheus(tmp_path: Path) -> Iterator[tuple[str, dict[str, Counter]]]:
     """A Prometheus scraping this test's per-tenant exporter every second."""
-    binary = shutil.which("prometheus")
-    require(
-        binary is not None, "Prometheus not installed (Debian package prometheus; hack/setup.sh)"
-    )
-    assert binary is not None
     registry = CollectorRegistry()
     counters = {
         "cost": Counter("shoal_tenant_cost_usd", "USD", ["fleet", "tenant"], registry=registry),
@@ -51,28 +42,10 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[str, dict[str, Counter]]]:
     }  # fmt: skip
     exporter = free_port()
     server, thread = start_http_server(exporter, addr="127.0.0.1", registry=registry)
-    port = free_port()
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "ingress",
-                            "static_configs": [{"targets": [f"127.0.0.1:{exporter}"]}]}],
-    }  # fmt: skip
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    log = (tmp_path / "prometheus.log").open("w")
-    proc = subprocess.Popen(
-        [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-         f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
-         "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_for("Prometheus to be ready", lambda: urllib.request.urlopen(f"{url}/-/ready"), 60)
-        yield url, counters
+        with running_prometheus([f"127.0.0.1:{exporter}"], tmp_path / "prometheus") as prom:
+            yield prom.url, counters
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
         server.shutdown()
         thread.join(5)
 
