@@ -83,3 +83,15 @@ def test_generated_yaml_has_no_anchors() -> None:
     for path in files:
         text = path.read_text()
         assert "&id0" not in text and "*id0" not in text, f"{path.name} has YAML aliases"
+
+
+def test_test_modules_outside_packages_have_unique_names() -> None:
+    """pytest imports a test module of a folder without ``__init__.py`` by its file name
+    alone, so two such modules of one name break the collection of the whole suite (running
+    one folder at a time does not show it)."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted((REPO_ROOT / "tests").rglob("test_*.py")):
+        if not (path.parent / "__init__.py").exists():
+            seen.setdefault(path.name, []).append(str(path.relative_to(REPO_ROOT)))
+    clashes = {name: paths for name, paths in seen.items() if len(paths) > 1}
+    assert not clashes, f"rename one of each: {clashes}"
