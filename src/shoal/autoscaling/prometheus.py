@@ -46,7 +46,9 @@ def _engine_names(metric: str) -> list[str]:
     return out
 
 
-def _router_names(metric: str) -> list[str]:
+def router_metric_names(metric: str) -> list[str]:
+    """Both spellings of a series the ingress exports: ``shoal_x`` (prometheus_client, the
+    laptop runner) and ``ray_shoal_x`` (Ray's metrics, in a cluster)."""
     return [metric, f"ray_{metric}"]
 
 
@@ -69,10 +71,10 @@ ENGINE_TTFT = list(
         strict=True,
     )
 )
-IN_FLIGHT = _router_names("shoal_requests_in_flight")
-REQUESTS = _router_names("shoal_requests_total")
-TTFT_BUCKETS = _router_names("shoal_time_to_first_token_seconds_bucket")
-DECISIONS = _router_names("shoal_routing_decisions_total")
+IN_FLIGHT = router_metric_names("shoal_requests_in_flight")
+REQUESTS = router_metric_names("shoal_requests_total")
+TTFT_BUCKETS = router_metric_names("shoal_time_to_first_token_seconds_bucket")
+DECISIONS = router_metric_names("shoal_routing_decisions_total")
 
 
 def _names_re(names: Sequence[str]) -> str:

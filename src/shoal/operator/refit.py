@@ -43,6 +43,7 @@ import httpx
 
 from shoal.api.v1alpha1 import API_VERSION, RoutingPolicy
 from shoal.api.v1alpha1.policy import RouterArtifactStatus
+from shoal.autoscaling.prometheus import router_metric_names
 from shoal.operator import events
 from shoal.operator.gateway import WRITE_ERRORS, KubeGateway
 from shoal.operator.policies import (
@@ -63,8 +64,8 @@ log = logging.getLogger(__name__)
 METRICS_UNAVAILABLE = "MetricsUnavailable"
 #: Metric names of the feedback counters, as the ingress writes them and as Ray's metrics
 #: agent exports them (``ray_`` prefix).
-EVENTS = ("shoal_feedback_total", "ray_shoal_feedback_total")
-SCORES = ("shoal_feedback_score_total", "ray_shoal_feedback_score_total")
+EVENTS = router_metric_names("shoal_feedback_total")
+SCORES = router_metric_names("shoal_feedback_score_total")
 
 
 class FeedbackUnavailable(Exception):

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from shoal.api.v1alpha1 import API_VERSION, ConditionStatus, ModelFleet, Tenant
 from shoal.api.v1alpha1.tenant import TenantStatus
-from shoal.autoscaling.prometheus import PrometheusError, PrometheusSource
+from shoal.autoscaling.prometheus import PrometheusError, PrometheusSource, router_metric_names
 from shoal.contract.tenants import TENANT_COST_METRIC, TENANT_REQUESTS_METRIC, TENANT_TOKENS_METRIC
 from shoal.operator import events
 from shoal.operator.gateway import Forbidden, KubeGateway
@@ -43,11 +43,6 @@ from shoal.planning.tenants import (
 
 log = logging.getLogger(__name__)
 TENANT = (API_VERSION, Tenant.KIND)
-
-#: The ingress's per-tenant series (the contract's names), summed over the last hour.
-COST_METRIC = TENANT_COST_METRIC
-REQUESTS_METRIC = TENANT_REQUESTS_METRIC
-TOKENS_METRIC = TENANT_TOKENS_METRIC
 
 
 def _fleet_of(body: dict[str, Any]) -> str | None:
@@ -212,13 +207,13 @@ def usage_queries(fleet: str, extra_matchers: str = "") -> dict[str, str]:
 
     def both(metric: str) -> str:
         return " or ".join(
-            f"sum by (tenant) (increase({name}{sel}[1h]))" for name in (metric, f"ray_{metric}")
+            f"sum by (tenant) (increase({name}{sel}[1h]))" for name in router_metric_names(metric)
         )
 
     return {
-        "cost": both(COST_METRIC),
-        "requests": both(REQUESTS_METRIC),
-        "tokens": both(TOKENS_METRIC),
+        "cost": both(TENANT_COST_METRIC),
+        "requests": both(TENANT_REQUESTS_METRIC),
+        "tokens": both(TENANT_TOKENS_METRIC),
     }
 
 

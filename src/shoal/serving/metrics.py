@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
+from shoal.contract.tenants import TENANT_COST_METRIC, TENANT_REQUESTS_METRIC, TENANT_TOKENS_METRIC
+
 Backend = Literal["ray", "prometheus"]
 
 #: Latency buckets (seconds): fine below one second for TTFT/SLO work, coarse up to minutes.
@@ -236,20 +238,20 @@ class RouterMetrics:
         # an unauthenticated request has no tenant and counts in shoal_rejected_requests_total.
         self.tenant_requests = f.make(
             "counter",
-            "shoal_tenant_requests_total",
+            TENANT_REQUESTS_METRIC,
             "Requests of each tenant, per model that answered (empty when refused) and HTTP "
             "status code.",
             ("fleet", "tenant", "model", "code"),
         )
         self.tenant_tokens = f.make(
             "counter",
-            "shoal_tenant_tokens_total",
+            TENANT_TOKENS_METRIC,
             "Tokens of each tenant's answered requests, by kind (prompt or completion).",
             ("fleet", "tenant", "kind"),
         )
         self.tenant_cost = f.make(
             "counter",
-            "shoal_tenant_cost_usd_total",
+            TENANT_COST_METRIC,
             "Estimated USD of each tenant's answered requests (as shoal_cost_usd_total).",
             ("fleet", "tenant"),
         )
