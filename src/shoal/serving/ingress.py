@@ -285,17 +285,14 @@ class Endpoint:
         if self.args.log_prompts:
             log.info("request %s prompt: %r", gen.request_id, gen.messages or gen.prompt)
         cluster = headers.get("x-shoal-cluster")
-        if ticket is None or gate is None:
-            return await self.caller.call(
-                api, parsed, gen, ranked, headers, started, int(cluster) if cluster else None
-            )
-        done = self._tenant_done(gate, ticket)
+        done = self._tenant_done(gate, ticket) if ticket is not None and gate is not None else None
         try:
             return await self.caller.call(
                 api, parsed, gen, ranked, headers, started, int(cluster) if cluster else None, done
             )
         except BaseException:
-            gate.finish(ticket, None, 0.0)
+            if ticket is not None and gate is not None:
+                gate.finish(ticket, None, 0.0)
             raise
 
     async def _admit(self, gate: TenantGate, tenant: TenantState, tokens: int) -> Ticket:
