@@ -166,7 +166,8 @@ def writes(counts: Counter[tuple[str, str]]) -> int:
 
 
 def start_operator(cp: ControlPlane, ns: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig)}
+    # MALLOC_ARENA_MAX as the operator's image sets it (operator/Dockerfile).
+    env = {"MALLOC_ARENA_MAX": "2", **os.environ, "KUBECONFIG": str(cp.kubeconfig)}
     return subprocess.Popen(
         [sys.executable, "-m", "shoal.operator", "-n", ns, "--metrics-port", "0"],
         env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"),

@@ -302,6 +302,9 @@ def _ensure_feedback_key(gw: KubeGateway, fleet: ModelFleet, verify: bool) -> bo
     (feedback then reaches only the replica that answered); the log says so."""
     import secrets as random_keys
 
+    name = names.feedback_key_secret_name(fleet.metadata.name)
+    if not verify and gw.remembers("Secret", fleet.metadata.namespace, name):
+        return False  # no key drawn for a request that is not sent
     secret = desired_feedback_key_secret(fleet, random_keys.token_hex(32))
     try:
         return gw.create(secret, remembered=not verify)

@@ -222,6 +222,10 @@ class KubeGateway:
         self._remember(out)
         return out
 
+    def remembers(self, kind: str, namespace: str | None, name: str) -> bool:
+        """True when this gateway created (or found existing) that object already."""
+        return (kind, namespace, name) in self._created
+
     def create(self, obj: dict[str, Any], *, remembered: bool = True) -> bool:
         """Create ``obj`` unless an object of its name exists, which is neither read nor
         changed (for Secrets the operator makes once and never reads back: ``create`` is the

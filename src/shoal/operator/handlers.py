@@ -60,11 +60,15 @@ def _now() -> datetime:
 
 
 @kopf.on.login()
-def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
-    """kopf connects with the same credentials as the operator's own client."""
-    return credentials.connection_info(
-        credentials.api_client(), trust_env=settings.networking.trust_env
+async def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.AiohttpSession:
+    """kopf connects with the same credentials as the operator's own client, through a
+    session with a bounded connection pool (:func:`shoal.operator.credentials.kopf_session`)."""
+    trust_env = settings.networking.trust_env
+    # Reading the kubeconfig may run an exec plugin: not on the event loop.
+    info = await asyncio.to_thread(
+        lambda: credentials.connection_info(credentials.api_client(), trust_env=trust_env)
     )
+    return credentials.kopf_session(info)
 
 
 @kopf.on.startup()

@@ -49,3 +49,22 @@ def test_kopf_gets_the_clients_credentials(tmp_path: Path, monkeypatch: pytest.M
     assert info.ca_path == str(tmp_path / "ca.crt")
     assert info.insecure is False
     assert info.certificate_path is None and info.username is None
+
+
+def test_kopf_session_bounds_its_connections_and_sends_the_token() -> None:
+    import asyncio
+
+    import kopf
+
+    async def build() -> tuple[int, str, str]:
+        info = kopf.ConnectionInfo(server="https://k:6443", insecure=True, token="tok")
+        ctx = credentials.kopf_session(info, limit=7)
+        try:
+            connector = ctx.aiohttp_session.connector
+            assert connector is not None
+            return connector.limit, ctx.aiohttp_session.headers["Authorization"], ctx.server
+        finally:
+            await ctx.aiohttp_session.close()
+
+    limit, auth, server = asyncio.run(build())
+    assert (limit, auth, server) == (7, "Bearer tok", "https://k:6443")
