@@ -9,10 +9,16 @@ children the operator wrote tell a reconcile whether an apply would change anyth
 Newer wins: an object replaces the cached copy only if its resourceVersion is not older, so a
 watch event that lags behind the operator's own write never rolls the copy back. A deleted
 object leaves a tombstone, so a late event cannot bring it back.
+
+Each copy is kept as compact JSON and decoded on every read: one bytes object per object
+instead of thousands of small dicts and strings shared with kopf's event bodies (which kept
+those bodies alive and scattered long-lived objects among a burst's short-lived ones), and a
+reader gets a copy of its own that it may change.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -45,7 +51,7 @@ class ObjectCache:
     """Latest known copy of each object, by (apiVersion, kind, namespace, name)."""
 
     def __init__(self) -> None:
-        self._objects: dict[Key, dict[str, Any]] = {}
+        self._objects: dict[Key, tuple[int | None, bytes]] = {}
         #: Kinds the cache holds every object of (kopf indexes them before any handler runs):
         #: a miss means the object does not exist.
         self.authoritative: set[tuple[str, str]] = set()
@@ -58,28 +64,30 @@ class ObjectCache:
         meta = obj.get("metadata") or {}
         if "managedFields" in meta:  # large and never read: not kept
             obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+        encoded = json.dumps(obj, separators=(",", ":")).encode()
         with self._guard:
             known = self._objects.get(key)
-            old = _version(known) if known else self._gone.get(key)
+            old = known[0] if known else self._gone.get(key)
             if version is not None and old is not None and version < old:
                 return
             self._gone.pop(key, None)
-            self._objects[key] = obj
+            self._objects[key] = (version, encoded)
 
     def drop(self, key: Key, version: int | None = None) -> None:
         """The object is gone (deleted by the operator or seen deleted by a watch)."""
         with self._guard:
             known = self._objects.pop(key, None)
-            self._gone[key] = version if version is not None else (_version(known or {}))
+            self._gone[key] = version if version is not None else (known[0] if known else None)
 
     def deleted(self, obj: dict[str, Any]) -> None:
         """A watch saw ``obj`` deleted."""
         self.drop(key_of(obj), _version(obj))
 
     def get(self, key: Key) -> dict[str, Any] | None:
-        """The cached copy (None: not known, or gone)."""
+        """A copy of the cached object (None: not known, or gone)."""
         with self._guard:
-            return self._objects.get(key)
+            known = self._objects.get(key)
+        return json.loads(known[1]) if known else None
 
     def is_gone(self, key: Key) -> bool:
         """True when the object is known to be absent."""
