@@ -341,8 +341,13 @@ def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]], ve
     when they are no longer desired.
 
     Only when they may exist: not when the operator knows they are gone (it deleted them, or
-    a read found none), so an unchanged fleet costs no request here.
+    a read found none), so an unchanged fleet costs no request here; nor for a fleet no
+    reconcile has written a status for yet (a new one: none of its children were made, and
+    one left by a reconcile that died before its status is found by the periodic re-check's
+    read).
     """
+    if not verify and fleet.status is None:
+        return
     ns = fleet.metadata.namespace or "default"
     for api_version, kind, name in (
         ("v1", "ConfigMap", names.router_configmap_name(fleet.metadata.name)),
