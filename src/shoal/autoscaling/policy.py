@@ -15,10 +15,13 @@
      ``max_growth`` times the rate now, and not while a queue drains), plus spare capacity
      for ``headroom_percent`` of the gap between the busiest short window of the burst
      window and now (the tier's ``headroomPercent`` overrides it), plus what drains the
-     queue within ``queue_drain_seconds``. The queue is a correction, not the size:
-     requests that piled up while replicas were cold do not ask for replicas by their
-     count. Without those figures (no completions yet) the load in flight sizes it:
-     ``ceil(in_flight / target)``.
+     backlog within ``queue_drain_seconds``: the queue, and what will pile up before new
+     replicas serve (``cold_start_seconds`` of the arrivals the ready replicas do not
+     carry). A step shows first in the latest window (the newer half of the short one):
+     beyond ``step_sigma`` Poisson standard deviations the model is sized for it at once.
+     The queue is a correction, not the size: requests that piled up while replicas were
+     cold do not ask for replicas by their count. Without those figures (no completions
+     yet) the load in flight sizes it: ``ceil(in_flight / target)``.
    - *Count what is starting.* Replicas still starting are part of the count in force, so
      their capacity counts as arriving: a model is scaled up only when the count in force,
      starting replicas included, falls short. A TTFT p95 over the SLO or a nearly full KV
@@ -30,7 +33,8 @@
    - *Release a burst's replicas.* Once a burst is over (arrivals down to
      ``release_share`` of the burst window's busiest rate) and its queue drained, the
      replicas it was sized for go in one step, down to what the capacity sizing asks for
-     (headroom included), after the scale-down cooldown: the long window's peak in flight
+     (headroom included) at the arrival rate plus ``release_sigma`` standard deviations of
+     its noise, after the scale-down cooldown: the long window's peak in flight
      was the burst and its backlog, and holding it would pay for a burst that is gone.
    - *Scale down slow.* Otherwise only when the sustained *peak* load of the long window
      would fit in fewer replicas at no more than ``scale_down_utilisation`` of the target (so N-1
@@ -103,6 +107,17 @@ class PolicySettings:
     max_scale_up_factor: float = 4.0
     #: A queue asks for the capacity that drains it within this many seconds.
     queue_drain_seconds: float = 90.0
+    #: How long a new replica takes to serve. While the arrivals exceed what the ready
+    #: replicas carry, the requests that will pile up meanwhile are part of the queue to
+    #: drain (0 counts only the queue already there).
+    cold_start_seconds: float = 30.0
+    #: Arrivals over the latest window above the short window's rate by more than this many
+    #: Poisson standard deviations are a step: the model is sized for the latest rate at
+    #: once, not for the short window's average of old and new (0 turns this off).
+    step_sigma: float = 3.0
+    #: Once a burst is over, the replicas kept carry the arrival rate plus this many
+    #: Poisson standard deviations of its short-window estimate (0: the rate alone).
+    release_sigma: float = 2.0
     #: Once arrivals fall to this share of the burst window's busiest rate and no queue is
     #: left, the capacity sizing alone bounds a scale-down (0 turns this off): the long
     #: window's peak in flight was the burst and its backlog, not load to come.
@@ -151,27 +166,50 @@ class CapacityNeed:
 
 
 def capacity_need(
-    m: ModelMetrics, target: int, headroom_percent: int, settings: PolicySettings
+    m: ModelMetrics,
+    target: int,
+    headroom_percent: int,
+    settings: PolicySettings,
+    *,
+    ready: int | None = None,
+    latest_seconds: float = 15.0,
 ) -> CapacityNeed | None:
     """Replicas that carry the model's arrivals at the SLO, or None without the figures.
 
     A replica carries ``target / service_seconds`` requests per second at ``target``
     requests in flight (Little's law), less a square-root margin of ``sqrt_margin`` Poisson
-    standard deviations (:func:`staffed`). The rate to carry is the arrival rate, projected
-    ``lookahead_seconds`` ahead while it rises by more than ``min_rise`` of a replica (at
-    most ``max_growth`` times the rate now), plus ``headroom_percent`` of the gap between the
-    busiest recent short window and now, plus the queue spread over ``queue_drain_seconds``.
-    While a queue drains the rise is not projected: the drain term sizes the backlog, and a
-    step smeared over the rate windows (with a Poisson wobble) looks like a ramp, which
-    would size for the same jump twice.
+    standard deviations (:func:`staffed`). The rate to carry is the arrival rate (the latest
+    window's where it stepped up, :func:`stepped_rate`), projected ``lookahead_seconds``
+    ahead while it rises by more than ``min_rise`` of a replica (at most ``max_growth``
+    times the rate now), plus ``headroom_percent`` of the gap between the busiest recent
+    short window and now, plus the backlog spread over ``queue_drain_seconds``.
+
+    The backlog is the queue (the larger of its short- and latest-window averages) plus what
+    piles up before new replicas serve: while the arrivals exceed what the ``ready``
+    replicas carry, that excess for ``cold_start_seconds``. Sized at the first sight of a
+    step, the replicas that drain it start together instead of one batch an interval behind
+    the growing queue.
+
+    While a backlog drains the rise is not projected: the drain term sizes it, and a step
+    smeared over the rate windows (with a Poisson wobble) looks like a ramp, which would
+    size for the same jump twice.
     """
     rate = m.arrival_rate if m.arrival_rate is not None else m.demand_rate
     service = m.service_seconds
     if rate is None or service is None or service <= 0:
         return None
     per = target / service
+    stepped = stepped_rate(rate, m.latest_arrival_rate, latest_seconds, settings.step_sigma)
+    if stepped is not None:
+        rate = stepped
+    queued = max(m.waiting or 0.0, m.latest_waiting or 0.0)
+    coming = 0.0
+    if ready is not None and settings.cold_start_seconds > 0:
+        shortfall = rate - ready * per
+        if shortfall > 0:
+            coming = shortfall * settings.cold_start_seconds
+    waiting = queued + coming
     ahead = rate
-    waiting = m.waiting or 0.0
     rise = max(0.0, m.arrival_trend or 0.0) * settings.lookahead_seconds
     if rise >= settings.min_rise * per and waiting < 1.0:
         ahead = min(rate + rise, rate * settings.max_growth)
@@ -186,13 +224,19 @@ def capacity_need(
         # Never fewer than the requests running now need at the target (a replica's service
         # time grows with its batch: one measured at a light load overstates its capacity).
         # Not while a queue drains: then every batch is full by design.
-        running = max(0.0, (m.in_flight or 0.0) - waiting)
+        running = max(0.0, (m.in_flight or 0.0) - (m.waiting or 0.0))
         replicas = max(replicas, math.ceil(running / target - 1e-9))
-    parts = [f"{_fmt(rate)} req/s arriving"]
+    parts = [
+        f"{_fmt(rate)} req/s arriving"
+        + (f" (a step: the rate of the last {latest_seconds:.0f}s)" if stepped is not None else "")
+    ]
     if ahead > rate:
         parts.append(f"rising to {_fmt(ahead)} within {settings.lookahead_seconds:.0f}s")
     if drain > 0:
-        parts.append(f"{_fmt(waiting)} queued to drain in {settings.queue_drain_seconds:.0f}s")
+        parts.append(
+            f"{_fmt(waiting)} queued to drain in {settings.queue_drain_seconds:.0f}s"
+            + (f" ({_fmt(coming)} of them arriving while replicas start)" if coming >= 1 else "")
+        )
     if spare > 0.05 * per:
         parts.append(f"headroom for {_fmt(spare)} req/s more ({headroom_percent}% of the swing)")
     why = (
@@ -200,6 +244,23 @@ def capacity_need(
         f"({target} in flight, {service:.1f}s a request)"
     )
     return CapacityNeed(replicas, per, why)
+
+
+def stepped_rate(
+    rate: float, latest: float | None, latest_seconds: float, sigma: float
+) -> float | None:
+    """The latest window's arrival rate where it is a step up from ``rate``, else None.
+
+    A step: ``latest`` exceeds ``rate`` (the short window's, which averages the latest
+    window with the one before) by more than ``sigma`` standard deviations of a Poisson
+    count over ``latest_seconds``, ``sqrt(rate / latest_seconds)`` (at least one arrival's
+    worth). Steady traffic's wobble stays below it; a jump to several times the rate shows
+    at the first evaluation after it, where the short window has seen only part of it.
+    """
+    if sigma <= 0 or latest is None or latest <= rate or latest_seconds <= 0:
+        return None
+    noise = sigma * math.sqrt(max(rate, 1.0 / latest_seconds) / latest_seconds)
+    return latest if latest - rate > noise else None
 
 
 def decide_model(
@@ -260,13 +321,15 @@ def decide_model(
         if scaling.headroom_percent is not None
         else settings.headroom_percent
     )
-    sized = capacity_need(m, target, headroom, settings)
+    ready = n if state.ready is None else state.ready
+    sized = capacity_need(
+        m, target, headroom, settings, ready=ready, latest_seconds=window.latest_seconds
+    )
     if sized is not None:
         need, why_need = sized.replicas, sized.reason
     else:
         need, why_need = _in_flight_need(m, target, settings)
     ttft = m.ttft_p95_seconds
-    ready = n if state.ready is None else state.ready
     pending = ready < n
     kv_full = m.kv_cache_usage is not None and m.kv_cache_usage > settings.kv_cache_high
     busy = kv_full or waiting >= 1.0 or load >= settings.scale_down_utilisation * target * n
@@ -319,8 +382,10 @@ def decide_model(
     floor = n - max(1, math.floor(n * settings.max_scale_down_fraction))
     fell = _burst_over(m, settings) if sized is not None else None
     if fell:
-        # The burst is over and its queue drained: what the arrivals need bounds the step.
-        fits, floor = min(fits, need), 0
+        # The burst is over and its queue drained: what the arrivals need bounds the step,
+        # sized for the rate plus its noise (one quiet short window is no steady rate).
+        kept = _release_need(m, target, headroom, settings, ready, window)
+        fits, floor = min(fits, max(need, kept)), 0
     down_to = max(fits, floor, lo, need if sized is not None else 0)
     if down_to >= n:
         return out(n, f"holding at {n}: {_fmt(load)} in flight (peak {_fmt(peak)}) fits")
@@ -339,12 +404,46 @@ def decide_model(
     if down_to == 0:
         return out(0, "scale to zero: no traffic and no demand over the window")
     if fell:
-        return out(down_to, f"scale down to {down_to}: {fell}; {why_need}")
+        noise = (
+            f"; {down_to - need} more for the rate's Poisson noise "
+            f"({settings.release_sigma:g} standard deviations)"
+            if down_to > need
+            else ""
+        )
+        return out(down_to, f"scale down to {down_to}: {fell}; {why_need}{noise}")
     return out(
         down_to,
         f"scale down to {down_to}: peak {_fmt(peak)} in flight fits {down_to} replicas at "
         f"{settings.scale_down_utilisation:.0%} of {target} each, with margin",
     )
+
+
+def _release_need(
+    m: ModelMetrics,
+    target: int,
+    headroom: int,
+    settings: PolicySettings,
+    ready: int,
+    window: MetricsWindow,
+) -> int:
+    """Replicas a model keeps once its burst is over: the capacity sizing for its arrival
+    rate plus ``release_sigma`` standard deviations of a Poisson rate over the short window
+    (right after a burst, a quiet window is as likely as a busy one, and a release sized for
+    a quiet one is undone at the next evaluation)."""
+    rate = m.arrival_rate if m.arrival_rate is not None else m.demand_rate
+    if rate is None or settings.release_sigma <= 0:
+        return 0
+    short = max(window.short_seconds, 1.0)
+    noisy = rate + settings.release_sigma * math.sqrt(max(rate, 1.0 / short) / short)
+    sized = capacity_need(
+        replace(m, arrival_rate=noisy, latest_arrival_rate=None),
+        target,
+        headroom,
+        settings,
+        ready=ready,
+        latest_seconds=window.latest_seconds,
+    )
+    return sized.replicas if sized else 0
 
 
 def _burst_over(m: ModelMetrics, settings: PolicySettings) -> str:

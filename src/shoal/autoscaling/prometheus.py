@@ -97,6 +97,8 @@ class Windows:
     rate: float = 60.0
     #: How far back the busiest short-window arrival rate is looked for (burstiness).
     burst: float = 600.0
+    #: The newest part of the short window, where a step in the traffic shows first.
+    latest: float = 15.0
 
     def step(self, window: float) -> str:
         """Subquery resolution: about fifteen points per window, at least one second."""
@@ -112,15 +114,18 @@ def windows_for(
     at any sensible scrape interval); peaks the fleet's shortest scale-down cooldown (load
     must have stayed low that long), at least four intervals and at most ten minutes; the
     burst window (where the headroom's busiest arrival rate is looked for) is
-    ``burst_seconds``, at least the peak window.
+    ``burst_seconds``, at least the peak window; the latest window is the newer half of the
+    short one (one interval: the arrivals since the last evaluation).
     """
     down = min(t.autoscaling.scale_down_cooldown_seconds for t in spec.tiers)
     long = min(max(4 * interval_seconds, float(down)), 600.0)
+    short = max(2 * interval_seconds, 4.0)
     return Windows(
-        short=max(2 * interval_seconds, 4.0),
+        short=short,
         long=long,
         rate=max(4 * interval_seconds, 8.0),
         burst=max(float(burst_seconds), long),
+        latest=short / 2,
     )
 
 
@@ -151,7 +156,7 @@ def fleet_queries(
         # name, and two spellings with equal labels would otherwise collide.
         return " or ".join(template.format(sel=f"{n}{{{labels}}}") for n in names)
 
-    s, lg, r, b = windows.short, windows.long, windows.rate, windows.burst
+    s, lg, r, b, la = windows.short, windows.long, windows.rate, windows.burst, windows.latest
 
     def mean_of(pairs: Sequence[tuple[str, str]]) -> str:
         # A histogram's mean over the rate window: rate of its sum over rate of its count.
@@ -178,6 +183,10 @@ def fleet_queries(
         "engine_ttft_mean": mean_of(ENGINE_TTFT),
         "engine_waiting": f"avg_over_time((sum by (model_name) "
         f"({engine_sel(WAITING)}))[{_dur(s)}:{windows.step(s)}])",
+        # The queue over the latest window only: while it grows, the short window's
+        # average lags it by half a window.
+        "engine_waiting_latest": f"avg_over_time((sum by (model_name) "
+        f"({engine_sel(WAITING)}))[{_dur(la)}:{windows.step(la)}])",
         "kv_cache": f"max_over_time((max by (model_name) "
         f"({engine_sel(KV_CACHE)}))[{_dur(s)}:{windows.step(s)}])",
         "engine_seen": per_name("max by (model_name) (timestamp({sel}))", RUNNING, eng),
@@ -192,6 +201,10 @@ def fleet_queries(
         # trend (arrivals lead in-flight requests).
         "demand_rate_recent": per_name(
             "sum by (model) (rate({sel}[" + _dur(s) + "]))", DECISIONS, rtr
+        ),
+        # Arrivals since the last evaluation: a step shows here in full first.
+        "demand_rate_latest": per_name(
+            "sum by (model) (rate({sel}[" + _dur(la) + "]))", DECISIONS, rtr
         ),
         "demand_rate_before": per_name(
             "sum by (model) (rate({sel}[" + _dur(s) + "] offset " + _dur(s) + "))",
@@ -318,7 +331,8 @@ class PrometheusSource:
                 results[key] = self.query(promql, label)
         except PrometheusError as exc:
             return MetricsWindow(collected_at=now, error=str(exc))
-        return assemble(models, results, now, (windows or self.windows).short)
+        w = windows or self.windows
+        return assemble(models, results, now, w.short, w.latest)
 
 
 def trend(
@@ -388,9 +402,12 @@ def assemble(
     results: dict[str, dict[str, tuple[float, float | None]]],
     now: datetime,
     window: float = 30.0,
+    latest: float | None = None,
 ) -> MetricsWindow:
     """A :class:`MetricsWindow` from the query results of :func:`fleet_queries` (``window``:
-    the short window, over which the arrival trend was measured)."""
+    the short window, over which the arrival trend was measured; ``latest``: the latest
+    window, half the short one unless given)."""
+    latest = window / 2 if latest is None else latest
 
     def val(key: str, model: str) -> float | None:
         hit = results.get(key, {}).get(model)
@@ -441,5 +458,7 @@ def assemble(
                 val("engine_running", m),
                 val("request_rate", m),
             ),
+            latest_arrival_rate=val("demand_rate_latest", m),
+            latest_waiting=val("engine_waiting_latest", m),
         )
-    return MetricsWindow(collected_at=now, models=out)
+    return MetricsWindow(collected_at=now, models=out, short_seconds=window, latest_seconds=latest)

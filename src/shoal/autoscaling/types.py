@@ -45,6 +45,10 @@ class ModelMetrics:
       (how bursty the model's traffic was lately).
     - ``service_seconds``: mean seconds a request holds a batch slot in an engine (Little's
       law over the rate window: requests running over requests completed per second).
+    - ``latest_arrival_rate`` and ``latest_waiting``: the arrival rate and the queue over
+      the latest window (the newer half of the short window, ``MetricsWindow.latest_seconds``
+      long): a step in the traffic shows there in full one evaluation before the short
+      window's average catches up.
     """
 
     in_flight: float | None = None
@@ -60,6 +64,8 @@ class ModelMetrics:
     arrival_trend: float | None = None
     peak_arrival_rate: float | None = None
     service_seconds: float | None = None
+    latest_arrival_rate: float | None = None
+    latest_waiting: float | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,10 @@ class MetricsWindow:
     collected_at: datetime
     models: Mapping[str, ModelMetrics] = field(default_factory=dict)
     error: str | None = None
+    #: Length of the short window (``ModelMetrics.arrival_rate``, ``waiting``), in seconds.
+    short_seconds: float = 30.0
+    #: Length of the latest window (``ModelMetrics.latest_*``), in seconds.
+    latest_seconds: float = 15.0
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,12 @@ class OperatorConfig:
     autoscaler_max_scale_up_factor: float = PolicySettings.max_scale_up_factor
     #: A queue asks for the capacity that drains it within this many seconds.
     autoscaler_queue_drain_seconds: float = PolicySettings.queue_drain_seconds
+    #: How long a new replica takes to serve (what piles up meanwhile is drained too; 0: off).
+    autoscaler_cold_start_seconds: float = PolicySettings.cold_start_seconds
+    #: Poisson standard deviations above the short window's rate that make a step (0: off).
+    autoscaler_step_sigma: float = PolicySettings.step_sigma
+    #: After a burst, the replicas kept carry the rate plus this many standard deviations.
+    autoscaler_release_sigma: float = PolicySettings.release_sigma
     #: Tenant limits while the ingress's shared usage store is unreachable: share, open, closed.
     tenant_store_failure_mode: str = "share"
     #: Seconds between two shares of an ingress replica's usage with the others.
@@ -135,6 +141,13 @@ class OperatorConfig:
             raise ValueError(
                 "SHOAL_AUTOSCALER_QUEUE_DRAIN_SECONDS and SHOAL_AUTOSCALER_BURST_WINDOW_SECONDS "
                 "must be positive seconds"
+            )
+        if not 0 <= self.autoscaler_cold_start_seconds <= 3600:
+            raise ValueError("SHOAL_AUTOSCALER_COLD_START_SECONDS must be within 0..3600")
+        if not (0 <= self.autoscaler_step_sigma <= 10 and 0 <= self.autoscaler_release_sigma <= 10):
+            raise ValueError(
+                "SHOAL_AUTOSCALER_STEP_SIGMA and SHOAL_AUTOSCALER_RELEASE_SIGMA must be within "
+                "0..10 (standard deviations)"
             )
 
         if self.tenant_store_failure_mode not in STORE_FAILURE_MODES:
@@ -164,6 +177,9 @@ class OperatorConfig:
             headroom_percent=self.autoscaler_headroom_percent,
             max_scale_up_factor=self.autoscaler_max_scale_up_factor,
             queue_drain_seconds=self.autoscaler_queue_drain_seconds,
+            cold_start_seconds=self.autoscaler_cold_start_seconds,
+            step_sigma=self.autoscaler_step_sigma,
+            release_sigma=self.autoscaler_release_sigma,
         )
 
     @property
@@ -234,6 +250,17 @@ class OperatorConfig:
                 env.get(
                     "SHOAL_AUTOSCALER_QUEUE_DRAIN_SECONDS", defaults.autoscaler_queue_drain_seconds
                 )
+            ),
+            autoscaler_cold_start_seconds=float(
+                env.get(
+                    "SHOAL_AUTOSCALER_COLD_START_SECONDS", defaults.autoscaler_cold_start_seconds
+                )
+            ),
+            autoscaler_step_sigma=float(
+                env.get("SHOAL_AUTOSCALER_STEP_SIGMA", defaults.autoscaler_step_sigma)
+            ),
+            autoscaler_release_sigma=float(
+                env.get("SHOAL_AUTOSCALER_RELEASE_SIGMA", defaults.autoscaler_release_sigma)
             ),
             tenant_store_failure_mode=env.get(
                 "SHOAL_TENANT_STORE_FAILURE_MODE", defaults.tenant_store_failure_mode

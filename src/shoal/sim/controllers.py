@@ -39,6 +39,7 @@ def observe(sim: Simulator, now: float, windows: Windows) -> MetricsWindow:
     models = {}
     for name in sim.pools:
         short = rec.window(name, now, windows.short)
+        latest = rec.window(name, now, windows.latest)
         long = rec.window(name, now, windows.long)
         engine = next((s for s in reversed(rec.scrapes[name]) if s.engine), None)
         in_flight = sum(s.in_flight for s in short) / len(short) if short else None
@@ -61,8 +62,15 @@ def observe(sim: Simulator, now: float, windows: Windows) -> MetricsWindow:
             arrival_trend=rate_trend([recent, before, *earlier], windows.short),
             peak_arrival_rate=_peak_rate(rec.window(name, now, windows.burst), windows.short),
             service_seconds=rec.mean_service(name, now, windows.rate),
+            latest_arrival_rate=rec.rate(name, now, windows.latest, "routed"),
+            latest_waiting=sum(s.waiting for s in latest) / len(latest) if latest else None,
         )
-    return MetricsWindow(collected_at=at(now), models=models)
+    return MetricsWindow(
+        collected_at=at(now),
+        models=models,
+        short_seconds=windows.short,
+        latest_seconds=windows.latest,
+    )
 
 
 def _peak_rate(scrapes: list[Scrape], width: float) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 
@@ -17,6 +18,7 @@ def one(
     m: ModelMetrics | None,
     *,
     fleet=None,  # type: ignore[no-untyped-def]
+    settings: PolicySettings | None = None,
     **state: object,
 ):  # type: ignore[no-untyped-def]
     """Decision for model ``a`` at ``n`` replicas (``b`` idle at 1)."""
@@ -25,7 +27,12 @@ def one(
     models = {"b": metrics(0)}
     if m is not None:
         models["a"] = m
-    return decide(fleet, states, window(**models), NOW).by_model()["a"]
+    chosen = settings or PolicySettings()
+    return decide(fleet, states, window(**models), NOW, settings=chosen).by_model()["a"]
+
+
+#: The policy without the backlog that piles up while replicas start (sizing alone).
+NO_COLD_START = PolicySettings(cold_start_seconds=0)
 
 
 # --- scale up ---------------------------------------------------------------------------------
@@ -126,20 +133,70 @@ def test_model_bounds_override_the_tier() -> None:
 def test_arrivals_and_service_time_size_the_model() -> None:
     # A replica carries 4 in flight / 2 s = 2 req/s; 9 req/s bring 18 in flight, which 7
     # replicas hold with the square-root margin (28 - 1.5 * sqrt(28) = 20.1; 6: 16.7).
-    d = one(1, metrics(6, arrival_rate=9.0, service_seconds=2.0))
+    m = metrics(6, arrival_rate=9.0, service_seconds=2.0)
+    d = one(1, m, settings=NO_COLD_START)
     assert (d.desired, d.direction) == (4, "up")  # at most 4x in one step
     assert "9.0 req/s arriving" in d.reason and "at 2.00 req/s each" in d.reason
     assert "(at most 4x in one step)" in d.reason
-    assert one(2, metrics(6, arrival_rate=9.0, service_seconds=2.0)).desired == 7
+    assert one(2, m, settings=NO_COLD_START).desired == 7
+
+
+def test_what_piles_up_while_new_replicas_start_is_drained_too() -> None:
+    # 2 ready replicas carry 4 of the 9 req/s: for the 30 s cold start 5 req/s more pile up,
+    # 150 requests to drain within 90 s (1.7 req/s): 21.3 in flight, 8 replicas, not 7.
+    d = one(2, metrics(6, arrival_rate=9.0, service_seconds=2.0))
+    assert d.desired == 8
+    assert "150 queued to drain in 90s (150 of them arriving while replicas start)" in d.reason
+    # Replicas already starting are not ready: their capacity is not there yet either.
+    assert one(4, metrics(6, arrival_rate=9.0, service_seconds=2.0), ready=2).desired == 8
+    # Where the ready replicas carry the arrivals nothing piles up.
+    assert one(5, metrics(18, arrival_rate=9.0, service_seconds=2.0)).desired == 7
 
 
 def test_a_queue_that_piled_up_while_cold_is_a_correction_not_the_size() -> None:
-    # 300 queued behind 8 running; 6 req/s arrive, and the queue drained within 90 s asks
-    # for 3.3 req/s more: 18.7 in flight at 2 s a request, 7 replicas with the margin.
+    # 300 queued behind 8 running; 6 req/s arrive, 2 req/s more than the 2 replicas carry
+    # (60 more within the 30 s cold start); the 360 drained within 90 s ask for 4 req/s
+    # more: 20 in flight at 2 s a request, 7 replicas with the margin.
     m = metrics(308, waiting=300.0, arrival_rate=6.0, service_seconds=2.0, ttft=20.0)
     d = one(2, m)
     assert d.desired == 7  # not ceil(308 / 4) = 77
-    assert "300 queued to drain in 90s" in d.reason
+    assert "360 queued to drain in 90s (60.0 of them arriving while replicas start)" in d.reason
+
+
+def test_a_growing_queue_is_read_at_its_latest() -> None:
+    # The short window's average lags a queue that grows; its latest half does not.
+    m = metrics(48, waiting=20.0, latest_waiting=40.0, arrival_rate=6.0, service_seconds=2.0)
+    d = one(3, m, settings=NO_COLD_START)
+    assert "40.0 queued to drain in 90s" in d.reason
+
+
+def test_a_step_is_sized_at_the_latest_rate_at_once() -> None:
+    # The short window (30 s) averages 2 req/s before a jump with 10 req/s since: 6 req/s.
+    # Its latest half (15 s) says 10, beyond three Poisson standard deviations of 6 req/s
+    # over 15 s (1.9 req/s): 20 in flight at 2 s a request, 7 replicas, at the first look.
+    m = metrics(12, arrival_rate=6.0, latest_arrival_rate=10.0, service_seconds=2.0)
+    d = one(2, m, settings=NO_COLD_START)
+    assert d.desired == 7
+    assert "10.0 req/s arriving (a step: the rate of the last 15s)" in d.reason
+    # A wobble within the noise is no step: 6 req/s, 12 in flight, 5 replicas.
+    wobble = replace(m, latest_arrival_rate=7.5)
+    assert one(2, wobble, settings=NO_COLD_START).desired == 5
+    off = PolicySettings(cold_start_seconds=0, step_sigma=0)
+    assert one(2, m, settings=off).desired == 5
+
+
+def test_stepped_rate_needs_the_rise_beyond_poisson_noise() -> None:
+    from shoal.autoscaling.policy import stepped_rate
+
+    # sqrt(6 / 15) = 0.63 req/s: three of them are 1.9.
+    assert stepped_rate(6.0, 7.8, 15.0, 3.0) is None
+    assert stepped_rate(6.0, 8.0, 15.0, 3.0) == 8.0
+    assert stepped_rate(6.0, 5.0, 15.0, 3.0) is None  # falling is no step up
+    assert stepped_rate(6.0, None, 15.0, 3.0) is None
+    assert stepped_rate(6.0, 30.0, 15.0, 0.0) is None  # off
+    # From no traffic, one arrival in the window counts as the rate: 3 * sqrt(1/15 / 15) = 0.2.
+    assert stepped_rate(0.0, 0.1, 15.0, 3.0) is None
+    assert stepped_rate(0.0, 0.3, 15.0, 3.0) == 0.3
 
 
 def test_replicas_still_starting_count_as_capacity_arriving() -> None:
@@ -297,6 +354,21 @@ def test_replicas_held_for_a_burst_go_once_its_arrivals_fall_away() -> None:
         settings=PolicySettings(release_share=0.0),
     )  # fmt: skip
     assert off.by_model()["a"].desired == 8
+
+
+def test_a_released_burst_keeps_room_for_the_rates_noise() -> None:
+    # After a burst, 3 req/s over the last 30 s: 6 in flight at 2 s a request, 3 replicas.
+    # One quiet 30 s window is as likely as a busy one: the release keeps capacity for two
+    # Poisson standard deviations more (3.6 req/s, 7.3 in flight): 4 replicas, so that the
+    # next evaluation does not have to start the one it just stopped.
+    quiet = NOW - timedelta(seconds=300)
+    fell = metrics(6, peak=30, arrival_rate=3.0, service_seconds=2.0, peak_arrival_rate=12.0)
+    d = one(8, fell, last_change=quiet)
+    assert d.desired == 4
+    assert "need 3 replicas" in d.reason
+    assert "1 more for the rate's Poisson noise (2 standard deviations)" in d.reason
+    bare = one(8, fell, last_change=quiet, settings=PolicySettings(release_sigma=0))
+    assert bare.desired == 3 and "Poisson noise" not in bare.reason
 
 
 def test_no_scale_down_without_slo_headroom_or_with_a_queue() -> None:

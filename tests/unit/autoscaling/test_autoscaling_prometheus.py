@@ -60,7 +60,7 @@ def test_windows_follow_the_interval_and_the_cooldowns() -> None:
     from autoscaling_builders import spec
 
     w = windows_for(spec(), 15)
-    assert (w.short, w.long, w.rate, w.burst) == (30, 120, 60, 600)
+    assert (w.short, w.long, w.rate, w.burst, w.latest) == (30, 120, 60, 600, 15)
     assert windows_for(spec(), 15, burst_seconds=60).burst == 120  # at least the peak window
     assert windows_for(spec(), 2).long == 120  # the shortest scale-down cooldown
     assert windows_for(spec(), 200).long == 600  # at most ten minutes
@@ -122,10 +122,15 @@ def test_collect_reads_arrivals_bursts_and_service_time() -> None:
         "demand_rate_earlier": {"alpha": 5.0, "beta": 0.5},
         "demand_rate_earliest": {"alpha": 3.0, "beta": 0.5},
         "demand_rate_peak": {"alpha": 9.5, "beta": 1.0},
+        "demand_rate_latest": {"alpha": 11.0},
+        "engine_waiting_latest": {"alpha": 4.0},
     }
     src = PrometheusSource("http://prom:9090", windows=WINDOWS, client=fake_prometheus(answers))
     w = src.collect("f", ["alpha", "beta"], NOW)
     a, b = w.models["alpha"], w.models["beta"]
+    assert (w.short_seconds, w.latest_seconds) == (30, 15)
+    assert (a.latest_arrival_rate, a.latest_waiting) == (11.0, 4.0)
+    assert b.latest_arrival_rate is None
     assert a.service_seconds == 9.0 and b.service_seconds == 8.0
     assert a.arrival_rate == 9.0 and a.peak_arrival_rate == 9.5
     assert a.arrival_trend == pytest.approx(2.0 / 30)  # a ramp: 3, 5, 7, 9 req/s
@@ -135,6 +140,10 @@ def test_collect_reads_arrivals_bursts_and_service_time() -> None:
 def test_new_queries_have_their_windows() -> None:
     q = fleet_queries("f", ["alpha"], Windows(short=30, long=300, rate=60, burst=600))
     assert "offset 90s" in q["demand_rate_earliest"]
+    # The latest window: the newer half of the short one.
+    assert "[15s]))" in q["demand_rate_latest"] and "offset" not in q["demand_rate_latest"]
+    assert "vllm:num_requests_waiting|" in q["engine_waiting_latest"]
+    assert q["engine_waiting_latest"].endswith("[15s:1s])")
     assert q["demand_rate_peak"].startswith("max_over_time(sum by (model) (rate(")
     assert "[30s]))[600s:40s])" in q["demand_rate_peak"]
     assert "vllm:e2e_request_latency_seconds_sum{" in q["engine_e2e_mean"]

@@ -123,6 +123,9 @@ def test_env_reaches_the_operator_settings(name: str) -> None:
     assert config.autoscaler_burst_window_seconds == v.autoscaler.burst_window_seconds
     assert config.autoscaler_max_scale_up_factor == v.autoscaler.max_scale_up_factor
     assert config.autoscaler_queue_drain_seconds == v.autoscaler.queue_drain_seconds
+    assert config.autoscaler_cold_start_seconds == v.autoscaler.cold_start_seconds
+    assert config.autoscaler_step_sigma == v.autoscaler.step_sigma
+    assert config.autoscaler_release_sigma == v.autoscaler.release_sigma
     assert config.default_budget_per_hour == (v.autoscaler.default_budget_per_hour or None)
     assert config.tenant_store_failure_mode == v.tenants.store_failure_mode
     assert config.tenant_sync_interval_seconds == v.tenants.sync_interval_seconds

@@ -336,6 +336,31 @@ class Autoscaler(ChartModel):
         description="A queue asks for the capacity that drains it within this many seconds, "
         "on top of what carries the arrivals (SHOAL_AUTOSCALER_QUEUE_DRAIN_SECONDS).",
     )
+    cold_start_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="How long a new replica takes to serve. While arrivals exceed what the "
+        "ready replicas carry, the requests that pile up meanwhile are drained too, by "
+        "replicas started at the same time; 0 counts only the queue already there "
+        "(SHOAL_AUTOSCALER_COLD_START_SECONDS).",
+    )
+    step_sigma: float = Field(
+        default=3.0,
+        ge=0,
+        le=10,
+        description="An arrival rate over the last interval this many Poisson standard "
+        "deviations above the 30-second rate is a step: the model is sized for it at once. "
+        "0: off (SHOAL_AUTOSCALER_STEP_SIGMA).",
+    )
+    release_sigma: float = Field(
+        default=2.0,
+        ge=0,
+        le=10,
+        description="Once a burst is over, the replicas kept carry the arrival rate plus this "
+        "many Poisson standard deviations of it, so that one quiet window does not release "
+        "replicas the next one needs (SHOAL_AUTOSCALER_RELEASE_SIGMA).",
+    )
 
 
 class Tenants(ChartModel):
@@ -474,7 +499,11 @@ class PodMonitor(ChartModel):
     """A prometheus-operator PodMonitor for the Ray pods of every fleet (serving metrics)."""
 
     enabled: bool = Field(default=False, description="Create the PodMonitor.")
-    interval: Duration = Field(default="15s", description="Scrape interval.")
+    interval: Duration = Field(
+        default="5s",
+        description="Scrape interval. The autoscaler reacts no faster than this, and its step "
+        "detection (autoscaler.stepSigma) needs at least two scrapes an evaluation interval.",
+    )
     labels: StringMap = Field(default_factory=dict, description="Extra labels.")
     all_namespaces: bool = Field(
         default=True,
