@@ -329,22 +329,30 @@ def test_scale_down_at_most_halves() -> None:
     assert "scale down to 4" in d.reason
 
 
+#: The last change long enough ago for any scale-down.
+QUIET = NOW - timedelta(seconds=300)
+
+
+def after_burst(in_flight: float, rate: float, busiest: float, **kw: float) -> ModelMetrics:
+    """A model whose long window's peak (30 in flight) was a burst, now at ``rate`` req/s
+    of a busiest ``busiest`` (2 s a request)."""
+    return metrics(in_flight, peak=30, arrival_rate=rate, service_seconds=2.0,
+                   peak_arrival_rate=busiest, **kw)  # fmt: skip
+
+
 def test_replicas_held_for_a_burst_go_once_its_arrivals_fall_away() -> None:
     # 8 replicas after a burst: the long window's peak (30 in flight) was the burst and its
     # queue. Arrivals fell to 1 req/s of a busiest 8: the capacity sizing alone bounds the
     # step (1 req/s at 2 s: 2 in flight, 2 replicas with the margin), not the halving rule.
-    quiet = NOW - timedelta(seconds=300)
-    fell = metrics(2, peak=30, arrival_rate=1.0, service_seconds=2.0, peak_arrival_rate=8.0)
+    quiet = QUIET
+    fell = after_burst(2, 1.0, 8.0)
     d = one(8, fell, last_change=quiet)
     assert d.desired == 2
     assert "arrivals fell to 1.0 req/s of a busiest 8.0" in d.reason
     # Arrivals still near the busiest rate: the peak holds the replicas.
-    busy = metrics(2, peak=30, arrival_rate=5.0, service_seconds=2.0, peak_arrival_rate=8.0)
-    assert one(8, busy, last_change=quiet).desired == 8
+    assert one(8, after_burst(2, 5.0, 8.0), last_change=quiet).desired == 8
     # Not while the queue drains, and not within the cooldown.
-    queued = metrics(4, peak=30, waiting=2.0, arrival_rate=1.0, service_seconds=2.0,
-                     peak_arrival_rate=8.0)  # fmt: skip
-    assert one(8, queued, last_change=quiet).desired == 8
+    assert one(8, after_burst(4, 1.0, 8.0, waiting=2.0), last_change=quiet).desired == 8
     assert one(8, fell, last_change=NOW - timedelta(seconds=60)).desired == 8
     # Off in the settings: the halving rule and the peak as before.
     fleet = spec()
@@ -361,13 +369,11 @@ def test_a_released_burst_keeps_room_for_the_rates_noise() -> None:
     # One quiet 30 s window is as likely as a busy one: the release keeps capacity for two
     # Poisson standard deviations more (3.6 req/s, 7.3 in flight): 4 replicas, so that the
     # next evaluation does not have to start the one it just stopped.
-    quiet = NOW - timedelta(seconds=300)
-    fell = metrics(6, peak=30, arrival_rate=3.0, service_seconds=2.0, peak_arrival_rate=12.0)
-    d = one(8, fell, last_change=quiet)
-    assert d.desired == 4
-    assert "need 3 replicas" in d.reason
+    fell = after_burst(6, 3.0, 12.0)
+    d = one(8, fell, last_change=QUIET)
+    assert (d.desired, "need 3 replicas" in d.reason) == (4, True)
     assert "1 more for the rate's Poisson noise (2 standard deviations)" in d.reason
-    bare = one(8, fell, last_change=quiet, settings=PolicySettings(release_sigma=0))
+    bare = one(8, fell, last_change=QUIET, settings=PolicySettings(release_sigma=0))
     assert bare.desired == 3 and "Poisson noise" not in bare.reason
 
 
