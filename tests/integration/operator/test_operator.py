@@ -130,9 +130,12 @@ def test_restart_mid_reconcile_converges(cluster: Cluster, operator: Any) -> Non
         rs = wait_for("the RayService", lambda: cluster.get("rayservice", "f"), 180)
         cluster.play_kuberay("f")  # this test plays KubeRay's part
         wait_for("the fleet to be Ready", lambda: _ready(cluster, "fleet", "f"), 30)
-    with operator():  # a third start changes nothing but the drift we make
+    # Drift made while no operator runs: the operator does not watch Services (its RBAC
+    # grants no read of them), so a deletion made after the next start's reconcile had
+    # applied the Service would wait for the fleet's next change.
+    cluster.delete("service", "f")
+    with operator():  # a third start changes nothing but the drift we made
         # Proof that a full reconcile ran after this start: it puts back a deleted child.
-        cluster.delete("service", "f")
         wait_for("the Service to be put back", lambda: cluster.get("service", "f"), 60)
         assert cluster.names("rayservice") == ["f"]
         assert cluster.names("configmap") == ["cal", "f-router", "p-router-artifact"]
