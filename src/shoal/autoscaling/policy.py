@@ -127,6 +127,17 @@ class PolicySettings:
     alpha_step: Decimal = Decimal("0.1")
 
 
+def _arrivals(m: ModelMetrics) -> float | None:
+    """The model's arrival rate: the short window's, else the rate window's demand."""
+    return m.arrival_rate if m.arrival_rate is not None else m.demand_rate
+
+
+def poisson_sd(rate: float, seconds: float) -> float:
+    """Standard deviation of a Poisson rate ``rate`` estimated over ``seconds``: its count's
+    ``sqrt(rate * seconds)`` over ``seconds`` (at least one arrival's worth of rate)."""
+    return math.sqrt(max(rate, 1.0 / seconds) / seconds)
+
+
 def _age(now: datetime, then: datetime | None) -> float | None:
     return None if then is None else (now - then).total_seconds()
 
@@ -194,7 +205,7 @@ def capacity_need(
     smeared over the rate windows (with a Poisson wobble) looks like a ramp, which would
     size for the same jump twice.
     """
-    rate = m.arrival_rate if m.arrival_rate is not None else m.demand_rate
+    rate = _arrivals(m)
     service = m.service_seconds
     if rate is None or service is None or service <= 0:
         return None
@@ -259,8 +270,7 @@ def stepped_rate(
     """
     if sigma <= 0 or latest is None or latest <= rate or latest_seconds <= 0:
         return None
-    noise = sigma * math.sqrt(max(rate, 1.0 / latest_seconds) / latest_seconds)
-    return latest if latest - rate > noise else None
+    return latest if latest - rate > sigma * poisson_sd(rate, latest_seconds) else None
 
 
 def decide_model(
@@ -430,11 +440,10 @@ def _release_need(
     rate plus ``release_sigma`` standard deviations of a Poisson rate over the short window
     (right after a burst, a quiet window is as likely as a busy one, and a release sized for
     a quiet one is undone at the next evaluation)."""
-    rate = m.arrival_rate if m.arrival_rate is not None else m.demand_rate
+    rate = _arrivals(m)
     if rate is None or settings.release_sigma <= 0:
         return 0
-    short = max(window.short_seconds, 1.0)
-    noisy = rate + settings.release_sigma * math.sqrt(max(rate, 1.0 / short) / short)
+    noisy = rate + settings.release_sigma * poisson_sd(rate, max(window.short_seconds, 1.0))
     sized = capacity_need(
         replace(m, arrival_rate=noisy, latest_arrival_rate=None),
         target,
@@ -449,7 +458,7 @@ def _release_need(
 def _burst_over(m: ModelMetrics, settings: PolicySettings) -> str:
     """Why a burst is over, in words, or "" while it is not: no queue left and arrivals at
     most ``release_share`` of the burst window's busiest short-window rate."""
-    rate = m.arrival_rate if m.arrival_rate is not None else m.demand_rate
+    rate = _arrivals(m)
     peak = m.peak_arrival_rate
     if settings.release_share <= 0 or rate is None or not peak or (m.waiting or 0.0) >= 0.5:
         return ""

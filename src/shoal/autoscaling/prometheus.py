@@ -331,8 +331,7 @@ class PrometheusSource:
                 results[key] = self.query(promql, label)
         except PrometheusError as exc:
             return MetricsWindow(collected_at=now, error=str(exc))
-        w = windows or self.windows
-        return assemble(models, results, now, w.short, w.latest)
+        return assemble(models, results, now, windows or self.windows)
 
 
 def trend(
@@ -401,13 +400,11 @@ def assemble(
     models: Sequence[str],
     results: dict[str, dict[str, tuple[float, float | None]]],
     now: datetime,
-    window: float = 30.0,
-    latest: float | None = None,
+    windows: Windows,
 ) -> MetricsWindow:
-    """A :class:`MetricsWindow` from the query results of :func:`fleet_queries` (``window``:
-    the short window, over which the arrival trend was measured; ``latest``: the latest
-    window, half the short one unless given)."""
-    latest = window / 2 if latest is None else latest
+    """A :class:`MetricsWindow` from the query results of :func:`fleet_queries` over
+    ``windows`` (the arrival trend is measured over its short window)."""
+    window = windows.short
 
     def val(key: str, model: str) -> float | None:
         hit = results.get(key, {}).get(model)
@@ -461,4 +458,6 @@ def assemble(
             latest_arrival_rate=val("demand_rate_latest", m),
             latest_waiting=val("engine_waiting_latest", m),
         )
-    return MetricsWindow(collected_at=now, models=out, short_seconds=window, latest_seconds=latest)
+    return MetricsWindow(
+        collected_at=now, models=out, short_seconds=window, latest_seconds=windows.latest
+    )

@@ -235,11 +235,12 @@ class KubeGateway:
         existing (the periodic re-check passes False, so a deleted one is made again).
         """
         meta = obj["metadata"]
-        if remembered and self.remembers(obj["kind"], meta["namespace"], meta["name"]):
+        key = (obj["kind"], meta["namespace"], meta["name"])
+        if remembered and self.remembers(*key):
             return False
         path = resource_path(obj["apiVersion"], obj["kind"], meta["namespace"])
         out = self._request("POST", path, body=obj, exists_ok=True)
-        self._created.add((obj["kind"], meta["namespace"], meta["name"]))
+        self._created.add(key)
         return out is not None
 
     def patch_status(

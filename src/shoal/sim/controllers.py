@@ -42,7 +42,7 @@ def observe(sim: Simulator, now: float, windows: Windows) -> MetricsWindow:
         latest = rec.window(name, now, windows.latest)
         long = rec.window(name, now, windows.long)
         engine = next((s for s in reversed(rec.scrapes[name]) if s.engine), None)
-        in_flight = sum(s.in_flight for s in short) / len(short) if short else None
+        in_flight = _mean(short, "in_flight")
         recent = rec.rate(name, now, windows.short, "routed")
         before = rec.rate(name, now, windows.short, "routed", offset=windows.short)
         earlier = [
@@ -52,7 +52,7 @@ def observe(sim: Simulator, now: float, windows: Windows) -> MetricsWindow:
             in_flight=in_flight,
             peak_in_flight=_peak_of_averages(long, windows.short),
             in_flight_trend=trend(in_flight, recent, before, windows.short),
-            waiting=sum(s.waiting for s in short) / len(short) if short else None,
+            waiting=_mean(short, "waiting"),
             request_rate=rec.rate(name, now, windows.rate, "answered"),
             demand_rate=rec.rate(name, now, windows.rate, "routed"),
             ttft_p95_seconds=rec.ttft_quantile(name, now, windows.rate, 0.95),
@@ -63,7 +63,7 @@ def observe(sim: Simulator, now: float, windows: Windows) -> MetricsWindow:
             peak_arrival_rate=_peak_rate(rec.window(name, now, windows.burst), windows.short),
             service_seconds=rec.mean_service(name, now, windows.rate),
             latest_arrival_rate=rec.rate(name, now, windows.latest, "routed"),
-            latest_waiting=sum(s.waiting for s in latest) / len(latest) if latest else None,
+            latest_waiting=_mean(latest, "waiting"),
         )
     return MetricsWindow(
         collected_at=at(now),
@@ -71,6 +71,12 @@ def observe(sim: Simulator, now: float, windows: Windows) -> MetricsWindow:
         short_seconds=windows.short,
         latest_seconds=windows.latest,
     )
+
+
+def _mean(scrapes: list[Scrape], key: str) -> float | None:
+    """Mean of one scraped gauge over ``scrapes`` (PromQL's ``avg_over_time``); None without
+    scrapes."""
+    return sum(getattr(s, key) for s in scrapes) / len(scrapes) if scrapes else None
 
 
 def _peak_rate(scrapes: list[Scrape], width: float) -> float | None:
@@ -195,7 +201,7 @@ class QueueThresholdController:
             pool = sim.pools[model.name]
             short = sim.recorder.window(model.name, now, windows.short)
             long = sim.recorder.window(model.name, now, windows.long)
-            waiting = sum(s.waiting for s in short) / len(short) if short else 0.0
+            waiting = _mean(short, "waiting") or 0.0
             since_up = now - self.last_up.get(model.name, -1e9)
             since_change = now - self.last_change.get(model.name, -1e9)
             if waiting > self.queue_per_replica * max(n, 1) or (n == 0 and waiting > 0):
