@@ -8,9 +8,18 @@ per task (chosen on test, optimistic), the per-query oracle. Variants over the s
 log: per-query kNN estimates and finer clusters (``shoal.routing.perquery``). For RouterBench
 the alpha sweep of the learned tables gives the cost of reaching GPT-4's test accuracy.
 
+Two learners over the same stream, per seed: *unguarded* (the plain posterior adopted at
+every refit, exploration and prior weight chosen on train) and *guarded* (Thompson
+exploration with logged propensities, pessimistic tables, 30% of the feedback held out, a
+refit adopted only when the doubly robust estimate's lower 95% bound of its gain over the
+tables in use is above 0; :mod:`shoal.routing.replay`). For each: test accuracy before and
+after, and the off-policy estimate of the learned router next to its true value on the
+held-out feedback. ``--seeds 0,1,2`` runs several seeds and reports mean and worst seed.
+
 Parameters are fixed before looking at test (the fit's are the CV-chosen ones of
-docs/routing.md; the prior weight equals the fit's shrinkage). Prints a table per data set,
-writes docs/img/learn-<set>.png with ``--plot``, and prints one JSON object as its last line.
+docs/routing.md; the guard's are the defaults of ``shoal router learn``). Prints a table per
+data set and seed, writes docs/img/learn-<set>.png with ``--plot`` (first seed), and prints
+one JSON object as its last line.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -95,7 +105,46 @@ def select(
     return chosen, table
 
 
-def study(name: str, spec: dict[str, Any], *, fraction: float, seed: int) -> dict[str, Any]:
+#: The guarded learner's settings (the defaults of ``shoal router learn``).
+GUARD = {"pessimism": 1.0, "guard": True, "holdout": 0.3, "guard_every": 500, "margin": 0.0}
+
+
+def guarded_config(chosen: ReplayConfig) -> ReplayConfig:
+    """The guarded learner: Thompson (every model keeps a propensity), the prior weight
+    chosen on train, pessimistic tables and the off-policy guard."""
+    return replace(chosen, explore="thompson", **GUARD)  # type: ignore[arg-type]
+
+
+def brief(report: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one learner's report that the summary keeps."""
+    op = report["offpolicy"]
+    return {
+        "accuracy_before": report["accuracy_before"],
+        "accuracy_after": report["accuracy_after"],
+        "cost_per_query_before": report["cost_per_query_before"],
+        "cost_per_query_after": report["cost_per_query_after"],
+        "explore": report["explore"],
+        "prior_weight": report["prior_weight"],
+        "adopted": report["adopted"],
+        "guard_looks": report["guard_looks"],
+        "curve": [
+            {k: p[k] for k in ("events", "accuracy", "cost_per_query")} for p in report["curve"]
+        ],
+        "offpolicy": {
+            k: op.get(k)
+            for k in ("events", "in_sample", "true_after", "true_difference", "naive_after")
+        }
+        | {
+            m: {k: op[m][k] for k in ("after", "difference", "difference_lower")}
+            for m in ("ips", "snips", "dr")
+            if m in op
+        },
+    }
+
+
+def study(
+    name: str, spec: dict[str, Any], *, fraction: float, seed: int, variants: bool
+) -> dict[str, Any]:
     emb = make_embedder("minilm-l6-static-v2")
     train_files, test_files = split_files(DATA / spec["dir"])
     train, test = load_calibration(train_files), load_calibration(test_files)
@@ -126,10 +175,11 @@ def study(name: str, spec: dict[str, Any], *, fraction: float, seed: int) -> dic
         held,
         cfg,
         now=when,
-        variants=True,
+        variants=variants,
         fine_clusters=(32, 64, 128),
         knn_neighbours=(50, 200),
     )
+    safe = learn(small, stream, held, guarded_config(cfg), now=when)
     full_router = TableRouter.from_artifact(full)
     full_point = evaluate_choice(full_router.choose(held.vectors), held, full_router.models)
     q, c = score_matrices(test, models)
@@ -152,27 +202,35 @@ def study(name: str, spec: dict[str, Any], *, fraction: float, seed: int) -> dic
         },
         "oracle": base["oracle"]["accuracy"],
         "selection": selection,
+        "unguarded": brief(outcome.report),
+        "guarded": brief(safe.report),
     }
     if name == "routerbench":
         gpt4 = next(m for m in models if m.startswith("gpt-4"))
         target = base["single"][gpt4]
         learned = TableRouter.from_artifact(outcome.artifact)
+        learned_safe = TableRouter.from_artifact(safe.artifact)
         small_r = TableRouter.from_artifact(small)
-        res = replay(small_r, stream, held, cfg)  # same seed: the same log as inside learn()
+        if variants:  # same seed: the same log as inside learn()
+            res = replay(small_r, stream, held, cfg)
         curves = {
             "small_fit": sweep(small_r, held, lambda a: small_r.choose(held.vectors, alpha=a)),
             "full_fit": sweep(
                 full_router, held, lambda a: full_router.choose(held.vectors, alpha=a)
             ),
             "learned": sweep(learned, held, lambda a: learned.choose(held.vectors, alpha=a)),
-            "knn_200": sweep(
+            "guarded": sweep(
+                learned_safe, held, lambda a: learned_safe.choose(held.vectors, alpha=a)
+            ),
+        }
+        if variants:
+            curves["knn_200"] = sweep(
                 learned,
                 held,
                 lambda a: knn_choice(
                     res.router, res.log, stream, held.vectors, neighbours=200, alpha=a
                 ),
-            ),
-        }
+            )
         reach = {}
         for key, pts in curves.items():
             hit = cheapest_reaching(pts, target["accuracy"])
@@ -192,22 +250,36 @@ def study(name: str, spec: dict[str, Any], *, fraction: float, seed: int) -> dic
 
 def show(r: dict[str, Any]) -> None:
     print(
-        f"\n== {r['set']}: fit on {r['calibration_samples']}, stream {r['stream_samples']}, "
-        f"test {r['test_samples']}"
+        f"\n== {r['set']} seed {r['seed']}: fit on {r['calibration_samples']}, stream "
+        f"{r['stream_samples']}, test {r['test_samples']}"
     )
-    for p in r["curve"]:
+    for key in ("unguarded", "guarded"):
+        g = r[key]
+        curve = " -> ".join(f"{100 * p['accuracy']:.2f}" for p in g["curve"])
+        print(f"  {key:>9} ({g['explore']}, prior {g['prior_weight']:g}): {curve}")
         print(
-            f"  {p['events']:>6} events  accuracy {100 * p['accuracy']:.2f}%  "
-            f"cost/query {p['cost_per_query']:.5f}"
+            f"  {'':>9} cost/query {g['cost_per_query_before']:.6f} -> "
+            f"{g['cost_per_query_after']:.6f}"
         )
-    for k, v in r["variants"].items():
+        for look in g["guard_looks"]:
+            print(
+                f"  {'':>9} guard at {look['events']:>5}: estimate {100 * look['estimate']:+.2f}"
+                f" (lower {100 * look['lower']:+.2f}), true {100 * look['true_difference']:+.2f}"
+                + (" adopted" if look["adopted"] else " shadow")
+            )
+        op = g["offpolicy"]
+        if op.get("events"):
+            where = "logged (in sample)" if op["in_sample"] else "held-out"
+            print(
+                f"  {'':>9} on {op['events']} {where} events: true {100 * op['true_after']:.2f}%,"
+                f" DR {100 * op['dr']['after']:.2f}%, SNIPS {100 * op['snips']['after']:.2f}%, "
+                f"IPS {100 * op['ips']['after']:.2f}%, naive {100 * op['naive_after']:.2f}%; "
+                f"gain true {100 * op['true_difference']:+.2f}, DR "
+                f"{100 * op['dr']['difference']:+.2f} (lower "
+                f"{100 * op['dr']['difference_lower']:+.2f})"
+            )
+    for k, v in r.get("variants", {}).items():
         print(f"  {k:>10}  accuracy {100 * v['accuracy']:.2f}%")
-    for row in r["selection"]:
-        print(
-            f"  selection on train: {row['explore']:>8} prior {row['prior_weight']:>4g}  "
-            f"validation {100 * row['val_accuracy']:.2f}%"
-        )
-    print(f"  chosen: {r['explore']}, prior weight {r['prior_weight']:g}")
     print(
         f"  full train fit {100 * r['full_train']['accuracy']:.2f}%, best per task "
         f"{100 * r['per_task_best']:.2f}%, oracle {100 * r['oracle']:.2f}%"
@@ -223,41 +295,80 @@ def show(r: dict[str, Any]) -> None:
         )
 
 
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and worst seed of each learner's accuracy before, after and their difference."""
+    out: dict[str, Any] = {"seeds": [r["seed"] for r in runs]}
+    for key in ("unguarded", "guarded"):
+        before = np.array([r[key]["accuracy_before"] for r in runs])
+        after = np.array([r[key]["accuracy_after"] for r in runs])
+        cost_b = np.array([r[key]["cost_per_query_before"] for r in runs])
+        cost_a = np.array([r[key]["cost_per_query_after"] for r in runs])
+        gain = after - before
+        out[key] = {
+            "accuracy_before_mean": float(before.mean()),
+            "accuracy_after_mean": float(after.mean()),
+            "gain_mean": float(gain.mean()),
+            "gain_worst": float(gain.min()),
+            "gain_best": float(gain.max()),
+            "seeds_below_before": int((gain < -1e-12).sum()),
+            "seeds_above_before": int((gain > 1e-12).sum()),
+            "cost_per_query_before_mean": float(cost_b.mean()),
+            "cost_per_query_after_mean": float(cost_a.mean()),
+        }
+        ests = [r[key]["offpolicy"] for r in runs if r[key]["offpolicy"].get("events")]
+        if ests:
+            err = np.array([e["dr"]["after"] - e["true_after"] for e in ests])
+            out[key]["dr_error_mean_abs"] = float(np.abs(err).mean())
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sets", default="routerdc,routerbench")
     ap.add_argument("--fraction", type=float, default=0.10)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    ap.add_argument("--variants", action="store_true", help="also kNN and finer clusters")
     ap.add_argument("--plot", action="store_true", help="write docs/img/learn-<set>.png")
     ns = ap.parse_args()
     if not DATA.is_dir():
         print(f"no data at {DATA} (set SHOAL_DATA_DIR)", file=sys.stderr)
         return 2
-    out = {}
+    seeds = [int(x) for x in ns.seeds.split(",")]
+    out: dict[str, Any] = {}
     for name in ns.sets.split(","):
-        r = study(name, SETS[name], fraction=ns.fraction, seed=ns.seed)
-        show(r)
-        if ns.plot:
-            from shoal.routing.plot import plot_learning
+        runs = []
+        for seed in seeds:
+            r = study(name, SETS[name], fraction=ns.fraction, seed=seed, variants=ns.variants)
+            r["seed"] = seed
+            show(r)
+            sys.stdout.flush()
+            if ns.plot and seed == seeds[0]:
+                from shoal.routing.plot import plot_learning
 
-            r["references"] = {
-                "full train fit": r["full_train"]["accuracy"],
-                "best per task": r["per_task_best"],
-            }
-            plot_learning(
-                r,
-                REPO / "docs" / "img" / f"learn-{name}.png",
-                title=f"{name}: fit on 10% of train, bandit feedback from the rest",
+                r["references"] = {
+                    "full train fit": r["full_train"]["accuracy"],
+                    "best per task": r["per_task_best"],
+                }
+                plot_learning(
+                    {**r, "curve": r["guarded"]["curve"]},
+                    REPO / "docs" / "img" / f"learn-{name}.png",
+                    title=f"{name}: fit on 10% of train, guarded bandit feedback from the rest",
+                )
+            runs.append(
+                {k: v for k, v in r.items() if k not in ("curve", "share_after", "guard_looks")}
             )
-        out[name] = {k: v for k, v in r.items() if k not in ("curve", "share_after")}
-        out[name]["curve"] = [
-            {
-                "events": p["events"],
-                "accuracy": p["accuracy"],
-                "cost_per_query": p["cost_per_query"],
-            }
-            for p in r["curve"]
-        ]
+        summary = summarise(runs)
+        for key in ("unguarded", "guarded"):
+            sm = summary[key]
+            print(
+                f"\n{name} {key} over seeds {ns.seeds}: accuracy "
+                f"{100 * sm['accuracy_before_mean']:.2f} -> {100 * sm['accuracy_after_mean']:.2f}"
+                f" (gain mean {100 * sm['gain_mean']:+.2f}, worst {100 * sm['gain_worst']:+.2f},"
+                f" best {100 * sm['gain_best']:+.2f}; {sm['seeds_below_before']} seeds below "
+                f"before), cost/query {sm['cost_per_query_before_mean']:.6f} -> "
+                f"{sm['cost_per_query_after_mean']:.6f}"
+            )
+        out[name] = {"summary": summary, "runs": runs}
     print(json.dumps(out, sort_keys=True))
     return 0
 

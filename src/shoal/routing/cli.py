@@ -338,12 +338,11 @@ def learn(
         )
     op = report["offpolicy"]
     if op:
+        where = "logged" if op["in_sample"] else "held-out"
+        est = ", ".join(f"{k.upper()} {100 * op[k]['after']:.2f}%" for k in ("dr", "snips", "ips"))
         print(
-            f"off-policy estimate of the learned router on {op['events']} "
-            + ("logged" if op["in_sample"] else "held-out")
-            + f" events: DR {100 * op['dr']['after']:.2f}%, SNIPS {100 * op['snips']['after']:.2f}%,"
-            f" IPS {100 * op['ips']['after']:.2f}%, naive {100 * op['naive_after']:.2f}%; "
-            f"true {100 * op['true_after']:.2f}%"
+            f"off-policy estimate of the learned router on {op['events']} {where} events: "
+            f"{est}, naive {100 * op['naive_after']:.2f}%; true {100 * op['true_after']:.2f}%"
         )
     for name, v in report.get("variants", {}).items():
         print(

@@ -25,12 +25,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from shoal.routing.evaluate import align_models
 from shoal.routing import offpolicy
+from shoal.routing.evaluate import align_models
 from shoal.routing.fit import score_matrices
 from shoal.routing.perquery import fine_router, knn_choice
-from shoal.routing.refit import refit_artifact
-from shoal.routing.refit import posterior_quality
+from shoal.routing.refit import posterior_quality, refit_artifact
 from shoal.routing.replay import (
     Labelled,
     ReplayConfig,

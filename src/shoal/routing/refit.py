@@ -204,7 +204,9 @@ def count_guard(
     the feedback), with the variance of both. The changes are weighted by each cluster's
     share of the feedback (the traffic). The refit is adopted only when the lower bound
     ``estimate - z * stderr`` exceeds ``margin``: a switch to a model that feedback has not
-    scored carries the prior's whole uncertainty and is not adopted on the prior alone.
+    scored carries the prior's whole uncertainty and is not adopted on the prior alone. A
+    refit that changes no cluster's choice is adopted (it moves the tables, not the
+    routing at the centroids).
     """
     mean = posterior_quality(prior, feedback, prior_weight)
     sd = posterior_stderr(prior, feedback, prior_weight)
@@ -223,7 +225,7 @@ def count_guard(
     se = float(np.sqrt((share**2 * var).sum()))
     lower = est - z * se
     return GuardResult(
-        bool(changed.any() and lower > margin),
+        bool(not changed.any() or lower > margin),
         est,
         lower,
         int(changed.sum()),
@@ -338,9 +340,7 @@ def refit_artifact(
     verdict = None
     if guard_margin is not None:
         in_use = TableRouter.from_artifact(data)
-        verdict = count_guard(
-            in_use, refit, prior, feedback, prior_weight, margin=guard_margin
-        )
+        verdict = count_guard(in_use, refit, prior, feedback, prior_weight, margin=guard_margin)
         said = (
             f"estimated change {100 * verdict.estimate:+.2f} points (lower bound "
             f"{100 * verdict.lower:+.2f}, margin {100 * guard_margin:.2f}) over "

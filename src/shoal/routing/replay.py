@@ -258,9 +258,7 @@ def replay(
         table = posterior_quality(prior, fb, cfg.prior_weight)
         est, true = guard_compare(candidate, current, rows, held, stream, cfg, table)
         ok = bool(np.isfinite(est.value) and est.lower(cfg.z) > cfg.margin)
-        decisions.append(
-            GuardDecision(events, len(held), est.value, est.lower(cfg.z), ok, true)
-        )
+        decisions.append(GuardDecision(events, len(held), est.value, est.lower(cfg.z), ok, true))
         if ok:
             current = candidate
             adopted = Feedback(fb.events.copy(), fb.score_sum.copy())
@@ -293,9 +291,7 @@ def replay(
             propensity = np.ones(rows.size)
         explored += int((choice != greedy).sum())
         nearest = current.neighbours(vec)[0][:, 0]
-        held = (
-            split_rng.random(rows.size) < cfg.holdout if cfg.guard else np.zeros(rows.size, bool)
-        )
+        held = split_rng.random(rows.size) < cfg.holdout if cfg.guard else np.zeros(rows.size, bool)
         for r, j, c, p, h in zip(
             rows.tolist(),
             choice.tolist(),

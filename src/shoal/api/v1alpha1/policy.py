@@ -196,13 +196,13 @@ class FeedbackSpec(ApiModel):
         "a model the feedback has scored keeps this many posterior standard deviations of "
         "certainty over one only the calibration data describes; 0 uses posterior means.",
     )
-    min_improvement_percent: Annotated[
-        str, StringConstraints(max_length=6, pattern=PERCENT)
-    ] = Field(
-        default="0",
-        description="A refit that changes a cluster's choice is adopted only when the lower "
-        "95% confidence bound of its estimated accuracy change, from the feedback, exceeds "
-        "this many points (decimal in [0, 100]); otherwise it is kept in shadow.",
+    min_improvement_percent: Annotated[str, StringConstraints(max_length=6, pattern=PERCENT)] = (
+        Field(
+            default="0",
+            description="A refit that changes a cluster's choice is adopted only when the lower "
+            "95% confidence bound of its estimated accuracy change, from the feedback, exceeds "
+            "this many points (decimal in [0, 100]); otherwise it is kept in shadow.",
+        )
     )
 
 
@@ -317,7 +317,7 @@ class ShadowRefitStatus(ApiModel):
 
     events: int = Field(ge=0, description="Feedback events it was computed from.")
     estimated_change_percent: str = Field(
-        description="Estimated change of accuracy in points, traffic-weighted (e.g. \"-0.42\")."
+        description='Estimated change of accuracy in points, traffic-weighted (e.g. "-0.42").'
     )
     lower_bound_percent: str = Field(
         description="Lower 95% confidence bound of that change, in points."
