@@ -49,6 +49,15 @@ DATA = Path(os.environ.get("SHOAL_DATA_DIR", REPO.parent / "shared" / "data")) /
 SETS = {
     "routerdc": {"dir": "routerdc-7b", "clusters": 16, "top_p": 1, "alpha": 1.0},
     "routerbench": {"dir": "routerbench", "clusters": 16, "top_p": 3, "alpha": 1.0},
+    # A shifted workload: the calibration sample has none of GSM8K's and HumanEval's
+    # prompts; the feedback stream and test have all five tasks.
+    "routerdc-shift": {
+        "dir": "routerdc-7b",
+        "clusters": 16,
+        "top_p": 1,
+        "alpha": 1.0,
+        "calibration_tasks": ("arc_challenge", "cmmlu", "mmlu"),
+    },
 }
 CHECKPOINTS = (100, 250, 500, 1000, 2000, 5000)  # multiples of the refit batch
 ALPHAS = tuple(round(a, 3) for a in np.linspace(0.0, 1.0, 41))
@@ -105,14 +114,17 @@ def select(
     return chosen, table
 
 
-#: The guarded learner's settings (the defaults of ``shoal router learn``).
-GUARD = {"pessimism": 1.0, "guard": True, "holdout": 0.3, "guard_every": 500, "margin": 0.0}
+#: The guard's settings (the defaults of ``shoal router learn``).
+GUARD = {"guard": True, "holdout": 0.3, "guard_every": 500, "margin": 0.0, "ab": 0.25}
+#: The guarded learners: the guard alone, and the guard over pessimistic tables.
+GUARDED = {"guarded": 0.0, "guarded_pessimistic": 1.0}
+LEARNERS = ("unguarded", *GUARDED)
 
 
-def guarded_config(chosen: ReplayConfig) -> ReplayConfig:
-    """The guarded learner: Thompson (every model keeps a propensity), the prior weight
-    chosen on train, pessimistic tables and the off-policy guard."""
-    return replace(chosen, explore="thompson", **GUARD)  # type: ignore[arg-type]
+def guarded_config(chosen: ReplayConfig, pessimism: float) -> ReplayConfig:
+    """A guarded learner: Thompson (every model keeps a propensity), the prior weight
+    chosen on train, the off-policy guard, tables as pessimistic as asked."""
+    return replace(chosen, explore="thompson", pessimism=pessimism, **GUARD)  # type: ignore[arg-type]
 
 
 def brief(report: dict[str, Any]) -> dict[str, Any]:
@@ -154,6 +166,9 @@ def study(
     order = rng.permutation(len(train))
     n_cal = round(fraction * len(train))
     cal_idx, stream_idx = np.sort(order[:n_cal]), np.sort(order[n_cal:])
+    if "calibration_tasks" in spec:  # the shifted workload: other tasks only in the stream
+        seen = np.array([train[i].task in spec["calibration_tasks"] for i in cal_idx])
+        cal_idx = cal_idx[seen]
     fit_args = {k: spec[k] for k in ("clusters", "top_p", "alpha")}
     when = datetime(2026, 12, 1, tzinfo=UTC)
     small = fit_router(
@@ -179,7 +194,10 @@ def study(
         fine_clusters=(32, 64, 128),
         knn_neighbours=(50, 200),
     )
-    safe = learn(small, stream, held, guarded_config(cfg), now=when)
+    safe = {
+        key: learn(small, stream, held, guarded_config(cfg, k), now=when)
+        for key, k in GUARDED.items()
+    }
     full_router = TableRouter.from_artifact(full)
     full_point = evaluate_choice(full_router.choose(held.vectors), held, full_router.models)
     q, c = score_matrices(test, models)
@@ -203,13 +221,13 @@ def study(
         "oracle": base["oracle"]["accuracy"],
         "selection": selection,
         "unguarded": brief(outcome.report),
-        "guarded": brief(safe.report),
+        **{key: brief(out.report) for key, out in safe.items()},
     }
     if name == "routerbench":
         gpt4 = next(m for m in models if m.startswith("gpt-4"))
         target = base["single"][gpt4]
         learned = TableRouter.from_artifact(outcome.artifact)
-        learned_safe = TableRouter.from_artifact(safe.artifact)
+        learned_safe = TableRouter.from_artifact(safe["guarded"].artifact)
         small_r = TableRouter.from_artifact(small)
         if variants:  # same seed: the same log as inside learn()
             res = replay(small_r, stream, held, cfg)
@@ -253,7 +271,7 @@ def show(r: dict[str, Any]) -> None:
         f"\n== {r['set']} seed {r['seed']}: fit on {r['calibration_samples']}, stream "
         f"{r['stream_samples']}, test {r['test_samples']}"
     )
-    for key in ("unguarded", "guarded"):
+    for key in LEARNERS:
         g = r[key]
         curve = " -> ".join(f"{100 * p['accuracy']:.2f}" for p in g["curve"])
         print(f"  {key:>9} ({g['explore']}, prior {g['prior_weight']:g}): {curve}")
@@ -298,7 +316,7 @@ def show(r: dict[str, Any]) -> None:
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and worst seed of each learner's accuracy before, after and their difference."""
     out: dict[str, Any] = {"seeds": [r["seed"] for r in runs]}
-    for key in ("unguarded", "guarded"):
+    for key in LEARNERS:
         before = np.array([r[key]["accuracy_before"] for r in runs])
         after = np.array([r[key]["accuracy_after"] for r in runs])
         cost_b = np.array([r[key]["cost_per_query_before"] for r in runs])
@@ -318,7 +336,22 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         ests = [r[key]["offpolicy"] for r in runs if r[key]["offpolicy"].get("events")]
         if ests:
             err = np.array([e["dr"]["after"] - e["true_after"] for e in ests])
+            naive = np.array([e["naive_after"] - e["true_after"] for e in ests])
             out[key]["dr_error_mean_abs"] = float(np.abs(err).mean())
+            out[key]["naive_error_mean_abs"] = float(np.abs(naive).mean())
+        looks = [look for r in runs for look in r[key]["guard_looks"]]
+        if looks:
+            est = np.array([look["estimate"] for look in looks])
+            low = np.array([look["lower"] for look in looks])
+            true = np.array([look["true_difference"] for look in looks])
+            adopted = np.array([look["adopted"] for look in looks])
+            out[key]["guard"] = {
+                "looks": len(looks),
+                "adopted": int(adopted.sum()),
+                "adopted_truly_worse": int((adopted & (true < 0)).sum()),
+                "estimate_error_mean_abs": float(np.abs(est - true).mean()),
+                "lower_bound_covers_truth": float((low <= true).mean()),
+            }
     return out
 
 
@@ -358,7 +391,7 @@ def main() -> int:
                 {k: v for k, v in r.items() if k not in ("curve", "share_after", "guard_looks")}
             )
         summary = summarise(runs)
-        for key in ("unguarded", "guarded"):
+        for key in LEARNERS:
             sm = summary[key]
             print(
                 f"\n{name} {key} over seeds {ns.seeds}: accuracy "
@@ -368,6 +401,15 @@ def main() -> int:
                 f"before), cost/query {sm['cost_per_query_before_mean']:.6f} -> "
                 f"{sm['cost_per_query_after_mean']:.6f}"
             )
+            if "guard" in sm:
+                gd = sm["guard"]
+                print(
+                    f"  guard: {gd['looks']} looks, {gd['adopted']} adopted "
+                    f"({gd['adopted_truly_worse']} truly worse on the held-out feedback), "
+                    f"estimate off by {100 * gd['estimate_error_mean_abs']:.2f} points on "
+                    f"average, lower bound below the truth in "
+                    f"{100 * gd['lower_bound_covers_truth']:.0f}% of looks"
+                )
         out[name] = {"summary": summary, "runs": runs}
     print(json.dumps(out, sort_keys=True))
     return 0

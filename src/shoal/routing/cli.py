@@ -254,7 +254,7 @@ def learn(
     seed: int = typer.Option(0, min=0, help="Seed of the stream order and exploration."),
     variants: bool = typer.Option(False, help="Also report per-query and finer-cluster estimates."),
     pessimism: float = typer.Option(
-        1.0, min=0.0, help="Lower-confidence-bound weight of the refit tables (0: posterior mean)."
+        0.0, min=0.0, help="Lower-confidence-bound weight of the refit tables (0: posterior mean)."
     ),
     guard: bool = typer.Option(
         True, help="Adopt a refit only when the off-policy estimate says it routes better."
@@ -263,6 +263,13 @@ def learn(
         0.3, min=0.0, max=0.9, help="Share of the feedback held out of the refit for the guard."
     ),
     guard_every: int = typer.Option(500, min=1, help="Feedback events between two guard looks."),
+    ab: float = typer.Option(
+        0.25,
+        min=0.0,
+        max=0.5,
+        help="Under the guard, share of requests sent to the refit's choice (and as many to "
+        "the tables in use): the guard's A/B comparison.",
+    ),
     margin: float = typer.Option(
         0.0, help="Accuracy the guard's lower bound must gain to adopt (0.01 = one point)."
     ),
@@ -313,6 +320,7 @@ def learn(
             holdout=holdout,
             guard_every=guard_every,
             margin=margin,
+            ab=ab,
         )
         outcome = run_learn(blob, stream, held, cfg, now=datetime.now(UTC), variants=variants)
         write_artifact(out, outcome.artifact)

@@ -18,7 +18,10 @@ The guard (``guard=True``): a share ``holdout`` of the events is kept out of the
 logged apart; every ``guard_every`` events the refit (the *candidate*) is compared with the
 tables in use on those held-out events (a doubly robust estimate of the difference); it is
 adopted only when the lower confidence bound of that difference exceeds ``margin``,
-otherwise it stays in shadow and the tables in use keep routing. ``pessimism`` ranks the
+otherwise it stays in shadow and the tables in use keep routing. ``ab`` aims exploration at
+that decision: a share ``ab`` of the requests goes to the candidate's choice and as many to
+the tables in use's, so that where the two disagree both have propensities of at least
+``ab`` and the estimate's weights stay small. ``pessimism`` ranks the
 refit's cells by a lower confidence bound (:func:`~shoal.routing.refit.pessimistic_quality`).
 Pure numpy over embedded queries; seeded, so a replay is reproducible.
 """
@@ -82,6 +85,9 @@ class ReplayConfig:
     estimator: offpolicy.Method = "dr"
     #: Extra posterior draws per request that estimate Thompson's propensities.
     propensity_draws: int = 63
+    #: Under the guard, the share of requests sent to the candidate's choice, and as many to
+    #: the tables in use (the rest to the exploration policy): the guard's A/B comparison.
+    ab: float = 0.0
 
 
 @dataclass
@@ -177,6 +183,26 @@ def _thompson(
     return out
 
 
+def _explore_probability(
+    cfg: ReplayConfig,
+    a: npt.NDArray[np.int64],
+    greedy: npt.NDArray[np.int64],
+    draws: npt.NDArray[np.int64] | None,
+    models: int,
+) -> F64:
+    """The probability the exploration policy gives model ``a`` of each query: exact for
+    greedy and epsilon, the frequency among the posterior ``draws`` for Thompson."""
+    if cfg.explore == "thompson" and draws is not None:
+        freq: F64 = (draws == a).mean(axis=0)
+        return freq
+    if cfg.explore == "epsilon":
+        p_other = cfg.epsilon / max(models - 1, 1)
+        eps: F64 = np.where(a == greedy, 1.0 - cfg.epsilon, p_other)
+        return eps
+    same: F64 = (a == greedy).astype(np.float64)
+    return same
+
+
 def reward_model(router: TableRouter, table: F64, vectors: npt.NDArray[Any]) -> F64:
     """Each model's predicted score for each query: ``table`` blended over the router's
     ``top_p`` nearest clusters (the doubly robust estimate's reward model)."""
@@ -224,6 +250,7 @@ def replay(
     # replay without the guard do not depend on them.
     prop_rng = np.random.default_rng([cfg.seed, 1])
     split_rng = np.random.default_rng([cfg.seed, 2])
+    mix_rng = np.random.default_rng([cfg.seed, 3])
     prior = router.quality.copy()
     k, m = prior.shape
     fb = Feedback.zeros(k, m)  # what the refit learns from
@@ -276,19 +303,31 @@ def replay(
         rows = order[done:stop]
         vec = stream.vectors[rows]
         greedy = current.choose(vec, alpha=cfg.alpha)
+        # The exploration policy's choice (and, for Thompson, posterior draws that estimate
+        # the probability it gives any model).
+        draws = None
         if cfg.explore == "thompson":
             choice = _thompson(current, everything, prior, vec, cfg, rng)[0]
             more = _thompson(current, everything, prior, vec, cfg, prop_rng, cfg.propensity_draws)
-            propensity = (1.0 + (more == choice).sum(axis=0)) / (1.0 + cfg.propensity_draws)
+            draws = np.concatenate([choice[None, :], more])
         elif cfg.explore == "epsilon":
             flip = rng.random(rows.size) < cfg.epsilon
             other = (greedy + rng.integers(1, max(m, 2), rows.size)) % m
             choice = np.where(flip, other, greedy)
-            p_other = cfg.epsilon / max(m - 1, 1)
-            propensity = np.where(choice == greedy, 1.0 - cfg.epsilon, p_other)
         else:
             choice = greedy
-            propensity = np.ones(rows.size)
+        propensity = _explore_probability(cfg, choice, greedy, draws, m)
+        if cfg.guard and cfg.ab > 0 and candidate is not None:
+            # Aimed exploration: a share of the requests goes to the candidate's choice and
+            # as much to the tables in use, so the guard sees both where they disagree.
+            challenger = candidate.choose(vec, alpha=cfg.alpha)
+            u = mix_rng.random(rows.size)
+            choice = np.where(u < cfg.ab, challenger, np.where(u < 2 * cfg.ab, greedy, choice))
+            propensity = (
+                (1.0 - 2 * cfg.ab) * _explore_probability(cfg, choice, greedy, draws, m)
+                + cfg.ab * (choice == challenger)
+                + cfg.ab * (choice == greedy)
+            )
         explored += int((choice != greedy).sum())
         nearest = current.neighbours(vec)[0][:, 0]
         held = split_rng.random(rows.size) < cfg.holdout if cfg.guard else np.zeros(rows.size, bool)

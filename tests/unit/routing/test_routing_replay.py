@@ -117,6 +117,8 @@ def test_router_learn_cli(tmp_path: Path) -> None:
             "2",
             "--batch",
             "5",
+            "--guard-every",
+            "10",
             "--no-cache",
             "--plot",
             str(tmp_path / "curve.png"),
@@ -126,6 +128,8 @@ def test_router_learn_cli(tmp_path: Path) -> None:
     last = json.loads(res.stdout.strip().splitlines()[-1])
     assert {"accuracy_before", "accuracy_after", "events", "cost_per_query_after"} <= set(last)
     assert last["events"] == 60 and last["accuracy_after"] > last["accuracy_before"]
+    assert last["adopted"] >= 1 and "adopted" in res.stdout and "off-policy estimate" in res.stdout
+    assert {"true_after", "dr", "snips", "ips", "naive_after"} <= set(last["offpolicy"])
     assert (tmp_path / "b.bin").is_file() and (tmp_path / "curve.png").read_bytes()[
         :4
     ] == b"\x89PNG"
@@ -196,7 +200,7 @@ def test_the_guard_adopts_a_refit_the_held_out_feedback_shows_better() -> None:
     _, stream = data(60)
     _, held = data(10)
     router = TableRouter.from_artifact(misleading_artifact())
-    for explore in ("thompson", "epsilon"):
+    for explore, ab in (("thompson", 0.0), ("epsilon", 0.0), ("thompson", 0.25)):
         cfg = ReplayConfig(
             prior_weight=2,
             explore=explore,  # type: ignore[arg-type]
@@ -205,6 +209,7 @@ def test_the_guard_adopts_a_refit_the_held_out_feedback_shows_better() -> None:
             guard=True,
             guard_every=20,
             pessimism=1.0,
+            ab=ab,
         )
         res = replay(router, stream, held, cfg)
         assert any(d.adopted for d in res.decisions), explore
