@@ -383,9 +383,9 @@ def main() -> int:
                     "best per task": r["per_task_best"],
                 }
                 plot_learning(
-                    {**r, "curve": r["guarded"]["curve"]},
+                    {**r, "curves": {key: r[key]["curve"] for key in LEARNERS}},
                     REPO / "docs" / "img" / f"learn-{name}.png",
-                    title=f"{name}: fit on 10% of train, guarded bandit feedback from the rest",
+                    title=f"{name} seed {seed}: fit on 10% of train, bandit feedback from the rest",
                 )
             runs.append(
                 {k: v for k, v in r.items() if k not in ("curve", "share_after", "guard_looks")}
