@@ -28,8 +28,10 @@ refit at most once per ``spec.feedback.refitIntervalSeconds``. One attempt:
    ``FeedbackMismatch``, ``MetricsUnavailable``) and a Warning event; the artifact in use
    stays. A refit the feedback guard does not show better (``Shadow``), and every refit in
    ``mode: Observe`` (``Observing``), is kept in shadow: ``RouterRefit=False``, a Normal
-   event, and ``status.shadowRefit`` with what it would change (estimated accuracy change
-   and its lower bound, clusters and traffic share whose choice would change).
+   event, ``status.shadowRefit`` with what it would change (estimated accuracy change and
+   its lower bound, clusters and traffic share whose choice would change), and the same in
+   the operator's metrics (``shoal_router_shadow_refit_*``; every attempt counts in
+   ``shoal_router_refit_attempts_total`` by reason).
 
 The counts are cumulative, and the prior is always the calibration table, so a refit never
 compounds an earlier one and a refit from unchanged counts is skipped (no new version).
@@ -51,7 +53,7 @@ import httpx
 from shoal.api.v1alpha1 import API_VERSION, RoutingPolicy
 from shoal.api.v1alpha1.policy import RouterArtifactStatus
 from shoal.autoscaling.prometheus import router_metric_names
-from shoal.operator import events
+from shoal.operator import events, metrics
 from shoal.operator.gateway import WRITE_ERRORS, KubeGateway
 from shoal.operator.policies import (
     CalibrationUnavailable,
@@ -508,5 +510,10 @@ def _report(
         # A refusal is a Warning once per verdict (not "no feedback yet", which is normal).
         events.post(job.body, warning=True, reason=reason, message=message)
     in_use = artifact or (previous.artifact if previous else None)
+    metrics.REFITS.labels(ns, name, reason).inc()
+    if shadow is not None:
+        for bound, key in (("estimate", "estimatedChangePercent"), ("lower", "lowerBoundPercent")):
+            metrics.SHADOW_CHANGE.labels(ns, name, bound).set(float(shadow[key]))
+        metrics.SHADOW_CLUSTERS.labels(ns, name).set(shadow["clustersChanged"])
     log.info("router refit of %s/%s: %s: %s", ns, name, reason, message)
     return RefitOutcome(True, reason, message, in_use.version if in_use else None, changed)

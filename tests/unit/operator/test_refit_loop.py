@@ -221,6 +221,15 @@ def test_a_refit_the_feedback_does_not_show_better_stays_in_shadow(world: Any) -
     assert float(shadow["lowerBoundPercent"]) < 0 and shadow["events"] == 250
     assert condition(gw)["status"] == "False"
     assert "kept in shadow" in condition(gw)["message"]
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"namespace": "ns", "policy": "p", **labels})
+
+    lower = sample("shoal_router_shadow_refit_change_percent", bound="lower")
+    assert lower == float(shadow["lowerBoundPercent"])
+    assert sample("shoal_router_shadow_refit_clusters_changed") == 1
+    assert (sample("shoal_router_refit_attempts_total", reason="Shadow") or 0) >= 1
     assert not attempt(gw, state, clock=30.0).attempted  # a shadow verdict waits an interval
     # Beta is scored on math too, and is clearly better there: the refit is applied.
     source.rows.append(FeedbackRow("beta", str(math), 200, 180))
