@@ -154,8 +154,53 @@ def brief(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def mechanism(small: bytes, stream: Labelled, seed: int) -> list[dict[str, Any]]:
+    """Why plain bandit feedback can make the router worse, measured on the stream: replay it
+    (greedy and Thompson, prior weight 8, the plain posterior), then compare each cluster's
+    tables with the stream's true per-cluster mean of every model (nearest cluster)."""
+    r0 = TableRouter.from_artifact(small)
+    near = r0.neighbours(stream.vectors)[0][:, 0]
+    k, m = r0.quality.shape
+    true = np.full((k, m), np.nan)
+    for c in range(k):
+        if (near == c).any():
+            true[c] = stream.quality[near == c].mean(axis=0)
+    at = np.arange(k)
+    old = r0.quality.argmax(axis=1)
+    others = np.ones((k, m), dtype=bool)
+    others[at, old] = False
+    out = []
+    for explore in ("greedy", "thompson"):
+        cfg = ReplayConfig(prior_weight=8.0, explore=explore, batch=50, seed=seed, alpha=1.0)  # type: ignore[arg-type]
+        res = replay(r0, stream, stream, cfg)
+        events, post = res.feedback.events, res.router.quality
+        new = post.argmax(axis=1)
+        changed = old != new
+        share = np.bincount(near, minlength=k) / len(near)
+        gain = np.nansum(((true[at, new] - true[at, old]) * share)[changed])
+        out.append(
+            {
+                "explore": explore,
+                "clusters_changed": int(changed.sum()),
+                "changed_to_unscored": int((changed & (events[at, new] < 3)).sum()),
+                "prior_bias_chosen": float(np.nanmean(r0.quality[at, old] - true[at, old])),
+                "prior_bias_others": float(np.nanmean((r0.quality - true)[others])),
+                "learned_bias_scored": float(np.nanmean((post - true)[events >= 10])),
+                "learned_bias_unscored": float(np.nanmean((post - true)[events < 3])),
+                "true_effect_on_stream": float(gain),
+            }
+        )
+    return out
+
+
 def study(
-    name: str, spec: dict[str, Any], *, fraction: float, seed: int, variants: bool
+    name: str,
+    spec: dict[str, Any],
+    *,
+    fraction: float,
+    seed: int,
+    variants: bool,
+    diagnose: bool = False,
 ) -> dict[str, Any]:
     emb = make_embedder("minilm-l6-static-v2")
     train_files, test_files = split_files(DATA / spec["dir"])
@@ -220,6 +265,7 @@ def study(
         },
         "oracle": base["oracle"]["accuracy"],
         "selection": selection,
+        "mechanism": mechanism(small, stream, seed) if diagnose else [],
         "unguarded": brief(outcome.report),
         **{key: brief(out.report) for key, out in safe.items()},
     }
@@ -296,6 +342,16 @@ def show(r: dict[str, Any]) -> None:
                 f"{100 * op['dr']['difference']:+.2f} (lower "
                 f"{100 * op['dr']['difference_lower']:+.2f})"
             )
+    for d in r.get("mechanism", []):
+        print(
+            f"  mechanism ({d['explore']}, plain posterior): {d['clusters_changed']} clusters "
+            f"changed, {d['changed_to_unscored']} to a model with < 3 events; prior bias of the "
+            f"chosen model {100 * d['prior_bias_chosen']:+.1f} points, of the others "
+            f"{100 * d['prior_bias_others']:+.1f}; after feedback, scored cells "
+            f"{100 * d['learned_bias_scored']:+.1f}, unscored "
+            f"{100 * d['learned_bias_unscored']:+.1f}; true effect of the changes "
+            f"{100 * d['true_effect_on_stream']:+.2f}"
+        )
     for k, v in r.get("variants", {}).items():
         print(f"  {k:>10}  accuracy {100 * v['accuracy']:.2f}%")
     print(
@@ -361,6 +417,9 @@ def main() -> int:
     ap.add_argument("--fraction", type=float, default=0.10)
     ap.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
     ap.add_argument("--variants", action="store_true", help="also kNN and finer clusters")
+    ap.add_argument(
+        "--mechanism", action="store_true", help="also measure why plain feedback misleads"
+    )
     ap.add_argument("--plot", action="store_true", help="write docs/img/learn-<set>.png")
     ns = ap.parse_args()
     if not DATA.is_dir():
@@ -371,7 +430,14 @@ def main() -> int:
     for name in ns.sets.split(","):
         runs = []
         for seed in seeds:
-            r = study(name, SETS[name], fraction=ns.fraction, seed=seed, variants=ns.variants)
+            r = study(
+                name,
+                SETS[name],
+                fraction=ns.fraction,
+                seed=seed,
+                variants=ns.variants,
+                diagnose=ns.mechanism,
+            )
             r["seed"] = seed
             show(r)
             sys.stdout.flush()
