@@ -34,6 +34,7 @@ from shoal.routing.artifact import (
     encode_artifact,
 )
 from shoal.routing.fit import embed_all, score_matrices
+from shoal.routing.scoring import minmax_rows
 from shoal.routing.tables import TableRouter
 from shoal.routing.types import Embedder, Sample
 
@@ -207,6 +208,12 @@ def count_guard(
     scored carries the prior's whole uncertainty and is not adopted on the prior alone. A
     refit that changes no cluster's choice is adopted (it moves the tables, not the
     routing at the centroids).
+
+    Under ``alpha < 1`` the router trades quality for cost on purpose, so a change is
+    judged by the router's own objective, in accuracy points: the quality difference plus
+    the cost side of the blend, ``(1 - alpha) / alpha * span * (cost_old - cost_new)`` with
+    costs normalised per cluster and ``span`` the cluster's range of posterior qualities
+    (the blend's quality scale). Costs are known, so only the quality side is uncertain.
     """
     mean = posterior_quality(prior, feedback, prior_weight)
     sd = posterior_stderr(prior, feedback, prior_weight)
@@ -220,6 +227,12 @@ def count_guard(
     at = np.arange(mean.shape[0])
     changed = old != new
     diff = np.where(changed, mean[at, new] - mean[at, old], 0.0)
+    alpha = max(refit.alpha, 1e-6)
+    if alpha < 1.0:
+        cn = minmax_rows(refit.cost.astype(np.float32)).astype(np.float64)
+        span = mean.max(axis=1) - mean.min(axis=1)
+        trade = (1.0 - alpha) / alpha * span * (cn[at, old] - cn[at, new])
+        diff = diff + np.where(changed, trade, 0.0)
     var = np.where(changed, sd[at, new] ** 2 + sd[at, old] ** 2, 0.0)
     est = float((share * diff).sum())
     se = float(np.sqrt((share**2 * var).sum()))

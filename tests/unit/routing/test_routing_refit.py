@@ -213,3 +213,37 @@ def test_a_refit_the_feedback_does_not_show_better_is_kept_in_shadow() -> None:
     header, arrays = decode_artifact(out.artifact or b"")
     assert header["refit"]["pessimism"] == 1.0
     assert not np.allclose(arrays["quality"], posterior_quality(arrays["prior_quality"], fb, 8))
+
+
+def test_count_guard_judges_a_cost_aware_router_by_its_own_objective() -> None:
+    """At alpha 0.7 a switch to a model ten times cheaper and a little less accurate is
+    what the router is asked to make once feedback shows the two nearly level: the guard
+    counts the cost side of the blend and adopts it on evidence, though accuracy alone
+    falls a little; at alpha 1 the router would not switch at all."""
+    from dataclasses import replace
+
+    from shoal.routing.refit import count_guard
+
+    prior = np.array([[0.80, 0.40, 0.20], [0.1, 0.9, 0.2]])
+    router = TableRouter(
+        models=("big", "small", "other"),
+        centroids=np.eye(3, dtype=np.float32)[:2],
+        quality=prior,
+        cost=np.array([[1.0, 0.1, 0.5], [1.0, 0.1, 0.5]]),
+        top_p=1,
+        temperature=0.1,
+        alpha=0.7,
+    )
+    assert router.choose(router.centroids).tolist() == [0, 1]
+    # Feedback: big is 0.62 and small 0.58 on cluster 0, both well measured.
+    fb = Feedback(
+        np.array([[400.0, 400.0, 0.0], [0.0, 100.0, 0.0]]),
+        np.array([[248.0, 232.0, 0.0], [0.0, 90.0, 0.0]]),
+    )
+    refit = router.with_quality(posterior_quality(prior, fb, 8.0))
+    assert refit.choose(refit.centroids).tolist() == [1, 1]  # the cheaper one now
+    g = count_guard(router, refit, prior, fb, 8.0)
+    assert g.adopt and g.lower > 0 and g.changed_clusters == 1
+    assert posterior_quality(prior, fb, 8.0)[0, 1] < posterior_quality(prior, fb, 8.0)[0, 0]
+    at_one = count_guard(replace(router, alpha=1.0), replace(refit, alpha=1.0), prior, fb, 8.0)
+    assert at_one.changed_clusters == 0
