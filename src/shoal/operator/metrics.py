@@ -1,4 +1,5 @@
-"""Prometheus metrics of the operator: reconciles, their durations and outcomes, fits, and the
+"""Prometheus metrics of the operator: reconciles, their durations and outcomes, fits, the
+router refits from feedback (and what a refit kept in shadow would change), and the
 autoscaler's decisions."""
 
 from __future__ import annotations
@@ -50,6 +51,23 @@ EFFECTIVE_ALPHA = Gauge(
     "shoal_autoscaler_effective_alpha",
     "Router quality weight in force (the policy's alpha unless the budget binds).",
     ["namespace", "fleet"],
+)
+REFITS = Counter(
+    "shoal_router_refit_attempts_total",
+    "Router refits from feedback by outcome (the RouterRefit reason: Refit, Shadow, "
+    "Observing, NoFeedback, ...).",
+    ["namespace", "policy", "reason"],
+)
+SHADOW_CHANGE = Gauge(
+    "shoal_router_shadow_refit_change_percent",
+    "What the last refit kept in shadow would change: its estimated accuracy change in points "
+    "(bound=estimate) and the lower 95% bound of it (bound=lower).",
+    ["namespace", "policy", "bound"],
+)
+SHADOW_CLUSTERS = Gauge(
+    "shoal_router_shadow_refit_clusters_changed",
+    "Clusters whose first choice the last refit kept in shadow would change.",
+    ["namespace", "policy"],
 )
 EVALUATIONS = Counter(
     "shoal_autoscaler_evaluations_total",

@@ -13,8 +13,12 @@ refit at most once per ``spec.feedback.refitIntervalSeconds``. One attempt:
    router did not route (a model named in the request: no cluster) and on models the router
    does not rank (a fallback model outside the artifact) cannot move a table and is left out;
 2. blends them with the calibration table (:func:`shoal.routing.refit.refit_artifact`, the
-   prior worth ``priorWeight`` events), and checks the refit router on the calibration set
-   (embedded once per calibration fit and kept in memory);
+   prior worth ``priorWeight`` events, cells ranked by a lower confidence bound weighted
+   ``pessimism``), checks the refit router on the calibration set (embedded once per
+   calibration fit and kept in memory), and checks with the feedback itself that it routes
+   better than the artifact in use (:func:`shoal.routing.refit.count_guard`: the lower 95%
+   bound of the traffic-weighted accuracy change where a cluster's choice changes must
+   exceed ``minImprovementPercent``);
 3. accepted: writes the new artifact version into the policy's artifact ConfigMap (the fit's
    fingerprint kept, so the policy's reconcile reports it rather than refitting) and the
    status (``artifact``, ``routerArtifactVersion``, ``lastRefitTime``, ``feedbackEvents``,
@@ -22,7 +26,12 @@ refit at most once per ``spec.feedback.refitIntervalSeconds``. One attempt:
    swaps to the new version in place (:mod:`shoal.serving.ranking`);
 4. refused: ``RouterRefit=False`` with the reason (``NoFeedback``, ``WorseOnCalibration``,
    ``FeedbackMismatch``, ``MetricsUnavailable``) and a Warning event; the artifact in use
-   stays.
+   stays. A refit the feedback guard does not show better (``Shadow``), and every refit in
+   ``mode: Observe`` (``Observing``), is kept in shadow: ``RouterRefit=False``, a Normal
+   event, ``status.shadowRefit`` with what it would change (estimated accuracy change and
+   its lower bound, clusters and traffic share whose choice would change), and the same in
+   the operator's metrics (``shoal_router_shadow_refit_*``; every attempt counts in
+   ``shoal_router_refit_attempts_total`` by reason).
 
 The counts are cumulative, and the prior is always the calibration table, so a refit never
 compounds an earlier one and a refit from unchanged counts is skipped (no new version).
@@ -44,7 +53,7 @@ import httpx
 from shoal.api.v1alpha1 import API_VERSION, RoutingPolicy
 from shoal.api.v1alpha1.policy import RouterArtifactStatus
 from shoal.autoscaling.prometheus import router_metric_names
-from shoal.operator import events
+from shoal.operator import events, metrics
 from shoal.operator.gateway import WRITE_ERRORS, KubeGateway
 from shoal.operator.policies import (
     CalibrationUnavailable,
@@ -226,7 +235,9 @@ class RefitState:
 
 #: Reasons after which the next attempt waits a whole refit interval (the others are retried
 #: at the re-check cadence: feedback may arrive, Prometheus may come back).
-_SETTLED = ("Refit", "WorseOnCalibration", "Unchanged")
+_SETTLED = ("Refit", "WorseOnCalibration", "Unchanged", "Shadow", "Observing")
+#: Reason of ``RouterRefit=False`` in ``mode: Observe``.
+OBSERVING = "Observing"
 
 
 @dataclass(frozen=True)
@@ -315,6 +326,7 @@ def _attempt(
     from shoal.routing.refit import (
         MISMATCH,
         NO_FEEDBACK,
+        SHADOW,
         Feedback,
         refit_artifact,
         same_feedback,
@@ -377,7 +389,24 @@ def _attempt(
         max_regression=float(Decimal(feedback.max_calibration_regression_percent)) / 100.0,
         now=now,
         min_events=feedback.min_events,
+        pessimism=float(Decimal(feedback.pessimism)),
+        guard_margin=float(Decimal(feedback.min_improvement_percent)) / 100.0,
     )
+    observe = feedback.mode == "Observe"
+    if result.guard is not None and (result.reason == SHADOW or (observe and result.accepted)):
+        reason = SHADOW if result.reason == SHADOW else OBSERVING
+        message = result.message
+        if reason == OBSERVING:
+            message = (
+                f"observing (spec.feedback.mode: Observe): the refit from {fb.total} feedback "
+                f"events would be version {result.version}: {result.message}"
+            )
+        shadow = {**result.guard.as_status(), "reason": reason, "at": _stamp(now)}
+        return _report(
+            job, None, False, reason,
+            f"{message}; the router keeps version {kept.version}" + aside, fb.total,
+            shadow=shadow,
+        )  # fmt: skip
     if not result.accepted or result.artifact is None:
         message = result.message
         if result.reason == NO_FEEDBACK:
@@ -418,6 +447,17 @@ class _Job:
     now: datetime
 
 
+def _figures(shadow: Any) -> dict[str, Any]:
+    """A shadow refit's figures without the time it was computed."""
+    return {k: v for k, v in (shadow or {}).items() if k != "at"}
+
+
+def _stamp(now: datetime) -> str:
+    from datetime import UTC
+
+    return now.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
 def _report(
     job: _Job,
     artifact: RouterArtifactStatus | None,
@@ -425,6 +465,7 @@ def _report(
     reason: str,
     message: str,
     events_seen: int | None,
+    shadow: dict[str, Any] | None = None,
 ) -> RefitOutcome:
     """Write the attempt into the policy's status (and an event when it changed anything)."""
     policy = job.policy
@@ -446,6 +487,10 @@ def _report(
     }
     if events_seen is not None:
         patch["feedbackEvents"] = events_seen
+    if shadow is not None:
+        patch["shadowRefit"] = shadow
+    elif artifact is not None:
+        patch["shadowRefit"] = None  # applied: no refit is in shadow any more
     if artifact is not None:
         patch["artifact"] = artifact.model_dump(mode="json", by_alias=True)
         patch["routerArtifactVersion"] = artifact.version
@@ -454,13 +499,21 @@ def _report(
     changed = any(old.get(k) != v for k, v in patch.items())
     if changed:
         job.gw.patch_status(API_VERSION, RoutingPolicy.KIND, ns, name, patch)
-    from shoal.routing.refit import NO_FEEDBACK
+    from shoal.routing.refit import NO_FEEDBACK, SHADOW
 
     if artifact is not None:
         events.post(job.body, warning=False, reason="Refit", message=message)
+    elif reason in (SHADOW, OBSERVING) and _figures(old.get("shadowRefit")) != _figures(shadow):
+        # What a shadow refit would do is news whenever its figures move, never a fault.
+        events.post(job.body, warning=False, reason=reason, message=message)
     elif reason != NO_FEEDBACK and (before is None or before.reason != reason):
         # A refusal is a Warning once per verdict (not "no feedback yet", which is normal).
         events.post(job.body, warning=True, reason=reason, message=message)
     in_use = artifact or (previous.artifact if previous else None)
+    metrics.REFITS.labels(ns, name, reason).inc()
+    if shadow is not None:
+        for bound, key in (("estimate", "estimatedChangePercent"), ("lower", "lowerBoundPercent")):
+            metrics.SHADOW_CHANGE.labels(ns, name, bound).set(float(shadow[key]))
+        metrics.SHADOW_CLUSTERS.labels(ns, name).set(shadow["clustersChanged"])
     log.info("router refit of %s/%s: %s: %s", ns, name, reason, message)
     return RefitOutcome(True, reason, message, in_use.version if in_use else None, changed)

@@ -310,6 +310,10 @@ def policy_status(
         feedback_events=previous.feedback_events
         if previous and any(c.type == ROUTER_REFIT for c in conds)
         else None,
+        # Written by the refit too (a refit kept in shadow); a reconcile keeps it.
+        shadow_refit=previous.shadow_refit
+        if previous and any(c.type == ROUTER_REFIT for c in conds)
+        else None,
     )
 
 

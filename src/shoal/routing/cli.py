@@ -253,6 +253,26 @@ def learn(
     alpha: float | None = typer.Option(None, min=0.0, max=1.0, help="Quality weight."),
     seed: int = typer.Option(0, min=0, help="Seed of the stream order and exploration."),
     variants: bool = typer.Option(False, help="Also report per-query and finer-cluster estimates."),
+    pessimism: float = typer.Option(
+        0.0, min=0.0, help="Lower-confidence-bound weight of the refit tables (0: posterior mean)."
+    ),
+    guard: bool = typer.Option(
+        True, help="Adopt a refit only when the off-policy estimate says it routes better."
+    ),
+    holdout: float = typer.Option(
+        0.3, min=0.0, max=0.9, help="Share of the feedback held out of the refit for the guard."
+    ),
+    guard_every: int = typer.Option(500, min=1, help="Feedback events between two guard looks."),
+    ab: float = typer.Option(
+        0.25,
+        min=0.0,
+        max=0.5,
+        help="Under the guard, share of requests sent to the refit's choice (and as many to "
+        "the tables in use): the guard's A/B comparison.",
+    ),
+    margin: float = typer.Option(
+        0.0, help="Accuracy the guard's lower bound must gain to adopt (0.01 = one point)."
+    ),
     plot: Path | None = typer.Option(None, help="Write the learning curve PNG here."),
     endpoint: str | None = typer.Option(None, help="Endpoint for an openai:<model> embedder."),
     cache: bool = typer.Option(True, help="Cache embeddings under ~/.cache/shoal."),
@@ -260,7 +280,9 @@ def learn(
     """Replay labelled data as bandit feedback from an artifact; write the learned artifact.
 
     The last line of the output is one JSON object with accuracy_before, accuracy_after,
-    events and cost_per_query_after (accuracy: mean of per-task accuracies on --data)."""
+    events and cost_per_query_after (accuracy: mean of per-task accuracies on --data), and
+    offpolicy: the off-policy estimates of the learned router on the held-out feedback next
+    to its true value there."""
     with _user_errors():
         from datetime import UTC, datetime
 
@@ -293,6 +315,12 @@ def learn(
             seed=seed,
             alpha=alpha,
             checkpoints=DEFAULT_CHECKPOINTS,
+            pessimism=pessimism,
+            guard=guard,
+            holdout=holdout,
+            guard_every=guard_every,
+            margin=margin,
+            ab=ab,
         )
         outcome = run_learn(blob, stream, held, cfg, now=datetime.now(UTC), variants=variants)
         write_artifact(out, outcome.artifact)
@@ -308,6 +336,21 @@ def learn(
         print(
             f"{p['events']:>7} events: accuracy {100 * p['accuracy']:.2f}%, "
             f"cost/query {p['cost_per_query']:.6f}"
+        )
+    for look in report["guard_looks"]:
+        print(
+            f"guard at {look['events']:>6} events: estimated change {100 * look['estimate']:+.2f} "
+            f"(lower bound {100 * look['lower']:+.2f}), true {100 * look['true_difference']:+.2f}"
+            f" on {look['held_out']} held-out events: "
+            + ("adopted" if look["adopted"] else "kept in shadow")
+        )
+    op = report["offpolicy"]
+    if op:
+        where = "logged" if op["in_sample"] else "held-out"
+        est = ", ".join(f"{k.upper()} {100 * op[k]['after']:.2f}%" for k in ("dr", "snips", "ips"))
+        print(
+            f"off-policy estimate of the learned router on {op['events']} {where} events: "
+            f"{est}, naive {100 * op['naive_after']:.2f}%; true {100 * op['true_after']:.2f}%"
         )
     for name, v in report.get("variants", {}).items():
         print(

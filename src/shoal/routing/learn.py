@@ -6,6 +6,13 @@ feedback is evaluated on held-out files: accuracy (mean of per-task accuracies) 
 query before and after, and along the way at checkpoints. The learned artifact is written
 through the same pure refit the operator uses (:func:`~shoal.routing.refit.refit_artifact`),
 so it loads anywhere an artifact does. Called by the CLI and by the replay study.
+
+The report's ``offpolicy`` part measures the off-policy estimate's honesty: on the logged
+events the refit did not learn from (the guard's held-out share; all events without the
+guard, then in-sample), the IPS, SNIPS and doubly robust estimates of the learned and the
+starting router's value and of their difference, next to the true values on the same
+queries (a replay knows every model's score), and the naive reading of the log (the mean
+score where the log happens to agree with the router, no propensities).
 """
 
 from __future__ import annotations
@@ -18,11 +25,19 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from shoal.routing import offpolicy
 from shoal.routing.evaluate import align_models
 from shoal.routing.fit import score_matrices
 from shoal.routing.perquery import fine_router, knn_choice
-from shoal.routing.refit import refit_artifact
-from shoal.routing.replay import Labelled, ReplayConfig, evaluate_choice, replay
+from shoal.routing.refit import posterior_quality, refit_artifact
+from shoal.routing.replay import (
+    Labelled,
+    ReplayConfig,
+    ReplayResult,
+    evaluate_choice,
+    replay,
+    reward_model,
+)
 from shoal.routing.tables import TableRouter
 from shoal.routing.types import Sample
 
@@ -52,6 +67,50 @@ class LearnOutcome:
     artifact: bytes
 
 
+def honesty(
+    start: TableRouter, result: ReplayResult, stream: Labelled, cfg: ReplayConfig
+) -> dict[str, Any]:
+    """Off-policy estimates of the learned and the starting router next to the truth (the
+    module docstring); empty when no event is left to estimate on."""
+    rows, log = result.log.logged(held=True if cfg.guard else None)
+    if len(log) < 2:
+        return {}
+    m = start.quality.shape[1]
+    vec = stream.vectors[rows]
+    learned, before = result.router, start
+    new = learned.choose(vec, alpha=cfg.alpha)
+    old = before.choose(vec, alpha=cfg.alpha)
+    q = stream.quality[rows]
+    at = np.arange(rows.size)
+    table = posterior_quality(start.quality, result.feedback, cfg.prior_weight)
+    rm = reward_model(start, table, vec)
+    out: dict[str, Any] = {
+        "events": len(log),
+        "in_sample": not cfg.guard,
+        "true_after": float(q[at, new].mean()),
+        "true_before": float(q[at, old].mean()),
+        "true_difference": float((q[at, new] - q[at, old]).mean()),
+        "naive_after": offpolicy.naive(log, offpolicy.one_hot(new, m)),
+    }
+    for method in ("ips", "snips", "dr"):
+        after = offpolicy.estimate(log, offpolicy.one_hot(new, m), method=method, reward_model=rm)
+        diff = offpolicy.compare(
+            log,
+            offpolicy.one_hot(new, m),
+            offpolicy.one_hot(old, m),
+            method=method,
+            reward_model=rm,
+        )
+        out[method] = {
+            "after": after.value,
+            "after_stderr": after.stderr,
+            "difference": diff.value,
+            "difference_lower": diff.lower(cfg.z),
+            "difference_stderr": diff.stderr,
+        }
+    return out
+
+
 def learn(
     artifact: bytes,
     stream: Labelled,
@@ -71,22 +130,26 @@ def learn(
     router = TableRouter.from_artifact(artifact)
     result = replay(router, stream, held_out, cfg)
     before, after = result.curve[0], result.curve[-1]
-    out = refit_artifact(
-        artifact,
-        result.feedback,
-        prior_weight=cfg.prior_weight,
-        calibration=None,
-        max_regression=1.0,
-        now=now,
-        min_events=0,
-    )
-    learned = out.artifact if out.artifact is not None else artifact
+    learned = artifact
+    if result.adopted_feedback is not None:
+        out = refit_artifact(
+            artifact,
+            result.adopted_feedback,
+            prior_weight=cfg.prior_weight,
+            calibration=None,
+            max_regression=1.0,
+            now=now,
+            min_events=0,
+            pessimism=cfg.pessimism,
+        )
+        learned = out.artifact if out.artifact is not None else artifact
     report: dict[str, Any] = {
         "accuracy_before": before["accuracy"],
         "accuracy_after": after["accuracy"],
         "cost_per_query_before": before["cost_per_query"],
         "cost_per_query_after": after["cost_per_query"],
-        "events": result.feedback.total,
+        "events": len(result.log.rows),
+        "refit_events": result.feedback.total,
         "explored": result.explored,
         "explore": cfg.explore,
         "prior_weight": cfg.prior_weight,
@@ -96,6 +159,21 @@ def learn(
             for p in result.curve
         ],
         "share_after": after["share"],
+        "pessimism": cfg.pessimism,
+        "guard": cfg.guard,
+        "adopted": sum(d.adopted for d in result.decisions) if cfg.guard else None,
+        "guard_looks": [
+            {
+                "events": d.events,
+                "held_out": d.held_out,
+                "estimate": d.estimate,
+                "lower": d.lower,
+                "adopted": d.adopted,
+                "true_difference": d.true_difference,
+            }
+            for d in result.decisions
+        ],
+        "offpolicy": honesty(router, result, stream, cfg),
     }
     if variants:
         extra: dict[str, Any] = {}

@@ -51,16 +51,18 @@ def plot_frontier(report: dict[str, Any], path: str | Path, *, title: str = "") 
 
 
 def plot_learning(report: dict[str, Any], path: str | Path, *, title: str = "") -> Path:
-    """Write the learning curve of ``shoal router learn`` (accuracy by feedback events)."""
+    """Write the learning curve of ``shoal router learn`` (accuracy by feedback events);
+    ``report["curves"]`` (label -> curve), when present, draws several learners instead."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curve = report["curve"]
+    curves = report.get("curves") or {"refit tables": report["curve"]}
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    xs = [max(p["events"], 1) for p in curve]
-    ax.plot(xs, [100 * p["accuracy"] for p in curve], "-o", markersize=3, label="refit tables")
+    for label, curve in curves.items():
+        xs = [max(p["events"], 1) for p in curve]
+        ax.plot(xs, [100 * p["accuracy"] for p in curve], "-o", markersize=3, label=label)
     for i, (name, v) in enumerate(report.get("variants", {}).items()):
         ax.axhline(100 * v["accuracy"], linestyle=":", linewidth=1, color=f"C{i + 1}", label=name)
     for name, value in report.get("references", {}).items():

@@ -34,6 +34,7 @@ from shoal.routing.artifact import (
     encode_artifact,
 )
 from shoal.routing.fit import embed_all, score_matrices
+from shoal.routing.scoring import minmax_rows
 from shoal.routing.tables import TableRouter
 from shoal.routing.types import Embedder, Sample
 
@@ -44,6 +45,7 @@ REFIT = "Refit"
 NO_FEEDBACK = "NoFeedback"
 WORSE = "WorseOnCalibration"
 MISMATCH = "FeedbackMismatch"
+SHADOW = "Shadow"
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,40 @@ def posterior_quality(prior: npt.NDArray[Any], feedback: Feedback, prior_weight:
     return out
 
 
+def posterior_stderr(prior: npt.NDArray[Any], feedback: Feedback, prior_weight: float) -> F64:
+    """The standard deviation of each cell's Beta posterior: ``prior_weight`` pseudo-events
+    at the calibration value plus the events, ``sqrt(q (1 - q) / (prior_weight + events + 1))``
+    with ``q`` the posterior mean (:func:`posterior_quality`)."""
+    q = posterior_quality(prior, feedback, prior_weight)
+    out: F64 = np.sqrt(np.clip(q * (1.0 - q), 0.0, 0.25) / (prior_weight + feedback.events + 1.0))
+    return out
+
+
+def pessimistic_quality(
+    prior: npt.NDArray[Any], feedback: Feedback, prior_weight: float, pessimism: float
+) -> F64:
+    """The posterior mean lowered by ``pessimism`` times the uncertainty feedback has not yet
+    removed: ``mean - pessimism * (sd - sd_prior)`` rearranged so that a cell without
+    feedback keeps its calibration value exactly, and a scored cell is ranked by a lower
+    confidence bound *relative to* the unscored ones.
+
+    Without it (``pessimism = 0``), bandit feedback lowers a chosen model's optimistic
+    estimate towards its true value while the models nobody scored keep theirs, and the
+    router moves to a model only because nobody scored it. With it, a model the feedback
+    has measured keeps the certainty it earned (``pessimism * (sd_prior - sd)``) over one
+    that only has the calibration prior; exploration then decides between them.
+    """
+    if not pessimism >= 0:
+        raise ValueError(f"pessimism must be >= 0, got {pessimism!r}")
+    mean = posterior_quality(prior, feedback, prior_weight)
+    if pessimism == 0:
+        return mean
+    sd = posterior_stderr(prior, feedback, prior_weight)
+    sd0 = posterior_stderr(prior, Feedback.zeros(*mean.shape), prior_weight)
+    out: F64 = mean + pessimism * (sd0 - sd)
+    return out
+
+
 @dataclass(frozen=True)
 class CalibrationSet:
     """The calibration queries, embedded: vectors ``(n, d)``, quality ``(n, m)``, tasks."""
@@ -127,6 +163,91 @@ def accuracy(router: TableRouter, cal: CalibrationSet, alpha: float | None = Non
 
 
 @dataclass(frozen=True)
+class GuardResult:
+    """What the feedback guard estimated: the traffic-weighted change of the mean score
+    (``estimate``, accuracy units) from the tables in use to the refit, its lower bound,
+    the clusters whose first choice would change and their share of the traffic, and
+    whether that clears the margin (``adopt``)."""
+
+    adopt: bool
+    estimate: float
+    lower: float
+    changed_clusters: int
+    changed_share: float
+    events: int
+
+    def as_status(self) -> dict[str, Any]:
+        """The verdict in status form (percent as decimal strings, 2 places)."""
+        return {
+            "estimatedChangePercent": f"{100 * self.estimate:.2f}",
+            "lowerBoundPercent": f"{100 * self.lower:.2f}",
+            "clustersChanged": self.changed_clusters,
+            "trafficChangedPercent": f"{100 * self.changed_share:.2f}",
+            "events": self.events,
+        }
+
+
+def count_guard(
+    in_use: TableRouter,
+    refit: TableRouter,
+    prior: npt.NDArray[Any],
+    feedback: Feedback,
+    prior_weight: float,
+    *,
+    margin: float = 0.0,
+    z: float = 1.6448536269514722,
+) -> GuardResult:
+    """Whether ``refit`` routes better than ``in_use`` by more than ``margin``, from counts.
+
+    Each cluster's first choice (the router's choice at its centroid) under both routers;
+    where they differ, the change of the mean score is the difference of the two models'
+    posteriors in that cluster (the calibration prior worth ``prior_weight`` events plus
+    the feedback), with the variance of both. The changes are weighted by each cluster's
+    share of the feedback (the traffic). The refit is adopted only when the lower bound
+    ``estimate - z * stderr`` exceeds ``margin``: a switch to a model that feedback has not
+    scored carries the prior's whole uncertainty and is not adopted on the prior alone. A
+    refit that changes no cluster's choice is adopted (it moves the tables, not the
+    routing at the centroids).
+
+    Under ``alpha < 1`` the router trades quality for cost on purpose, so a change is
+    judged by the router's own objective, in accuracy points: the quality difference plus
+    the cost side of the blend, ``(1 - alpha) / alpha * span * (cost_old - cost_new)`` with
+    costs normalised per cluster and ``span`` the cluster's range of posterior qualities
+    (the blend's quality scale). Costs are known, so only the quality side is uncertain.
+    """
+    mean = posterior_quality(prior, feedback, prior_weight)
+    sd = posterior_stderr(prior, feedback, prior_weight)
+    old = in_use.choose(in_use.centroids)
+    new = refit.choose(refit.centroids)
+    per_cluster = feedback.events.sum(axis=1)
+    total = float(per_cluster.sum())
+    if total <= 0:
+        return GuardResult(False, 0.0, 0.0, 0, 0.0, 0)
+    share = per_cluster / total
+    at = np.arange(mean.shape[0])
+    changed = old != new
+    diff = np.where(changed, mean[at, new] - mean[at, old], 0.0)
+    alpha = max(refit.alpha, 1e-6)
+    if alpha < 1.0:
+        cn = minmax_rows(refit.cost.astype(np.float32)).astype(np.float64)
+        span = mean.max(axis=1) - mean.min(axis=1)
+        trade = (1.0 - alpha) / alpha * span * (cn[at, old] - cn[at, new])
+        diff = diff + np.where(changed, trade, 0.0)
+    var = np.where(changed, sd[at, new] ** 2 + sd[at, old] ** 2, 0.0)
+    est = float((share * diff).sum())
+    se = float(np.sqrt((share**2 * var).sum()))
+    lower = est - z * se
+    return GuardResult(
+        bool(not changed.any() or lower > margin),
+        est,
+        lower,
+        int(changed.sum()),
+        float(share[changed].sum()),
+        round(total),
+    )
+
+
+@dataclass(frozen=True)
 class RefitResult:
     """What a refit decided: ``accepted`` with the new ``artifact``, or refused, and why."""
 
@@ -138,6 +259,10 @@ class RefitResult:
     events: int
     accuracy_before: float | None = None
     accuracy_after: float | None = None
+    #: The feedback guard's verdict (None: no guard asked for).
+    guard: GuardResult | None = None
+    #: The refit kept in shadow when the guard refused it (its bytes, for reports).
+    shadow: bytes | None = None
 
 
 def artifact_version(header: dict[str, Any]) -> int:
@@ -154,6 +279,8 @@ def refit_artifact(
     max_regression: float,
     now: datetime,
     min_events: int = 1,
+    pessimism: float = 0.0,
+    guard_margin: float | None = None,
 ) -> RefitResult:
     """Blend the calibration prior with ``feedback`` and return the new artifact or a refusal.
 
@@ -161,7 +288,11 @@ def refit_artifact(
     ``calibration`` is None. The new artifact keeps the centroids, costs and parameters,
     stores the posterior as ``quality``, the calibration table as ``prior_quality`` and the
     counts as ``feedback_events`` / ``feedback_score_sum``; its header gains ``refit``
-    (``version``, ``parent`` checksum, ``events``, ``prior_weight``, ``refit_at``).
+    (``version``, ``parent`` checksum, ``events``, ``prior_weight``, ``pessimism``,
+    ``refit_at``). ``pessimism`` > 0 stores :func:`pessimistic_quality` instead of the
+    posterior mean. With ``guard_margin`` set, the refit must also pass :func:`count_guard`
+    against the artifact in use (``data``), else it is refused with reason ``Shadow`` and
+    its bytes kept in ``shadow``.
     """
     header, arrays = decode_artifact(data)
     version = artifact_version(header)
@@ -184,7 +315,7 @@ def refit_artifact(
         return RefitResult(
             False, NO_FEEDBACK, f"{events} feedback events (need {min_events})", None, version, 0
         )
-    posterior = posterior_quality(prior, feedback, prior_weight)
+    posterior = pessimistic_quality(prior, feedback, prior_weight, pessimism)
     base = TableRouter.from_artifact(data).with_quality(prior)
     refit = base.with_quality(posterior)
     before = after = None
@@ -209,6 +340,7 @@ def refit_artifact(
         "parent": artifact_checksum(data),
         "events": events,
         "prior_weight": float(prior_weight),
+        "pessimism": float(pessimism),
         "refit_at": now.astimezone(UTC).replace(microsecond=0).isoformat(),
     }
     new_arrays = dict(arrays)
@@ -218,6 +350,30 @@ def refit_artifact(
     new_arrays["feedback_score_sum"] = feedback.score_sum.astype(np.float32)
     blob = encode_artifact(new_header, new_arrays)
     shown = "" if after is None else f"; {100 * after:.2f}% on the calibration set"
+    verdict = None
+    if guard_margin is not None:
+        in_use = TableRouter.from_artifact(data)
+        verdict = count_guard(in_use, refit, prior, feedback, prior_weight, margin=guard_margin)
+        said = (
+            f"estimated change {100 * verdict.estimate:+.2f} points (lower bound "
+            f"{100 * verdict.lower:+.2f}, margin {100 * guard_margin:.2f}) over "
+            f"{verdict.changed_clusters} clusters with {100 * verdict.changed_share:.1f}% "
+            "of the traffic"
+        )
+        if not verdict.adopt:
+            return RefitResult(
+                False,
+                SHADOW,
+                f"the refit from {events} feedback events is kept in shadow: {said}",
+                None,
+                version,
+                events,
+                before,
+                after,
+                verdict,
+                blob,
+            )
+        shown += f"; {said}"
     return RefitResult(
         True,
         REFIT,
@@ -227,6 +383,7 @@ def refit_artifact(
         events,
         before,
         after,
+        verdict,
     )
 
 

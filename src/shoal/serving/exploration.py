@@ -7,7 +7,10 @@ requests and, where ``maxCostPerHour`` is set, while the explored requests' esti
 (each model's recent cost per request) stays within that budget over the last hour. Each
 ingress replica holds its share of the budget (the budget over the ingress replicas). Off by
 default; every explored request says so in the ``x-shoal-explored`` header and in
-``shoal_explorations_total``. The randomness and the clock are passed in: pure.
+``shoal_explorations_total``, and every routed request under exploration carries its
+propensity (the probability the decision gave the model it went to) in
+``x-shoal-propensity``, which off-policy estimates need. The randomness and the clock are
+passed in: pure.
 """
 
 from __future__ import annotations
@@ -51,21 +54,41 @@ class Explorer:
         cost_of: Callable[[str], float],
     ) -> str | None:
         """The model to explore for this request (None: keep the ranking)."""
-        if self.share <= 0 or not scores or len(ranked) < 2 or self._rng() >= self.share:
-            return None
+        return self.decide(ranked, scores, now, cost_of)[0]
+
+    def decide(
+        self,
+        ranked: list[str],
+        scores: dict[str, float] | None,
+        now: float,
+        cost_of: Callable[[str], float],
+    ) -> tuple[str | None, float]:
+        """The model to explore (None: keep the ranking) and the *propensity* of the model
+        the request goes to: the probability this decision gave it. An explored model had
+        ``percent / near`` (one of the ``near`` models within the margin); the first choice
+        ``1 - percent * allowed / near`` (``allowed``: the near models the cost budget lets
+        through now). Off-policy estimates weigh the answer's feedback by its inverse."""
+        if self.share <= 0 or not scores or len(ranked) < 2:
+            return None, 1.0
         best = scores.get(ranked[0])
-        if best is None:
-            return None
-        near = [m for m in ranked[1:] if m in scores and scores[m] >= best - self.margin]
-        if not near:
-            return None
+        near = (
+            []
+            if best is None
+            else [m for m in ranked[1:] if m in scores and scores[m] >= best - self.margin]
+        )
+        allowed = near
+        if self.budget is not None and near:
+            room = self.budget - self._spent_last_hour(now)
+            allowed = [m for m in near if cost_of(m) <= room]
+        keep = 1.0 - self.share * len(allowed) / len(near) if near else 1.0
+        if self._rng() >= self.share or not near:
+            return None, keep
         model = self._pick(near)
+        if model not in allowed:
+            return None, keep
         if self.budget is not None:
-            cost = cost_of(model)
-            if self._spent_last_hour(now) + cost > self.budget:
-                return None
-            self._spent.append((now, cost))
-        return model
+            self._spent.append((now, cost_of(model)))
+        return model, self.share / len(near)
 
 
 def explored(ranked: list[str], model: str) -> list[str]:

@@ -384,12 +384,13 @@ class Endpoint:
         if tenant is not None:
             headers["x-shoal-alpha"] = f"{alpha:.4f}"
         if self.explorer is not None:
-            chosen = self.explorer.choose(
+            chosen, propensity = self.explorer.decide(
                 models,
                 ranking.scores,
                 time.monotonic(),
                 lambda m: self.book.cost_per_request.get(m, 0.0),
             )
+            headers["x-shoal-propensity"] = f"{propensity:.4f}"
             if chosen is not None:
                 models = explored(models, chosen)
                 headers["x-shoal-explored"] = chosen

@@ -22,7 +22,8 @@ def test_defaults_are_filled_in_and_read_back(control_plane: ControlPlane, names
     got = control_plane.kubectl("get", "rpol", "p", "-n", namespace, "-o", "json").stdout
     feedback = json.loads(got)["spec"]["feedback"]
     assert feedback == {"enabled": True, "priorWeight": 8, "refitIntervalSeconds": 600,
-                        "minEvents": 100, "maxCalibrationRegressionPercent": "1.0"}  # fmt: skip
+                        "minEvents": 100, "maxCalibrationRegressionPercent": "1.0",
+                        "mode": "Apply", "pessimism": "1", "minImprovementPercent": "0"}  # fmt: skip
     spec = RoutingPolicy.model_validate(json.loads(got)).spec.feedback
     assert spec is not None and spec.prior_weight == 8
 
@@ -35,6 +36,9 @@ def test_defaults_are_filled_in_and_read_back(control_plane: ControlPlane, names
         ("minEvents", 0, "should be greater than or equal to 1"),
         ("maxCalibrationRegressionPercent", "101", "should match"),
         ("maxCalibrationRegressionPercent", "-1", "should match"),
+        ("pessimism", "11", "should match"),
+        ("minImprovementPercent", "-0.5", "should match"),
+        ("mode", "Shadow", "Unsupported value"),
     ],
 )
 def test_out_of_range_values_are_refused_naming_the_field(

@@ -241,3 +241,31 @@ def test_prometheus_down_is_a_condition_and_nothing_else(
         assert key not in json.dumps(cluster.get("rpol", "p")) + json.dumps(
             cluster.get("fleet", "f")
         )
+
+
+def test_observe_mode_reports_the_refit_and_applies_nothing(
+    cluster: Cluster, operator: Any, prometheus: Feedback, settings: pytest.MonkeyPatch
+) -> None:
+    settings.setenv("SHOAL_PROMETHEUS_URL", prometheus.url)
+    cluster.apply(calibration_configmap(), feedback_policy(minEvents=50, mode="Observe"), fleet())
+    with operator():
+        first = fitted(cluster)
+        math, code = clusters_of(stored_artifact(cluster))
+        prometheus.send("alpha", math, 1.0, 20)
+        prometheus.send("beta", code, 1.0, 20)
+        prometheus.send("alpha", code, 0.0, 10)
+        wait_for("Prometheus to hold the feedback", lambda: prometheus.scraped() >= 50, 30)
+        observing = wait_for(
+            "RouterRefit=False Observing", lambda: refit_condition(cluster, "Observing"), 90
+        )
+        assert observing["status"] == "False"
+        assert "would be version 2" in observing["message"]
+        now = status(cluster)
+        assert now["shadowRefit"]["reason"] == "Observing" and now["shadowRefit"]["events"] == 50
+        assert now["routerArtifactVersion"] == 1 and "lastRefitTime" not in now
+        assert artifact_checksum(stored_artifact(cluster)) == first["checksum"]
+        normal = wait_for("a Normal Observing event", lambda: [
+            e for e in json.loads(cluster.cp.kubectl("get", "events", "-n", cluster.ns, "-o",
+                                                     "json").stdout)["items"]
+            if e["reason"] == "Observing" and e["type"] == "Normal"], 30)  # fmt: skip
+        assert normal[0]["involvedObject"]["name"] == "p"

@@ -202,3 +202,50 @@ def test_nothing_without_feedback_enabled_or_an_artifact(world: Any) -> None:
     unfitted["status"] = {}
     assert not refit_policy(gw, state, unfitted, ["f"], NOW).attempted  # type: ignore[arg-type]
     assert gw.status_writes == 0
+
+
+def test_a_refit_the_feedback_does_not_show_better_stays_in_shadow(world: Any) -> None:
+    """Feedback scores only alpha on math, poorly: the plain posterior would move math to
+    beta, which nobody scored there. The calibration check is opened wide so that only the
+    feedback guard decides: the refit is kept in shadow and reported, nothing is applied."""
+    gw, source, state, (math, code) = world
+    body = gw.objects[("RoutingPolicy", "ns", "p")]
+    body["spec"]["feedback"].update(maxCalibrationRegressionPercent="100", pessimism="0")
+    source.rows = [FeedbackRow("alpha", str(math), 200, 20), FeedbackRow("beta", str(code), 50, 45)]
+    out = attempt(gw, state, clock=0.0)
+    assert (out.reason, out.version, gw.applies) == ("Shadow", 1, 0)
+    status = gw.objects[("RoutingPolicy", "ns", "p")]["status"]
+    assert status["routerArtifactVersion"] == 1
+    shadow = status["shadowRefit"]
+    assert shadow["reason"] == "Shadow" and shadow["clustersChanged"] == 1
+    assert float(shadow["lowerBoundPercent"]) < 0 and shadow["events"] == 250
+    assert condition(gw)["status"] == "False"
+    assert "kept in shadow" in condition(gw)["message"]
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"namespace": "ns", "policy": "p", **labels})
+
+    lower = sample("shoal_router_shadow_refit_change_percent", bound="lower")
+    assert lower == float(shadow["lowerBoundPercent"])
+    assert sample("shoal_router_shadow_refit_clusters_changed") == 1
+    assert (sample("shoal_router_refit_attempts_total", reason="Shadow") or 0) >= 1
+    assert not attempt(gw, state, clock=30.0).attempted  # a shadow verdict waits an interval
+    # Beta is scored on math too, and is clearly better there: the refit is applied.
+    source.rows.append(FeedbackRow("beta", str(math), 200, 180))
+    out = attempt(gw, state, clock=61.0)
+    assert (out.reason, out.version, gw.applies) == ("Refit", 2, 1)
+    assert "shadowRefit" not in gw.objects[("RoutingPolicy", "ns", "p")]["status"]
+
+
+def test_observe_mode_reports_what_a_refit_would_change_and_applies_nothing(world: Any) -> None:
+    gw, source, state, (math, code) = world
+    gw.objects[("RoutingPolicy", "ns", "p")]["spec"]["feedback"]["mode"] = "Observe"
+    source.rows = [FeedbackRow("alpha", str(math), 12, 12), FeedbackRow("beta", str(code), 6, 5)]
+    out = attempt(gw, state, clock=0.0)
+    assert (out.reason, out.version, gw.applies) == ("Observing", 1, 0)
+    status = gw.objects[("RoutingPolicy", "ns", "p")]["status"]
+    assert status["routerArtifactVersion"] == 1 and status["feedbackEvents"] == 18
+    assert status["shadowRefit"]["reason"] == "Observing"
+    assert status["shadowRefit"]["clustersChanged"] == 0
+    assert "would be version 2" in condition(gw)["message"]

@@ -151,6 +151,31 @@ def test_policy_status_after_fit_and_after_failed_refit() -> None:
     assert bad.artifact == art
 
 
+def test_a_policy_reconcile_keeps_what_the_refit_reported() -> None:
+    from shoal.api.v1alpha1.policy import ShadowRefitStatus
+
+    policy = RoutingPolicy.model_validate(
+        {"metadata": {"name": "p", "generation": 4},
+         "spec": {"calibration": {"configMapRef": {"name": "c", "key": "k"}},
+                  "feedback": {"enabled": True}}}
+    )  # fmt: skip
+    art = RouterArtifactStatus(config_map="p-router-artifact", checksum="sha256:x",
+                               format_version=1, fitted_at=NOW, samples=40, clusters=4,
+                               models=["a", "b"])  # fmt: skip
+    shadow = ShadowRefitStatus(events=120, estimated_change_percent="0.40",
+                               lower_bound_percent="-1.10", clusters_changed=1,
+                               traffic_changed_percent="12.50", reason="Shadow", at=NOW)  # fmt: skip
+    refit = set_condition([], type="RouterRefit", status=False, reason="Shadow", message="m",
+                          generation=4, now=NOW)  # fmt: skip
+    previous = policy_status(policy, artifact=art, fit_error=None, previous=None, now=NOW)
+    previous = previous.model_copy(
+        update={"conditions": previous.conditions + refit, "feedback_events": 120,
+                "shadow_refit": shadow}
+    )  # fmt: skip
+    again = policy_status(policy, artifact=art, fit_error=None, previous=previous, now=NOW)
+    assert again.shadow_refit == shadow and again.feedback_events == 120
+
+
 def test_a_parked_healthy_model_counts_as_ready_and_costs_nothing() -> None:
     plans = deployment_plans(
         BuildArgs(fleet_name="f", fleet=FLEET.spec, policy=POLICY.spec, replicas={"a": 2, "b": 0})

@@ -150,3 +150,100 @@ def test_calibration_set_and_stored_feedback_follow_the_artifact() -> None:
     more = Feedback(fb.events + 1, fb.score_sum)
     assert not same_feedback(more, stored_feedback(out.artifact))
     assert not same_feedback(fb, None)
+
+
+def centroid_router(quality: list[list[float]]) -> TableRouter:
+    """Two clusters at two orthogonal centroids, two models, alpha 1 (quality only)."""
+    return TableRouter(
+        models=("mathy", "wordy"),
+        centroids=np.eye(2, dtype=np.float32),
+        quality=np.array(quality),
+        cost=np.ones((2, 2)),
+        top_p=1,
+        temperature=0.1,
+        alpha=1.0,
+    )
+
+
+def test_count_guard_adopts_a_switch_only_on_evidence() -> None:
+    from shoal.routing.refit import count_guard
+
+    prior = np.array([[0.6, 0.55], [0.1, 0.9]])
+    in_use = centroid_router(prior.tolist())
+    switched = centroid_router([[0.5, 0.55], [0.1, 0.9]])  # cluster 0 to wordy
+    # Feedback only on mathy in cluster 0 (it scored 0.5): wordy's 0.55 is the prior alone.
+    only_chosen = Feedback(np.array([[100.0, 0.0], [0.0, 100.0]]), np.array([[50.0, 0], [0, 90]]))
+    g = count_guard(in_use, switched, prior, only_chosen, 8.0)
+    assert not g.adopt and g.changed_clusters == 1 and g.changed_share == pytest.approx(0.5)
+    assert g.lower < 0 < g.estimate  # the prior says a little better; the bound says unknown
+    # Wordy scored in cluster 0 too, clearly better: adopted.
+    both = Feedback(np.array([[100.0, 100.0], [0.0, 100.0]]), np.array([[50.0, 80], [0, 90]]))
+    g = count_guard(in_use, switched, prior, both, 8.0)
+    assert g.adopt and g.lower > 0 and g.events == 300
+    assert not count_guard(in_use, switched, prior, both, 8.0, margin=0.5).adopt
+    # No choice changes: the tables may move, the routing at the centroids cannot worsen.
+    same = count_guard(in_use, in_use, prior, both, 8.0, margin=0.01)
+    assert same.adopt and (same.estimate, same.changed_clusters) == (0.0, 0)
+    assert same.as_status()["clustersChanged"] == 0
+
+
+def test_a_refit_the_feedback_does_not_show_better_is_kept_in_shadow() -> None:
+    from shoal.routing.refit import SHADOW
+
+    blob, _ = fitted()
+    k = TableRouter.from_artifact(blob).clusters
+    fb = Feedback.zeros(k, 2)
+    fb.events[:, 0] = 100.0  # only mathy scored, everywhere poorly: the mean moves to wordy
+    fb.score_sum[:, 0] = 5.0
+    plain = refit_artifact(
+        blob, fb, prior_weight=8, calibration=None, max_regression=1.0, now=NOW, guard_margin=0.0
+    )
+    assert not plain.accepted and plain.reason == SHADOW and plain.artifact is None
+    assert plain.shadow is not None and plain.guard is not None and not plain.guard.adopt
+    assert "kept in shadow" in plain.message and plain.version == 1
+    # Without the guard the same counts are adopted (as before the guard existed).
+    unguarded = refit_artifact(
+        blob, fb, prior_weight=8, calibration=None, max_regression=1.0, now=NOW
+    )
+    assert unguarded.accepted and unguarded.guard is None
+    # A pessimistic refit stores the lower-bound-ranked table and says so in its header.
+    out = refit_artifact(
+        blob, fb, prior_weight=8, calibration=None, max_regression=1.0, now=NOW, pessimism=1.0
+    )
+    header, arrays = decode_artifact(out.artifact or b"")
+    assert header["refit"]["pessimism"] == 1.0
+    assert not np.allclose(arrays["quality"], posterior_quality(arrays["prior_quality"], fb, 8))
+
+
+def test_count_guard_judges_a_cost_aware_router_by_its_own_objective() -> None:
+    """At alpha 0.7 a switch to a model ten times cheaper and a little less accurate is
+    what the router is asked to make once feedback shows the two nearly level: the guard
+    counts the cost side of the blend and adopts it on evidence, though accuracy alone
+    falls a little; at alpha 1 the router would not switch at all."""
+    from dataclasses import replace
+
+    from shoal.routing.refit import count_guard
+
+    prior = np.array([[0.80, 0.40, 0.20], [0.1, 0.9, 0.2]])
+    router = TableRouter(
+        models=("big", "small", "other"),
+        centroids=np.eye(3, dtype=np.float32)[:2],
+        quality=prior,
+        cost=np.array([[1.0, 0.1, 0.5], [1.0, 0.1, 0.5]]),
+        top_p=1,
+        temperature=0.1,
+        alpha=0.7,
+    )
+    assert router.choose(router.centroids).tolist() == [0, 1]
+    # Feedback: big is 0.62 and small 0.58 on cluster 0, both well measured.
+    fb = Feedback(
+        np.array([[400.0, 400.0, 0.0], [0.0, 100.0, 0.0]]),
+        np.array([[248.0, 232.0, 0.0], [0.0, 90.0, 0.0]]),
+    )
+    refit = router.with_quality(posterior_quality(prior, fb, 8.0))
+    assert refit.choose(refit.centroids).tolist() == [1, 1]  # the cheaper one now
+    g = count_guard(router, refit, prior, fb, 8.0)
+    assert g.adopt and g.lower > 0 and g.changed_clusters == 1
+    assert posterior_quality(prior, fb, 8.0)[0, 1] < posterior_quality(prior, fb, 8.0)[0, 0]
+    at_one = count_guard(replace(router, alpha=1.0), replace(refit, alpha=1.0), prior, fb, 8.0)
+    assert at_one.changed_clusters == 0

@@ -42,3 +42,18 @@ def test_the_cost_budget_holds_over_an_hour_and_is_shared_by_replicas() -> None:
 
 def test_explored_keeps_the_rest_for_fallback() -> None:
     assert explored(RANKED, "b") == ["b", "a", "c"]
+
+
+def test_each_decision_says_its_propensity() -> None:
+    """The probability the decision gave the model the request goes to: percent / near for
+    an explored model, 1 - percent * allowed / near for the first choice."""
+    wide = {"a": 0.90, "b": 0.87, "c": 0.86}
+    explore = _explorer(percent=10, draws=[0.0])  # explores: b, one of two near models
+    assert explore.decide(RANKED, wide, 0.0, lambda m: 0.0) == ("b", 0.05)
+    keep = _explorer(percent=10, draws=[0.5])  # does not explore
+    assert keep.decide(RANKED, wide, 0.0, lambda m: 0.0) == (None, 0.9)
+    assert _explorer().decide(RANKED, {"a": 0.9, "b": 0.1}, 0.0, lambda m: 0.0) == (None, 1.0)
+    # A budget that lets only the cheaper near model through: the first choice keeps more.
+    capped = _explorer(percent=10, cap="0.15", draws=[0.5])
+    model, p = capped.decide(RANKED, wide, 0.0, lambda m: 0.1 if m == "b" else 0.2)
+    assert model is None and abs(p - 0.95) < 1e-12

@@ -330,6 +330,7 @@ def test_an_explored_request_says_so(client_for: Any) -> None:
         json={"model": "auto", "messages": [{"role": "user", "content": "x"}]},
     )
     assert r.headers["x-shoal-explored"] == "spare" and r.headers["x-shoal-model"] == "spare"
+    assert r.headers["x-shoal-propensity"] == "0.2000"  # 20% over one near model
     assert metric(ep, "shoal_explorations_total", model="spare") == 1
 
 

@@ -30,6 +30,9 @@ Strategy = Literal["cluster", "static"]
 EmbedderType = Literal["minilm", "multilingual-e5", "openai"]
 #: A percentage in [0, 100] with at most two places: "0", "1.0", "2.5", "100".
 PERCENT = r"^(100(\.0{1,2})?|[1-9]?[0-9](\.[0-9]{1,2})?)$"
+#: A decimal in [0, 10] with at most two places: "0", "1", "1.5".
+SMALL_DECIMAL = r"^(10(\.0{1,2})?|[0-9](\.[0-9]{1,2})?)$"
+FeedbackMode = Literal["Apply", "Observe"]
 CALIBRATION_URI = r"^((s3|gs)://[a-z0-9][a-z0-9.-]*[a-z0-9]|https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?)/[A-Za-z0-9._~/%+=-]+$"
 
 
@@ -150,7 +153,9 @@ class FeedbackSpec(ApiModel):
     from Prometheus, blends them into each cluster's per-model quality (a posterior whose
     prior is the calibration table, worth ``priorWeight`` feedback events) and writes a new
     artifact version, unless that would make the router worse on the calibration set by more
-    than ``maxCalibrationRegressionPercent`` points."""
+    than ``maxCalibrationRegressionPercent`` points, or the feedback does not show that it
+    routes better by ``minImprovementPercent`` (then the refit is kept in shadow and
+    reported). ``mode: Observe`` computes and reports every refit without applying it."""
 
     enabled: bool = Field(default=False, description="Refit the router from feedback.")
     prior_weight: int = Field(
@@ -178,6 +183,26 @@ class FeedbackSpec(ApiModel):
         default="1.0",
         description="A refit that scores more than this many points (percent) below the "
         "calibration fit on the calibration set is refused (decimal in [0, 100]).",
+    )
+    mode: FeedbackMode = Field(
+        default="Apply",
+        description="Apply: adopt refits that pass the checks. Observe: compute and report "
+        "what each refit would change (status.shadowRefit, the RouterRefit condition) and "
+        "never apply it.",
+    )
+    pessimism: Annotated[str, StringConstraints(max_length=5, pattern=SMALL_DECIMAL)] = Field(
+        default="1",
+        description="Lower-confidence-bound weight of the refit tables (decimal in [0, 10]): "
+        "a model the feedback has scored keeps this many posterior standard deviations of "
+        "certainty over one only the calibration data describes; 0 uses posterior means.",
+    )
+    min_improvement_percent: Annotated[str, StringConstraints(max_length=6, pattern=PERCENT)] = (
+        Field(
+            default="0",
+            description="A refit that changes a cluster's choice is adopted only when the lower "
+            "95% confidence bound of its estimated accuracy change, from the feedback, exceeds "
+            "this many points (decimal in [0, 100]); otherwise it is kept in shadow.",
+        )
     )
 
 
@@ -287,6 +312,24 @@ class RouterArtifactStatus(ApiModel):
     )
 
 
+class ShadowRefitStatus(ApiModel):
+    """A refit computed from feedback and not applied: what it would have changed."""
+
+    events: int = Field(ge=0, description="Feedback events it was computed from.")
+    estimated_change_percent: str = Field(
+        description='Estimated change of accuracy in points, traffic-weighted (e.g. "-0.42").'
+    )
+    lower_bound_percent: str = Field(
+        description="Lower 95% confidence bound of that change, in points."
+    )
+    clusters_changed: int = Field(ge=0, description="Clusters whose first choice would change.")
+    traffic_changed_percent: str = Field(
+        description="Share of the feedback traffic in those clusters, in percent."
+    )
+    reason: str = Field(description="Why it was not applied: Shadow or Observing.")
+    at: datetime = Field(description="When it was computed.")
+
+
 class RoutingPolicyStatus(ApiModel):
     """Observed state of a policy, written by the operator."""
 
@@ -315,6 +358,10 @@ class RoutingPolicyStatus(ApiModel):
         ge=0,
         description="Feedback events counted for the router's clusters at the last refit "
         "attempt (every fleet of the policy together).",
+    )
+    shadow_refit: ShadowRefitStatus | None = Field(
+        default=None,
+        description="The last refit kept in shadow (not applied) and what it would change.",
     )
 
 
