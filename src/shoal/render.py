@@ -123,7 +123,7 @@ def engine_arguments(docs: list[Any]) -> list[dict[str, Any]]:
             raise RenderError(f"ModelFleet {name}: {exc}") from exc
         models = []
         for model in fleet.spec.models:
-            entry = {"name": model.name, "engine": model.engine, "tier": model.tier}
+            entry: dict[str, Any] = {"name": model.name, "engine": model.engine, "tier": model.tier}
             entry.update(rendered(model))
             path = local_source_path(model.source) if model.engine == "llamacpp" else None
             if path is not None and Path(path).is_file():

@@ -38,7 +38,7 @@ def module_text(version: str, names: list[str]) -> str:
     """The generated module's source (formatted as ``ruff format`` leaves it)."""
     rows = "".join(f'        "{n}",\n' for n in names)
     return (
-        f"{_HEADER}VLLM_VERSION = \"{version}\"\n\n"
+        f'{_HEADER}VLLM_VERSION = "{version}"\n\n'
         "#: Field names of vLLM's AsyncEngineArgs.\n"
         f"ENGINE_ARGS: frozenset[str] = frozenset(\n    (\n{rows}    )\n)\n"
     )

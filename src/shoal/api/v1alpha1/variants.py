@@ -25,7 +25,9 @@ from pydantic import Field, StringConstraints
 
 from shoal.api.v1alpha1.common import ApiModel, Rule, SourceUri
 
-QuantizationMethod = Literal["awq", "gptq", "fp8", "int8", "bitsandbytes", "compressed-tensors", "gguf"]
+QuantizationMethod = Literal[
+    "awq", "gptq", "fp8", "int8", "bitsandbytes", "compressed-tensors", "gguf"
+]
 KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
 SpeculativeMethod = Literal["ngram", "draft", "eagle", "eagle3", "mtp"]
 
@@ -146,7 +148,9 @@ class SpeculativeDecoding(ApiModel):
         Rule(
             cel="!(self.method in ['draft', 'eagle', 'eagle3']) || has(self.draftSource)",
             message="speculative.draftSource is required by the draft, eagle and eagle3 methods",
-            check=lambda s: s.method not in ("draft", "eagle", "eagle3") or s.draft_source is not None,
+            check=lambda s: (
+                s.method not in ("draft", "eagle", "eagle3") or s.draft_source is not None
+            ),
             field_path=".draftSource",
             reason="FieldValueRequired",
         ),
@@ -163,17 +167,20 @@ class SpeculativeDecoding(ApiModel):
             "!has(self.promptLookupMax))",
             message="speculative.promptLookupMin and promptLookupMax apply only to the ngram "
             "method",
-            check=lambda s: s.method == "ngram"
-            or (s.prompt_lookup_min is None and s.prompt_lookup_max is None),
+            check=lambda s: (
+                s.method == "ngram" or (s.prompt_lookup_min is None and s.prompt_lookup_max is None)
+            ),
             field_path=".method",
         ),
         Rule(
             cel="!has(self.promptLookupMin) || !has(self.promptLookupMax) || "
             "self.promptLookupMin <= self.promptLookupMax",
             message="speculative.promptLookupMin must be less than or equal to promptLookupMax",
-            check=lambda s: s.prompt_lookup_min is None
-            or s.prompt_lookup_max is None
-            or s.prompt_lookup_min <= s.prompt_lookup_max,
+            check=lambda s: (
+                s.prompt_lookup_min is None
+                or s.prompt_lookup_max is None
+                or s.prompt_lookup_min <= s.prompt_lookup_max
+            ),
             field_path=".promptLookupMin",
         ),
     )
@@ -225,9 +232,9 @@ MODEL_RULES: tuple[Rule, ...] = (
         cel="self.engine == 'vllm' || !has(self.quantization) || "
         "!has(self.quantization.kvCacheDtype)",
         message="quantization.kvCacheDtype is supported only by the vllm engine",
-        check=lambda m: m.engine == "vllm"
-        or m.quantization is None
-        or m.quantization.kv_cache_dtype is None,
+        check=lambda m: (
+            m.engine == "vllm" or m.quantization is None or m.quantization.kv_cache_dtype is None
+        ),
         field_path=".quantization.kvCacheDtype",
         reason="FieldValueForbidden",
     ),
@@ -236,9 +243,11 @@ MODEL_RULES: tuple[Rule, ...] = (
         cel="self.engine != 'llamacpp' || !has(self.speculative) || "
         "self.speculative.method in ['ngram', 'draft']",
         message="speculative.method of a llamacpp model can only be ngram or draft",
-        check=lambda m: m.engine != "llamacpp"
-        or m.speculative is None
-        or m.speculative.method in ("ngram", "draft"),
+        check=lambda m: (
+            m.engine != "llamacpp"
+            or m.speculative is None
+            or m.speculative.method in ("ngram", "draft")
+        ),
         field_path=".speculative.method",
     ),
     Rule(
@@ -248,10 +257,12 @@ MODEL_RULES: tuple[Rule, ...] = (
         "self.speculative.draftSource.startsWith('pvc://')",
         message="speculative.draftSource of a llamacpp model must be a local GGUF "
         "(file:// or pvc://)",
-        check=lambda m: m.engine != "llamacpp"
-        or m.speculative is None
-        or m.speculative.draft_source is None
-        or _local(m.speculative.draft_source),
+        check=lambda m: (
+            m.engine != "llamacpp"
+            or m.speculative is None
+            or m.speculative.draft_source is None
+            or _local(m.speculative.draft_source)
+        ),
         field_path=".speculative.draftSource",
     ),
     Rule(
@@ -261,10 +272,12 @@ MODEL_RULES: tuple[Rule, ...] = (
         "self.speculative.draftSource.startsWith('gs://'))",
         message="speculative.draftSource of a vllm model must be hf://, file:// or pvc:// "
         "(vLLM loads the draft itself, not from an object store)",
-        check=lambda m: m.engine != "vllm"
-        or m.speculative is None
-        or m.speculative.draft_source is None
-        or not m.speculative.draft_source.startswith(("s3://", "gs://")),
+        check=lambda m: (
+            m.engine != "vllm"
+            or m.speculative is None
+            or m.speculative.draft_source is None
+            or not m.speculative.draft_source.startswith(("s3://", "gs://"))
+        ),
         field_path=".speculative.draftSource",
     ),
 )

