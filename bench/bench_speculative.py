@@ -85,15 +85,31 @@ def bench_llamacpp(gguf: Path | None, tokens: int, tmp: Path) -> dict[str, Any]:
     for label, spec in variants.items():
         texts, count, seconds = asyncio.run(_llamacpp_run(path, spec, tokens))
         same = base is None or texts == base
+        # Where they differ: the characters the answers share from the start, in percent.
+        shared = 100.0 if base is None else _shared_percent(base, texts)
         base = base or texts
-        out[label] = {"tokens": count, "tokens_per_s": round(count / seconds, 1), "same": same}
+        out[label] = {"tokens": count, "tokens_per_s": round(count / seconds, 1), "same": same,
+                      "shared_prefix_percent": round(shared, 1)}  # fmt: skip
         print(f"llamacpp {name:28} {label:11} {count:5} tokens  {count / seconds:8.1f} tok/s  "
-              f"same tokens: {same}")  # fmt: skip
+              f"same tokens: {same} (shared prefix {shared:.0f}%)")  # fmt: skip
     return out
 
 
-def _vllm_run(model: Path, speculative: dict[str, Any] | None, tokens: int) -> Any:
+def _shared_percent(base: list[str], texts: list[str]) -> float:
+    shared = total = 0
+    for a, b in zip(base, texts, strict=True):
+        n = next(
+            (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+        )
+        shared, total = shared + n, total + max(len(a), len(b))
+    return 100.0 * shared / max(1, total)
+
+
+def _vllm_run(
+    model: Path, speculative: dict[str, Any] | None, tokens: int, lora: Path | None = None
+) -> Any:
     from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
 
     from shoal.api.v1alpha1 import ModelSpec
     from shoal.contract.variants import vllm_engine_kwargs
@@ -105,11 +121,15 @@ def _vllm_run(model: Path, speculative: dict[str, Any] | None, tokens: int) -> A
     if speculative:
         fields["speculative"] = speculative
     kwargs = vllm_engine_kwargs(ModelSpec.model_validate(fields))
+    request = None
+    if lora is not None:  # what Ray Serve LLM's lora_config turns on
+        kwargs.update(enable_lora=True, max_lora_rank=8, max_loras=1)
+        request = LoRARequest(lora.name, 1, str(lora))
     llm = LLM(model=str(model), **kwargs)
     params = SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True)
-    llm.generate(PROMPTS[:1], params)  # warm-up
+    llm.generate(PROMPTS[:1], params, lora_request=request)  # warm-up
     started = time.perf_counter()
-    outputs = llm.generate(PROMPTS, params)
+    outputs = llm.generate(PROMPTS, params, lora_request=request)
     seconds = time.perf_counter() - started
     ids = [list(o.outputs[0].token_ids) for o in outputs]
     count = sum(len(i) for i in ids)
@@ -136,6 +156,17 @@ def bench_vllm(tokens: int) -> dict[str, Any]:
         out[label] = {"tokens": count, "tokens_per_s": round(count / seconds, 1), "same": same}
         print(f"vllm     shoal-tiny-hf                {label:11} {count:5} tokens  "
               f"{count / seconds:8.1f} tok/s  same tokens: {same}")  # fmt: skip
+    # A LoRA adapter generated for the tiny model: served by vLLM's CPU build, and its
+    # greedy tokens differ from the base model's (the adapter was applied).
+    from shoal.serving.tinyhf import TinyLoraSpec, write_tiny_lora
+
+    adapter = write_tiny_lora(model, model.parent / "bench-lora" / "tiny-lora", TinyLoraSpec(),
+                              TinyHFModelSpec(max_position_embeddings=256))  # fmt: skip
+    ids, count, seconds = _vllm_run(model, None, tokens, lora=adapter)
+    out["lora"] = {"tokens": count, "tokens_per_s": round(count / seconds, 1),
+                   "differs_from_base": ids != base}  # fmt: skip
+    print(f"vllm     shoal-tiny-hf + tiny-lora    lora        {count:5} tokens  "
+          f"{count / seconds:8.1f} tok/s  differs from base: {ids != base}")  # fmt: skip
     return out
 
 

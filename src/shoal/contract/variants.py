@@ -55,11 +55,10 @@ def local_source_path(source: str | None) -> str | None:
 
 
 def extra_sources(model: ModelSpec) -> list[str]:
-    """Sources a model needs besides its weights: the draft model, the LoRA adapters."""
-    out = [a.source for a in model.lora_adapters]
+    """Sources a model needs besides its weights: the draft model's (or EAGLE heads')."""
     if model.speculative is not None and model.speculative.draft_source is not None:
-        out.append(model.speculative.draft_source)
-    return out
+        return [model.speculative.draft_source]
+    return []
 
 
 def vllm_quantization(model: ModelSpec) -> str | None:

@@ -235,7 +235,7 @@ def _equip_for_the_ingress(
 
 def model_claims(models: list[ModelSpec]) -> list[str]:
     """The PersistentVolumeClaims that ``pvc://claim/path`` sources of ``models`` name (the
-    weights, and a draft model's or LoRA adapters' where they are on a claim)."""
+    weights, and a draft model's where it is on a claim)."""
     sources = [s for m in models for s in (m.source or "", *extra_sources(m))]
     claims = {s[len("pvc://") :].split("/", 1)[0] for s in sources if s.startswith("pvc://")}
     return sorted(claims)

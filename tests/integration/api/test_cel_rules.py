@@ -64,7 +64,9 @@ CASES: dict[tuple[str, str], tuple[str, Edit]] = {
     ("ModelSpec", "loraAdapters are supported only by the vllm engine"):
         ("fleet", _set_model(engine="llamacpp", loraAdapters=[{"name": "a", "source": "s3://b/a"}])),
     ("ModelSpec", "a LoRA adapter may not have the model's own name"):
-        ("fleet", _set_model(loraAdapters=[{"name": "math", "source": "s3://b/a"}])),
+        ("fleet", _set_model(loraAdapters=[{"name": "math", "source": "s3://b/math"}])),
+    ("LoraAdapter", fleet_api.LoraAdapter.cel_rules[0].message):
+        ("fleet", _set_model(loraAdapters=[{"name": "a", "source": "hf://org/a"}])),
     ("Quantization", "quantization.ggufType needs quantization.method gguf"):
         ("fleet", _set_model(quantization={"ggufType": "Q4_K_M"})),
     ("SpeculativeDecoding", variants_api.SpeculativeDecoding.cel_rules[0].message):

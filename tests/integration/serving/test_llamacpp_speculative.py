@@ -27,7 +27,7 @@ from shoal.serving.tinymodel import TinyModelSpec, ensure_tiny_gguf
 
 pytestmark = [pytest.mark.integration]
 
-REPLY = "Speculation keeps every token the model would say itself, one by one."
+REPLY = "Speculation keeps every token the model would say by itself."
 TINY = TinyModelSpec(reply=REPLY, name="spec-tiny")
 
 

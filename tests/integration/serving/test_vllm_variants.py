@@ -1,15 +1,16 @@
-"""vLLM's speculative decoding and a LoRA adapter, for real on CPU, through the fleet.
+"""vLLM's speculative decoding, for real on CPU, through the fleet.
 
 One fleet, as the operator renders it (``shoal.serving.app.build_app``), with two vLLM
-models on the project's tiny Hugging Face Llama under vLLM's CPU build:
+models on the project's tiny Hugging Face Llama under vLLM's CPU build: ``tiny`` plain, and
+``tiny-ngram``, the same weights with ``speculative: {method: ngram}`` rendered into vLLM's
+``speculative_config``. At temperature 0 ``tiny-ngram`` answers exactly the tokens ``tiny``
+answers, through the fleet's endpoint.
 
-- ``tiny`` serves a LoRA adapter the project generates for it
-  (:func:`shoal.serving.tinyhf.write_tiny_lora`, a ``file://`` folder named like the
-  adapter), addressed by name as ``tiny:<adapter>`` through the fleet's endpoint and its
-  router;
-- ``tiny-ngram`` is the same weights with ``speculative: {method: ngram}``, rendered into
-  vLLM's ``speculative_config``; at temperature 0 it answers exactly the tokens ``tiny``
-  answers.
+LoRA: the project generates a PEFT adapter for the tiny model
+(:func:`shoal.serving.tinyhf.write_tiny_lora`; ``bench/bench_speculative.py`` serves it with
+vLLM's CPU build and shows it changes the tokens). Ray Serve LLM 2.60 loads adapters from
+object stores only (its ``LoraConfig`` refuses a local path), so serving it through the
+fleet needs an S3 or GCS bucket, which these tests do not have.
 
 Tokens per second with and without speculation: ``bench/bench_speculative.py`` (a tiny
 model's figures say nothing about 7B models on GPUs).
@@ -31,7 +32,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 __all__ = ["offline_hub"]  # a fixture this module uses
 
-ADAPTER = "tiny-lora"
 #: Prompts that repeat themselves, so n-gram lookup has something to propose.
 PROMPTS = [
     "one two three four one two three four one two three",
@@ -45,17 +45,9 @@ def fleet(
     offline_hub: None, local_ray: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VllmFleet]:
     require_vllm()
-    from shoal.serving.tinyhf import (
-        TinyHFModelSpec,
-        TinyLoraSpec,
-        ensure_tiny_hf_model,
-        write_tiny_lora,
-    )
+    from shoal.serving.tinyhf import TinyHFModelSpec, ensure_tiny_hf_model
 
-    spec = TinyHFModelSpec(max_position_embeddings=TINY_MAX_MODEL_LEN)
-    model = ensure_tiny_hf_model(spec)
-    adapters = tmp_path_factory.mktemp("adapters")
-    write_tiny_lora(model, adapters / ADAPTER, TinyLoraSpec(name=ADAPTER), spec)
+    model = ensure_tiny_hf_model(TinyHFModelSpec(max_position_embeddings=TINY_MAX_MODEL_LEN))
     common = {
         "engine": "vllm", "source": f"file://{model}", "tier": "cpu",
         "resources": {"cpu": "1"}, "minReplicas": 1, "maxReplicas": 1,
@@ -69,8 +61,7 @@ def fleet(
                 "routingPolicyRef": {"name": "p"},
                 "tiers": [{"name": "cpu", "costPerReplicaHour": "0.50"}],
                 "models": [
-                    {**common, "name": "tiny",
-                     "loraAdapters": [{"name": ADAPTER, "source": f"file://{adapters}/{ADAPTER}"}]},
+                    {**common, "name": "tiny"},
                     {**common, "name": "tiny-ngram",
                      "speculative": {"method": "ngram", "numSpeculativeTokens": 3,
                                      "promptLookupMin": 1, "promptLookupMax": 3}},
@@ -100,18 +91,6 @@ def test_ngram_speculation_gives_the_same_tokens(fleet: VllmFleet) -> None:
         ours, theirs = plain.json(), spec.json()
         assert theirs["usage"]["completion_tokens"] == ours["usage"]["completion_tokens"] == 48
         assert theirs["choices"][0]["text"] == ours["choices"][0]["text"]
-
-
-def test_lora_adapter_is_listed_and_served_by_name(fleet: VllmFleet) -> None:
-    listed = httpx.get(f"{fleet.base_url}/v1/models", timeout=30).json()
-    assert f"tiny:{ADAPTER}" in {m["id"] for m in listed["data"]}
-    base = complete(fleet, "tiny", PROMPTS[0])
-    lora = complete(fleet, f"tiny:{ADAPTER}", PROMPTS[0])
-    assert lora.status_code == 200, lora.text
-    assert lora.headers["x-shoal-model"] == "tiny"
-    assert lora.json()["model"] == f"tiny:{ADAPTER}"
-    # The adapter's updates change the greedy tokens: vLLM applied it.
-    assert lora.json()["choices"][0]["text"] != base.json()["choices"][0]["text"]
 
 
 def test_unknown_adapter_is_a_client_error(fleet: VllmFleet) -> None:

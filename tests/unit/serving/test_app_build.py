@@ -127,7 +127,7 @@ def test_vllm_typed_fields_reach_the_llm_config() -> None:
           "accelerator": {"type": "L4"}, "engineArgs": {"max_model_len": 4096},
           "quantization": {"method": "awq", "kvCacheDtype": "fp8"},
           "speculative": {"method": "ngram", "numSpeculativeTokens": 4, "promptLookupMax": 3},
-          "loraAdapters": [{"name": "sql", "source": "pvc://adapters/m/sql"}]}]
+          "loraAdapters": [{"name": "sql", "source": "gs://adapters/m/sql"}]}]
     )  # fmt: skip
     config = llm_config(args, args.model("m"))
     assert config.engine_kwargs == {
@@ -136,4 +136,4 @@ def test_vllm_typed_fields_reach_the_llm_config() -> None:
         "speculative_config": {"method": "ngram", "num_speculative_tokens": 4,
                                "prompt_lookup_max": 3},
     }  # fmt: skip
-    assert config.lora_config.dynamic_lora_loading_path == "/mnt/shoal/pvc/adapters/m"
+    assert config.lora_config.dynamic_lora_loading_path == "gs://adapters/m"

@@ -61,9 +61,24 @@ class LoraAdapter(ApiModel):
     name: Name = Field(description="Adapter name; clients may address it as <model>:<adapter>.")
     source: SourceUri = Field(
         description="Folder of the adapter (PEFT's adapter_config.json and weights), named "
-        "like the adapter: s3://bucket/path/<name>, gs://bucket/path/<name>, "
-        "file:///path/<name> or pvc://claim/path/<name>; all adapters of a model in one "
-        "parent folder."
+        "like the adapter: s3://bucket/path/<name> or gs://bucket/path/<name> (Ray Serve LLM "
+        "loads adapters from object stores only); all adapters of a model in one parent "
+        "folder."
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="(self.source.startsWith('s3://') || self.source.startsWith('gs://')) && "
+            "(self.source.endsWith('/' + self.name) || "
+            "self.source.endsWith('/' + self.name + '/'))",
+            message="a LoRA adapter's source must be an s3:// or gs:// folder named like the "
+            "adapter (Ray Serve LLM loads adapters from object stores only)",
+            check=lambda a: (
+                a.source.startswith(("s3://", "gs://"))
+                and a.source.rstrip("/").endswith("/" + a.name)
+            ),
+            field_path=".source",
+        ),
     )
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from shoal.api.v1alpha1 import ModelSpec
 from shoal.api.v1alpha1.common import parse_quantity
 from shoal.contract import BuildArgs, ModelDeploymentPlan, deployment_plan, local_path
-from shoal.contract.variants import local_source_path, vllm_engine_kwargs
+from shoal.contract.variants import vllm_engine_kwargs
 
 #: vLLM's CPU KV cache (GiB) when the model declares no memory; a quarter of a declared
 #: ``resources.memory`` otherwise (weights, activations and the engine need the rest).
@@ -48,22 +48,19 @@ def model_source(args: BuildArgs, model: ModelSpec) -> str | dict[str, str]:
 
 
 def lora_config(model: ModelSpec) -> dict[str, Any] | None:
-    """Ray Serve LLM's LoRA settings: adapters sit side by side in one parent folder (an
-    object store's, or a local one: ``file://`` or ``pvc://``), each in a folder named like
-    the adapter; clients address them as ``<model>:<adapter>``."""
+    """Ray Serve LLM's LoRA settings: adapters must sit side by side in one bucket folder,
+    each in a folder named like the adapter (clients address them as ``<model>:<adapter>``).
+    Ray Serve LLM loads adapters from object stores only (its ``LoraConfig`` refuses a local
+    path); the fleet's CEL rules refuse other sources at admission."""
     if not model.lora_adapters:
         return None
     parents = set()
     for adapter in model.lora_adapters:
-        local = local_source_path(adapter.source)
-        where = local if local is not None else adapter.source
-        parent, leaf = posixpath.split(where.rstrip("/"))
-        if (local is None and not adapter.source.startswith(("s3://", "gs://"))) or (
-            leaf != adapter.name
-        ):
+        parent, leaf = posixpath.split(adapter.source.rstrip("/"))
+        if not adapter.source.startswith(("s3://", "gs://")) or leaf != adapter.name:
             raise ValueError(
-                f"model {model.name}: LoRA adapter {adapter.name} must be a folder named "
-                f"{adapter.name} in s3://, gs://, file:// or pvc:// (got {adapter.source})"
+                f"model {model.name}: LoRA adapter {adapter.name} must live at "
+                f"s3://.../{adapter.name} or gs://.../{adapter.name} (got {adapter.source})"
             )
         parents.add(parent)
     if len(parents) != 1:
