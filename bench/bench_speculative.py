@@ -137,36 +137,66 @@ def _vllm_run(
     return ids, count, seconds
 
 
-def bench_vllm(tokens: int) -> dict[str, Any]:
+VLLM_VARIANTS: dict[str, dict[str, Any] | None] = {
+    "plain": None,
+    "ngram": {"method": "ngram", "numSpeculativeTokens": 4, "promptLookupMin": 1,
+              "promptLookupMax": 3},
+    "lora": None,
+}  # fmt: skip
+
+
+def _tiny_hf() -> Path:
     from shoal.serving.tinyhf import TinyHFModelSpec, ensure_tiny_hf_model
 
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    model = ensure_tiny_hf_model(TinyHFModelSpec(max_position_embeddings=256))
-    out: dict[str, Any] = {"model": "shoal-tiny-hf"}
-    variants = {
-        "plain": None,
-        "ngram": {"method": "ngram", "numSpeculativeTokens": 4, "promptLookupMin": 1,
-                  "promptLookupMax": 3},
-    }  # fmt: skip
-    base = None
-    for label, spec in variants.items():
-        ids, count, seconds = _vllm_run(model, spec, tokens)
-        same = base is None or ids == base
-        base = base or ids
-        out[label] = {"tokens": count, "tokens_per_s": round(count / seconds, 1), "same": same}
-        print(f"vllm     shoal-tiny-hf                {label:11} {count:5} tokens  "
-              f"{count / seconds:8.1f} tok/s  same tokens: {same}")  # fmt: skip
-    # A LoRA adapter generated for the tiny model: served by vLLM's CPU build, and its
-    # greedy tokens differ from the base model's (the adapter was applied).
-    from shoal.serving.tinyhf import TinyLoraSpec, write_tiny_lora
+    return ensure_tiny_hf_model(TinyHFModelSpec(max_position_embeddings=256))
 
-    adapter = write_tiny_lora(model, model.parent / "bench-lora" / "tiny-lora", TinyLoraSpec(),
-                              TinyHFModelSpec(max_position_embeddings=256))  # fmt: skip
-    ids, count, seconds = _vllm_run(model, None, tokens, lora=adapter)
-    out["lora"] = {"tokens": count, "tokens_per_s": round(count / seconds, 1),
-                   "differs_from_base": ids != base}  # fmt: skip
-    print(f"vllm     shoal-tiny-hf + tiny-lora    lora        {count:5} tokens  "
-          f"{count / seconds:8.1f} tok/s  differs from base: {ids != base}")  # fmt: skip
+
+def vllm_variant(label: str, tokens: int) -> None:
+    """One vLLM engine in this process (a second engine in one process fails to start its
+    worker on vLLM's CPU build): prints its token ids, count and seconds as JSON."""
+    from shoal.serving.tinyhf import TinyHFModelSpec, TinyLoraSpec, write_tiny_lora
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    model = _tiny_hf()
+    lora = None
+    if label == "lora":
+        # A LoRA adapter generated for the tiny model, served by vLLM's CPU build.
+        lora = write_tiny_lora(model, model.parent / "bench-lora" / "tiny-lora", TinyLoraSpec(),
+                               TinyHFModelSpec(max_position_embeddings=256))  # fmt: skip
+    ids, count, seconds = _vllm_run(model, VLLM_VARIANTS[label], tokens, lora=lora)
+    print("RESULT " + json.dumps({"ids": ids, "count": count, "seconds": seconds}))
+
+
+def bench_vllm(tokens: int) -> dict[str, Any]:
+    import subprocess
+
+    _tiny_hf()
+    out: dict[str, Any] = {"model": "shoal-tiny-hf"}
+    base = None
+    for label in VLLM_VARIANTS:
+        run = subprocess.run(
+            [sys.executable, __file__, "--vllm-variant", label, "--tokens", str(tokens)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+        if not lines:
+            error = (run.stderr.strip().splitlines() or ["no output"])[-1]
+            out[label] = {"error": error}
+            print(f"vllm     shoal-tiny-hf                {label:11} failed: {error}")
+            continue
+        result = json.loads(lines[-1][len("RESULT ") :])
+        ids, count, seconds = result["ids"], result["count"], result["seconds"]
+        row = {"tokens": count, "tokens_per_s": round(count / seconds, 1)}
+        if label == "lora":
+            row["differs_from_base"] = ids != base
+            note = f"differs from base: {ids != base}"
+        else:
+            row["same"] = base is None or ids == base
+            note = f"same tokens: {row['same']}"
+        base = base or ids
+        out[label] = row
+        print(f"vllm     shoal-tiny-hf                {label:11} {count:5} tokens  "
+              f"{count / seconds:8.1f} tok/s  {note}")  # fmt: skip
     return out
 
 
@@ -175,7 +205,11 @@ def main() -> None:
     parser.add_argument("--engine", choices=["llamacpp", "vllm", "all"], default="all")
     parser.add_argument("--tokens", type=int, default=96, help="completion tokens per prompt")
     parser.add_argument("--gguf", type=Path, default=None, help="GGUF to run (llamacpp)")
+    parser.add_argument("--vllm-variant", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.vllm_variant:
+        vllm_variant(args.vllm_variant, args.tokens)
+        return
     import tempfile
 
     result: dict[str, Any] = {}
@@ -184,7 +218,8 @@ def main() -> None:
             result["llamacpp"] = bench_llamacpp(args.gguf, args.tokens, Path(tmp))
         if args.engine in ("vllm", "all"):
             result["vllm"] = bench_vllm(args.tokens)
-    ok = all(
+    rows = [v for e in result.values() for v in e.values() if isinstance(v, dict)]
+    ok = all(v.get("same", True) and "error" not in v for v in rows)
         v.get("same", True) for e in result.values() for v in e.values() if isinstance(v, dict)
     )
     print(json.dumps(result))
