@@ -77,6 +77,27 @@ def crds(
         console.print(f"wrote {path}")
 
 
+@app.command("engine-args")
+def engine_args(
+    check: bool = typer.Option(
+        False, "--check", help="Only check the committed list against vLLM; exit 1 if it drifts."
+    ),
+) -> None:
+    """Generate the list of vLLM engine arguments a fleet's engineArgs may set, from vLLM."""
+    _require_devtools("engine-args")
+    from shoal.devtools.engine_args import MODULE_PATH, stale, write
+
+    if check:
+        if stale():
+            console.print(
+                f"[red]out of date:[/red] {MODULE_PATH}. Run `shoal engine-args` and commit it."
+            )
+            raise typer.Exit(1)
+        console.print(f"{MODULE_PATH} matches the installed vLLM.")
+        return
+    console.print(f"wrote {write()}")
+
+
 @app.command("chart")
 def chart_files(
     chart: Path = typer.Option(Path("charts/shoal"), "--chart", help="The Helm chart's folder."),
@@ -115,6 +136,12 @@ def render(
         "--pod-templates",
         help="Also print each Ray head and worker pod template as a Pod (for scanners).",
     ),
+    engine_args: bool = typer.Option(
+        False,
+        "--engine-args",
+        help="Print instead what each model's engine is given (vLLM's engine_kwargs with "
+        "quantization and speculative_config; llama.cpp's arguments).",
+    ),
 ) -> None:
     """Print, as YAML, the objects the operator would apply for the fleets in the files.
 
@@ -122,10 +149,13 @@ def render(
     as `shoal up` does. The operator's default settings apply (SHOAL_* variables override
     them).
     """
-    from shoal.render import RenderError, render_files
+    from shoal.render import RenderError, engine_arguments, read_files, render_files
 
     try:
-        docs = render_files(files, namespace=namespace, pod_templates=pod_templates)
+        if engine_args:
+            docs = engine_arguments(read_files(files))
+        else:
+            docs = render_files(files, namespace=namespace, pod_templates=pod_templates)
     except RenderError as exc:
         console.print(f"[red]cannot render:[/red] {exc}")
         raise typer.Exit(1) from exc

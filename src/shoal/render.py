@@ -85,10 +85,53 @@ def render_files(
     paths: list[Path], *, namespace: str = "default", pod_templates: bool = False
 ) -> list[dict[str, Any]]:
     """:func:`render_documents` of multi-document YAML files, read as one."""
+    docs = read_files(paths)
+    return render_documents(docs, namespace=namespace, pod_templates=pod_templates)
+
+
+def read_files(paths: list[Path]) -> list[Any]:
+    """The documents of multi-document YAML files, in order."""
     docs: list[Any] = []
     for path in paths:
         try:
             docs += list(yaml.safe_load_all(Path(path).read_text()))
         except (OSError, yaml.YAMLError) as exc:
             raise RenderError(f"cannot read {path}: {exc}") from exc
-    return render_documents(docs, namespace=namespace, pod_templates=pod_templates)
+    return docs
+
+
+def engine_arguments(docs: list[Any]) -> list[dict[str, Any]]:
+    """Per ModelFleet of ``docs``, what each model's engine is given: vLLM's
+    ``engine_kwargs`` as Ray Serve LLM passes them (with ``quantization``,
+    ``kv_cache_dtype`` and ``speculative_config`` rendered from the typed fields), llama.cpp's
+    arguments and speculative settings. A llamacpp model whose GGUF is a local file shows the
+    type its header says (``gguf_type_in_file``)."""
+    from pydantic import ValidationError
+
+    from shoal.api.v1alpha1 import ModelFleet
+    from shoal.contract.variants import engine_arguments as rendered
+    from shoal.contract.variants import local_source_path
+
+    out = []
+    for doc in docs:
+        if not isinstance(doc, dict) or doc.get("kind") != "ModelFleet":
+            continue
+        try:
+            fleet = ModelFleet.model_validate(doc)
+        except ValidationError as exc:
+            name = (doc.get("metadata") or {}).get("name")
+            raise RenderError(f"ModelFleet {name}: {exc}") from exc
+        models = []
+        for model in fleet.spec.models:
+            entry: dict[str, Any] = {"name": model.name, "engine": model.engine, "tier": model.tier}
+            entry.update(rendered(model))
+            path = local_source_path(model.source) if model.engine == "llamacpp" else None
+            if path is not None and Path(path).is_file():
+                from shoal.serving.engines.llamacpp_speculative import gguf_file_type
+
+                entry["gguf_type_in_file"] = gguf_file_type(path)
+            models.append(entry)
+        out.append({"fleet": fleet.metadata.name, "models": models})
+    if not out:
+        raise RenderError("the file has no ModelFleet")
+    return out

@@ -41,6 +41,7 @@ from shoal.contract import (
     serve_application,
 )
 from shoal.contract.tenants import AccessConfig
+from shoal.contract.variants import extra_sources
 from shoal.planning import names, security
 from shoal.planning.network import Peers, desired_network_policy, desired_pod_disruption_budget
 
@@ -233,12 +234,10 @@ def _equip_for_the_ingress(
 
 
 def model_claims(models: list[ModelSpec]) -> list[str]:
-    """The PersistentVolumeClaims that ``pvc://claim/path`` sources of ``models`` name."""
-    claims = {
-        (m.source or "")[len("pvc://") :].split("/", 1)[0]
-        for m in models
-        if (m.source or "").startswith("pvc://")
-    }
+    """The PersistentVolumeClaims that ``pvc://claim/path`` sources of ``models`` name (the
+    weights, and a draft model's where it is on a claim)."""
+    sources = [s for m in models for s in (m.source or "", *extra_sources(m))]
+    claims = {s[len("pvc://") :].split("/", 1)[0] for s in sources if s.startswith("pvc://")}
     return sorted(claims)
 
 

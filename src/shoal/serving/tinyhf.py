@@ -149,3 +149,56 @@ def ensure_tiny_hf_model(spec: TinyHFModelSpec, path: str | Path | None = None) 
     if stamp.exists() and json.loads(stamp.read_text()).get("digest") == spec.digest():
         return target
     return write_tiny_hf_model(target, spec)
+
+
+@dataclass(frozen=True)
+class TinyLoraSpec:
+    """A LoRA adapter for a generated model: random (seeded) low-rank updates of the
+    attention projections, large enough that the adapter's greedy tokens differ from the
+    base model's, so a test can tell which one answered."""
+
+    name: str = "tiny-lora"
+    rank: int = 8
+    alpha: int = 16
+    seed: int = 1
+    scale: float = 0.5
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def write_tiny_lora(
+    base: str | Path, path: str | Path, lora: TinyLoraSpec, spec: TinyHFModelSpec | None = None
+) -> Path:
+    """Write a PEFT-format adapter (``adapter_config.json``, ``adapter_model.safetensors``)
+    for the model ``spec`` describes (generated at ``base``) into the folder ``path``."""
+    torch = _module("torch")
+    safetensors_torch = _module("safetensors.torch")
+    spec = spec or TinyHFModelSpec()
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(lora.seed)
+    d = spec.hidden_size
+    tensors = {}
+    for layer in range(spec.layers):
+        for module in lora.target_modules:
+            prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
+            a = torch.randn(lora.rank, d, generator=generator) * lora.scale
+            b = torch.randn(d, lora.rank, generator=generator) * lora.scale
+            tensors[f"{prefix}.lora_A.weight"] = a.contiguous()
+            tensors[f"{prefix}.lora_B.weight"] = b.contiguous()
+    safetensors_torch.save_file(tensors, str(path / "adapter_model.safetensors"))
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": str(base),
+        "r": lora.rank,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": 0.0,
+        "target_modules": list(lora.target_modules),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "modules_to_save": None,
+        "use_rslora": False,
+        "use_dora": False,
+    }
+    (path / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return path

@@ -78,8 +78,17 @@ model = st.fixed_dictionaries(
             st.fixed_dictionaries({"name": st.sampled_from(["a", "b", "math"]), "source": sources}),
             max_size=2,
         ),
-        "accelerator": st.fixed_dictionaries({"type": mixed(["L4", "H100"], ["bad type"])},
+        "accelerator": st.fixed_dictionaries({"type": mixed(["L4", "H100", "A100", "V100", "T4"], ["bad type"])},
                                              optional={"count": st.integers(0, 9)}),
+        "quantization": optional(
+            method=st.sampled_from(["awq", "gptq", "fp8", "int8", "gguf", "bitsandbytes"]),
+            ggufType=mixed(["Q4_K_M", "F16"], ["q4", ""]),
+            kvCacheDtype=mixed(["auto", "fp8"], ["int4"])),
+        "speculative": st.fixed_dictionaries(
+            {"method": mixed(["ngram", "draft", "eagle3", "mtp"], ["medusa"]),
+             "numSpeculativeTokens": mixed([1, 4], [0, 17])},
+            optional={"draftSource": mixed(["hf://org/d", "file:///d.gguf", "s3://bucket/d"], ["x"]),
+                      "promptLookupMin": st.integers(1, 4), "promptLookupMax": st.integers(1, 4)}),
     },
 )  # fmt: skip
 fleet_specs = st.fixed_dictionaries(

@@ -15,6 +15,7 @@ from tests.integration.api.test_crds import FLEET, POLICY, TENANT, apply
 from shoal.api.v1alpha1 import fleet as fleet_api
 from shoal.api.v1alpha1 import policy as policy_api
 from shoal.api.v1alpha1 import tenant as tenant_api
+from shoal.api.v1alpha1 import variants as variants_api
 from shoal.api.v1alpha1.common import ApiModel
 from shoal.devtools.testing.controlplane import ControlPlane
 
@@ -42,6 +43,12 @@ def _tier_autoscaling(**fields: Any) -> Edit:
     return edit
 
 
+def _model_rule(words: str) -> str:
+    """The message of the one model rule (quantisation, speculative) that holds ``words``."""
+    (message,) = [r.message for r in variants_api.MODEL_RULES if words in r.message]
+    return message
+
+
 #: (model class, rule message) -> (kind, edit of a valid object's spec that breaks the rule).
 CASES: dict[tuple[str, str], tuple[str, Edit]] = {
     ("ModelFleetSpec", "every model's tier must be the name of a tier in spec.tiers"):
@@ -57,7 +64,47 @@ CASES: dict[tuple[str, str], tuple[str, Edit]] = {
     ("ModelSpec", "loraAdapters are supported only by the vllm engine"):
         ("fleet", _set_model(engine="llamacpp", loraAdapters=[{"name": "a", "source": "s3://b/a"}])),
     ("ModelSpec", "a LoRA adapter may not have the model's own name"):
-        ("fleet", _set_model(loraAdapters=[{"name": "math", "source": "s3://b/a"}])),
+        ("fleet", _set_model(loraAdapters=[{"name": "math", "source": "s3://b/math"}])),
+    ("LoraAdapter", fleet_api.LoraAdapter.cel_rules[0].message):
+        ("fleet", _set_model(loraAdapters=[{"name": "a", "source": "hf://org/a"}])),
+    ("Quantization", "quantization.ggufType needs quantization.method gguf"):
+        ("fleet", _set_model(quantization={"ggufType": "Q4_K_M"})),
+    ("SpeculativeDecoding", variants_api.SpeculativeDecoding.cel_rules[0].message):
+        ("fleet", _set_model(speculative={"method": "draft", "numSpeculativeTokens": 4})),
+    ("SpeculativeDecoding", variants_api.SpeculativeDecoding.cel_rules[1].message):
+        ("fleet", _set_model(speculative={"method": "ngram", "numSpeculativeTokens": 4,
+                                          "draftSource": "hf://org/draft"})),
+    ("SpeculativeDecoding", variants_api.SpeculativeDecoding.cel_rules[2].message):
+        ("fleet", _set_model(speculative={"method": "mtp", "numSpeculativeTokens": 1,
+                                          "promptLookupMax": 3})),
+    ("SpeculativeDecoding", variants_api.SpeculativeDecoding.cel_rules[3].message):
+        ("fleet", _set_model(speculative={"method": "ngram", "numSpeculativeTokens": 4,
+                                          "promptLookupMin": 4, "promptLookupMax": 2})),
+    ("ModelSpec", _model_rule("gguf is served by the llamacpp engine")):
+        ("fleet", _set_model(quantization={"method": "gguf"})),
+    ("ModelSpec", _model_rule("of a llamacpp model can only be gguf")):
+        ("fleet", _set_model(engine="llamacpp", source="file:///m.gguf",
+                             quantization={"method": "awq"})),
+    ("ModelSpec", _model_rule("kvCacheDtype is supported only")):
+        ("fleet", _set_model(engine="llamacpp", source="file:///m.gguf",
+                             quantization={"method": "gguf", "kvCacheDtype": "fp8"})),
+    ("ModelSpec", _model_rule("quantization.method awq needs")):
+        ("fleet", _set_model(accelerator={"type": "V100"}, quantization={"method": "awq"})),
+    ("ModelSpec", _model_rule("quantization.method int8 needs")):
+        ("fleet", _set_model(accelerator={"type": "V100"}, quantization={"method": "int8"})),
+    ("ModelSpec", _model_rule("quantization.method fp8 needs")):
+        ("fleet", _set_model(accelerator={"type": "A100"}, quantization={"method": "fp8"})),
+    ("ModelSpec", _model_rule("speculative.method of a llamacpp model")):
+        ("fleet", _set_model(engine="llamacpp", source="file:///m.gguf",
+                             speculative={"method": "eagle", "numSpeculativeTokens": 4,
+                                          "draftSource": "file:///d.gguf"})),
+    ("ModelSpec", _model_rule("draftSource of a llamacpp model")):
+        ("fleet", _set_model(engine="llamacpp", source="file:///m.gguf",
+                             speculative={"method": "draft", "numSpeculativeTokens": 4,
+                                          "draftSource": "hf://org/draft"})),
+    ("ModelSpec", _model_rule("draftSource of a vllm model")):
+        ("fleet", _set_model(speculative={"method": "draft", "numSpeculativeTokens": 4,
+                                          "draftSource": "s3://bucket/draft"})),
     ("TierAutoscaling", "minReplicas must be less than or equal to maxReplicas"):
         ("fleet", _tier_autoscaling(minReplicas=3, maxReplicas=2)),
     ("TierAutoscaling", "minReplicas 0 requires scaleToZero: true"):
@@ -93,7 +140,7 @@ CASES: dict[tuple[str, str], tuple[str, Edit]] = {
 
 def _all_rules() -> list[tuple[str, str]]:
     out = []
-    for module in (fleet_api, policy_api, tenant_api):
+    for module in (fleet_api, policy_api, tenant_api, variants_api):
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, ApiModel) and cls.__module__ == module.__name__:
                 out += [(cls.__name__, r.message) for r in cls.__dict__.get("cel_rules", ())]

@@ -42,6 +42,22 @@ def test_unreadable_spec_is_reported_not_crashed_on(cluster: Cluster) -> None:
     assert cluster.names("rayservice") == []
 
 
+def test_unknown_vllm_engine_arg_is_reported_by_name(cluster: Cluster) -> None:
+    # The API server keeps engineArgs untyped (CEL cannot see its keys): it accepts the typo,
+    # and the operator refuses the fleet before rendering anything, naming the key.
+    vllm = {"name": "alpha", "engine": "vllm", "tier": "small", "source": "hf://org/m",
+            "engineArgs": {"max_model_length": 4096}}  # fmt: skip
+    cluster.apply(fleet(models=[vllm]))
+    gw = KubeGateway(cluster.cp.api_client())
+    with pytest.raises(FleetBlocked, match="invalid spec"):
+        reconcile_fleet(gw, OperatorConfig(), cluster.get("fleet", "f"), NOW)
+    degraded = cluster.condition("fleet", "f", "Degraded")
+    assert degraded is not None and degraded["reason"] == "InvalidSpec"
+    assert "engineArgs.max_model_length is not an engine argument" in degraded["message"]
+    assert "did you mean max_model_len?" in degraded["message"]
+    assert cluster.names("rayservice") == []
+
+
 def test_missing_policy_when_called_directly(cluster: Cluster) -> None:
     cluster.apply(fleet(policy_name="nope"))
     gw = KubeGateway(cluster.cp.api_client())

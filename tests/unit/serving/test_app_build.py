@@ -116,3 +116,24 @@ def test_vllm_config_errors() -> None:
     )  # fmt: skip
     with pytest.raises(ValueError, match="share one parent"):
         llm_config(bad_lora, bad_lora.model("m"))
+
+
+def test_vllm_typed_fields_reach_the_llm_config() -> None:
+    pytest.importorskip("pyarrow", reason="pyarrow (ray.serve.llm's config) not installed")
+    from shoal.serving.engines.vllm import llm_config
+
+    args = _args(
+        [{"name": "m", "engine": "vllm", "source": "hf://o/m-awq",
+          "accelerator": {"type": "L4"}, "engineArgs": {"max_model_len": 4096},
+          "quantization": {"method": "awq", "kvCacheDtype": "fp8"},
+          "speculative": {"method": "ngram", "numSpeculativeTokens": 4, "promptLookupMax": 3},
+          "loraAdapters": [{"name": "sql", "source": "gs://adapters/m/sql"}]}]
+    )  # fmt: skip
+    config = llm_config(args, args.model("m"))
+    assert config.engine_kwargs == {
+        "max_model_len": 4096, "tensor_parallel_size": 1, "quantization": "awq_marlin",
+        "kv_cache_dtype": "fp8",
+        "speculative_config": {"method": "ngram", "num_speculative_tokens": 4,
+                               "prompt_lookup_max": 3},
+    }  # fmt: skip
+    assert config.lora_config.dynamic_lora_loading_path == "gs://adapters/m"

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, model_validator
 
 from shoal.api.v1alpha1.common import (
     DNS_SUBDOMAIN,
@@ -28,6 +28,8 @@ from shoal.api.v1alpha1.common import (
     SourceUri,
     list_map,
 )
+from shoal.api.v1alpha1.engine_args import unknown_engine_args
+from shoal.api.v1alpha1.variants import MODEL_RULES, Quantization, SpeculativeDecoding
 
 Engine = Literal["vllm", "llamacpp", "simulated"]
 ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
@@ -57,7 +59,27 @@ class LoraAdapter(ApiModel):
     """A LoRA adapter served on top of a model's base weights (vLLM only)."""
 
     name: Name = Field(description="Adapter name; clients may address it as <model>:<adapter>.")
-    source: SourceUri = Field(description="Where the adapter weights are (hf://, s3://, ...).")
+    source: SourceUri = Field(
+        description="Folder of the adapter (PEFT's adapter_config.json and weights), named "
+        "like the adapter: s3://bucket/path/<name> or gs://bucket/path/<name> (Ray Serve LLM "
+        "loads adapters from object stores only); all adapters of a model in one parent "
+        "folder."
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="(self.source.startsWith('s3://') || self.source.startsWith('gs://')) && "
+            "(self.source.endsWith('/' + self.name) || "
+            "self.source.endsWith('/' + self.name + '/'))",
+            message="a LoRA adapter's source must be an s3:// or gs:// folder named like the "
+            "adapter (Ray Serve LLM loads adapters from object stores only)",
+            check=lambda a: (
+                a.source.startswith(("s3://", "gs://"))
+                and a.source.rstrip("/").endswith("/" + a.name)
+            ),
+            field_path=".source",
+        ),
+    )
 
 
 class ModelCapabilities(ApiModel):
@@ -103,7 +125,10 @@ class ModelSpec(ApiModel):
     )
     engine_args: dict[str, Any] = Field(
         default_factory=dict,
-        description="Engine arguments passed through unchanged, e.g. vLLM's max_model_len.",
+        description="Engine arguments passed through unchanged, e.g. vLLM's max_model_len. A "
+        "vllm model's keys must be the pinned vLLM's engine arguments (an unknown key is "
+        "refused by name); quantization, kv_cache_dtype and speculative_config are set "
+        "through the typed fields.",
     )
     tier: Name = Field(description="Name of the tier (in spec.tiers) this model belongs to.")
     accelerator: Accelerator | None = Field(
@@ -121,6 +146,17 @@ class ModelSpec(ApiModel):
         max_length=16,
         description="LoRA adapters served on this model (vllm engine only).",
         json_schema_extra=list_map(),
+    )
+    quantization: Quantization | None = Field(
+        default=None,
+        description="How the weights (and vLLM's KV cache) are quantised: awq, gptq, fp8, int8, "
+        "bitsandbytes or compressed-tensors on vllm, checked against the accelerator; gguf "
+        "on llamacpp. The tier's cost prices the variant.",
+    )
+    speculative: SpeculativeDecoding | None = Field(
+        default=None,
+        description="Speculative decoding: n-gram lookup, a draft model, EAGLE heads or MTP "
+        "(the same output, faster decoding).",
     )
     specialties: list[str] = Field(
         default_factory=list,
@@ -164,7 +200,18 @@ class ModelSpec(ApiModel):
             check=lambda m: all(a.name != m.name for a in m.lora_adapters),
             field_path=".loraAdapters",
         ),
+        *MODEL_RULES,
     )
+
+    @model_validator(mode="after")
+    def _check_engine_args(self) -> Self:
+        """A vllm model's engineArgs keys against the pinned vLLM's engine arguments. Python
+        only, not CEL: the API server keeps engineArgs as an untyped object, whose keys CEL
+        does not see (see :mod:`shoal.api.v1alpha1.engine_args`); the operator reports a
+        refused fleet in its Ready condition and a Warning event (InvalidSpec)."""
+        if self.engine == "vllm" and (problems := unknown_engine_args(self.engine_args)):
+            raise ValueError(f"model {self.name}: {problems}")
+        return self
 
 
 class Slo(ApiModel):

@@ -25,10 +25,20 @@ def make_engine(
         metrics = EngineMetrics(spec.name, "vllm", metrics_backend) if metrics_backend else None
         return SimulatedEngine(spec.name, spec.engine_args, metrics)
     if spec.engine == "llamacpp":
+        from shoal.contract.variants import llamacpp_speculation
         from shoal.serving.engines.llamacpp import LlamaCppEngine
 
         metrics = EngineMetrics(spec.name, "llamacpp", metrics_backend) if metrics_backend else None
-        return LlamaCppEngine(spec.name, spec.source, spec.engine_args, model_path, metrics)
+        gguf_type = spec.quantization.gguf_type if spec.quantization else None
+        return LlamaCppEngine(
+            spec.name,
+            spec.source,
+            spec.engine_args,
+            model_path,
+            metrics,
+            speculation=llamacpp_speculation(spec),
+            gguf_type=gguf_type,
+        )
     raise ValueError(
         f"model {spec.name}: engine {spec.engine!r} runs as a ray.serve.llm deployment, "
         "not in a Shoal model server"

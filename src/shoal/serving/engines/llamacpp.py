@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from shoal.contract.variants import LlamaCppSpeculation
 from shoal.serving import openai_api
 from shoal.serving.capabilities import LLAMACPP_EXTRA
 from shoal.serving.engines.base import (
@@ -38,6 +39,7 @@ from shoal.serving.engines.base import (
     GenerationRequest,
     RequestRejected,
 )
+from shoal.serving.engines.llamacpp_speculative import check_gguf_type, draft_model
 from shoal.serving.metrics import EngineMetrics
 from shoal.serving.tinymodel import TinyModelSpec, ensure_tiny_gguf
 
@@ -66,8 +68,13 @@ class LlamaCppEngine:
         engine_args: dict[str, Any] | None = None,
         model_path: str | None = None,
         metrics: EngineMetrics | None = None,
+        speculation: LlamaCppSpeculation | None = None,
+        gguf_type: str | None = None,
     ) -> None:
         args = dict(engine_args or {})
+        #: The fleet's speculative decoding and declared GGUF type (see llamacpp_speculative).
+        self.speculation = speculation
+        self.gguf_type = gguf_type
         self.model = model
         self.source = source
         self.metrics = metrics
@@ -115,6 +122,11 @@ class LlamaCppEngine:
         if threads and threads.isdigit() and int(threads) > 0:
             kwargs["n_threads"] = int(threads)
         kwargs.update(self.llama_args)
+        check_gguf_type(self.model, path, self.gguf_type)
+        if self.speculation is not None:
+            kwargs["draft_model"] = draft_model(
+                self.speculation, int(kwargs["n_ctx"]), kwargs.get("n_threads")
+            )
         llm = llama_cpp.Llama(model_path=path, **kwargs)
         template = self.chat_template or llm.metadata.get("tokenizer.chat_template") or CHATML
         eos = llm.token_eos()

@@ -27,6 +27,7 @@ from typing import Any
 from shoal.api.v1alpha1 import ModelSpec
 from shoal.api.v1alpha1.common import parse_quantity
 from shoal.contract import BuildArgs, ModelDeploymentPlan, deployment_plan, local_path
+from shoal.contract.variants import vllm_engine_kwargs
 
 #: vLLM's CPU KV cache (GiB) when the model declares no memory; a quarter of a declared
 #: ``resources.memory`` otherwise (weights, activations and the engine need the rest).
@@ -48,7 +49,9 @@ def model_source(args: BuildArgs, model: ModelSpec) -> str | dict[str, str]:
 
 def lora_config(model: ModelSpec) -> dict[str, Any] | None:
     """Ray Serve LLM's LoRA settings: adapters must sit side by side in one bucket folder,
-    each in a folder named like the adapter (clients address them as ``<model>:<adapter>``)."""
+    each in a folder named like the adapter (clients address them as ``<model>:<adapter>``).
+    Ray Serve LLM loads adapters from object stores only (its ``LoraConfig`` refuses a local
+    path); the fleet's CEL rules refuse other sources at admission."""
     if not model.lora_adapters:
         return None
     parents = set()
@@ -114,12 +117,11 @@ def llm_config(args: BuildArgs, model: ModelSpec) -> Any:
     plan = deployment_plan(args, model)
     config: dict[str, Any] = {
         "model_loading_config": {"model_id": model.name, "model_source": model_source(args, model)},
-        "engine_kwargs": dict(model.engine_args),
+        # engineArgs plus the typed quantisation and speculative decoding, rendered
+        "engine_kwargs": vllm_engine_kwargs(model),
         "deployment_config": deployment_config(plan),
     }
     config.update(device_config(plan, model))
-    if model.accelerator is not None:
-        config["engine_kwargs"].setdefault("tensor_parallel_size", model.accelerator.count)
     lora = lora_config(model)
     if lora is not None:
         config["lora_config"] = lora
