@@ -75,6 +75,7 @@ IN_FLIGHT = router_metric_names("shoal_requests_in_flight")
 REQUESTS = router_metric_names("shoal_requests_total")
 TTFT_BUCKETS = router_metric_names("shoal_time_to_first_token_seconds_bucket")
 DECISIONS = router_metric_names("shoal_routing_decisions_total")
+COST = router_metric_names("shoal_cost_usd_total")
 
 
 def _names_re(names: Sequence[str]) -> str:
@@ -196,6 +197,9 @@ def fleet_queries(
         f"({router_sel(IN_FLIGHT)}))[{_dur(s)}:{windows.step(s)}])"
         f"[{_dur(lg)}:{windows.step(lg)}])",
         "request_rate": per_name("sum by (model) (rate({sel}[" + _dur(r) + "]))", REQUESTS, rtr),
+        # USD per second the fleet's answers cost, per model (an external model's is what
+        # its endpoint bills; the fleet budget counts it beside the replicas).
+        "spend_rate": per_name("sum by (model) (rate({sel}[" + _dur(r) + "]))", COST, rtr),
         "demand_rate": per_name("sum by (model) (rate({sel}[" + _dur(r) + "]))", DECISIONS, rtr),
         # Arrivals over the last short window and the one before it: their ratio is the
         # trend (arrivals lead in-flight requests).
@@ -457,6 +461,7 @@ def assemble(
             ),
             latest_arrival_rate=val("demand_rate_latest", m),
             latest_waiting=val("engine_waiting_latest", m),
+            spend_per_hour=None if val("spend_rate", m) is None else 3600.0 * val("spend_rate", m),
         )
     return MetricsWindow(
         collected_at=now, models=out, short_seconds=window, latest_seconds=windows.latest
