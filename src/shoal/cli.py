@@ -169,7 +169,9 @@ def usage(
 
     where = None if all_namespaces else namespace
     try:
-        fleet_bodies = [b for b in list_fleets(where) if not fleet or b["metadata"]["name"] == fleet]
+        fleet_bodies = [
+            b for b in list_fleets(where) if not fleet or b["metadata"]["name"] == fleet
+        ]
         rows = rows_from_tenants(list_tenants(where), fleet)
         fleet_rows = rows_from_fleets(fleet_bodies, fleet)
         if prometheus:

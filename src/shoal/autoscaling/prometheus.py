@@ -400,6 +400,10 @@ def service_seconds(
     return running / completions
 
 
+def _per_hour(per_second: float | None) -> float | None:
+    return None if per_second is None else 3600.0 * per_second
+
+
 def assemble(
     models: Sequence[str],
     results: dict[str, dict[str, tuple[float, float | None]]],
@@ -461,7 +465,7 @@ def assemble(
             ),
             latest_arrival_rate=val("demand_rate_latest", m),
             latest_waiting=val("engine_waiting_latest", m),
-            spend_per_hour=None if val("spend_rate", m) is None else 3600.0 * val("spend_rate", m),
+            spend_per_hour=_per_hour(val("spend_rate", m)),
         )
     return MetricsWindow(
         collected_at=now, models=out, short_seconds=window, latest_seconds=windows.latest

@@ -124,9 +124,7 @@ class Savings:
         return f"${self.spend_usd:.4f} against ${self.reference_usd:.4f} at the reference{tail}"
 
     def __add__(self, other: Savings) -> Savings:
-        return Savings(
-            self.spend_usd + other.spend_usd, self.reference_usd + other.reference_usd
-        )
+        return Savings(self.spend_usd + other.spend_usd, self.reference_usd + other.reference_usd)
 
 
 def savings_of(

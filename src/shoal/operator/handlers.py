@@ -191,6 +191,7 @@ def _periodic_loop(memo: kopf.Memo, config: OperatorConfig) -> PeriodicLoop:
         # most once per its spec.feedback.refitIntervalSeconds.
         Schedule("router refit", refitting, refit, config.resync_seconds),
     ]
+
     def fleet_spend(ns: str, name: str) -> None:
         if memo.usage_source is not None:
             spend.update_spend(memo.gateway, memo.usage_source, ns, name, _now())

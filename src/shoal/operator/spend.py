@@ -112,6 +112,10 @@ def update_spend(
     ):
         return False
     gw.patch_status(
-        API_VERSION, ModelFleet.KIND, namespace, name, {"spend": new.model_dump(mode="json", by_alias=True)}
+        API_VERSION,
+        ModelFleet.KIND,
+        namespace,
+        name,
+        {"spend": new.model_dump(mode="json", by_alias=True)},
     )
     return True

@@ -43,9 +43,7 @@ def mount_model_keys(template: dict[str, Any], fleet: ModelFleet, granted: Colle
         ref = m.external.api_key_secret_ref if m.external else None
         if ref is None or m.name not in granted:
             continue
-        sources.append(
-            {"secret": {"name": ref.name, "items": [{"key": ref.key, "path": m.name}]}}
-        )
+        sources.append({"secret": {"name": ref.name, "items": [{"key": ref.key, "path": m.name}]}})
     if not sources:
         return
     spec, container = template["spec"], template["spec"]["containers"][0]

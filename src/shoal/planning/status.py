@@ -140,8 +140,8 @@ def model_statuses(
     out = []
     for m in fleet.spec.models:
         if m.is_external:  # served outside the fleet: no replicas of ours
-            state = (refusals or {}).get(m.name, EXTERNAL)
-            out.append(ModelStatus(name=m.name, tier=m.tier, state=state))
+            why = (refusals or {}).get(m.name, EXTERNAL)
+            out.append(ModelStatus(name=m.name, tier=m.tier, state=why))
             continue
         plan = by_model.get(m.name)
         desired = plan.replicas.initial if plan else 0

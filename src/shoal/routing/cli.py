@@ -252,10 +252,11 @@ def _print_report(report: dict[str, Any]) -> None:
         for col in ("alpha", "accuracy %", "cost USD", "of reference", "saved"):
             table.add_column(col, justify="right")
         for p in saving["frontier"]:
+            ratio, pct = p["ratio"] or 0.0, p["saved_percent"] or 0.0
             table.add_row(f"{p['alpha']:g}", f"{100 * p['accuracy']:.2f}", f"{p['spend']:.4f}",
-                          f"{100 * (p['ratio'] or 0):.1f}%", f"{p['saved_percent'] or 0:.1f}%")  # fmt: skip
+                          f"{100 * ratio:.1f}%", f"{pct:.1f}%")  # fmt: skip
         out.print(table)
-        share = ", ".join(f"{m}: {100 * s:.1f}%" for m, s in r["share"].items() if s > 0)
+    share = ", ".join(f"{m}: {100 * s:.1f}%" for m, s in r["share"].items() if s > 0)
     out.print(f"router's share of queries: {share}")
 
 

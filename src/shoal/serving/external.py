@@ -77,7 +77,10 @@ class ExternalModelClient:
     """A model served by an OpenAI-compatible endpoint outside the fleet."""
 
     def __init__(
-        self, info: ModelInfo, spec: ExternalModel, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        info: ModelInfo,
+        spec: ExternalModel,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.info = info
         self.spec = spec
@@ -189,8 +192,7 @@ class ExternalModelClient:
             yield self._counted(request, last, text)
         except httpx.TimeoutException as exc:
             raise ModelUnavailable(
-                f"{self.info.name} ({self.host}) did not answer in time "
-                f"({type(exc).__name__})",
+                f"{self.info.name} ({self.host}) did not answer in time ({type(exc).__name__})",
                 "timeout",
             ) from None
         except httpx.HTTPError as exc:
@@ -220,14 +222,16 @@ class ExternalModelClient:
         status = resp.status_code
         said = f"{self.info.name} ({self.host}) answered {status}: {message}"
         if status == 400:
-            return ModelRejected(message, code, param)
+            return ModelRejected(_redacted(message, self.info.name), code, param)
         if status == 429:
             return ModelOverloaded(said)
         if status in (401, 403):
+            # Not the endpoint's own words: some quote part of the key they refused.
             return ModelFailed(
-                f"{self.info.name} ({self.host}) refused the API key ({status}): {message}"
+                f"{self.info.name} ({self.host}) refused the API key ({status}); check the "
+                "Secret its apiKeySecretRef names"
             )
-        return ModelFailed(said)
+        return ModelFailed(_redacted(said, self.info.name))
 
     async def probe(self) -> None:
         """Ready when the endpoint lists its models (with the key)."""
@@ -237,6 +241,12 @@ class ExternalModelClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def _redacted(text: str, model: str) -> str:
+    """``text`` without the model's key, should an endpoint quote it back."""
+    key = read_key(model)
+    return text.replace(key, "[redacted]") if key else text
 
 
 def _event(line: str) -> dict[str, Any] | None:
@@ -253,8 +263,7 @@ def _event(line: str) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise ModelFailed("the endpoint sent an event that is not a JSON object")
     if "error" in data:
-        message, param, code = _fields(data["error"])
-        raise ModelFailed(f"the endpoint failed mid-answer: {message}")
+        raise ModelFailed(f"the endpoint failed mid-answer: {_fields(data['error'])[0]}")
     return data
 
 

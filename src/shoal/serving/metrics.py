@@ -364,9 +364,7 @@ class RouterMetrics:
         if cost_usd > 0:
             self.cost.inc(cost_usd, mt)
         if self.reference is not None and (prompt_tokens or completion_tokens):
-            self.reference_cost.inc(
-                self.reference.cost(0.0, prompt_tokens, completion_tokens), mt
-            )
+            self.reference_cost.inc(self.reference.cost(0.0, prompt_tokens, completion_tokens), mt)
 
 
 class EngineMetrics:

@@ -126,13 +126,21 @@ def fleet_spec(
     if budget:
         body["budget"] = {"maxCostPerHour": budget, "minAlpha": "0.3"}
     if frontier:
-        body["tiers"].append({"name": "frontier", "costPerReplicaHour": "0",
-                              "slo": {"ttftP95Milliseconds": 1000}})
-        body["models"].append({
-            "name": FRONTIER, "engine": "openai", "tier": "frontier",
-            "external": {"baseUrl": "https://api.example.com/v1", "model": "frontier",
-                         "price": FRONTIER_PRICE},
-        })
+        body["tiers"].append(
+            {"name": "frontier", "costPerReplicaHour": "0", "slo": {"ttftP95Milliseconds": 1000}}
+        )
+        body["models"].append(
+            {
+                "name": FRONTIER,
+                "engine": "openai",
+                "tier": "frontier",
+                "external": {
+                    "baseUrl": "https://api.example.com/v1",
+                    "model": "frontier",
+                    "price": FRONTIER_PRICE,
+                },
+            }
+        )
         body["savings"] = {"referenceModel": FRONTIER}
     return ModelFleetSpec.model_validate(body)
 
@@ -292,6 +300,8 @@ SCENARIOS = {
     "hot-topic": hot_topic,
     "step": step,
     "spike": spike,
-    "hybrid": hybrid,
 }
 SHARP = ("step", "spike")
+#: Every scenario ``shoal sim --scenario`` knows: the autoscaling study's, and ``hybrid``
+#: (a study of spend and savings, kept out of ``--study``'s autoscaling targets).
+ALL_SCENARIOS = {**SCENARIOS, "hybrid": hybrid}

@@ -20,9 +20,9 @@ from shoal.contract import replica_range
 from shoal.contract.cost import reference_price
 from shoal.sim.controllers import QueueThresholdController, ScheduleController, ShoalController
 from shoal.sim.engine import Request
-from shoal.sim.optimal import PoolSpec, capacity_curve, hindsight_schedule, static_schedule
 from shoal.sim.external import external_endpoints
-from shoal.sim.scenarios import FRONTIER_FIRST_TOKEN_SECONDS, SCENARIOS, Scenario
+from shoal.sim.optimal import PoolSpec, capacity_curve, hindsight_schedule, static_schedule
+from shoal.sim.scenarios import ALL_SCENARIOS, FRONTIER_FIRST_TOKEN_SECONDS, Scenario
 from shoal.sim.simulator import Controller, SimResult, Simulator, replicas_at
 from shoal.sim.workload import RoutingTable, fit_workload_router, generate_trace, read_trace
 
@@ -204,9 +204,9 @@ def _rough_peak(arrivals: list[float], duration: float) -> int:
 def scenario_named(name: str) -> Scenario:
     """A scenario by name (KeyError with the known names otherwise)."""
     try:
-        return SCENARIOS[name]()
+        return ALL_SCENARIOS[name]()
     except KeyError:
-        raise KeyError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}") from None
+        raise KeyError(f"unknown scenario {name!r}; known: {', '.join(ALL_SCENARIOS)}") from None
 
 
 def aggregate(summaries: list[dict[str, Any]]) -> dict[str, Any]:

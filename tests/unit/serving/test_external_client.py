@@ -55,9 +55,13 @@ class FakeEndpoint:
         body = json.loads(request.content)
         self.bodies.append(body)
         if self.mode == "unauthorized":
-            return httpx.Response(401, json={"error": {"message": "Incorrect API key provided"}})
+            key = request.headers.get("authorization", "")[len("Bearer ") :]
+            return httpx.Response(
+                401, json={"error": {"message": f"Incorrect API key provided: {key}"}}
+            )
         if self.mode == "server-error":
-            return httpx.Response(503, text="upstream connect error")
+            key = request.headers.get("authorization", "")[len("Bearer ") :]
+            return httpx.Response(503, text=f"upstream connect error (key {key})")
         if self.mode == "rate-limited":
             return httpx.Response(429, json={"error": {"message": "Rate limit reached"}})
         if self.mode == "bad-request":
@@ -83,14 +87,20 @@ class FakeEndpoint:
                     "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}  # fmt: skip
             events.append({**head, "choices": [{"index": 0, "delta": {"role": "assistant",
                            "tool_calls": [call]}, "finish_reason": None}]})  # fmt: skip
-            events.append({**head, "choices": [{"index": 0, "delta": {},
-                                                "finish_reason": "tool_calls"}]})
+            events.append(
+                {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
+            )
         else:
             for word in ("Hello", " from", " far", " away."):
-                events.append({**head, "choices": [{"index": 0, "delta": {"content": word},
-                                                    "finish_reason": None}]})
-            events.append({**head, "choices": [{"index": 0, "delta": {},
-                                                "finish_reason": "stop"}]})
+                events.append(
+                    {
+                        **head,
+                        "choices": [
+                            {"index": 0, "delta": {"content": word}, "finish_reason": None}
+                        ],
+                    }
+                )
+            events.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         if self.mode != "no-usage":
             events.append({**head, "choices": [],
                            "usage": {"prompt_tokens": 1000, "completion_tokens": 500,
@@ -226,16 +236,20 @@ def test_a_refusal_falls_back_to_the_next_model(
     assert metric(ep, "shoal_fallbacks_total", model="big", reason=reason) == 1
 
 
+@pytest.mark.parametrize(
+    ("mode", "said"),
+    [("unauthorized", "refused the API key (401)"), ("server-error", "answered 503")],
+)
 def test_a_refusal_of_the_only_model_is_a_clear_error_at_once(
-    keys: Path, client_for: Any, caplog: pytest.LogCaptureFixture
+    keys: Path, client_for: Any, caplog: pytest.LogCaptureFixture, mode: str, said: str
 ) -> None:
-    ep = make_endpoint(FakeEndpoint("unauthorized"), ["big"])
+    ep = make_endpoint(FakeEndpoint(mode), ["big"])
     started = time.monotonic()
     with caplog.at_level(logging.DEBUG), pytest.raises(openai.APIStatusError) as err:
         client_for(ep).chat.completions.create(model="big", messages=ASK)
     assert time.monotonic() - started < 5
     assert err.value.status_code == 503 and "last error: error" in str(err.value)
-    assert "refused the API key (401)" in caplog.text
+    assert said in caplog.text
     assert KEY not in caplog.text
 
 

@@ -113,8 +113,7 @@ class SavingsSpec(ApiModel):
 
     reference_model: Name | None = Field(
         default=None,
-        description="An external model (engine openai) of this fleet whose price is the "
-        "reference.",
+        description="An external model (engine openai) of this fleet whose price is the reference.",
     )
     reference_price: TokenPrice | None = Field(
         default=None, description="A reference price per million tokens."
@@ -151,7 +150,7 @@ class FleetSpend(ApiModel):
     )
     saved_percent: str | None = Field(
         default=None,
-        description="Share of the reference's cost saved, in percent, e.g. \"87.5\" (negative: "
+        description='Share of the reference\'s cost saved, in percent, e.g. "87.5" (negative: '
         "the fleet cost more than the reference).",
     )
     updated_time: datetime | None = Field(default=None, description="When it was read.")

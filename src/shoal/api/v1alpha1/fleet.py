@@ -163,12 +163,14 @@ class ModelSpec(ApiModel):
             "&& !has(self.accelerator) && !has(self.resources))",
             message="a model served outside the fleet (engine openai) has no replicas: "
             "minReplicas, maxReplicas, accelerator and resources are not allowed",
-            check=lambda m: m.engine != "openai"
-            or (
-                m.min_replicas is None
-                and m.max_replicas is None
-                and m.accelerator is None
-                and m.resources is None
+            check=lambda m: (
+                m.engine != "openai"
+                or (
+                    m.min_replicas is None
+                    and m.max_replicas is None
+                    and m.accelerator is None
+                    and m.resources is None
+                )
             ),
             field_path=".engine",
             reason="FieldValueForbidden",
@@ -187,9 +189,9 @@ class ModelSpec(ApiModel):
             "|| !has(self.capabilities.logprobs)",
             message="capabilities.logprobs applies only to engine openai (other engines derive "
             "it from their engineArgs)",
-            check=lambda m: m.engine == "openai"
-            or m.capabilities is None
-            or m.capabilities.logprobs is None,
+            check=lambda m: (
+                m.engine == "openai" or m.capabilities is None or m.capabilities.logprobs is None
+            ),
             field_path=".capabilities.logprobs",
             reason="FieldValueForbidden",
         ),
@@ -578,10 +580,12 @@ class ModelFleetSpec(ApiModel):
             cel="!has(self.savings) || !has(self.savings.referenceModel) || self.models.exists("
             "m, m.name == self.savings.referenceModel && m.engine == 'openai')",
             message="savings.referenceModel must name a model of this fleet with engine openai",
-            check=lambda s: s.savings is None
-            or s.savings.reference_model is None
-            or any(
-                m.name == s.savings.reference_model and m.engine == "openai" for m in s.models
+            check=lambda s: (
+                s.savings is None
+                or s.savings.reference_model is None
+                or any(
+                    m.name == s.savings.reference_model and m.engine == "openai" for m in s.models
+                )
             ),
             field_path=".savings.referenceModel",
         ),
