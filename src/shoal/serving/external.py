@@ -43,6 +43,7 @@ from shoal.api.v1alpha1 import ModelSpec
 from shoal.api.v1alpha1.external import ExternalModel
 from shoal.contract import MODEL_KEYS_DIR, MODEL_KEYS_DIR_ENV, BuildArgs
 from shoal.contract.cost import token_price
+from shoal.serving import openai_api
 from shoal.serving.clients import (
     ModelFailed,
     ModelInfo,
@@ -183,13 +184,13 @@ class ExternalModelClient:
                         continue
                     text.append(chunk.text)
                     if chunk.finish_reason is not None:
-                        yield self._counted(request, chunk, text)
+                        yield self._counted(request, chunk, text, answer)
                         return
                     yield chunk
             last = answer.close()
             if last is None:
                 raise ModelFailed(f"{self.info.name} ended its answer without a finish reason")
-            yield self._counted(request, last, text)
+            yield self._counted(request, last, text, answer)
         except httpx.TimeoutException as exc:
             raise ModelUnavailable(
                 f"{self.info.name} ({self.host}) did not answer in time ({type(exc).__name__})",
@@ -200,16 +201,33 @@ class ExternalModelClient:
                 f"cannot reach {self.info.name} at {self.host}: {type(exc).__name__}"
             ) from None
 
-    def _counted(self, request: GenerationRequest, last: Chunk, text: list[str]) -> Chunk:
+    def _counted(
+        self, request: GenerationRequest, last: Chunk, text: list[str], answer: ServerStream
+    ) -> Chunk:
         """The last chunk with token counts: the endpoint's, or an estimate where it sent
-        no usage (so that the request is still billed)."""
+        no usage (so that the request is still billed, and a client that asked for usage
+        gets it)."""
         if last.prompt_tokens is not None and last.completion_tokens is not None:
             return last
         shown = render_messages(request.messages) if request.kind == "chat" else request.prompt
+        prompt = last.prompt_tokens or approx_tokens(shown)
+        completion = last.completion_tokens or approx_tokens("".join(text))
+        counts = openai_api.usage(prompt, completion)
+        name, rid = request.model_name, request.request_id
+        if request.stream:
+            data = last.data or b""
+            if request.include_usage:
+                data += openai_api.usage_event(request.kind, rid, request.created, name, counts)
+        else:
+            build = (
+                openai_api.assemble_chat
+                if request.kind == "chat"
+                else openai_api.assemble_completion
+            )
+            body = build(answer.events, rid, request.created, name, counts)
+            data = json.dumps(body, separators=(",", ":")).encode()
         return dataclasses.replace(
-            last,
-            prompt_tokens=last.prompt_tokens or approx_tokens(shown),
-            completion_tokens=last.completion_tokens or approx_tokens("".join(text)),
+            last, prompt_tokens=prompt, completion_tokens=completion, data=data
         )
 
     async def _refusal(self, resp: httpx.Response) -> ModelUnavailable:

@@ -291,9 +291,19 @@ def test_no_key_is_sent_unless_the_operator_mounted_one(
 
 def test_an_answer_without_usage_is_still_billed(keys: Path, client_for: Any) -> None:
     ep = make_endpoint(FakeEndpoint("no-usage"), ["big"])
-    chat = client_for(ep).chat.completions.create(model="big", messages=ASK)
+    client = client_for(ep)
+    chat = client.chat.completions.create(model="big", messages=ASK)
     assert chat.choices[0].message.content == "Hello from far away."
+    assert chat.usage.prompt_tokens > 0 and chat.usage.completion_tokens > 0  # estimated
     assert metric(ep, "shoal_cost_usd_total", model="big", tier="small") > 0
+    stream = client.chat.completions.create(
+        model="big", messages=ASK, stream=True, stream_options={"include_usage": True}
+    )
+    events = list(stream)
+    assert "".join(e.choices[0].delta.content or "" for e in events if e.choices) == (
+        "Hello from far away."
+    )
+    assert events[-1].usage is not None and events[-1].usage.completion_tokens > 0
 
 
 def test_the_concurrency_cap_counts_as_overload(keys: Path) -> None:
