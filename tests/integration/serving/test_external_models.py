@@ -14,7 +14,9 @@ first at alpha 0 (a tenant's maxAlpha 0). Callers use the official ``openai`` cl
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -187,7 +189,7 @@ def fleet_args(base_url: str, artifact_path: str, models_dir: Path) -> BuildArgs
         "policy": {"strategy": "cluster", "clusters": 1, "topP": 1, "alpha": "1.0",
                    "calibration": {"configMapRef": {"name": "cal", "key": "k"}}},
         "router_artifact_path": artifact_path,
-        "limits": {"first_token_timeout_seconds": 20, "unhealthy_cooldown_seconds": 30},
+        "limits": {"first_token_timeout_seconds": 8, "unhealthy_cooldown_seconds": 30},
     })  # fmt: skip
 
 
@@ -255,9 +257,9 @@ def client(fleet: Any, tenant: str) -> Any:
     )
 
 
-def ask(fleet: Any, tenant: str, model: str = "auto", **extra: Any) -> Any:
+def ask(fleet: Any, tenant: str, model: str = "auto", max_tokens: int = 16, **extra: Any) -> Any:
     return client(fleet, tenant).chat.completions.with_raw_response.create(
-        model=model, max_tokens=16, messages=ASK, **extra
+        model=model, max_tokens=max_tokens, messages=ASK, **extra
     )
 
 
@@ -295,12 +297,12 @@ def test_streaming_passes_through(fleet: Any) -> None:
 
 def test_a_tool_call_passes_through(fleet: Any) -> None:
     choice = {"type": "function", "function": {"name": "get_weather"}}
-    raw = ask(fleet, "all", model="big", tools=[WEATHER_TOOL], tool_choice=choice)
+    raw = ask(fleet, "all", model="big", max_tokens=64, tools=[WEATHER_TOOL], tool_choice=choice)
     chat = raw.parse()
+    assert raw.headers["x-shoal-model"] == "big"
+    assert chat.choices[0].finish_reason == "tool_calls"
     call = chat.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather"
-    import json
-
     assert json.loads(call.function.arguments)["unit"] in ("celsius", "fahrenheit")
 
 
@@ -334,11 +336,37 @@ def test_the_external_model_takes_over_when_the_fleets_own_model_is_down(fleet: 
         if n["namespace"] == "serve" and f"#{model_deployment_name('small')}#" in n["name"]
     ]  # fmt: skip
     assert len(victims) == 1, victims
-    ray.kill(ray.get_actor(victims[0], namespace="serve"), no_restart=True)
-    answered = [ask(fleet, "cheap") for _ in range(3)]
-    models = [r.headers["x-shoal-model"] for r in answered]
-    assert "big" in models, models
-    assert all(r.parse().choices[0].message.content for r in answered)
+    results: list[tuple[float, int, str | None]] = []
+    killed_at: list[float] = []
+
+    async def caller(http: httpx.AsyncClient, until: float) -> None:
+        while time.monotonic() < until:
+            r = await http.post(
+                "/v1/chat/completions",
+                json={"model": "auto", "max_tokens": 16, "messages": ASK},
+                headers={"authorization": f"Bearer {KEYS['cheap']}"},
+            )
+            results.append((time.monotonic(), r.status_code, r.headers.get("x-shoal-model")))
+
+    async def kill_when_small_answers() -> None:
+        while not any(m == "small" for _, _, m in results):
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        ray.kill(ray.get_actor(victims[0], namespace="serve"), no_restart=True)
+        killed_at.append(time.monotonic())
+
+    async def load() -> None:
+        until = time.monotonic() + 12
+        async with httpx.AsyncClient(base_url=fleet.base_url, timeout=60) as http:
+            await asyncio.gather(
+                kill_when_small_answers(), *(caller(http, until) for _ in range(4))
+            )
+
+    asyncio.run(load())
+    assert killed_at, "the replica was never killed"
+    assert all(code == 200 for _, code, _ in results), results
+    after = [m for t, _, m in results if t > killed_at[0]]
+    assert "big" in after, results  # the frontier model answered while small was down
 
 
 def test_tenants_budgets_and_token_limits_count_the_external_models_dollars_and_tokens(
