@@ -90,7 +90,7 @@ CASES: dict[tuple[str, str], tuple[str, Edit]] = {
         ("fleet", _openai_without_external),
     ("ModelSpec", "a model served outside the fleet (engine openai) has no replicas: minReplicas, maxReplicas, accelerator and resources are not allowed"):
         ("fleet", _add_external({"maxReplicas": 2})),
-    ("ModelSpec", "a model served outside the fleet (engine openai) has no source or engineArgs: its endpoint is external.baseUrl"):
+    ("ModelSpec", "a model served outside the fleet (engine openai) has no source: its endpoint is external.baseUrl"):
         ("fleet", _add_external({"source": "hf://org/big"})),
     ("ModelSpec", "capabilities.logprobs applies only to engine openai (other engines derive it from their engineArgs)"):
         ("fleet", _set_model(capabilities={"logprobs": True})),

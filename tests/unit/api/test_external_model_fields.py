@@ -82,9 +82,8 @@ def test_replica_fields_are_refused_on_an_external_model(field: dict[str, Any]) 
     assert "has no replicas" in refused(spec(external(**field)))
 
 
-def test_source_and_engine_args_are_refused_on_an_external_model() -> None:
+def test_a_source_is_refused_on_an_external_model() -> None:
     assert "has no source" in refused(spec(external(source="hf://org/big")))
-    assert "has no source" in refused(spec(external(engineArgs={"n_ctx": 4})))
 
 
 def test_external_needs_engine_openai_and_the_other_way_round() -> None:

@@ -176,11 +176,10 @@ class ModelSpec(ApiModel):
             reason="FieldValueForbidden",
         ),
         Rule(
-            cel="self.engine != 'openai' || (!has(self.source) && "
-            "(!has(self.engineArgs) || size(self.engineArgs) == 0))",
-            message="a model served outside the fleet (engine openai) has no source or "
-            "engineArgs: its endpoint is external.baseUrl",
-            check=lambda m: m.engine != "openai" or (m.source is None and not m.engine_args),
+            cel="self.engine != 'openai' || !has(self.source)",
+            message="a model served outside the fleet (engine openai) has no source: its "
+            "endpoint is external.baseUrl",
+            check=lambda m: m.engine != "openai" or m.source is None,
             field_path=".source",
             reason="FieldValueForbidden",
         ),
