@@ -180,38 +180,61 @@ def usage(
         "status (which the operator refreshes every minute).",
     ),
 ) -> None:
-    """Print what each tenant used in the last hour: requests, tokens, estimated USD, budget."""
+    """Print what each fleet and tenant spent in the last hour (USD), the savings against the
+    fleet's reference, and each tenant's requests, tokens and budget."""
     from datetime import UTC, datetime
 
     from rich.table import Table
 
     from shoal.operator.usage import (
+        fleet_rows_with_prometheus,
+        list_fleets,
         list_tenants,
         prometheus_usage,
+        rows_from_fleets,
         rows_from_tenants,
+        saved,
         with_prometheus,
     )
 
+    where = None if all_namespaces else namespace
     try:
-        rows = rows_from_tenants(list_tenants(None if all_namespaces else namespace), fleet)
+        fleet_bodies = [
+            b for b in list_fleets(where) if not fleet or b["metadata"]["name"] == fleet
+        ]
+        rows = rows_from_tenants(list_tenants(where), fleet)
+        fleet_rows = rows_from_fleets(fleet_bodies, fleet)
         if prometheus:
             now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             rows = with_prometheus(rows, prometheus_usage(prometheus, {r.fleet for r in rows}), now)
+            fleet_rows = fleet_rows_with_prometheus(prometheus, fleet_bodies, now)
     except Exception as exc:  # no cluster, no RBAC, no Prometheus: say which
         console.print(f"[red]cannot read usage:[/red] {exc}")
         raise typer.Exit(1) from exc
+    if fleet_rows:
+        ftable = Table(title="Fleets' spend in the last hour")
+        fnumbers = ("USD", "EXTERNAL USD", "REFERENCE USD", "SAVED")
+        for col in ("NAMESPACE", "FLEET", *fnumbers, "UPDATED"):
+            ftable.add_column(col, justify="right" if col in fnumbers else "left")
+        for f in fleet_rows:
+            ftable.add_row(f.namespace, f.fleet, f"{f.cost_usd:.4f}", f"{f.external_usd:.4f}",
+                           f"{f.reference_usd:.4f}" if f.reference_usd is not None else "-",
+                           saved(f.savings), f.updated)  # fmt: skip
+        Console().print(ftable)
     if not rows:
         console.print("no tenants found")
         return
     table = Table(title="Tenants' use in the last hour")
-    numbers = ("KEYS", "REQUESTS", "TOKENS", "USD", "BUDGET/H", "USED")
+    numbers = ("KEYS", "REQUESTS", "TOKENS", "USD", "BUDGET/H", "USED", "REFERENCE USD", "SAVED")
     for col in ("NAMESPACE", "FLEET", "TENANT", "READY", *numbers, "UPDATED"):
         table.add_column(col, justify="right" if col in numbers else "left")
     for r in rows:
         table.add_row(r.namespace, r.fleet, r.tenant, r.ready, str(r.keys), f"{r.requests:,}",
                       f"{r.tokens:,}", f"{r.cost_usd:.4f}",
                       f"{r.budget_usd:.2f}" if r.budget_usd is not None else "-",
-                      r.budget_used, r.updated)  # fmt: skip
+                      r.budget_used,
+                      f"{r.reference_usd:.4f}" if r.reference_usd is not None else "-",
+                      saved(r.savings), r.updated)  # fmt: skip
     Console().print(table)
 
 

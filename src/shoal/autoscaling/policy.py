@@ -507,7 +507,18 @@ def _in_flight_need(m: ModelMetrics, target: int, settings: PolicySettings) -> t
 
 def _price(spec: ModelFleetSpec) -> dict[str, Decimal]:
     tiers = {t.name: Decimal(t.cost_per_replica_hour) for t in spec.tiers}
-    return {m.name: tiers[m.tier] for m in spec.models}
+    return {m.name: tiers[m.tier] for m in spec.fleet_models()}
+
+
+def external_spend(spec: ModelFleetSpec, metrics: Mapping[str, ModelMetrics]) -> Decimal:
+    """USD per hour the fleet's models served outside it cost now (their answers' token
+    bills over the rate window): the fleet budget counts it beside the replicas."""
+    total = Decimal(0)
+    for m in spec.external_models():
+        seen = metrics.get(m.name)
+        if seen is not None and seen.spend_per_hour:
+            total += Decimal(str(round(seen.spend_per_hour, 6)))
+    return total
 
 
 def cost_of(spec: ModelFleetSpec, replicas: Mapping[str, int]) -> Decimal:
@@ -521,15 +532,18 @@ def apply_budget(
     wanted: list[ModelDecision],
     metrics: Mapping[str, ModelMetrics],
     budget: Decimal | None,
+    external: Decimal = Decimal(0),
 ) -> tuple[list[ModelDecision], bool, str]:
-    """Cap the wanted replicas at the budget: (decisions, whether it binds, why in words)."""
+    """Cap the wanted replicas at the budget: (decisions, whether it binds, why in words).
+    ``external`` is what the models served outside the fleet cost per hour now: it counts
+    against the budget, and no replica can take it back."""
     if budget is None:
         return wanted, False, ""
     price = _price(spec)
     tiers = {t.name: t for t in spec.tiers}
     models = {m.name: m for m in spec.models}
     desired = {d.model: d.desired for d in wanted}
-    cost = cost_of(spec, desired)
+    cost = cost_of(spec, desired) + external
     if cost <= budget:
         return wanted, False, ""
     floors = {
@@ -631,21 +645,24 @@ def decide(
     settings = settings or PolicySettings()
     tiers = {t.name: t for t in spec.tiers}
     decisions = []
-    for model in spec.models:
+    for model in spec.fleet_models():  # a model served outside the fleet has no replicas
         tier = tiers[model.tier]
         state = states.get(model.name) or ModelState(replicas=replica_range(model, tier).initial)
         decisions.append(
             decide_model(model, tier, state, window.models.get(model.name), window, now, settings)
         )
     cap = Decimal(spec.budget.max_cost_per_hour) if spec.budget else budget
-    wanted_cost = cost_of(spec, {d.model: d.desired for d in decisions})
-    capped, binding, why = apply_budget(spec, decisions, window.models, cap)
-    cost = cost_of(spec, {d.model: d.desired for d in capped})
+    outside = external_spend(spec, window.models)
+    wanted_cost = cost_of(spec, {d.model: d.desired for d in decisions}) + outside
+    capped, binding, why = apply_budget(spec, decisions, window.models, cap, outside)
+    cost = cost_of(spec, {d.model: d.desired for d in capped}) + outside
     min_alpha = Decimal(spec.budget.min_alpha) if spec.budget else Decimal("0.3")
     alpha, alpha_why = effective_alpha(
         policy_alpha, min_alpha, previous_alpha, wanted_cost, cap, binding, settings
     )
     parts = [f"${cost:.2f}/h" + (f" of a ${cap:.2f}/h budget" if cap is not None else "")]
+    if outside > 0:
+        parts[0] += f" (${outside:.2f}/h of it on models served outside the fleet)"
     parts += [p for p in (why, alpha_why) if p]
     return FleetDecision(
         models=capped,

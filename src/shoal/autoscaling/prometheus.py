@@ -75,6 +75,7 @@ IN_FLIGHT = router_metric_names("shoal_requests_in_flight")
 REQUESTS = router_metric_names("shoal_requests_total")
 TTFT_BUCKETS = router_metric_names("shoal_time_to_first_token_seconds_bucket")
 DECISIONS = router_metric_names("shoal_routing_decisions_total")
+COST = router_metric_names("shoal_cost_usd_total")
 
 
 def _names_re(names: Sequence[str]) -> str:
@@ -196,6 +197,9 @@ def fleet_queries(
         f"({router_sel(IN_FLIGHT)}))[{_dur(s)}:{windows.step(s)}])"
         f"[{_dur(lg)}:{windows.step(lg)}])",
         "request_rate": per_name("sum by (model) (rate({sel}[" + _dur(r) + "]))", REQUESTS, rtr),
+        # USD per second the fleet's answers cost, per model (an external model's is what
+        # its endpoint bills; the fleet budget counts it beside the replicas).
+        "spend_rate": per_name("sum by (model) (rate({sel}[" + _dur(r) + "]))", COST, rtr),
         "demand_rate": per_name("sum by (model) (rate({sel}[" + _dur(r) + "]))", DECISIONS, rtr),
         # Arrivals over the last short window and the one before it: their ratio is the
         # trend (arrivals lead in-flight requests).
@@ -396,6 +400,10 @@ def service_seconds(
     return running / completions
 
 
+def _per_hour(per_second: float | None) -> float | None:
+    return None if per_second is None else 3600.0 * per_second
+
+
 def assemble(
     models: Sequence[str],
     results: dict[str, dict[str, tuple[float, float | None]]],
@@ -457,6 +465,7 @@ def assemble(
             ),
             latest_arrival_rate=val("demand_rate_latest", m),
             latest_waiting=val("engine_waiting_latest", m),
+            spend_per_hour=_per_hour(val("spend_rate", m)),
         )
     return MetricsWindow(
         collected_at=now, models=out, short_seconds=window, latest_seconds=windows.latest

@@ -30,7 +30,7 @@ def rendered_replicas(spec: ModelFleetSpec, status: AutoscalerStatus | None) -> 
         else {}
     )
     out = {}
-    for model in spec.models:
+    for model in spec.fleet_models():
         tier = tiers[model.tier]
         span = replica_range(model, tier)
         out[model.name] = span.clamp(decided.get(model.name, span.initial))
@@ -55,7 +55,7 @@ def model_states(
     if ready is None:
         ready = {m.name: m.ready_replicas for m in status.models} if status else {}
     out = {}
-    for model in fleet.spec.models:
+    for model in fleet.spec.fleet_models():
         p = persisted.get(model.name)
         if p is not None:
             n = p.replicas

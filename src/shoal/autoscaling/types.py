@@ -49,6 +49,8 @@ class ModelMetrics:
       the latest window (the newer half of the short window, ``MetricsWindow.latest_seconds``
       long): a step in the traffic shows there in full one evaluation before the short
       window's average catches up.
+    - ``spend_per_hour``: what the model's answers cost per hour (USD), from the ingress's
+      ``shoal_cost_usd_total``.
     """
 
     in_flight: float | None = None
@@ -66,6 +68,10 @@ class ModelMetrics:
     service_seconds: float | None = None
     latest_arrival_rate: float | None = None
     latest_waiting: float | None = None
+    #: USD per hour the model's answered requests cost over the rate window
+    #: (``shoal_cost_usd_total``); the fleet budget counts it for models served outside the
+    #: fleet, which have no replicas to price.
+    spend_per_hour: float | None = None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ without either importing the other, and the operator never imports Ray:
   plans, and the rendered ``serveConfigV2`` entries;
 - :mod:`shoal.contract.limits`: the ingress's request limits and sizing;
 - :mod:`shoal.contract.replicas`: a model's replica range, derived in one place;
+- :mod:`shoal.contract.cost`: one cost per request in USD, and savings against a reference;
 - :mod:`shoal.contract.tenants`: who may call the fleet and within what limits (the
   ingress's ``user_config``).
 """
@@ -21,6 +22,8 @@ from shoal.contract.serve import (
     IMPORT_PATH,
     INGRESS_DEPLOYMENT,
     MODEL_DEPLOYMENT_PREFIX,
+    MODEL_KEYS_DIR,
+    MODEL_KEYS_DIR_ENV,
     PVC_MOUNT_ROOT,
     RAY_SERVE_ENV,
     ROUTE_PREFIX,
@@ -53,6 +56,8 @@ __all__ = [
     "INGRESS_DEPLOYMENT",
     "MIN_KEY_LENGTH",
     "MODEL_DEPLOYMENT_PREFIX",
+    "MODEL_KEYS_DIR",
+    "MODEL_KEYS_DIR_ENV",
     "PVC_MOUNT_ROOT",
     "RAY_SERVE_ENV",
     "ROUTE_PREFIX",

@@ -42,6 +42,11 @@ PVC_MOUNT_ROOT = "/mnt/shoal/pvc"
 #: Environment variable of the Ray pods holding the API key of an ``openai`` embedder (from
 #: the policy's ``embedder.apiKeySecretRef``; never written into ``serveConfigV2``).
 EMBEDDER_API_KEY_ENV = "SHOAL_EMBEDDER_API_KEY"
+#: Directory of the Ray pods holding the API keys of the fleet's external models (engine
+#: openai), one file per model named after it, mounted from the Secrets their owners marked
+#: for Shoal; overridden by the environment variable of the same role for ``shoal up``.
+MODEL_KEYS_DIR = "/var/run/shoal/model-keys"
+MODEL_KEYS_DIR_ENV = "SHOAL_MODEL_KEYS_DIR"
 #: Environment variable of the Ray pods holding the key that signs completion ids, so that
 #: any ingress replica can attribute a client's feedback (never in ``serveConfigV2``).
 FEEDBACK_KEY_ENV = "SHOAL_FEEDBACK_KEY"
@@ -73,7 +78,9 @@ def ray_serve_env(overrides: dict[str, str] | None = None) -> dict[str, str]:
 
 
 # Default CPUs a replica asks Ray for, per engine, when the model gives no resources.cpu.
-_DEFAULT_NUM_CPUS: dict[str, float] = {"llamacpp": 1.0, "simulated": 0.1, "vllm": 1.0}
+_DEFAULT_NUM_CPUS: dict[str, float] = {
+    "llamacpp": 1.0, "simulated": 0.1, "vllm": 1.0, "openai": 0.0,
+}  # fmt: skip
 
 
 class BuildArgs(BaseModel):
@@ -170,7 +177,7 @@ class ModelDeploymentPlan(BaseModel):
 
     model: str
     tier: str
-    engine: Literal["vllm", "llamacpp", "simulated"]
+    engine: Literal["vllm", "llamacpp", "simulated", "openai"]
     deployment_name: str
     ray_actor_options: dict[str, Any]
     max_ongoing_requests: int
@@ -277,8 +284,9 @@ def deployment_plan(args: BuildArgs, model: ModelSpec) -> ModelDeploymentPlan:
 
 
 def deployment_plans(args: BuildArgs) -> list[ModelDeploymentPlan]:
-    """Deployment settings of every model of the fleet, in spec order."""
-    return [deployment_plan(args, m) for m in args.fleet.models]
+    """Deployment settings of every model the fleet runs itself, in spec order (a model
+    served outside the fleet, engine openai, has no deployment)."""
+    return [deployment_plan(args, m) for m in args.fleet.fleet_models()]
 
 
 def ingress_options(args: BuildArgs, access: AccessConfig | None = None) -> dict[str, Any]:

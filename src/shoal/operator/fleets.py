@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from shoal.api.v1alpha1 import API_VERSION, ConditionStatus, ModelFleet, RoutingPolicy
 from shoal.api.v1alpha1.fleet import AutoscalerStatus
 from shoal.autoscaling.state import rendered_replicas
-from shoal.operator import events, tenants
+from shoal.operator import events, external, tenants
 from shoal.operator.config import OperatorConfig
 from shoal.operator.gateway import WRITE_ERRORS, Forbidden, KubeGateway
 from shoal.planning import names
@@ -93,6 +93,9 @@ def _write_status(gw: KubeGateway, fleet: ModelFleet, status: dict[str, Any]) ->
     current = fleet.status.model_dump(mode="json", by_alias=True) if fleet.status else None
     if current == status:
         return
+    # spend is the spend loop's to write (shoal.operator.spend): a reconcile holding an older
+    # copy never rolls it back.
+    status = {k: v for k, v in status.items() if k != "spend"}
     gw.patch_status(
         API_VERSION,
         ModelFleet.KIND,
@@ -229,8 +232,13 @@ def reconcile_fleet(
     counted = bool(tenant_bodies) or fleet.spec.access.mode == "Tenants"
     tenant_count = f"{sum(r.ready for r in resolutions)}/{len(tenant_bodies)}" if counted else None
 
+    # External models' keys: mounted only where their Secrets' owners allow it.
+    grants = external.key_grants(gw, fleet)
+    external.report_refusals(body, fleet, grants)
+    settings = replace(settings, granted_model_keys=grants.granted)
+
     def report(seen: FleetObservation) -> Any:
-        seen = replace(seen, tenants=tenant_count)
+        seen = replace(seen, tenants=tenant_count, external_refusals=grants.refusal_reasons)
         status = fleet_status(fleet, seen, previous, now)
         if status.autoscaler is None and config.autoscaler_mode == "Off":
             # A new fleet says so in its first status write, not in a second one.

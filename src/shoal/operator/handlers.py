@@ -36,7 +36,7 @@ import kopf
 
 from shoal.api.v1alpha1 import API_VERSION, GROUP, VERSION, ModelFleet, RoutingPolicy, Tenant
 from shoal.autoscaling.prometheus import PrometheusSource
-from shoal.operator import credentials, tenants
+from shoal.operator import credentials, spend, tenants
 from shoal.operator.autoscaler import AutoscalerRuntime, autoscale_fleet, runtime
 from shoal.operator.cache import ObjectCache
 from shoal.operator.config import OperatorConfig
@@ -191,9 +191,17 @@ def _periodic_loop(memo: kopf.Memo, config: OperatorConfig) -> PeriodicLoop:
         # most once per its spec.feedback.refitIntervalSeconds.
         Schedule("router refit", refitting, refit, config.resync_seconds),
     ]
+
+    def fleet_spend(ns: str, name: str) -> None:
+        if memo.usage_source is not None:
+            spend.update_spend(memo.gateway, memo.usage_source, ns, name, _now())
+
     if config.prometheus_url:
         schedules.append(
             Schedule("tenant usage", tenanted, tenant_usage, config.tenant_usage_interval_seconds)
+        )
+        schedules.append(
+            Schedule("fleet spend", fleets, fleet_spend, config.tenant_usage_interval_seconds)
         )
     return PeriodicLoop(schedules, rate=config.periodic_rate_per_second)
 

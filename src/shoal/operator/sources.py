@@ -58,15 +58,27 @@ def allowed_hosts(secret: dict[str, Any]) -> list[str]:
     return [h.strip().lower() for h in (raw or "").split(",") if h.strip()]
 
 
-def secret_grant_problem(secret: dict[str, Any], endpoint: str) -> SpecProblem | None:
-    """Why the operator may not send this Secret's key to ``endpoint`` (None: it may)."""
+def secret_grant_problem(
+    secret: dict[str, Any],
+    endpoint: str,
+    *,
+    label: str = SECRET_LABEL,
+    reasons: tuple[str, str] = ("EmbedderSecretNotMarked", "EmbedderHostNotAllowed"),
+    what: str = "the embedder's endpoint",
+) -> SpecProblem | None:
+    """Why the operator may not send this Secret's key to ``endpoint`` (None: it may).
+
+    ``label`` is the mark the Secret's owner sets for this use (embedder keys by default;
+    external models' keys use :data:`shoal.api.v1alpha1.external.MODEL_KEY_LABEL`),
+    ``reasons`` the problems' words (not marked, host not allowed), ``what`` names the
+    endpoint in the message."""
     meta = secret.get("metadata") or {}
     name, ns = meta.get("name"), meta.get("namespace")
-    if (meta.get("labels") or {}).get(SECRET_LABEL) != "true":
+    if (meta.get("labels") or {}).get(label) != "true":
         return SpecProblem(
-            "EmbedderSecretNotMarked",
+            reasons[0],
             f"Secret {name!r} in {ns} is not marked for Shoal: its owner must label it "
-            f"{SECRET_LABEL}=true and name the embedding host in the annotation "
+            f"{label}=true and name the host of {what} in the annotation "
             f"{ALLOWED_HOSTS_ANNOTATION}",
         )
     host = (urlsplit(endpoint).hostname or "").lower()
@@ -74,9 +86,9 @@ def secret_grant_problem(secret: dict[str, Any], endpoint: str) -> SpecProblem |
     if host not in hosts:
         listed = ", ".join(hosts) if hosts else "no host"
         return SpecProblem(
-            "EmbedderHostNotAllowed",
+            reasons[1],
             f"Secret {name!r} in {ns} allows its key to be sent to {listed}, not to {host!r} "
-            f"(the embedder's endpoint); its owner may add the host to the annotation "
+            f"({what}); its owner may add the host to the annotation "
             f"{ALLOWED_HOSTS_ANNOTATION}",
         )
     return None

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from shoal.api.v1alpha1 import API_VERSION, ConditionStatus, ModelFleet, Tenant
 from shoal.api.v1alpha1.tenant import TenantStatus
 from shoal.autoscaling.prometheus import PrometheusError, PrometheusSource, router_metric_names
+from shoal.contract.cost import TENANT_REFERENCE_COST_METRIC
 from shoal.contract.tenants import TENANT_COST_METRIC, TENANT_REQUESTS_METRIC, TENANT_TOKENS_METRIC
 from shoal.operator import events
 from shoal.operator.gateway import Forbidden, KubeGateway
@@ -214,11 +215,14 @@ def usage_queries(fleet: str, extra_matchers: str = "") -> dict[str, str]:
         "cost": both(TENANT_COST_METRIC),
         "requests": both(TENANT_REQUESTS_METRIC),
         "tokens": both(TENANT_TOKENS_METRIC),
+        "reference": both(TENANT_REFERENCE_COST_METRIC),
     }
 
 
 def read_usage(source: PrometheusSource, fleet: str) -> dict[str, dict[str, float]]:
-    """tenant -> {cost, requests, tokens} in the last hour; PrometheusError when unreadable."""
+    """tenant -> {cost, requests, tokens, reference} in the last hour (reference: what the
+    tokens would have cost at the fleet's savings reference, absent without one);
+    PrometheusError when unreadable."""
     out: dict[str, dict[str, float]] = {}
     for what, promql in usage_queries(fleet, source.extra_matchers).items():
         for tenant, (_, value) in source.query(promql, "tenant").items():
@@ -248,6 +252,7 @@ def update_usage(
             requests=used.get("requests", 0.0),
             tokens=used.get("tokens", 0.0),
             now=now,
+            reference_usd=used.get("reference"),
         )
         old = tenant.status.usage if tenant.status else None
         if old is not None and old.model_copy(update={"updated_time": None}) == new.model_copy(

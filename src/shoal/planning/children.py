@@ -43,6 +43,7 @@ from shoal.contract import (
 from shoal.contract.tenants import AccessConfig
 from shoal.contract.variants import extra_sources
 from shoal.planning import names, security
+from shoal.planning.external import mount_model_keys
 from shoal.planning.network import Peers, desired_network_policy, desired_pod_disruption_budget
 
 RAY_API_VERSION = "ray.io/v1"
@@ -98,6 +99,9 @@ class PlanSettings:
     effective_alpha: str | None = None
     #: Where the operator and KubeRay run (the NetworkPolicy lets them reach Ray's dashboard).
     peers: Peers = field(default_factory=Peers)
+    #: External models (engine openai) whose API key Secret its owner granted for their
+    #: endpoint's host: only these keys are mounted (shoal.operator.external decides).
+    granted_model_keys: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -372,6 +376,7 @@ def desired_rayservice(
         env = [{"name": k, "value": v} for k, v in settings.ray_serve_env.items()]
         group["template"]["spec"]["containers"][0]["env"] = env
         _equip_for_the_ingress(group["template"], fleet, policy, mount=artifact is not None)
+        mount_model_keys(group["template"], fleet, settings.granted_model_keys)
         # Only the head keeps an API token: KubeRay's autoscaler sidecar runs there.
         security.harden_pod_template(group["template"], api_token=group is head)
     return {

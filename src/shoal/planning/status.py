@@ -35,6 +35,8 @@ READY, PROGRESSING, DEGRADED, ROUTER_READY, FITTED, EXPOSED, ROUTER_REFIT = (
 METRICS_AVAILABLE = "MetricsAvailable"
 METRICS_UNAVAILABLE = "MetricsUnavailable"
 HEALTHY = "HEALTHY"
+#: State of a model served outside the fleet (engine openai) whose key, if any, may be sent.
+EXTERNAL = "EXTERNAL"
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,9 @@ class FleetObservation:
     plans: list[ModelDeploymentPlan] = field(default_factory=list)
     #: Tenants whose keys the fleet serves, of those naming it, e.g. "2/3" (None: not known).
     tenants: str | None = None
+    #: External models (engine openai) whose API key the operator may not send, and why
+    #: (the reason word, e.g. ModelKeyNotMarked); they show that as their state.
+    external_refusals: dict[str, str] = field(default_factory=dict)
 
 
 def exposure_problem(fleet: ModelFleet) -> SpecProblem | None:
@@ -123,13 +128,21 @@ def _app_status(rs: dict[str, Any] | None, app: str) -> dict[str, Any]:
 
 
 def model_statuses(
-    fleet: ModelFleet, app: dict[str, Any], plans: list[ModelDeploymentPlan]
+    fleet: ModelFleet,
+    app: dict[str, Any],
+    plans: list[ModelDeploymentPlan],
+    refusals: dict[str, str] | None = None,
 ) -> list[ModelStatus]:
-    """Per-model replicas: desired from the plan, ready where Ray Serve reports HEALTHY."""
+    """Per-model replicas: desired from the plan, ready where Ray Serve reports HEALTHY; a
+    model served outside the fleet has state EXTERNAL (or why its key is refused)."""
     deployments = app.get("serveDeploymentStatuses") or {}
     by_model = {p.model: p for p in plans}
     out = []
     for m in fleet.spec.models:
+        if m.is_external:  # served outside the fleet: no replicas of ours
+            why = (refusals or {}).get(m.name, EXTERNAL)
+            out.append(ModelStatus(name=m.name, tier=m.tier, state=why))
+            continue
         plan = by_model.get(m.name)
         desired = plan.replicas.initial if plan else 0
         state = (deployments.get(model_deployment_name(m.name)) or {}).get("status")
@@ -211,7 +224,9 @@ def fleet_status(
 
     # Progressing and Ready
     rs_ready, why = _rayservice_ready(seen.rayservice) if seen.rayservice else (False, "")
-    models = model_statuses(fleet, app, seen.plans) if seen.rayservice else []
+    models = (
+        model_statuses(fleet, app, seen.plans, seen.external_refusals) if seen.rayservice else []
+    )
     if seen.problem:
         put(PROGRESSING, False, "Blocked", seen.problem.message)
         put(READY, False, seen.problem.reason, seen.problem.message)
@@ -228,18 +243,20 @@ def fleet_status(
         put(PROGRESSING, True, "Deploying", message)
         put(READY, False, "Deploying", message)
     elif upgrading := _upgrade_in_progress(seen.rayservice):
-        healthy = sum(1 for m in models if m.state == HEALTHY)
+        healthy = sum(1 for m in models if m.state in (HEALTHY, EXTERNAL))
         put(PROGRESSING, True, "Upgrading", upgrading)
         put(READY, True, "AllModelsReady", f"{healthy} of {len(models)} models healthy")
     else:
-        healthy = sum(1 for m in models if m.state == HEALTHY)
+        healthy = sum(1 for m in models if m.state in (HEALTHY, EXTERNAL))
         put(PROGRESSING, False, "Deployed", "the RayService serves the current spec")
         put(READY, True, "AllModelsReady", f"{healthy} of {len(models)} models healthy")
 
     # A healthy model the autoscaler parked at zero replicas counts as ready: it is serving as
     # intended (its next query starts a replica).
     ready_models = sum(
-        1 for m in models if m.state == HEALTHY and m.ready_replicas >= m.desired_replicas
+        1
+        for m in models
+        if (m.state == HEALTHY and m.ready_replicas >= m.desired_replicas) or m.state == EXTERNAL
     )
     return ModelFleetStatus(
         observed_generation=gen,
@@ -258,6 +275,8 @@ def fleet_status(
         last_scaling=list(previous.last_scaling) if previous else [],
         # Written by the autoscaler (shoal.operator.autoscaler); a reconcile keeps it.
         autoscaler=previous.autoscaler if previous else None,
+        # Written by the spend loop (shoal.operator.spend); a reconcile keeps it.
+        spend=previous.spend if previous else None,
     )
 
 

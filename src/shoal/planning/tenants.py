@@ -309,8 +309,10 @@ def usage_status(
     requests: float,
     tokens: float,
     now: datetime,
+    reference_usd: float | None = None,
 ) -> TenantUsage:
-    """``status.usage`` from the last hour's counts."""
+    """``status.usage`` from the last hour's counts (``reference_usd``: what the same tokens
+    would have cost at the fleet's savings reference; None: the fleet names none)."""
     cost = Decimal(str(max(cost_usd, 0.0))).quantize(Decimal("0.0001"))
     budget = tenant.spec.budget
     percent = None
@@ -321,5 +323,8 @@ def usage_status(
         last_hour_requests=round(max(requests, 0.0)),
         last_hour_tokens=round(max(tokens, 0.0)),
         budget_used_percent=percent,
+        last_hour_reference_cost_usd=None
+        if reference_usd is None
+        else f"{Decimal(str(max(reference_usd, 0.0))).quantize(Decimal('0.0001')):.4f}",
         updated_time=now,
     )

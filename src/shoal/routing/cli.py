@@ -146,6 +146,12 @@ def evaluate(
     plot: Path | None = typer.Option(None, help="Write the quality/cost frontier PNG here."),
     endpoint: str | None = typer.Option(None, help="Endpoint for an openai:<model> embedder."),
     cache: bool = typer.Option(True, help="Cache embeddings under ~/.cache/shoal."),
+    reference: str | None = typer.Option(
+        None,
+        "--reference",
+        help="A model of the data to measure savings against (what sending every query to it "
+        "would cost), e.g. gpt-4-1106-preview.",
+    ),
 ) -> None:
     """Evaluate a router artifact against labelled data, with baselines and an alpha sweep."""
     with _user_errors():
@@ -175,6 +181,13 @@ def evaluate(
             "data": [str(p) for p in data],
         }
         report = evaluate_router(router, samples, vectors, alpha=alpha, meta=meta)
+        if reference is not None:
+            from shoal.routing.savings import savings_report
+
+            try:
+                report["savings"] = savings_report(report, reference)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--reference") from None
         if plot is not None:
             from shoal.routing.plot import plot_frontier
 
@@ -231,6 +244,18 @@ def _print_report(report: dict[str, Any]) -> None:
             f"reaches the best single model's accuracy at alpha={reach['alpha']:g} for "
             f"{100 * reach['cost_ratio']:.1f}% of its cost"
         )
+    saving = report.get("savings")
+    if saving:
+        table = Table(title=f"savings against {saving['reference']} "
+                      f"({100 * saving['reference_accuracy']:.2f}% for "
+                      f"${saving['reference_cost']:.3f})")  # fmt: skip
+        for col in ("alpha", "accuracy %", "cost USD", "of reference", "saved"):
+            table.add_column(col, justify="right")
+        for p in saving["frontier"]:
+            ratio, pct = p["ratio"] or 0.0, p["saved_percent"] or 0.0
+            table.add_row(f"{p['alpha']:g}", f"{100 * p['accuracy']:.2f}", f"{p['spend']:.4f}",
+                          f"{100 * ratio:.1f}%", f"{pct:.1f}%")  # fmt: skip
+        out.print(table)
     share = ", ".join(f"{m}: {100 * s:.1f}%" for m, s in r["share"].items() if s > 0)
     out.print(f"router's share of queries: {share}")
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from shoal.api.v1alpha1.fleet import ModelFleetSpec
+from shoal.contract.cost import model_price
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,19 @@ class Price:
 
 
 def fleet_prices(spec: ModelFleetSpec) -> dict[str, Price]:
-    """Each model's price per replica-hour, from its tier."""
-    tiers = {t.name: float(Decimal(t.cost_per_replica_hour)) for t in spec.tiers}
-    return {m.name: Price(per_replica_hour=tiers.get(m.tier)) for m in spec.models}
+    """Each model's price: per replica-hour from its tier, or, for a model served outside
+    the fleet (engine openai), per million tokens from ``external.price``
+    (:func:`shoal.contract.cost.model_price`, the ingress's own)."""
+    out = {}
+    for m in spec.models:
+        p = model_price(spec, m)
+        if p.per_token:
+            out[m.name] = Price(
+                per_million_input=p.per_million_input, per_million_output=p.per_million_output
+            )
+        else:
+            out[m.name] = Price(per_replica_hour=p.per_replica_hour)
+    return out
 
 
 def parse_token_price(text: str) -> tuple[str, Price]:

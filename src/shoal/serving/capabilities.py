@@ -111,6 +111,21 @@ def capabilities(model: ModelSpec) -> Capabilities:
             context_window=int(window) if window is not None else None,
             passes_unknown=True,
         )
+    elif model.engine == "openai":
+        # Served outside the fleet: the spec's capabilities are the endpoint's own word
+        # (tools and JSON schema unless declared false; logprobs only when declared true).
+        declared_caps = model.capabilities
+        logprobs = bool(declared_caps and declared_caps.logprobs)
+        no_logprobs = frozenset() if logprobs else frozenset({"logprobs", "top_logprobs"})
+        caps = Capabilities(
+            engine="openai",
+            chat_params=(OPENAI_CHAT - {"functions", "function_call"}) - no_logprobs,
+            completion_params=OPENAI_COMPLETION - no_logprobs,
+            tools=True,
+            json_schema=True,
+            logprobs=logprobs,
+            context_window=None,
+        )
     else:  # simulated: an honest subset (it generates placeholder text)
         caps = Capabilities(
             engine=model.engine,

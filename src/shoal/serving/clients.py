@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from shoal.contract import BuildArgs, deployment_plans
+from shoal.contract.cost import ModelPrice
 from shoal.serving import openai_api
 from shoal.serving.engines.base import (
     Chunk,
@@ -76,6 +77,13 @@ class ModelInfo:
     tier: str
     engine: str
     cost_per_replica_hour: float
+    #: How its requests are priced (:mod:`shoal.contract.cost`); None: per replica-hour.
+    price: ModelPrice | None = None
+
+    def request_cost(self, seconds: float, sharing: float, prompt: int, completion: int) -> float:
+        """USD of one answer (an estimate for the fleet's own models)."""
+        price = self.price or ModelPrice(per_replica_hour=self.cost_per_replica_hour)
+        return price.cost(seconds, prompt, completion, sharing)
 
 
 class ModelClient(Protocol):

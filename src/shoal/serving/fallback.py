@@ -272,7 +272,9 @@ class FallbackCaller:
         sharing = max(1, self.book.in_flight[model])
         self._done(model)
         seconds = time.perf_counter() - started
-        cost = client.info.cost_per_replica_hour / 3600.0 * seconds / sharing
+        cost = client.info.request_cost(
+            seconds, sharing, last.prompt_tokens or 0, last.completion_tokens or 0
+        )
         self.book.record_cost(model, cost)
         self.metrics.finished(
             model=model,

@@ -37,10 +37,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shoal.contract import AccessConfig, BuildArgs
+from shoal.contract.cost import reference_price
 from shoal.serving import http
 from shoal.serving.capabilities import Refusal, capabilities, refusal
 from shoal.serving.clients import ModelClient, model_clients
 from shoal.serving.exploration import Explorer, explored
+from shoal.serving.external import external_clients
 from shoal.serving.fallback import FallbackCaller, ModelBook
 from shoal.serving.feedback import CompletionIds, parse_feedback
 from shoal.serving.metrics import RouterMetrics
@@ -84,6 +86,7 @@ class Endpoint:
         self.limits = args.limits
         self.clients = clients
         self.metrics = metrics
+        metrics.reference = reference_price(args.fleet)
         self.ranker = ranker or make_ranker(args)
         self.alpha = default_alpha(args)
         self.aliases = {AUTO, args.fleet_name}
@@ -441,7 +444,7 @@ class FleetIngress:
         name = store_name(parsed.fleet_name, parsed.namespace)
         self.endpoint = Endpoint(
             parsed,
-            model_clients(parsed, handles),
+            {**model_clients(parsed, handles), **external_clients(parsed)},
             RouterMetrics(parsed.fleet_name, "ray"),
             store=lambda: RayStore(name),
         )

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
+from shoal.contract.cost import REFERENCE_COST_METRIC, TENANT_REFERENCE_COST_METRIC, ModelPrice
 from shoal.contract.tenants import TENANT_COST_METRIC, TENANT_REQUESTS_METRIC, TENANT_TOKENS_METRIC
 
 Backend = Literal["ray", "prometheus"]
@@ -204,9 +205,20 @@ class RouterMetrics:
         self.cost = f.make(
             "counter",
             "shoal_cost_usd_total",
-            "Estimated cost of answered requests in USD: the replica time each request "
-            "held (its duration shared among the model's requests in flight) at the tier's "
-            "price per replica hour.",
+            "Cost of answered requests in USD: for a model served outside the fleet, its "
+            "tokens at its price per million; for the fleet's own, an estimate: the replica "
+            "time each request held (its duration shared among the model's requests in "
+            "flight) at the tier's price per replica hour.",
+            mt,
+        )
+        #: The fleet's savings reference (spec.savings), set by the ingress; None: none.
+        self.reference: ModelPrice | None = None
+        self.reference_cost = f.make(
+            "counter",
+            REFERENCE_COST_METRIC,
+            "What the answered requests' tokens would have cost at the fleet's savings "
+            "reference (spec.savings), in USD, per model that answered; against "
+            "shoal_cost_usd_total it is what the fleet saved.",
             mt,
         )
         self.in_flight = f.make(
@@ -255,6 +267,13 @@ class RouterMetrics:
             "Estimated USD of each tenant's answered requests (as shoal_cost_usd_total).",
             ("fleet", "tenant"),
         )
+        self.tenant_reference_cost = f.make(
+            "counter",
+            TENANT_REFERENCE_COST_METRIC,
+            "What each tenant's answered requests would have cost at the fleet's savings "
+            "reference, in USD (as shoal_reference_cost_usd_total).",
+            ("fleet", "tenant"),
+        )
         self.tenant_rejections = f.make(
             "counter",
             "shoal_tenant_rejections_total",
@@ -279,6 +298,9 @@ class RouterMetrics:
             )
         if cost > 0:
             self.tenant_cost.inc(cost, {"fleet": self.fleet, "tenant": tenant})
+        if self.reference is not None and (prompt or completion):
+            ref = self.reference.cost(0.0, prompt, completion)
+            self.tenant_reference_cost.inc(ref, {"fleet": self.fleet, "tenant": tenant})
 
     def tenant_rejected(self, tenant: str, reason: str, code: int) -> None:
         self.tenant_rejections.inc(1, {"fleet": self.fleet, "tenant": tenant, "reason": reason})
@@ -341,6 +363,8 @@ class RouterMetrics:
             self.tokens.inc(completion_tokens, {**mt, "kind": "completion"})
         if cost_usd > 0:
             self.cost.inc(cost_usd, mt)
+        if self.reference is not None and (prompt_tokens or completion_tokens):
+            self.reference_cost.inc(self.reference.cost(0.0, prompt_tokens, completion_tokens), mt)
 
 
 class EngineMetrics:

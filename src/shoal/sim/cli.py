@@ -17,7 +17,11 @@ import typer
 
 def sim(
     scenario: str = typer.Option(
-        "bursty", "--scenario", "-s", help="bursty, diurnal or hot-topic."
+        "bursty",
+        "--scenario",
+        "-s",
+        help="bursty, diurnal, hot-topic, step, spike, or hybrid (a frontier model served "
+        "outside the fleet: spend and savings).",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic trace (deterministic)."),
     trace: Path | None = typer.Option(
@@ -78,6 +82,15 @@ def sim(
             str(p["replica_changes"]),
         )
     Console().print(table)
+    for name, p in summary["policies"].items():
+        if "reference_cost_usd" in p:  # a fleet with a savings reference (spec.savings)
+            outside = sum(p.get("external_cost_usd", {}).values())
+            saved = p["saved_percent"]
+            Console().print(
+                f"{name}: spent ${p['cost_usd']:.2f} (${outside:.2f} on models served outside "
+                f"the fleet) against ${p['reference_cost_usd']:.2f} at the reference"
+                + (f": {saved:.1f}% saved" if saved is not None else "")
+            )
     met = summary["targets_met"]
     for key, target in TARGETS.items():
         op = ">=" if key == "slo_attainment" else "<="

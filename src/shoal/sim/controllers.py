@@ -65,6 +65,8 @@ def observe(sim: Simulator, now: float, windows: Windows) -> MetricsWindow:
             latest_arrival_rate=rec.rate(name, now, windows.latest, "routed"),
             latest_waiting=_mean(latest, "waiting"),
         )
+    for name, outside in sim.external.items():  # no replicas: only their bills count
+        models[name] = ModelMetrics(spend_per_hour=outside.spend_per_hour(now, windows.rate))
     return MetricsWindow(
         collected_at=at(now),
         models=models,
@@ -193,7 +195,7 @@ class QueueThresholdController:
     def evaluate(self, now: float, sim: Simulator) -> tuple[dict[str, int], float | None]:
         windows = windows_for(self.spec, self.interval_seconds)
         tiers = {t.name: t for t in self.spec.tiers}
-        for model in self.spec.models:
+        for model in self.spec.fleet_models():
             tier = tiers[model.tier]
             span = replica_range(model, tier)
             lo, hi = span.min, span.max

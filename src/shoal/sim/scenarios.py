@@ -18,6 +18,9 @@ Prompts are 64 to 1024 tokens, answers 128 to 512.
   to six times its rate and decays back over 15 minutes.
 - ``spike`` (sharp): two hours of steady traffic; twice, every topic jumps at once to four
   times its rate for three minutes and drops back at once.
+- ``hybrid``: the bursty traffic with a frontier model served outside the fleet beside it
+  (priced per token, the fleet's savings reference), under a budget the frontier's bills
+  count against.
 - ``hot-topic``: a new topic (questions about a just-released library) appears and grows
   on top of steady traffic, under a budget that binds at its height: the autoscaler lowers
   the router's alpha, sending more general traffic to the cheap generalist.
@@ -85,14 +88,26 @@ QUALITY = {
 }
 
 
+#: The hybrid scenario's frontier model, served outside the fleet and priced per token (a
+#: GPT-4o-like list price), and its quality per topic (above every model of the fleet).
+FRONTIER = "frontier"
+FRONTIER_PRICE = {"inputPerMillion": "2.50", "outputPerMillion": "10.00"}
+FRONTIER_QUALITY = {"math": 0.87, "code": 0.97, "general": 0.81, "library": 0.91}
+#: Seconds to the frontier model's first token (its capacity is its provider's).
+FRONTIER_FIRST_TOKEN_SECONDS = 0.6
+
+
 def fleet_spec(
     *,
     budget: str | None = None,
     up_cooldown: int = 15,
     down_cooldown: int = 120,
     target: int = 26,
+    frontier: bool = False,
 ) -> ModelFleetSpec:
-    """The study's fleet: a large tier ($2.50/h a replica) and a small one ($0.60/h)."""
+    """The study's fleet: a large tier ($2.50/h a replica) and a small one ($0.60/h); with
+    ``frontier``, also a model served outside the fleet (a "frontier" tier, per token) that
+    is the fleet's savings reference."""
 
     def tier(name: str, cost: str, target: int) -> dict[str, Any]:
         return {
@@ -110,6 +125,23 @@ def fleet_spec(
     }
     if budget:
         body["budget"] = {"maxCostPerHour": budget, "minAlpha": "0.3"}
+    if frontier:
+        body["tiers"].append(
+            {"name": "frontier", "costPerReplicaHour": "0", "slo": {"ttftP95Milliseconds": 1000}}
+        )
+        body["models"].append(
+            {
+                "name": FRONTIER,
+                "engine": "openai",
+                "tier": "frontier",
+                "external": {
+                    "baseUrl": "https://api.example.com/v1",
+                    "model": "frontier",
+                    "price": FRONTIER_PRICE,
+                },
+            }
+        )
+        body["savings"] = {"referenceModel": FRONTIER}
     return ModelFleetSpec.model_validate(body)
 
 
@@ -130,12 +162,19 @@ class Scenario:
 
 
 def _topic(
-    name: str, templates: tuple[str, ...], shape: Any, answers: tuple[int, int] = (128, 512)
+    name: str,
+    templates: tuple[str, ...],
+    shape: Any,
+    answers: tuple[int, int] = (128, 512),
+    frontier: bool = False,
 ) -> Topic:
+    quality = dict(QUALITY[name])
+    if frontier:
+        quality[FRONTIER] = FRONTIER_QUALITY[name]
     return Topic(
         name=name,
         templates=templates,
-        quality=QUALITY[name],
+        quality=quality,
         shape=shape,
         prompt_tokens=(64, 1024),
         output_tokens=answers,
@@ -234,6 +273,29 @@ def spike() -> Scenario:
     )
 
 
+def hybrid() -> Scenario:
+    minute = 60.0
+
+    def bursts(rps: float, *starts: float) -> Bursts:
+        return Bursts(rps, tuple(m * minute for m in starts), hold=240.0, ramp=240.0)
+
+    return Scenario(
+        name="hybrid",
+        description="the bursty traffic with a frontier model served outside the fleet "
+        "(per token, the savings reference) beside the fleet's own, under a $40/h budget",
+        spec=fleet_spec(budget="40.00", frontier=True),
+        topics=(
+            _topic("math", MATH, Sum((Constant(3.0), bursts(7.5, 25, 65, 105))), frontier=True),
+            _topic("code", CODE, Sum((Constant(4.0), bursts(10.0, 10, 50, 90))), frontier=True),
+            _topic("general", GENERAL, Sum((Constant(3.0), bursts(7.5, 38, 78))), frontier=True),
+        ),
+        duration=120 * minute,
+        # At 0.65 the router sends the frontier the queries where its lead is largest (about
+        # a sixth of the traffic); at 0.7 and above nearly all of it.
+        policy_alpha=0.65,
+    )
+
+
 #: Smooth traffic (ramps of minutes and hours) and sharp traffic (steps and spikes).
 SCENARIOS = {
     "bursty": bursty,
@@ -243,3 +305,6 @@ SCENARIOS = {
     "spike": spike,
 }
 SHARP = ("step", "spike")
+#: Every scenario ``shoal sim --scenario`` knows: the autoscaling study's, and ``hybrid``
+#: (a study of spend and savings, kept out of ``--study``'s autoscaling targets).
+ALL_SCENARIOS = {**SCENARIOS, "hybrid": hybrid}

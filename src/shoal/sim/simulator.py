@@ -23,7 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
+from shoal.contract.cost import ModelPrice, Savings
 from shoal.sim.engine import ModelPool, Replica, Request
+from shoal.sim.external import ExternalEndpoint
 
 FINISH, READY, SCRAPE, EVAL = 0, 1, 2, 3
 
@@ -139,10 +141,20 @@ class SimResult:
     alpha: list[tuple[float, float]]
     decisions: int
     unserved: int
+    #: USD billed per token by each model served outside the fleet.
+    external_cost_by_model: dict[str, float] = field(default_factory=dict)
+    #: What every answered request's tokens would have cost at the savings reference.
+    reference_usd: float | None = None
 
     @property
     def cost(self) -> float:
-        return sum(self.cost_by_model.values())
+        """Replica-hours of the fleet's own models plus the external models' token bills."""
+        return sum(self.cost_by_model.values()) + sum(self.external_cost_by_model.values())
+
+    @property
+    def savings(self) -> Savings | None:
+        """The run's spend against the reference (None: no reference)."""
+        return None if self.reference_usd is None else Savings(self.cost, self.reference_usd)
 
     @property
     def slo_attainment(self) -> float:
@@ -164,8 +176,13 @@ class Simulator:
         alpha: float,
         scrape_seconds: float = 5.0,
         keep_seconds: float = 900.0,
+        external: Sequence[ExternalEndpoint] = (),
+        reference: ModelPrice | None = None,
     ) -> None:
         self.pools = {p.name: p for p in pools}
+        self.external = {e.name: e for e in external}
+        self.reference = reference
+        self._reference_usd = 0.0
         self.trace = trace
         self.routing = routing
         self.controller = controller
@@ -204,6 +221,7 @@ class Simulator:
         r.kv_tokens += kv
         ttft = now - arrived + first
         self._served.append((req.arrival, pool.name, ttft, ttft <= pool.slo_seconds))
+        self._bill_reference(req)
         pool.first_tokens.append((now + first, ttft))
         self._seq += 1
         data = (pool, r, kv, r.stall, now)
@@ -222,19 +240,34 @@ class Simulator:
         ranked = self._ranked.get(key)
         if ranked is None:  # the router's ranking at the alpha in force, looked up once
             ranked = self._ranked[key] = self.routing.ranked(req.topic, req.prompt, self.alpha)
-        self._routed[ranked[0]] += 1
+        if ranked[0] in self._routed:
+            self._routed[ranked[0]] += 1
         target = None
         for name in ranked:
+            outside = self.external.get(name)
+            if outside is not None:  # served outside the fleet: at once, billed per token
+                self._serve_outside(outside, req)
+                return
             pool = self.pools[name]
             if pool.serving:
                 target = pool
                 break
-        pool = target or self.pools[ranked[0]]
+        pool = target or self.pools[next(m for m in ranked if m in self.pools)]
         r = pool.free_replica()
         if r is not None and not pool.queue:
             self._admit(pool, r, req, self.now)
         else:
             pool.queue.append((req, self.now))
+
+    def _serve_outside(self, outside: ExternalEndpoint, req: Request) -> None:
+        outside.serve(self.now, req.prompt_tokens, req.output_tokens)
+        ttft = outside.first_token_seconds
+        self._served.append((req.arrival, outside.name, ttft, ttft <= outside.slo_seconds))
+        self._bill_reference(req)
+
+    def _bill_reference(self, req: Request) -> None:
+        if self.reference is not None:
+            self._reference_usd += self.reference.cost(0.0, req.prompt_tokens, req.output_tokens)
 
     def _finish(
         self, pool: ModelPool, r: Replica, kv_tokens: int, stall: float, admitted: float
@@ -371,6 +404,8 @@ class Simulator:
             alpha=self.alpha_log,
             decisions=self.decisions,
             unserved=unserved,
+            external_cost_by_model={n: e.spend_usd for n, e in self.external.items()},
+            reference_usd=self._reference_usd if self.reference is not None else None,
         )
 
 

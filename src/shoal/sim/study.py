@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from shoal.contract import replica_range
+from shoal.contract.cost import reference_price
 from shoal.sim.controllers import QueueThresholdController, ScheduleController, ShoalController
 from shoal.sim.engine import Request
+from shoal.sim.external import external_endpoints
 from shoal.sim.optimal import PoolSpec, capacity_curve, hindsight_schedule, static_schedule
-from shoal.sim.scenarios import SCENARIOS, Scenario
+from shoal.sim.scenarios import ALL_SCENARIOS, FRONTIER_FIRST_TOKEN_SECONDS, Scenario
 from shoal.sim.simulator import Controller, SimResult, Simulator, replicas_at
 from shoal.sim.workload import RoutingTable, fit_workload_router, generate_trace, read_trace
 
@@ -76,7 +78,7 @@ def describe(r: SimResult) -> dict[str, Any]:
         return round(1000 * ttfts[min(len(ttfts) - 1, int(p * len(ttfts)))], 1) if ttfts else 0.0
 
     changes = sum(max(0, len(t) - 2) for t in r.timeline.values())
-    return {
+    out: dict[str, Any] = {
         "slo_attainment": round(r.slo_attainment, 4),
         "cost_usd": round(r.cost, 2),
         "mean_cost_per_hour": round(r.cost / (r.duration / 3600.0), 2),
@@ -88,6 +90,14 @@ def describe(r: SimResult) -> dict[str, Any]:
         "min_alpha": min(a for _, a in r.alpha),
         "unserved": r.unserved,
     }
+    if r.external_cost_by_model:
+        out["external_cost_usd"] = {m: round(c, 2) for m, c in r.external_cost_by_model.items()}
+    savings = r.savings
+    if savings is not None:
+        out["reference_cost_usd"] = round(savings.reference_usd, 2)
+        pct = savings.saved_percent
+        out["saved_percent"] = None if pct is None else round(pct, 1)
+    return out
 
 
 def pool_specs(scenario: Scenario) -> list[PoolSpec]:
@@ -101,7 +111,7 @@ def pool_specs(scenario: Scenario) -> list[PoolSpec]:
             price_per_hour=float(tiers[m.tier].cost_per_replica_hour),
             slo_seconds=tiers[m.tier].slo.ttft_p95_milliseconds / 1000.0,
         )
-        for m in scenario.spec.models
+        for m in scenario.spec.fleet_models()
     ]
 
 
@@ -115,8 +125,11 @@ def run_study(
     """Run every controller on the scenario's trace (see the module docstring)."""
     say = progress or (lambda _: None)
     started = time.perf_counter()
-    models = list(scenario.spec.models)
+    models = list(scenario.spec.fleet_models())
     cost_per_query = {m.name: 0.0004 if m.tier == "large" else 0.0001 for m in models}
+    outside = external_endpoints(scenario.spec, FRONTIER_FIRST_TOKEN_SECONDS)
+    for e in outside:  # the router's calibration prices it per token, at a typical query
+        cost_per_query[e.name] = e.price.cost(0.0, 544, 320)
     table = RoutingTable.build(
         fit_workload_router(scenario.topics, cost_per_query, scenario.policy_alpha, seed),
         scenario.topics,
@@ -133,6 +146,8 @@ def run_study(
     mixes: dict[str, list[tuple[int, int]]] = {m.name: [] for m in models}
     for req in trace:
         first = table.ranked(req.topic, req.prompt, scenario.policy_alpha)[0]
+        if first not in arrivals:  # served outside the fleet: no replicas to plan
+            continue
         arrivals[first].append(req.arrival)
         mixes[first].append((req.prompt_tokens, req.output_tokens))
     tiers = {t.name: t for t in scenario.spec.tiers}
@@ -165,6 +180,8 @@ def run_study(
             duration=scenario.duration,
             alpha=scenario.policy_alpha,
             scrape_seconds=scenario.scrape_seconds,
+            external=external_endpoints(scenario.spec, FRONTIER_FIRST_TOKEN_SECONDS),
+            reference=reference_price(scenario.spec),
         )
         results[ctl.name] = sim.run()
         say(f"{scenario.name}: {ctl.name} done ({time.perf_counter() - started:.1f}s)")
@@ -187,9 +204,9 @@ def _rough_peak(arrivals: list[float], duration: float) -> int:
 def scenario_named(name: str) -> Scenario:
     """A scenario by name (KeyError with the known names otherwise)."""
     try:
-        return SCENARIOS[name]()
+        return ALL_SCENARIOS[name]()
     except KeyError:
-        raise KeyError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}") from None
+        raise KeyError(f"unknown scenario {name!r}; known: {', '.join(ALL_SCENARIOS)}") from None
 
 
 def aggregate(summaries: list[dict[str, Any]]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from tests.integration.api.test_crds import FLEET, POLICY, TENANT, apply
 
+from shoal.api.v1alpha1 import external as external_api
 from shoal.api.v1alpha1 import fleet as fleet_api
 from shoal.api.v1alpha1 import policy as policy_api
 from shoal.api.v1alpha1 import tenant as tenant_api
@@ -32,6 +33,33 @@ def _set_model(**fields: Any) -> Edit:
 def _set(**fields: Any) -> Edit:
     def edit(spec: dict[str, Any]) -> None:
         spec.update(fields)
+
+    return edit
+
+
+#: A model served outside the fleet, valid as it is.
+EXTERNAL: dict[str, Any] = {
+    "name": "big",
+    "engine": "openai",
+    "tier": "small",
+    "external": {
+        "baseUrl": "https://api.example.com/v1",
+        "model": "gpt-4o",
+        "price": {"inputPerMillion": "2.50", "outputPerMillion": "10.00"},
+    },
+}
+
+
+def _openai_without_external(spec: dict[str, Any]) -> None:
+    spec["models"][0].pop("source")
+    spec["models"][0]["engine"] = "openai"
+
+
+def _add_external(model: dict[str, Any] | None = None, **external: Any) -> Edit:
+    def edit(spec: dict[str, Any]) -> None:
+        added = copy.deepcopy(EXTERNAL) | (model or {})
+        added["external"].update(external)
+        spec["models"].append(added)
 
     return edit
 
@@ -59,7 +87,7 @@ CASES: dict[tuple[str, str], tuple[str, Edit]] = {
         ("fleet", _set_model(minReplicas=9)),  # the tier's default maxReplicas is 4
     ("ModelSpec", "minReplicas must be less than or equal to maxReplicas"):
         ("fleet", _set_model(minReplicas=3, maxReplicas=2)),
-    ("ModelSpec", "source is required unless engine is simulated"):
+    ("ModelSpec", "source is required unless engine is simulated or openai"):
         ("fleet", lambda spec: spec["models"][0].pop("source")),
     ("ModelSpec", "loraAdapters are supported only by the vllm engine"):
         ("fleet", _set_model(engine="llamacpp", loraAdapters=[{"name": "a", "source": "s3://b/a"}])),
@@ -105,6 +133,20 @@ CASES: dict[tuple[str, str], tuple[str, Edit]] = {
     ("ModelSpec", _model_rule("draftSource of a vllm model")):
         ("fleet", _set_model(speculative={"method": "draft", "numSpeculativeTokens": 4,
                                           "draftSource": "s3://bucket/draft"})),
+    ("ModelSpec", "external is required for engine openai and allowed only with it"):
+        ("fleet", _openai_without_external),
+    ("ModelSpec", "a model served outside the fleet (engine openai) has no replicas: minReplicas, maxReplicas, accelerator and resources are not allowed"):
+        ("fleet", _add_external({"maxReplicas": 2})),
+    ("ModelSpec", "a model served outside the fleet (engine openai) has no source: its endpoint is external.baseUrl"):
+        ("fleet", _add_external({"source": "hf://org/big"})),
+    ("ModelSpec", "capabilities.logprobs applies only to engine openai (other engines derive it from their engineArgs)"):
+        ("fleet", _set_model(capabilities={"logprobs": True})),
+    ("ModelFleetSpec", "savings.referenceModel must name a model of this fleet with engine openai"):
+        ("fleet", _set(savings={"referenceModel": "math"})),
+    ("ExternalModel", "firstTokenTimeoutSeconds may not exceed requestTimeoutSeconds"):
+        ("fleet", _add_external(firstTokenTimeoutSeconds=60, requestTimeoutSeconds=30)),
+    ("SavingsSpec", "set exactly one of referenceModel and referencePrice"):
+        ("fleet", _set(savings={})),
     ("TierAutoscaling", "minReplicas must be less than or equal to maxReplicas"):
         ("fleet", _tier_autoscaling(minReplicas=3, maxReplicas=2)),
     ("TierAutoscaling", "minReplicas 0 requires scaleToZero: true"):
@@ -140,7 +182,7 @@ CASES: dict[tuple[str, str], tuple[str, Edit]] = {
 
 def _all_rules() -> list[tuple[str, str]]:
     out = []
-    for module in (fleet_api, policy_api, tenant_api, variants_api):
+    for module in (fleet_api, external_api, policy_api, tenant_api, variants_api):
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, ApiModel) and cls.__module__ == module.__name__:
                 out += [(cls.__name__, r.message) for r in cls.__dict__.get("cel_rules", ())]

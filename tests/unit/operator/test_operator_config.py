@@ -76,6 +76,6 @@ def test_usage_queries_read_both_spellings_per_tenant() -> None:
     from shoal.operator.tenants import usage_queries
 
     q = usage_queries("f", 'namespace="team"')
-    assert set(q) == {"cost", "requests", "tokens"}
+    assert set(q) == {"cost", "requests", "tokens", "reference"}
     assert "sum by (tenant) (increase(shoal_tenant_cost_usd_total{" in q["cost"]
     assert 'ray_shoal_tenant_cost_usd_total{fleet="f", namespace="team"}[1h]' in q["cost"]

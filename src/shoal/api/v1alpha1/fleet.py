@@ -29,9 +29,10 @@ from shoal.api.v1alpha1.common import (
     list_map,
 )
 from shoal.api.v1alpha1.engine_args import unknown_engine_args
+from shoal.api.v1alpha1.external import ExternalModel, FleetSpend, SavingsSpec
 from shoal.api.v1alpha1.variants import MODEL_RULES, Quantization, SpeculativeDecoding
 
-Engine = Literal["vllm", "llamacpp", "simulated"]
+Engine = Literal["vllm", "llamacpp", "simulated", "openai"]
 ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
 MAX_MODELS = 64
 MAX_TIERS = 8
@@ -104,6 +105,11 @@ class ModelCapabilities(ApiModel):
         description="Tokens of prompt plus completion the model holds, where smaller than its "
         "engine's own setting.",
     )
+    logprobs: bool | None = Field(
+        default=None,
+        description="Whether the model may be sent logprobs / top_logprobs (engine openai "
+        "only: the endpoint's own word; default false).",
+    )
 
 
 class ModelSpec(ApiModel):
@@ -121,7 +127,8 @@ class ModelSpec(ApiModel):
     engine: Engine = Field(
         default="vllm",
         description="Serving engine: vllm (GPU, through Ray Serve LLM), llamacpp (CPU, GGUF "
-        "weights) or simulated (a load-faithful simulator for tests and capacity planning).",
+        "weights), simulated (a load-faithful simulator for tests and capacity planning) or "
+        "openai (served outside the fleet by an OpenAI-compatible endpoint, see external).",
     )
     engine_args: dict[str, Any] = Field(
         default_factory=dict,
@@ -169,8 +176,60 @@ class ModelSpec(ApiModel):
         "where less than its engine derives; the router skips models that cannot serve a "
         "request.",
     )
+    external: ExternalModel | None = Field(
+        default=None,
+        description="The OpenAI-compatible endpoint that serves this model (engine openai "
+        "only): no Ray deployment, no replicas, priced per token.",
+    )
+
+    @property
+    def is_external(self) -> bool:
+        """Whether the model is served outside the fleet (engine openai)."""
+        return self.engine == "openai"
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="(self.engine == 'openai') == has(self.external)",
+            message="external is required for engine openai and allowed only with it",
+            check=lambda m: (m.engine == "openai") == (m.external is not None),
+            field_path=".external",
+        ),
+        Rule(
+            cel="self.engine != 'openai' || (!has(self.minReplicas) && !has(self.maxReplicas) "
+            "&& !has(self.accelerator) && !has(self.resources))",
+            message="a model served outside the fleet (engine openai) has no replicas: "
+            "minReplicas, maxReplicas, accelerator and resources are not allowed",
+            check=lambda m: (
+                m.engine != "openai"
+                or (
+                    m.min_replicas is None
+                    and m.max_replicas is None
+                    and m.accelerator is None
+                    and m.resources is None
+                )
+            ),
+            field_path=".engine",
+            reason="FieldValueForbidden",
+        ),
+        Rule(
+            cel="self.engine != 'openai' || !has(self.source)",
+            message="a model served outside the fleet (engine openai) has no source: its "
+            "endpoint is external.baseUrl",
+            check=lambda m: m.engine != "openai" or m.source is None,
+            field_path=".source",
+            reason="FieldValueForbidden",
+        ),
+        Rule(
+            cel="self.engine == 'openai' || !has(self.capabilities) "
+            "|| !has(self.capabilities.logprobs)",
+            message="capabilities.logprobs applies only to engine openai (other engines derive "
+            "it from their engineArgs)",
+            check=lambda m: (
+                m.engine == "openai" or m.capabilities is None or m.capabilities.logprobs is None
+            ),
+            field_path=".capabilities.logprobs",
+            reason="FieldValueForbidden",
+        ),
         Rule(
             cel="!has(self.minReplicas) || !has(self.maxReplicas) "
             "|| self.minReplicas <= self.maxReplicas",
@@ -181,9 +240,9 @@ class ModelSpec(ApiModel):
             field_path=".minReplicas",
         ),
         Rule(
-            cel="self.engine == 'simulated' || has(self.source)",
-            message="source is required unless engine is simulated",
-            check=lambda m: m.engine == "simulated" or m.source is not None,
+            cel="self.engine == 'simulated' || self.engine == 'openai' || has(self.source)",
+            message="source is required unless engine is simulated or openai",
+            check=lambda m: m.engine in ("simulated", "openai") or m.source is not None,
             field_path=".source",
             reason="FieldValueRequired",
         ),
@@ -525,6 +584,11 @@ class ModelFleetSpec(ApiModel):
         description="Who may call the fleet: anyone (Open) or its Tenants' API keys.",
         json_schema_extra={"default": {}},
     )
+    savings: SavingsSpec | None = Field(
+        default=None,
+        description="What the fleet's spend is compared with (status, shoal usage, metrics): "
+        "the cost of the same tokens at a reference price.",
+    )
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
@@ -558,7 +622,28 @@ class ModelFleetSpec(ApiModel):
             ),
             field_path=".models",
         ),
+        Rule(
+            cel="!has(self.savings) || !has(self.savings.referenceModel) || self.models.exists("
+            "m, m.name == self.savings.referenceModel && m.engine == 'openai')",
+            message="savings.referenceModel must name a model of this fleet with engine openai",
+            check=lambda s: (
+                s.savings is None
+                or s.savings.reference_model is None
+                or any(
+                    m.name == s.savings.reference_model and m.engine == "openai" for m in s.models
+                )
+            ),
+            field_path=".savings.referenceModel",
+        ),
     )
+
+    def external_models(self) -> list[ModelSpec]:
+        """The models served outside the fleet (engine openai)."""
+        return [m for m in self.models if m.is_external]
+
+    def fleet_models(self) -> list[ModelSpec]:
+        """The models the fleet runs itself (Ray deployments with replicas)."""
+        return [m for m in self.models if not m.is_external]
 
 
 class ModelStatus(ApiModel):
@@ -683,6 +768,11 @@ class ModelFleetStatus(ApiModel):
     )
     autoscaler: AutoscalerStatus | None = Field(
         default=None, description="Shoal's autoscaler: mode, budget and per-model decisions."
+    )
+    spend: FleetSpend | None = Field(
+        default=None,
+        description="What the fleet's answers cost in the last hour, and the savings against "
+        "spec.savings' reference (needs the operator's Prometheus).",
     )
 
 

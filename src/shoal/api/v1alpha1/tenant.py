@@ -203,6 +203,11 @@ class TenantUsage(ApiModel):
     budget_used_percent: int | None = Field(
         default=None, ge=0, description="lastHourCostUsd as a percentage of maxCostPerHour."
     )
+    last_hour_reference_cost_usd: str | None = Field(
+        default=None,
+        description="What the tenant's tokens of the last hour would have cost at the fleet's "
+        "savings reference (spec.savings); none without one.",
+    )
     updated_time: datetime | None = Field(default=None, description="When it was read.")
 
 

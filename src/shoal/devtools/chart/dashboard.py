@@ -39,6 +39,7 @@ TTFT = "ray_shoal_time_to_first_token_seconds_bucket"
 DURATION = "ray_shoal_request_duration_seconds_bucket"
 TOKENS = "ray_shoal_tokens_total"
 COST = "ray_shoal_cost_usd_total"
+REFERENCE_COST = "ray_shoal_reference_cost_usd_total"
 IN_FLIGHT = "ray_shoal_requests_in_flight"
 # Per-tenant series of the ingress (labels fleet, tenant; requests also model and code,
 # tokens also kind).
@@ -185,10 +186,19 @@ def _rows() -> list[Row]:
                    Target(f"sum by (namespace, fleet) ({FLEET_BUDGET}{_sel()})",
                           "{{fleet}} budget")],
                   unit="currencyUSD"),
-            Panel("Cost per hour of answered requests by tier", "Replica time that requests "
-                  "held, at each tier's price: what the traffic used of what is paid for.",
+            Panel("Cost per hour of answered requests by tier", "What answered requests "
+                  "cost: token bills of models served outside the fleet, and for the "
+                  "fleet's own the replica time requests held at each tier's price (an "
+                  "estimate): what the traffic used of what is paid for.",
                   [Target(f"sum by (tier) ({_rate(COST)}) * 3600", "{{tier}}")],
                   unit="currencyUSD", stacked=True),
+            Panel("Spend and savings", "What answered requests cost per hour against what "
+                  "the same tokens would have cost at the fleet's savings reference "
+                  "(spec.savings); the share saved is 1 - spend / reference.",
+                  [Target(f"sum by (fleet) ({_rate(COST)}) * 3600", "{{fleet}} spend"),
+                   Target(f"sum by (fleet) ({_rate(REFERENCE_COST)}) * 3600",
+                          "{{fleet}} reference")],
+                  unit="currencyUSD"),
             Panel("Tokens per second by model", "Prompt and completion tokens.",
                   [Target(f"sum by (model, kind) ({_rate(TOKENS)})", "{{model}} {{kind}}")],
                   unit="short"),
