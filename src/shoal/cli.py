@@ -166,7 +166,8 @@ def usage(
         rows = rows_from_tenants(list_tenants(None if all_namespaces else namespace), fleet)
         if prometheus:
             now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            rows = with_prometheus(rows, prometheus_usage(prometheus, {r.fleet for r in rows}), now)
+            fleets = {(r.namespace, r.fleet) for r in rows}
+            rows = with_prometheus(rows, prometheus_usage(prometheus, fleets), now)
     except Exception as exc:  # no cluster, no RBAC, no Prometheus: say which
         console.print(f"[red]cannot read usage:[/red] {exc}")
         raise typer.Exit(1) from exc

@@ -28,6 +28,7 @@ from shoal.autoscaling.state import rendered_replicas
 from shoal.operator import events, tenants
 from shoal.operator.config import OperatorConfig
 from shoal.operator.gateway import WRITE_ERRORS, Forbidden, KubeGateway
+from shoal.operator.ownership import NameTaken, claim, delete_owned
 from shoal.planning import names
 from shoal.planning.children import (
     PlanError,
@@ -48,6 +49,7 @@ from shoal.planning.status import (
     fleet_status,
 )
 from shoal.planning.tenants import access_config
+from shoal.planning.verification import policy_gate
 
 log = logging.getLogger(__name__)
 
@@ -167,21 +169,28 @@ def _current(gw: KubeGateway, obj: dict[str, Any], verify: bool) -> dict[str, An
     """The live child as far as the operator knows it.
 
     The RayService from the watch cache (KubeRay's and anyone's changes reach it); when
-    verifying, ConfigMaps read from the API server. The Service and the HTTPRoute are known
-    from the operator's own last apply only: its RBAC grants no read of them (one changed by
-    someone else is put right at the fleet's next change or the operator's next start).
+    verifying, ConfigMaps read from the API server. Any child the operator knows nothing of
+    (a new fleet, or the first reconcile after a start) is read once, so that an object of
+    the name that someone else made is found before it is written over
+    (:func:`shoal.operator.ownership.claim`); after that the operator's own last apply tells
+    (one changed by someone else is put right at the fleet's next change or the operator's
+    next start).
     """
     meta = obj["metadata"]
     where = (obj["apiVersion"], obj["kind"], meta["namespace"] or "default", meta["name"])
     if verify and obj["kind"] == "ConfigMap":
         return gw.read(*where)
-    _, live = gw.known(*where)
+    known, live = gw.known(*where)
+    if not known:
+        return gw.read(*where)
     return live
 
 
 def _apply(gw: KubeGateway, obj: dict[str, Any], verify: bool) -> tuple[dict[str, Any], bool]:
-    """Apply ``obj`` unless its live copy covers it already; (live object, written)."""
+    """Apply ``obj`` unless its live copy covers it already; (live object, written).
+    :class:`NameTaken` when an object of its name is not the fleet's."""
     live = _current(gw, obj, verify)
+    claim(obj, live)
     if live is not None and not needs_apply(live, obj):
         return live, False
     return gw.apply(obj), True
@@ -251,6 +260,15 @@ def reconcile_fleet(
     policy = RoutingPolicy.model_validate(policy_raw)
 
     artifact, waiting = (None, None)
+    # Only with what the operator verified for the policy's current generation: its
+    # endpoint and the Secret the ingress sends there (shoal.planning.verification).
+    waiting, unverified = policy_gate(policy)
+    if unverified is not None:
+        report(FleetObservation(policy=policy, problem=unverified))
+        raise FleetWaiting(unverified.message, delay=config.retry_seconds)
+    if waiting is not None:
+        report(FleetObservation(policy=policy, router_waiting=waiting))
+        raise FleetWaiting(waiting, delay=config.retry_seconds)
     if policy.spec.strategy == "cluster":
         artifact, waiting = _policy_artifact(gw, policy)
         if artifact is None:
@@ -269,7 +287,7 @@ def reconcile_fleet(
     for obj in children.objects():
         try:
             live, written = _apply(gw, obj, verify)
-        except WRITE_ERRORS as exc:
+        except (*WRITE_ERRORS, NameTaken) as exc:
             what = f"{obj['kind']}/{obj['metadata']['name']}"
             problem = SpecProblem(exc.reason, f"cannot write {what}: {exc}")
             report(FleetObservation(policy=policy, problem=problem))
@@ -349,6 +367,7 @@ def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]], ve
     if not verify and fleet.status is None:
         return
     ns = fleet.metadata.namespace or "default"
+    owner = (ModelFleet.KIND, fleet.metadata.name, fleet.metadata.uid)
     for api_version, kind, name in (
         ("v1", "ConfigMap", names.router_configmap_name(fleet.metadata.name)),
         ("gateway.networking.k8s.io/v1", "HTTPRoute", names.http_route_name(fleet.metadata.name)),
@@ -356,14 +375,12 @@ def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]], ve
         if any(o["kind"] == kind and o["metadata"]["name"] == name for o in desired):
             continue
         try:
-            if verify and kind == "ConfigMap":  # the HTTPRoute: known from the cache only
-                if gw.read(api_version, kind, ns, name) is None:
-                    continue
-            else:
-                known, live = gw.known(api_version, kind, ns, name)
-                if known and live is None:
-                    continue
-            gw.delete(api_version, kind, ns, name)
+            known, live = gw.known(api_version, kind, ns, name)
+            if known and live is None and not verify:
+                continue
+            # Read unless the operator's own last apply tells: only the fleet's own goes.
+            live = gw.read(api_version, kind, ns, name) if verify or not known else live
+            delete_owned(gw, api_version, kind, ns, name, owner, live)
         except Forbidden as exc:  # an operator not granted HTTPRoutes, for fleets without one
             if kind == "ConfigMap":
                 raise
@@ -371,8 +388,10 @@ def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]], ve
 
 
 def delete_fleet_children(gw: KubeGateway, body: Any) -> list[str]:
-    """Delete every child of a fleet (the finalizer's work; GC does it too where it runs)."""
+    """Delete every child of a fleet (the finalizer's work; GC does it too where it runs):
+    each one read first and deleted only when the fleet owns it."""
     name, ns = body["metadata"]["name"], body["metadata"].get("namespace") or "default"
+    owner = (ModelFleet.KIND, name, body["metadata"].get("uid"))
     gone = []
     for api_version, kind, child in (
         ("ray.io/v1", "RayService", names.rayservice_name(name)),
@@ -382,6 +401,6 @@ def delete_fleet_children(gw: KubeGateway, body: Any) -> list[str]:
         ("policy/v1", "PodDisruptionBudget", names.disruption_budget_name(name)),
         ("gateway.networking.k8s.io/v1", "HTTPRoute", names.http_route_name(name)),
     ):
-        if gw.delete(api_version, kind, ns, child):
+        if delete_owned(gw, api_version, kind, ns, child, owner):
             gone.append(f"{kind}/{child}")
     return gone

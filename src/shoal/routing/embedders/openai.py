@@ -54,9 +54,9 @@ class OpenAIEmbedder:
         except httpx.HTTPError as exc:
             raise EmbedderUnavailable(f"embeddings endpoint {self.url}: {exc}") from exc
         if resp.status_code != 200:
-            raise EmbedderUnavailable(
-                f"embeddings endpoint {self.url} answered {resp.status_code}: {resp.text[:200]}"
-            )
+            # The status only: the body is the remote's, and this message reaches the
+            # policy's status and events.
+            raise EmbedderUnavailable(f"embeddings endpoint {self.url} answered {resp.status_code}")
         body: Any = resp.json()
         rows = sorted(body["data"], key=lambda d: d.get("index", 0))
         if len(rows) != len(texts):
