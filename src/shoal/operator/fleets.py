@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from shoal.api.v1alpha1 import API_VERSION, ConditionStatus, ModelFleet, RoutingPolicy
 from shoal.api.v1alpha1.fleet import AutoscalerStatus
 from shoal.autoscaling.state import rendered_replicas
+from shoal.contract.tenants import PROMETHEUS_URL_ENV
 from shoal.operator import events, tenants
 from shoal.operator.config import OperatorConfig
 from shoal.operator.gateway import WRITE_ERRORS, Forbidden, KubeGateway
@@ -146,10 +147,14 @@ def autoscaler_off_status(config: OperatorConfig) -> AutoscalerStatus:
 def plan_settings(config: OperatorConfig, fleet: ModelFleet) -> PlanSettings:
     """The operator's settings, plus the autoscaler's persisted decision while it owns the
     replicas (mode Active): fixed replicas for every model and the effective alpha."""
+    env = dict(config.ray_serve_env)
+    if config.prometheus_url:
+        # The ingress restores tenants' recent usage from it when its store starts empty.
+        env[PROMETHEUS_URL_ENV] = config.prometheus_url
     base = PlanSettings(
         image=config.serving_image,
         gpu_image=config.gpu_image,
-        ray_serve_env=config.ray_serve_env,
+        ray_serve_env=env,
         peers=Peers(
             operator_namespace=config.operator_namespace,
             kuberay_namespace=config.kuberay_namespace,

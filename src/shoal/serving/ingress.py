@@ -55,6 +55,7 @@ from shoal.serving.openai_api import (
 )
 from shoal.serving.probes import IN_FLIGHT_PUBLISH_SECONDS, Probes
 from shoal.serving.ranking import HealthBoard, Ranker, default_alpha, make_ranker, parse_alpha
+from shoal.serving.restore import restorer_from_env
 from shoal.serving.routes import Route, RouteTable, relative_path
 from shoal.serving.tenants import TenantGate, TenantRefused, TenantState, Ticket, model_denied
 from shoal.serving.usage import LocalStore, RayStore, StoreClient, UsageSync, store_name
@@ -171,7 +172,10 @@ class Endpoint:
                 replicas=self.args.ingress.num_replicas,
                 max_request_seconds=self.limits.request_timeout_seconds + 60.0,
             )
-            self.usage_sync = UsageSync(gate, self._store(), self.replica_id)
+            # A store that starts empty (new, or lost with its actor or the Ray head) gets
+            # the tenants' recent usage from Prometheus first (shoal.serving.restore).
+            restore = restorer_from_env(self.args.namespace, self.args.fleet_name)
+            self.usage_sync = UsageSync(gate, self._store(), self.replica_id, restore)
             self.gate = gate
             await self.usage_sync.sync_once()  # the fleet-wide view before the first request
             self.usage_sync.start()

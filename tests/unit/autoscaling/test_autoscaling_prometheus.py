@@ -49,7 +49,13 @@ def test_queries_are_valid_promql(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     require(promtool is not None, "promtool not installed (Debian package prometheus)")
     assert promtool is not None
+    from shoal.operator.refit import feedback_queries
+    from shoal.operator.tenants import usage_queries
+
+    # Every query the operator sends: the autoscaler's, the refit's, the tenants' usage.
     q = fleet_queries("team-a", "f", ["alpha", "beta"], WINDOWS)
+    q |= {f"feedback_{k}": v for k, v in feedback_queries("team-a", ["f", "g.h"]).items()}
+    q |= {f"usage_{k}": v for k, v in usage_queries("team-a", "f").items()}
     rules = {"groups": [{"name": "g", "rules": [{"record": f"shoal:{k}", "expr": v}
                                                  for k, v in q.items()]}]}  # fmt: skip
     path = tmp_path / "rules.yaml"

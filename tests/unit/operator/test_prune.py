@@ -8,7 +8,6 @@ from typing import Any
 from shoal.api.v1alpha1 import ModelFleet
 from shoal.operator.fleets import _prune
 
-
 OWNED = {"ownerReferences": [{"kind": "ModelFleet", "name": "f", "uid": "u-1"}], "uid": "c-1"}
 
 

@@ -103,8 +103,14 @@ def world() -> Iterator[tuple[FakeGateway, FakeSource, RefitState, tuple[int, in
         art = artifact_status("p-router-artifact", blob)
         gw.apply(artifact_configmap(policy, blob, "fp", art.checksum))
         # As the policy's reconcile leaves it: fitted and verified for its generation.
-        fitted = {"type": "Fitted", "status": "True", "reason": "Fitted", "message": "",
-                  "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"}
+        fitted = {
+            "type": "Fitted",
+            "status": "True",
+            "reason": "Fitted",
+            "message": "",
+            "observedGeneration": 1,
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }
         body["status"] = {"artifact": art.model_dump(mode="json", by_alias=True),
                           "routerArtifactVersion": 1, "conditions": [fitted]}  # fmt: skip
         gw.objects[("RoutingPolicy", "ns", "p")] = body
