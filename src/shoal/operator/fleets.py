@@ -50,7 +50,7 @@ from shoal.planning.status import (
     fleet_status,
 )
 from shoal.planning.tenants import access_config
-from shoal.planning.verification import policy_gate
+from shoal.planning.verification import EMBEDDER_ANNOTATION, policy_gate
 
 log = logging.getLogger(__name__)
 
@@ -74,22 +74,27 @@ class FleetOutcome:
 
 def _policy_artifact(
     gw: KubeGateway, policy: RoutingPolicy
-) -> tuple[RouterArtifact | None, str | None]:
-    """The policy's fitted artifact, or why it is not there."""
+) -> tuple[RouterArtifact | None, str | None, str | None]:
+    """The policy's fitted artifact, or why it is not there; and the embedder settings it
+    was fitted with (:data:`~shoal.planning.verification.EMBEDDER_ANNOTATION`)."""
     art = policy.status.artifact if policy.status else None
     if art is None:
-        return None, "waiting for the routing policy's router to be fitted"
+        return None, "waiting for the routing policy's router to be fitted", None
     ns = policy.metadata.namespace or "default"
     cm = gw.get("v1", "ConfigMap", ns, art.config_map)
     raw = ((cm or {}).get("binaryData") or {}).get(names.ARTIFACT_KEY)
     if raw is None:
-        return None, f"router artifact ConfigMap {art.config_map} not found"
+        return None, f"router artifact ConfigMap {art.config_map} not found", None
+    embedder = (((cm or {}).get("metadata") or {}).get("annotations") or {}).get(
+        EMBEDDER_ANNOTATION
+    )
     data = base64.b64decode(raw)
     from shoal.routing import artifact_checksum
 
     if artifact_checksum(data) != art.checksum:
-        return None, f"router artifact in {art.config_map} does not match the policy's checksum"
-    return RouterArtifact(checksum=art.checksum, data=data), None
+        problem = f"router artifact in {art.config_map} does not match the policy's checksum"
+        return None, problem, embedder
+    return RouterArtifact(checksum=art.checksum, data=data), None, embedder
 
 
 def _write_status(gw: KubeGateway, fleet: ModelFleet, status: dict[str, Any]) -> None:
@@ -264,21 +269,21 @@ def reconcile_fleet(
         raise FleetBlocked(problem.message)
     policy = RoutingPolicy.model_validate(policy_raw)
 
-    artifact, waiting = (None, None)
-    # Only with what the operator verified for the policy's current generation: its
-    # endpoint and the Secret the ingress sends there (shoal.planning.verification).
-    waiting, unverified = policy_gate(policy)
+    artifact, waiting, embedder = (None, None, None)
+    if policy.spec.strategy == "cluster":
+        artifact, waiting, embedder = _policy_artifact(gw, policy)
+    # Only with what the operator verified: the policy's embedder endpoint and the Secret
+    # the ingress sends there (shoal.planning.verification).
+    unverified_wait, unverified = policy_gate(policy, embedder)
     if unverified is not None:
         report(FleetObservation(policy=policy, problem=unverified))
         raise FleetWaiting(unverified.message, delay=config.retry_seconds)
-    if waiting is not None:
+    if unverified_wait is not None:
+        report(FleetObservation(policy=policy, router_waiting=unverified_wait))
+        raise FleetWaiting(unverified_wait, delay=config.retry_seconds)
+    if policy.spec.strategy == "cluster" and artifact is None:
         report(FleetObservation(policy=policy, router_waiting=waiting))
-        raise FleetWaiting(waiting, delay=config.retry_seconds)
-    if policy.spec.strategy == "cluster":
-        artifact, waiting = _policy_artifact(gw, policy)
-        if artifact is None:
-            report(FleetObservation(policy=policy, router_waiting=waiting))
-            raise FleetWaiting(waiting or "waiting for the router", delay=config.retry_seconds)
+        raise FleetWaiting(waiting or "waiting for the router", delay=config.retry_seconds)
     try:
         children = desired_children(fleet, policy, artifact, settings, access)
     except PlanError as exc:

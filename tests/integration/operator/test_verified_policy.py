@@ -180,3 +180,17 @@ def test_outbound_allowlist_refuses_other_hosts(cluster: Cluster) -> None:
         reconcile_policy(gw, config, cluster.get("rpol", "p"), NOW)
     fitted = cluster.condition("rpol", "p", "Fitted")
     assert fitted is not None and fitted["reason"] == "DestinationNotAllowed"
+
+
+def test_an_edit_that_keeps_the_embedder_is_rendered_at_once(
+    cluster: Cluster, served: tuple[EmbeddingsEndpoint, KubeGateway]
+) -> None:
+    """An edit that leaves the embedder and its key as verified (alpha here) is rendered
+    before the policy's reconcile gets to it, as it always was: no fleet waits for a refit
+    of a change that sends nothing anywhere new."""
+    endpoint, gw = served
+    cluster.apply(_policy(endpoint.url, alpha="0.3"))
+    reconcile_fleet(gw, OperatorConfig(), cluster.get("fleet", "f"), NOW)
+    rs = cluster.get("rayservice", "f")
+    assert rs is not None and "0.3" in rs["spec"]["serveConfigV2"]
+    assert _rendered(cluster) == ("verified", "embed")
