@@ -386,11 +386,13 @@ def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]], ve
             continue
         try:
             known, live = gw.known(api_version, kind, ns, name)
-            if known and live is None and not verify:
+            if verify and kind == "ConfigMap":  # the HTTPRoute: from the cache when known
+                live = gw.read(api_version, kind, ns, name)
+            elif not known:
+                live = gw.read(api_version, kind, ns, name)
+            if live is None:
                 continue
-            # Read unless the operator's own last apply tells: only the fleet's own goes.
-            live = gw.read(api_version, kind, ns, name) if verify or not known else live
-            delete_owned(gw, api_version, kind, ns, name, owner, live)
+            delete_owned(gw, api_version, kind, ns, name, owner, live)  # only the fleet's own
         except Forbidden as exc:  # an operator not granted HTTPRoutes, for fleets without one
             if kind == "ConfigMap":
                 raise
