@@ -386,9 +386,9 @@ def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]], ve
             continue
         try:
             known, live = gw.known(api_version, kind, ns, name)
-            if verify and kind == "ConfigMap":  # the HTTPRoute: from the cache when known
-                live = gw.read(api_version, kind, ns, name)
-            elif not known:
+            # Read when unknown; a ConfigMap also when verifying (an HTTPRoute the operator
+            # knows is taken from the cache).
+            if not known or (verify and kind == "ConfigMap"):
                 live = gw.read(api_version, kind, ns, name)
             if live is None:
                 continue
