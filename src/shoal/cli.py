@@ -206,7 +206,8 @@ def usage(
         fleet_rows = rows_from_fleets(fleet_bodies, fleet)
         if prometheus:
             now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            rows = with_prometheus(rows, prometheus_usage(prometheus, {r.fleet for r in rows}), now)
+            fleets = {(r.namespace, r.fleet) for r in rows}
+            rows = with_prometheus(rows, prometheus_usage(prometheus, fleets), now)
             fleet_rows = fleet_rows_with_prometheus(prometheus, fleet_bodies, now)
     except Exception as exc:  # no cluster, no RBAC, no Prometheus: say which
         console.print(f"[red]cannot read usage:[/red] {exc}")

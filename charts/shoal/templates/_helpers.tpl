@@ -107,10 +107,11 @@ operator running under this identity); see docs/sre.md for what each is for.
   resources: ["modelfleets/status", "routingpolicies/status", "tenants/status"]
   verbs: ["patch"]
 # Each fleet's RayService: server-side apply (patch, and create when it is new), watched for
-# KubeRay's status, deleted with the fleet.
+# KubeRay's status, deleted with the fleet. A get before the first write and before a delete:
+# an object of the name that the fleet does not own is neither written over nor deleted.
 - apiGroups: ["ray.io"]
   resources: ["rayservices"]
-  verbs: ["list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Calibration data (read), router artifacts (server-side apply: patch, and create when new;
 # read back by the periodic re-check; deleted).
 - apiGroups: [""]
@@ -133,23 +134,25 @@ operator running under this identity); see docs/sre.md for what each is for.
   resources: ["secrets"]
   verbs: ["get"]
 {{- end }}
-# Each fleet's endpoint Service: server-side apply (patch, create when new), deleted with the fleet.
+# Each fleet's endpoint Service: server-side apply (patch, create when new), deleted with the
+# fleet; read (get) before the first write and before a delete, as every child below: only
+# an object that names the fleet in its ownerReferences is written over or deleted.
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["create", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 # Each fleet's NetworkPolicy and its workers' PodDisruptionBudget: server-side apply (patch,
 # create when new); garbage-collected with the fleet through their ownerReferences.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["create", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["create", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 # Each fleet's HTTPRoute when it names a Gateway (spec.serving.gateway): server-side apply
 # (patch, create when new), deleted when the gateway is removed or with the fleet.
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
-  verbs: ["create", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 # Events about fleets and policies (kopf posts core/v1 events).
 - apiGroups: [""]
   resources: ["events"]

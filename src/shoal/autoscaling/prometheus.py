@@ -130,21 +130,31 @@ def windows_for(
     )
 
 
+def fleet_scope(namespace: str, fleet: str) -> str:
+    """The label matchers that keep a query to one fleet: ``namespace="ns", fleet="f"``.
+
+    Both labels are the scrape target's, set by Kubernetes, not by the pod: the chart's
+    PodMonitor writes ``namespace`` from the pod's namespace and ``fleet`` from its
+    ``shoal.dev/fleet`` label, with ``honorLabels: false``, so a series that names another
+    namespace or fleet itself keeps it only as ``exported_namespace``/``exported_fleet``.
+    Namespace and fleet names are DNS names: nothing in them needs escaping in a string
+    literal.
+    """
+    return f'namespace="{namespace}", fleet="{fleet}"'
+
+
 def fleet_queries(
+    namespace: str,
     fleet: str,
     models: Sequence[str],
     windows: Windows,
-    extra_matchers: str = "",
 ) -> dict[str, str]:
-    """The PromQL queries of one fleet's metrics window, keyed by what they measure.
-
-    ``extra_matchers`` (e.g. ``namespace="team-a"``) is added to every selector, for setups
-    whose scrape configuration labels series with their namespace.
-    """
-    extra = f", {extra_matchers}" if extra_matchers else ""
+    """The PromQL queries of one fleet's metrics window, keyed by what they measure; every
+    selector, the engines' included, is scoped to the fleet (:func:`fleet_scope`)."""
+    scope = fleet_scope(namespace, fleet)
     model_re = "|".join(models)
-    eng = f'model_name=~"{model_re}"{extra}'
-    rtr = f'fleet="{fleet}", model=~"{model_re}"{extra}'
+    eng = f'{scope}, model_name=~"{model_re}"'
+    rtr = f'{scope}, model=~"{model_re}"'
 
     def engine_sel(names: Sequence[str]) -> str:
         return f'{{__name__=~"{_names_re(names)}", {eng}}}'
@@ -291,12 +301,10 @@ class PrometheusSource:
         *,
         windows: Windows | None = None,
         timeout: float = 5.0,
-        extra_matchers: str = "",
         client: httpx.Client | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.windows = windows or Windows()
-        self.extra_matchers = extra_matchers
         self._client = client or httpx.Client(timeout=timeout)
 
     def close(self) -> None:
@@ -317,13 +325,15 @@ class PrometheusSource:
 
     def collect(
         self,
+        namespace: str,
         fleet: str,
         models: Sequence[str],
         now: datetime,
         windows: Windows | None = None,
     ) -> MetricsWindow:
-        """The fleet's metrics window; ``error`` set (and nothing else) when a query fails."""
-        queries = fleet_queries(fleet, models, windows or self.windows, self.extra_matchers)
+        """The metrics window of fleet ``namespace/fleet``; ``error`` set (and nothing else)
+        when a query fails."""
+        queries = fleet_queries(namespace, fleet, models, windows or self.windows)
         results: dict[str, dict[str, tuple[float, float | None]]] = {}
         try:
             for key, promql in queries.items():

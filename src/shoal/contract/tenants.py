@@ -35,6 +35,9 @@ USER_CONFIG_KEY = "access"
 TENANT_REQUESTS_METRIC = "shoal_tenant_requests_total"
 TENANT_TOKENS_METRIC = "shoal_tenant_tokens_total"
 TENANT_COST_METRIC = "shoal_tenant_cost_usd_total"
+#: Environment variable of the Ray pods naming the Prometheus the operator reads; the ingress
+#: restores tenants' recent usage from it when its usage store starts empty.
+PROMETHEUS_URL_ENV = "SHOAL_PROMETHEUS_URL"
 TENANT_METRICS = (TENANT_REQUESTS_METRIC, TENANT_TOKENS_METRIC, TENANT_COST_METRIC)
 
 #: What the ingress does for limits while the shared usage store is unreachable:

@@ -60,7 +60,12 @@ class MetricsSource(Protocol):
     """Where metric windows come from (Prometheus in a cluster, a fake in tests)."""
 
     def collect(
-        self, fleet: str, models: list[str], now: datetime, windows: Windows | None = None
+        self,
+        namespace: str,
+        fleet: str,
+        models: list[str],
+        now: datetime,
+        windows: Windows | None = None,
     ) -> MetricsWindow: ...
 
 
@@ -214,7 +219,9 @@ def autoscale_fleet(
     windows = windows_for(
         fleet.spec, config.autoscaler_interval_seconds, config.autoscaler_burst_window_seconds
     )
-    window = source.collect(fleet.metadata.name, names, now, windows)
+    window = source.collect(
+        fleet.metadata.namespace or "default", fleet.metadata.name, names, now, windows
+    )
     EVALUATIONS.labels("metrics_unavailable" if window.error else "ok").inc()
     status = fleet.status
     previous = status.autoscaler if status else None

@@ -25,6 +25,17 @@ STORE_FAILURE_MODES = ("share", "open", "closed")
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
 
 
+def _allowlist(raw: str) -> str:
+    """``SHOAL_OUTBOUND_ALLOW`` checked (ValueError naming it on a bad entry), as given."""
+    from shoal.operator.destinations import Allowlist
+
+    try:
+        Allowlist.parse(raw)
+    except ValueError as exc:
+        raise ValueError(f"SHOAL_OUTBOUND_ALLOW: {exc}") from exc
+    return raw.strip()
+
+
 def _flag(env: dict[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None:
@@ -79,9 +90,11 @@ class OperatorConfig:
     #: Environment of every Ray container: Shoal's Ray Serve settings and the chart's overrides.
     ray_serve_env: dict[str, str] = field(default_factory=ray_serve_env)
     #: Namespace the operator runs in (the chart sets it from the pod's own); fleets'
-    #: NetworkPolicies admit the operator from there only. None: from any namespace.
+    #: NetworkPolicies admit the operator from there only. None: from the fleet's own
+    #: namespace only (never from any namespace).
     operator_namespace: str | None = None
-    #: Namespace of KubeRay's controller, for the same policies. None: any namespace.
+    #: Namespace of KubeRay's controller, for the same policies. None: the fleet's own
+    #: namespace only.
     kuberay_namespace: str | None = None
     #: Seconds between periodic re-checks of every fleet and policy (drift, KubeRay status).
     resync_seconds: float = 30.0
@@ -92,6 +105,11 @@ class OperatorConfig:
     retry_seconds: float = 10.0
     #: Timeout of one Kubernetes API call.
     api_timeout_seconds: float = 30.0
+    #: Where the operator may send requests on a policy's behalf (calibration URIs, embedder
+    #: endpoints): host names and CIDR ranges, comma-separated; empty: anywhere but
+    #: link-local and metadata addresses, which are always refused
+    #: (:mod:`shoal.operator.destinations`).
+    outbound_allow: str = ""
     #: Base URL of the Prometheus the autoscaler queries; empty: the autoscaler is off.
     prometheus_url: str = ""
     #: Master switch of Shoal's autoscaler (off: Ray Serve autoscales within tier bounds).
@@ -222,6 +240,7 @@ class OperatorConfig:
             api_timeout_seconds=float(
                 env.get("SHOAL_API_TIMEOUT_SECONDS", defaults.api_timeout_seconds)
             ),
+            outbound_allow=_allowlist(env.get("SHOAL_OUTBOUND_ALLOW", "")),
             prometheus_url=env.get("SHOAL_PROMETHEUS_URL", defaults.prometheus_url).strip(),
             autoscaler_enabled=_flag(env, "SHOAL_AUTOSCALER_ENABLED", defaults.autoscaler_enabled),
             autoscaler_interval_seconds=float(

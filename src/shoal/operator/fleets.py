@@ -25,9 +25,11 @@ from pydantic import ValidationError
 from shoal.api.v1alpha1 import API_VERSION, ConditionStatus, ModelFleet, RoutingPolicy
 from shoal.api.v1alpha1.fleet import AutoscalerStatus
 from shoal.autoscaling.state import rendered_replicas
+from shoal.contract.tenants import PROMETHEUS_URL_ENV
 from shoal.operator import events, external, tenants
 from shoal.operator.config import OperatorConfig
 from shoal.operator.gateway import WRITE_ERRORS, Forbidden, KubeGateway
+from shoal.operator.ownership import NameTaken, claim, delete_owned
 from shoal.planning import names
 from shoal.planning.children import (
     PlanError,
@@ -48,6 +50,7 @@ from shoal.planning.status import (
     fleet_status,
 )
 from shoal.planning.tenants import access_config
+from shoal.planning.verification import EMBEDDER_ANNOTATION, policy_gate
 
 log = logging.getLogger(__name__)
 
@@ -71,22 +74,27 @@ class FleetOutcome:
 
 def _policy_artifact(
     gw: KubeGateway, policy: RoutingPolicy
-) -> tuple[RouterArtifact | None, str | None]:
-    """The policy's fitted artifact, or why it is not there."""
+) -> tuple[RouterArtifact | None, str | None, str | None]:
+    """The policy's fitted artifact, or why it is not there; and the embedder settings it
+    was fitted with (:data:`~shoal.planning.verification.EMBEDDER_ANNOTATION`)."""
     art = policy.status.artifact if policy.status else None
     if art is None:
-        return None, "waiting for the routing policy's router to be fitted"
+        return None, "waiting for the routing policy's router to be fitted", None
     ns = policy.metadata.namespace or "default"
     cm = gw.get("v1", "ConfigMap", ns, art.config_map)
     raw = ((cm or {}).get("binaryData") or {}).get(names.ARTIFACT_KEY)
     if raw is None:
-        return None, f"router artifact ConfigMap {art.config_map} not found"
+        return None, f"router artifact ConfigMap {art.config_map} not found", None
+    embedder = (((cm or {}).get("metadata") or {}).get("annotations") or {}).get(
+        EMBEDDER_ANNOTATION
+    )
     data = base64.b64decode(raw)
     from shoal.routing import artifact_checksum
 
     if artifact_checksum(data) != art.checksum:
-        return None, f"router artifact in {art.config_map} does not match the policy's checksum"
-    return RouterArtifact(checksum=art.checksum, data=data), None
+        problem = f"router artifact in {art.config_map} does not match the policy's checksum"
+        return None, problem, embedder
+    return RouterArtifact(checksum=art.checksum, data=data), None, embedder
 
 
 def _write_status(gw: KubeGateway, fleet: ModelFleet, status: dict[str, Any]) -> None:
@@ -147,10 +155,14 @@ def autoscaler_off_status(config: OperatorConfig) -> AutoscalerStatus:
 def plan_settings(config: OperatorConfig, fleet: ModelFleet) -> PlanSettings:
     """The operator's settings, plus the autoscaler's persisted decision while it owns the
     replicas (mode Active): fixed replicas for every model and the effective alpha."""
+    env = dict(config.ray_serve_env)
+    if config.prometheus_url:
+        # The ingress restores tenants' recent usage from it when its store starts empty.
+        env[PROMETHEUS_URL_ENV] = config.prometheus_url
     base = PlanSettings(
         image=config.serving_image,
         gpu_image=config.gpu_image,
-        ray_serve_env=config.ray_serve_env,
+        ray_serve_env=env,
         peers=Peers(
             operator_namespace=config.operator_namespace,
             kuberay_namespace=config.kuberay_namespace,
@@ -170,21 +182,28 @@ def _current(gw: KubeGateway, obj: dict[str, Any], verify: bool) -> dict[str, An
     """The live child as far as the operator knows it.
 
     The RayService from the watch cache (KubeRay's and anyone's changes reach it); when
-    verifying, ConfigMaps read from the API server. The Service and the HTTPRoute are known
-    from the operator's own last apply only: its RBAC grants no read of them (one changed by
-    someone else is put right at the fleet's next change or the operator's next start).
+    verifying, ConfigMaps read from the API server. Any child the operator knows nothing of
+    (a new fleet, or the first reconcile after a start) is read once, so that an object of
+    the name that someone else made is found before it is written over
+    (:func:`shoal.operator.ownership.claim`); after that the operator's own last apply tells
+    (one changed by someone else is put right at the fleet's next change or the operator's
+    next start).
     """
     meta = obj["metadata"]
     where = (obj["apiVersion"], obj["kind"], meta["namespace"] or "default", meta["name"])
     if verify and obj["kind"] == "ConfigMap":
         return gw.read(*where)
-    _, live = gw.known(*where)
+    known, live = gw.known(*where)
+    if not known:
+        return gw.read(*where)
     return live
 
 
 def _apply(gw: KubeGateway, obj: dict[str, Any], verify: bool) -> tuple[dict[str, Any], bool]:
-    """Apply ``obj`` unless its live copy covers it already; (live object, written)."""
+    """Apply ``obj`` unless its live copy covers it already; (live object, written).
+    :class:`NameTaken` when an object of its name is not the fleet's."""
     live = _current(gw, obj, verify)
+    claim(obj, live)
     if live is not None and not needs_apply(live, obj):
         return live, False
     return gw.apply(obj), True
@@ -258,12 +277,21 @@ def reconcile_fleet(
         raise FleetBlocked(problem.message)
     policy = RoutingPolicy.model_validate(policy_raw)
 
-    artifact, waiting = (None, None)
+    artifact, waiting, embedder = (None, None, None)
     if policy.spec.strategy == "cluster":
-        artifact, waiting = _policy_artifact(gw, policy)
-        if artifact is None:
-            report(FleetObservation(policy=policy, router_waiting=waiting))
-            raise FleetWaiting(waiting or "waiting for the router", delay=config.retry_seconds)
+        artifact, waiting, embedder = _policy_artifact(gw, policy)
+    # Only with what the operator verified: the policy's embedder endpoint and the Secret
+    # the ingress sends there (shoal.planning.verification).
+    unverified_wait, unverified = policy_gate(policy, embedder)
+    if unverified is not None:
+        report(FleetObservation(policy=policy, problem=unverified))
+        raise FleetWaiting(unverified.message, delay=config.retry_seconds)
+    if unverified_wait is not None:
+        report(FleetObservation(policy=policy, router_waiting=unverified_wait))
+        raise FleetWaiting(unverified_wait, delay=config.retry_seconds)
+    if policy.spec.strategy == "cluster" and artifact is None:
+        report(FleetObservation(policy=policy, router_waiting=waiting))
+        raise FleetWaiting(waiting or "waiting for the router", delay=config.retry_seconds)
     try:
         children = desired_children(fleet, policy, artifact, settings, access)
     except PlanError as exc:
@@ -277,7 +305,7 @@ def reconcile_fleet(
     for obj in children.objects():
         try:
             live, written = _apply(gw, obj, verify)
-        except WRITE_ERRORS as exc:
+        except (*WRITE_ERRORS, NameTaken) as exc:
             what = f"{obj['kind']}/{obj['metadata']['name']}"
             problem = SpecProblem(exc.reason, f"cannot write {what}: {exc}")
             report(FleetObservation(policy=policy, problem=problem))
@@ -357,6 +385,7 @@ def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]], ve
     if not verify and fleet.status is None:
         return
     ns = fleet.metadata.namespace or "default"
+    owner = (ModelFleet.KIND, fleet.metadata.name, fleet.metadata.uid)
     for api_version, kind, name in (
         ("v1", "ConfigMap", names.router_configmap_name(fleet.metadata.name)),
         ("gateway.networking.k8s.io/v1", "HTTPRoute", names.http_route_name(fleet.metadata.name)),
@@ -364,14 +393,14 @@ def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]], ve
         if any(o["kind"] == kind and o["metadata"]["name"] == name for o in desired):
             continue
         try:
-            if verify and kind == "ConfigMap":  # the HTTPRoute: known from the cache only
-                if gw.read(api_version, kind, ns, name) is None:
-                    continue
-            else:
-                known, live = gw.known(api_version, kind, ns, name)
-                if known and live is None:
-                    continue
-            gw.delete(api_version, kind, ns, name)
+            known, live = gw.known(api_version, kind, ns, name)
+            # Read when unknown; a ConfigMap also when verifying (an HTTPRoute the operator
+            # knows is taken from the cache).
+            if not known or (verify and kind == "ConfigMap"):
+                live = gw.read(api_version, kind, ns, name)
+            if live is None:
+                continue
+            delete_owned(gw, api_version, kind, ns, name, owner, live)  # only the fleet's own
         except Forbidden as exc:  # an operator not granted HTTPRoutes, for fleets without one
             if kind == "ConfigMap":
                 raise
@@ -379,8 +408,10 @@ def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]], ve
 
 
 def delete_fleet_children(gw: KubeGateway, body: Any) -> list[str]:
-    """Delete every child of a fleet (the finalizer's work; GC does it too where it runs)."""
+    """Delete every child of a fleet (the finalizer's work; GC does it too where it runs):
+    each one read first and deleted only when the fleet owns it."""
     name, ns = body["metadata"]["name"], body["metadata"].get("namespace") or "default"
+    owner = (ModelFleet.KIND, name, body["metadata"].get("uid"))
     gone = []
     for api_version, kind, child in (
         ("ray.io/v1", "RayService", names.rayservice_name(name)),
@@ -390,6 +421,6 @@ def delete_fleet_children(gw: KubeGateway, body: Any) -> list[str]:
         ("policy/v1", "PodDisruptionBudget", names.disruption_budget_name(name)),
         ("gateway.networking.k8s.io/v1", "HTTPRoute", names.http_route_name(name)),
     ):
-        if gw.delete(api_version, kind, ns, child):
+        if delete_owned(gw, api_version, kind, ns, child, owner):
             gone.append(f"{kind}/{child}")
     return gone

@@ -254,10 +254,16 @@ class KubeGateway:
         self._remember(out)
         return out
 
-    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
-        """Delete an object; False when it was already gone."""
+    def delete(
+        self, api_version: str, kind: str, namespace: str, name: str, *, uid: str | None = None
+    ) -> bool:
+        """Delete an object; False when it was already gone. ``uid``: only the object with
+        that uid (a precondition: another object of the name is left alone, 409)."""
         path = resource_path(api_version, kind, namespace, name)
-        out = self._request("DELETE", path)
+        body = {"preconditions": {"uid": uid}} if uid else None
+        out = self._request(
+            "DELETE", path, body=body, content_type="application/json" if body else None
+        )
         if self.cache is not None:
             self.cache.drop((api_version, kind, namespace, name))
         return out is not None

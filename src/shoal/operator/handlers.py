@@ -44,6 +44,7 @@ from shoal.operator.fleets import delete_fleet_children, reconcile_fleet
 from shoal.operator.gateway import KubeGateway
 from shoal.operator.locks import FleetLocks
 from shoal.operator.metrics import FITS, observed
+from shoal.operator.ownership import delete_owned
 from shoal.operator.policies import reconcile_policy
 from shoal.operator.refit import RefitState, feedback_enabled, refit_policy
 from shoal.operator.resync import PeriodicLoop, Schedule
@@ -175,7 +176,7 @@ def _periodic_loop(memo: kopf.Memo, config: OperatorConfig) -> PeriodicLoop:
             log.info("not reconciled yet: %s", exc)
             return  # tried again at the next re-read
         fingerprints[(ns, name)] = seen
-        for key in [k for k in fingerprints if k not in set(tenanted())]:
+        for key in [k for k in list(fingerprints) if k not in set(tenanted())]:
             del fingerprints[key]
 
     def tenant_usage(ns: str, name: str) -> None:
@@ -185,11 +186,12 @@ def _periodic_loop(memo: kopf.Memo, config: OperatorConfig) -> PeriodicLoop:
     schedules = [
         Schedule("re-check", fleets, resync, config.resync_seconds),
         Schedule("autoscaler", fleets, autoscale, config.autoscaler_interval_seconds),
-        Schedule("policy re-check", policies, policy_resync, config.resync_seconds),
+        # Policies fetch calibration URLs and call embedders: a lane of their own.
+        Schedule("policy re-check", policies, policy_resync, config.resync_seconds, lane="slow"),
         Schedule("tenant keys", tenanted, tenant_keys, config.tenant_key_resync_seconds),
         # Every policy with feedback on is looked at on the re-check cadence; each is refit at
         # most once per its spec.feedback.refitIntervalSeconds.
-        Schedule("router refit", refitting, refit, config.resync_seconds),
+        Schedule("router refit", refitting, refit, config.resync_seconds, lane="slow"),
     ]
 
     def fleet_spend(ns: str, name: str) -> None:
@@ -460,10 +462,12 @@ def policy_changed(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwar
 
 @kopf.on.delete(GROUP, VERSION, POLICIES)
 def policy_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Delete the policy's fitted artifact with it."""
-    memo.gateway.delete(
+    """Delete the policy's fitted artifact with it (only when the policy owns it)."""
+    delete_owned(
+        memo.gateway,
         "v1",
         "ConfigMap",
         body.metadata.namespace or "default",
         names.policy_artifact_configmap_name(body.metadata.name),
+        (RoutingPolicy.KIND, body.metadata.name, body.metadata.uid),
     )

@@ -22,7 +22,9 @@ from shoal.api.v1alpha1 import API_VERSION, RoutingPolicy
 from shoal.api.v1alpha1.policy import RouterArtifactStatus
 from shoal.operator import events, sources
 from shoal.operator.config import OperatorConfig
+from shoal.operator.destinations import Allowlist, destination_problem
 from shoal.operator.gateway import WRITE_ERRORS, Forbidden, KubeGateway
+from shoal.operator.ownership import NameTaken, owned_by
 from shoal.planning import names
 from shoal.planning.artifacts import FINGERPRINT_ANNOTATION, artifact_configmap
 from shoal.planning.status import SpecProblem, policy_status
@@ -95,6 +97,22 @@ def read_calibration(gw: KubeGateway, policy: RoutingPolicy) -> tuple[bytes, str
     except sources.SourceRefused as exc:
         raise CalibrationUnavailable(exc.problem) from exc
     return data, uri.rsplit("/", 1)[-1]
+
+
+def destinations_problem(policy: RoutingPolicy, config: OperatorConfig) -> SpecProblem | None:
+    """Why the operator may not call the policy's calibration URI or embedder endpoint
+    (:mod:`shoal.operator.destinations`); None: it may call both."""
+    allow = Allowlist.parse(config.outbound_allow)
+    cal = policy.spec.calibration
+    urls = [cal.uri] if cal is not None and cal.uri else []
+    if policy.spec.embedder.endpoint:
+        urls.append(policy.spec.embedder.endpoint)
+    for url in urls:
+        if url.startswith(("http://", "https://")):
+            problem = destination_problem(url, allow)
+            if problem is not None:
+                return problem
+    return None
 
 
 def read_api_key(gw: KubeGateway, policy: RoutingPolicy) -> str | None:
@@ -190,6 +208,11 @@ def reconcile_policy(
         return PolicyOutcome(fitted=False, artifact=None)
 
     kept = previous.artifact if previous else None
+    destination = destinations_problem(policy, config)
+    if destination is not None:
+        report(kept, destination)
+        events.post(body, warning=True, reason=destination.reason, message=destination.message)
+        raise kopf.PermanentError(destination.message)
     try:
         data, source = read_calibration(gw, policy)
     except CalibrationUnavailable as exc:
@@ -211,6 +234,18 @@ def reconcile_policy(
     fp = fit_fingerprint(policy, data)
     cm_name = names.policy_artifact_configmap_name(name)
     existing = gw.get("v1", "ConfigMap", ns, cm_name)
+    if existing is not None and not owned_by(
+        existing, RoutingPolicy.KIND, name, policy.metadata.uid
+    ):
+        problem = SpecProblem(
+            NameTaken.reason,
+            f"ConfigMap {cm_name!r} exists and is not this policy's (no ownerReference to "
+            f"RoutingPolicy {name!r}); the operator neither changes nor deletes it: rename or "
+            "remove it, or rename the policy",
+        )
+        report(None, problem)
+        events.post(body, warning=True, reason=problem.reason, message=problem.message)
+        raise NameTaken(problem.message, delay=config.retry_seconds)
     annotations = ((existing or {}).get("metadata") or {}).get("annotations") or {}
     if existing and annotations.get(FINGERPRINT_ANNOTATION) == fp:
         blob = base64.b64decode((existing.get("binaryData") or {}).get(names.ARTIFACT_KEY, ""))

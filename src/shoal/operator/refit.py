@@ -66,6 +66,7 @@ from shoal.planning import names
 from shoal.planning.artifacts import FINGERPRINT_ANNOTATION, artifact_configmap
 from shoal.planning.conditions import set_condition
 from shoal.planning.status import ROUTER_REFIT
+from shoal.planning.verification import policy_gate
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class FeedbackRow:
 class FeedbackSource(Protocol):
     """Where feedback counts come from (Prometheus in a cluster)."""
 
-    def counts(self, fleets: Sequence[str]) -> list[FeedbackRow]: ...
+    def counts(self, namespace: str, fleets: Sequence[str]) -> list[FeedbackRow]: ...
 
 
 def _fleet_matcher(fleets: Sequence[str]) -> str:
@@ -102,9 +103,11 @@ def _fleet_matcher(fleets: Sequence[str]) -> str:
     return "|".join(f.replace(".", "\\\\.") for f in sorted(fleets))
 
 
-def feedback_queries(fleets: Sequence[str], extra_matchers: str = "") -> dict[str, str]:
-    """PromQL of the feedback counts of ``fleets``, summed by model and cluster (pure)."""
-    sel = f'fleet=~"{_fleet_matcher(fleets)}"' + (f", {extra_matchers}" if extra_matchers else "")
+def feedback_queries(namespace: str, fleets: Sequence[str]) -> dict[str, str]:
+    """PromQL of the feedback counts of ``fleets`` (all in the policy's ``namespace``), summed
+    by model and cluster (pure). Both labels are the scrape target's, set by Kubernetes (see
+    :func:`shoal.autoscaling.prometheus.fleet_scope`): a pod elsewhere cannot add to them."""
+    sel = f'namespace="{namespace}", fleet=~"{_fleet_matcher(fleets)}"'
 
     def summed(metric_names: Sequence[str]) -> str:
         # One term per spelling joined with `or`, as the autoscaler's queries do.
@@ -158,9 +161,9 @@ class PrometheusFeedback:
             ) from exc
         return _vector(body)
 
-    def counts(self, fleets: Sequence[str]) -> list[FeedbackRow]:
+    def counts(self, namespace: str, fleets: Sequence[str]) -> list[FeedbackRow]:
         """Every (model, cluster) with feedback; :class:`FeedbackUnavailable` on failure."""
-        queries = feedback_queries(fleets)
+        queries = feedback_queries(namespace, fleets)
         events_by = self._query(queries["events"])
         scores_by = self._query(queries["score_sum"])
         return [
@@ -172,7 +175,7 @@ class PrometheusFeedback:
 class NoFeedbackSource:
     """What the operator uses without ``SHOAL_PROMETHEUS_URL``: every read fails, saying so."""
 
-    def counts(self, fleets: Sequence[str]) -> list[FeedbackRow]:
+    def counts(self, namespace: str, fleets: Sequence[str]) -> list[FeedbackRow]:
         raise FeedbackUnavailable(
             "no Prometheus configured (SHOAL_PROMETHEUS_URL is empty): the operator cannot "
             "read the feedback counts; set it (Helm value prometheus.url)"
@@ -301,6 +304,11 @@ def refit_policy(
     kept = previous.artifact if previous else None
     if kept is None:
         return RefitOutcome(False, message="no fitted artifact yet")
+    # The refit embeds the calibration set at the policy's embedder, as a fit does: only once
+    # the operator verified it for this generation (destination, key, calibration).
+    waiting, unverified = policy_gate(policy)
+    if waiting is not None or unverified is not None:
+        return RefitOutcome(False, message=waiting or (unverified.message if unverified else ""))
     tick = time.monotonic() if clock is None else clock
     last = state.attempted.get((ns, name))
     if (
@@ -339,7 +347,7 @@ def _attempt(
     if not fleets:
         return _report(job, None, False, NO_FEEDBACK, "no fleet uses this policy", None)
     try:
-        rows = state.source.counts(fleets)
+        rows = state.source.counts(policy.metadata.namespace or "default", fleets)
     except FeedbackUnavailable as exc:
         return _report(
             job, None, False, METRICS_UNAVAILABLE,

@@ -10,8 +10,11 @@ watch cache holds, each when it is due:
 - the first time an object is seen it is due after a random part of its interval, and every
   later due time is jittered by ±10 %, so the work spreads out instead of arriving in waves
   (after a restart, say);
-- jobs run one at a time, each in the kopf context captured from a watch handler, so the
-  events they post reach kopf's event queue as a handler's would.
+- jobs run on worker threads, in lanes (:data:`LANE_WORKERS`): a policy whose calibration URL
+  takes its whole timeout, or a Prometheus that hangs, holds up only its own object, never
+  the autoscaling or key revocation of the others; one job per object and schedule at a
+  time; each in (a copy of) the kopf context captured from a watch handler, so the events
+  they post reach kopf's event queue as a handler's would.
 
 The jobs themselves take the fleet's lock and read the fleet fresh; a fleet being deleted is
 left alone (:mod:`shoal.operator.handlers`).
@@ -25,6 +28,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -48,6 +52,11 @@ class Schedule:
     objects: Callable[[], list[Key]]
     job: Job
     interval: float
+    #: "fast" (reads and applies against the API server and Prometheus) or "slow" (fetches
+    #: and fits: calibration URLs, embedding endpoints); each lane has workers of its own.
+    lane: str = "fast"
+    #: Seconds a job should take at most; a longer one is logged (its own timeouts bound it).
+    budget: float = 60.0
     due: dict[Key, float] = field(default_factory=dict)
 
     def next_due(self, now: float, rng: random.Random, rate: float) -> list[tuple[float, Key]]:
@@ -66,8 +75,17 @@ class Schedule:
         self.due[key] = now + every * rng.uniform(0.9, 1.1)
 
 
+#: Worker threads per lane. Jobs of one lane run side by side, so a slow one (a calibration
+#: URL that takes its whole timeout, a Prometheus that does not answer) holds up neither the
+#: other objects nor the other lane.
+LANE_WORKERS = {"fast": 4, "slow": 4}
+
+
 class PeriodicLoop:
-    """A thread that runs the due jobs of its schedules, at most ``rate`` jobs per second."""
+    """A dispatcher thread that starts the due jobs of its schedules, at most ``rate`` jobs
+    per second, each on a worker of its schedule's lane; one job per (schedule, object) at a
+    time, so an object whose job overruns is not started again until it is done (and its
+    overrun is logged) while every other object keeps its pace."""
 
     def __init__(self, schedules: list[Schedule], rate: float, seed: int | None = None) -> None:
         self.schedules = schedules
@@ -75,6 +93,12 @@ class PeriodicLoop:
         self.context: contextvars.Context | None = None
         self._rng = random.Random(seed)
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._running: set[tuple[str, Key]] = set()
+        self._pools = {
+            lane: ThreadPoolExecutor(workers, thread_name_prefix=f"shoal-periodic-{lane}")
+            for lane, workers in LANE_WORKERS.items()
+        }
         self._thread = threading.Thread(target=self._run, name="shoal-periodic", daemon=True)
 
     def adopt_context(self) -> None:
@@ -86,38 +110,70 @@ class PeriodicLoop:
         self._thread.start()
 
     def stop(self, timeout: float = 30) -> None:
-        """Stop after the job in progress (if any)."""
+        """Start no more jobs; wait up to ``timeout`` for the dispatcher (jobs in progress
+        finish on their own: each is bounded by its own timeouts)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def running(self) -> list[tuple[str, Key]]:
+        """The (schedule, object) pairs whose job is in progress."""
+        with self._lock:
+            return sorted(self._running)
 
     def _run_one(self, schedule: Schedule, key: Key) -> None:
+        started = time.monotonic()
         try:
             if self.context is not None:
-                self.context.run(schedule.job, *key)
+                # A copy per job: one context cannot be entered by two threads at once.
+                self.context.copy().run(schedule.job, *key)
             else:
                 schedule.job(*key)
         except Exception:  # one object's failure never stops the loop
             log.exception("%s of %s/%s failed", schedule.name, *key)
+        finally:
+            took = time.monotonic() - started
+            if took > schedule.budget:
+                log.warning("%s of %s/%s took %.1f s, more than its %.1f s; the other "
+                            "objects were not held up", schedule.name, *key, took,
+                            schedule.budget)  # fmt: skip
+            with self._lock:
+                schedule.ran(key, time.monotonic(), self._rng, self.rate)
+                self._running.discard((schedule.name, key))
+
+    def _start(self, schedule: Schedule, key: Key) -> None:
+        with self._lock:
+            self._running.add((schedule.name, key))
+        try:
+            self._pools[schedule.lane].submit(self._run_one, schedule, key)
+        except RuntimeError:  # stopping: the pool takes no more work
+            with self._lock:
+                self._running.discard((schedule.name, key))
 
     def _run(self) -> None:
         gap = 1.0 / self.rate if self.rate > 0 else 0.0
         while not self._stop.is_set():
             now = time.monotonic()
             soonest = now + 1.0
-            ran = False
+            started = False
             for schedule in self.schedules:
-                for when, key in schedule.next_due(now, self._rng, self.rate):
+                with self._lock:
+                    due = schedule.next_due(now, self._rng, self.rate)
+                    busy = {k for name, k in self._running if name == schedule.name}
+                for when, key in due:
                     if when > now:
                         soonest = min(soonest, when)
                         break
+                    if key in busy:
+                        continue  # still running: started again once it is done
                     if self._stop.is_set():
                         return
-                    self._run_one(schedule, key)
-                    schedule.ran(key, time.monotonic(), self._rng, self.rate)
-                    ran = True
+                    self._start(schedule, key)
+                    started = True
                     if gap and self._stop.wait(gap):
                         return
                     now = time.monotonic()
-            if not ran:
-                self._stop.wait(max(0.0, min(soonest - time.monotonic(), 1.0)))
+            if not started:
+                self._stop.wait(max(0.05, min(soonest - time.monotonic(), 1.0)))

@@ -24,6 +24,7 @@ from shoal.api.v1alpha1.external import FleetSpend
 from shoal.autoscaling.prometheus import (
     PrometheusError,
     PrometheusSource,
+    fleet_scope,
     router_metric_names,
 )
 from shoal.contract.cost import REFERENCE_COST_METRIC, Savings
@@ -34,10 +35,10 @@ log = logging.getLogger(__name__)
 _FOUR = Decimal("0.0001")
 
 
-def spend_queries(fleet: str, extra_matchers: str = "") -> dict[str, str]:
-    """PromQL of a fleet's last hour, per model: what its answers cost, and the reference."""
-    extra = f", {extra_matchers}" if extra_matchers else ""
-    sel = f'{{fleet="{fleet}"{extra}}}'
+def spend_queries(namespace: str, fleet: str) -> dict[str, str]:
+    """PromQL of a fleet's last hour, per model: what its answers cost, and the reference.
+    Scoped to the fleet by the labels Kubernetes sets (:func:`fleet_scope`)."""
+    sel = "{" + fleet_scope(namespace, fleet) + "}"
 
     def both(metric: str) -> str:
         return " or ".join(
@@ -60,9 +61,9 @@ class FleetSpendReading:
         return Savings(sum(self.cost_by_model.values()), self.reference_usd)
 
 
-def read_spend(source: PrometheusSource, fleet: str) -> FleetSpendReading:
+def read_spend(source: PrometheusSource, namespace: str, fleet: str) -> FleetSpendReading:
     """The fleet's last hour from Prometheus; PrometheusError when it cannot answer."""
-    queries = spend_queries(fleet, source.extra_matchers)
+    queries = spend_queries(namespace, fleet)
     cost = {m: v or 0.0 for m, (_, v) in source.query(queries["cost"], "model").items()}
     ref = source.query(queries["reference"], "model")
     reference = sum((v or 0.0) for _, v in ref.values()) if ref else None
@@ -99,7 +100,7 @@ def update_spend(
         return False
     try:
         fleet = ModelFleet.model_validate(body)
-        reading = read_spend(source, name)
+        reading = read_spend(source, namespace, name)
     except PrometheusError as exc:
         log.info("spend of fleet %s/%s not read: %s", namespace, name, exc)
         return False

@@ -24,7 +24,12 @@ from pydantic import ValidationError
 
 from shoal.api.v1alpha1 import API_VERSION, ConditionStatus, ModelFleet, Tenant
 from shoal.api.v1alpha1.tenant import TenantStatus
-from shoal.autoscaling.prometheus import PrometheusError, PrometheusSource, router_metric_names
+from shoal.autoscaling.prometheus import (
+    PrometheusError,
+    PrometheusSource,
+    fleet_scope,
+    router_metric_names,
+)
 from shoal.contract.cost import TENANT_REFERENCE_COST_METRIC
 from shoal.contract.tenants import TENANT_COST_METRIC, TENANT_REQUESTS_METRIC, TENANT_TOKENS_METRIC
 from shoal.operator import events
@@ -197,14 +202,14 @@ def _events(body: dict[str, Any], old: TenantStatus | None, new: TenantStatus) -
             events.post(body, warning=True, reason=after.reason, message=after.message)
 
 
-def usage_queries(fleet: str, extra_matchers: str = "") -> dict[str, str]:
+def usage_queries(namespace: str, fleet: str) -> dict[str, str]:
     """PromQL of a fleet's per-tenant use over the last hour, keyed by what it measures.
 
     Both spellings of each series: ``shoal_...`` as the ingress names it, ``ray_shoal_...``
     as Ray's metrics agent exports it from a Ray cluster; one term per spelling joined with
-    ``or`` (only one of them exists where the fleet runs)."""
-    extra = f", {extra_matchers}" if extra_matchers else ""
-    sel = f'{{fleet="{fleet}"{extra}}}'
+    ``or`` (only one of them exists where the fleet runs). Scoped to the fleet by the labels
+    Kubernetes sets (:func:`~shoal.autoscaling.prometheus.fleet_scope`)."""
+    sel = "{" + fleet_scope(namespace, fleet) + "}"
 
     def both(metric: str) -> str:
         return " or ".join(
@@ -219,12 +224,12 @@ def usage_queries(fleet: str, extra_matchers: str = "") -> dict[str, str]:
     }
 
 
-def read_usage(source: PrometheusSource, fleet: str) -> dict[str, dict[str, float]]:
+def read_usage(source: PrometheusSource, namespace: str, fleet: str) -> dict[str, dict[str, float]]:
     """tenant -> {cost, requests, tokens, reference} in the last hour (reference: what the
     tokens would have cost at the fleet's savings reference, absent without one);
     PrometheusError when unreadable."""
     out: dict[str, dict[str, float]] = {}
-    for what, promql in usage_queries(fleet, source.extra_matchers).items():
+    for what, promql in usage_queries(namespace, fleet).items():
         for tenant, (_, value) in source.query(promql, "tenant").items():
             out.setdefault(tenant, {})[what] = value or 0.0
     return out
@@ -236,7 +241,7 @@ def update_usage(
     """Write the last hour's use into the status of each of the fleet's tenants; returns how
     many statuses changed. A Prometheus that cannot answer leaves the statuses as they are."""
     try:
-        usage = read_usage(source, fleet)
+        usage = read_usage(source, namespace, fleet)
     except PrometheusError as exc:
         log.info("tenant usage of fleet %s/%s not read: %s", namespace, fleet, exc)
         return 0

@@ -111,10 +111,12 @@ def fleet_rows_with_prometheus(url: str, bodies: list[dict[str, Any]], now: str)
     try:
         for body in bodies:
             fleet = ModelFleet.model_validate(body)
-            status = spend_status(fleet, read_spend(source, fleet.metadata.name), datetime.now(UTC))
+            namespace = fleet.metadata.namespace or "default"
+            reading = read_spend(source, namespace, fleet.metadata.name)
+            status = spend_status(fleet, reading, datetime.now(UTC))
             rows.append(
                 FleetRow(
-                    namespace=fleet.metadata.namespace or "default",
+                    namespace=namespace,
                     fleet=fleet.metadata.name,
                     cost_usd=Decimal(status.last_hour_cost_usd),
                     external_usd=Decimal(status.last_hour_external_cost_usd),
@@ -174,12 +176,13 @@ def rows_from_tenants(bodies: list[dict[str, Any]], fleet: str | None = None) ->
 
 
 def with_prometheus(
-    rows: list[UsageRow], usage: dict[tuple[str, str], dict[str, float]], now: str
+    rows: list[UsageRow], usage: dict[tuple[str, str, str], dict[str, float]], now: str
 ) -> list[UsageRow]:
-    """``rows`` with their numbers replaced by Prometheus's (keyed by (fleet, tenant))."""
+    """``rows`` with their numbers replaced by Prometheus's (keyed by (namespace, fleet,
+    tenant))."""
     out = []
     for r in rows:
-        used = usage.get((r.fleet, r.tenant))
+        used = usage.get((r.namespace, r.fleet, r.tenant))
         if used is None:
             out.append(r)
             continue
@@ -215,17 +218,20 @@ def list_tenants(namespace: str | None) -> list[dict[str, Any]]:
     return gw.list_all(API_VERSION, Tenant.KIND)
 
 
-def prometheus_usage(url: str, fleets: set[str]) -> dict[tuple[str, str], dict[str, float]]:
-    """(fleet, tenant) -> {cost, requests, tokens} of the last hour, from Prometheus."""
+def prometheus_usage(
+    url: str, fleets: set[tuple[str, str]]
+) -> dict[tuple[str, str, str], dict[str, float]]:
+    """(namespace, fleet, tenant) -> {cost, requests, tokens} of the last hour, from
+    Prometheus; ``fleets``: (namespace, fleet) pairs."""
     from shoal.autoscaling.prometheus import PrometheusSource
     from shoal.operator.tenants import read_usage
 
     source = PrometheusSource(url)
     try:
         return {
-            (fleet, tenant): used
-            for fleet in sorted(fleets)
-            for tenant, used in read_usage(source, fleet).items()
+            (namespace, fleet, tenant): used
+            for namespace, fleet in sorted(fleets)
+            for tenant, used in read_usage(source, namespace, fleet).items()
         }
     finally:
         source.close()

@@ -8,6 +8,8 @@ the same inputs does no work) and the artifact's checksum.
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 from typing import Any
 
 from shoal.api.v1alpha1 import API_VERSION, GROUP, RoutingPolicy
@@ -15,6 +17,16 @@ from shoal.planning import names
 
 #: Annotation on the artifact ConfigMap: identity of the fit's inputs.
 FINGERPRINT_ANNOTATION = f"{GROUP}/fit-fingerprint"
+#: Annotation on the artifact ConfigMap: which embedder settings (type, endpoint, model, key
+#: Secret) the artifact was fitted, and those settings verified, with.
+EMBEDDER_ANNOTATION = f"{GROUP}/embedder"
+
+
+def embedder_digest(policy: RoutingPolicy) -> str:
+    """Identity of the policy's embedder settings (what the fleet's ingress calls, with what
+    key)."""
+    raw = json.dumps(policy.spec.embedder.to_k8s(), sort_keys=True).encode()
+    return hashlib.sha256(raw).hexdigest()[:32]
 
 
 def policy_owner_reference(policy: RoutingPolicy) -> dict[str, Any]:
@@ -43,6 +55,7 @@ def artifact_configmap(
             "annotations": {
                 FINGERPRINT_ANNOTATION: fingerprint,
                 names.ARTIFACT_ANNOTATION: checksum,
+                EMBEDDER_ANNOTATION: embedder_digest(policy),
             },
             "ownerReferences": [policy_owner_reference(policy)],
         },

@@ -7,7 +7,9 @@ selects every Ray pod of the fleet and allows, for ingress only:
 - every port from the fleet's own pods (Ray's GCS, object manager, workers and Serve's
   proxies talk among themselves on many ports, some chosen at run time);
 - Ray's dashboard (8265, whose job API runs arbitrary code) and the dashboard agent (52365)
-  from the operator and from KubeRay's controller only;
+  from the operator and from KubeRay's controller only, each from its own namespace (a peer
+  whose namespace is not known is looked for in the fleet's namespace only, never in every
+  namespace);
 - the serving port (8000) from the clients ``spec.network.allowFrom`` names (default: every
   pod of the fleet's namespace) and the operator;
 - the metrics port (8080) from ``spec.network.metricsFrom`` (default: the fleet's namespace).
@@ -41,27 +43,24 @@ class Peers:
     operator_pod_labels: dict[str, str] = field(
         default_factory=lambda: {"app.kubernetes.io/name": "shoal"}
     )
-    #: The operator's namespace; None: any namespace (with the labels above).
+    #: The operator's namespace; None: the fleet's own namespace (never any namespace).
     operator_namespace: str | None = None
     #: Labels of KubeRay's controller pods (its chart's).
     kuberay_pod_labels: dict[str, str] = field(
         default_factory=lambda: {"app.kubernetes.io/name": "kuberay-operator"}
     )
-    #: KubeRay's namespace; None: any namespace.
+    #: KubeRay's namespace; None: the fleet's own namespace (never any namespace).
     kuberay_namespace: str | None = None
 
 
-def _namespace_selector(namespace: str | None) -> dict[str, Any]:
-    if namespace is None:
-        return {}
-    return {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
-
-
 def _peer(pod_labels: dict[str, str], namespace: str | None) -> dict[str, Any]:
-    return {
-        "namespaceSelector": _namespace_selector(namespace),
-        "podSelector": {"matchLabels": dict(pod_labels)},
-    }
+    """Pods with ``pod_labels`` in ``namespace``; None: in the fleet's namespace only (a peer
+    without a namespaceSelector). An empty namespaceSelector, which would match every
+    namespace, is never written."""
+    peer: dict[str, Any] = {"podSelector": {"matchLabels": dict(pod_labels)}}
+    if namespace is not None:
+        peer["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+    return peer
 
 
 def _client(peer: NetworkPeer) -> dict[str, Any]:

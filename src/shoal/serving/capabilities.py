@@ -35,8 +35,9 @@ NO_EFFECT = frozenset(
         "parallel_tool_calls",
     }
 )  # fmt: skip
-#: Parameters OpenAI's API describes that some engine may honour (anything else is unknown:
-#: passed to vLLM, which has extra sampling parameters of its own, refused elsewhere).
+#: Parameters OpenAI's API describes that some engine may honour (anything else is unknown and
+#: refused with OpenAI's "Unrecognized request argument", unless the engine's own extras below
+#: name it).
 OPENAI_CHAT = frozenset(
     {
         "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs",
@@ -52,6 +53,17 @@ OPENAI_COMPLETION = frozenset(
 LLAMACPP_EXTRA = frozenset(
     {"top_k", "min_p", "typical_p", "repeat_penalty", "tfs_z", "mirostat_mode", "mirostat_tau",
      "mirostat_eta"}
+)  # fmt: skip
+
+#: vLLM's own sampling and structured-output parameters that are passed through. Only these:
+#: vLLM takes more (``logits_processors`` names classes it imports, ``chat_template`` is a
+#: Jinja template it renders, ``vllm_xargs``, ``kv_transfer_params``, ``priority``,
+#: ``cache_salt`` and the like reach into the engine), none of which a client may set.
+VLLM_EXTRA = frozenset(
+    {"top_k", "min_p", "repetition_penalty", "length_penalty", "min_tokens", "ignore_eos",
+     "stop_token_ids", "bad_words", "skip_special_tokens", "spaces_between_special_tokens",
+     "include_stop_str_in_output", "guided_json", "guided_regex", "guided_choice",
+     "guided_grammar", "structured_outputs", "continue_final_message", "add_generation_prompt"}
 )  # fmt: skip
 
 #: Context window assumed for a llama.cpp model whose engineArgs set no ``n_ctx``.
@@ -103,14 +115,14 @@ def capabilities(model: ModelSpec) -> Capabilities:
         window = args.get("max_model_len")
         caps = Capabilities(
             engine="vllm",
-            chat_params=OPENAI_CHAT - {"audio", "modalities", "prediction", "web_search_options"},
-            completion_params=OPENAI_COMPLETION,
+            chat_params=(OPENAI_CHAT - {"audio", "modalities", "prediction",
+                                        "web_search_options"}) | VLLM_EXTRA,
+            completion_params=OPENAI_COMPLETION | VLLM_EXTRA,
             tools=True,
             json_schema=True,
             logprobs=True,
             context_window=int(window) if window is not None else None,
-            passes_unknown=True,
-        )
+        )  # fmt: skip
     elif model.engine == "openai":
         # Served outside the fleet: the spec's capabilities are the endpoint's own word
         # (tools and JSON schema unless declared false; logprobs only when declared true).

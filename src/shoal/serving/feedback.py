@@ -7,6 +7,14 @@ ingress replica that holds the key can attribute ``POST /v1/feedback`` (``{"id":
 per model and cluster in Prometheus (labels bounded by the fleet's models and the router's
 clusters); no prompt or answer text is kept anywhere. The operator's refit reads those series.
 
+An id is bound to the tenant that got the answer: the HMAC covers the tenant's name too (the
+ingress names it for the request in :func:`bind_tenant`), so only that tenant's key can score
+it (an open fleet's answers are bound to no tenant). Its nonce starts with the time it was
+issued: :class:`FeedbackLedger` takes one score per id within :data:`FEEDBACK_WINDOW_SECONDS`
+(a replay is a 409, an older id a 400) and at most :data:`FEEDBACK_RATE_PER_SECOND` scores a
+second per tenant (429 past a burst of :data:`FEEDBACK_BURST`). The ledger is per ingress
+replica: a replayed id can be counted at most once by each replica.
+
 The key comes from the environment (:data:`~shoal.contract.FEEDBACK_KEY_ENV`), or from the
 file :data:`~shoal.contract.FEEDBACK_KEY_FILE_ENV` names (in a cluster: the fleet's Secret,
 mounted as a file); without one, a replica makes its own, and feedback is then accepted only
@@ -22,7 +30,10 @@ import logging
 import os
 import re
 import secrets
-from dataclasses import dataclass
+import time
+from collections import OrderedDict
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 from shoal.contract import FEEDBACK_KEY_ENV, FEEDBACK_KEY_FILE_ENV
 from shoal.serving.openai_api import ApiError, load_json_object
@@ -35,12 +46,33 @@ _ID = re.compile(
 )
 
 
+#: How long after an answer its feedback is taken (and its id remembered).
+FEEDBACK_WINDOW_SECONDS = 24 * 3600.0
+#: Scores a second each tenant may send to one ingress replica, and the burst above it.
+FEEDBACK_RATE_PER_SECOND = 20.0
+FEEDBACK_BURST = 200.0
+#: Ids one replica remembers at most (the oldest are forgotten first; an id forgotten early
+#: can be scored again on that replica only).
+MAX_REMEMBERED_IDS = 500_000
+
+#: The tenant the request being answered belongs to ("" in an open fleet); set by the ingress
+#: for each request (:func:`bind_tenant`), read where its ids are issued.
+_TENANT: ContextVar[str] = ContextVar("shoal_feedback_tenant", default="")
+
+
+def bind_tenant(tenant: str) -> None:
+    """Bind the ids issued for the current request (this task's context) to ``tenant``."""
+    _TENANT.set(tenant)
+
+
 @dataclass(frozen=True)
 class Attribution:
     """Who an answer came from, as its id says."""
 
     model: str
     cluster: int | None
+    #: Unix time the id was issued.
+    issued_at: float = 0.0
 
 
 def _key_file(path: str) -> bytes | None:
@@ -76,29 +108,92 @@ class CompletionIds:
             key = secrets.token_bytes(32)
         self._key = key
 
-    def _mac(self, body: str) -> str:
-        return _b64(hmac.new(self._key, body.encode(), hashlib.sha256).digest()[:16])
+    def _mac(self, body: str, tenant: str) -> str:
+        signed = f"{body}\n{tenant}".encode()
+        return _b64(hmac.new(self._key, signed, hashlib.sha256).digest()[:16])
 
-    def issue(self, prefix: str, model: str, cluster: int | None) -> str:
-        """A new id for an answer of ``model`` (the router's nearest ``cluster``, if any)."""
-        body = f"{prefix}{secrets.token_hex(8)}.{model}.{'x' if cluster is None else cluster}"
-        return f"{body}.{self._mac(body)}"
+    def issue(self, prefix: str, model: str, cluster: int | None, tenant: str | None = None) -> str:
+        """A new id for an answer of ``model`` (the router's nearest ``cluster``, if any),
+        bound to ``tenant`` (None: the one :func:`bind_tenant` named for this request)."""
+        tenant = _TENANT.get() if tenant is None else tenant
+        nonce = f"{int(time.time()) & 0xFFFFFFFF:08x}{secrets.token_hex(4)}"
+        body = f"{prefix}{nonce}.{model}.{'x' if cluster is None else cluster}"
+        return f"{body}.{self._mac(body, tenant)}"
 
-    def verify(self, completion_id: str) -> Attribution:
-        """The model and cluster an id names; :class:`ApiError` 400 for a forged one."""
+    def verify(self, completion_id: str, tenant: str = "") -> Attribution:
+        """The model and cluster an id of ``tenant``'s names; :class:`ApiError` 400 for a
+        forged one or one issued to another tenant."""
         match = _ID.match(completion_id)
         if match is not None:
             body, mac = completion_id.rsplit(".", 1)
-            if hmac.compare_digest(mac, self._mac(body)):
+            if hmac.compare_digest(mac, self._mac(body, tenant)):
                 cluster = match["cluster"]
-                return Attribution(match["model"], None if cluster == "x" else int(cluster))
+                return Attribution(
+                    match["model"],
+                    None if cluster == "x" else int(cluster),
+                    float(int(match["nonce"][:8], 16)),
+                )
         raise ApiError(
             400,
-            "This id was not issued by this fleet (or was altered); send the id of one of "
-            "its answers.",
+            "This id was not issued by this fleet to you (or was altered); send the id of "
+            "one of the answers you got.",
             param="id",
             code="invalid_completion_id",
         )
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
+@dataclass
+class FeedbackLedger:
+    """One score per answer id, and a rate per tenant, on one ingress replica."""
+
+    window: float = FEEDBACK_WINDOW_SECONDS
+    rate: float = FEEDBACK_RATE_PER_SECOND
+    burst: float = FEEDBACK_BURST
+    capacity: int = MAX_REMEMBERED_IDS
+    _seen: OrderedDict[str, float] = field(default_factory=OrderedDict)
+    _buckets: dict[str, _Bucket] = field(default_factory=dict)
+
+    def admit(self, completion_id: str, who: Attribution, tenant: str, now: float) -> None:
+        """Take one score for ``completion_id`` (already verified as ``who``) from
+        ``tenant``; :class:`ApiError` 429 past the tenant's rate, 400 for an id older than
+        the window, 409 for an id scored before."""
+        bucket = self._buckets.setdefault(tenant, _Bucket(self.burst, now))
+        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.at) * self.rate)
+        bucket.at = now
+        if bucket.tokens < 1:
+            raise ApiError(
+                429,
+                f"Too much feedback: at most {self.rate:g} scores a second.",
+                type="rate_limit_exceeded",
+                code="feedback_rate_limited",
+            )
+        bucket.tokens -= 1  # every attempt counts, replays too
+        if now - who.issued_at > self.window:
+            raise ApiError(
+                400,
+                f"This answer is older than {self.window / 3600:g} h; feedback on it is "
+                "no longer taken.",
+                param="id",
+                code="feedback_window_passed",
+            )
+        while self._seen and (
+            len(self._seen) >= self.capacity or next(iter(self._seen.values())) < now - self.window
+        ):
+            self._seen.popitem(last=False)
+        if completion_id in self._seen:
+            raise ApiError(
+                409,
+                "This answer has been scored already; one score per answer.",
+                param="id",
+                code="feedback_already_given",
+            )
+        self._seen[completion_id] = who.issued_at
 
 
 def parse_feedback(body: bytes) -> tuple[str, float]:

@@ -63,19 +63,32 @@ def method_not_allowed(path: str, allow: str) -> ApiError:
     )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+#: Seconds a client has to send its whole request body (a slow sender holds a connection and
+#: a slot of the ingress while it trickles; 408 after this).
+BODY_READ_SECONDS = 30.0
+
+
+async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
     """The body, or 413 when it is larger than ``limit`` bytes (checked before reading when
-    the client declares its length)."""
+    the client declares its length), or 408 when it has not arrived within ``timeout``
+    seconds (default :data:`BODY_READ_SECONDS`)."""
+    timeout = BODY_READ_SECONDS if timeout is None else timeout
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"Request body too large: the limit is {limit} bytes.")
     chunks: list[bytes] = []
     size = 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise ApiError(413, f"Request body too large: the limit is {limit} bytes.")
-        chunks.append(part)
+    try:
+        async with asyncio.timeout(timeout):
+            async for part in request.stream():
+                size += len(part)
+                if size > limit:
+                    raise ApiError(413, f"Request body too large: the limit is {limit} bytes.")
+                chunks.append(part)
+    except TimeoutError:
+        raise ApiError(
+            408, f"The request body did not arrive within {timeout:g} s.", code="timeout"
+        ) from None
     return b"".join(chunks)
 
 

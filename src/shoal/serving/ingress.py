@@ -44,7 +44,7 @@ from shoal.serving.clients import ModelClient, model_clients
 from shoal.serving.exploration import Explorer, explored
 from shoal.serving.external import external_clients
 from shoal.serving.fallback import FallbackCaller, ModelBook
-from shoal.serving.feedback import CompletionIds, parse_feedback
+from shoal.serving.feedback import CompletionIds, FeedbackLedger, bind_tenant, parse_feedback
 from shoal.serving.metrics import RouterMetrics
 from shoal.serving.openai_api import (
     ApiError,
@@ -57,6 +57,7 @@ from shoal.serving.openai_api import (
 )
 from shoal.serving.probes import IN_FLIGHT_PUBLISH_SECONDS, Probes
 from shoal.serving.ranking import HealthBoard, Ranker, default_alpha, make_ranker, parse_alpha
+from shoal.serving.restore import restorer_from_env
 from shoal.serving.routes import Route, RouteTable, relative_path
 from shoal.serving.tenants import TenantGate, TenantRefused, TenantState, Ticket, model_denied
 from shoal.serving.usage import LocalStore, RayStore, StoreClient, UsageSync, store_name
@@ -100,6 +101,7 @@ class Endpoint:
         self.capabilities = {m.name: capabilities(m) for m in args.fleet.models}
         self.book = ModelBook(clients, HealthBoard(self.limits.unhealthy_cooldown_seconds))
         self.ids = CompletionIds()
+        self.feedback_ledger = FeedbackLedger()
         spec = args.policy.exploration
         self.explorer = (
             Explorer(spec, args.ingress.num_replicas) if spec and spec.percent > 0 else None
@@ -173,7 +175,10 @@ class Endpoint:
                 replicas=self.args.ingress.num_replicas,
                 max_request_seconds=self.limits.request_timeout_seconds + 60.0,
             )
-            self.usage_sync = UsageSync(gate, self._store(), self.replica_id)
+            # A store that starts empty (new, or lost with its actor or the Ray head) gets
+            # the tenants' recent usage from Prometheus first (shoal.serving.restore).
+            restore = restorer_from_env(self.args.namespace, self.args.fleet_name)
+            self.usage_sync = UsageSync(gate, self._store(), self.replica_id, restore)
             self.gate = gate
             await self.usage_sync.sync_once()  # the fleet-wide view before the first request
             self.usage_sync.start()
@@ -213,7 +218,10 @@ class Endpoint:
         cluster (the router's refit reads the counts); the text of nothing is kept."""
         body = await http.read_body(request, self.limits.max_body_bytes)
         cid, score = parse_feedback(body)
-        who = self.ids.verify(cid)
+        tenant: TenantState | None = request.scope.get(TENANT_SCOPE)
+        name = tenant.spec.name if tenant is not None else ""
+        who = self.ids.verify(cid, name)  # ids are bound to the tenant that got the answer
+        self.feedback_ledger.admit(cid, who, name, time.time())  # once per id, rate-limited
         if who.model not in self.clients:
             raise ApiError(400, f"The model {who.model} is not in this fleet.", param="id")
         self.metrics.feedback(who.model, who.cluster, score)
@@ -289,6 +297,7 @@ class Endpoint:
             log.info("request %s prompt: %r", gen.request_id, gen.messages or gen.prompt)
         cluster = headers.get("x-shoal-cluster")
         done = self._tenant_done(gate, ticket) if ticket is not None and gate is not None else None
+        bind_tenant(tenant.spec.name if tenant is not None else "")  # the ids' tenant
         try:
             return await self.caller.call(
                 api, parsed, gen, ranked, headers, started, int(cluster) if cluster else None, done

@@ -164,14 +164,41 @@ def _validation_error(exc: ValidationError) -> ApiError:
     return ApiError(400, f"Invalid value for '{loc}': {first.get('msg')}", param=loc or None)
 
 
+#: Deepest nesting of objects and arrays a request body may have (JSON schemas of tools and
+#: response formats included); deeper bodies are a 400, never a recursion error further on.
+MAX_JSON_DEPTH = 64
+
+
+def _depth(data: Any) -> int:
+    """How deep objects and arrays nest in ``data`` (0: a scalar), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend(
+                (c, depth + 1) for c in (node.values() if isinstance(node, dict) else node)
+            )
+    return deepest
+
+
 def load_json_object(body: bytes) -> dict[str, Any]:
-    """A request body as a JSON object (400 in OpenAI's shape when it is not one)."""
+    """A request body as a JSON object (400 in OpenAI's shape when it is not one, or when it
+    nests deeper than :data:`MAX_JSON_DEPTH`)."""
+    too_deep = ApiError(
+        400, f"The JSON body of your request nests deeper than {MAX_JSON_DEPTH} levels."
+    )
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "We could not parse the JSON body of your request.") from None
+    except RecursionError:  # deeper than the parser itself goes
+        raise too_deep from None
     if not isinstance(data, dict):
         raise ApiError(400, "The request body must be a JSON object.")
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise too_deep
     return data
 
 

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from shoal.serving.restore import Restorer
 from shoal.serving.tenants import HOUR, Snapshot, TenantGate, Usage, Window
 
 log = logging.getLogger("shoal.serving.tenants")
@@ -43,6 +44,8 @@ REPLICA_STALE_SECONDS = 5.0
 SYNC_TIMEOUT_SECONDS = 1.0
 #: After this long without an answer, a replica re-creates the store (empty counters).
 RECREATE_AFTER_SECONDS = 10.0
+#: How long reading the tenants' recent usage from Prometheus may take.
+RESTORE_TIMEOUT_SECONDS = 3.0
 #: Weight of the latest interval in a replica's demand average.
 DEMAND_WEIGHT = 0.3
 
@@ -77,6 +80,26 @@ class UsageStore:
         self.clock = clock
         self.tallies: dict[str, _Tally] = {}
         self.seen: dict[str, float] = {}
+        #: Whether a replica restored the tenants' recent usage into this store already.
+        self.seeded = False
+
+    def seed(self, baseline: dict[str, tuple[float, float, float]]) -> bool:
+        """Count ``baseline`` (per tenant: requests and tokens of the last minute, USD of the
+        last hour; :mod:`shoal.serving.restore`) as used now, once per store: False when a
+        replica seeded it before."""
+        if self.seeded:
+            return False
+        now = self.clock()
+        for name, (requests, tokens, cost) in baseline.items():
+            tally = self.tallies.setdefault(name, _Tally())
+            if requests > 0:
+                tally.requests.add(requests, now)
+            if tokens > 0:
+                tally.tokens.add(tokens, now)
+            if cost > 0:
+                tally.cost.add(cost, now)
+        self.seeded = True
+        return True
 
     def sync(
         self,
@@ -180,6 +203,8 @@ class StoreClient(Protocol):
 
     def recreate(self) -> None: ...
 
+    async def seed(self, baseline: dict[str, tuple[float, float, float]]) -> bool: ...
+
 
 class LocalStore:
     """A :class:`UsageStore` in this process (one ingress replica, or tests)."""
@@ -194,6 +219,9 @@ class LocalStore:
 
     def recreate(self) -> None:
         """Nothing to re-create in-process."""
+
+    async def seed(self, baseline: dict[str, tuple[float, float, float]]) -> bool:
+        return self.store.seed(baseline)
 
 
 def store_name(fleet: str, namespace: str) -> str:
@@ -230,14 +258,28 @@ class RayStore:
         result: dict[str, Snapshot] = await self.actor.sync.remote(replica, limits, usage, replicas)
         return result
 
+    async def seed(self, baseline: dict[str, tuple[float, float, float]]) -> bool:
+        done: bool = await self.actor.seed.remote(baseline)
+        return done
+
 
 class UsageSync:
     """The background loop of one replica that keeps its gate's snapshots fresh."""
 
-    def __init__(self, gate: TenantGate, store: StoreClient, replica: str) -> None:
+    def __init__(
+        self,
+        gate: TenantGate,
+        store: StoreClient,
+        replica: str,
+        restore: Restorer | None = None,
+    ) -> None:
         self.gate = gate
         self.store = store
         self.replica = replica
+        #: Where a store that starts empty gets the tenants' recent usage from (None: it
+        #: starts empty); :mod:`shoal.serving.restore`.
+        self.restore = restore
+        self._seeded = restore is None
         self.failing_since: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._round = asyncio.Event()
@@ -276,6 +318,8 @@ class UsageSync:
     async def sync_once(self) -> bool:
         """Push this replica's usage and take the store's snapshots; False when the store
         did not answer (the gate then acts by its failure mode)."""
+        if not self._seeded:
+            await self._seed()
         gate = self.gate
         tenants = gate.tenants
         limits: dict[str, Limits] = {}
@@ -317,6 +361,20 @@ class UsageSync:
         self.failing_since = None
         return True
 
+    async def _seed(self) -> None:
+        """Seed a store that was never seeded with the tenants' recent usage (the first
+        replica to get there does it; for the others the store says it was done)."""
+        assert self.restore is not None
+        try:
+            baseline = await asyncio.wait_for(self.restore(), RESTORE_TIMEOUT_SECONDS)
+            seeded = await asyncio.wait_for(self.store.seed(baseline), SYNC_TIMEOUT_SECONDS)
+        except Exception as exc:  # tried again at the next sync
+            log.warning("tenants' recent usage not restored yet: %s", exc)
+            return
+        self._seeded = True
+        if seeded:
+            log.info("restored the recent usage of %d tenants from Prometheus", len(baseline))
+
     def _failed(self, exc: BaseException) -> None:
         now = time.monotonic()
         if self.gate.store_up:
@@ -332,5 +390,6 @@ class UsageSync:
             self.failing_since = now
             try:
                 self.store.recreate()
+                self._seeded = self.restore is None  # the new store starts empty
             except Exception as err:
                 log.warning("could not re-create the tenant usage store: %s", err)

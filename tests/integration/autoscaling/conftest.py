@@ -74,7 +74,12 @@ class FakeSource:
     calls: int = 0
 
     def collect(
-        self, fleet: str, models: list[str], now: datetime, windows: Windows | None = None
+        self,
+        namespace: str,
+        fleet: str,
+        models: list[str],
+        now: datetime,
+        windows: Windows | None = None,
     ) -> MetricsWindow:
         self.calls += 1
         if self.error:

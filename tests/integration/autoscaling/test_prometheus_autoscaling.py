@@ -27,7 +27,7 @@ import pytest
 
 from shoal.autoscaling.prometheus import windows_for
 from shoal.devtools.testing.controlplane import ControlPlane
-from shoal.devtools.testing.prometheus import running_prometheus
+from shoal.devtools.testing.prometheus import fleet_pod, running_prometheus
 from shoal.operator.gateway import KubeGateway
 from tests.integration.autoscaling.conftest import INTERVAL, scaling_fleet, static_policy
 from tests.integration.autoscaling.fleet_emulator import KubeRayPlayer, LoadedFleet
@@ -51,12 +51,12 @@ def http_json(url: str) -> Any:
 
 
 @pytest.fixture()
-def prometheus_and_load(tmp_path: Path) -> Iterator[tuple[str, LoadedFleet]]:
+def prometheus_and_load(tmp_path: Path, namespace: str) -> Iterator[tuple[str, LoadedFleet]]:
     fleet = LoadedFleet("f", {"alpha": ("small", ENGINE), "beta": ("small", ENGINE)})
     ports = {k: free_port() for k in ("router", "alpha", "beta")}
     fleet.start(ports)
     try:
-        targets = [f"127.0.0.1:{p}" for p in ports.values()]
+        targets = [fleet_pod(f"127.0.0.1:{p}", namespace, "f") for p in ports.values()]
         with running_prometheus(targets, tmp_path / "prometheus") as prom:
             yield prom.url, fleet
     finally:

@@ -96,7 +96,7 @@ def test_forbidden_child_write_is_a_condition(cluster: Cluster) -> None:
                   "verbs": ["get", "list", "create", "patch", "delete"]}  # fmt: skip
     guards = {"apiGroups": ["networking.k8s.io", "policy"],
               "resources": ["networkpolicies", "poddisruptionbudgets"],
-              "verbs": ["create", "patch"]}  # fmt: skip
+              "verbs": ["get", "create", "patch"]}  # fmt: skip
     gw = restricted_gateway(cluster, [READ_SHOAL, WRITE_STATUS, configmaps, guards])
     with pytest.raises(Forbidden):
         reconcile_fleet(gw, OperatorConfig(), cluster.get("fleet", "f"), NOW)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from shoal.devtools.testing.prometheus import Prometheus, free_port, running_prometheus
+from shoal.devtools.testing.prometheus import Prometheus, fleet_pod, free_port, running_prometheus
 from shoal.routing import artifact_checksum, load_router
 from shoal.serving.metrics import RouterMetrics
 from tests.integration.operator.conftest import (
@@ -58,7 +58,7 @@ class Feedback:
 
 
 @pytest.fixture()
-def prometheus(tmp_path: Path) -> Iterator[Feedback]:
+def prometheus(tmp_path: Path, namespace: str) -> Iterator[Feedback]:
     import prometheus_client as pc
 
     registry = pc.CollectorRegistry()
@@ -66,7 +66,8 @@ def prometheus(tmp_path: Path) -> Iterator[Feedback]:
     target = free_port()
     exporter, _ = pc.start_http_server(target, addr="127.0.0.1", registry=registry)
     try:
-        with running_prometheus([f"127.0.0.1:{target}"], tmp_path / "prometheus") as server:
+        pod = fleet_pod(f"127.0.0.1:{target}", namespace, "f")
+        with running_prometheus([pod], tmp_path / "prometheus") as server:
             yield Feedback(server.url, metrics, server)
     finally:
         exporter.shutdown()

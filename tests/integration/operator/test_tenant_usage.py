@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from shoal.autoscaling.prometheus import PrometheusSource
 from shoal.devtools.testing.controlplane import free_port
-from shoal.devtools.testing.prometheus import running_prometheus
+from shoal.devtools.testing.prometheus import fleet_pod, running_prometheus
 from shoal.operator.gateway import KubeGateway
 from shoal.operator.tenants import update_usage
 from tests.integration.operator.conftest import Cluster, fleet, wait_for
@@ -30,7 +30,7 @@ NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
 
 @pytest.fixture()
-def prometheus(tmp_path: Path) -> Iterator[tuple[str, dict[str, Counter]]]:
+def prometheus(tmp_path: Path, namespace: str) -> Iterator[tuple[str, dict[str, Counter]]]:
     """A Prometheus scraping this test's per-tenant exporter every second."""
     registry = CollectorRegistry()
     counters = {
@@ -43,7 +43,8 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[str, dict[str, Counter]]]:
     exporter = free_port()
     server, thread = start_http_server(exporter, addr="127.0.0.1", registry=registry)
     try:
-        with running_prometheus([f"127.0.0.1:{exporter}"], tmp_path / "prometheus") as prom:
+        pod = fleet_pod(f"127.0.0.1:{exporter}", namespace, "f")
+        with running_prometheus([pod], tmp_path / "prometheus") as prom:
             yield prom.url, counters
     finally:
         server.shutdown()

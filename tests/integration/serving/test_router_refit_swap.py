@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from shoal.contract import BuildArgs
-from shoal.devtools.testing.prometheus import running_prometheus
+from shoal.devtools.testing.prometheus import fleet_pod, running_prometheus
 from shoal.routing import fit_router, write_artifact
 from shoal.routing.embedders.hashing import HashingEmbedder
 from shoal.routing.types import Sample
@@ -173,13 +173,14 @@ def test_feedback_moves_the_tables_and_the_ingress_swaps_without_a_failed_reques
         assert error["type"] == "invalid_request_error"
 
     # What the operator reads: Prometheus, scraping Ray's metrics, summed by model and cluster.
-    with running_prometheus([f"127.0.0.1:{ray.metrics_port}"], tmp_path / "prometheus") as prom:
+    pod = fleet_pod(f"127.0.0.1:{ray.metrics_port}", "default", FLEET)
+    with running_prometheus([pod], tmp_path / "prometheus") as prom:
         source = PrometheusFeedback(prom.url)
         deadline = time.monotonic() + 90
-        rows = source.counts([FLEET])
+        rows = source.counts("default", [FLEET])
         while sum(r.events for r in rows) < 80 and time.monotonic() < deadline:
             time.sleep(1.0)
-            rows = source.counts([FLEET])
+            rows = source.counts("default", [FLEET])
         source.close()
     blob = path.read_bytes()
     info = read_artifact_info(blob)

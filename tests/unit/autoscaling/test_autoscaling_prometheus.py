@@ -29,8 +29,8 @@ WINDOWS = Windows(short=30, long=300, rate=60)
 
 
 def test_queries_cover_both_spellings_and_scope_to_the_fleet() -> None:
-    q = fleet_queries("f", ["alpha", "beta"], WINDOWS)
-    assert 'fleet="f", model=~"alpha|beta"' in q["request_rate"]
+    q = fleet_queries("team-a", "f", ["alpha", "beta"], WINDOWS)
+    assert 'namespace="team-a", fleet="f", model=~"alpha|beta"' in q["request_rate"]
     spellings = "vllm:num_requests_running|vllm_num_requests_running|ray_vllm_num_requests_running"
     assert spellings in q["engine_in_flight"]
     assert "llamacpp:num_requests_waiting" in q["engine_in_flight"]
@@ -38,15 +38,24 @@ def test_queries_cover_both_spellings_and_scope_to_the_fleet() -> None:
     assert q["engine_peak"].startswith("max_over_time(avg_over_time(")
     assert "[30s:2s])[300s:20s])" in q["engine_peak"]
     assert "offset 30s" in q["demand_rate_before"]
-    extra = fleet_queries("f", ["alpha"], WINDOWS, 'namespace="team-a"')
-    assert all('namespace="team-a"' in v for v in extra.values())
+    # Every selector, the engines' included, names the fleet's namespace and the fleet: two
+    # fleets with the same model names never share a series.
+    for key, promql in q.items():
+        selectors = promql.count("{")
+        assert promql.count('namespace="team-a", fleet="f", ') == selectors, key
 
 
 def test_queries_are_valid_promql(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     require(promtool is not None, "promtool not installed (Debian package prometheus)")
     assert promtool is not None
-    q = fleet_queries("f", ["alpha", "beta"], WINDOWS, 'namespace="x"')
+    from shoal.operator.refit import feedback_queries
+    from shoal.operator.tenants import usage_queries
+
+    # Every query the operator sends: the autoscaler's, the refit's, the tenants' usage.
+    q = fleet_queries("team-a", "f", ["alpha", "beta"], WINDOWS)
+    q |= {f"feedback_{k}": v for k, v in feedback_queries("team-a", ["f", "g.h"]).items()}
+    q |= {f"usage_{k}": v for k, v in usage_queries("team-a", "f").items()}
     rules = {"groups": [{"name": "g", "rules": [{"record": f"shoal:{k}", "expr": v}
                                                  for k, v in q.items()]}]}  # fmt: skip
     path = tmp_path / "rules.yaml"
@@ -73,7 +82,7 @@ def vector(label: str, values: dict[str, float | str], ts: float = 1000.0) -> di
 
 def fake_prometheus(answers: dict[str, dict[str, Any]]) -> httpx.Client:
     """A client whose Prometheus answers each query by the query's key in fleet_queries."""
-    queries = {v: k for k, v in fleet_queries("f", ["alpha", "beta"], WINDOWS).items()}
+    queries = {v: k for k, v in fleet_queries("team-a", "f", ["alpha", "beta"], WINDOWS).items()}
 
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/api/v1/query"
@@ -98,7 +107,7 @@ def test_collect_assembles_a_window() -> None:
         "engine_ttft_p95": {"alpha": 0.25},
     }
     src = PrometheusSource("http://prom:9090", windows=WINDOWS, client=fake_prometheus(answers))
-    w = src.collect("f", ["alpha", "beta"], NOW)
+    w = src.collect("team-a", "f", ["alpha", "beta"], NOW)
     assert w.error is None
     a, b = w.models["alpha"], w.models["beta"]
     assert a.in_flight == 12.5 and a.peak_in_flight == 14.0 and a.waiting == 2.0
@@ -126,7 +135,7 @@ def test_collect_reads_arrivals_bursts_and_service_time() -> None:
         "engine_waiting_latest": {"alpha": 4.0},
     }
     src = PrometheusSource("http://prom:9090", windows=WINDOWS, client=fake_prometheus(answers))
-    w = src.collect("f", ["alpha", "beta"], NOW)
+    w = src.collect("team-a", "f", ["alpha", "beta"], NOW)
     a, b = w.models["alpha"], w.models["beta"]
     assert (w.short_seconds, w.latest_seconds) == (30, 15)
     assert (a.latest_arrival_rate, a.latest_waiting) == (11.0, 4.0)
@@ -138,7 +147,7 @@ def test_collect_reads_arrivals_bursts_and_service_time() -> None:
 
 
 def test_new_queries_have_their_windows() -> None:
-    q = fleet_queries("f", ["alpha"], Windows(short=30, long=300, rate=60, burst=600))
+    q = fleet_queries("team-a", "f", ["alpha"], Windows(short=30, long=300, rate=60, burst=600))
     assert "offset 90s" in q["demand_rate_earliest"]
     # The latest window: the newer half of the short one.
     assert "[15s]))" in q["demand_rate_latest"] and "offset" not in q["demand_rate_latest"]
@@ -160,14 +169,14 @@ def test_a_failing_prometheus_makes_the_window_an_error() -> None:
         )
 
     src = PrometheusSource("http://prom:9090", client=httpx.Client(transport=httpx.MockTransport(handler)))  # fmt: skip
-    w = src.collect("f", ["alpha"], NOW)
+    w = src.collect("team-a", "f", ["alpha"], NOW)
     assert w.error == "parse error" and w.models == {}
 
     def down(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused")
 
     src = PrometheusSource("http://prom:9090", client=httpx.Client(transport=httpx.MockTransport(down)))  # fmt: skip
-    assert "unreachable" in (src.collect("f", ["alpha"], NOW).error or "")
+    assert "unreachable" in (src.collect("team-a", "f", ["alpha"], NOW).error or "")
 
 
 def test_parse_vector_rejects_what_is_not_a_vector() -> None:

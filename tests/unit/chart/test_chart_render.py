@@ -138,7 +138,7 @@ def test_env_reaches_the_operator_settings(name: str) -> None:
     from shoal.contract import RAY_SERVE_ENV
 
     assert config.ray_serve_env == {**RAY_SERVE_ENV, **v.serving.ray_serve_env}
-    assert config.kuberay_namespace == (v.serving.kuberay_namespace or None)
+    assert config.kuberay_namespace == v.serving.kuberay_namespace == "kuberay-system"
     refs = {e["name"]: e.get("valueFrom") for e in container(render(MATRIX[name]))["env"]}
     assert refs["SHOAL_OPERATOR_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
 
@@ -284,6 +284,13 @@ def test_metrics_service_and_monitor_select_the_operator() -> None:
     pm = one(docs, "PodMonitor")
     assert pm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"  # KubeRay's port name
+    # Namespace, fleet and pod come from the pod's metadata, never from what the pod exports
+    # (the integration tests' Prometheus scrapes with the same relabelings).
+    from shoal.devtools.testing.prometheus import POD_RELABELINGS
+
+    endpoint = pm["spec"]["podMetricsEndpoints"][0]
+    assert endpoint["honorLabels"] is False
+    assert endpoint["relabelings"] == POD_RELABELINGS
     assert one(render(MATRIX["monitoring-tuned"]), "PodMonitor")["spec"]["namespaceSelector"] == {
         "matchNames": ["team-a"]
     }

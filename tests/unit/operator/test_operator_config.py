@@ -75,7 +75,7 @@ def test_tenant_settings_from_the_environment() -> None:
 def test_usage_queries_read_both_spellings_per_tenant() -> None:
     from shoal.operator.tenants import usage_queries
 
-    q = usage_queries("f", 'namespace="team"')
+    q = usage_queries("team", "f")
     assert set(q) == {"cost", "requests", "tokens", "reference"}
     assert "sum by (tenant) (increase(shoal_tenant_cost_usd_total{" in q["cost"]
-    assert 'ray_shoal_tenant_cost_usd_total{fleet="f", namespace="team"}[1h]' in q["cost"]
+    assert 'ray_shoal_tenant_cost_usd_total{namespace="team", fleet="f"}[1h]' in q["cost"]

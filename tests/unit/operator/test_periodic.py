@@ -55,3 +55,40 @@ def test_loop_runs_every_object_and_survives_a_failing_job() -> None:
     finally:
         loop.stop()
     assert done == set(names)
+
+
+def test_a_slow_job_holds_up_neither_other_objects_nor_other_schedules() -> None:
+    """A policy whose job hangs (a calibration URL taking its whole timeout) while a fleet's
+    autoscaler and another policy keep their pace; the hung one is not started twice."""
+    release = threading.Event()
+    starts: dict[str, int] = {}
+    ran = {"autoscaler": threading.Event(), "other policy": threading.Event()}
+
+    def policy_job(ns: str, name: str) -> None:
+        starts[name] = starts.get(name, 0) + 1
+        if name == "slow":
+            release.wait(20)
+        else:
+            ran["other policy"].set()
+
+    def autoscale(ns: str, name: str) -> None:
+        ran["autoscaler"].set()
+
+    loop = PeriodicLoop(
+        [
+            Schedule("policy re-check", lambda: [("ns", "slow"), ("ns", "quick")], policy_job,
+                     interval=0.05, lane="slow", budget=0.1),
+            Schedule("autoscaler", lambda: [("ns", "f")], autoscale, interval=0.05),
+        ],
+        rate=100,
+    )  # fmt: skip
+    loop.start()
+    try:
+        assert ran["autoscaler"].wait(5) and ran["other policy"].wait(5)
+        assert ("policy re-check", ("ns", "slow")) in loop.running()
+        ran["autoscaler"].clear()
+        assert ran["autoscaler"].wait(5)  # and again, while the slow one still hangs
+        assert starts["slow"] == 1 and starts["quick"] >= 2
+    finally:
+        release.set()
+        loop.stop()

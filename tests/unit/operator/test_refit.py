@@ -18,10 +18,10 @@ from shoal.operator.refit import (
 
 
 def test_queries_sum_every_fleet_of_the_policy_by_model_and_cluster() -> None:
-    q = feedback_queries(["b", "a.x"])
+    q = feedback_queries("team", ["b", "a.x"])
     assert q["events"] == (
-        'sum by (model, cluster) (shoal_feedback_total{fleet=~"a\\\\.x|b"}) or '
-        'sum by (model, cluster) (ray_shoal_feedback_total{fleet=~"a\\\\.x|b"})'
+        'sum by (model, cluster) (shoal_feedback_total{namespace="team", fleet=~"a\\\\.x|b"}) or '
+        'sum by (model, cluster) (ray_shoal_feedback_total{namespace="team", fleet=~"a\\\\.x|b"})'
     )
     assert "shoal_feedback_score_total{" in q["score_sum"]
     assert "ray_shoal_feedback_score_total{" in q["score_sum"]
@@ -53,8 +53,8 @@ def test_enabled_only_for_cluster_policies_that_ask() -> None:
 
 def test_without_prometheus_the_counts_are_unavailable_saying_why() -> None:
     with pytest.raises(FeedbackUnavailable, match="SHOAL_PROMETHEUS_URL is empty"):
-        NoFeedbackSource().counts(["f"])
+        NoFeedbackSource().counts("team", ["f"])
     source = PrometheusFeedback("http://127.0.0.1:9", timeout=0.5)  # nothing listens there
     with pytest.raises(FeedbackUnavailable, match="unreachable"):
-        source.counts(["f"])
+        source.counts("team", ["f"])
     source.close()

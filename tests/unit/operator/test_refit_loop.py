@@ -66,7 +66,7 @@ class FakeSource:
         self.rows: list[FeedbackRow] = []
         self.error: str | None = None
 
-    def counts(self, fleets: Sequence[str]) -> list[FeedbackRow]:
+    def counts(self, namespace: str, fleets: Sequence[str]) -> list[FeedbackRow]:
         if self.error:
             raise FeedbackUnavailable(self.error)
         return list(self.rows)
@@ -102,8 +102,17 @@ def world() -> Iterator[tuple[FakeGateway, FakeSource, RefitState, tuple[int, in
         blob = fit(policy, calibration().encode(), "cal.jsonl", NOW)
         art = artifact_status("p-router-artifact", blob)
         gw.apply(artifact_configmap(policy, blob, "fp", art.checksum))
+        # As the policy's reconcile leaves it: fitted and verified for its generation.
+        fitted = {
+            "type": "Fitted",
+            "status": "True",
+            "reason": "Fitted",
+            "message": "",
+            "observedGeneration": 1,
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }
         body["status"] = {"artifact": art.model_dump(mode="json", by_alias=True),
-                          "routerArtifactVersion": 1}  # fmt: skip
+                          "routerArtifactVersion": 1, "conditions": [fitted]}  # fmt: skip
         gw.objects[("RoutingPolicy", "ns", "p")] = body
         gw.applies = 0
         embedder = embedder_for_policy("openai", endpoint=endpoint.url, model="hash")
@@ -249,3 +258,14 @@ def test_observe_mode_reports_what_a_refit_would_change_and_applies_nothing(worl
     assert status["shadowRefit"]["reason"] == "Observing"
     assert status["shadowRefit"]["clustersChanged"] == 0
     assert "would be version 2" in condition(gw)["message"]
+
+
+def test_a_policy_not_verified_for_its_generation_is_not_refit(world: Any) -> None:
+    """An edit the operator has not verified (a new embedder endpoint, say) is not called by
+    the refit either."""
+    gw, source, state, (math, code) = world
+    gw.objects[("RoutingPolicy", "ns", "p")]["metadata"]["generation"] = 2
+    source.rows = [FeedbackRow("alpha", str(math), 12, 12), FeedbackRow("beta", str(code), 6, 5)]
+    out = attempt(gw, state, clock=0.0)
+    assert not out.attempted and "verify generation 2" in out.message
+    assert gw.applies == 0

@@ -34,8 +34,6 @@ def fleet(savings: dict[str, Any] | None = None) -> ModelFleet:
 class FakeSource:
     """Answers each query with a fixed vector (a fake Prometheus source)."""
 
-    extra_matchers = ""
-
     def __init__(self, cost: dict[str, float], reference: dict[str, float]) -> None:
         self.answers = {"shoal_cost_usd_total": cost, "shoal_reference_cost_usd_total": reference}
         self.queries: list[str] = []
@@ -49,14 +47,14 @@ class FakeSource:
 
 
 def test_queries_cover_both_spellings_of_both_series() -> None:
-    q = spend_queries("f", 'namespace="ns"')
-    assert 'ray_shoal_cost_usd_total{fleet="f", namespace="ns"}' in q["cost"]
+    q = spend_queries("ns", "f")
+    assert 'ray_shoal_cost_usd_total{namespace="ns", fleet="f"}' in q["cost"]
     assert "shoal_reference_cost_usd_total{" in q["reference"] and "[1h]" in q["reference"]
 
 
 def test_status_spend_shows_the_external_part_and_the_savings() -> None:
     source = FakeSource({"tiny": 0.5, "big": 1.5}, {"tiny": 6.0, "big": 4.0})
-    reading = read_spend(source, "f")  # type: ignore[arg-type]
+    reading = read_spend(source, "ns", "f")  # type: ignore[arg-type]
     status = spend_status(fleet({"referenceModel": "big"}), reading, NOW)
     assert status.last_hour_cost_usd == "2.0000"
     assert status.last_hour_external_cost_usd == "1.5000"
@@ -87,5 +85,5 @@ def test_usage_rows_for_fleets_and_tenants_show_savings() -> None:
                                    "lastHourReferenceCostUsd": "4.0000"}}}  # fmt: skip
     (t,) = rows_from_tenants([tenant])
     assert saved(t.savings) == "75.0%"
-    (p,) = with_prometheus([t], {("f", "a"): {"cost": 0.5, "reference": 1.0}}, "now")
+    (p,) = with_prometheus([t], {("ns", "f", "a"): {"cost": 0.5, "reference": 1.0}}, "now")
     assert saved(p.savings) == "50.0%"

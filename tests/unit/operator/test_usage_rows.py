@@ -28,7 +28,9 @@ def test_rows_sort_by_spend_and_show_budget_use() -> None:
 
 def test_prometheus_numbers_replace_the_status() -> None:
     rows = rows_from_tenants([body("a", "f", "0.1000")])
-    got = with_prometheus(rows, {("f", "a"): {"cost": 0.25, "requests": 3, "tokens": 40}}, "now")
+    got = with_prometheus(
+        rows, {("ns", "f", "a"): {"cost": 0.25, "requests": 3, "tokens": 40}}, "now"
+    )
     assert (got[0].cost_usd, got[0].requests, got[0].updated) == (Decimal("0.2500"), 3, "now")
 
 

@@ -11,12 +11,10 @@ from shoal.planning.children import PlanSettings, desired_children
 from shoal.planning.network import Peers
 
 OWN = {"matchLabels": {names.FLEET_LABEL: "f"}}
-OPERATOR = {
-    "namespaceSelector": {},
-    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "shoal"}},
-}
-KUBERAY = {"namespaceSelector": {},
-           "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}  # fmt: skip
+# Namespaces not known: the fleet's own namespace only (no namespaceSelector), never every
+# namespace (an empty namespaceSelector).
+OPERATOR = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "shoal"}}}
+KUBERAY = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}
 
 
 def _rules(policy_obj: dict[str, Any]) -> dict[Any, list[dict[str, Any]]]:

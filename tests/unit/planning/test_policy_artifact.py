@@ -6,7 +6,12 @@ import base64
 
 from shoal.api.v1alpha1 import RoutingPolicy
 from shoal.planning import names
-from shoal.planning.artifacts import FINGERPRINT_ANNOTATION, artifact_configmap
+from shoal.planning.artifacts import (
+    EMBEDDER_ANNOTATION,
+    FINGERPRINT_ANNOTATION,
+    artifact_configmap,
+    embedder_digest,
+)
 
 
 def _policy() -> RoutingPolicy:
@@ -29,7 +34,8 @@ def test_holds_the_bytes_under_the_policys_name() -> None:
 def test_annotated_with_fingerprint_and_checksum_and_labelled() -> None:
     meta = artifact_configmap(_policy(), b"x", "fp-1", "sha256:cd")["metadata"]
     assert meta["annotations"] == {FINGERPRINT_ANNOTATION: "fp-1",
-                                   names.ARTIFACT_ANNOTATION: "sha256:cd"}  # fmt: skip
+                                   names.ARTIFACT_ANNOTATION: "sha256:cd",
+                                   EMBEDDER_ANNOTATION: embedder_digest(_policy())}  # fmt: skip
     assert meta["labels"][names.POLICY_LABEL] == "p"
     assert meta["labels"]["app.kubernetes.io/managed-by"] == "shoal"
 

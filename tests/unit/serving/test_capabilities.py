@@ -33,7 +33,7 @@ def test_llamacpp_context_and_logprobs_come_from_engine_args() -> None:
 
 def test_vllm_context_from_max_model_len() -> None:
     caps = capabilities(_model("vllm", engineArgs={"max_model_len": 4096}))
-    assert caps.context_window == 4096 and caps.tools and caps.passes_unknown
+    assert caps.context_window == 4096 and caps.tools and not caps.passes_unknown
 
 
 @pytest.mark.parametrize(
@@ -45,7 +45,12 @@ def test_vllm_context_from_max_model_len() -> None:
         ("llamacpp", {}, {**CHAT, "logprobs": False}, None),  # asks for nothing
         ("llamacpp", {}, {**CHAT, "audio": {"voice": "alloy"}}, "audio"),
         ("llamacpp", {}, {**CHAT, "guided_json": {}}, "guided_json"),  # unknown: refused
-        ("vllm", {}, {**CHAT, "guided_json": {}}, None),  # unknown: vLLM's own extras
+        ("vllm", {}, {**CHAT, "guided_json": {}}, None),  # vLLM's own extras
+        ("vllm", {}, {**CHAT, "top_k": 5, "min_p": 0.1}, None),
+        # vLLM takes these too, but they reach into the engine: unknown to the ingress.
+        ("vllm", {}, {**CHAT, "logits_processors": ["os.system"]}, "logits_processors"),
+        ("vllm", {}, {**CHAT, "chat_template": "{{ 7 * 7 }}"}, "chat_template"),
+        ("vllm", {}, {"prompt": "x", "vllm_xargs": {"a": 1}}, "vllm_xargs"),
         ("simulated", {}, {**CHAT, "tools": TOOLS}, "tools"),
         ("simulated", {}, {**CHAT, "tool_choice": "none", "tools": []}, None),
         ("simulated", {}, {**CHAT, "response_format": {"type": "text"}}, None),

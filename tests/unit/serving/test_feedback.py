@@ -3,6 +3,7 @@ cluster, forged ids refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -71,3 +72,54 @@ def test_the_key_comes_from_a_file_where_the_environment_has_none(
     assert CompletionIds(b"s3cret-key-of-the-fleet").verify(one.issue("cmpl-", "m", 0)).cluster == 0
     monkeypatch.setenv("SHOAL_FEEDBACK_KEY_FILE", str(tmp_path / "absent"))  # optional Secret
     assert not CompletionIds().shared
+
+
+def test_an_id_is_bound_to_the_tenant_that_got_the_answer() -> None:
+    ids = CompletionIds(b"k" * 32)
+    cid = ids.issue("chatcmpl-", "math", 7, tenant="team-a")
+    assert ids.verify(cid, "team-a").model == "math"
+    for other in ("team-b", ""):
+        with pytest.raises(ApiError) as info:
+            ids.verify(cid, other)
+        assert info.value.status == 400 and info.value.code == "invalid_completion_id"
+
+
+def test_the_request_s_tenant_is_bound_where_ids_are_issued() -> None:
+    import contextvars
+
+    from shoal.serving.feedback import bind_tenant
+
+    ids = CompletionIds(b"k" * 32)
+
+    def answer() -> str:
+        bind_tenant("team-a")
+        return ids.issue("chatcmpl-", "math", None)
+
+    cid = contextvars.copy_context().run(answer)  # one request's context
+    assert ids.verify(cid, "team-a").model == "math"
+    assert ids.issue("chatcmpl-", "m", None) != cid  # this context: no tenant bound
+    ids.verify(ids.issue("chatcmpl-", "m", None), "")
+
+
+def test_one_score_per_id_within_the_window_at_a_bounded_rate() -> None:
+    from shoal.serving.feedback import FeedbackLedger
+
+    ids = CompletionIds(b"k" * 32)
+    ledger = FeedbackLedger(window=3600, rate=1, burst=3)
+    cid = ids.issue("chatcmpl-", "math", 1)
+    who = ids.verify(cid)
+    now = who.issued_at + 1
+    ledger.admit(cid, who, "", now)
+    with pytest.raises(ApiError) as replay:
+        ledger.admit(cid, who, "", now)
+    assert (replay.value.status, replay.value.code) == (409, "feedback_already_given")
+    old = dataclasses.replace(who, issued_at=now - 7200)
+    with pytest.raises(ApiError) as late:
+        ledger.admit("chatcmpl-other", old, "", now)
+    assert (late.value.status, late.value.code) == (400, "feedback_window_passed")
+    with pytest.raises(ApiError) as flood:
+        ledger.admit(ids.issue("chatcmpl-", "math", 1), who, "", now)  # the 4th in a second
+    assert flood.value.status == 429
+    ledger.admit(ids.issue("chatcmpl-", "math", 1), who, "team-b", now)  # a tenant of its own
+    fresh = ids.issue("chatcmpl-", "math", 1)
+    ledger.admit(fresh, ids.verify(fresh), "", now + 2)  # the bucket refills

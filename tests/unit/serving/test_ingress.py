@@ -232,7 +232,10 @@ def test_models_health_and_readiness(client_for: Any) -> None:
         json={"model": "fast", "messages": [{"role": "user", "content": "x"}]},
     )
     ready = tc.get("/ready")
-    assert ready.status_code == 200 and ready.json()["models"]["fast"] is True
+    assert ready.status_code == 200 and ready.json()["models_ready"] == 1
+    # Probes carry no key: /ready and / name no model.
+    for path in ("/ready", "/"):
+        assert "fast" not in tc.get(path).text
 
 
 def test_in_flight_gauge_is_published_when_it_changed() -> None:
@@ -299,6 +302,11 @@ def test_feedback_on_an_answer_is_counted_for_its_model(client_for: Any) -> None
     assert r.status_code == 200 and r.json()["model"] == "fast"
     assert metric(ep, "shoal_feedback_total", model="fast", cluster="") == 1
     assert metric(ep, "shoal_feedback_score_total", model="fast", cluster="") == 0.75
+    # One score per answer: a replay is refused and not counted.
+    again = tc.post("/v1/feedback", json={"id": chat.id, "score": 0.75})
+    assert again.status_code == 409, again.text
+    assert again.json()["error"]["code"] == "feedback_already_given"
+    assert metric(ep, "shoal_feedback_total", model="fast", cluster="") == 1
     forged = chat.id.replace(".fast.", ".spare.")
     r = tc.post("/v1/feedback", json={"id": forged, "score": 1})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_completion_id"

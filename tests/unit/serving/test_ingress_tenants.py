@@ -126,3 +126,23 @@ def test_open_mode_drops_the_gate() -> None:
         assert ep.gate is None and ep.usage_sync is None
 
     asyncio.run(run())
+
+
+def test_feedback_is_taken_from_the_tenant_that_got_the_answer_only() -> None:
+    ep = endpoint()
+    with serve(ep) as tc:
+        tc.portal.call(ep.configure_access, ACCESS)  # type: ignore[union-attr]
+        chat = oa(tc, OTHER).chat.completions.create(
+            model="spare", messages=[{"role": "user", "content": "hi"}]
+        )
+
+        def score(key: str) -> Any:
+            headers = {"authorization": f"Bearer {key}"}
+            return tc.post("/v1/feedback", json={"id": chat.id, "score": 1}, headers=headers)
+
+        stolen = score(KEY)  # another tenant that learnt the id
+        assert stolen.status_code == 400, stolen.text
+        assert stolen.json()["error"]["code"] == "invalid_completion_id"
+        assert score(OTHER).status_code == 200
+        assert score(OTHER).status_code == 409  # once per answer
+        assert metric(ep, "shoal_feedback_total", model="spare", cluster="") == 1

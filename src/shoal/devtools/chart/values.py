@@ -231,6 +231,16 @@ class OperatorSettings(ChartModel):
         le=600,
         description="Timeout of one Kubernetes API call (SHOAL_API_TIMEOUT_SECONDS).",
     )
+    outbound_allow: list[
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9*.:/-]+$", max_length=253)]
+    ] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Hosts (e.g. embed.example, *.svc.cluster.local) and CIDR ranges the "
+        "operator may call on a RoutingPolicy's behalf (calibration URIs, embedder "
+        "endpoints) (SHOAL_OUTBOUND_ALLOW); empty: any destination but link-local and cloud "
+        "metadata addresses, which are always refused.",
+    )
 
 
 class Serving(ChartModel):
@@ -258,12 +268,15 @@ class Serving(ChartModel):
         json_schema_extra={"additionalProperties": False},
     )
     kuberay_namespace: str = Field(
-        default="",
+        default="kuberay-system",
+        min_length=1,
         max_length=63,
-        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$",
-        description="Namespace of KubeRay's controller (SHOAL_KUBERAY_NAMESPACE): fleets' "
-        "NetworkPolicies let the dashboard be reached from its pods in this namespace only; "
-        "empty: from its pods (app.kubernetes.io/name=kuberay-operator) in any namespace.",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Namespace of KubeRay's controller (SHOAL_KUBERAY_NAMESPACE; KubeRay's "
+        "chart installs it into kuberay-system): fleets' NetworkPolicies let Ray's dashboard "
+        "and its job API be reached from its pods (app.kubernetes.io/name=kuberay-operator) "
+        "in this namespace only, never from every namespace. The operator is admitted from "
+        "the release's namespace only.",
     )
 
 

@@ -54,16 +54,22 @@ class OpenAIEmbedder:
         except httpx.HTTPError as exc:
             raise EmbedderUnavailable(f"embeddings endpoint {self.url}: {exc}") from exc
         if resp.status_code != 200:
+            # The status only: the body is the remote's, and this message reaches the
+            # policy's status and events.
+            raise EmbedderUnavailable(f"embeddings endpoint {self.url} answered {resp.status_code}")
+        try:
+            body: Any = resp.json()
+            rows = sorted(body["data"], key=lambda d: d.get("index", 0))
+            if len(rows) != len(texts):
+                raise EmbedderUnavailable(
+                    f"embeddings endpoint returned {len(rows)} vectors for {len(texts)}"
+                )
+            return np.asarray([r["embedding"] for r in rows], dtype=np.float32)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise EmbedderUnavailable(
-                f"embeddings endpoint {self.url} answered {resp.status_code}: {resp.text[:200]}"
-            )
-        body: Any = resp.json()
-        rows = sorted(body["data"], key=lambda d: d.get("index", 0))
-        if len(rows) != len(texts):
-            raise EmbedderUnavailable(
-                f"embeddings endpoint returned {len(rows)} vectors for {len(texts)}"
-            )
-        return np.asarray([r["embedding"] for r in rows], dtype=np.float32)
+                f"embeddings endpoint {self.url} answered something that is not an OpenAI "
+                "embeddings response"
+            ) from exc
 
     def embed(self, texts: list[str]) -> npt.NDArray[np.float32]:
         """L2-normalised vectors from the endpoint, in batches."""
