@@ -15,7 +15,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +47,11 @@ class Prometheus:
 
 
 @contextmanager
-def running_prometheus(targets: Sequence[str], workdir: Path) -> Iterator[Prometheus]:
-    """Prometheus scraping ``targets`` (``host:port``) every second, until the block ends."""
+def running_prometheus(
+    targets: Sequence[str], workdir: Path, labels: Mapping[str, str] | None = None
+) -> Iterator[Prometheus]:
+    """Prometheus scraping ``targets`` (``host:port``) every second, until the block ends;
+    ``labels`` are set on every series scraped (as a PodMonitor sets ``namespace``)."""
     import yaml
 
     binary = shutil.which("prometheus") or (BINARY if Path(BINARY).exists() else None)
@@ -59,7 +62,12 @@ def running_prometheus(targets: Sequence[str], workdir: Path) -> Iterator[Promet
     port = free_port()
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "shoal", "static_configs": [{"targets": list(targets)}]}],
+        "scrape_configs": [
+            {
+                "job_name": "shoal",
+                "static_configs": [{"targets": list(targets), "labels": dict(labels or {})}],
+            }
+        ],
     }
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
