@@ -54,6 +54,9 @@ FEEDBACK_KEY_ENV = "SHOAL_FEEDBACK_KEY"
 #: Secret mounted as a file, not its value in the environment); read when
 #: :data:`FEEDBACK_KEY_ENV` is not set.
 FEEDBACK_KEY_FILE_ENV = "SHOAL_FEEDBACK_KEY_FILE"
+#: The ingress's counter of feedback on logged routing decisions (propensity-weighted sums
+#: per model, cluster, fit/heldout split and stat); the operator's refit guard reads it.
+FEEDBACK_LOGGED_METRIC = "shoal_feedback_logged_total"
 
 #: Ray Serve settings the fleet runs with (environment of every Ray process: the operator sets
 #: them on every Ray container, the serving image too, and

@@ -46,13 +46,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
 from shoal.api.v1alpha1 import API_VERSION, RoutingPolicy
 from shoal.api.v1alpha1.policy import RouterArtifactStatus
 from shoal.autoscaling.prometheus import router_metric_names
+from shoal.contract.serve import FEEDBACK_LOGGED_METRIC
 from shoal.operator import events, metrics
 from shoal.operator.gateway import WRITE_ERRORS, KubeGateway
 from shoal.operator.policies import (
@@ -68,6 +69,9 @@ from shoal.planning.conditions import set_condition
 from shoal.planning.status import ROUTER_REFIT
 from shoal.planning.verification import policy_gate
 
+if TYPE_CHECKING:
+    from shoal.routing.refit import HeldOut
+
 log = logging.getLogger(__name__)
 
 #: Reason of ``RouterRefit=False`` when Prometheus cannot be read.
@@ -76,6 +80,7 @@ METRICS_UNAVAILABLE = "MetricsUnavailable"
 #: agent exports them (``ray_`` prefix).
 EVENTS = router_metric_names("shoal_feedback_total")
 SCORES = router_metric_names("shoal_feedback_score_total")
+LOGGED = router_metric_names(FEEDBACK_LOGGED_METRIC)
 
 
 class FeedbackUnavailable(Exception):
@@ -92,10 +97,26 @@ class FeedbackRow:
     score_sum: float
 
 
+@dataclass(frozen=True)
+class LoggedRow:
+    """One (model, cluster, split) cell's sums of feedback on logged routing decisions: the
+    ingress's ``shoal_feedback_logged_total`` by ``stat``, all the policy's fleets together."""
+
+    model: str
+    cluster: str
+    split: str
+    events: float
+    score: float
+    weighted: float
+    weighted_sq: float
+
+
 class FeedbackSource(Protocol):
     """Where feedback counts come from (Prometheus in a cluster)."""
 
     def counts(self, namespace: str, fleets: Sequence[str]) -> list[FeedbackRow]: ...
+
+    def logged(self, namespace: str, fleets: Sequence[str]) -> list[LoggedRow]: ...
 
 
 def _fleet_matcher(fleets: Sequence[str]) -> str:
@@ -114,6 +135,42 @@ def feedback_queries(namespace: str, fleets: Sequence[str]) -> dict[str, str]:
         return " or ".join(f"sum by (model, cluster) ({n}{{{sel}}})" for n in metric_names)
 
     return {"events": summed(EVENTS), "score_sum": summed(SCORES)}
+
+
+def logged_query(namespace: str, fleets: Sequence[str]) -> str:
+    """PromQL of the logged-feedback sums of ``fleets`` in ``namespace``, by model, cluster,
+    split and stat (pure)."""
+    sel = f'namespace="{namespace}", fleet=~"{_fleet_matcher(fleets)}"'
+    return " or ".join(f"sum by (model, cluster, split, stat) ({n}{{{sel}}})" for n in LOGGED)
+
+
+def logged_rows(body: Any) -> list[LoggedRow]:
+    """The rows of a Prometheus answer to :func:`logged_query` (pure)."""
+    _vector(body)  # the same checks of the answer's shape
+    cells: dict[tuple[str, str, str], dict[str, float]] = {}
+    for item in body["data"].get("result") or []:
+        metric = item.get("metric") or {}
+        try:
+            value = float((item.get("value") or (None, "nan"))[1])
+        except (TypeError, ValueError):
+            continue
+        if value == value and value >= 0:
+            key = (str(metric.get("model", "")), str(metric.get("cluster", "")),
+                   str(metric.get("split", "")))  # fmt: skip
+            cells.setdefault(key, {})[str(metric.get("stat", ""))] = value
+    return [
+        LoggedRow(
+            model,
+            cluster,
+            split,
+            v.get("events", 0.0),
+            v.get("score", 0.0),
+            v.get("weighted_score", 0.0),
+            v.get("weighted_score_sq", 0.0),
+        )
+        for (model, cluster, split), v in sorted(cells.items())
+        if v.get("events", 0.0) > 0
+    ]
 
 
 def _vector(body: Any) -> dict[tuple[str, str], float]:
@@ -171,6 +228,20 @@ class PrometheusFeedback:
             for (model, cluster), n in sorted(events_by.items())
         ]
 
+    def logged(self, namespace: str, fleets: Sequence[str]) -> list[LoggedRow]:
+        """The sums of feedback on logged routing decisions, by model, cluster and split
+        (empty when the ingress writes none); :class:`FeedbackUnavailable` on failure."""
+        try:
+            resp = self._client.get(
+                f"{self.url}/api/v1/query", params={"query": logged_query(namespace, fleets)}
+            )
+            body = resp.json()
+        except httpx.HTTPError as exc:
+            raise FeedbackUnavailable(f"Prometheus at {self.url} is unreachable: {exc}") from exc
+        except ValueError as exc:
+            raise FeedbackUnavailable(f"Prometheus at {self.url} answered no JSON") from exc
+        return logged_rows(body)
+
 
 class NoFeedbackSource:
     """What the operator uses without ``SHOAL_PROMETHEUS_URL``: every read fails, saying so."""
@@ -180,6 +251,9 @@ class NoFeedbackSource:
             "no Prometheus configured (SHOAL_PROMETHEUS_URL is empty): the operator cannot "
             "read the feedback counts; set it (Helm value prometheus.url)"
         )
+
+    def logged(self, namespace: str, fleets: Sequence[str]) -> list[LoggedRow]:
+        raise FeedbackUnavailable("no Prometheus configured (SHOAL_PROMETHEUS_URL is empty)")
 
 
 @dataclass(frozen=True)
@@ -220,6 +294,55 @@ def tally(rows: Sequence[FeedbackRow], models: Sequence[str], clusters: int) -> 
             continue
         records.append((cluster, row.model, row.events, min(row.score_sum, row.events)))
     return Tally(records, unrouted, unranked, sorted(set(foreign)))
+
+
+def split_held_out(
+    records: Sequence[tuple[int, str, float, float]],
+    logged: Sequence[LoggedRow],
+    models: Sequence[str],
+    clusters: int,
+) -> tuple[list[tuple[int, str, float, float]], HeldOut | None]:
+    """The records a refit learns from (``records`` less the held-out share's events) and
+    the held-out share as :class:`~shoal.routing.refit.HeldOut` (pure). None when the ingress
+    logs no decisions (no logged feedback at all): the guard then falls back to the counts.
+    Held-out events on models the router does not rank count in the sample (neither router
+    would choose them); rows of clusters outside the router's are left out."""
+    import numpy as np
+
+    from shoal.routing.refit import HeldOut
+
+    if not logged:
+        return list(records), None
+    index = {m: i for i, m in enumerate(models)}
+    per_cell = np.zeros((clusters, len(models)))
+    weighted = np.zeros_like(per_cell)
+    weighted_sq = np.zeros_like(per_cell)
+    scores = np.zeros_like(per_cell)
+    total = 0.0
+    for row in logged:
+        if row.split != "heldout":
+            continue
+        try:
+            cluster = int(row.cluster)
+        except ValueError:
+            continue
+        if not 0 <= cluster < clusters:
+            continue
+        total += row.events
+        if row.model in index:
+            at = (cluster, index[row.model])
+            per_cell[at] += row.events
+            scores[at] += row.score
+            weighted[at] += row.weighted
+            weighted_sq[at] += row.weighted_sq
+    fit = []
+    for cluster, model, n, score in records:
+        held = per_cell[cluster, index[model]]
+        left = max(0.0, n - held)
+        fit.append(
+            (cluster, model, left, min(left, max(0.0, score - scores[cluster, index[model]])))
+        )
+    return fit, HeldOut(total, per_cell, weighted, weighted_sq)
 
 
 @dataclass
@@ -363,7 +486,16 @@ def _attempt(
             "fleets' metrics mix routers); the router keeps its tables until the counts match",
             None,
         )  # fmt: skip
-    fb = Feedback.from_records(t.records, models=kept.models, clusters=kept.clusters)
+    try:
+        logged = state.source.logged(policy.metadata.namespace or "default", fleets)
+    except FeedbackUnavailable as exc:
+        return _report(
+            job, None, False, METRICS_UNAVAILABLE,
+            f"cannot read the logged feedback: {exc}; the router keeps version {kept.version}",
+            None,
+        )  # fmt: skip
+    records, held = split_held_out(t.records, logged, kept.models, kept.clusters)
+    fb = Feedback.from_records(records, models=kept.models, clusters=kept.clusters)
     aside = ""
     if t.unrouted or t.unranked:
         aside = (
@@ -399,6 +531,7 @@ def _attempt(
         min_events=feedback.min_events,
         pessimism=float(Decimal(feedback.pessimism)),
         guard_margin=float(Decimal(feedback.min_improvement_percent)) / 100.0,
+        held_out=held,
     )
     observe = feedback.mode == "Observe"
     if result.guard is not None and (result.reason == SHADOW or (observe and result.accepted)):

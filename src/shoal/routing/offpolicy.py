@@ -15,7 +15,9 @@ serving it:
 
 :func:`compare` estimates the *difference* of two policies on the same events (paired,
 so most of the noise cancels) with a normal lower confidence bound: the refit guard adopts a
-refit only when that bound is above a margin. Pure numpy; called by
+refit only when that bound is above a margin. :func:`compare_tabulated` is the same IPS
+difference from per-(context, action) sums, for deterministic per-cluster routers: the form
+the serving layer's held-out feedback counters have. Pure numpy; called by
 :mod:`shoal.routing.replay` (the guard), :mod:`shoal.routing.learn` (the honesty report) and
 the operator's refit guard (:mod:`shoal.routing.refit`).
 """
@@ -172,6 +174,43 @@ def compare(
         return Estimate(vn - vo, _mean(resid).stderr, len(log))
     rm = None if reward_model is None else np.asarray(reward_model, dtype=np.float64)
     return _mean(_terms(log, n_, method, rm) - _terms(log, o_, method, rm))
+
+
+def compare_tabulated(
+    events: float,
+    weighted: Any,
+    weighted_sq: Any,
+    new: Any,
+    old: Any,
+) -> Estimate:
+    """:func:`compare`'s paired IPS difference of two *deterministic per-context* policies,
+    from sums instead of events: what the serving layer's counters hold.
+
+    ``events`` is the number of logged events (every context and action of the sample),
+    ``weighted[c, m]`` the sum of ``reward / propensity`` and ``weighted_sq[c, m]`` the sum
+    of its square over the events of context ``c`` answered by action ``m``; ``new[c]`` and
+    ``old[c]`` the action each policy takes in context ``c``. The result equals
+    ``compare(log, one_hot(new[ctx]), one_hot(old[ctx]), method="ips")`` on the events
+    themselves (the terms of an event are ``(1[a = new(c)] - 1[a = old(c)]) r / p``, so their
+    sum and sum of squares need only those two sums per cell).
+    """
+    s1 = np.asarray(weighted, dtype=np.float64)
+    s2 = np.asarray(weighted_sq, dtype=np.float64)
+    n = float(events)
+    if s1.ndim != 2 or s2.shape != s1.shape:
+        raise ValueError(f"weighted sums must be (contexts, actions), got {s1.shape}, {s2.shape}")
+    if n <= 0:
+        return Estimate(float("nan"), float("inf"), 0)
+    k = one_hot(new, s1.shape[1]) - one_hot(old, s1.shape[1])
+    if k.shape != s1.shape:
+        raise ValueError(f"policies choose for {k.shape[0]} contexts, the sums hold {s1.shape[0]}")
+    total = float((k * s1).sum())
+    squares = float((k * k * s2).sum())
+    mean = total / n
+    if n <= 1:
+        return Estimate(mean, float("inf"), round(n))
+    var = max(0.0, (squares - n * mean * mean) / (n - 1))
+    return Estimate(mean, float(np.sqrt(var / n)), round(n))
 
 
 def naive(log: Logged, target: Any) -> float:

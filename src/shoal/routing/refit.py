@@ -175,6 +175,9 @@ class GuardResult:
     changed_clusters: int
     changed_share: float
     events: int
+    #: Which guard judged: ``Counts`` (:func:`count_guard`) or ``HeldOut``
+    #: (:func:`held_out_guard`).
+    guard: str = "Counts"
 
     def as_status(self) -> dict[str, Any]:
         """The verdict in status form (percent as decimal strings, 2 places)."""
@@ -184,6 +187,7 @@ class GuardResult:
             "clustersChanged": self.changed_clusters,
             "trafficChangedPercent": f"{100 * self.changed_share:.2f}",
             "events": self.events,
+            "guard": self.guard,
         }
 
 
@@ -248,6 +252,53 @@ def count_guard(
 
 
 @dataclass(frozen=True)
+class HeldOut:
+    """Held-out logged feedback as the serving layer counts it: ``events`` (all held-out
+    events on logged decisions), and per (cluster, model) the events ``per_cell``, the sums
+    ``weighted`` of score / propensity and ``weighted_sq`` of its square."""
+
+    events: float
+    per_cell: F64
+    weighted: F64
+    weighted_sq: F64
+
+
+def held_out_guard(
+    in_use: TableRouter,
+    refit: TableRouter,
+    held: HeldOut,
+    *,
+    margin: float = 0.0,
+    z: float = 1.6448536269514722,
+) -> GuardResult:
+    """Whether ``refit`` routes better than ``in_use`` by more than ``margin``, by the paired
+    IPS estimate (:func:`shoal.routing.offpolicy.compare_tabulated`) on held-out logged
+    feedback: the events no refit learnt from, each weighed by the inverse of the
+    propensity its routing decision had. Each router acts by its first choice per cluster
+    (at the centroid), as in :func:`count_guard`. Adopted only when the lower bound
+    ``estimate - z * stderr`` exceeds ``margin``, or when no cluster's choice changes. The
+    estimate is of quality (the mean score), whatever the router's ``alpha``."""
+    from shoal.routing.offpolicy import compare_tabulated
+
+    old = in_use.choose(in_use.centroids)
+    new = refit.choose(refit.centroids)
+    changed = old != new
+    est = compare_tabulated(held.events, held.weighted, held.weighted_sq, new, old)
+    value = est.value if np.isfinite(est.value) else 0.0
+    lower = float(np.clip(est.lower(z), -1.0, 1.0)) if np.isfinite(est.stderr) else -1.0
+    share = float(held.per_cell.sum(axis=1)[changed].sum() / held.events) if held.events else 0.0
+    return GuardResult(
+        bool(not changed.any() or lower > margin),
+        float(value),
+        lower,
+        int(changed.sum()),
+        share,
+        round(held.events),
+        "HeldOut",
+    )
+
+
+@dataclass(frozen=True)
 class RefitResult:
     """What a refit decided: ``accepted`` with the new ``artifact``, or refused, and why."""
 
@@ -281,6 +332,7 @@ def refit_artifact(
     min_events: int = 1,
     pessimism: float = 0.0,
     guard_margin: float | None = None,
+    held_out: HeldOut | None = None,
 ) -> RefitResult:
     """Blend the calibration prior with ``feedback`` and return the new artifact or a refusal.
 
@@ -292,7 +344,8 @@ def refit_artifact(
     ``refit_at``). ``pessimism`` > 0 stores :func:`pessimistic_quality` instead of the
     posterior mean. With ``guard_margin`` set, the refit must also pass :func:`count_guard`
     against the artifact in use (``data``), else it is refused with reason ``Shadow`` and
-    its bytes kept in ``shadow``.
+    its bytes kept in ``shadow``; with ``held_out`` logged feedback too, the guard is
+    :func:`held_out_guard` on it instead (``feedback`` should then hold the other share).
     """
     header, arrays = decode_artifact(data)
     version = artifact_version(header)
@@ -353,12 +406,20 @@ def refit_artifact(
     verdict = None
     if guard_margin is not None:
         in_use = TableRouter.from_artifact(data)
-        verdict = count_guard(in_use, refit, prior, feedback, prior_weight, margin=guard_margin)
+        if held_out is not None:
+            verdict = held_out_guard(in_use, refit, held_out, margin=guard_margin)
+        else:
+            verdict = count_guard(in_use, refit, prior, feedback, prior_weight, margin=guard_margin)
+        on = (
+            f" by the off-policy estimate on {verdict.events} held-out logged events"
+            if verdict.guard == "HeldOut"
+            else " by the feedback counts (no held-out logged feedback)"
+        )
         said = (
             f"estimated change {100 * verdict.estimate:+.2f} points (lower bound "
             f"{100 * verdict.lower:+.2f}, margin {100 * guard_margin:.2f}) over "
             f"{verdict.changed_clusters} clusters with {100 * verdict.changed_share:.1f}% "
-            "of the traffic"
+            f"of the traffic{on}"
         )
         if not verdict.adopt:
             return RefitResult(

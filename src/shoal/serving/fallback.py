@@ -25,7 +25,7 @@ from shoal.contract import BuildArgs
 from shoal.serving import http
 from shoal.serving.clients import ModelClient, ModelRejected, ModelUnavailable
 from shoal.serving.engines.base import Chunk, GenerationRequest
-from shoal.serving.feedback import CompletionIds
+from shoal.serving.feedback import CompletionIds, decision_propensity, logged_prefix
 from shoal.serving.metrics import RouterMetrics
 from shoal.serving.openai_api import ApiError, ChatRequest, CompletionRequest
 from shoal.serving.ranking import HealthBoard
@@ -95,7 +95,8 @@ class FallbackCaller:
         only_rejected = True  # every model tried refused the request itself
         for i, model in enumerate(candidates):
             client = self.book.clients[model]
-            rid = self.ids.issue(prefix, model, cluster)
+            logged = logged_prefix(prefix, decision_propensity(headers, cluster, i))
+            rid = self.ids.issue(logged, model, cluster)
             try:
                 first, rest = await self._first_chunk(
                     client,

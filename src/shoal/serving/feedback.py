@@ -15,6 +15,16 @@ issued: :class:`FeedbackLedger` takes one score per id within :data:`FEEDBACK_WI
 second per tenant (429 past a burst of :data:`FEEDBACK_BURST`). The ledger is per ingress
 replica: a replayed id can be counted at most once by each replica.
 
+A routed answer's id also logs the routing decision for off-policy estimates (see
+:func:`logged_prefix`): the *propensity* of the model that answered (the probability the
+router's decision, exploration included, gave it) is part of the signed prefix, so a client
+can neither forge nor alter it, and the *held-out share* (:data:`HELD_OUT_SHARE` of the
+answers) is a hash of the id's nonce, so nothing is stored for either. The ingress counts
+such feedback per split in the propensity-weighted sums an IPS estimate needs
+(:meth:`~shoal.serving.metrics.RouterMetrics.logged_feedback`); the operator's refit learns
+from the other share and adopts a refit only when the held-out share's estimate says it
+routes better.
+
 The key comes from the environment (:data:`~shoal.contract.FEEDBACK_KEY_ENV`), or from the
 file :data:`~shoal.contract.FEEDBACK_KEY_FILE_ENV` names (in a cluster: the fleet's Secret,
 mounted as a file); without one, a replica makes its own, and feedback is then accepted only
@@ -41,7 +51,8 @@ from shoal.serving.openai_api import ApiError, load_json_object
 log = logging.getLogger("shoal.serving.feedback")
 
 _ID = re.compile(
-    r"^(?P<prefix>chatcmpl-|cmpl-)(?P<nonce>[0-9a-f]{16})\.(?P<model>[a-z0-9-]{1,40})"
+    r"^(?P<prefix>(?:chatcmpl-|cmpl-)(?:p[0-9]{5}-)?)(?P<nonce>[0-9a-f]{16})"
+    r"\.(?P<model>[a-z0-9-]{1,40})"
     r"\.(?P<cluster>[0-9]{1,6}|x)\.(?P<mac>[A-Za-z0-9_-]{22})$"
 )
 
@@ -205,3 +216,48 @@ def parse_feedback(body: bytes) -> tuple[str, float]:
     if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1:
         raise ApiError(400, "score must be a number within [0, 1].", param="score")
     return cid, float(score)
+
+
+#: Share of the logged answers whose feedback is held out from refits, to judge them.
+HELD_OUT_SHARE = 0.3
+#: Propensities are logged in units of 1/PROPENSITY_SCALE (five digits in the id).
+PROPENSITY_SCALE = 10_000
+_LOGGED = re.compile(r"^(?:chatcmpl-|cmpl-)p(?P<p>[0-9]{5})-(?P<nonce>[0-9a-f]{16})\.")
+
+
+def logged_prefix(prefix: str, propensity: float | None) -> str:
+    """The id prefix of an answer whose routing decision is logged with ``propensity``
+    (None: not a logged decision, e.g. a fallback model the decision did not pick). The
+    prefix is signed with the rest of the id."""
+    if propensity is None or not propensity > 0:
+        return prefix
+    units = max(1, min(PROPENSITY_SCALE, round(propensity * PROPENSITY_SCALE)))
+    return f"{prefix}p{units:05d}-"
+
+
+def decision_propensity(headers: dict[str, str], cluster: int | None, attempt: int) -> float | None:
+    """The logged propensity of the model a routed request's ``attempt``-th candidate answers
+    with: the router's decision (``x-shoal-propensity``, 1 without exploration) for the first
+    candidate of a routed request; None for a fallback (not what the decision picked) and for
+    a request that named its model (no cluster)."""
+    if cluster is None or attempt != 0:
+        return None
+    try:
+        return float(headers.get("x-shoal-propensity", "1"))
+    except ValueError:
+        return None
+
+
+def held_out(nonce: str) -> bool:
+    """Whether the answer with this id nonce is in the held-out share (deterministic)."""
+    digest = hashlib.sha256(f"shoal-held-out:{nonce}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") < HELD_OUT_SHARE * 2**32
+
+
+def logged_decision(completion_id: str) -> tuple[float, bool] | None:
+    """``(propensity, held_out)`` of a *verified* id that logs its routing decision; None for
+    one that does not (an unrouted answer, a fallback, an id from before logging)."""
+    match = _LOGGED.match(completion_id)
+    if match is None:
+        return None
+    return int(match["p"]) / PROPENSITY_SCALE, held_out(match["nonce"])

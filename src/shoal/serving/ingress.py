@@ -44,7 +44,13 @@ from shoal.serving.clients import ModelClient, model_clients
 from shoal.serving.exploration import Explorer, explored
 from shoal.serving.external import external_clients
 from shoal.serving.fallback import FallbackCaller, ModelBook
-from shoal.serving.feedback import CompletionIds, FeedbackLedger, bind_tenant, parse_feedback
+from shoal.serving.feedback import (
+    CompletionIds,
+    FeedbackLedger,
+    bind_tenant,
+    logged_decision,
+    parse_feedback,
+)
 from shoal.serving.metrics import RouterMetrics
 from shoal.serving.openai_api import (
     ApiError,
@@ -225,6 +231,8 @@ class Endpoint:
         if who.model not in self.clients:
             raise ApiError(400, f"The model {who.model} is not in this fleet.", param="id")
         self.metrics.feedback(who.model, who.cluster, score)
+        if (logged := logged_decision(cid)) is not None:  # propensity-weighted, for the guard
+            self.metrics.logged_feedback(who.model, who.cluster, score, *logged)
         return http.json_response(
             {"object": "feedback", "id": cid, "model": who.model, "accepted": True}
         )

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
 from shoal.contract.cost import REFERENCE_COST_METRIC, TENANT_REFERENCE_COST_METRIC, ModelPrice
+from shoal.contract.serve import FEEDBACK_LOGGED_METRIC
 from shoal.contract.tenants import TENANT_COST_METRIC, TENANT_REQUESTS_METRIC, TENANT_TOKENS_METRIC
 
 Backend = Literal["ray", "prometheus"]
@@ -245,6 +246,15 @@ class RouterMetrics:
             "shoal_feedback_total it is the mean score.",
             fmc,
         )
+        self.feedback_logged = f.make(
+            "counter",
+            FEEDBACK_LOGGED_METRIC,
+            "Feedback on answers whose routing decision is logged with its propensity p, per "
+            "model, router cluster and split (fit or heldout, from the answer id): stat events "
+            "(count), score (sum of scores r), weight (sum of 1/p), weighted_score (sum of r/p) "
+            "and weighted_score_sq (sum of (r/p)^2), the sums an off-policy estimate needs.",
+            (*fmc, "split", "stat"),
+        )
 
         # Per tenant (chargeback). The tenant label only ever holds a declared tenant's name:
         # an unauthenticated request has no tenant and counts in shoal_rejected_requests_total.
@@ -329,6 +339,27 @@ class RouterMetrics:
         }
         self.feedback_events.inc(1, labels)
         self.feedback_score.inc(score, labels)
+
+    def logged_feedback(
+        self, model: str, cluster: int | None, score: float, propensity: float, held_out: bool
+    ) -> None:
+        """Feedback ``score`` on an answer whose routing decision had ``propensity``, into the
+        split the answer id puts it in (see :mod:`shoal.serving.feedback`)."""
+        labels = {
+            "fleet": self.fleet,
+            "model": model,
+            "cluster": "" if cluster is None else str(cluster),
+            "split": "heldout" if held_out else "fit",
+        }
+        weighted = score / propensity
+        for stat, value in (
+            ("events", 1.0),
+            ("score", score),
+            ("weight", 1.0 / propensity),
+            ("weighted_score", weighted),
+            ("weighted_score_sq", weighted * weighted),
+        ):
+            self.feedback_logged.inc(value, {**labels, "stat": stat})
 
     def fallback(self, model: str, reason: str) -> None:
         self.fallbacks.inc(1, {"fleet": self.fleet, "model": model, "reason": reason})

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import pytest
 
 from shoal.devtools.testing.prometheus import Prometheus, fleet_pod, free_port, running_prometheus
 from shoal.routing import artifact_checksum, load_router
+from shoal.serving.feedback import CompletionIds, logged_decision, logged_prefix
 from shoal.serving.metrics import RouterMetrics
 from tests.integration.operator.conftest import (
     Cluster,
@@ -47,10 +48,28 @@ class Feedback:
     url: str
     metrics: RouterMetrics
     server: Prometheus
+    ids: CompletionIds = field(default_factory=lambda: CompletionIds(b"k" * 32))
 
     def send(self, model: str, cluster: int, score: float, n: int) -> None:
         for _ in range(n):
             self.metrics.feedback(model, cluster, score)
+
+    def send_logged(
+        self, model: str, cluster: int, score: float, n: int, propensity: float, held: bool
+    ) -> None:
+        """``n`` scores on answers whose ids log the routing decision at ``propensity``, in
+        the held-out share or not (ids issued until the nonce puts them there), counted as
+        the ingress counts them."""
+        sent = 0
+        while sent < n:
+            cid = self.ids.issue(logged_prefix("chatcmpl-", propensity), model, cluster)
+            logged = logged_decision(cid)
+            assert logged is not None and logged[0] == propensity
+            if logged[1] != held:
+                continue
+            self.metrics.feedback(model, cluster, score)
+            self.metrics.logged_feedback(model, cluster, score, *logged)
+            sent += 1
 
     def scraped(self) -> float:
         """Feedback events Prometheus holds right now."""
@@ -211,6 +230,53 @@ def test_a_refit_worse_on_the_calibration_set_is_refused(
                                                      "json").stdout)["items"]
             if e["reason"] == "WorseOnCalibration" and e["type"] == "Warning"], 30)  # fmt: skip
         assert warnings[0]["involvedObject"]["name"] == "p"
+
+
+def test_the_held_out_off_policy_estimate_decides_whether_a_refit_is_adopted(
+    cluster: Cluster, operator: Any, prometheus: Feedback, settings: pytest.MonkeyPatch
+) -> None:
+    """Every answer logs its routing decision. The fit share says beta beats alpha on math
+    (the feedback counts would adopt the refit that moves math to beta); the held-out share
+    (alpha logged at 0.9, beta explored at 0.1) first says beta is worse there: the refit
+    stays in shadow. More held-out feedback then shows beta better: it is adopted."""
+    settings.setenv("SHOAL_PROMETHEUS_URL", prometheus.url)
+    feedback = {"minEvents": 200, "maxCalibrationRegressionPercent": "100", "pessimism": "0"}
+    cluster.apply(calibration_configmap(), feedback_policy(**feedback), fleet())
+    with operator():
+        first = fitted(cluster)
+        math, _ = clusters_of(stored_artifact(cluster))
+        # Held-out events first, then the fit share: a scrape that catches part of it sees
+        # fewer than minEvents fit events and refits nothing.
+        prometheus.send_logged("alpha", math, 1.0, 25, 0.9, held=True)
+        prometheus.send_logged("alpha", math, 0.0, 2, 0.9, held=True)
+        prometheus.send_logged("beta", math, 0.0, 3, 0.1, held=True)
+        prometheus.send_logged("alpha", math, 0.1, 100, 0.9, held=False)
+        prometheus.send_logged("beta", math, 0.9, 100, 0.1, held=False)
+        shadow = wait_for(
+            "RouterRefit=False Shadow", lambda: refit_condition(cluster, "Shadow"), 90
+        )
+        assert "by the off-policy estimate on 30 held-out logged events" in shadow["message"]
+        assert "the router keeps version 1" in shadow["message"]
+        now = status(cluster)
+        assert now["routerArtifactVersion"] == 1 and now["feedbackEvents"] == 200
+        assert now["shadowRefit"]["guard"] == "HeldOut"
+        assert float(now["shadowRefit"]["lowerBoundPercent"]) < 0
+        assert artifact_checksum(stored_artifact(cluster)) == first["checksum"]
+
+        prometheus.send_logged("alpha", math, 1.0, 40, 0.9, held=True)
+        prometheus.send_logged("alpha", math, 0.0, 176, 0.9, held=True)
+        prometheus.send_logged("beta", math, 1.0, 24, 0.1, held=True)
+        refit = wait_for(
+            "RouterRefit=True on the held-out estimate",
+            lambda: refit_condition(cluster, "Refit"),
+            120,
+        )  # fmt: skip
+        assert refit["message"].startswith("version 2 from 200 feedback events")
+        assert "by the off-policy estimate on " in refit["message"]
+        assert "held-out logged events" in refit["message"]
+        now = status(cluster)
+        assert now["routerArtifactVersion"] == 2 and "shadowRefit" not in now
+        assert artifact_checksum(stored_artifact(cluster)) == now["artifact"]["checksum"]
 
 
 def test_prometheus_down_is_a_condition_and_nothing_else(

@@ -160,10 +160,14 @@ def test_feedback_moves_the_tables_and_the_ingress_swaps_without_a_failed_reques
     for cid, _, _ in law:
         assert http.post("/v1/feedback", json={"id": cid, "score": 1}).status_code == 200
 
-    # A forged id (the model swapped, or another key's signature) is a 400 naming the field.
+    # Every routed answer's id logs its decision: propensity 1 (no exploration), signed.
+    assert all(c.startswith("chatcmpl-p10000-") for c, _, _ in math + law)
+    # A forged id (the model swapped, the propensity lowered, or another key's signature) is
+    # a 400 naming the field.
     cid = math[0][0]
     for forged in (
         cid.replace(".alpha.", ".beta."),
+        cid.replace("-p10000-", "-p00001-"),
         cid[:-4] + ("AAAA" if cid[-4:] != "AAAA" else "BBBB"),
     ):
         r = http.post("/v1/feedback", json={"id": forged, "score": 1})
@@ -177,11 +181,18 @@ def test_feedback_moves_the_tables_and_the_ingress_swaps_without_a_failed_reques
     with running_prometheus([pod], tmp_path / "prometheus") as prom:
         source = PrometheusFeedback(prom.url)
         deadline = time.monotonic() + 90
-        rows = source.counts("default", [FLEET])
-        while sum(r.events for r in rows) < 80 and time.monotonic() < deadline:
+        rows, logged = source.counts("default", [FLEET]), source.logged("default", [FLEET])
+        while (
+            sum(r.events for r in rows) < 80 or sum(r.events for r in logged) < 80
+        ) and time.monotonic() < deadline:
             time.sleep(1.0)
-            rows = source.counts("default", [FLEET])
+            rows, logged = source.counts("default", [FLEET]), source.logged("default", [FLEET])
         source.close()
+    # The logged sums: every answer in one split by its id; at propensity 1, r/p is r.
+    assert sum(r.events for r in logged) == 80
+    assert {r.split for r in logged} == {"fit", "heldout"}
+    assert all(r.weighted == r.score and r.weighted_sq == r.score for r in logged)
+    assert sum(r.score for r in logged if r.model == "beta") == 20
     blob = path.read_bytes()
     info = read_artifact_info(blob)
     t = tally(rows, info.models, info.clusters)

@@ -16,7 +16,13 @@ import pytest
 
 from shoal.devtools.testing.embeddings import serve_embeddings
 from shoal.operator.policies import artifact_status
-from shoal.operator.refit import FeedbackRow, FeedbackUnavailable, RefitState, refit_policy
+from shoal.operator.refit import (
+    FeedbackRow,
+    FeedbackUnavailable,
+    LoggedRow,
+    RefitState,
+    refit_policy,
+)
 from shoal.planning.artifacts import artifact_configmap
 
 NOW = datetime(2026, 12, 2, 6, 0, tzinfo=UTC)
@@ -64,12 +70,16 @@ class FakeSource:
 
     def __init__(self) -> None:
         self.rows: list[FeedbackRow] = []
+        self.logged_rows: list[LoggedRow] = []
         self.error: str | None = None
 
     def counts(self, namespace: str, fleets: Sequence[str]) -> list[FeedbackRow]:
         if self.error:
             raise FeedbackUnavailable(self.error)
         return list(self.rows)
+
+    def logged(self, namespace: str, fleets: Sequence[str]) -> list[LoggedRow]:
+        return list(self.logged_rows)
 
 
 @pytest.fixture()
@@ -269,3 +279,63 @@ def test_a_policy_not_verified_for_its_generation_is_not_refit(world: Any) -> No
     out = attempt(gw, state, clock=0.0)
     assert not out.attempted and "verify generation 2" in out.message
     assert gw.applies == 0
+
+
+def held_out_row(model: str, cluster: int, n: int, hits: int, p: float) -> LoggedRow:
+    """``n`` held-out events with binary scores (``hits`` ones) logged at propensity ``p``."""
+    return LoggedRow(model, str(cluster), "heldout", n, hits, hits / p, hits / p**2)
+
+
+@pytest.mark.parametrize(
+    ("beta_hits", "alpha_hits", "reason", "version"),
+    [(1, 100, "Shadow", 1), (11, 20, "Refit", 2)],
+)
+def test_the_held_out_estimate_decides_whether_a_refit_is_adopted(
+    world: Any, beta_hits: int, alpha_hits: int, reason: str, version: int
+) -> None:
+    """The fit share says beta beats alpha on math (the count guard would adopt the refit
+    that moves math to beta). The held-out share (alpha logged at 0.9, beta explored at 0.1)
+    decides: beta scoring 1 in 12 there keeps the refit in shadow; 11 in 12 adopts it."""
+    gw, source, state, (math, code) = world
+    body = gw.objects[("RoutingPolicy", "ns", "p")]
+    body["spec"]["feedback"].update(maxCalibrationRegressionPercent="100", pessimism="0")
+    held = [held_out_row("alpha", math, 108, alpha_hits, 0.9),
+            held_out_row("beta", math, 12, beta_hits, 0.1)]  # fmt: skip
+    # The plain counters hold every event, both shares.
+    source.rows = [
+        FeedbackRow("alpha", str(math), 200 + 108, 20 + alpha_hits),
+        FeedbackRow("beta", str(math), 200 + 12, 180 + beta_hits),
+        FeedbackRow("beta", str(code), 50, 45),
+    ]
+    source.logged_rows = [*held, LoggedRow("beta", str(code), "fit", 50, 45, 45, 45)]
+    out = attempt(gw, state, clock=0.0)
+    assert (out.reason, out.version) == (reason, version)
+    status = gw.objects[("RoutingPolicy", "ns", "p")]["status"]
+    assert status["feedbackEvents"] == 450  # learnt from the fit share only
+    message = condition(gw)["message"]
+    assert "by the off-policy estimate on 120 held-out logged events" in message
+    assert " over 1 clusters with " in message  # math's choice changes either way
+    if reason == "Shadow":
+        shadow = status["shadowRefit"]
+        assert shadow["guard"] == "HeldOut" and shadow["events"] == 120
+        assert float(shadow["estimatedChangePercent"]) < 0
+        assert float(shadow["lowerBoundPercent"]) < 0 and gw.applies == 0
+    else:
+        assert gw.applies == 1 and "shadowRefit" not in status
+
+
+def test_logged_feedback_without_a_held_out_share_is_no_evidence(world: Any) -> None:
+    """Decisions are logged but nothing is held out yet: a refit that changes a choice has no
+    held-out estimate, so it stays in shadow (the counts are not asked instead)."""
+    gw, source, state, (math, _) = world
+    body = gw.objects[("RoutingPolicy", "ns", "p")]
+    body["spec"]["feedback"].update(maxCalibrationRegressionPercent="100", pessimism="0")
+    source.rows = [
+        FeedbackRow("alpha", str(math), 200, 20),
+        FeedbackRow("beta", str(math), 200, 180),
+    ]
+    source.logged_rows = [LoggedRow("beta", str(math), "fit", 200, 180, 180, 180)]
+    out = attempt(gw, state, clock=0.0)
+    assert out.reason == "Shadow"
+    shadow = gw.objects[("RoutingPolicy", "ns", "p")]["status"]["shadowRefit"]
+    assert shadow["guard"] == "HeldOut" and shadow["events"] == 0

@@ -342,6 +342,35 @@ def test_an_explored_request_says_so(client_for: Any) -> None:
     assert metric(ep, "shoal_explorations_total", model="spare") == 1
 
 
+def test_feedback_on_an_explored_answer_is_weighed_by_its_signed_propensity(
+    client_for: Any,
+) -> None:
+    ep = make_endpoint(["fast", "spare"], policy={
+        "strategy": "static", "staticOrder": ["fast", "spare"],
+        "exploration": {"percent": 20, "qualityMargin": "0.05"}})  # fmt: skip
+    assert ep.explorer is not None
+    ep.ranker = ScoredRankerFake()
+    ep.explorer._rng = lambda: 0.0  # always within the share
+    tc = client_for(ep)
+    r = tc.post(
+        "/v1/chat/completions",
+        json={"model": "auto", "messages": [{"role": "user", "content": "x"}]},
+    )
+    cid = r.json()["id"]
+    assert cid.startswith("chatcmpl-p02000-")  # the decision's 0.2, signed into the id
+    assert tc.post("/v1/feedback", json={"id": cid, "score": 1}).status_code == 200
+
+    def events(split: str) -> float:
+        return metric(ep, "shoal_feedback_logged_total", model="spare", cluster="3",
+                      split=split, stat="events")  # fmt: skip
+
+    splits = [split for split in ("fit", "heldout") if events(split) == 1]
+    assert len(splits) == 1  # one split, from the id's nonce
+    labels = {"model": "spare", "cluster": "3", "split": splits[0]}
+    assert metric(ep, "shoal_feedback_logged_total", **labels, stat="weight") == 5.0
+    assert metric(ep, "shoal_feedback_logged_total", **labels, stat="weighted_score") == 5.0
+
+
 def test_routes_match_under_the_application_s_route_prefix() -> None:
     """Ray Serve hands an application under /fleet the whole path and /fleet as root_path."""
     from starlette.requests import Request

@@ -327,6 +327,11 @@ class ShadowRefitStatus(ApiModel):
         description="Share of the feedback traffic in those clusters, in percent."
     )
     reason: str = Field(description="Why it was not applied: Shadow or Observing.")
+    guard: str | None = Field(
+        default=None,
+        description="What judged it: HeldOut (off-policy estimate on held-out logged "
+        "feedback) or Counts (the feedback counts, when no held-out logged feedback exists).",
+    )
     at: datetime = Field(description="When it was computed.")
 
 
