@@ -101,6 +101,7 @@ class FallbackCaller:
                     client,
                     dataclasses.replace(gen, request_id=rid, model_name=model),
                     not parsed.streaming,
+                    (api, started, done),
                 )
             except ModelUnavailable as exc:
                 last_error = exc
@@ -117,19 +118,29 @@ class FallbackCaller:
                 )
             try:
                 text, last = await http.collect(first, rest, deadline)
-            except (ModelUnavailable, TimeoutError, ApiError) as exc:
+            except BaseException as exc:
+                if not isinstance(exc, Exception):
+                    # The client went away during the answer: billed for the model's work
+                    # until now, out of the in-flight count, the model's call cancelled.
+                    self._abandoned(client, api, started, done)
+                    await _close(rest)
+                    raise
+                await _close(rest)  # the model's call, when it is not over
                 if isinstance(exc, ModelUnavailable):
                     failure = exc
                 elif isinstance(exc, TimeoutError):
                     failure = ModelUnavailable("no complete answer in time", "timeout")
-                else:
+                elif isinstance(exc, ApiError):
                     failure = ModelUnavailable(exc.message)
+                else:
+                    failure = ModelUnavailable(f"{type(exc).__name__}: {exc}")
                 last_error = failure
                 only_rejected &= isinstance(failure, ModelRejected)
                 self._unavailable(model, failure, rid, more=i + 1 < len(candidates))
                 self._done(model)
                 continue
             self._finished(client, api, started, last, done)
+            await _close(rest)  # over: its client has nothing left to cancel
             return http.completion_response(api, rid, model, text, last, out_headers)
         if isinstance(last_error, ModelRejected) and only_rejected:
             # Every model that got the request refused it as too long or not servable: the
@@ -177,8 +188,15 @@ class FallbackCaller:
         return out
 
     async def _first_chunk(
-        self, client: ModelClient, gen: GenerationRequest, coalesce: bool
+        self,
+        client: ModelClient,
+        gen: GenerationRequest,
+        coalesce: bool,
+        request: tuple[http.Api, float, Done | None],
     ) -> tuple[Chunk, AsyncIterator[Chunk]]:
+        """The model's first chunk and the rest of its stream; the model counts as in flight
+        from here until the request is over. ``request`` (its API, start and ``done``) bills
+        it when the caller is cancelled here."""
         model = client.info.name
         self.book.in_flight[model] += 1
         stream = client.stream(gen, coalesce)
@@ -199,6 +217,12 @@ class FallbackCaller:
             await _close(stream)
             self._done(model)
             raise ModelUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            # Cancelled: the client went away before the first token. The model's call is
+            # cancelled with the stream, and the request is billed for its wait.
+            self._abandoned(client, *request)
+            await _close(stream)
+            raise
         return first, stream
 
     def _stream(
@@ -219,22 +243,23 @@ class FallbackCaller:
         def on_finish(last: Chunk | None, error: BaseException | None) -> None:
             if last is not None:
                 self._finished(client, api, started, last, done)
+            elif not isinstance(error, Exception):  # the client went away mid-stream
+                self._abandoned(client, api, started, done)
             else:
                 self._done(model)
                 if done is not None:
-                    done(model, 502 if isinstance(error, Exception) else 499, None, None, 0.0)
-                if isinstance(error, Exception):  # not a client that went away
-                    self.book.health.failed(model)
-                    self.metrics.finished(
-                        model=model,
-                        tier=client.info.tier,
-                        api=api,
-                        code=502,
-                        seconds=time.perf_counter() - started,
-                        prompt_tokens=0,
-                        completion_tokens=0,
-                        cost_usd=0.0,
-                    )
+                    done(model, 502, None, None, 0.0)
+                self.book.health.failed(model)
+                self.metrics.finished(
+                    model=model,
+                    tier=client.info.tier,
+                    api=api,
+                    code=502,
+                    seconds=time.perf_counter() - started,
+                    prompt_tokens=0,
+                    completion_tokens=0,
+                    cost_usd=0.0,
+                )
 
         return http.sse_response(
             api, rid, model, parsed.include_usage, first, rest, headers, deadline, on_finish
@@ -265,14 +290,42 @@ class FallbackCaller:
     def _done(self, model: str) -> None:
         self.book.in_flight[model] = max(0, self.book.in_flight[model] - 1)
 
+    def _cost(self, client: ModelClient, seconds: float) -> float:
+        """The replica time a request held, shared among the model's requests in flight (this
+        one included), at the tier's price; called before the request leaves the count."""
+        sharing = max(1, self.book.in_flight[client.info.name])
+        return client.info.cost_per_replica_hour / 3600.0 * seconds / sharing
+
+    def _abandoned(
+        self, client: ModelClient, api: str, started: float, done: Done | None = None
+    ) -> None:
+        """The client went away (before the first token, mid-stream, or during a unary
+        answer): the model's call is cancelled by the caller, the request leaves the in-flight
+        count, and the replica time it held until then is billed to it (499)."""
+        model = client.info.name
+        seconds = time.perf_counter() - started
+        cost = self._cost(client, seconds)
+        self._done(model)
+        self.metrics.finished(
+            model=model,
+            tier=client.info.tier,
+            api=api,
+            code=499,
+            seconds=seconds,
+            prompt_tokens=0,
+            completion_tokens=0,
+            cost_usd=cost,
+        )
+        if done is not None:
+            done(model, 499, None, None, cost)
+
     def _finished(
         self, client: ModelClient, api: str, started: float, last: Chunk, done: Done | None = None
     ) -> None:
         model = client.info.name
-        sharing = max(1, self.book.in_flight[model])
-        self._done(model)
         seconds = time.perf_counter() - started
-        cost = client.info.cost_per_replica_hour / 3600.0 * seconds / sharing
+        cost = self._cost(client, seconds)
+        self._done(model)
         self.book.record_cost(model, cost)
         self.metrics.finished(
             model=model,

@@ -116,6 +116,9 @@ def llm_config(args: BuildArgs, model: ModelSpec) -> Any:
         "model_loading_config": {"model_id": model.name, "model_source": model_source(args, model)},
         "engine_kwargs": dict(model.engine_args),
         "deployment_config": deployment_config(plan),
+        # How long Ray Serve LLM batches streamed output (the tier's setting, else Shoal's
+        # measured default): the first token waits for the first batch.
+        "experimental_configs": {"stream_batching_interval_ms": plan.stream_interval_ms},
     }
     config.update(device_config(plan, model))
     if model.accelerator is not None:
@@ -126,11 +129,14 @@ def llm_config(args: BuildArgs, model: ModelSpec) -> Any:
     return LLMConfig(**config)
 
 
-def build_vllm_deployment(args: BuildArgs, model: ModelSpec) -> Any:
-    """The bound ``LLMServer`` deployment of a ``vllm`` model, named ``model-<name>``."""
+def build_vllm_deployment(args: BuildArgs, model: ModelSpec, server_cls: Any = None) -> Any:
+    """The bound ``LLMServer`` deployment of a ``vllm`` model, named ``model-<name>``
+    (``server_cls``: a subclass of ``LLMServer`` in its place, for tests that watch it)."""
     from ray.serve.llm import build_llm_deployment
 
     plan = deployment_plan(args, model)
     return build_llm_deployment(
-        llm_config(args, model), override_serve_options={"name": plan.deployment_name}
+        llm_config(args, model),
+        override_serve_options={"name": plan.deployment_name},
+        deployment_cls=server_cls,
     )
