@@ -220,11 +220,11 @@ class LLMServerClient:
             async for batch in gen:
                 for item in batch if isinstance(batch, list) else [batch]:
                     if not request.stream:
-                        chunk = unary_answer(item, request)
+                        whole = unary_answer(item, request)
                         # Before the yield: a reader that stops at the answer closes us
                         # there, and a finished call needs no cancelling.
                         done = True
-                        yield chunk
+                        yield whole
                         return
                     for event, raw in llm_server_events(item):
                         chunk = answer.feed(event, raw)

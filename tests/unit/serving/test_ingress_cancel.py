@@ -170,6 +170,6 @@ def test_a_tenant_whose_client_went_away_is_charged_and_keeps_no_slot(leave: str
     assert team.in_flight == 0 and not team.open
     spent = ep.gate.spent(team, ep.gate.clock())
     billed = metric(ep, "shoal_cost_usd_total", model="slow", tier="small")
-    assert spent > 0.1 and spent == pytest.approx(billed)
+    assert spent > 0 and spent == pytest.approx(billed)
     assert metric(ep, "shoal_tenant_cost_usd_total", tenant="team") == pytest.approx(billed)
     assert metric(ep, "shoal_tenant_requests_total", tenant="team", model="slow", code="499") == 1

@@ -15,10 +15,10 @@ from typing import Any
 from ray.serve.llm.deployment import LLMServer
 
 
-class RecordingLLMServer(LLMServer):  # type: ignore[misc]
+class RecordingLLMServer(LLMServer):  # type: ignore[misc,unused-ignore]
     """``LLMServer`` recording ``(method, stream)`` of every chat and completion request."""
 
-    async def __init__(self, *args: Any, **kwargs: Any) -> None:
+    async def __init__(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[misc]
         self._seen: list[tuple[str, bool]] = []
         await super().__init__(*args, **kwargs)
 
