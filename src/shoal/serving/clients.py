@@ -167,6 +167,10 @@ class LLMServerClient:
     The call is cancelled only when the reader stops before the answer is complete (the
     client went away, a timeout): a finished call is left alone."""
 
+    #: An unstreamed request's first chunk is the whole answer (read by the fallback caller:
+    #: no first-token timeout then, only the request's).
+    answers_whole = True
+
     def __init__(self, info: ModelInfo, handle: Any, model_id: str) -> None:
         self.info = info
         self.model_id = model_id

@@ -102,6 +102,7 @@ class FallbackCaller:
                     dataclasses.replace(gen, request_id=rid, model_name=model),
                     not parsed.streaming,
                     (api, started, done),
+                    self._first_timeout(client, parsed.streaming, deadline),
                 )
             except ModelUnavailable as exc:
                 last_error = exc
@@ -193,6 +194,7 @@ class FallbackCaller:
         gen: GenerationRequest,
         coalesce: bool,
         request: tuple[http.Api, float, Done | None],
+        timeout: float,
     ) -> tuple[Chunk, AsyncIterator[Chunk]]:
         """The model's first chunk and the rest of its stream; the model counts as in flight
         from here until the request is over. ``request`` (its API, start and ``done``) bills
@@ -201,7 +203,7 @@ class FallbackCaller:
         self.book.in_flight[model] += 1
         stream = client.stream(gen, coalesce)
         try:
-            first = await asyncio.wait_for(anext(stream), self.limits.first_token_timeout_seconds)
+            first = await asyncio.wait_for(anext(stream), timeout)
         except ModelUnavailable:
             await _close(stream)
             self._done(model)
@@ -224,6 +226,15 @@ class FallbackCaller:
             await _close(stream)
             raise
         return first, stream
+
+    def _first_timeout(self, client: ModelClient, streaming: bool, deadline: float) -> float:
+        """How long to wait for a model's first chunk: ``first_token_timeout_seconds``, or,
+        for a client that asks its engine for an unstreamed request's answer whole (vLLM's
+        ``stream: false``: the first chunk is the answer), the rest of the request's time."""
+        timeout = self.limits.first_token_timeout_seconds
+        if not streaming and getattr(client, "answers_whole", False):
+            timeout = max(timeout, deadline - time.monotonic())
+        return timeout
 
     def _stream(
         self,
