@@ -156,25 +156,27 @@ async def drive(
                         out.errors += 1
                         out.first_error = out.first_error or f"{r.status} {await r.text()}"[:300]
                         continue
+                    why = ""
                     if stream:
                         done = False
                         async for line in r.content:
-                            if (
-                                first is None
-                                and b'"content":"' in line
-                                and b'"content":""' not in line
-                            ):
-                                first = time.perf_counter()
                             if line.startswith(b"data: [DONE]"):
                                 done = True
-                        ok = done and first is not None
+                            elif first is None and line.startswith(b"data: {"):
+                                # The first event with text (either app's JSON spacing).
+                                event = json.loads(line[6:])
+                                choices = event.get("choices") or [{}]
+                                if (choices[0].get("delta") or {}).get("content"):
+                                    first = time.perf_counter()
+                        why = "" if done and first else f"stream: done {done}, text {first}"
                     else:
                         data = await r.json()
                         first = time.perf_counter()
-                        ok = data["usage"]["completion_tokens"] == tokens
-                    if not ok or first is None:
+                        got = (data.get("usage") or {}).get("completion_tokens")
+                        why = "" if got else f"unary: no completion tokens in {str(data)[:200]}"
+                    if why or first is None:
                         out.errors += 1
-                        out.first_error = out.first_error or "incomplete answer"
+                        out.first_error = out.first_error or why
                         continue
                     out.e2e.append(time.perf_counter() - started)
                     out.ttft.append(first - started)
