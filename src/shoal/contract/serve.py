@@ -236,10 +236,11 @@ def ray_actor_options(model: ModelSpec) -> dict[str, Any]:
     return opts
 
 
-#: Ray Serve LLM's stream batching interval for vllm models whose tier sets none (ms):
-#: measured against Ray Serve LLM's own default of 50 ms by ``bench/bench_serving.py --peer``
-#: (docs/serving.md): the first token sooner at no cost in requests per second.
-VLLM_STREAM_INTERVAL_MS = 10.0
+#: Ray Serve LLM's stream batching interval for vllm models whose tier sets none (ms): Ray
+#: Serve LLM's own default until ``make bench-peer`` (``--stream-interval-ms``) has measured a
+#: shorter one that costs no requests per second (docs/serving.md). The first streamed token
+#: waits for the first batch, so the interval is a floor on a streamed answer's TTFT.
+VLLM_STREAM_INTERVAL_MS = 50.0
 
 
 def stream_interval_ms(args: BuildArgs, model: ModelSpec) -> float:

@@ -249,8 +249,8 @@ class TierSpec(ApiModel):
         description="Streaming: a model replica of this tier sends what it generated at most "
         "every this many milliseconds (0: every token at once); fewer, larger messages cost "
         "less CPU per token, a shorter interval gives the first token sooner. vllm models: "
-        "Ray Serve LLM's stream batching interval. Unset: 10 for vllm models, the fleet's "
-        "serving default (50) for the others.",
+        "Ray Serve LLM's stream batching interval. Unset: 50 (Ray Serve LLM's own default) "
+        "for vllm models, the fleet's serving default (50) for the others.",
     )
 
 
