@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: help setup up down test test-fast lint typecheck crds check-generated bench-router bench-operator bench-serving bench-tenants bench-tenant-keys
+.PHONY: help setup up down test test-fast lint typecheck crds check-generated bench-router bench-operator bench-serving bench-peer bench-tenants bench-tenant-keys
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -48,3 +48,6 @@ bench-tenant-keys: setup ## a new tenant's and a rotated key's time to the fleet
 
 bench-serving: setup ## latency the fleet endpoint adds over direct engine calls
 	$(PY) bench/bench_serving.py
+
+bench-peer: setup ## the fleet against Ray Serve LLM's own OpenAI app on the same vLLM models (B/A ratios)
+	$(PY) bench/bench_peer.py

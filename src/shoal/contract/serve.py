@@ -192,6 +192,10 @@ class ModelDeploymentPlan(BaseModel):
     num_replicas: int | None = None
     autoscaling_config: dict[str, Any] | None = None
     cost_per_replica_hour: str = "0"
+    #: Streaming: the most milliseconds a replica holds generated text before sending it (the
+    #: tier's ``streamIntervalMilliseconds``, else the engine's default; see
+    #: :func:`stream_interval_ms`).
+    stream_interval_ms: float = 50.0
 
     def deployment_options(self) -> dict[str, Any]:
         """Keyword arguments for ``Deployment.options`` (and the serveConfigV2 entry)."""
@@ -242,6 +246,25 @@ def ray_actor_options(model: ModelSpec) -> dict[str, Any]:
     return opts
 
 
+#: Ray Serve LLM's stream batching interval for vllm models whose tier sets none (ms): Ray
+#: Serve LLM's own default until ``make bench-peer`` (``--stream-interval-ms``) has measured a
+#: shorter one that costs no requests per second (docs/serving.md). The first streamed token
+#: waits for the first batch, so the interval is a floor on a streamed answer's TTFT.
+VLLM_STREAM_INTERVAL_MS = 50.0
+
+
+def stream_interval_ms(args: BuildArgs, model: ModelSpec) -> float:
+    """How long a model's replica may hold streamed output before sending it: the tier's
+    ``streamIntervalMilliseconds``; unset, :data:`VLLM_STREAM_INTERVAL_MS` for vllm models
+    and the fleet's ``limits.stream_interval_ms`` for Shoal's own model servers."""
+    tier = args.tier_of(model)
+    if tier.stream_interval_milliseconds is not None:
+        return float(tier.stream_interval_milliseconds)
+    if model.engine == "vllm":
+        return VLLM_STREAM_INTERVAL_MS
+    return args.limits.stream_interval_ms
+
+
 def deployment_plan(args: BuildArgs, model: ModelSpec) -> ModelDeploymentPlan:
     """The deployment settings of one model."""
     tier = args.tier_of(model)
@@ -259,6 +282,7 @@ def deployment_plan(args: BuildArgs, model: ModelSpec) -> ModelDeploymentPlan:
         # (BackPressureError) and the ingress falls back to the next ranked model.
         "max_queued_requests": 4 * max_ongoing,
         "cost_per_replica_hour": tier.cost_per_replica_hour,
+        "stream_interval_ms": stream_interval_ms(args, model),
     }
     fixed = args.replicas.get(model.name)
     up, down = scaling.scale_up_cooldown_seconds, scaling.scale_down_cooldown_seconds

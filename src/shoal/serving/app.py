@@ -30,8 +30,10 @@ def model_deployments(args: BuildArgs) -> dict[str, Any]:
             bound[model.name] = build_vllm_deployment(args, model)
             continue
         deployment = _deployment(ModelServer).options(**plan.deployment_options())
+        # The tier's stream interval, where it sets one, in place of the fleet's default.
+        limits = args.limits.model_copy(update={"stream_interval_ms": plan.stream_interval_ms})
         bound[model.name] = deployment.bind(
-            model.to_k8s(), local_path(args, model), args.limits.model_dump()
+            model.to_k8s(), local_path(args, model), limits.model_dump()
         )
     return bound
 

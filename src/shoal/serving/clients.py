@@ -167,9 +167,17 @@ class LLMServerClient:
     """A vLLM model served by ``ray.serve.llm``'s ``LLMServer``, through its handle.
 
     The client's OpenAI request goes to vLLM as it was sent (tools, ``response_format``,
-    logprobs, vLLM's own sampling extras), always streamed with usage; vLLM's SSE events are
-    forwarded as they are when the client streams (the usage event only if it asked for
-    it), and assembled into one body when it does not."""
+    logprobs, vLLM's own sampling extras). A streamed request is streamed with usage, and
+    vLLM's SSE events are forwarded as they are (the usage event only if the client asked
+    for it). A request that does not stream goes to vLLM with ``stream: false``: vLLM answers
+    with one response, whose body is forwarded with Shoal's answer id in place of vLLM's.
+
+    The call is cancelled only when the reader stops before the answer is complete (the
+    client went away, a timeout): a finished call is left alone."""
+
+    #: An unstreamed request's first chunk is the whole answer (read by the fallback caller:
+    #: no first-token timeout then, only the request's).
+    answers_whole = True
 
     def __init__(self, info: ModelInfo, handle: Any, model_id: str) -> None:
         self.info = info
@@ -178,24 +186,29 @@ class LLMServerClient:
         self._completions = handle.options(method_name="completions", stream=True)
         self._health = handle.options(method_name="check_health")
 
-    def _request(self, request: GenerationRequest) -> Any:
-        from pydantic import ValidationError
-        from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
-
+    def body(self, request: GenerationRequest) -> dict[str, Any]:
+        """The OpenAI request vLLM gets: the client's, streamed (with usage) only when the
+        client streams."""
         model = f"{self.model_id}:{request.adapter}" if request.adapter else self.model_id
-        body: dict[str, Any] = {
-            **request.params,
-            "model": model,
-            "max_tokens": request.max_tokens,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
+        body: dict[str, Any] = {**request.params, "model": model, "max_tokens": request.max_tokens}
+        if request.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        else:
+            body["stream"] = False
         for key in ("temperature", "top_p", "seed"):
             value = getattr(request, key)
             if value is not None:
                 body[key] = value
         if request.stop:
             body["stop"] = list(request.stop)
+        return body
+
+    def _request(self, request: GenerationRequest) -> Any:
+        from pydantic import ValidationError
+        from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+
+        body = self.body(request)
         try:
             if request.kind == "chat":
                 return ChatCompletionRequest(messages=request.messages, **body)
@@ -212,26 +225,38 @@ class LLMServerClient:
             # Ray Serve LLM routes LoRA requests as multiplexed models "<base>:<adapter>".
             method = method.options(multiplexed_model_id=f"{self.model_id}:{request.adapter}")
         gen: Any = None
+        done = False
         answer = ServerStream(request)
         try:
             gen = method.remote(self._request(request))
             async for batch in gen:
                 for item in batch if isinstance(batch, list) else [batch]:
+                    if not request.stream:
+                        whole = unary_answer(item, request)
+                        # Before the yield: a reader that stops at the answer closes us
+                        # there, and a finished call needs no cancelling.
+                        done = True
+                        yield whole
+                        return
                     for event, raw in llm_server_events(item):
                         chunk = answer.feed(event, raw)
                         if chunk is not None:
+                            done = chunk.finish_reason is not None
                             yield chunk
-            gen = None
+            done = True
             last = answer.close()
             if last is not None:
                 yield last
+            elif not request.stream:
+                raise ModelFailed("vLLM gave no answer")
         except ModelUnavailable:
+            done = True  # the model answered with an error: the call is over
             raise
         except Exception as exc:
-            gen = None  # the call is over; nothing left to cancel
+            done = True  # the call is over; nothing left to cancel
             raise _unavailable(exc) from exc
         finally:
-            if gen is not None:
+            if gen is not None and not done:
                 _cancel(gen)
 
     async def probe(self) -> None:
@@ -271,6 +296,41 @@ def llm_server_events(item: Any) -> list[tuple[dict[str, Any], bytes]]:
             raise _error(data["error"])
         out.append((data, b"data: " + payload.encode() + b"\n\n"))
     return out
+
+
+def unary_answer(item: Any, request: GenerationRequest) -> Chunk:
+    """The one chunk of an unstreamed ``LLMServer.chat``/``completions`` call: vLLM's response
+    body as it wrote it (Shoal's answer id in place of its own), with the text, the finish
+    reason and the token counts the ingress books."""
+    if isinstance(item, bytes | str):  # an error Ray Serve LLM sent as an event
+        llm_server_events(item)
+        raise ModelFailed("unexpected LLM server output: an event to an unstreamed request")
+    error = getattr(item, "error", None)
+    if error is not None or type(item).__name__ == "ErrorResponse":
+        found = error if error is not None else item
+        raise _error(found.model_dump() if hasattr(found, "model_dump") else found)
+    choices = getattr(item, "choices", None)
+    if not choices or not hasattr(item, "model_dump_json"):
+        raise ModelFailed(f"unexpected LLM server output {type(item).__name__}")
+    choice = choices[0]
+    message = getattr(choice, "message", None)
+    text = (getattr(message, "content", None) if message is not None else None) or getattr(
+        choice, "text", ""
+    )
+    usage = getattr(item, "usage", None)
+    reason = getattr(choice, "finish_reason", None)
+    data = item.model_dump_json().encode()
+    their = getattr(item, "id", None)
+    if isinstance(their, str) and their != request.request_id:
+        # The answer carries Shoal's signed id (for feedback), not the server's own.
+        data = data.replace(f'"id":"{their}"'.encode(), f'"id":"{request.request_id}"'.encode(), 1)
+    return Chunk(
+        text or "",
+        reason if reason in ("stop", "length", "tool_calls", "content_filter") else "stop",
+        getattr(usage, "prompt_tokens", None),
+        getattr(usage, "completion_tokens", None),
+        data=data,
+    )
 
 
 class ServerStream:

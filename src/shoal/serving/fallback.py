@@ -102,6 +102,8 @@ class FallbackCaller:
                     client,
                     dataclasses.replace(gen, request_id=rid, model_name=model),
                     not parsed.streaming,
+                    (api, started, done),
+                    self._first_timeout(client, parsed.streaming, deadline),
                 )
             except ModelUnavailable as exc:
                 last_error = exc
@@ -118,19 +120,29 @@ class FallbackCaller:
                 )
             try:
                 text, last = await http.collect(first, rest, deadline)
-            except (ModelUnavailable, TimeoutError, ApiError) as exc:
+            except BaseException as exc:
+                if not isinstance(exc, Exception):
+                    # The client went away during the answer: billed for the model's work
+                    # until now, out of the in-flight count, the model's call cancelled.
+                    self._abandoned(client, api, started, done)
+                    await _close(rest)
+                    raise
+                await _close(rest)  # the model's call, when it is not over
                 if isinstance(exc, ModelUnavailable):
                     failure = exc
                 elif isinstance(exc, TimeoutError):
                     failure = ModelUnavailable("no complete answer in time", "timeout")
-                else:
+                elif isinstance(exc, ApiError):
                     failure = ModelUnavailable(exc.message)
+                else:
+                    failure = ModelUnavailable(f"{type(exc).__name__}: {exc}")
                 last_error = failure
                 only_rejected &= isinstance(failure, ModelRejected)
                 self._unavailable(model, failure, rid, more=i + 1 < len(candidates))
                 self._done(model)
                 continue
             self._finished(client, api, started, last, done)
+            await _close(rest)  # over: its client has nothing left to cancel
             return http.completion_response(api, rid, model, text, last, out_headers)
         if isinstance(last_error, ModelRejected) and only_rejected:
             # Every model that got the request refused it as too long or not servable: the
@@ -178,13 +190,21 @@ class FallbackCaller:
         return out
 
     async def _first_chunk(
-        self, client: ModelClient, gen: GenerationRequest, coalesce: bool
+        self,
+        client: ModelClient,
+        gen: GenerationRequest,
+        coalesce: bool,
+        request: tuple[http.Api, float, Done | None],
+        timeout: float,
     ) -> tuple[Chunk, AsyncIterator[Chunk]]:
+        """The model's first chunk and the rest of its stream; the model counts as in flight
+        from here until the request is over. ``request`` (its API, start and ``done``) bills
+        it when the caller is cancelled here."""
         model = client.info.name
         self.book.in_flight[model] += 1
         stream = client.stream(gen, coalesce)
         try:
-            first = await asyncio.wait_for(anext(stream), self.limits.first_token_timeout_seconds)
+            first = await asyncio.wait_for(anext(stream), timeout)
         except ModelUnavailable:
             await _close(stream)
             self._done(model)
@@ -200,7 +220,22 @@ class FallbackCaller:
             await _close(stream)
             self._done(model)
             raise ModelUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            # Cancelled: the client went away before the first token. The model's call is
+            # cancelled with the stream, and the request is billed for its wait.
+            self._abandoned(client, *request)
+            await _close(stream)
+            raise
         return first, stream
+
+    def _first_timeout(self, client: ModelClient, streaming: bool, deadline: float) -> float:
+        """How long to wait for a model's first chunk: ``first_token_timeout_seconds``, or,
+        for a client that asks its engine for an unstreamed request's answer whole (vLLM's
+        ``stream: false``: the first chunk is the answer), the rest of the request's time."""
+        timeout = self.limits.first_token_timeout_seconds
+        if not streaming and getattr(client, "answers_whole", False):
+            timeout = max(timeout, deadline - time.monotonic())
+        return timeout
 
     def _stream(
         self,
@@ -220,22 +255,23 @@ class FallbackCaller:
         def on_finish(last: Chunk | None, error: BaseException | None) -> None:
             if last is not None:
                 self._finished(client, api, started, last, done)
+            elif not isinstance(error, Exception):  # the client went away mid-stream
+                self._abandoned(client, api, started, done)
             else:
                 self._done(model)
                 if done is not None:
-                    done(model, 502 if isinstance(error, Exception) else 499, None, None, 0.0)
-                if isinstance(error, Exception):  # not a client that went away
-                    self.book.health.failed(model)
-                    self.metrics.finished(
-                        model=model,
-                        tier=client.info.tier,
-                        api=api,
-                        code=502,
-                        seconds=time.perf_counter() - started,
-                        prompt_tokens=0,
-                        completion_tokens=0,
-                        cost_usd=0.0,
-                    )
+                    done(model, 502, None, None, 0.0)
+                self.book.health.failed(model)
+                self.metrics.finished(
+                    model=model,
+                    tier=client.info.tier,
+                    api=api,
+                    code=502,
+                    seconds=time.perf_counter() - started,
+                    prompt_tokens=0,
+                    completion_tokens=0,
+                    cost_usd=0.0,
+                )
 
         return http.sse_response(
             api, rid, model, parsed.include_usage, first, rest, headers, deadline, on_finish
@@ -266,16 +302,49 @@ class FallbackCaller:
     def _done(self, model: str) -> None:
         self.book.in_flight[model] = max(0, self.book.in_flight[model] - 1)
 
+    def _cost(
+        self,
+        client: ModelClient,
+        seconds: float,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+    ) -> float:
+        """One request's dollars (:meth:`ModelInfo.request_cost`): per token for a model served
+        outside the fleet; for the fleet's own, the replica time it held, shared among the
+        model's requests in flight (this one included). Called before it leaves the count."""
+        sharing = max(1, self.book.in_flight[client.info.name])
+        return client.info.request_cost(seconds, sharing, prompt_tokens, completion_tokens)
+
+    def _abandoned(
+        self, client: ModelClient, api: str, started: float, done: Done | None = None
+    ) -> None:
+        """The client went away (before the first token, mid-stream, or during a unary
+        answer): the model's call is cancelled by the caller, the request leaves the in-flight
+        count, and the replica time it held until then is billed to it (499)."""
+        model = client.info.name
+        seconds = time.perf_counter() - started
+        cost = self._cost(client, seconds)
+        self._done(model)
+        self.metrics.finished(
+            model=model,
+            tier=client.info.tier,
+            api=api,
+            code=499,
+            seconds=seconds,
+            prompt_tokens=0,
+            completion_tokens=0,
+            cost_usd=cost,
+        )
+        if done is not None:
+            done(model, 499, None, None, cost)
+
     def _finished(
         self, client: ModelClient, api: str, started: float, last: Chunk, done: Done | None = None
     ) -> None:
         model = client.info.name
-        sharing = max(1, self.book.in_flight[model])
-        self._done(model)
         seconds = time.perf_counter() - started
-        cost = client.info.request_cost(
-            seconds, sharing, last.prompt_tokens or 0, last.completion_tokens or 0
-        )
+        cost = self._cost(client, seconds, last.prompt_tokens or 0, last.completion_tokens or 0)
+        self._done(model)
         self.book.record_cost(model, cost)
         self.metrics.finished(
             model=model,

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 from starlette.requests import Request
@@ -190,8 +190,11 @@ def sse_response(
 ) -> StreamingResponse:
     """Stream ``first`` and ``rest`` as OpenAI SSE events, then ``data: [DONE]``."""
     fmt = StreamFormatter(api, rid, int(time.time()), model, include_usage)
+    started = False
 
     async def events() -> AsyncIterator[bytes]:
+        nonlocal started
+        started = True
         last: Chunk | None = first
         error: BaseException | None = None
         try:
@@ -227,11 +230,46 @@ def sse_response(
                 on_finish(last if error is None else None, error)
         yield SSE_DONE
 
-    return StreamingResponse(
+    async def never_sent() -> None:
+        # The client went away before the first event was written (the body never started):
+        # the downstream call is cancelled and the stream's end still told.
+        if not started:
+            aclose = getattr(rest, "aclose", None)
+            if on_finish is not None:
+                on_finish(None, asyncio.CancelledError())
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+
+    return _SseResponse(
         events(),
+        never_sent,
         media_type="text/event-stream",
         headers={"cache-control": "no-cache", **headers},
     )
+
+
+class _SseResponse(StreamingResponse):
+    """A streaming response that tells ``unsent`` when it ends without ever starting its
+    body (cancelled while sending the headers, or never sent at all)."""
+
+    def __init__(
+        self, content: AsyncIterator[bytes], unsent: Callable[[], Awaitable[None]], **kw: Any
+    ) -> None:
+        super().__init__(content, **kw)
+        self._unsent = unsent
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._unsent()
+            # A body left suspended (the client went away while an event was being sent) is
+            # closed now rather than whenever it is collected: its end is told at once.
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
 
 
 async def respond(

@@ -12,9 +12,10 @@
 - the probes (:mod:`shoal.serving.probes`) keep readiness and the in-flight gauge;
 - when the fleet declares tenants (:meth:`Endpoint.configure_access`, from the ingress's
   ``user_config``), the tenant gate (:mod:`shoal.serving.tenants`) authenticates every
-  ``/v1`` request, admits it against its tenant's limits and budget, lowers its alpha as the
-  budget runs out, and keeps the ranked list to the tenant's models; an open fleet skips all
-  of it.
+  ``/v1`` request before any route runs, admits it against its tenant's limits and budget
+  (:mod:`shoal.serving.admission`: request counts before the body is read, tokens before
+  the router ranks), lowers its alpha as the budget runs out, and keeps the ranked list to
+  the tenant's models; an open fleet skips all of it.
 
 :class:`FleetIngress` is the Ray Serve deployment ("router") that holds an :class:`Endpoint`
 built from :class:`~shoal.contract.BuildArgs` and the models' deployment handles; Ray Serve
@@ -39,6 +40,7 @@ from starlette.responses import Response
 from shoal.contract import AccessConfig, BuildArgs
 from shoal.contract.cost import reference_price
 from shoal.serving import http
+from shoal.serving.admission import Admission
 from shoal.serving.capabilities import Refusal, capabilities, refusal
 from shoal.serving.clients import ModelClient, model_clients
 from shoal.serving.exploration import Explorer, explored
@@ -113,6 +115,7 @@ class Endpoint:
             Explorer(spec, args.ingress.num_replicas) if spec and spec.percent > 0 else None
         )
         self.caller = FallbackCaller(args, self.book, metrics, self.ids)
+        self.admission = Admission(lambda: self.usage_sync)
         self.probes = Probes(args, self.book, metrics)
         self._created = int(time.time())
         #: The tenant gate; None while the fleet is open (nothing checked, nothing counted).
@@ -286,18 +289,28 @@ class Endpoint:
         tenant: TenantState | None = request.scope.get(TENANT_SCOPE) if gate else None
         ticket: Ticket | None = None
         try:
+            if tenant is not None and gate is not None:
+                # Request-count limits before the body is read (see serving/admission.py).
+                ticket = await self.admission.request(gate, tenant)
             body = await http.read_body(request, self.limits.max_body_bytes)
             parsed = http.parse(api, body, self.limits)
+            if ticket is not None and gate is not None:
+                await self.admission.tokens(gate, ticket, approx_prompt_tokens(parsed))
             ranked, headers = await self._rank(parsed, request, tenant)
             ranked = self._capable(api, parsed, ranked)
-            if tenant is not None and gate is not None:
-                ticket = await self._admit(gate, tenant, approx_prompt_tokens(parsed))
+            if ticket is not None:
                 headers.update(ticket.headers)
         except ApiError as err:
             self.metrics.reject(api, err.status)
             if tenant is not None:
                 self._tenant_refused(tenant, err)
+            if ticket is not None and gate is not None:
+                gate.finish(ticket, None, 0.0)
             return http.error_response(err)
+        except BaseException:
+            if ticket is not None and gate is not None:
+                gate.finish(ticket, None, 0.0)
+            raise
         gen = http.generation(parsed, http.new_id(api), self.limits)
         if parsed.model in self.adapters:
             gen = dataclasses.replace(gen, adapter=self.adapters[parsed.model][1])
@@ -314,19 +327,6 @@ class Endpoint:
             if ticket is not None and gate is not None:
                 gate.finish(ticket, None, 0.0)
             raise
-
-    async def _admit(self, gate: TenantGate, tenant: TenantState, tokens: int) -> Ticket:
-        """Admit a tenant's request; refused only because this replica's grant ran out while
-        the fleet has headroom, it waits for the next grants (three syncs at most) first: a
-        short wait instead of a 429 the fleet-wide limit does not call for."""
-        for attempt in range(4):
-            try:
-                return gate.admit(tenant, tokens)
-            except TenantRefused as err:
-                if not err.granted_out or self.usage_sync is None or attempt == 3:
-                    raise
-                await self.usage_sync.next_round()
-        raise AssertionError("unreachable")
 
     def _tenant_refused(self, tenant: TenantState, err: ApiError) -> None:
         name = tenant.spec.name

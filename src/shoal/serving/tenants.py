@@ -367,29 +367,9 @@ class TenantGate:
             headers["x-ratelimit-remaining-requests"] = str(remaining)
             headers["x-ratelimit-reset-requests"] = format_reset(reset)
 
-        tpm = lim.tokens_per_minute
-        if tpm is not None:
-            if snap is not None:
-                since_t = t.pending.tokens + t.sent.tokens
-                used_t = snap.tokens + since_t
-                # The first request after a sync may take the whole headroom (a prompt larger
-                # than this replica's share is not refused for ever).
-                ok_t = since_t + prompt_tokens <= snap.allow_tokens or (
-                    since_t <= 0 and prompt_tokens <= snap.headroom_tokens
-                )
-                reset_t = max(0.0, snap.tokens_reset - (now - snap.at))
-            else:
-                used_t = t.tokens.used(now)
-                ok_t = used_t + prompt_tokens <= max(1.0, math.floor(tpm * share))
-                used_t /= share
-                reset_t = t.tokens.reset_after(now)
-            if not ok_t and refused is None:
-                refused = ("tokens", reset_t or 1.0)
-                granted_out = snap is not None and tpm - used_t >= prompt_tokens
-            remaining_t = max(0, math.floor(tpm - used_t - prompt_tokens)) if ok_t else 0
-            headers["x-ratelimit-limit-tokens"] = str(tpm)
-            headers["x-ratelimit-remaining-tokens"] = str(remaining_t)
-            headers["x-ratelimit-reset-tokens"] = format_reset(reset_t)
+        token_room = self._token_room(t, prompt_tokens, now, snap, share, headers)
+        if token_room is not None and refused is None:
+            refused, granted_out = token_room
 
         conc = lim.concurrent_requests
         if conc is not None and refused is None:
@@ -425,6 +405,68 @@ class TenantGate:
             t.tokens.add(prompt_tokens, now)
             t.pending.tokens += prompt_tokens
         return ticket
+
+    def _token_room(
+        self,
+        t: TenantState,
+        prompt_tokens: int,
+        now: float,
+        snap: Snapshot | None,
+        share: float,
+        headers: dict[str, str],
+    ) -> tuple[tuple[Reason, float], bool] | None:
+        """Check ``prompt_tokens`` against the tenant's tokens per minute, writing the token
+        headers; the refusal (reason, wait) and whether only this replica's grant ran out, or
+        None when they fit."""
+        tpm = t.spec.limits.tokens_per_minute
+        if tpm is None:
+            return None
+        if snap is not None:
+            since_t = t.pending.tokens + t.sent.tokens
+            used_t = snap.tokens + since_t
+            # The first request after a sync may take the whole headroom (a prompt larger
+            # than this replica's share is not refused for ever).
+            ok_t = since_t + prompt_tokens <= snap.allow_tokens or (
+                since_t <= 0 and prompt_tokens <= snap.headroom_tokens
+            )
+            reset_t = max(0.0, snap.tokens_reset - (now - snap.at))
+        else:
+            used_t = t.tokens.used(now)
+            ok_t = used_t + prompt_tokens <= max(1.0, math.floor(tpm * share))
+            used_t /= share
+            reset_t = t.tokens.reset_after(now)
+        remaining_t = max(0, math.floor(tpm - used_t - prompt_tokens)) if ok_t else 0
+        headers["x-ratelimit-limit-tokens"] = str(tpm)
+        headers["x-ratelimit-remaining-tokens"] = str(remaining_t)
+        headers["x-ratelimit-reset-tokens"] = format_reset(reset_t)
+        if ok_t:
+            return None
+        return ("tokens", reset_t or 1.0), snap is not None and tpm - used_t >= prompt_tokens
+
+    def admit_tokens(self, ticket: Ticket, prompt_tokens: int) -> None:
+        """Reserve the prompt tokens of a request admitted before its body was read
+        (:meth:`admit` with none), or raise the 429 that says why not. A refused request
+        still counts as a request (as OpenAI counts them); the caller finishes its ticket."""
+        if not prompt_tokens or ticket.reserved_tokens:
+            return
+        t = ticket.tenant
+        now = self.clock()
+        shared = self.store_up and t.snapshot is not None
+        share = 1.0 if shared or self.failure_mode == "open" else 1.0 / self.replicas
+        headers = ticket.headers
+        # Measured without this request's own reservation (it has none yet).
+        room = self._token_room(
+            t, prompt_tokens, now, t.snapshot if shared else None, share, headers
+        )
+        if room is not None:
+            (reason, wait), granted_out = room
+            headers = {**headers, "retry-after": str(max(1, math.ceil(wait)))}
+            err = rate_limited(reason, t.spec, headers)
+            err.granted_out = granted_out
+            raise err
+        ticket.reserved_tokens = prompt_tokens
+        t.tokens.add(prompt_tokens, now)
+        t.pending.tokens += prompt_tokens
 
     def _drop_stale(self, t: TenantState, now: float) -> None:
         stale = [i for i, at in t.open.items() if now - at > self.max_request_seconds]

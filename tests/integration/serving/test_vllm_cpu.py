@@ -224,6 +224,52 @@ def test_llm_server_logprobs(fleet: VllmFleet) -> None:
     assert len(logprobs["tokens"]) == 3 and all(len(t) >= 2 for t in logprobs["top_logprobs"])
 
 
+# --- what vLLM is asked: an unstreamed request stays unstreamed -----------------------------
+
+
+def _requests_seen(fleet: VllmFleet) -> list[tuple[str, bool]]:
+    from ray import serve
+
+    handle = serve.get_deployment_handle(fleet.deployment, app_name=fleet.app)
+
+    async def ask() -> list[tuple[str, bool]]:
+        return [tuple(x) for x in await handle.options(method_name="requests_seen").remote()]  # type: ignore[misc]
+
+    return asyncio.run(ask())
+
+
+def test_an_unstreamed_request_reaches_vllm_unstreamed(client: Any, fleet: VllmFleet) -> None:
+    before = len(_requests_seen(fleet))
+    chat = client.chat.completions.create(
+        model="auto", messages=MESSAGES, max_tokens=8, temperature=0
+    )
+    assert chat.id.startswith("chatcmpl-") and chat.usage.completion_tokens > 0
+    done = client.completions.create(model=fleet.vllm_model, prompt="Once", max_tokens=4)
+    assert done.choices[0].text is not None
+    streamed = list(
+        client.chat.completions.create(
+            model=fleet.vllm_model, messages=MESSAGES, max_tokens=4, stream=True
+        )
+    )
+    assert streamed
+    # Probes call check_health, not chat: every request here is one of the three above.
+    assert _requests_seen(fleet)[before:] == [
+        ("chat", False),
+        ("completions", False),
+        ("chat", True),
+    ]
+
+
+def test_an_unstreamed_answer_carries_the_fleets_signed_id(client: Any, fleet: VllmFleet) -> None:
+    chat = client.chat.completions.create(
+        model=fleet.vllm_model, messages=MESSAGES, max_tokens=4, temperature=0
+    )
+    # The id the feedback endpoint accepts: the fleet's, not vLLM's own.
+    r = httpx.post(f"{fleet.base_url}/v1/feedback", json={"id": chat.id, "score": 1.0}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == fleet.vllm_model
+
+
 # --- a vLLM replica killed under load (last: its replacement takes minutes to load) -------
 
 

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from test_vllm_cpu import (
     kill_vllm_under_load,
+    test_an_unstreamed_answer_carries_the_fleets_signed_id,
+    test_an_unstreamed_request_reaches_vllm_unstreamed,
     test_chat_streamed_by_name_matches_unstreamed,
     test_chat_through_auto_is_answered_by_vllm,
     test_completions_both_ways,
@@ -33,6 +35,8 @@ MODEL = os.environ.get("SHOAL_VLLM_TEST_MODEL", "")
 
 __all__ = [
     "offline_hub",
+    "test_an_unstreamed_answer_carries_the_fleets_signed_id",
+    "test_an_unstreamed_request_reaches_vllm_unstreamed",
     "test_chat_streamed_by_name_matches_unstreamed",
     "test_chat_through_auto_is_answered_by_vllm",
     "test_completions_both_ways",

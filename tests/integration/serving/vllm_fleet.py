@@ -1,7 +1,8 @@
 """The fleet the vLLM tests run: one vLLM model, two llama.cpp models and one simulated model.
 
 The vLLM model is Ray Serve LLM's server in a local Ray, exactly the deployment the operator
-renders (``shoal.serving.app.build_app``); on CPU it is the project's tiny Hugging Face Llama
+renders (``shoal.serving.app.build_app``), its server class subclassed only to record what it
+is asked (:mod:`shoal.devtools.testing.llm_server`); on CPU it is the project's tiny Hugging Face Llama
 (:mod:`shoal.serving.tinyhf`) under vLLM's CPU build, on a GPU machine a real model
 (``SHOAL_VLLM_TEST_MODEL``); only the device settings differ. Routing is static, vLLM
 first, so ``model: "auto"`` reaches it and its fallback is the first llama.cpp model.
@@ -100,12 +101,22 @@ def fleet_args(vllm_model: dict[str, Any], folder: Path, vllm_path: str | None) 
 
 
 def deploy(local_ray: Any, args: BuildArgs, tokenizer_path: str) -> Iterator[VllmFleet]:
-    """Run the fleet's app until the module is done."""
+    """Run the fleet's app until the module is done: what ``build_app`` builds, with Ray
+    Serve LLM's server subclassed only to record what it is asked (stream or not)."""
     from ray import serve
 
-    from shoal.serving.app import build_app
+    from shoal.contract import ingress_options
+    from shoal.devtools.testing.llm_server import RecordingLLMServer
+    from shoal.serving.app import _deployment, model_deployments
+    from shoal.serving.engines.vllm import build_vllm_deployment
+    from shoal.serving.ingress import FleetIngress
 
-    serve.run(build_app(args), name=args.fleet_name, route_prefix="/")
+    models = model_deployments(args)
+    models[VLLM_MODEL] = build_vllm_deployment(
+        args, args.model(VLLM_MODEL), server_cls=RecordingLLMServer
+    )
+    ingress = _deployment(FleetIngress).options(**ingress_options(args))
+    serve.run(ingress.bind(args.to_serve_args(), models), name=args.fleet_name, route_prefix="/")
     try:
         yield VllmFleet(
             base_url=local_ray.base_url,

@@ -146,3 +146,56 @@ def test_feedback_is_taken_from_the_tenant_that_got_the_answer_only() -> None:
         assert score(OTHER).status_code == 200
         assert score(OTHER).status_code == 409  # once per answer
         assert metric(ep, "shoal_feedback_total", model="spare", cluster="") == 1
+
+
+def test_a_tenant_over_its_request_limit_is_refused_before_its_body_is_read() -> None:
+    """Refused by its request count, a request is not parsed, not routed and not counted as
+    routing demand (the autoscaler sizes models from the router's decisions)."""
+    ep = endpoint()
+    one = AccessConfig.model_validate(
+        {
+            "mode": "tenants",
+            "tenants": [{"name": "team", "key_digests": [key_digest(KEY)],
+                         "limits": {"requests_per_minute": 1}}],
+        }
+    )  # fmt: skip
+    auth = {"authorization": f"Bearer {KEY}"}
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    with serve(ep) as tc:
+        tc.portal.call(ep.configure_access, one)  # type: ignore[union-attr]
+        assert tc.post("/v1/chat/completions", json=body, headers=auth).status_code == 200
+        decided = metric(ep, "shoal_routing_decisions_total", strategy="static", model="fast",
+                         cluster="")  # fmt: skip
+        assert decided == 1
+        # Not even JSON: a 429 all the same, since the body is never read.
+        refused = tc.post("/v1/chat/completions", content=b"{not json", headers=auth)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert tc.post("/v1/chat/completions", json=body, headers=auth).status_code == 429
+    assert metric(ep, "shoal_routing_decisions_total", strategy="static", model="fast",
+                  cluster="") == decided  # fmt: skip
+    assert metric(ep, "shoal_tenant_rejections_total", tenant="team", reason="requests") == 2
+    assert ep.gate is not None and ep.gate.tenants["team"].in_flight == 0
+
+
+def test_a_prompt_over_the_token_limit_is_refused_before_routing() -> None:
+    ep = endpoint()
+    few = AccessConfig.model_validate(
+        {
+            "mode": "tenants",
+            "tenants": [{"name": "team", "key_digests": [key_digest(KEY)],
+                         "limits": {"tokens_per_minute": 50}}],
+        }
+    )  # fmt: skip
+    long = {"model": "auto", "messages": [{"role": "user", "content": "word " * 200}]}
+    with serve(ep) as tc:
+        tc.portal.call(ep.configure_access, few)  # type: ignore[union-attr]
+        refused = tc.post(
+            "/v1/chat/completions", json=long, headers={"authorization": f"Bearer {KEY}"}
+        )
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["x-ratelimit-limit-tokens"] == "50"
+    assert metric(ep, "shoal_routing_decisions_total", strategy="static", model="fast",
+                  cluster="") == 0  # fmt: skip
+    assert metric(ep, "shoal_tenant_rejections_total", tenant="team", reason="tokens") == 1
+    assert ep.gate is not None and ep.gate.tenants["team"].in_flight == 0

@@ -348,6 +348,16 @@ class TierSpec(ApiModel):
         description="Replica bounds and cooldowns of the tier's models.",
         json_schema_extra={"default": {}},
     )
+    stream_interval_milliseconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Streaming: a model replica of this tier sends what it generated at most "
+        "every this many milliseconds (0: every token at once); fewer, larger messages cost "
+        "less CPU per token, a shorter interval gives the first token sooner. vllm models: "
+        "Ray Serve LLM's stream batching interval. Unset: 50 (Ray Serve LLM's own default) "
+        "for vllm models, the fleet's serving default (50) for the others.",
+    )
 
 
 class Budget(ApiModel):

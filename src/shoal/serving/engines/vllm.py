@@ -120,6 +120,9 @@ def llm_config(args: BuildArgs, model: ModelSpec) -> Any:
         # engineArgs plus the typed quantisation and speculative decoding, rendered
         "engine_kwargs": vllm_engine_kwargs(model),
         "deployment_config": deployment_config(plan),
+        # How long Ray Serve LLM batches streamed output (the tier's setting, else Shoal's
+        # measured default): the first token waits for the first batch.
+        "experimental_configs": {"stream_batching_interval_ms": plan.stream_interval_ms},
     }
     config.update(device_config(plan, model))
     lora = lora_config(model)
@@ -128,11 +131,14 @@ def llm_config(args: BuildArgs, model: ModelSpec) -> Any:
     return LLMConfig(**config)
 
 
-def build_vllm_deployment(args: BuildArgs, model: ModelSpec) -> Any:
-    """The bound ``LLMServer`` deployment of a ``vllm`` model, named ``model-<name>``."""
+def build_vllm_deployment(args: BuildArgs, model: ModelSpec, server_cls: Any = None) -> Any:
+    """The bound ``LLMServer`` deployment of a ``vllm`` model, named ``model-<name>``
+    (``server_cls``: a subclass of ``LLMServer`` in its place, for tests that watch it)."""
     from ray.serve.llm import build_llm_deployment
 
     plan = deployment_plan(args, model)
     return build_llm_deployment(
-        llm_config(args, model), override_serve_options={"name": plan.deployment_name}
+        llm_config(args, model),
+        override_serve_options={"name": plan.deployment_name},
+        deployment_cls=server_cls,
     )
