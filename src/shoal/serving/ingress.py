@@ -49,9 +49,9 @@ from shoal.serving.openai_api import (
     ChatRequest,
     CompletionRequest,
     approx_prompt_tokens,
-    window_budget,
     model_not_found,
     query_text,
+    window_budget,
 )
 from shoal.serving.probes import IN_FLIGHT_PUBLISH_SECONDS, Probes
 from shoal.serving.ranking import HealthBoard, Ranker, default_alpha, make_ranker, parse_alpha

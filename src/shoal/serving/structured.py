@@ -209,9 +209,7 @@ def plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             text = (text + "\n" if text else "") + "Called " + "; ".join(calls)
             out.append({"role": "assistant", "content": text})
         elif role in ("tool", "function"):
-            name = (
-                message.get("name") or names.get(str(message.get("tool_call_id"))) or "the tool"
-            )
+            name = message.get("name") or names.get(str(message.get("tool_call_id"))) or "the tool"
             out.append({"role": "user", "content": f"{name} returned: {text}"})
         elif role == "developer":
             out.append({"role": "system", "content": text})

@@ -97,8 +97,8 @@ class LlamaCppEngine:
                 raise EngineError(f"model {self.model}: {exc}") from None
         if self.model_path is None:
             raise EngineError(
-                f"model {self.model}: llamacpp needs local weights (file://, pvc:// or pkg:// source, "
-                f"or a model path); got {self.source!r}"
+                f"model {self.model}: llamacpp needs local weights (file://, pvc:// or pkg:// "
+                f"source, or a model path); got {self.source!r}"
             )
         if not os.path.exists(self.model_path):
             raise EngineError(f"model {self.model}: no GGUF file at {self.model_path}")

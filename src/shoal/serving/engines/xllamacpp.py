@@ -151,7 +151,9 @@ class XLlamaCppEngine:
         try:
             self._server = xllamacpp.Server(params)
         except RuntimeError as exc:
-            raise EngineError(f"model {self.model}: llama.cpp could not load {path}: {exc}") from exc
+            raise EngineError(
+                f"model {self.model}: llama.cpp could not load {path}: {exc}"
+            ) from exc
 
     async def start(self) -> None:
         if self._server is None:
@@ -173,9 +175,7 @@ class XLlamaCppEngine:
     def _report(self) -> None:
         if self.metrics is not None:
             load = self.load()
-            self.metrics.set_load(
-                running=load.running, waiting=load.waiting, kv_cache_usage=0.0
-            )
+            self.metrics.set_load(running=load.running, waiting=load.waiting, kv_cache_usage=0.0)
 
     # -- the request ----------------------------------------------------------------------------
 
@@ -215,7 +215,10 @@ class XLlamaCppEngine:
             else:
                 messages.insert(0, {"role": "system", "content": plan.system})
             body["messages"] = messages
-            body["response_format"] = {"type": "json_schema", "json_schema": {"schema": plan.schema}}
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"schema": plan.schema},
+            }
         else:
             body["messages"] = chat_messages(given)
             fmt = params.get("response_format")
