@@ -146,6 +146,7 @@ class XLlamaCppEngine:
         params.cpuparams.n_threads = int(threads)
         params.cpuparams_batch.n_threads = int(threads)
         params.warmup = False
+        params.verbosity = -1  # warnings and errors only: no per-request lines in the log
         if self.args.get("chat_template"):
             params.chat_template = str(self.args["chat_template"])
         try:
