@@ -253,10 +253,12 @@ def to_generation(
         "created": created,
     }
     if isinstance(req, ChatRequest):
+        parallel = req.body.get("parallel_tool_calls")
         return GenerationRequest(
             kind="chat",
             max_tokens=max_tokens_of(req, default_max_tokens),
             messages=[m.model_dump(exclude_none=True) for m in req.messages],
+            parallel_tool_calls=parallel if isinstance(parallel, bool) else None,
             **common,
         )
     prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]

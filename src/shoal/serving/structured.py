@@ -113,8 +113,10 @@ class ToolPlan:
         }
 
 
-def tool_plan(params: dict[str, Any]) -> ToolPlan | None:
-    """The plan for a request's ``tools`` and ``tool_choice`` (None: no tool may be called).
+def tool_plan(params: dict[str, Any], parallel: bool | None = None) -> ToolPlan | None:
+    """The plan for a request's ``tools`` and ``tool_choice`` (None: no tool may be called);
+    ``parallel``: the client's ``parallel_tool_calls`` (True: up to
+    :data:`MAX_PARALLEL_CALLS` calls in one answer; otherwise one).
 
     A tool choice the request cannot satisfy (a name that is not among the tools) raises
     :class:`StructuredError`."""
@@ -141,7 +143,7 @@ def tool_plan(params: dict[str, Any]) -> ToolPlan | None:
         for name, schema in parameters.items()
     ]
     one: dict[str, Any] = options[0] if len(options) == 1 else {"anyOf": options}
-    if params.get("parallel_tool_calls") is True:
+    if parallel is True or params.get("parallel_tool_calls") is True:
         one = {
             "type": "object",
             "properties": {

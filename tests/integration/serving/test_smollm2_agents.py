@@ -179,6 +179,22 @@ def test_a_forced_tool_call_validates(client: Any) -> None:
         jsonschema.validate(json.loads(call.function.arguments), CITY_SCHEMA)
 
 
+def test_parallel_tool_calls_each_validate(client: Any) -> None:
+    chat = client.chat.completions.create(
+        model="auto",
+        messages=[{"role": "user", "content": "What is the weather in Paris and in Rome?"}],
+        max_tokens=120,
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+        parallel_tool_calls=True,
+    )
+    calls = chat.choices[0].message.tool_calls
+    assert chat.choices[0].finish_reason == "tool_calls" and 1 <= len(calls) <= 4
+    assert len({c.id for c in calls}) == len(calls)
+    for call in calls:
+        jsonschema.validate(json.loads(call.function.arguments), CITY_SCHEMA)
+
+
 def test_a_tool_call_cut_by_max_tokens_says_length(client: Any) -> None:
     for stream in (False, True):
         kw: dict[str, Any] = {

@@ -292,7 +292,11 @@ class XLlamaCppEngine:
         if self._in_flight >= self.n_parallel + self.max_waiting:
             raise EngineOverloaded(f"llama.cpp {self.model}: {self._in_flight} requests in flight")
         try:
-            plan = tool_plan(request.params) if request.kind == "chat" else None
+            plan = (
+                tool_plan(request.params, request.parallel_tool_calls)
+                if request.kind == "chat"
+                else None
+            )
         except StructuredError as exc:
             raise RequestRejected(f"model {self.model}: {exc}", param="tool_choice") from None
         schema = response_schema(request.params) if plan is None else None
