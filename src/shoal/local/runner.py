@@ -275,6 +275,7 @@ def first_answer(base_url: str, timeout: float = 60.0) -> tuple[str, str]:
                 json={
                     "model": "auto",
                     "messages": [{"role": "user", "content": "What is 6 times 7?"}],
+                    "max_tokens": 64,  # a real model may go on: the first answer stays short
                 },
                 timeout=30.0,
             )

@@ -94,13 +94,14 @@ def capabilities(model: ModelSpec) -> Capabilities:
     """The capabilities of ``model``: its engine's, narrowed by ``spec.capabilities``."""
     args: dict[str, Any] = dict(model.engine_args or {})
     if model.engine == "llamacpp":
-        logprobs = bool(args.get("logits_all", False))
+        # llama-cpp-python needs the logits of every token kept (engineArgs logits_all) for
+        # logprobs; llama.cpp's own server (runtime xllamacpp) always has them.
+        logprobs = bool(args.get("logits_all", False)) or args.get("runtime") == "xllamacpp"
         # Legacy functions/function_call are refused by name: llama.cpp answers in tool_calls,
         # not the legacy function_call their clients read.
         chat = OPENAI_CHAT - {"audio", "modalities", "prediction", "reasoning_effort",
                               "web_search_options", "verbosity", "functions",
                               "function_call"}  # fmt: skip
-        # logprobs need llama.cpp to keep the logits of every token (engineArgs logits_all).
         no_logprobs = frozenset() if logprobs else frozenset({"logprobs", "top_logprobs"})
         caps = Capabilities(
             engine="llamacpp",

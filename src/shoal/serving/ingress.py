@@ -59,9 +59,9 @@ from shoal.serving.openai_api import (
     ChatRequest,
     CompletionRequest,
     approx_prompt_tokens,
-    max_tokens_of,
     model_not_found,
     query_text,
+    window_budget,
 )
 from shoal.serving.probes import IN_FLIGHT_PUBLISH_SECONDS, Probes
 from shoal.serving.ranking import HealthBoard, Ranker, default_alpha, make_ranker, parse_alpha
@@ -427,7 +427,7 @@ class Endpoint:
         """The ranked models that can serve this request (its parameters, its length); a 400
         that names what is missing when none can."""
         tokens = approx_prompt_tokens(parsed)
-        budget = max_tokens_of(parsed, self.limits.default_max_tokens)
+        budget = window_budget(parsed)
         capable: list[str] = []
         first: tuple[str, Refusal] | None = None
         for model in ranked:

@@ -280,10 +280,12 @@ def to_generation(
         "created": created,
     }
     if isinstance(req, ChatRequest):
+        parallel = req.body.get("parallel_tool_calls")
         return GenerationRequest(
             kind="chat",
             max_tokens=max_tokens_of(req, default_max_tokens),
             messages=[m.model_dump(exclude_none=True) for m in req.messages],
+            parallel_tool_calls=parallel if isinstance(parallel, bool) else None,
             **common,
         )
     prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
@@ -295,10 +297,21 @@ def to_generation(
 
 def approx_prompt_tokens(req: ChatRequest | CompletionRequest) -> int:
     """A tokenizer-free estimate of the prompt's length (for the context-window check; the
-    engine checks exactly, and a model that finds it too long passes it on)."""
+    engine checks exactly, and a model that finds it too long passes it on). A chat's tools
+    and response schema count too: the engine puts them in the prompt or its grammar."""
     if isinstance(req, CompletionRequest):
         return approx_tokens(req.prompt if isinstance(req.prompt, str) else req.prompt[0])
-    return approx_tokens(render_messages([m.model_dump(exclude_none=True) for m in req.messages]))
+    text = render_messages([m.model_dump(exclude_none=True) for m in req.messages])
+    extra = {k: req.body[k] for k in ("tools", "response_format") if req.body.get(k)}
+    return approx_tokens(text + (json.dumps(extra) if extra else ""))
+
+
+def window_budget(req: ChatRequest | CompletionRequest) -> int:
+    """The completion tokens a request needs room for in a model's context window: what it
+    asked for, or (asking for none: the answer may run to the window's end) one token."""
+    if isinstance(req, ChatRequest):
+        return req.max_completion_tokens or req.max_tokens or 1
+    return req.max_tokens or 16
 
 
 def query_text(req: ChatRequest | CompletionRequest) -> str:
@@ -458,6 +471,14 @@ def _merge_tool_calls(into: list[dict[str, Any]], deltas: list[dict[str, Any]]) 
             call["function"]["arguments"] += fn["arguments"]
 
 
+def _is_json(text: Any) -> bool:
+    try:
+        json.loads(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def assemble_chat(
     chunks: list[dict[str, Any]], rid: str, created: int, model: str, usage_: dict[str, int]
 ) -> dict[str, Any]:
@@ -479,6 +500,9 @@ def assemble_chat(
                 logprobs = (logprobs or []) + list(lp["content"])
             if choice.get("finish_reason"):
                 finish = choice["finish_reason"]
+    if finish == "length":
+        # A call cut by max_tokens has cut arguments: the answer carries none of it.
+        tool_calls = [c for c in tool_calls if _is_json((c.get("function") or {}).get("arguments"))]
     message: dict[str, Any] = {
         "role": "assistant",
         "content": "".join(content) if content or not tool_calls else None,

@@ -1,4 +1,4 @@
-"""``shoal calibrate`` against a real fleet: the quickstart's tiny llama.cpp specialists on
+"""``shoal calibrate`` against a real fleet: the tiny llama.cpp specialists on
 Ray Serve, a regex grader, then a router fitted on what it wrote.
 
 Each tiny model answers one fixed sentence naming its specialty, so a regex on that sentence
@@ -23,7 +23,8 @@ from shoal.devtools.testing import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-QUICKSTART = REPO_ROOT / "examples" / "quickstart.yaml"
+#: The tiny specialists (deterministic text; the quickstart serves a real model instead).
+QUICKSTART = REPO_ROOT / "tests" / "integration" / "tiny_specialists.yaml"
 PATTERN = {"math": "^Math specialist", "code": "^Code specialist", "chat": "^Chat specialist"}
 HELD_OUT = {
     "math": ["What is 12 squared?", "Solve 2x - 5 = 11 for x.", "What is 30% of 90?"],
@@ -66,7 +67,7 @@ def fleet(local_ray: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def labelled_prompts(path: Path) -> list[dict[str, str]]:
-    """The quickstart's calibration prompts, each with a regex on its specialist's sentence."""
+    """The tiny fleet's calibration prompts, each with a regex on its specialist's sentence."""
     from shoal.local.manifests import load_fleet_file
     from shoal.routing import parse_calibration
 

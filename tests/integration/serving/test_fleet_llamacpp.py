@@ -1,4 +1,4 @@
-"""The quickstart fleet for real: Ray Serve, llama.cpp tiny models, the fitted router,
+"""The tiny specialists fleet for real: Ray Serve, llama.cpp tiny models, the fitted router,
 spoken to with the official ``openai`` client."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from shoal.serving.tinymodel import reply_pieces
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-QUICKSTART = REPO_ROOT / "examples" / "quickstart.yaml"
+#: The tiny specialists (deterministic text; the quickstart serves a real model instead).
+QUICKSTART = REPO_ROOT / "tests" / "integration" / "tiny_specialists.yaml"
 REPLIES = {
     "math": "Math specialist: 6 times 7 is 42.",
     "code": "Code specialist: use sorted(items) in Python.",

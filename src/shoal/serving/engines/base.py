@@ -49,6 +49,9 @@ class GenerationRequest:
     #: The model name the answer carries (as the client addressed it) and its ``created``.
     model_name: str = ""
     created: int = 0
+    #: OpenAI's ``parallel_tool_calls`` as sent (None: not sent). Only engines that make tool
+    #: calls themselves read it (llama.cpp's xllamacpp runtime); it is not in ``params``.
+    parallel_tool_calls: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -41,13 +41,14 @@ from shoal.serving.engines.base import (
 )
 from shoal.serving.engines.llamacpp_speculative import check_gguf_type, draft_model
 from shoal.serving.metrics import EngineMetrics
+from shoal.serving.sources import PKG_SCHEME, SourceMissing, package_file
 from shoal.serving.tinymodel import TinyModelSpec, ensure_tiny_gguf
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-_SHOAL_KEYS = {"max_waiting", "chat_template", "tiny_model"}
+_SHOAL_KEYS = {"max_waiting", "chat_template", "tiny_model", "runtime"}
 
 
 @dataclass
@@ -96,10 +97,15 @@ class LlamaCppEngine:
     def _resolve_path(self) -> str:
         if self.tiny is not None:
             return str(ensure_tiny_gguf(self.tiny, self.model_path))
+        if self.source and self.source.startswith(PKG_SCHEME):
+            try:
+                return package_file(self.source)
+            except SourceMissing as exc:
+                raise EngineError(f"model {self.model}: {exc}") from None
         if self.model_path is None:
             raise EngineError(
-                f"model {self.model}: llamacpp needs local weights (file:// or pvc:// source, "
-                f"or a model path); got {self.source!r}"
+                f"model {self.model}: llamacpp needs local weights (file://, pvc:// or pkg:// "
+                f"source, or a model path); got {self.source!r}"
             )
         if not os.path.exists(self.model_path):
             raise EngineError(f"model {self.model}: no GGUF file at {self.model_path}")
@@ -166,7 +172,7 @@ class LlamaCppEngine:
         and the usage count; a tool-calling prompt adds a little)."""
         llm = self._llm
         if request.kind == "chat":
-            result = self._formatter(messages=_chat_messages(request.messages))
+            result = self._formatter(messages=chat_messages(request.messages))
             return list(
                 llm.tokenize(
                     result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
@@ -198,7 +204,7 @@ class LlamaCppEngine:
         from llama_cpp import llama_chat_format
 
         kwargs = self._sampling(req, room)
-        kwargs["messages"] = _chat_messages(req.messages)
+        kwargs["messages"] = chat_messages(req.messages)
         kwargs["logits_processor"] = processors
         params = req.params
         fmt = params.get("response_format")
@@ -293,6 +299,10 @@ class LlamaCppEngine:
             # Tokens sampled, less the end-of-sequence token when that ended it (when a stop
             # sequence ended it the count is one low: llama.cpp does not say which it was).
             completion = sampled - 1 if _finish(held) == "stop" and sampled > 0 else sampled
+            if _finish(held) == "tool_calls" and sampled >= min(req.max_tokens, room):
+                # llama-cpp-python says "tool_calls" for a call cut by max_tokens: its
+                # arguments are cut JSON, so the answer ended for its length.
+                held = {**held, "choices": [{**held["choices"][0], "finish_reason": "length"}]}
             put(job.queue.put_nowait, (held, (len(prompt), max(completion, 0))))
         except ValueError as exc:  # llama-cpp-python's word for a request it cannot serve
             put(job.queue.put_nowait, _rejected(self.model, exc))
@@ -316,7 +326,7 @@ class LlamaCppEngine:
         self._running += 1
         self._report()
         worker = loop.run_in_executor(None, self._run, job)
-        wire = _Wire(request, self.model)
+        wire = Wire(request, self.model)
         try:
             first = True
             last = started
@@ -405,7 +415,7 @@ def _rejected(model: str, exc: ValueError) -> RequestRejected:
     return RequestRejected(f"model {model}: {message}")
 
 
-class _Wire:
+class Wire:
     """Turns llama.cpp's OpenAI chunks into engine chunks with the answer's wire bytes: SSE
     events when the client streams, one JSON body at the end when not."""
 
@@ -486,7 +496,7 @@ class _Wire:
         return Chunk(text, reason, prompt, completion, data=data)  # type: ignore[arg-type]
 
 
-def _chat_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def chat_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Messages for a chat template: text content (parts joined), tool calls kept."""
     return [{**m, "content": _text(m.get("content"))} for m in messages]
 
