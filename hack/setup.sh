@@ -22,6 +22,9 @@ want_control_plane=1
 
 # --- Debian packages -------------------------------------------------------------------------
 apt_packages=(prometheus shellcheck)
+# The local real node of hack/cluster-up.sh (the e2e tests): containerd, runc, the CNI plugins,
+# and iptables and conntrack for kube-proxy. cluster-up.sh runs a containerd of its own.
+apt_packages+=(containerd runc containernetworking-plugins iptables conntrack)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
