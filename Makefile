@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: help setup up down test test-fast lint typecheck crds check-generated bench-router bench-operator bench-serving bench-tenants bench-tenant-keys
+.PHONY: help setup up down images test test-fast lint typecheck crds check-generated bench-router bench-operator bench-serving bench-tenants bench-tenant-keys
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -18,6 +18,9 @@ up: ## run the quickstart fleet locally on CPU (no cluster needed, so no control
 
 down: ## stop the local fleet
 	$(VENV)/bin/shoal down
+
+images: ## build the operator, serving and KubeRay images (docker or buildah); prints the archives
+	@hack/build-images.sh
 
 test: setup ## run the whole test suite against real servers
 	SHOAL_REQUIRE_SERVERS=1 $(PY) -m pytest
