@@ -78,11 +78,18 @@ start() {  # start NAME BINARY ARGS...: run it in a session of its own, logged, 
 }
 
 # --- 1. Build what is missing ----------------------------------------------------------------
-log "building what is missing (control plane, kubelet, kube-proxy, CoreDNS)"
-"$root/hack/build-control-plane.sh"
-for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy coredns helm; do
-  [[ -x "$bin/$b" ]] || die "$bin/$b was not built"
-done
+node_binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy coredns helm)
+node_files=(crds/ray.io_rayclusters.yaml crds/ray.io_rayjobs.yaml crds/ray.io_rayservices.yaml kuberay/role.yaml)
+have_all() {
+  local b f
+  for b in "${node_binaries[@]}"; do [[ -x "$bin/$b" ]] || return 1; done
+  for f in "${node_files[@]}"; do [[ -s "$tools/$f" ]] || return 1; done
+}
+if ! have_all; then
+  log "building what is missing (control plane, kubelet, kube-proxy, CoreDNS)"
+  "$root/hack/build-control-plane.sh"
+  have_all || die "hack/build-control-plane.sh did not build everything the node needs"
+fi
 
 pause_image="localhost/shoal-pause:1"
 build_pause() {  # the pod sandbox image: a static binary that sleeps, from scratch
