@@ -74,14 +74,21 @@ done
 if [[ -x "$bin/kube-proxy" ]] && iptables -w -t nat -n -L KUBE-SERVICES >/dev/null 2>&1; then
   "$bin/kube-proxy" --cleanup >/dev/null 2>&1 || true
 fi
-for table in filter nat mangle; do
-  for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY; do
-    iptables -w -t "$table" -n -L "$chain" >/dev/null 2>&1 || continue
-    # Drop every rule that jumps to the chain, then the chain.
-    iptables -w -t "$table" -S | awk -v c="$chain" '$1 == "-A" && $0 ~ ("-j " c "( |$)") { $1 = "-D"; print }' \
-      | while read -r -a rule; do iptables -w -t "$table" "${rule[@]}" 2>/dev/null || true; done
-    iptables -w -t "$table" -F "$chain" 2>/dev/null || true
-    iptables -w -t "$table" -X "$chain" 2>/dev/null || true
+# The kubelet's chains (KUBE-FIREWALL, KUBE-KUBELET-CANARY, KUBE-IPTABLES-HINT), IPv4 and
+# IPv6, and whatever KUBE-* chain kube-proxy's cleanup left: those that were not there before.
+for family in iptables ip6tables; do
+  for table in filter nat mangle; do
+    for chain in $("$family" -w -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ { print $2 }'); do
+      grep -qxF "$family $table $chain" "$state/preexisting-chains" 2>/dev/null && continue
+      # Drop every rule that jumps to the chain, then the chain.
+      "$family" -w -t "$table" -S | awk -v c="$chain" '$1 == "-A" && $0 ~ ("-j " c "( |$)") { $1 = "-D"; print }' \
+        | while read -r rule; do eval "\"\$family\" -w -t \"\$table\" $rule" 2>/dev/null || true; done
+      "$family" -w -t "$table" -F "$chain" 2>/dev/null || true
+    done
+    for chain in $("$family" -w -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ { print $2 }'); do
+      grep -qxF "$family $table $chain" "$state/preexisting-chains" 2>/dev/null && continue
+      "$family" -w -t "$table" -X "$chain" 2>/dev/null || true
+    done
   done
 done
 while iptables -w -D FORWARD -j "$egress_chain" 2>/dev/null; do :; done

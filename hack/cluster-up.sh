@@ -78,7 +78,8 @@ start() {  # start NAME BINARY ARGS...: run it in a session of its own, logged, 
 }
 
 # --- 1. Build what is missing ----------------------------------------------------------------
-node_binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy coredns helm)
+node_binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy coredns)
+((node_only)) || node_binaries+=(helm)
 node_files=(crds/ray.io_rayclusters.yaml crds/ray.io_rayjobs.yaml crds/ray.io_rayservices.yaml kuberay/role.yaml)
 have_all() {
   local b f
@@ -127,6 +128,15 @@ if ! ip -4 addr show dev lo | grep -q " $node_ip/32 "; then
   touch "$state/lo-address-added"
 fi
 [[ -f "$state/ip_forward" ]] || cat /proc/sys/net/ipv4/ip_forward >"$state/ip_forward"
+# The kubelet's and kube-proxy's chains (KUBE-*, IPv4 and IPv6) that exist before the node
+# runs are not the node's: cluster-down.sh leaves them.
+if [[ ! -f "$state/preexisting-chains" ]]; then
+  for family in iptables ip6tables; do
+    for table in filter nat mangle; do
+      "$family" -w -t "$table" -S 2>/dev/null | awk -v f="$family" -v t="$table" '$1 == "-N" { print f, t, $2 }'
+    done
+  done >"$state/preexisting-chains"
+fi
 for d in /run/containerd /var/log/containers /var/lib/cni /var/lib/cni/results; do
   f="$state/preexisting$(echo "$d" | tr / -)"
   [[ -f "$f" ]] || { if [[ -e "$d" ]]; then echo 1; else echo 0; fi; } >"$f"
