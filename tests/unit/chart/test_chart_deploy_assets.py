@@ -110,3 +110,14 @@ def test_cluster_up_says_how_to_use_it_and_its_chart_values_are_valid() -> None:
     assert ("--set-string", "serving.rayServeEnv.RAY_USAGE_STATS_ENABLED", "0") in extra
     args = [a for flag, k, v in extra for a in (flag, f"{k}={v}")]
     run_helm("template", "shoal", str(CHART), *args)
+
+
+def test_operator_pod_gets_no_service_link_variables() -> None:
+    """Kubernetes' Docker-link variables would set SHOAL_METRICS_PORT=tcp://<ip>:<port> (from
+    the Service <release>-shoal-metrics), which the operator reads as its metrics port: the
+    operator Pod crash-looped on the first real node."""
+    import yaml
+
+    text = run_helm("template", "shoal", str(CHART)).stdout
+    deploy = next(d for d in yaml.safe_load_all(text) if d and d["kind"] == "Deployment")
+    assert deploy["spec"]["template"]["spec"]["enableServiceLinks"] is False
