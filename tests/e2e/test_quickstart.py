@@ -291,9 +291,16 @@ def test_operator_pod_deleted_restarts_without_needless_writes(fleet: NodeCluste
 
     new = wait_until("a new operator pod Ready", new_pod_ready, 180, 1)
 
-    def reconciled() -> bool:  # the new operator has looked at the fleet
-        logs = fleet.kubectl("logs", "-n", SHOAL_NAMESPACE, new["metadata"]["name"]).stdout
-        return NAME in logs
+    def reconciled() -> bool:  # the new operator has reconciled (its own metrics say so)
+        url = f"http://{new['status']['podIP']}:8080/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode()
+        counts = [
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("shoal_operator_reconciles_total{")
+        ]
+        return sum(counts) >= 1
 
     wait_until("the new operator handles the fleet", reconciled, 120, 2)
     assert fleet_ready(fleet)
