@@ -68,6 +68,14 @@ wait_for() {  # wait_for WHAT SECONDS COMMAND...: until COMMAND succeeds
   done
 }
 
+write_if_changed() {  # write_if_changed FILE: stdin into FILE, only where it differs
+  # (kube-proxy exits when its configuration file is written, even with the same content).
+  local tmp
+  tmp="$(mktemp "$1.XXXXXX")"
+  cat >"$tmp"
+  if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv "$tmp" "$1"; fi
+}
+
 start() {  # start NAME BINARY ARGS...: run it in a session of its own, logged, PID recorded
   local name="$1" exe="$2"
   shift 2
@@ -247,7 +255,7 @@ start kube-scheduler "$bin/kube-scheduler" --kubeconfig "$state/scheduler.kubeco
 # --- 5. containerd and the node --------------------------------------------------------------
 mkdir -p "$state/containerd" "$state/cni/net.d" "$state/kubelet" "$state/pod-logs"
 sock="$state/containerd/containerd.sock"
-cat >"$state/containerd/config.toml" <<TOML
+write_if_changed "$state/containerd/config.toml" <<TOML
 version = 2
 root = "$state/containerd/root"
 state = "$state/containerd/state"
@@ -281,7 +289,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         Root = "$state/containerd/runc"
 TOML
 # The pod network: one bridge, host-local addresses, no masquerading (nothing leaves).
-cat >"$state/cni/net.d/10-shoal-node.conflist" <<JSON
+write_if_changed "$state/cni/net.d/10-shoal-node.conflist" <<JSON
 {
   "cniVersion": "1.0.0",
   "name": "shoal-node",
@@ -318,7 +326,7 @@ done
 
 # Host search domains stay out of pods; pods resolve cluster.local through CoreDNS only.
 echo "nameserver $node_ip" >"$state/resolv.conf"
-cat >"$state/kubelet.yaml" <<YAML
+write_if_changed "$state/kubelet.yaml" <<YAML
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: "$node_ip"
@@ -343,13 +351,21 @@ registerNode: true
 # Image archives are imported, not pulled: keep them however full the disk gets.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
+# Evict on absolute amounts, not on percentages: on a shared machine whose disk holds others'
+# builds (and whose reported size can exceed what is usable), the default 15% of the image
+# filesystem tainted the node with disk pressure while 39 GiB were free.
+evictionHard:
+  memory.available: 200Mi
+  nodefs.available: 2Gi
+  imagefs.available: 2Gi
+  nodefs.inodesFree: 5%
 YAML
 start kubelet "$bin/kubelet" --config "$state/kubelet.yaml" --kubeconfig "$state/kubelet.kubeconfig" \
   --root-dir "$state/kubelet" --hostname-override "$node_name" --node-ip "$node_ip" --v=1
 node_ready() { [[ "$(k get node "$node_name" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" == True ]]; }
 wait_for "node $node_name" 90 node_ready
 
-cat >"$state/kube-proxy.yaml" <<YAML
+write_if_changed "$state/kube-proxy.yaml" <<YAML
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection: {kubeconfig: "$state/kube-proxy.kubeconfig"}
@@ -390,7 +406,7 @@ roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:
 subjects:
 - {apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:coredns"}
 YAML
-cat >"$state/Corefile" <<COREFILE
+write_if_changed "$state/Corefile" <<COREFILE
 cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {
     bind $node_ip
     errors
