@@ -314,14 +314,23 @@ start containerd "$(command -v containerd)" --config "$state/containerd/config.t
 ctr_() { ctr --address "$sock" -n k8s.io "$@"; }
 wait_for containerd 30 ctr_ version
 
+# An archive is imported again where an image it holds is gone (the kubelet removes unused
+# images under disk pressure, the pause image included).
 imported="$state/imported-archives"
 touch "$imported"
+present="$(ctr_ images ls -q)"
 for a in "${archives[@]}"; do
   sum="$(basename "$a")"
-  grep -qxF "$sum" "$imported" && continue
+  refs="$(awk -v a="$sum" '$1 == a { $1 = ""; print }' "$imported")"
+  missing=0
+  if [[ -z "$refs" ]]; then missing=1; fi
+  for r in $refs; do grep -qxF "$r" <<<"$present" || missing=1; done
+  ((missing)) || continue
   log "importing $(basename "$a")"
-  ctr_ images import "$a" >/dev/null
-  echo "$sum" >>"$imported"
+  refs="$(ctr_ images import "$a" | sed -n 's/^unpacking \([^ ]*\) .*/\1/p' | tr '\n' ' ')"
+  grep -vF "$sum " "$imported" >"$imported.tmp" || true
+  echo "$sum $refs" >>"$imported.tmp"
+  mv "$imported.tmp" "$imported"
 done
 
 # Host search domains stay out of pods; pods resolve cluster.local through CoreDNS only.
