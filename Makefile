@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: help setup up down test test-fast lint typecheck crds check-generated bench-router bench-operator bench-serving bench-peer bench-tenants bench-tenant-keys
+.PHONY: help setup up down images cluster-up cluster-down test test-e2e test-fast lint typecheck crds check-generated bench-router bench-operator bench-serving bench-peer bench-tenants bench-tenant-keys
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -19,8 +19,20 @@ up: ## run the quickstart fleet locally on CPU (no cluster needed, so no control
 down: ## stop the local fleet
 	$(VENV)/bin/shoal down
 
+cluster-up: ## a real single-node Kubernetes cluster here (containerd, kubelet), KubeRay and Shoal (root)
+	@hack/cluster-up.sh
+
+cluster-down: ## remove the cluster-up node and everything it created
+	@hack/cluster-down.sh
+
+images: ## build the operator, serving and KubeRay images (docker or buildah); prints the archives
+	@hack/build-images.sh
+
 test: setup ## run the whole test suite against real servers
 	SHOAL_REQUIRE_SERVERS=1 $(PY) -m pytest
+
+test-e2e: setup ## the end-to-end tier on the real node (cluster-up's cluster, started if need be)
+	SHOAL_REQUIRE_SERVERS=1 $(PY) -m pytest tests/e2e -m e2e
 
 test-fast: ## unit tests only (no servers)
 	$(PY) -m pytest tests/unit

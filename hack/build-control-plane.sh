@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build a real Kubernetes control plane for tests from the Go module proxy:
-# kube-apiserver, kubectl, kube-controller-manager, kube-scheduler and etcd (one wrapper
-# module over k8s.io/kubernetes, whose staging modules are replaced by their published
-# versions), helm (its own wrapper module), KubeRay's operator (ray-operator) and KWOK (nodes
+# kube-apiserver, kubectl, kube-controller-manager, kube-scheduler and etcd, and the node's
+# kubelet and kube-proxy (one wrapper module over k8s.io/kubernetes, whose staging modules are
+# replaced by their published versions), CoreDNS (the local node's DNS, hack/cluster-up.sh), helm (its own wrapper module), KubeRay's operator (ray-operator) and KWOK (nodes
 # and pod status without kubelets) from their own modules; and fetch KubeRay's CRDs
 # (RayCluster, RayJob, RayService) and the operator's ClusterRole from the KubeRay module and
 # the prometheus-operator CRDs the chart's monitoring objects use (ServiceMonitor, PodMonitor,
@@ -21,6 +21,7 @@ HELM_VERSION="${HELM_VERSION:-v3.19.5}"    # built against k8s.io/* v0.34
 KUBERAY_VERSION="${KUBERAY_VERSION:-v1.4.2}"
 KWOK_VERSION="${KWOK_VERSION:-v0.7.0}"       # built against k8s.io/* v0.33
 PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-v0.85.0}"
+COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tools="${SHOAL_TOOLS_DIR:-$root/.tools}"
@@ -52,7 +53,7 @@ stamped() {  # stamped BINARY VERSION: built, and its stamp file (.tools/bin/.BI
 }
 
 #: The Kubernetes commands the wrapper module builds (its .version stamp lists them).
-K8S_COMMANDS="kube-apiserver kubectl kube-controller-manager kube-scheduler"
+K8S_COMMANDS="kube-apiserver kubectl kube-controller-manager kube-scheduler kubelet kube-proxy"
 
 build_k8s() {
   local mod="$work/k8s"
@@ -84,6 +85,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 GO
     local gomod
@@ -114,8 +117,9 @@ GO
   fi
   # Garbage collection, Endpoints/EndpointSlices and scheduling, for the tests that run
   # KubeRay's controller (its pods need nodes, its children need the garbage collector).
+  # kubelet and kube-proxy: the real node of hack/cluster-up.sh (the e2e tests).
   local cmd
-  for cmd in kube-controller-manager kube-scheduler; do
+  for cmd in kube-controller-manager kube-scheduler kubelet kube-proxy; do
     if ! have_version "$cmd" "$K8S_VERSION" --version; then
       log "building $cmd $K8S_VERSION"
       (cd "$mod" && go build -trimpath -ldflags "$ld" -o "$bin/$cmd" "k8s.io/kubernetes/cmd/$cmd")
@@ -174,6 +178,14 @@ build_kuberay_operator() {
   echo "$KUBERAY_VERSION" >"$bin/.ray-operator-version"
 }
 
+build_coredns() {
+  # The local node's DNS (hack/cluster-up.sh); its module builds with go install as released.
+  if have_version coredns "CoreDNS-${COREDNS_VERSION#v}" -version; then return; fi
+  log "building CoreDNS $COREDNS_VERSION (a cold build takes 3-4 minutes on 2 cores)"
+  (cd "$work" && GOBIN="$bin" go install -trimpath -ldflags "-s -w" \
+     "github.com/coredns/coredns@$COREDNS_VERSION")
+}
+
 build_kwok() {
   # KWOK plays the kubelets: it gives the test's Node objects a Ready status and the pods
   # scheduled onto them a Running status, a pod IP and Ready conditions.
@@ -209,4 +221,5 @@ build_k8s
 build_helm
 build_kuberay_operator
 build_kwok
+build_coredns
 log "ready in $bin: $(ls "$bin" | tr '\n' ' ')"

@@ -87,11 +87,9 @@ h upgrade --install kuberay-operator kuberay/kuberay-operator --version "$kubera
 
 # 4. Shoal.
 log "installing Shoal's chart"
-h upgrade --install shoal charts/shoal --namespace "$shoal_ns" --create-namespace \
-  --set image.repository=shoal-operator --set image.tag="$tag" --set image.pullPolicy=Never \
-  --set serving.image="$serving_image" --set serving.gpuImage="$serving_image" \
-  --wait --timeout 5m
-k -n "$shoal_ns" rollout status deployment/shoal --timeout 5m
+# shellcheck source=lib/shoal-chart.sh
+source "$root/hack/lib/shoal-chart.sh"
+shoal_chart_install "$shoal_ns" shoal-operator "$tag" "$serving_image"
 
 # 5. The fleet.
 log "applying $fleet_file"

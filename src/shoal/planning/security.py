@@ -77,7 +77,19 @@ def harden_pod_template(template: dict[str, Any], *, api_token: bool) -> None:
         mounts.extend({"name": n, "mountPath": p} for n, p in WRITABLE_DIRS.items())
 
 
+#: The autoscaler sidecar's resources. KubeRay's default (500m CPU and 512Mi, requested and
+#: limited) reserves a quarter of a 2-CPU node for a process that idles between decisions;
+#: it requests a fifth of that and may burst to KubeRay's figure.
+AUTOSCALER_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "100m", "memory": "256Mi"},
+    "limits": {"cpu": "500m", "memory": "512Mi"},
+}
+
+
 def autoscaler_options() -> dict[str, Any]:
     """KubeRay's ``autoscalerOptions``: the autoscaler sidecar it adds to the head, hardened
     like the Ray containers (it shares the head's /tmp/ray volume with them)."""
-    return {"securityContext": container_security_context()}
+    return {
+        "securityContext": container_security_context(),
+        "resources": {k: dict(v) for k, v in AUTOSCALER_RESOURCES.items()},
+    }

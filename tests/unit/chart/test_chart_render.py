@@ -131,10 +131,8 @@ def test_env_reaches_the_operator_settings(name: str) -> None:
     assert config.tenant_sync_interval_seconds == v.tenants.sync_interval_seconds
     assert config.tenant_key_resync_seconds == v.tenants.key_resync_seconds
     assert config.tenant_usage_interval_seconds == v.tenants.usage_interval_seconds
-    assert config.serving_image == (v.serving.image or f"ghcr.io/shoal-dev/shoal-serving:{_app()}")
-    assert config.gpu_image == (
-        v.serving.gpu_image or f"ghcr.io/shoal-dev/shoal-serving:{_app()}-gpu"
-    )
+    assert config.serving_image == (v.serving.image or f"localhost/shoal-serving:{_app()}")
+    assert config.gpu_image == (v.serving.gpu_image or f"localhost/shoal-serving:{_app()}-gpu")
     from shoal.contract import RAY_SERVE_ENV
 
     assert config.ray_serve_env == {**RAY_SERVE_ENV, **v.serving.ray_serve_env}
@@ -148,7 +146,7 @@ def _app() -> str:
 
 
 def test_images() -> None:
-    assert container(render())["image"] == f"ghcr.io/shoal-dev/shoal-operator:{_app()}"
+    assert container(render())["image"] == f"localhost/shoal-operator:{_app()}"
     assert container(render({"image": {"tag": "dev"}}))["image"].endswith("shoal-operator:dev")
     c = container(render(MATRIX["custom"]))
     assert c["image"] == "registry.example.com/ml/shoal-operator@sha256:" + "a" * 64

@@ -290,6 +290,6 @@ def test_default_images_are_shoals_serving_images() -> None:
     rs = desired_children(fleet(), policy(), ART, PlanSettings()).rayservice
     cluster = rs["spec"]["rayClusterConfig"]
     head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
-    assert head["image"].startswith("ghcr.io/shoal-dev/shoal-serving:")
+    assert head["image"].startswith("localhost/shoal-serving:")
     gpu = _groups(rs)["gpu-l4"]["template"]["spec"]["containers"][0]
     assert gpu["image"] == head["image"] + "-gpu"

@@ -57,3 +57,6 @@ def test_kuberay_autoscaler_sidecar_is_hardened_too() -> None:
     rs = desired_children(fleet(), policy(), ART, PlanSettings()).rayservice
     ctx = rs["spec"]["rayClusterConfig"]["autoscalerOptions"]["securityContext"]
     assert ctx["runAsNonRoot"] is True and ctx["capabilities"] == {"drop": ["ALL"]}
+    # Not KubeRay's 500m request: a fleet fits a 2-CPU node with the sidecar beside it.
+    res = rs["spec"]["rayClusterConfig"]["autoscalerOptions"]["resources"]
+    assert res["requests"] == {"cpu": "100m", "memory": "256Mi"}

@@ -106,7 +106,7 @@ def test_serving_image_runs_with_the_ray_serve_settings_of_the_code() -> None:
     dockerfile = (REPO_ROOT / "serving" / "Dockerfile").read_text()
     env = dict(re.findall(r"\b(RAY(?:_SERVE|LLM)_[A-Z_]+)=(\S+)", dockerfile))
     assert env == RAY_SERVE_ENV
-    assert 'pip install --no-cache-dir ".[serving]"' in dockerfile
+    assert 'pip install ".[serving]"' in dockerfile
     # The image's Ray is the version the fleet spec defaults to.
     from shoal.api.v1alpha1.fleet import ServingSpec
 

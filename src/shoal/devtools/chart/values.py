@@ -117,10 +117,13 @@ class Image(ChartModel):
     """A container image."""
 
     repository: str = Field(
-        default="ghcr.io/shoal-dev/shoal-operator",
+        default="localhost/shoal-operator",
         min_length=1,
         max_length=255,
-        description="Image repository of the operator (built from operator/Dockerfile).",
+        description="Image repository of the operator (built from operator/Dockerfile). "
+        "localhost/shoal-operator is the name `make images` gives the image it builds (tag "
+        "dev), for a node it is loaded into; no registry publishes Shoal's images: push yours "
+        "and name it here (docs/sre.md, Images).",
     )
     tag: str = Field(
         default="",
