@@ -142,17 +142,23 @@ def test_fleet_ready_from_kuberays_status_with_its_columns(fleet: NodeCluster) -
 
 
 def test_chat_through_the_service_routed_by_the_fleet(fleet: NodeCluster) -> None:
+    """Each answer comes from the model the fleet's own router ranks first for the prompt: the
+    router the operator fitted in the cluster decides as the same fit from the same
+    calibration does here (``shoal render``'s fit)."""
+    from shoal.local.manifests import fit_local_router, load_fleet_file
+    from shoal.routing.router import load_router
+
+    artifact = fit_local_router(load_fleet_file(QUICKSTART))
+    assert artifact is not None, "the quickstart's policy is a cluster router"
+    router = load_router(artifact)
     client = _openai(fleet)
-    by_specialty = {s: name for name, m in MODELS.items() for s in m.get("specialties", [])}
-    for prompt, specialty in [
-        ("What is 17 times 23?", "math"),
-        ("Write a Python function that reverses a string.", "code"),
-        ("Can you recommend a good book for a long flight?", "chat"),
+    for prompt in [
+        "What is 17 times 23?",
+        "Write a Python function that reverses a string.",
+        "Can you recommend a good book for a long flight?",
     ]:
         model, chat = _ask(client, prompt)
-        assert model in MODELS, model
-        if specialty in by_specialty:
-            assert model == by_specialty[specialty], (prompt, model)
+        assert model == router.rank(prompt).models[0], (prompt, model)
         assert chat.choices[0].message.content, chat
         assert chat.usage.completion_tokens > 0
 
