@@ -19,6 +19,7 @@ import yaml
 
 from shoal.devtools.testing import require
 from shoal.devtools.testing.controlplane import ControlPlane, free_port
+from shoal.devtools.testing.prometheus import Target, fleet_pod, scrape_config
 from shoal.operator.gateway import KubeGateway
 from tests.integration.autoscaling.conftest import scaling_fleet, static_policy
 from tests.integration.autoscaling.fleet_emulator import KubeRayPlayer, LoadedFleet
@@ -35,14 +36,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 class Prometheus:
     """Debian's Prometheus on a fixed loopback port, stoppable and restartable on it."""
 
-    def __init__(self, binary: str, workdir: Path, targets: list[int]) -> None:
+    def __init__(self, binary: str, workdir: Path, targets: list[Target]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = {
-            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": "shoal", "static_configs": [
-                {"targets": [f"127.0.0.1:{p}" for p in targets]}]}],
-        }  # fmt: skip
+        config = scrape_config(targets)
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.argv = [binary, f"--config.file={workdir / 'prometheus.yml'}",
                      f"--storage.tsdb.path={workdir / 'tsdb'}",
@@ -64,7 +61,7 @@ class Prometheus:
 
 
 @pytest.fixture()
-def prometheus_and_load(tmp_path: Path) -> Iterator[tuple[Prometheus, LoadedFleet]]:
+def prometheus_and_load(tmp_path: Path, namespace: str) -> Iterator[tuple[Prometheus, LoadedFleet]]:
     binary = shutil.which("prometheus") or (
         "/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None
     )
@@ -75,7 +72,10 @@ def prometheus_and_load(tmp_path: Path) -> Iterator[tuple[Prometheus, LoadedFlee
     fleet = LoadedFleet("f", {"alpha": ("small", ENGINE), "beta": ("small", ENGINE)})
     ports = {k: free_port() for k in ("router", "alpha", "beta")}
     fleet.start(ports)
-    prom = Prometheus(binary, tmp_path, list(ports.values()))
+    # Scraped as the chart's PodMonitor scrapes the fleet's pods (the operator's queries are
+    # scoped by the namespace and fleet labels it sets).
+    targets = [fleet_pod(f"127.0.0.1:{p}", namespace, "f") for p in ports.values()]
+    prom = Prometheus(binary, tmp_path, targets)
     prom.start()
     try:
         yield prom, fleet

@@ -98,18 +98,10 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else 0.0
 
 
-@contextmanager
-def running_prometheus(targets: Sequence[str | Target], workdir: Path) -> Iterator[Prometheus]:
-    """Prometheus scraping ``targets`` every second, until the block ends."""
-    import yaml
-
-    binary = shutil.which("prometheus") or (BINARY if Path(BINARY).exists() else None)
-    require(
-        binary is not None, "Prometheus not installed (Debian package prometheus; hack/setup.sh)"
-    )
-    assert binary is not None
-    port = free_port()
-    config = {
+def scrape_config(targets: Sequence[str | Target]) -> dict[str, Any]:
+    """A Prometheus configuration that scrapes ``targets`` every second with the chart's
+    PodMonitor relabelings (``namespace``, ``fleet`` and ``pod`` from pod metadata)."""
+    return {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [{
             "job_name": "shoal",
@@ -121,6 +113,20 @@ def running_prometheus(targets: Sequence[str | Target], workdir: Path) -> Iterat
             ],
         }],
     }  # fmt: skip
+
+
+@contextmanager
+def running_prometheus(targets: Sequence[str | Target], workdir: Path) -> Iterator[Prometheus]:
+    """Prometheus scraping ``targets`` every second, until the block ends."""
+    import yaml
+
+    binary = shutil.which("prometheus") or (BINARY if Path(BINARY).exists() else None)
+    require(
+        binary is not None, "Prometheus not installed (Debian package prometheus; hack/setup.sh)"
+    )
+    assert binary is not None
+    port = free_port()
+    config = scrape_config(targets)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     log = (workdir / "prometheus.log").open("w")
