@@ -88,6 +88,31 @@ def _wait_http(podman: Podman, name: str, url: str, timeout: float = 120) -> str
     raise AssertionError(f"{url} did not answer within {timeout} s:\n{podman.logs(name)[-3000:]}")
 
 
+#: Where the tests mount the API server's kubeconfig and CA in a container (not under /tmp,
+#: which the chart makes an emptyDir; the test's own temporary folders are root's alone).
+CONTAINER_KUBE_DIR = "/var/run/shoal-test-kube"
+
+
+def _kubeconfig_mount(control_plane: ControlPlane, tmp_path: Path) -> list[str]:
+    """Podman arguments that give a non-root container the control plane's kubeconfig: a
+    copy with the CA beside it, readable by any user, mounted read-only."""
+    folder = tmp_path / "kube"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    config = yaml.safe_load(control_plane.kubeconfig.read_text())
+    for cluster in config["clusters"]:
+        ca = Path(cluster["cluster"]["certificate-authority"])
+        (folder / ca.name).write_bytes(ca.read_bytes())
+        cluster["cluster"]["certificate-authority"] = f"{CONTAINER_KUBE_DIR}/{ca.name}"
+    (folder / "kubeconfig").write_text(yaml.safe_dump(config))
+    for f in folder.iterdir():
+        f.chmod(0o644)
+    return [
+        f"--env=KUBECONFIG={CONTAINER_KUBE_DIR}/kubeconfig",
+        f"--volume={folder}:{CONTAINER_KUBE_DIR}:ro",
+    ]
+
+
 # --- the operator image ------------------------------------------------------------------------
 
 
@@ -119,12 +144,10 @@ def test_operator_image_serves_health_and_metrics_as_the_chart_runs_it(
     args = container_run_args(spec, container, tmp_path)
     assert "--read-only" in args and "--user=65532:65532" in args
     # The chart's env from the downward API, and the API server's address and credentials.
-    kubeconfig = control_plane.kubeconfig
     args += [
         "--env=POD_ID=shoal-operator-test",
         "--env=SHOAL_OPERATOR_NAMESPACE=shoal-system",
-        f"--env=KUBECONFIG={kubeconfig}",
-        f"--volume={kubeconfig.parent}:{kubeconfig.parent}:ro",
+        *_kubeconfig_mount(control_plane, tmp_path),
     ]
     name = podman.start(images["operator"], args, container["args"])
     body = _wait_http(podman, name, f"http://127.0.0.1:{health}/healthz")
@@ -372,11 +395,9 @@ def test_kuberay_operator_image_starts_as_non_root_on_a_read_only_root(
     podman: Podman, images: dict[str, str], control_plane: ControlPlane, tmp_path: Path
 ) -> None:
     probe, metrics = _free_port(), _free_port()
-    kubeconfig = control_plane.kubeconfig
     args = [
         "--read-only", "--read-only-tmpfs=false", "--cap-drop=all",
-        "--security-opt=no-new-privileges",
-        f"--env=KUBECONFIG={kubeconfig}", f"--volume={kubeconfig.parent}:{kubeconfig.parent}:ro",
+        "--security-opt=no-new-privileges", *_kubeconfig_mount(control_plane, tmp_path),
     ]  # fmt: skip
     name = podman.start(
         images["kuberay"], args,
