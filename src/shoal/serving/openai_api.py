@@ -503,6 +503,10 @@ def assemble_chat(
     if finish == "length":
         # A call cut by max_tokens has cut arguments: the answer carries none of it.
         tool_calls = [c for c in tool_calls if _is_json((c.get("function") or {}).get("arguments"))]
+        if tool_calls and not "".join(content).strip():
+            # Whole calls, and nothing after them but the whitespace a grammar allows until
+            # the token limit: the answer is those calls.
+            finish = "tool_calls"
     message: dict[str, Any] = {
         "role": "assistant",
         "content": "".join(content) if content or not tool_calls else None,
