@@ -465,3 +465,25 @@ class EngineMetrics:
         self.prompt_tokens.inc(prompt_tokens, self.labels)
         self.generation_tokens.inc(completion_tokens, self.labels)
         self.success.inc(1, self.labels)
+
+    def observe_chunk(
+        self,
+        *,
+        started: float,
+        previous: float | None,
+        now: float,
+        finished: bool,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        """One chunk of a generation that began at ``started``: time to first token when
+        there was no chunk before (``previous`` None), else the gap since it; the whole
+        request when the chunk ends it."""
+        if previous is None:
+            self.observe_ttft(now - started)
+        else:
+            self.observe_inter_token(now - previous)
+        if finished:
+            self.observe_finished(
+                now - started, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+            )

@@ -332,16 +332,14 @@ class XLlamaCppEngine:
                     continue
                 now = time.perf_counter()
                 if self.metrics is not None:
-                    if first:
-                        self.metrics.observe_ttft(now - started)
-                    else:
-                        self.metrics.observe_inter_token(now - last)
-                    if chunk.finish_reason is not None:
-                        self.metrics.observe_finished(
-                            now - started,
-                            prompt_tokens=chunk.prompt_tokens or 0,
-                            completion_tokens=chunk.completion_tokens or 0,
-                        )
+                    self.metrics.observe_chunk(
+                        started=started,
+                        previous=None if first else last,
+                        now=now,
+                        finished=chunk.finish_reason is not None,
+                        prompt_tokens=chunk.prompt_tokens or 0,
+                        completion_tokens=chunk.completion_tokens or 0,
+                    )
                 first, last = False, now
                 yield chunk
                 if chunk.finish_reason is not None:
