@@ -72,7 +72,9 @@ async def _llamacpp_run(path: Path, speculative: dict[str, Any] | None, tokens: 
     return texts, count, seconds
 
 
-def bench_llamacpp(gguf: Path | None, tokens: int, tmp: Path) -> dict[str, Any]:
+def bench_llamacpp(
+    gguf: Path | None, tokens: int, tmp: Path, only: list[str] | None = None
+) -> dict[str, Any]:
     name, path = ("custom", gguf) if gguf else default_gguf(tmp)
     out: dict[str, Any] = {"model": name}
     variants = {
@@ -83,6 +85,8 @@ def bench_llamacpp(gguf: Path | None, tokens: int, tmp: Path) -> dict[str, Any]:
     }  # fmt: skip
     base: list[str] | None = None
     for label, spec in variants.items():
+        if only and label not in only and label != "plain":
+            continue
         texts, count, seconds = asyncio.run(_llamacpp_run(path, spec, tokens))
         same = base is None or texts == base
         # Where they differ: the characters the answers share from the start, in percent.
@@ -205,6 +209,9 @@ def main() -> None:
     parser.add_argument("--engine", choices=["llamacpp", "vllm", "all"], default="all")
     parser.add_argument("--tokens", type=int, default=96, help="completion tokens per prompt")
     parser.add_argument("--gguf", type=Path, default=None, help="GGUF to run (llamacpp)")
+    parser.add_argument(
+        "--llamacpp-variants", default="", help="only these, with plain (e.g. ngram)"
+    )
     parser.add_argument("--vllm-variant", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.vllm_variant:
@@ -215,7 +222,8 @@ def main() -> None:
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         if args.engine in ("llamacpp", "all"):
-            result["llamacpp"] = bench_llamacpp(args.gguf, args.tokens, Path(tmp))
+            only = [v for v in args.llamacpp_variants.split(",") if v]
+            result["llamacpp"] = bench_llamacpp(args.gguf, args.tokens, Path(tmp), only)
         if args.engine in ("vllm", "all"):
             result["vllm"] = bench_vllm(args.tokens)
     rows = [v for e in result.values() for v in e.values() if isinstance(v, dict)]

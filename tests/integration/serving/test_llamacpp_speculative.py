@@ -4,7 +4,9 @@ The fleet's ``speculative`` field goes the way the model server takes it
 (:func:`shoal.serving.engines.make_engine` from a ``ModelSpec``) into llama-cpp-python's
 draft model: a draft GGUF (the model as its own draft, which is enough to show the
 mechanism: every guess is verified by the model) and n-gram prompt lookup. At temperature 0
-both answer exactly what the model alone answers. The declared ``quantization.ggufType`` is
+both answer exactly what the model alone answers on the tiny model, whose margins are wide (on
+a 4-bit SmolLM2, batched verification rounds differently and the answers drift apart after
+a while: see docs/serving.md). The declared ``quantization.ggufType`` is
 checked against the file's header when the engine loads. Tokens per second with and
 without: ``bench/bench_speculative.py`` (a tiny model's speedup says nothing about 7B
 models on GPUs).

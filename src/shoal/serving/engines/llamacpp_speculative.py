@@ -9,7 +9,8 @@ The contract's :class:`~shoal.contract.variants.LlamaCppSpeculation` (a fleet mo
   ``num_tokens`` tokens, reusing its KV cache for the shared prefix.
 
 llama-cpp-python verifies every guess against the model's own logits and keeps only the
-tokens the model would have sampled, so the output is the model's alone.
+tokens the model would have sampled, so the output is the model's alone in exact arithmetic
+(a batch of guesses can round differently from one token at a time: see docs/serving.md).
 
 :func:`gguf_file_type` reads a GGUF's quantisation type from its header (the ``gguf``
 package), for :func:`check_gguf_type` against the fleet's ``quantization.ggufType``.
