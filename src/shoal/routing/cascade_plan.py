@@ -1,0 +1,118 @@
+"""A cascade's plan: per-cluster thresholds that decide whether a cheap answer is accepted.
+
+A cascade answers with the cheapest model of the ex-ante ranking first, scores its answer with a
+confidence signal, and escalates to the next model only when the score is under the threshold
+fitted for the query's cluster. The plan is fitted offline (``shoal router fit``) and travels in
+the router artifact's JSON header under the key ``"cascade"``, so every serving replica reads the
+same thresholds as the artifact's clusters. This module is the shared contract between the
+fitting side (:mod:`shoal.routing`) and the serving side (:mod:`shoal.serving`): pure data and
+its (de)serialisation, nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: Header key of the plan in the router artifact.
+HEADER_KEY = "cascade"
+
+#: The confidence signals a plan may be fitted for. ``logprob_*`` read the first answer's token
+#: log-probabilities (mean, minimum, mean top-1/top-2 margin); ``agreement`` compares two cheap
+#: answers; ``verifier`` scores (query, answer) with a model fitted on calibration data.
+SIGNALS = ("logprob_mean", "logprob_min", "logprob_margin", "agreement", "verifier")
+
+
+class CascadePlanError(ValueError):
+    """A cascade plan that cannot be used (unknown signal, wrong number of thresholds)."""
+
+
+@dataclass(frozen=True)
+class CascadePlan:
+    """Accept-or-escalate thresholds, one per router cluster.
+
+    An answer whose confidence is at or above its cluster's threshold is accepted; under it the
+    cascade escalates. ``math.inf`` means "always escalate" for that cluster and ``-math.inf``
+    "always accept" (the fit found that escalation never pays, or always does).
+    """
+
+    signal: str
+    thresholds: tuple[float, ...]
+    #: Threshold for a query whose cluster is unknown (no artifact cluster matched).
+    default_threshold: float
+    #: Most models one request may call, the first included.
+    max_chain: int = 2
+    #: The policy's quality/cost weight the thresholds were fitted for.
+    cost_weight: float = 0.0
+    #: What the plan was fitted on (a data set name), for status and logs.
+    fitted_on: str = ""
+
+    def __post_init__(self) -> None:
+        if self.signal not in SIGNALS:
+            raise CascadePlanError(
+                f"unknown cascade signal {self.signal!r}; expected one of {', '.join(SIGNALS)}"
+            )
+        if self.max_chain < 1:
+            raise CascadePlanError(f"max_chain must be at least 1, not {self.max_chain}")
+        if any(math.isnan(t) for t in (*self.thresholds, self.default_threshold)):
+            raise CascadePlanError("a cascade threshold is NaN")
+
+    def threshold(self, cluster: int | None) -> float:
+        """The threshold for ``cluster`` (the default when it is None or out of range)."""
+        if cluster is None or not 0 <= cluster < len(self.thresholds):
+            return self.default_threshold
+        return self.thresholds[cluster]
+
+    def accepts(self, cluster: int | None, confidence: float) -> bool:
+        """Whether an answer with this confidence is kept rather than escalated."""
+        return confidence >= self.threshold(cluster)
+
+    def to_header(self) -> dict[str, Any]:
+        """JSON-safe form for the artifact header (infinities as strings)."""
+        return {
+            "signal": self.signal,
+            "thresholds": [_dump(t) for t in self.thresholds],
+            "default_threshold": _dump(self.default_threshold),
+            "max_chain": self.max_chain,
+            "cost_weight": self.cost_weight,
+            "fitted_on": self.fitted_on,
+        }
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> CascadePlan | None:
+        """The plan in an artifact header, or None when the artifact carries none."""
+        raw = header.get(HEADER_KEY)
+        if raw is None:
+            return None
+        if not isinstance(raw, Mapping):
+            raise CascadePlanError("the artifact's cascade entry is not an object")
+        try:
+            return cls(
+                signal=str(raw["signal"]),
+                thresholds=tuple(_load(t) for t in raw["thresholds"]),
+                default_threshold=_load(raw["default_threshold"]),
+                max_chain=int(raw.get("max_chain", 2)),
+                cost_weight=float(raw.get("cost_weight", 0.0)),
+                fitted_on=str(raw.get("fitted_on", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CascadePlanError(f"the artifact's cascade entry is malformed: {exc}") from exc
+
+    def check_clusters(self, clusters: int) -> None:
+        """Refuse a plan fitted for a different number of clusters than the artifact's."""
+        if len(self.thresholds) != clusters:
+            raise CascadePlanError(
+                f"the cascade plan has {len(self.thresholds)} thresholds for {clusters} clusters"
+            )
+
+
+def _dump(value: float) -> float | str:
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+def _load(value: Any) -> float:
+    return float(value)  # float("inf") / float("-inf") read the dumped strings

@@ -1,0 +1,35 @@
+"""The cascade plan's thresholds and its round trip through an artifact header."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from shoal.routing.cascade_plan import CascadePlan, CascadePlanError
+
+
+def test_a_plan_accepts_at_or_above_its_clusters_threshold() -> None:
+    plan = CascadePlan("logprob_mean", (-0.5, math.inf), default_threshold=-1.0)
+    assert plan.accepts(0, -0.5)
+    assert not plan.accepts(0, -0.6)
+    assert not plan.accepts(1, 10.0)
+    assert plan.accepts(None, -0.9)
+    assert not plan.accepts(7, -1.1)
+
+
+def test_a_plan_survives_a_json_header_with_infinities() -> None:
+    plan = CascadePlan("agreement", (-math.inf, 0.5), 0.25, max_chain=3, fitted_on="routerbench")
+    header = json.loads(json.dumps({"cascade": plan.to_header()}))
+    assert CascadePlan.from_header(header) == plan
+    assert CascadePlan.from_header({}) is None
+
+
+def test_bad_plans_are_refused_with_the_reason() -> None:
+    with pytest.raises(CascadePlanError, match="unknown cascade signal"):
+        CascadePlan("vibes", (), 0.0)
+    with pytest.raises(CascadePlanError, match="malformed"):
+        CascadePlan.from_header({"cascade": {"signal": "verifier"}})
+    with pytest.raises(CascadePlanError, match="2 thresholds for 3 clusters"):
+        CascadePlan("verifier", (0.1, 0.2), 0.1).check_clusters(3)
