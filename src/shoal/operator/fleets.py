@@ -26,7 +26,7 @@ from shoal.api.v1alpha1 import API_VERSION, ConditionStatus, ModelFleet, Routing
 from shoal.api.v1alpha1.fleet import AutoscalerStatus
 from shoal.autoscaling.state import rendered_replicas
 from shoal.contract.tenants import PROMETHEUS_URL_ENV
-from shoal.operator import events, external, tenants
+from shoal.operator import egress, events, external, tenants
 from shoal.operator.config import OperatorConfig
 from shoal.operator.gateway import WRITE_ERRORS, Forbidden, KubeGateway
 from shoal.operator.ownership import NameTaken, claim, delete_owned
@@ -252,12 +252,18 @@ def reconcile_fleet(
     tenant_count = f"{sum(r.ready for r in resolutions)}/{len(tenant_bodies)}" if counted else None
 
     # External models' keys: mounted only where their Secrets' owners allow it.
+    # Their endpoints' host names, resolved for the NetworkPolicy where egress is Restricted.
     grants = external.key_grants(gw, fleet)
-    external.report_refusals(body, fleet, grants)
-    settings = replace(settings, granted_model_keys=grants.granted)
+    resolution = egress.resolve_endpoints(fleet)
+    # A refused key says more than an unresolved host: it wins where a model has both.
+    refusals = external.KeyGrants(grants.granted, {**resolution.unresolved, **grants.refused})
+    external.report_refusals(body, fleet, refusals)
+    settings = replace(
+        settings, granted_model_keys=grants.granted, egress_addresses=resolution.addresses
+    )
 
     def report(seen: FleetObservation) -> Any:
-        seen = replace(seen, tenants=tenant_count, external_refusals=grants.refusal_reasons)
+        seen = replace(seen, tenants=tenant_count, external_refusals=refusals.refusal_reasons)
         status = fleet_status(fleet, seen, previous, now)
         if status.autoscaler is None and config.autoscaler_mode == "Off":
             # A new fleet says so in its first status write, not in a second one.

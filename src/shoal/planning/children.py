@@ -103,6 +103,9 @@ class PlanSettings:
     #: External models (engine openai) whose API key Secret its owner granted for their
     #: endpoint's host: only these keys are mounted (shoal.operator.external decides).
     granted_model_keys: frozenset[str] = frozenset()
+    #: Addresses of the host names the external models' endpoints name, as the operator
+    #: resolved them (the NetworkPolicy's egress rules when egress is Restricted).
+    egress_addresses: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -508,6 +511,7 @@ def desired_children(
             fleet,
             _metadata(fleet, names.network_policy_name(fleet.metadata.name), "network"),
             settings.peers,
+            settings.egress_addresses,
         ),
         disruption_budget=desired_pod_disruption_budget(
             fleet, _metadata(fleet, names.disruption_budget_name(fleet.metadata.name), "serving")
