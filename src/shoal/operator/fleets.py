@@ -40,7 +40,7 @@ from shoal.planning.children import (
 )
 from shoal.planning.conditions import condition
 from shoal.planning.drift import needs_apply
-from shoal.planning.network import Peers
+from shoal.planning.network import CILIUM_API_VERSION, Peers
 from shoal.planning.status import (
     DEGRADED,
     EXPOSED,
@@ -167,6 +167,7 @@ def plan_settings(config: OperatorConfig, fleet: ModelFleet) -> PlanSettings:
             operator_namespace=config.operator_namespace,
             kuberay_namespace=config.kuberay_namespace,
         ),
+        cilium_fqdn_policy=config.fqdn_policies == "cilium",
     )
     if config.autoscaler_mode != "Active":
         return base  # Ray Serve autoscales every model within its tier's bounds
@@ -320,7 +321,7 @@ def reconcile_fleet(
             applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
         if obj["kind"] == "RayService":
             live_rs = live
-    _prune(gw, fleet, children.objects(), verify)
+    _prune(gw, fleet, children.objects(), verify, fqdn=settings.cilium_fqdn_policy)
     status = report(
         FleetObservation(
             policy=policy,
@@ -378,9 +379,17 @@ def _report_invalid(gw: KubeGateway, body: Any, exc: ValidationError, now: datet
     events.post(body, warning=True, reason="InvalidSpec", message=message)
 
 
-def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]], verify: bool) -> None:
-    """Delete the fleet's router ConfigMap (strategy change) and HTTPRoute (gateway removed)
-    when they are no longer desired.
+def _prune(
+    gw: KubeGateway,
+    fleet: ModelFleet,
+    desired: list[dict[str, Any]],
+    verify: bool,
+    *,
+    fqdn: bool = False,
+) -> None:
+    """Delete the fleet's router ConfigMap (strategy change), HTTPRoute (gateway removed)
+    and, where the operator writes them (``fqdn``), its CiliumNetworkPolicy (egress Open
+    again) when they are no longer desired.
 
     Only when they may exist: not when the operator knows they are gone (it deleted them, or
     a read found none), so an unchanged fleet costs no request here; nor for a fleet no
@@ -392,10 +401,19 @@ def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]], ve
         return
     ns = fleet.metadata.namespace or "default"
     owner = (ModelFleet.KIND, fleet.metadata.name, fleet.metadata.uid)
-    for api_version, kind, name in (
+    prunable = [
         ("v1", "ConfigMap", names.router_configmap_name(fleet.metadata.name)),
         ("gateway.networking.k8s.io/v1", "HTTPRoute", names.http_route_name(fleet.metadata.name)),
-    ):
+    ]
+    if fqdn:
+        prunable.append(
+            (
+                CILIUM_API_VERSION,
+                "CiliumNetworkPolicy",
+                names.network_policy_name(fleet.metadata.name),
+            )
+        )
+    for api_version, kind, name in prunable:
         if any(o["kind"] == kind and o["metadata"]["name"] == name for o in desired):
             continue
         try:
@@ -407,26 +425,32 @@ def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]], ve
             if live is None:
                 continue
             delete_owned(gw, api_version, kind, ns, name, owner, live)  # only the fleet's own
-        except Forbidden as exc:  # an operator not granted HTTPRoutes, for fleets without one
+        except Forbidden as exc:  # not granted HTTPRoutes (Cilium's), for fleets without one
             if kind == "ConfigMap":
                 raise
             log.info("%s/%s not pruned: %s", kind, name, exc)
 
 
-def delete_fleet_children(gw: KubeGateway, body: Any) -> list[str]:
+def delete_fleet_children(gw: KubeGateway, body: Any, *, fqdn: bool = False) -> list[str]:
     """Delete every child of a fleet (the finalizer's work; GC does it too where it runs):
-    each one read first and deleted only when the fleet owns it."""
+    each one read first and deleted only when the fleet owns it (its CiliumNetworkPolicy
+    too where the operator writes them, ``fqdn``)."""
     name, ns = body["metadata"]["name"], body["metadata"].get("namespace") or "default"
     owner = (ModelFleet.KIND, name, body["metadata"].get("uid"))
     gone = []
-    for api_version, kind, child in (
+    children = [
         ("ray.io/v1", "RayService", names.rayservice_name(name)),
         ("v1", "Service", names.service_name(name)),
         ("v1", "ConfigMap", names.router_configmap_name(name)),
         ("networking.k8s.io/v1", "NetworkPolicy", names.network_policy_name(name)),
         ("policy/v1", "PodDisruptionBudget", names.disruption_budget_name(name)),
         ("gateway.networking.k8s.io/v1", "HTTPRoute", names.http_route_name(name)),
-    ):
+    ]
+    if fqdn:
+        children.append(
+            (CILIUM_API_VERSION, "CiliumNetworkPolicy", names.network_policy_name(name))
+        )
+    for api_version, kind, child in children:
         if delete_owned(gw, api_version, kind, ns, child, owner):
             gone.append(f"{kind}/{child}")
     return gone

@@ -125,3 +125,18 @@ def test_fqdn_policy_names_each_host_on_its_port() -> None:
         desired_fqdn_policy(hybrid(external("big", "https://a.example/v1"), mode="Open"), {})
         is None
     )
+
+
+def test_the_cilium_policy_is_a_child_only_where_the_operator_writes_them() -> None:
+    f = hybrid(external("big", "https://api.example.com/v1"))
+    plain = desired_children(f, policy(), ART, PlanSettings()).objects()
+    assert "CiliumNetworkPolicy" not in [o["kind"] for o in plain]
+    objects = desired_children(f, policy(), ART, PlanSettings(cilium_fqdn_policy=True)).objects()
+    kinds = [o["kind"] for o in objects]
+    assert (
+        kinds.index("NetworkPolicy")
+        < kinds.index("CiliumNetworkPolicy")
+        < kinds.index("RayService")
+    )
+    cnp = objects[kinds.index("CiliumNetworkPolicy")]
+    assert cnp["metadata"]["name"] == "f" and cnp["metadata"]["ownerReferences"][0]["uid"] == "u-1"
