@@ -45,7 +45,7 @@ class ExternalEndpoint:
     """Where the external models of a fleet connect: one host and port, the models that name
     it, and what the host is: an IP ``address``, a ``service`` of the cluster
     (``name.namespace.svc[.domain]``, or a bare name: a Service of the fleet's namespace), or a
-    ``name`` the operator resolves."""
+    ``name`` the operator resolves (``localhost`` too)."""
 
     host: str
     port: int
@@ -64,7 +64,7 @@ def _host_kind(host: str) -> Literal["address", "service", "name"]:
         ipaddress.ip_address(host)
     except ValueError:
         labels = host.split(".")
-        if len(labels) == 1 or (len(labels) >= 3 and labels[2] == "svc"):
+        if (len(labels) == 1 and host != "localhost") or (len(labels) >= 3 and labels[2] == "svc"):
             return "service"
         return "name"
     return "address"
