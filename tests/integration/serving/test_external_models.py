@@ -378,10 +378,6 @@ def test_calibrate_prices_the_external_model_per_token(fleet: Any, tmp_path: Pat
         assert s.costs["big"] > 100 * s.costs["small"] > 0, s.costs
 
 
-@pytest.mark.xfail(
-    reason="known defect: the killed in-fleet llama.cpp model keeps answering, so the takeover is not exercised (issue 26, open)",
-    strict=False,
-)
 def test_the_external_model_takes_over_when_the_fleets_own_model_is_down(fleet: Any) -> None:
     """The fleet's own model goes down for good: its replica is killed and its weights are
     gone, so Ray Serve cannot bring it back. Requests ranked to it are answered by the
