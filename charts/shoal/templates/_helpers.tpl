@@ -153,6 +153,12 @@ operator running under this identity); see docs/sre.md for what each is for.
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
   verbs: ["get", "create", "patch", "delete"]
+{{- if eq .Values.serving.fqdnPolicies "cilium" }}
+# Each Restricted fleet's CiliumNetworkPolicy naming its external models' hosts (toFQDNs).
+- apiGroups: ["cilium.io"]
+  resources: ["ciliumnetworkpolicies"]
+  verbs: ["get", "create", "patch", "delete"]
+{{- end }}
 # Events about fleets and policies (kopf posts core/v1 events).
 - apiGroups: [""]
   resources: ["events"]

@@ -79,6 +79,13 @@ def _money(env: dict[str, str], name: str) -> str | None:
     return raw
 
 
+def _fqdn_policies(raw: str) -> str | None:
+    value = raw.strip().lower()
+    if value not in ("", "cilium"):
+        raise ValueError(f"SHOAL_FQDN_POLICIES must be empty or 'cilium', not {raw!r}")
+    return value or None
+
+
 @dataclass(frozen=True)
 class OperatorConfig:
     """What the operator needs to know beyond the custom resources."""
@@ -96,6 +103,9 @@ class OperatorConfig:
     #: Namespace of KubeRay's controller, for the same policies. None: the fleet's own
     #: namespace only.
     kuberay_namespace: str | None = None
+    #: The CNI's own policies that name hosts, beside each fleet's NetworkPolicy where its
+    #: egress is Restricted: "cilium" (a CiliumNetworkPolicy with toFQDNs); None: none.
+    fqdn_policies: str | None = None
     #: Seconds between periodic re-checks of every fleet and policy (drift, KubeRay status).
     resync_seconds: float = 30.0
     #: Most periodic jobs (re-checks, autoscaler evaluations) the operator starts per second;
@@ -232,6 +242,7 @@ class OperatorConfig:
             ray_serve_env=_env_map(env, "SHOAL_RAY_SERVE_ENV"),
             operator_namespace=env.get("SHOAL_OPERATOR_NAMESPACE", "").strip() or None,
             kuberay_namespace=env.get("SHOAL_KUBERAY_NAMESPACE", "").strip() or None,
+            fqdn_policies=_fqdn_policies(env.get("SHOAL_FQDN_POLICIES", "")),
             resync_seconds=float(env.get("SHOAL_RESYNC_SECONDS", defaults.resync_seconds)),
             periodic_rate_per_second=float(
                 env.get("SHOAL_PERIODIC_RATE_PER_SECOND", defaults.periodic_rate_per_second)

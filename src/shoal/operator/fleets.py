@@ -26,7 +26,7 @@ from shoal.api.v1alpha1 import API_VERSION, ConditionStatus, ModelFleet, Routing
 from shoal.api.v1alpha1.fleet import AutoscalerStatus
 from shoal.autoscaling.state import rendered_replicas
 from shoal.contract.tenants import PROMETHEUS_URL_ENV
-from shoal.operator import events, external, tenants
+from shoal.operator import egress, events, external, tenants
 from shoal.operator.config import OperatorConfig
 from shoal.operator.gateway import WRITE_ERRORS, Forbidden, KubeGateway
 from shoal.operator.ownership import NameTaken, claim, delete_owned
@@ -40,7 +40,7 @@ from shoal.planning.children import (
 )
 from shoal.planning.conditions import condition
 from shoal.planning.drift import needs_apply
-from shoal.planning.network import Peers
+from shoal.planning.network import CILIUM_API_VERSION, Peers
 from shoal.planning.status import (
     DEGRADED,
     EXPOSED,
@@ -167,6 +167,7 @@ def plan_settings(config: OperatorConfig, fleet: ModelFleet) -> PlanSettings:
             operator_namespace=config.operator_namespace,
             kuberay_namespace=config.kuberay_namespace,
         ),
+        cilium_fqdn_policy=config.fqdn_policies == "cilium",
     )
     if config.autoscaler_mode != "Active":
         return base  # Ray Serve autoscales every model within its tier's bounds
@@ -252,12 +253,18 @@ def reconcile_fleet(
     tenant_count = f"{sum(r.ready for r in resolutions)}/{len(tenant_bodies)}" if counted else None
 
     # External models' keys: mounted only where their Secrets' owners allow it.
+    # Their endpoints' host names, resolved for the NetworkPolicy where egress is Restricted.
     grants = external.key_grants(gw, fleet)
-    external.report_refusals(body, fleet, grants)
-    settings = replace(settings, granted_model_keys=grants.granted)
+    resolution = egress.resolve_endpoints(fleet)
+    # A refused key says more than an unresolved host: it wins where a model has both.
+    refusals = external.KeyGrants(grants.granted, {**resolution.unresolved, **grants.refused})
+    external.report_refusals(body, fleet, refusals)
+    settings = replace(
+        settings, granted_model_keys=grants.granted, egress_addresses=resolution.addresses
+    )
 
     def report(seen: FleetObservation) -> Any:
-        seen = replace(seen, tenants=tenant_count, external_refusals=grants.refusal_reasons)
+        seen = replace(seen, tenants=tenant_count, external_refusals=refusals.refusal_reasons)
         status = fleet_status(fleet, seen, previous, now)
         if status.autoscaler is None and config.autoscaler_mode == "Off":
             # A new fleet says so in its first status write, not in a second one.
@@ -314,7 +321,7 @@ def reconcile_fleet(
             applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
         if obj["kind"] == "RayService":
             live_rs = live
-    _prune(gw, fleet, children.objects(), verify)
+    _prune(gw, fleet, children.objects(), verify, fqdn=settings.cilium_fqdn_policy)
     status = report(
         FleetObservation(
             policy=policy,
@@ -372,9 +379,17 @@ def _report_invalid(gw: KubeGateway, body: Any, exc: ValidationError, now: datet
     events.post(body, warning=True, reason="InvalidSpec", message=message)
 
 
-def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]], verify: bool) -> None:
-    """Delete the fleet's router ConfigMap (strategy change) and HTTPRoute (gateway removed)
-    when they are no longer desired.
+def _prune(
+    gw: KubeGateway,
+    fleet: ModelFleet,
+    desired: list[dict[str, Any]],
+    verify: bool,
+    *,
+    fqdn: bool = False,
+) -> None:
+    """Delete the fleet's router ConfigMap (strategy change), HTTPRoute (gateway removed)
+    and, where the operator writes them (``fqdn``), its CiliumNetworkPolicy (egress Open
+    again) when they are no longer desired.
 
     Only when they may exist: not when the operator knows they are gone (it deleted them, or
     a read found none), so an unchanged fleet costs no request here; nor for a fleet no
@@ -386,10 +401,19 @@ def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]], ve
         return
     ns = fleet.metadata.namespace or "default"
     owner = (ModelFleet.KIND, fleet.metadata.name, fleet.metadata.uid)
-    for api_version, kind, name in (
+    prunable = [
         ("v1", "ConfigMap", names.router_configmap_name(fleet.metadata.name)),
         ("gateway.networking.k8s.io/v1", "HTTPRoute", names.http_route_name(fleet.metadata.name)),
-    ):
+    ]
+    if fqdn:
+        prunable.append(
+            (
+                CILIUM_API_VERSION,
+                "CiliumNetworkPolicy",
+                names.network_policy_name(fleet.metadata.name),
+            )
+        )
+    for api_version, kind, name in prunable:
         if any(o["kind"] == kind and o["metadata"]["name"] == name for o in desired):
             continue
         try:
@@ -401,26 +425,32 @@ def _prune(gw: KubeGateway, fleet: ModelFleet, desired: list[dict[str, Any]], ve
             if live is None:
                 continue
             delete_owned(gw, api_version, kind, ns, name, owner, live)  # only the fleet's own
-        except Forbidden as exc:  # an operator not granted HTTPRoutes, for fleets without one
+        except Forbidden as exc:  # not granted HTTPRoutes (Cilium's), for fleets without one
             if kind == "ConfigMap":
                 raise
             log.info("%s/%s not pruned: %s", kind, name, exc)
 
 
-def delete_fleet_children(gw: KubeGateway, body: Any) -> list[str]:
+def delete_fleet_children(gw: KubeGateway, body: Any, *, fqdn: bool = False) -> list[str]:
     """Delete every child of a fleet (the finalizer's work; GC does it too where it runs):
-    each one read first and deleted only when the fleet owns it."""
+    each one read first and deleted only when the fleet owns it (its CiliumNetworkPolicy
+    too where the operator writes them, ``fqdn``)."""
     name, ns = body["metadata"]["name"], body["metadata"].get("namespace") or "default"
     owner = (ModelFleet.KIND, name, body["metadata"].get("uid"))
     gone = []
-    for api_version, kind, child in (
+    children = [
         ("ray.io/v1", "RayService", names.rayservice_name(name)),
         ("v1", "Service", names.service_name(name)),
         ("v1", "ConfigMap", names.router_configmap_name(name)),
         ("networking.k8s.io/v1", "NetworkPolicy", names.network_policy_name(name)),
         ("policy/v1", "PodDisruptionBudget", names.disruption_budget_name(name)),
         ("gateway.networking.k8s.io/v1", "HTTPRoute", names.http_route_name(name)),
-    ):
+    ]
+    if fqdn:
+        children.append(
+            (CILIUM_API_VERSION, "CiliumNetworkPolicy", names.network_policy_name(name))
+        )
+    for api_version, kind, child in children:
         if delete_owned(gw, api_version, kind, ns, child, owner):
             gone.append(f"{kind}/{child}")
     return gone

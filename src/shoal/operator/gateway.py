@@ -26,6 +26,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "Secret"): "secrets",
     ("v1", "Service"): "services",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
+    ("cilium.io/v2", "CiliumNetworkPolicy"): "ciliumnetworkpolicies",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("ray.io/v1", "RayService"): "rayservices",
     ("shoal.dev/v1alpha1", "ModelFleet"): "modelfleets",

@@ -354,7 +354,8 @@ def fleet_deleted(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: An
     """Delete the fleet's children before the fleet goes (after any reconcile in flight)."""
     locks: FleetLocks = memo.locks
     with locks.hold(memo.gateway, body):
-        gone = delete_fleet_children(memo.gateway, body)
+        fqdn = memo.config.fqdn_policies == "cilium"
+        gone = delete_fleet_children(memo.gateway, body, fqdn=fqdn)
     logger.info(f"deleted {', '.join(gone) or 'no children'}")
 
 

@@ -44,7 +44,12 @@ from shoal.contract.tenants import AccessConfig
 from shoal.contract.variants import extra_sources
 from shoal.planning import names, security
 from shoal.planning.external import mount_model_keys
-from shoal.planning.network import Peers, desired_network_policy, desired_pod_disruption_budget
+from shoal.planning.network import (
+    Peers,
+    desired_fqdn_policy,
+    desired_network_policy,
+    desired_pod_disruption_budget,
+)
 
 RAY_API_VERSION = "ray.io/v1"
 GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
@@ -103,6 +108,12 @@ class PlanSettings:
     #: External models (engine openai) whose API key Secret its owner granted for their
     #: endpoint's host: only these keys are mounted (shoal.operator.external decides).
     granted_model_keys: frozenset[str] = frozenset()
+    #: Addresses of the host names the external models' endpoints name, as the operator
+    #: resolved them (the NetworkPolicy's egress rules when egress is Restricted).
+    egress_addresses: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Write a CiliumNetworkPolicy naming the external hosts (toFQDNs) beside the
+    #: NetworkPolicy of a fleet whose egress is Restricted (a cluster whose CNI is Cilium).
+    cilium_fqdn_policy: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,12 +127,14 @@ class DesiredChildren:
     network_policy: dict[str, Any]
     disruption_budget: dict[str, Any]
     http_route: dict[str, Any] | None = None
+    fqdn_policy: dict[str, Any] | None = None
 
     def objects(self) -> list[dict[str, Any]]:
         """The children in apply order (the ConfigMap before the pods that mount it, the
         NetworkPolicy before the pods it guards, the route after the Service it points at)."""
         out = [self.router_configmap] if self.router_configmap else []
-        guards = [self.network_policy, self.disruption_budget]
+        fqdn = [self.fqdn_policy] if self.fqdn_policy else []
+        guards = [self.network_policy, *fqdn, self.disruption_budget]
         route = [self.http_route] if self.http_route else []
         return [*out, *guards, self.rayservice, self.service, *route]
 
@@ -508,9 +521,15 @@ def desired_children(
             fleet,
             _metadata(fleet, names.network_policy_name(fleet.metadata.name), "network"),
             settings.peers,
+            settings.egress_addresses,
         ),
         disruption_budget=desired_pod_disruption_budget(
             fleet, _metadata(fleet, names.disruption_budget_name(fleet.metadata.name), "serving")
         ),
         http_route=desired_http_route(fleet),
+        fqdn_policy=desired_fqdn_policy(
+            fleet, _metadata(fleet, names.network_policy_name(fleet.metadata.name), "network")
+        )
+        if settings.cilium_fqdn_policy
+        else None,
     )

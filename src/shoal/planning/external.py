@@ -9,14 +9,18 @@ Pure functions called by :mod:`shoal.planning.children`:
   Secret is not granted is not mounted at all: the ingress then never sends one to that
   endpoint (and says why in its error). A key is never put in the environment,
   ``serveConfigV2``, status or an event.
-- :func:`external_hosts`: the hosts the fleet's external models name (the NetworkPolicy's
-  annotation, status).
+- :func:`external_hosts`: the hosts the fleet's external models name;
+- :func:`external_endpoints`: each endpoint's host and port, and whether it is an address,
+  a Service of the cluster or a name the operator resolves (the NetworkPolicy's egress rules
+  when egress is Restricted, :mod:`shoal.planning.network`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Collection
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from shoal.api.v1alpha1 import ModelFleet
@@ -34,6 +38,54 @@ def external_hosts(fleet: ModelFleet) -> list[str]:
         if m.external is not None
     }
     return sorted(h for h in hosts if h)
+
+
+@dataclass(frozen=True)
+class ExternalEndpoint:
+    """Where the external models of a fleet connect: one host and port, the models that name
+    it, and what the host is: an IP ``address``, a ``service`` of the cluster
+    (``name.namespace.svc[.domain]``, or a bare name: a Service of the fleet's namespace), or a
+    ``name`` the operator resolves (``localhost`` too)."""
+
+    host: str
+    port: int
+    kind: Literal["address", "service", "name"]
+    models: tuple[str, ...]
+
+    @property
+    def service_namespace(self) -> str | None:
+        """The namespace of a ``service`` endpoint (None: the fleet's own)."""
+        labels = self.host.split(".")
+        return labels[1] if self.kind == "service" and len(labels) > 2 else None
+
+
+def _host_kind(host: str) -> Literal["address", "service", "name"]:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.split(".")
+        if (len(labels) == 1 and host != "localhost") or (len(labels) >= 3 and labels[2] == "svc"):
+            return "service"
+        return "name"
+    return "address"
+
+
+def external_endpoints(fleet: ModelFleet) -> list[ExternalEndpoint]:
+    """The fleet's external models' endpoints, one per (host, port), sorted."""
+    found: dict[tuple[str, int], list[str]] = {}
+    for m in fleet.spec.external_models():
+        if m.external is None:
+            continue
+        url = urlsplit(str(m.external.base_url))
+        host = (url.hostname or "").lower()
+        if not host:
+            continue
+        port = url.port or (443 if url.scheme == "https" else 80)
+        found.setdefault((host, port), []).append(m.name)
+    return [
+        ExternalEndpoint(host, port, _host_kind(host), tuple(sorted(models)))
+        for (host, port), models in sorted(found.items())
+    ]
 
 
 def mount_model_keys(template: dict[str, Any], fleet: ModelFleet, granted: Collection[str]) -> None:

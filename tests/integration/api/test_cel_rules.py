@@ -157,6 +157,10 @@ CASES: dict[tuple[str, str], tuple[str, Edit]] = {
         ("fleet", _set(network={"allowFrom": [{}]})),
     ("LabelSelector", fleet_api.LabelSelector.cel_rules[0].message):
         ("fleet", _set(network={"allowFrom": [{"podSelector": {"matchLabels": {"-bad key": "x"}}}]})),
+    ("EgressPeer", "an egress destination is either a cidr or namespaceSelector and/or podSelector"):
+        ("fleet", _set(network={"egress": {"mode": "Restricted", "to": [{"ports": [443]}]}})),
+    ("EgressPeer", "cidr must be an IP block such as 10.0.0.0/8 or 2001:db8::/32"):
+        ("fleet", _set(network={"egress": {"mode": "Restricted", "to": [{"cidr": "10.0.0.0"}]}})),
     ("CalibrationSource", "set exactly one of configMapRef and uri"):
         ("policy", _set(calibration={"uri": "https://h/x", "configMapRef": {"name": "c", "key": "k"}})),
     ("EmbedderSpec", "an openai embedder needs endpoint and model"):

@@ -332,10 +332,52 @@ def test_a_model_whose_key_was_not_granted_never_reaches_the_endpoint(fleet: Any
     assert raw.parse().choices[0].message.content == SMALL_REPLY
 
 
-@pytest.mark.xfail(
-    reason="known defect: the killed in-fleet llama.cpp model keeps answering, so the takeover is not exercised (issue 26, open)",
-    strict=False,
-)
+def test_calibrate_prices_the_external_model_per_token(fleet: Any, tmp_path: Path) -> None:
+    """``shoal calibrate`` against the hybrid fleet: the external model is called through the
+    fleet like its own, graded, and priced per token at its ``external.price`` (the fleet's
+    own model per replica-hour); a router fitted on the file ranks the frontier first where
+    only it answers right."""
+    import yaml
+
+    from shoal.routing import load_calibration
+
+    spec = fleet_args("http://unused.invalid/v1", "unused", fleet.folder).fleet
+    fleet_file = tmp_path / "fleet.yaml"
+    fleet_file.write_text(yaml.safe_dump({
+        "apiVersion": "shoal.dev/v1alpha1", "kind": "ModelFleet",
+        "metadata": {"name": FLEET, "namespace": "default"},
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }))  # fmt: skip
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [
+        {"prompt": f"question number {i} about things", "task": "qa", "grader": "regex",
+         "reference": "^Frontier model"}
+        for i in range(3)
+    ]  # fmt: skip
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "calibration.jsonl"
+    run = subprocess.run(
+        [sys.executable, "-m", "shoal.cli", "calibrate", "--endpoint", f"{fleet.base_url}/v1",
+         "--fleet", str(fleet_file), "--models", "small,big", "--prompts", str(prompts),
+         "--out", str(out), "--concurrency", "2", "--max-tokens", "16"],
+        env={**os.environ, "SHOAL_API_KEY": KEYS["all"]},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    last = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (last["prompts"], last["failed_calls"], last["models"]) == (3, 0, ["small", "big"])
+    samples = load_calibration([out])
+    assert [s.scores for s in samples] == [{"small": 0.0, "big": 1.0}] * 3
+    calls = [json.loads(line) for line in out.with_name(out.name + ".calls.jsonl").open()]
+    big = [c for c in calls if c.get("model") == "big"]
+    assert len(big) == 3 and all(c["completion_tokens"] > 0 for c in big), big
+    for c in big:  # USD per token at the external model's price, not per replica-hour
+        expected = (c["prompt_tokens"] * 1000 + c["completion_tokens"] * 5000) / 1e6
+        assert c["cost"] == pytest.approx(expected, rel=1e-6), c
+    for s in samples:
+        assert s.costs["big"] > 100 * s.costs["small"] > 0, s.costs
+
+
 def test_the_external_model_takes_over_when_the_fleets_own_model_is_down(fleet: Any) -> None:
     """The fleet's own model goes down for good: its replica is killed and its weights are
     gone, so Ray Serve cannot bring it back. Requests ranked to it are answered by the

@@ -79,3 +79,16 @@ def test_usage_queries_read_both_spellings_per_tenant() -> None:
     assert set(q) == {"cost", "requests", "tokens", "reference"}
     assert "sum by (tenant) (increase(shoal_tenant_cost_usd_total{" in q["cost"]
     assert 'ray_shoal_tenant_cost_usd_total{namespace="team", fleet="f"}[1h]' in q["cost"]
+
+
+def test_fqdn_policies_from_the_environment_reach_the_plan() -> None:
+    from tests.unit.planning.test_children import fleet
+
+    from shoal.operator.fleets import plan_settings
+
+    assert OperatorConfig.from_env({}).fqdn_policies is None
+    config = OperatorConfig.from_env({"SHOAL_FQDN_POLICIES": "Cilium"})
+    assert config.fqdn_policies == "cilium"
+    assert plan_settings(config, fleet()).cilium_fqdn_policy
+    with pytest.raises(ValueError, match="SHOAL_FQDN_POLICIES must be empty or 'cilium'"):
+        OperatorConfig.from_env({"SHOAL_FQDN_POLICIES": "calico"})

@@ -71,3 +71,11 @@ def test_a_child_of_the_name_that_the_fleet_does_not_own_is_left() -> None:
     gw = RecordingGateway({"uid": "c-2", "ownerReferences": []})
     _prune(gw, _fleet({"observedGeneration": 1}), [], verify=True)  # type: ignore[arg-type]
     assert gw.deleted == []
+
+
+def test_the_cilium_policy_is_pruned_only_where_the_operator_writes_them() -> None:
+    gw = RecordingGateway()
+    _prune(gw, _fleet({"observedGeneration": 1}), [], verify=False)  # type: ignore[arg-type]
+    assert "CiliumNetworkPolicy/f" not in gw.deleted  # no request to a kind it does not write
+    _prune(gw, _fleet({"observedGeneration": 1}), [], verify=False, fqdn=True)  # type: ignore[arg-type]
+    assert "CiliumNetworkPolicy/f" in gw.deleted

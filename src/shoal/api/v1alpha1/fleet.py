@@ -540,6 +540,83 @@ class NetworkPeer(ApiModel):
     )
 
 
+def _valid_cidr(text: str | None) -> bool:
+    import ipaddress
+
+    if text is None:
+        return True
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return "/" in text
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class EgressPeer(ApiModel):
+    """A destination the fleet's pods may reach when egress is Restricted: an IP block, or
+    pods chosen by selectors as in a NetworkPolicy peer; on ``ports`` (TCP) or every port."""
+
+    cidr: str | None = Field(
+        default=None,
+        max_length=64,
+        description="An IP block, e.g. 10.20.0.0/16 or 2001:db8::/64 (a weight store, a "
+        "proxy, the Kubernetes API server's addresses).",
+    )
+    namespace_selector: LabelSelector | None = Field(
+        default=None, description="Namespaces whose pods may be reached (by namespace labels)."
+    )
+    pod_selector: LabelSelector | None = Field(
+        default=None,
+        description="Pods that may be reached (by pod labels); in the fleet's namespace "
+        "unless namespaceSelector is set too.",
+    )
+    ports: list[Port] = Field(
+        default_factory=list, max_length=16, description="TCP ports; empty: every port."
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="has(self.cidr) != (has(self.namespaceSelector) || has(self.podSelector))",
+            message="an egress destination is either a cidr or namespaceSelector and/or "
+            "podSelector",
+            check=lambda p: (
+                (p.cidr is not None)
+                != (p.namespace_selector is not None or p.pod_selector is not None)
+            ),
+            reason="FieldValueInvalid",
+        ),
+        Rule(
+            cel="!has(self.cidr) || isCIDR(self.cidr)",
+            message="cidr must be an IP block such as 10.0.0.0/8 or 2001:db8::/32",
+            check=lambda p: _valid_cidr(p.cidr),
+            field_path=".cidr",
+        ),
+    )
+
+
+class EgressSpec(ApiModel):
+    """Where the fleet's pods may connect. Open: anywhere (the NetworkPolicy restricts ingress
+    only). Restricted: the fleet's own pods, DNS (port 53), the endpoint of each external
+    model (``engine: openai``) on its port only, its addresses resolved by the operator (a
+    host that does not resolve is reported in the model's status state), and ``to``; weights
+    that the engines download (hf://, s3://, gs://) need their stores in ``to``."""
+
+    mode: Literal["Open", "Restricted"] = Field(
+        default="Open",
+        description="Open: egress is not restricted. Restricted: only the destinations "
+        "listed above.",
+    )
+    to: list[EgressPeer] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Further destinations when Restricted (weight stores, proxies, the "
+        "Kubernetes API server for KubeRay's autoscaler on the head pod).",
+    )
+
+
 class NetworkSpec(ApiModel):
     """Who may reach the fleet's pods. The operator writes one NetworkPolicy per fleet: Ray's
     internal ports are open only among the fleet's own pods, Ray's dashboard (and its job API)
@@ -557,6 +634,12 @@ class NetworkSpec(ApiModel):
         max_length=16,
         description="Scrapers of Ray's metrics port (8080), e.g. Prometheus's namespace. "
         "Empty: every pod in the fleet's namespace.",
+    )
+    egress: EgressSpec = Field(
+        default_factory=EgressSpec,
+        description="Where the fleet's pods may connect: anywhere (Open) or only the fleet's "
+        "own pods, DNS, its external models' endpoints and the destinations listed (Restricted).",
+        json_schema_extra={"default": {}},
     )
 
 

@@ -281,6 +281,14 @@ class Serving(ChartModel):
         "in this namespace only, never from every namespace. The operator is admitted from "
         "the release's namespace only.",
     )
+    fqdn_policies: Literal["", "cilium"] = Field(
+        default="",
+        description="Where a fleet's egress is Restricted, also write a policy of the CNI's "
+        "own that names its external models' hosts (SHOAL_FQDN_POLICIES): cilium (a "
+        "CiliumNetworkPolicy with toFQDNs, which follows the hosts' changing addresses; "
+        "grants the operator ciliumnetworkpolicies). Empty: the NetworkPolicy alone, with "
+        "the addresses the operator resolved.",
+    )
 
 
 class Autoscaler(ChartModel):
