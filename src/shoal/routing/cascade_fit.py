@@ -37,10 +37,10 @@ F64 = npt.NDArray[np.float64]
 
 #: The signals ``shoal router eval`` compares: name -> (base signal, voters, verifier).
 #: ``structural`` reads the answer's shape alone; ``agreement`` compares the answering model
-#: with one (``-3``, ``-4``: two, three) other cheap models; ``verifier`` is the logistic scorer over the
-#: query's cluster similarities and the answer's shape and length (FrugalGPT's scorer made
-#: small); ``verifier+agreement`` adds the agreement with one (-3, -4: two, three) voters to its
-#: features.
+#: with one (``-3``, ``-4``: two, three) other cheap models; ``verifier`` is the logistic
+#: scorer over the query's cluster similarities and the answer's shape and length
+#: (FrugalGPT's scorer made small); ``verifier+agreement`` adds the agreement with one
+#: (``-3``, ``-4``: two, three) voters to its features.
 STRATEGIES: dict[str, tuple[str, int, bool]] = {
     "structural": ("structural", 0, False),
     "agreement": ("agreement", 1, False),
@@ -52,7 +52,10 @@ STRATEGIES: dict[str, tuple[str, int, bool]] = {
     "verifier+agreement-4": ("verifier", 3, True),
 }
 #: The quality/cost weights of the frontier sweep (accuracy points per reference cost).
-COST_WEIGHTS: tuple[float, ...] = (0.0, *(round(float(x), 4) for x in np.geomspace(0.005, 4, 40)))
+COST_WEIGHTS: tuple[float, ...] = (
+    0.0,
+    *(round(float(x), 4) for x in np.geomspace(0.005, 100, 48)),
+)
 #: A model may answer first (or vote) when its mean cost is at most this share of the reference's.
 CHEAP_SHARE = 0.25
 
@@ -82,7 +85,8 @@ class Signals:
         """Mean similarity of ``answer``'s normalised answers to each voter's, per query."""
         if not voters:
             return np.zeros(self.n)
-        return np.mean([self._pair(answer, v) for v in voters], axis=0)
+        out: F64 = np.mean([self._pair(answer, v) for v in voters], axis=0)
+        return out
 
     def _pair(self, a: int, b: int) -> F64:
         key = (min(a, b), max(a, b))
@@ -100,7 +104,7 @@ class Signals:
     def features(self, answer: int, voters: Sequence[int]) -> F64:
         """The verifier's features (:data:`~shoal.routing.cascade_plan.VERIFIER_FEATURES`)."""
         cols = [self.shape[:, answer], self.log_length[:, answer]]
-        cols.append(self.agreement(answer, voters))
+        cols += [self._pair(answer, v) for v in voters]
         return np.column_stack([self.similarity, *cols])
 
 
@@ -109,7 +113,9 @@ def cluster_kinds(tasks: Sequence[str], cluster: npt.NDArray[Any], k: int) -> li
     for an empty cluster)."""
     out: list[cs.AnswerKind] = []
     for c in range(k):
-        kinds = Counter(cs.answer_kind(t) for t, lab in zip(tasks, cluster, strict=True) if lab == c)
+        kinds = Counter(
+            cs.answer_kind(t) for t, lab in zip(tasks, cluster, strict=True) if lab == c
+        )
         out.append(kinds.most_common(1)[0][0] if kinds else "text")
     return out
 
@@ -192,12 +198,16 @@ class Fitted:
 def cheap_models(train: Signals, reference: int, share: float = CHEAP_SHARE) -> list[int]:
     """Models whose mean train cost is at most ``share`` of the reference's."""
     mean = train.cost.mean(axis=0)
-    return [j for j in range(len(train.models)) if j != reference and mean[j] <= share * mean[reference]]
+    limit = share * mean[reference]
+    return [j for j in range(len(train.models)) if j != reference and mean[j] <= limit]
 
 
 def targets(train: Signals, most: int = 2) -> list[int]:
     """The ``most`` models with the highest mean per-task train accuracy (escalation targets)."""
-    acc = [np.mean(list(per_task_mean(train.quality[:, j], train.tasks).values())) for j in range(len(train.models))]
+    acc = [
+        float(np.mean(list(per_task_mean(train.quality[:, j], train.tasks).values())))
+        for j in range(len(train.models))
+    ]
     return sorted(range(len(acc)), key=lambda j: (-acc[j], train.cost[:, j].mean()))[:most]
 
 
@@ -226,8 +236,9 @@ def fit_signal(
                 x = train.features(a, voters)
                 y = train.quality[:, a]
                 tr = cs.out_of_fold(x, y, seed=seed)
-                model: cs.Logistic | None = cs.fit_logistic(x, y)
-                te = model.score(test.features(a, voters)) if test is not None else np.zeros(0)
+                fitted = cs.fit_logistic(x, y)
+                te = fitted.score(test.features(a, voters)) if test is not None else np.zeros(0)
+                model: cs.Logistic | None = fitted
             elif base == "agreement":
                 tr = train.agreement(a, voters)
                 te = test.agreement(a, voters) if test is not None else np.zeros(0)
@@ -313,9 +324,7 @@ def choose(
     return Choice(chosen, single, thresholds, default)
 
 
-def apply(
-    choice: Choice, fitted: Fitted, sig: Signals, *, split: str = "test"
-) -> cs.Outcome:
+def apply(choice: Choice, fitted: Fitted, sig: Signals, *, split: str = "test") -> cs.Outcome:
     """Replay the chosen chains on ``sig`` (confidences of ``split``: ``train`` or ``test``)."""
     n, m = sig.quality.shape
     answerer = np.zeros(n, dtype=np.int64)
@@ -334,7 +343,7 @@ def apply(
             continue
         conf = confs[index[id(cand)]][rows]
         answerer[rows] = cand.answer
-        voters[np.ix_(rows, list(cand.voters))] = True
+        voters[np.ix_(rows, np.array(cand.voters, dtype=np.int64))] = True
         target[rows] = cand.escalate
         accept[rows] = conf >= choice.threshold[c]
     return cs.replay(sig.quality, sig.cost, answerer, voters, target, accept)
@@ -457,11 +466,11 @@ def cascade_report(
     routing: Sequence[dict[str, Any]] = (),
     strategies: Iterable[str] = tuple(STRATEGIES),
     cost_weights: Sequence[float] = COST_WEIGHTS,
-    max_chain: int = 4,
+    max_chain: int = 5,
     max_cost: float = 2.0,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """The ``cascade`` block of ``shoal router eval --json``.
+    """The ``cascade`` block of ``shoal router eval --json`` (schema in docs/routing.md).
 
     Per strategy (every single model, single-shot ``routing`` from the router's alpha sweep
     points ``routing`` (dicts with ``alpha``, ``accuracy``, ``cost``), and a cascade per
@@ -491,8 +500,12 @@ def cascade_report(
         strat[f"single:{model}"] = {"kind": "single", **summary([p], ref_acc)}
     if routing:
         pts = [
-            {"alpha": r["alpha"], "accuracy": r["accuracy"], "cost": r["cost"],
-             "cost_fraction": r["cost"] / ref_cost}  # fmt: skip
+            {
+                "alpha": r["alpha"],
+                "accuracy": r["accuracy"],
+                "cost": r["cost"],
+                "cost_fraction": r["cost"] / ref_cost,
+            }
             for r in routing
         ]
         strat["routing"] = {"kind": "routing", **summary(pts, ref_acc)}
@@ -508,23 +521,105 @@ def cascade_report(
         entry: dict[str, Any] = {"kind": "cascade", **summary(points, ref_acc), "points": points}
         chosen: dict[str, Any] = {}
         for label, share in (("at_99", 0.99), ("at_reference", 1.0)):
-            ok = [lam for lam, tp in train_points if tp["accuracy"] >= share * ref_train_acc - 1e-12]
-            # Larger weights are cheaper: the largest weight that still reaches the target on train.
-            lam = max(ok) if ok else None
-            hit = next((p for p in points if p["cost_weight"] == lam), None)
+            goal = share * ref_train_acc - 1e-12
+            ok = [w for w, tp in train_points if tp["accuracy"] >= goal]
+            # Larger weights are cheaper: the largest weight that still reaches the goal on train.
+            pick = max(ok) if ok else None
+            hit = next((p for p in points if p["cost_weight"] == pick), None)
             chosen[label] = None if hit is None else {
-                "cost_weight": lam, "accuracy": hit["accuracy"],
+                "cost_weight": pick, "accuracy": hit["accuracy"],
                 "cost_fraction": hit["cost_fraction"], "escalated": hit["escalated"],
             }  # fmt: skip
         entry["chosen_on_train"] = chosen
         strat[f"cascade:{name}"] = entry
     if "routing" in strat:
         route = strat["routing"]["frontier"]
-        for name, entry in strat.items():
+        for entry in strat.values():
             if entry["kind"] == "cascade":
                 gaps = [
                     (cs.best_within(entry["points"], p["cost"]) or 0.0) - p["accuracy"]
                     for p in route
                 ]
                 entry["worst_gap_to_routing"] = min(gaps) if gaps else None
+                # A cascade whose every threshold says "never escalate" is single-shot routing,
+                # so a policy can always take routing's operating points instead.
+                entry["frontier_with_routing"] = cs.frontier([*entry["points"], *route])
     return out
+
+
+# -- entry points of ``shoal router fit`` / ``eval`` ---------------------------------------------
+
+
+def best_model(sig: Signals) -> str:
+    """The most accurate model (mean per task) of a split, the cheaper on ties."""
+    acc = [
+        float(np.mean(list(per_task_mean(sig.quality[:, j], sig.tasks).values())))
+        for j in range(len(sig.models))
+    ]
+    j = min(range(len(acc)), key=lambda j: (-round(acc[j], 12), sig.cost[:, j].sum()))
+    return sig.models[j]
+
+
+def with_cascade(artifact: bytes, plan: CascadePlan) -> bytes:
+    """The artifact with ``plan`` in its header under ``"cascade"`` (arrays unchanged)."""
+    from shoal.routing.artifact import decode_artifact, encode_artifact
+    from shoal.routing.cascade_plan import HEADER_KEY
+
+    header, arrays = decode_artifact(artifact)
+    plan.check_clusters(int(header["clusters"]))
+    header = {k: v for k, v in header.items() if k not in ("arrays", "payload_sha256")}
+    header[HEADER_KEY] = plan.to_header()
+    return encode_artifact(header, arrays)
+
+
+def fit_artifact_plan(
+    artifact: bytes,
+    samples: Sequence[Sample],
+    vectors: npt.NDArray[Any],
+    *,
+    signal: str,
+    cost_weight: float,
+    reference: str | None = None,
+    max_chain: int = 4,
+    max_cost: float = 2.0,
+    fitted_on: str = "",
+) -> tuple[bytes, CascadePlan]:
+    """Fit a cascade plan for a fitted artifact on its calibration samples (with recorded
+    answers) and return the artifact with the plan in its header, and the plan."""
+    from shoal.routing.artifact import decode_artifact
+
+    header, arrays = decode_artifact(artifact)
+    train = signals(samples, [str(m) for m in header["models"]], vectors, arrays["centroids"])
+    plan = fit_plan(
+        train,
+        signal=signal,
+        cost_weight=cost_weight,
+        reference=reference or best_model(train),
+        max_chain=max_chain,
+        max_cost=max_cost,
+        fitted_on=fitted_on,
+    )
+    return with_cascade(artifact, plan), plan
+
+
+def evaluate_cascades(
+    router: Any,
+    train: Sequence[Sample],
+    train_vectors: npt.NDArray[Any],
+    test: Sequence[Sample],
+    test_vectors: npt.NDArray[Any],
+    *,
+    reference: str | None,
+    routing: Sequence[dict[str, Any]],
+    strategies: Iterable[str] = tuple(STRATEGIES),
+) -> dict[str, Any]:
+    """:func:`cascade_report` for a :class:`~shoal.routing.router.Router` (its centroids and
+    models), fitted on ``train`` and evaluated on ``test``; ``reference`` defaults to the most
+    accurate model on train."""
+    models = list(router.models)
+    tr = signals(train, models, train_vectors, router.centroids)
+    kinds = cluster_kinds(tr.tasks, tr.cluster, router.centroids.shape[0])
+    te = signals(test, models, test_vectors, router.centroids, kinds=kinds)
+    return cascade_report(
+        tr, te, reference=reference or best_model(tr), routing=routing, strategies=strategies
+    )

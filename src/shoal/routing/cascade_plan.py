@@ -28,7 +28,8 @@ SIGNALS = ("logprob_mean", "logprob_min", "logprob_margin", "agreement", "verifi
 #: The verifier's features, in the order of :attr:`CascadeChain.weights`: the query's cosine
 #: similarity to each artifact centroid (``similarity``, one feature per cluster), the answer's
 #: :func:`~shoal.routing.cascade.structure` for the chain's answer kind, ``log(1 + characters)``
-#: of the answer, and its :func:`~shoal.routing.cascade.agreement` with the chain's voters.
+#: of the answer, and its :func:`~shoal.routing.cascade.agreement` with each of the chain's
+#: voters (one feature per voter, in the chain's order; none without voters).
 VERIFIER_FEATURES = ("similarity", "structure", "log_length", "agreement")
 
 
@@ -46,8 +47,9 @@ class CascadeChain:
     the cluster is served by ``answer`` alone). ``kind`` is how answers are compared
     (``choice``, ``number``, ``code``, ``text``: :func:`~shoal.routing.cascade.answer_kind`),
     the majority kind of the cluster's calibration queries. ``weights`` and ``bias`` are the
-    verifier's, over :data:`VERIFIER_FEATURES` (``similarity`` expanded to one weight per
-    cluster): ``confidence = sigmoid(bias + weights . features)``; empty for other signals.
+    verifier's, over :data:`VERIFIER_FEATURES` (``similarity`` and ``agreement`` expanded to one
+    weight per cluster and per voter): ``confidence = sigmoid(bias + weights . features)``;
+    empty for other signals.
     """
 
     answer: str

@@ -4,7 +4,8 @@ Three formats, detected from the file name or passed explicitly:
 
 - ``jsonl``: Shoal's own format, one JSON object per line:
   ``{"prompt": str, "task": str (optional), "scores": {model: quality in [0, 1]},
-  "costs": {model: USD} (optional), "answers": {model: answer text} (optional)}``. Blank lines and lines starting with ``#`` are skipped.
+  "costs": {model: USD} (optional), "answers": {model: answer text} (optional)}``.
+  Blank lines and lines starting with ``#`` are skipped.
 - ``routerdc``: a JSON list of ``{"question": str, "scores": {model: float}}`` (RouterDC);
   the task is the file name without its split suffix (``gsm8k-test.json`` -> ``gsm8k``).
 - ``routerbench``: RouterBench CSV: ``prompt`` (a Python-literal list of turns),
