@@ -54,7 +54,7 @@ STRATEGIES: dict[str, tuple[str, int, bool]] = {
 #: The quality/cost weights of the frontier sweep (accuracy points per reference cost).
 COST_WEIGHTS: tuple[float, ...] = (
     0.0,
-    *(round(float(x), 4) for x in np.geomspace(0.005, 100, 48)),
+    *(round(float(x), 5) for x in np.geomspace(0.002, 100, 160)),
 )
 #: A model may answer first (or vote) when its mean cost is at most this share of the reference's.
 CHEAP_SHARE = 0.25
@@ -193,6 +193,8 @@ class Fitted:
     train: list[F64]
     test: list[F64]
     verifiers: list[cs.Logistic | None]
+    #: What :func:`choose` precomputes per split and cost cap (independent of the weight).
+    cache: dict[tuple[int, float], Any] = field(default_factory=dict, repr=False)
 
 
 def cheap_models(train: Signals, reference: int, share: float = CHEAP_SHARE) -> list[int]:
@@ -291,37 +293,93 @@ def choose(
     reference model's; a chain over the cap is not considered.
     """
     k = train.similarity.shape[1]
-    w = _weights(train)
     ref = float(train.cost[:, reference].mean()) or 1.0
     lam = cost_weight / ref
+    w = _weights(train)
+    counts = np.bincount(train.cluster, minlength=k)
+    # Single models: utility per cluster, shrunk toward the global mean curve.
     onehot = np.zeros((k, train.n))
     onehot[train.cluster, np.arange(train.n)] = 1.0
-    share = onehot.sum(axis=1) / max(1, train.n)
-    # Single models: utility per cluster, shrunk toward the global mean curve.
     util_single = onehot @ (w[:, None] * train.quality - lam * train.cost)  # (k, m)
     shrunk_single = util_single + shrinkage * util_single.sum(axis=0) / max(1, train.n)
-    best_util = shrunk_single.max(axis=1)
     single = [int(j) for j in shrunk_single.argmax(axis=1)]
     chosen: list[Candidate | None] = [None] * k
     thresholds = np.full(k, -np.inf)
-    defaults: list[tuple[float, float]] = []
-    rows = np.arange(train.n)
-    for cand, conf in zip(fitted.candidates, fitted.train, strict=True):
-        first = train.cost[:, cand.answer] + train.cost[:, list(cand.voters)].sum(axis=1)
-        full = first + train.cost[:, cand.escalate]
-        if full.mean() > max_cost * ref:
-            continue
-        ua = w * train.quality[rows, cand.answer] - lam * first
-        ue = w * train.quality[rows, cand.escalate] - lam * full
-        th = cs.fit_thresholds(conf, train.cluster, ua, ue, k, shrinkage=shrinkage)
-        defaults.append((float(th.shrunk_utility.sum()), th.default))
-        better = th.shrunk_utility > best_util + 1e-12
-        for c in np.flatnonzero(better & (share > 0)):
-            best_util[c] = th.shrunk_utility[c]
-            chosen[c] = cand
-            thresholds[c] = th.per_cluster[c]
-    default = max(defaults)[1] if defaults else -math.inf
+    table = _table(fitted, train, w, ref * max_cost)
+    if table is None:
+        return Choice(chosen, single, thresholds, -math.inf)
+    keep, cand, index, dq, cesc, base_q, full = table
+    jn, c_max = cand.shape
+    # cs.fit_thresholds for every candidate at once: accepting query i under threshold t
+    # gains dq + lam * cesc over escalating it; histograms per (candidate, cluster, bucket).
+    gain = np.bincount(index.ravel(), (dq + lam * cesc).ravel(), jn * k * (c_max + 1))
+    accepted = np.cumsum(gain.reshape(jn, k, c_max + 1)[:, :, ::-1], axis=2)[:, :, ::-1]
+    lab = (np.arange(jn)[:, None] * k + train.cluster[None, :]).ravel()
+    base = np.bincount(lab, (base_q - lam * full).ravel(), jn * k).reshape(jn, k)
+    curves = base[:, :, None] + accepted[:, :, 1:]  # (J, k, C)
+    total = curves.sum(axis=1)  # (J, C)
+    shrunk = curves + shrinkage * total[:, None, :] / max(1, train.n)
+    best_t = np.argmax(shrunk, axis=2)  # (J, k): ties to the lower threshold
+    best_u = np.take_along_axis(shrunk, best_t[:, :, None], axis=2)[:, :, 0]
+    j_best = np.argmax(best_u, axis=0)  # (k,)
+    for c in range(k):
+        j = int(j_best[c])
+        if counts[c] > 0 and best_u[j, c] > shrunk_single[c].max() + 1e-12:
+            chosen[c] = fitted.candidates[int(keep[j])]
+            thresholds[c] = cand[j, best_t[j, c]]
+    j = int(np.argmax(best_u.sum(axis=1)))
+    default = float(cand[j, int(np.argmax(total[j]))])
     return Choice(chosen, single, thresholds, default)
+
+
+_TableArrays = tuple[npt.NDArray[np.int64], F64, npt.NDArray[np.int64], F64, F64, F64, F64]
+
+
+def _table(fitted: Fitted, train: Signals, w: F64, cap: float) -> _TableArrays | None:
+    """Per candidate under the cost cap: its padded candidate thresholds and, per query, the
+    flat (candidate, cluster, bucket) index and the quality and cost terms of the utility.
+    Cached on ``fitted`` (it does not depend on the cost weight)."""
+    key = (id(train), cap)
+    got = fitted.cache.get(key)
+    if got is not None or key in fitted.cache:
+        return got
+    rows = np.arange(train.n)
+    k = train.similarity.shape[1]
+    keep, cands, firsts, fulls, qa, qe, ce = [], [], [], [], [], [], []
+    for j, chain in enumerate(fitted.candidates):
+        first = train.cost[:, chain.answer] + train.cost[:, list(chain.voters)].sum(axis=1)
+        full = first + train.cost[:, chain.escalate]
+        if full.mean() > cap:
+            continue
+        keep.append(j)
+        cands.append(cs.candidate_thresholds(fitted.train[j]))
+        firsts.append(first)
+        fulls.append(full)
+        qa.append(train.quality[rows, chain.answer])
+        qe.append(train.quality[rows, chain.escalate])
+        ce.append(train.cost[:, chain.escalate])
+    if not keep:
+        fitted.cache[key] = None
+        return None
+    c_max = max(c.size for c in cands)
+    cand = np.full((len(keep), c_max), np.inf)
+    index = np.zeros((len(keep), train.n), dtype=np.int64)
+    for row, (j, c) in enumerate(zip(keep, cands, strict=True)):
+        cand[row, : c.size] = c
+        bucket = np.searchsorted(c, fitted.train[j], side="right")
+        index[row] = (row * k + train.cluster) * (c_max + 1) + bucket
+    q_a, q_e = np.array(qa), np.array(qe)
+    out: _TableArrays = (
+        np.array(keep, dtype=np.int64),
+        cand,
+        index,
+        w[None, :] * (q_a - q_e),
+        np.array(ce),
+        w[None, :] * q_e,
+        np.array(fulls),
+    )
+    fitted.cache[key] = out
+    return out
 
 
 def apply(choice: Choice, fitted: Fitted, sig: Signals, *, split: str = "test") -> cs.Outcome:

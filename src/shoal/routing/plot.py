@@ -105,7 +105,8 @@ def plot_cascade(block: dict[str, Any], path: str | Path, *, title: str = "") ->
         ys = [100 * p["accuracy"] for p in pts]
         if s["kind"] == "single":
             ax.scatter(xs, ys, color="grey", s=12)
-            ax.annotate(name.split("/")[-1], (xs[0], ys[0]), fontsize=6, color="grey")
+            label = name.removeprefix("single:").split("/")[-1]
+            ax.annotate(label, (xs[0], ys[0]), fontsize=6, color="grey")
         elif s["kind"] == "routing":
             ax.step(xs, ys, "-o", where="post", color="black", markersize=3,
                     label="single-shot routing")  # fmt: skip
