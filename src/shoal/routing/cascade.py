@@ -28,6 +28,7 @@ import io
 import math
 import re
 import tokenize
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -99,7 +100,9 @@ def python_module(text: str) -> ast.Module | None:
     """The first candidate block of ``text`` that parses as Python and defines a function."""
     for block in code_blocks(text):
         try:
-            tree = ast.parse(block.replace("\r\n", "\n").strip("\n"))
+            with warnings.catch_warnings():  # a model's "\d" in a string is not our warning
+                warnings.simplefilter("ignore")
+                tree = ast.parse(block.replace("\r\n", "\n").strip("\n"))
         except (SyntaxError, ValueError, MemoryError, RecursionError):
             continue
         if any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) for n in ast.walk(tree)):

@@ -62,21 +62,24 @@ def test_the_reference_and_single_shot_routing_are_those_of_the_router_figures()
 
 
 @pytest.mark.parametrize(
-    ("name", "at_99"),
+    ("name", "at_99", "beats_routing"),
     [
-        ("agreement", 0.56),
-        ("verifier", 0.85),
-        ("verifier+agreement", 0.49),
-        ("verifier+agreement-3", 0.56),
+        ("agreement", 0.56, True),
+        ("verifier", 0.85, False),
+        ("verifier+agreement", 0.49, True),
+        ("verifier+agreement-3", 0.56, True),
     ],
 )
-def test_each_cascade_reaches_99_percent_of_gpt4_cheaper_than_routing(
-    name: str, at_99: float
+def test_each_cascade_reaches_99_percent_of_gpt4(
+    name: str, at_99: float, beats_routing: bool
 ) -> None:
     entry = strategy(f"cascade:{name}")
     assert entry["cost_fraction_at_99"] is not None
     assert entry["cost_fraction_at_99"] <= at_99
-    assert entry["cost_fraction_at_99"] < strategy("routing")["cost_fraction_at_99"]
+    # The cascades with voters reach it for much less than routing (81.6%); the verifier
+    # alone, which sees no other answer, does not.
+    routing = strategy("routing")["cost_fraction_at_99"]
+    assert (entry["cost_fraction_at_99"] < routing) is beats_routing
     # Every attempt is paid: no cascade point is cheaper than its cheapest model alone.
     assert min(p["cost_fraction"] for p in entry["points"]) > 0.015
 
