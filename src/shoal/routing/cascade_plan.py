@@ -25,8 +25,68 @@ HEADER_KEY = "cascade"
 SIGNALS = ("logprob_mean", "logprob_min", "logprob_margin", "agreement", "verifier")
 
 
+#: The verifier's features, in the order of :attr:`CascadeChain.weights`: the query's cosine
+#: similarity to each artifact centroid (``similarity``, one feature per cluster), the answer's
+#: :func:`~shoal.routing.cascade.structure` for the chain's answer kind, ``log(1 + characters)``
+#: of the answer, and its :func:`~shoal.routing.cascade.agreement` with each of the chain's
+#: voters (one feature per voter, in the chain's order; none without voters).
+VERIFIER_FEATURES = ("similarity", "structure", "log_length", "agreement")
+
+
 class CascadePlanError(ValueError):
     """A cascade plan that cannot be used (unknown signal, wrong number of thresholds)."""
+
+
+@dataclass(frozen=True)
+class CascadeChain:
+    """The models a cluster's cascade calls, fitted offline (optional in a plan).
+
+    ``answer`` answers first; ``voters`` are asked the same query at the same time, only for
+    the agreement signal (their answers are compared with ``answer``'s and then dropped);
+    ``escalate`` is called when the confidence is under the cluster's threshold (None: never,
+    the cluster is served by ``answer`` alone). ``kind`` is how answers are compared
+    (``choice``, ``number``, ``code``, ``text``: :func:`~shoal.routing.cascade.answer_kind`),
+    the majority kind of the cluster's calibration queries. ``weights`` and ``bias`` are the
+    verifier's, over :data:`VERIFIER_FEATURES` (``similarity`` and ``agreement`` expanded to one
+    weight per cluster and per voter): ``confidence = sigmoid(bias + weights . features)``;
+    empty for other signals.
+    """
+
+    answer: str
+    voters: tuple[str, ...] = ()
+    escalate: str | None = None
+    kind: str = "text"
+    weights: tuple[float, ...] = ()
+    bias: float = 0.0
+
+    def to_header(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return {
+            "answer": self.answer,
+            "voters": list(self.voters),
+            "escalate": self.escalate,
+            "kind": self.kind,
+            "weights": list(self.weights),
+            "bias": self.bias,
+        }
+
+    @classmethod
+    def from_header(cls, raw: Mapping[str, Any]) -> CascadeChain:
+        """Parse :meth:`to_header`'s form (``KeyError``/``TypeError``/``ValueError`` if bad)."""
+        escalate = raw.get("escalate")
+        return cls(
+            answer=str(raw["answer"]),
+            voters=tuple(str(v) for v in raw.get("voters", ())),
+            escalate=None if escalate is None else str(escalate),
+            kind=str(raw.get("kind", "text")),
+            weights=tuple(float(w) for w in raw.get("weights", ())),
+            bias=float(raw.get("bias", 0.0)),
+        )
+
+    @property
+    def calls(self) -> int:
+        """Most models this chain calls for one query."""
+        return 1 + len(self.voters) + (self.escalate is not None)
 
 
 @dataclass(frozen=True)
@@ -48,6 +108,9 @@ class CascadePlan:
     cost_weight: float = 0.0
     #: What the plan was fitted on (a data set name), for status and logs.
     fitted_on: str = ""
+    #: Optional: each cluster's chain as fitted offline (one per threshold; empty: the serving
+    #: side builds the chain from the ex-ante ranking).
+    chains: tuple[CascadeChain, ...] = ()
 
     def __post_init__(self) -> None:
         if self.signal not in SIGNALS:
@@ -58,6 +121,17 @@ class CascadePlan:
             raise CascadePlanError(f"max_chain must be at least 1, not {self.max_chain}")
         if any(math.isnan(t) for t in (*self.thresholds, self.default_threshold)):
             raise CascadePlanError("a cascade threshold is NaN")
+        if self.chains and len(self.chains) != len(self.thresholds):
+            raise CascadePlanError(
+                f"the cascade plan has {len(self.chains)} chains for "
+                f"{len(self.thresholds)} thresholds"
+            )
+
+    def chain(self, cluster: int | None) -> CascadeChain | None:
+        """The fitted chain for ``cluster`` (None without chains or for an unknown cluster)."""
+        if cluster is None or not 0 <= cluster < len(self.chains):
+            return None
+        return self.chains[cluster]
 
     def threshold(self, cluster: int | None) -> float:
         """The threshold for ``cluster`` (the default when it is None or out of range)."""
@@ -78,6 +152,7 @@ class CascadePlan:
             "max_chain": self.max_chain,
             "cost_weight": self.cost_weight,
             "fitted_on": self.fitted_on,
+            **({"chains": [c.to_header() for c in self.chains]} if self.chains else {}),
         }
 
     @classmethod
@@ -96,8 +171,9 @@ class CascadePlan:
                 max_chain=int(raw.get("max_chain", 2)),
                 cost_weight=float(raw.get("cost_weight", 0.0)),
                 fitted_on=str(raw.get("fitted_on", "")),
+                chains=tuple(CascadeChain.from_header(c) for c in raw.get("chains", ())),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CascadePlanError(f"the artifact's cascade entry is malformed: {exc}") from exc
 
     def check_clusters(self, clusters: int) -> None:

@@ -103,8 +103,29 @@ def fit(
         None, min=0.0, help="Pseudo-samples of the global mean per cluster (default: tuned)."
     ),
     cache: bool = typer.Option(True, help="Cache embeddings under ~/.cache/shoal."),
+    cascade: str | None = typer.Option(
+        None,
+        help="Also fit a cascade plan into the artifact for this signal: agreement, "
+        "agreement-3, agreement-4, verifier, verifier+agreement, verifier+agreement-3, "
+        "verifier+agreement-4 (needs every model's recorded answers in the data).",
+    ),
+    cascade_cost_weight: float = typer.Option(
+        0.02,
+        min=0.0,
+        help="The cascade's quality/cost weight: accuracy given up per reference-model cost "
+        "saved (0: quality only).",
+    ),
+    cascade_reference: str | None = typer.Option(
+        None, help="The model costs are measured against (default: the most accurate one)."
+    ),
+    cascade_max_chain: int = typer.Option(
+        4, min=2, help="Most models one request of the cascade may call, voters included."
+    ),
+    cascade_max_cost: float = typer.Option(
+        2.0, min=0.0, help="Most a chain may cost with every call made, in reference costs."
+    ),
 ) -> None:
-    """Fit a router artifact from calibration data."""
+    """Fit a router artifact from calibration data (and, with --cascade, a cascade plan)."""
     with _user_errors():
         from shoal.routing.artifact import artifact_checksum, read_artifact_info, write_artifact
         from shoal.routing.data import load_calibration
@@ -126,11 +147,32 @@ def fit(
             shrinkage=DEFAULT_SHRINKAGE if shrinkage is None else shrinkage,
             embeddings=vectors,
         )
+        plan_line = ""
+        if cascade is not None:
+            from shoal.routing.cascade_fit import fit_artifact_plan
+
+            blob, plan = fit_artifact_plan(
+                blob,
+                samples,
+                vectors,
+                signal=cascade,
+                cost_weight=cascade_cost_weight,
+                reference=cascade_reference,
+                max_chain=cascade_max_chain,
+                max_cost=cascade_max_cost,
+                fitted_on=", ".join(p.name for p in data),
+            )
+            escalating = sum(c.escalate is not None for c in plan.chains)
+            plan_line = (
+                f"; cascade ({plan.signal}, cost weight {plan.cost_weight:g}): "
+                f"{escalating} of {len(plan.chains)} clusters escalate"
+            )
         write_artifact(out, blob)
         info = read_artifact_info(blob)
         console.print(
             f"wrote {out}: {info.clusters} clusters x {len(info.models)} models, "
             f"{info.samples} samples, {len(blob) / 1024:.1f} KiB, {artifact_checksum(blob)}"
+            + plan_line
         )
 
 
@@ -151,6 +193,16 @@ def evaluate(
         "--reference",
         help="A model of the data to measure savings against (what sending every query to it "
         "would cost), e.g. gpt-4-1106-preview.",
+    ),
+    cascade_train: list[Path] | None = typer.Option(
+        None,
+        "--cascade-train",
+        help="Train file(s) with recorded answers: fit cascades on them (per signal, over a "
+        "sweep of quality/cost weights) and evaluate them on --data, next to single-shot "
+        "routing and every single model, in the report's 'cascade' block.",
+    ),
+    cascade_signals: str = typer.Option(
+        "all", help="Comma-separated cascade signals to evaluate (default: all)."
     ),
 ) -> None:
     """Evaluate a router artifact against labelled data, with baselines and an alpha sweep."""
@@ -188,10 +240,36 @@ def evaluate(
                 report["savings"] = savings_report(report, reference)
             except ValueError as exc:
                 raise typer.BadParameter(str(exc), param_hint="--reference") from None
-        if plot is not None:
-            from shoal.routing.plot import plot_frontier
+        if cascade_train:
+            from shoal.routing.cascade_fit import STRATEGIES, evaluate_cascades
 
-            plot_frontier(report, plot, title=f"{artifact.name} on {len(samples)} queries")
+            names = list(STRATEGIES) if cascade_signals == "all" else cascade_signals.split(",")
+            unknown = [n for n in names if n not in STRATEGIES]
+            if unknown:
+                raise typer.BadParameter(
+                    f"unknown cascade signals {unknown}; known: {', '.join(STRATEGIES)}",
+                    param_hint="--cascade-signals",
+                )
+            train = load_calibration(cascade_train)
+            align_models(train, router.models)
+            report["cascade"] = evaluate_cascades(
+                router,
+                train,
+                _embed(emb, train, cache),
+                samples,
+                vectors,
+                reference=reference,
+                routing=report["sweep"],
+                strategies=names,
+            )
+        if plot is not None:
+            from shoal.routing.plot import plot_cascade, plot_frontier
+
+            title = f"{artifact.name} on {len(samples)} queries"
+            if "cascade" in report:
+                plot_cascade(report["cascade"], plot, title=title)
+            else:
+                plot_frontier(report, plot, title=title)
             console.print(f"wrote {plot}")
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
@@ -258,6 +336,35 @@ def _print_report(report: dict[str, Any]) -> None:
         out.print(table)
     share = ", ".join(f"{m}: {100 * s:.1f}%" for m, s in r["share"].items() if s > 0)
     out.print(f"router's share of queries: {share}")
+    if "cascade" in report:
+        _print_cascade(out, report["cascade"])
+
+
+def _print_cascade(out: Console, block: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    table = Table(
+        title=f"cascades against {block['reference']} ({100 * block['reference_accuracy']:.2f}% "
+        f"for ${block['reference_cost']:.3f}): cost as a share of its cost"
+    )
+    for col in ("strategy", "best accuracy %", "cost at 99% of its accuracy",
+                "cost at its accuracy", "chosen on train (99%)"):  # fmt: skip
+        table.add_column(col, justify="right")
+    for name, s in block["strategies"].items():
+        chosen = (s.get("chosen_on_train") or {}).get("at_99")
+        table.add_row(
+            name,
+            f"{100 * s['best_accuracy']:.2f}",
+            pct(s["cost_fraction_at_99"]),
+            pct(s["cost_fraction_at_reference"]),
+            "-"
+            if not chosen
+            else f"{100 * chosen['accuracy']:.2f}% at {pct(chosen['cost_fraction'])}",
+        )
+    out.print(table)
 
 
 @app.command()

@@ -4,13 +4,16 @@ Three formats, detected from the file name or passed explicitly:
 
 - ``jsonl``: Shoal's own format, one JSON object per line:
   ``{"prompt": str, "task": str (optional), "scores": {model: quality in [0, 1]},
-  "costs": {model: USD} (optional)}``. Blank lines and lines starting with ``#`` are skipped.
+  "costs": {model: USD} (optional), "answers": {model: answer text} (optional)}``.
+  Blank lines and lines starting with ``#`` are skipped.
 - ``routerdc``: a JSON list of ``{"question": str, "scores": {model: float}}`` (RouterDC);
   the task is the file name without its split suffix (``gsm8k-test.json`` -> ``gsm8k``).
 - ``routerbench``: RouterBench CSV: ``prompt`` (a Python-literal list of turns),
   ``eval_name``, one score column per model and ``<model>|total_cost``. An empty score cell
   means the source recorded no gradable answer and reads as 0, the convention behind the
-  source's published accuracies; any other unreadable cell is an error.
+  source's published accuracies; any other unreadable cell is an error. The optional
+  ``<model>|model_response`` columns (a Python-literal list holding the answer text) become
+  :attr:`Sample.answers`, which cascades are replayed from.
 
 Every problem raises :class:`CalibrationError` naming the file and the row (1-based line for
 JSONL and CSV, 0-based list index for JSON). All files loaded together must score the same set
@@ -35,6 +38,7 @@ from shoal.routing.types import Sample
 Format = Literal["jsonl", "routerdc", "routerbench"]
 _SPLIT_SUFFIX = re.compile(r"[-_.](train|test|dev|val|valid|validation)$", re.IGNORECASE)
 _COST_SUFFIX = "|total_cost"
+_ANSWER_SUFFIX = "|model_response"
 
 
 class CalibrationError(ValueError):
@@ -139,8 +143,20 @@ def _from_object(
     t = obj.get("task", task)
     if t is not None and not isinstance(t, str):
         raise CalibrationError(source, row, f"'task' must be a string, not {type(t).__name__}")
+    answers = obj.get("answers") or {}
+    if not isinstance(answers, Mapping) or not all(
+        isinstance(m, str) and m in scores and isinstance(a, str) for m, a in answers.items()
+    ):
+        raise CalibrationError(
+            source, row, "'answers' must be an object {model: answer text} of scored models"
+        )
     return Sample(
-        prompt=prompt, scores=scores, task=t or task, costs=costs, origin=f"{source}:{row}"
+        prompt=prompt,
+        scores=scores,
+        task=t or task,
+        costs=costs,
+        origin=f"{source}:{row}",
+        answers=dict(answers),
     )
 
 
@@ -176,6 +192,20 @@ def _prompt_text(source: str, row: int, raw: str) -> str:
     return text
 
 
+def _answer_text(raw: str) -> str:
+    """An answer cell: RouterBench writes a Python-literal list of one string; anything that
+    is not such a list is kept as it is (an unreadable answer is no answer, never an error)."""
+    text = raw.strip()
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return text
+        if isinstance(value, list):
+            return "\n".join(str(v) for v in value)
+    return text
+
+
 def _routerbench(source: str, text: str) -> list[Sample]:
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
@@ -194,6 +224,7 @@ def _routerbench(source: str, text: str) -> list[Sample]:
     if missing:
         raise CalibrationError(source, 1, f"missing score columns for models: {missing}")
     task_default = task_from_name(source)
+    answer_cols = [m for m in models if m + _ANSWER_SUFFIX in cols]
     samples = []
     try:
         for line, cells in enumerate(reader, start=2):
@@ -219,6 +250,7 @@ def _routerbench(source: str, text: str) -> list[Sample]:
                     unit=False,
                 )
             task = cells[cols["eval_name"]].strip() if "eval_name" in cols else ""
+            answers = {m: _answer_text(cells[cols[m + _ANSWER_SUFFIX]]) for m in answer_cols}
             samples.append(
                 Sample(
                     prompt=prompt,
@@ -226,6 +258,7 @@ def _routerbench(source: str, text: str) -> list[Sample]:
                     task=task or task_default,
                     costs=costs,
                     origin=f"{source}:{line}",
+                    answers=answers,
                 )
             )
     except csv.Error as exc:

@@ -87,3 +87,37 @@ def _finish(fig: Any, ax: Any, path: str | Path) -> Path:
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def plot_cascade(block: dict[str, Any], path: str | Path, *, title: str = "") -> Path:
+    """Write the ``cascade`` block of ``shoal router eval``: each cascade's frontier, single-shot
+    routing's and every single model, accuracy against cost as a share of the reference's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    ref = 100 * block["reference_accuracy"]
+    for name, s in block["strategies"].items():
+        pts = s["frontier"]
+        xs = [100 * p["cost_fraction"] for p in pts]
+        ys = [100 * p["accuracy"] for p in pts]
+        if s["kind"] == "single":
+            ax.scatter(xs, ys, color="grey", s=12)
+            label = name.removeprefix("single:").split("/")[-1]
+            ax.annotate(label, (xs[0], ys[0]), fontsize=6, color="grey")
+        elif s["kind"] == "routing":
+            ax.step(xs, ys, "-o", where="post", color="black", markersize=3,
+                    label="single-shot routing")  # fmt: skip
+        else:
+            ax.step(xs, ys, "-o", where="post", markersize=3, label=name)
+    ax.axhline(ref, linestyle="--", linewidth=1, color="tab:red", label=block["reference"])
+    ax.axhline(0.99 * ref, linestyle=":", linewidth=1, color="tab:red", label="99% of it")
+    ax.axvline(40, linestyle=":", linewidth=1, color="grey")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"cost, % of {block['reference']}'s (log)")
+    ax.set_ylabel("accuracy, mean of per-task (%)")
+    ax.set_ylim(max(40.0, ax.get_ylim()[0]), None)
+    ax.set_title(title or "cascades, single-shot routing and single models")
+    return _finish(fig, ax, path)

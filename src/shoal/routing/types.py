@@ -61,6 +61,9 @@ class Sample:
     ``scores`` maps each model to a quality in [0, 1]; ``costs`` maps models to USD for this
     query (empty when the source has no cost: models are then treated as equally cheap).
     ``origin`` says where the sample came from (``file:row``), for error messages.
+    ``answers`` maps models to the answer text each gave (RouterBench's
+    ``<model>|model_response``; empty when the source has none): what a cascade's confidence
+    signals are computed from when it is replayed offline.
     """
 
     prompt: str
@@ -68,3 +71,4 @@ class Sample:
     task: str = ""
     costs: Mapping[str, float] = field(default_factory=dict)
     origin: str = ""
+    answers: Mapping[str, str] = field(default_factory=dict)

@@ -24,6 +24,18 @@ def sim(
         "outside the fleet: spend and savings).",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic trace (deterministic)."),
+    cascade_escalation: float | None = typer.Option(
+        None,
+        "--cascade-escalation",
+        min=0.0,
+        max=1.0,
+        help="The fleet cascades (RoutingPolicy strategy cascade): every request is answered "
+        "by its cheap model first and this share is escalated to the policy's choice after "
+        "the first answer (the share `shoal router eval` measured for the plan).",
+    ),
+    cascade_voters: int = typer.Option(
+        0, "--cascade-voters", min=0, max=4, help="Cheap voters per cascaded request."
+    ),
     trace: Path | None = typer.Option(
         None,
         "--trace",
@@ -57,7 +69,16 @@ def sim(
     except KeyError as exc:
         err.print(f"[red]{exc.args[0]}[/red]")
         raise typer.Exit(2) from exc
-    study = run_study(chosen, seed, trace_file=trace, progress=None if as_json else err.print)
+    from shoal.sim.cascade import CascadeSpec
+
+    spec = (
+        None
+        if cascade_escalation is None
+        else CascadeSpec(cascade_escalation, voters=cascade_voters, seed=seed)
+    )
+    study = run_study(
+        chosen, seed, trace_file=trace, progress=None if as_json else err.print, cascade=spec
+    )
     summary = study.summary()
     if not no_plot:
         from shoal.sim.plot import plot_study
@@ -91,6 +112,15 @@ def sim(
                 f"the fleet) against ${p['reference_cost_usd']:.2f} at the reference"
                 + (f": {saved:.1f}% saved" if saved is not None else "")
             )
+    if "cascade" in summary:
+        c = summary["cascade"]
+        Console().print(
+            f"cascade: {c['attempts']} attempts for {c['requests']} requests "
+            f"({c['escalated']} escalated, {c['voter_calls']} voter calls; "
+            f"+{c['extra_prompt_tokens']} prompt and +{c['extra_output_tokens']} output tokens); "
+            f"an escalated request waits +{c['added_latency_mean']:.2f} s on average "
+            f"(p95 +{c['added_latency_p95']:.2f} s) for the first answer"
+        )
     met = summary["targets_met"]
     for key, target in TARGETS.items():
         op = ">=" if key == "slo_attainment" else "<="

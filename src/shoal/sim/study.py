@@ -18,12 +18,13 @@ from typing import Any
 
 from shoal.contract import replica_range
 from shoal.contract.cost import reference_price
+from shoal.sim.cascade import CascadeLoad, CascadeSpec
 from shoal.sim.controllers import QueueThresholdController, ScheduleController, ShoalController
 from shoal.sim.engine import Request
 from shoal.sim.external import external_endpoints
 from shoal.sim.optimal import PoolSpec, capacity_curve, hindsight_schedule, static_schedule
 from shoal.sim.scenarios import ALL_SCENARIOS, FRONTIER_FIRST_TOKEN_SECONDS, Scenario
-from shoal.sim.simulator import Controller, SimResult, Simulator, replicas_at
+from shoal.sim.simulator import Controller, Routing, SimResult, Simulator, replicas_at
 from shoal.sim.workload import RoutingTable, fit_workload_router, generate_trace, read_trace
 
 #: What the issue asks of Shoal's policy.
@@ -41,6 +42,8 @@ class Study:
     seconds: float
     #: The JSONL trace replayed instead of the scenario's synthetic one, if any.
     trace_file: Path | None = None
+    #: What the fleet's cascade added to the trace (None: no cascade).
+    cascade: CascadeLoad | None = None
 
     def summary(self) -> dict[str, Any]:
         """The JSON object ``shoal sim --json`` prints."""
@@ -57,6 +60,8 @@ class Study:
             "cost_vs_static": round(shoal.cost / static.cost, 3),
             "cost_vs_optimal": round(shoal.cost / optimal.cost, 3),
         }
+        if self.cascade is not None:
+            out["cascade"] = self.cascade.as_dict()
         out["targets_met"] = {
             "slo_attainment": out["slo_attainment"] >= TARGETS["slo_attainment"],
             "cost_vs_static": out["cost_vs_static"] <= TARGETS["cost_vs_static"],
@@ -121,8 +126,11 @@ def run_study(
     *,
     trace_file: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    cascade: CascadeSpec | None = None,
 ) -> Study:
-    """Run every controller on the scenario's trace (see the module docstring)."""
+    """Run every controller on the scenario's trace (see the module docstring); with
+    ``cascade``, the trace of every attempt the fleet's cascade makes
+    (:mod:`shoal.sim.cascade`), so that every plan sizes for it."""
     say = progress or (lambda _: None)
     started = time.perf_counter()
     models = list(scenario.spec.fleet_models())
@@ -140,12 +148,21 @@ def run_study(
         else generate_trace(scenario.topics, scenario.duration, seed)
     )
     say(f"{scenario.name}: {len(trace)} requests over {scenario.duration / 3600:.1f} h")
+    routing: Routing = table
+    load = None
+    if cascade is not None:
+        from shoal.sim.cascade import CascadeRouting, answer_time, cascade_trace
+
+        timers = {p.name: answer_time(p.latency) for p in pool_specs(scenario)}
+        trace, load = cascade_trace(trace, cascade, table, timers, alpha=scenario.policy_alpha)
+        routing = CascadeRouting(table)
+        say(f"{scenario.name}: cascade: {load.attempts} attempts, {load.escalated} escalated")
 
     # Hindsight: where each request goes at the policy's alpha, and what that needs.
     arrivals: dict[str, list[float]] = {m.name: [] for m in models}
     mixes: dict[str, list[tuple[int, int]]] = {m.name: [] for m in models}
     for req in trace:
-        first = table.ranked(req.topic, req.prompt, scenario.policy_alpha)[0]
+        first = routing.ranked(req.topic, req.prompt, scenario.policy_alpha)[0]
         if first not in arrivals:  # served outside the fleet: no replicas to plan
             continue
         arrivals[first].append(req.arrival)
@@ -175,7 +192,7 @@ def run_study(
         sim = Simulator(
             [p.make() for p in specs.values()],
             trace,
-            table,
+            routing,
             ctl,
             duration=scenario.duration,
             alpha=scenario.policy_alpha,
@@ -185,7 +202,9 @@ def run_study(
         )
         results[ctl.name] = sim.run()
         say(f"{scenario.name}: {ctl.name} done ({time.perf_counter() - started:.1f}s)")
-    return Study(scenario, seed, trace, results, time.perf_counter() - started, trace_file)
+    return Study(
+        scenario, seed, trace, results, time.perf_counter() - started, trace_file, cascade=load
+    )
 
 
 def optimal_peaks(r: SimResult) -> dict[str, int]:

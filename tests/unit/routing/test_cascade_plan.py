@@ -33,3 +33,25 @@ def test_bad_plans_are_refused_with_the_reason() -> None:
         CascadePlan.from_header({"cascade": {"signal": "verifier"}})
     with pytest.raises(CascadePlanError, match="2 thresholds for 3 clusters"):
         CascadePlan("verifier", (0.1, 0.2), 0.1).check_clusters(3)
+
+
+def test_a_plan_carries_its_fitted_chains_through_the_header() -> None:
+    from shoal.routing.cascade_plan import CascadeChain
+
+    chains = (
+        CascadeChain("small", ("voter",), "big", kind="choice", weights=(0.5, -1.0), bias=0.2),
+        CascadeChain("big", kind="code"),
+    )
+    plan = CascadePlan("verifier", (0.7, -math.inf), 0.7, max_chain=3, chains=chains)
+    header = json.loads(json.dumps({"cascade": plan.to_header()}))
+    back = CascadePlan.from_header(header)
+    assert back == plan
+    assert back is not None and back.chain(0) == chains[0] and back.chain(5) is None
+    assert chains[0].calls == 3 and chains[1].calls == 1
+    # A plan without chains (the original contract) reads as before.
+    bare = CascadePlan("agreement", (0.5,), 0.5)
+    assert "chains" not in bare.to_header() and bare.chain(0) is None
+    with pytest.raises(CascadePlanError, match="1 chains for 2 thresholds"):
+        CascadePlan("verifier", (0.1, 0.2), 0.1, chains=chains[:1])
+    with pytest.raises(CascadePlanError, match="malformed"):
+        CascadePlan.from_header({"cascade": {**plan.to_header(), "chains": [{"voters": []}]}})

@@ -263,3 +263,21 @@ def test_no_files() -> None:
 )
 def test_detect_format(name: str, data: bytes, fmt: str) -> None:
     assert detect_format(name, data) == fmt
+
+
+def test_recorded_answers_are_read_from_routerbench_and_jsonl() -> None:
+    from shoal.routing.data import parse_calibration
+
+    csv_text = (
+        "prompt,eval_name,a,b,a|model_response,b|model_response,a|total_cost,b|total_cost\n"
+        "\"['q1']\",arc,1,0,\"['A\\n']\",\"['B']\",0.1,0.2\n"
+        "\"['q2']\",arc,1,,not a list,\"['x', 'y']\",0.1,0.2\n"
+    )
+    rows = parse_calibration(csv_text, source="rb.csv")
+    assert rows[0].answers == {"a": "A\n", "b": "B"}
+    assert rows[1].answers == {"a": "not a list", "b": "x\ny"}
+    line = '{"prompt": "p", "scores": {"a": 1}, "answers": {"a": "yes"}}\n'
+    assert parse_calibration(line, source="c.jsonl")[0].answers == {"a": "yes"}
+    bad = '{"prompt": "p", "scores": {"a": 1}, "answers": {"z": "yes"}}\n'
+    with pytest.raises(CalibrationError, match=r"c\.jsonl, row 1: 'answers' must be"):
+        parse_calibration(bad, source="c.jsonl")
