@@ -26,7 +26,7 @@ from shoal.api.v1alpha1 import API_VERSION, ConditionStatus, ModelFleet, Routing
 from shoal.api.v1alpha1.fleet import AutoscalerStatus
 from shoal.autoscaling.state import rendered_replicas
 from shoal.contract.tenants import PROMETHEUS_URL_ENV
-from shoal.operator import events, external, tenants
+from shoal.operator import events, external, lora, tenants
 from shoal.operator.config import OperatorConfig
 from shoal.operator.gateway import WRITE_ERRORS, Forbidden, KubeGateway
 from shoal.operator.ownership import NameTaken, claim, delete_owned
@@ -253,8 +253,13 @@ def reconcile_fleet(
 
     # External models' keys: mounted only where their Secrets' owners allow it.
     grants = external.key_grants(gw, fleet)
+    # LoRA adapters' store credentials: mounted only where their Secrets' owners allow it.
+    lora_grants = lora.credential_grants(gw, fleet)
+    grants = external.KeyGrants(grants.granted, {**grants.refused, **lora_grants.refused})
     external.report_refusals(body, fleet, grants)
-    settings = replace(settings, granted_model_keys=grants.granted)
+    settings = replace(
+        settings, granted_model_keys=grants.granted, granted_lora_credentials=lora_grants.granted
+    )
 
     def report(seen: FleetObservation) -> Any:
         seen = replace(seen, tenants=tenant_count, external_refusals=grants.refusal_reasons)
