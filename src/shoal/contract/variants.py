@@ -3,7 +3,8 @@
 The fleet's typed fields (:mod:`shoal.api.v1alpha1.variants`) become:
 
 - for vLLM, keys of Ray Serve LLM's ``engine_kwargs`` (vLLM's ``AsyncEngineArgs``):
-  ``quantization``, ``kv_cache_dtype`` and ``speculative_config``
+  ``quantization``, ``kv_cache_dtype`` and ``speculative_config``, and ``enable_lora`` /
+  ``max_loras`` for a model with LoRA adapters
   (:func:`vllm_engine_kwargs`, used by :mod:`shoal.serving.engines.vllm` and shown by
   ``shoal render --engine-args``);
 - for llama.cpp, engine-neutral settings (:class:`LlamaCppSpeculation`: n-gram lookup or a
@@ -109,6 +110,11 @@ def vllm_engine_kwargs(model: ModelSpec) -> dict[str, Any]:
         out["kv_cache_dtype"] = model.quantization.kv_cache_dtype
     if model.speculative is not None:
         out["speculative_config"] = vllm_speculative_config(model.speculative)
+    if model.lora_adapters:
+        # Ray Serve LLM downloads adapters but leaves vLLM's LoRA switch to the engine
+        # arguments: on, with room for every adapter of the model in one batch.
+        out.setdefault("enable_lora", True)
+        out.setdefault("max_loras", len(model.lora_adapters))
     return out
 
 
