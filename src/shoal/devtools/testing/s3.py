@@ -12,6 +12,7 @@ would name MinIO or Ceph (``loraStore.endpoint``). Needs the ``dev`` extra's ``m
 from __future__ import annotations
 
 import importlib
+import logging
 import secrets
 import socket
 from collections.abc import Iterator
@@ -65,6 +66,7 @@ def _free_port() -> int:
 def local_s3() -> Iterator[LocalS3]:
     """moto's S3 server on a free loopback port until the block ends."""
     server_module = importlib.import_module("moto.server")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     port = _free_port()
     server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
