@@ -21,6 +21,7 @@ from typing import Any
 
 from shoal.api.v1alpha1 import ModelSpec
 from shoal.api.v1alpha1.variants import SpeculativeDecoding, runs_marlin
+from shoal.contract.lora import adapter_folder, adapter_route, lora_store_env
 from shoal.contract.serve import PVC_MOUNT_ROOT
 
 #: The API's quantisation methods as vLLM names them. INT8 W8A8 checkpoints are
@@ -151,7 +152,14 @@ def llamacpp_speculation(model: ModelSpec) -> LlamaCppSpeculation | None:
 def engine_arguments(model: ModelSpec) -> dict[str, Any]:
     """What the model's engine is given, for review (``shoal render --engine-args``)."""
     if model.engine == "vllm":
-        return {"engine_kwargs": vllm_engine_kwargs(model)}
+        out_vllm: dict[str, Any] = {"engine_kwargs": vllm_engine_kwargs(model)}
+        if model.lora_adapters:
+            out_vllm["lora"] = {
+                "dynamic_lora_loading_path": adapter_folder(model),
+                "adapters": [adapter_route(model.name, a.name) for a in model.lora_adapters],
+                "replica_env": lora_store_env(model),
+            }
+        return out_vllm
     out: dict[str, Any] = {"engine_args": dict(model.engine_args)}
     if model.engine == "llamacpp":
         speculation = llamacpp_speculation(model)
