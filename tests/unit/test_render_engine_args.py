@@ -59,3 +59,24 @@ def test_variants_are_priced_by_their_tiers() -> None:
     assert prices["qwen-7b-awq"].per_replica_hour == 0.80
     assert prices["qwen-7b"].per_replica_hour == 4.00
     assert cost_of(fleet.spec, {"qwen-7b-awq": 2, "qwen-7b": 1}) == Decimal("5.60")
+
+
+def test_render_shows_where_the_lora_adapters_come_from() -> None:
+    res = CliRunner().invoke(
+        app, ["render", "-f", str(REPO_ROOT / "examples" / "lora.yaml"), "--engine-args"]
+    )
+    assert res.exit_code == 0, res.output
+    (doc,) = list(yaml.safe_load_all(res.stdout))
+    (model,) = doc["models"]
+    assert model["engine_kwargs"]["enable_lora"] is True
+    assert model["engine_kwargs"]["max_loras"] == 2
+    assert model["lora"] == {
+        "dynamic_lora_loading_path": "s3://adapters/qwen-7b",
+        "adapters": ["qwen-7b:legal", "qwen-7b:sql"],
+        "replica_env": {
+            "AWS_ENDPOINT_URL_S3": "http://minio.storage.svc:9000",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_SHARED_CREDENTIALS_FILE": "/var/run/shoal/lora-credentials/qwen-7b",
+        },
+    }
+    assert "REPLACE-ME" not in res.stdout  # the Secret's content is not the fleet's

@@ -9,6 +9,8 @@ without either importing the other, and the operator never imports Ray:
 - :mod:`shoal.contract.limits`: the ingress's request limits and sizing;
 - :mod:`shoal.contract.replicas`: a model's replica range, derived in one place;
 - :mod:`shoal.contract.cost`: one cost per request in USD, and savings against a reference;
+- :mod:`shoal.contract.lora`: LoRA adapters (where each lives, their routable names, the
+  store's settings for the replicas);
 - :mod:`shoal.contract.tenants`: who may call the fleet and within what limits (the
   ingress's ``user_config``).
 """

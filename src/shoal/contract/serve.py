@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from shoal.api.v1alpha1 import ModelFleetSpec, ModelSpec, RoutingPolicySpec, TierSpec
 from shoal.api.v1alpha1.common import ENV_NAME, parse_quantity
 from shoal.contract.limits import IngressSettings, ServingLimits
+from shoal.contract.lora import routable_models
 from shoal.contract.replicas import ReplicaRange, replica_range
 from shoal.contract.tenants import AccessConfig
 
@@ -132,7 +133,8 @@ class BuildArgs(BaseModel):
         unknown = sorted(set(self.replicas) - names)
         unknown += sorted(set(self.model_paths) - names)
         if self.policy.strategy == "static":
-            unknown += [n for n in self.policy.static_order if n not in names]
+            routable = set(routable_models(self.fleet))  # a LoRA adapter: <model>:<adapter>
+            unknown += [n for n in self.policy.static_order if n not in routable]
         if self.policy.fallback_model and self.policy.fallback_model not in names:
             unknown.append(self.policy.fallback_model)
         if unknown:

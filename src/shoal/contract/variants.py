@@ -3,7 +3,8 @@
 The fleet's typed fields (:mod:`shoal.api.v1alpha1.variants`) become:
 
 - for vLLM, keys of Ray Serve LLM's ``engine_kwargs`` (vLLM's ``AsyncEngineArgs``):
-  ``quantization``, ``kv_cache_dtype`` and ``speculative_config``
+  ``quantization``, ``kv_cache_dtype`` and ``speculative_config``, and ``enable_lora`` /
+  ``max_loras`` for a model with LoRA adapters
   (:func:`vllm_engine_kwargs`, used by :mod:`shoal.serving.engines.vllm` and shown by
   ``shoal render --engine-args``);
 - for llama.cpp, engine-neutral settings (:class:`LlamaCppSpeculation`: n-gram lookup or a
@@ -20,6 +21,7 @@ from typing import Any
 
 from shoal.api.v1alpha1 import ModelSpec
 from shoal.api.v1alpha1.variants import SpeculativeDecoding, runs_marlin
+from shoal.contract.lora import adapter_folder, adapter_route, lora_store_env
 from shoal.contract.serve import PVC_MOUNT_ROOT
 
 #: The API's quantisation methods as vLLM names them. INT8 W8A8 checkpoints are
@@ -109,6 +111,11 @@ def vllm_engine_kwargs(model: ModelSpec) -> dict[str, Any]:
         out["kv_cache_dtype"] = model.quantization.kv_cache_dtype
     if model.speculative is not None:
         out["speculative_config"] = vllm_speculative_config(model.speculative)
+    if model.lora_adapters:
+        # Ray Serve LLM downloads adapters but leaves vLLM's LoRA switch to the engine
+        # arguments: on, with room for every adapter of the model in one batch.
+        out.setdefault("enable_lora", True)
+        out.setdefault("max_loras", len(model.lora_adapters))
     return out
 
 
@@ -145,7 +152,14 @@ def llamacpp_speculation(model: ModelSpec) -> LlamaCppSpeculation | None:
 def engine_arguments(model: ModelSpec) -> dict[str, Any]:
     """What the model's engine is given, for review (``shoal render --engine-args``)."""
     if model.engine == "vllm":
-        return {"engine_kwargs": vllm_engine_kwargs(model)}
+        out_vllm: dict[str, Any] = {"engine_kwargs": vllm_engine_kwargs(model)}
+        if model.lora_adapters:
+            out_vllm["lora"] = {
+                "dynamic_lora_loading_path": adapter_folder(model),
+                "adapters": [adapter_route(model.name, a.name) for a in model.lora_adapters],
+                "replica_env": lora_store_env(model),
+            }
+        return out_vllm
     out: dict[str, Any] = {"engine_args": dict(model.engine_args)}
     if model.engine == "llamacpp":
         speculation = llamacpp_speculation(model)

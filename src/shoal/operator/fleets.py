@@ -26,7 +26,7 @@ from shoal.api.v1alpha1 import API_VERSION, ConditionStatus, ModelFleet, Routing
 from shoal.api.v1alpha1.fleet import AutoscalerStatus
 from shoal.autoscaling.state import rendered_replicas
 from shoal.contract.tenants import PROMETHEUS_URL_ENV
-from shoal.operator import egress, events, external, tenants
+from shoal.operator import egress, events, external, lora, tenants
 from shoal.operator.config import OperatorConfig
 from shoal.operator.gateway import WRITE_ERRORS, Forbidden, KubeGateway
 from shoal.operator.ownership import NameTaken, claim, delete_owned
@@ -256,11 +256,18 @@ def reconcile_fleet(
     # Their endpoints' host names, resolved for the NetworkPolicy where egress is Restricted.
     grants = external.key_grants(gw, fleet)
     resolution = egress.resolve_endpoints(fleet)
+    # LoRA adapters' store credentials: mounted only where their Secrets' owners allow it.
+    lora_grants = lora.credential_grants(gw, fleet)
     # A refused key says more than an unresolved host: it wins where a model has both.
-    refusals = external.KeyGrants(grants.granted, {**resolution.unresolved, **grants.refused})
+    refusals = external.KeyGrants(
+        grants.granted, {**resolution.unresolved, **grants.refused, **lora_grants.refused}
+    )
     external.report_refusals(body, fleet, refusals)
     settings = replace(
-        settings, granted_model_keys=grants.granted, egress_addresses=resolution.addresses
+        settings,
+        granted_model_keys=grants.granted,
+        egress_addresses=resolution.addresses,
+        granted_lora_credentials=lora_grants.granted,
     )
 
     def report(seen: FleetObservation) -> Any:

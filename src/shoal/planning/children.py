@@ -44,6 +44,7 @@ from shoal.contract.tenants import AccessConfig
 from shoal.contract.variants import extra_sources
 from shoal.planning import names, security
 from shoal.planning.external import mount_model_keys
+from shoal.planning.lora import mount_lora_credentials
 from shoal.planning.network import (
     Peers,
     desired_fqdn_policy,
@@ -114,6 +115,9 @@ class PlanSettings:
     #: Write a CiliumNetworkPolicy naming the external hosts (toFQDNs) beside the
     #: NetworkPolicy of a fleet whose egress is Restricted (a cluster whose CNI is Cilium).
     cilium_fqdn_policy: bool = False
+    #: Models whose LoRA store credentials Secret its owner granted for the store's host:
+    #: only these are mounted (shoal.operator.lora decides).
+    granted_lora_credentials: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -391,6 +395,12 @@ def desired_rayservice(
         group["template"]["spec"]["containers"][0]["env"] = env
         _equip_for_the_ingress(group["template"], fleet, policy, mount=artifact is not None)
         mount_model_keys(group["template"], fleet, settings.granted_model_keys)
+        if group is not head:  # models' replicas run on workers only
+            labels = group["template"]["metadata"]["labels"]
+            accelerator = labels.get(f"{names.FLEET_LABEL.split('/')[0]}/accelerator")
+            mount_lora_credentials(
+                group["template"], fleet, settings.granted_lora_credentials, accelerator
+            )
         # Only the head keeps an API token: KubeRay's autoscaler sidecar runs there.
         security.harden_pod_template(group["template"], api_token=group is head)
     return {

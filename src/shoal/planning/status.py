@@ -134,7 +134,8 @@ def model_statuses(
     refusals: dict[str, str] | None = None,
 ) -> list[ModelStatus]:
     """Per-model replicas: desired from the plan, ready where Ray Serve reports HEALTHY; a
-    model served outside the fleet has state EXTERNAL (or why its key is refused)."""
+    model served outside the fleet has state EXTERNAL (or why its key is refused); a model
+    whose LoRA store credentials are refused says why in its state."""
     deployments = app.get("serveDeploymentStatuses") or {}
     by_model = {p.model: p for p in plans}
     out = []
@@ -152,7 +153,7 @@ def model_statuses(
                 tier=m.tier,
                 desired_replicas=desired,
                 ready_replicas=desired if state == HEALTHY else 0,
-                state=state,
+                state=(refusals or {}).get(m.name, state),
             )
         )
     return out

@@ -10,6 +10,8 @@
   and tells the caller who did (``x-shoal-model``, ``x-shoal-cluster``,
   ``x-shoal-routing-ms``);
 - the probes (:mod:`shoal.serving.probes`) keep readiness and the in-flight gauge;
+- a LoRA adapter is a model of its own, ``<model>:<adapter>`` (:mod:`shoal.serving.adapters`),
+  which clients name and the ranker may rank;
 - when the fleet declares tenants (:meth:`Endpoint.configure_access`, from the ingress's
   ``user_config``), the tenant gate (:mod:`shoal.serving.tenants`) authenticates every
   ``/v1`` request before any route runs, admits it against its tenant's limits and budget
@@ -27,7 +29,6 @@ Prompts never reach the logs unless ``log_prompts`` is set.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 import uuid
@@ -39,7 +40,9 @@ from starlette.responses import Response
 
 from shoal.contract import AccessConfig, BuildArgs
 from shoal.contract.cost import reference_price
+from shoal.contract.lora import adapter_routes
 from shoal.serving import http
+from shoal.serving.adapters import adapter_clients, base_model
 from shoal.serving.admission import Admission
 from shoal.serving.capabilities import Refusal, capabilities, refusal
 from shoal.serving.clients import ModelClient, model_clients
@@ -93,20 +96,18 @@ class Endpoint:
     ) -> None:
         self.args = args
         self.limits = args.limits
+        #: "<model>:<adapter>" -> (model, adapter), for LoRA adapters of vLLM models; each
+        #: is a model of its own to the request path (serving/adapters.py).
+        self.adapters = {r: ma for r, ma in adapter_routes(args.fleet).items() if ma[0] in clients}
+        clients = {**clients, **adapter_clients(args, clients)}
         self.clients = clients
         self.metrics = metrics
         metrics.reference = reference_price(args.fleet)
         self.ranker = ranker or make_ranker(args)
         self.alpha = default_alpha(args)
         self.aliases = {AUTO, args.fleet_name}
-        #: "<model>:<adapter>" -> (model, adapter), for LoRA adapters of vLLM models.
-        self.adapters = {
-            f"{m.name}:{a.name}": (m.name, a.name)
-            for m in args.fleet.models
-            if m.name in clients
-            for a in m.lora_adapters
-        }
         self.capabilities = {m.name: capabilities(m) for m in args.fleet.models}
+        self.capabilities.update({r: self.capabilities[m] for r, (m, _) in self.adapters.items()})
         self.book = ModelBook(clients, HealthBoard(self.limits.unhealthy_cooldown_seconds))
         self.ids = CompletionIds()
         self.feedback_ledger = FeedbackLedger()
@@ -259,7 +260,7 @@ class Endpoint:
         return http.json_response({"fleet": self.args.fleet_name, "api": "/v1"})
 
     def models_body(self, tenant: TenantState | None = None) -> dict[str, Any]:
-        names = [AUTO, *self.clients, *self.adapters]
+        names = [AUTO, *self.clients]
         if tenant is not None and tenant.spec.models is not None:
             allowed = tenant.spec.models
             names = [n for n in names if n == AUTO or n.partition(":")[0] in allowed]
@@ -312,8 +313,6 @@ class Endpoint:
                 gate.finish(ticket, None, 0.0)
             raise
         gen = http.generation(parsed, http.new_id(api), self.limits)
-        if parsed.model in self.adapters:
-            gen = dataclasses.replace(gen, adapter=self.adapters[parsed.model][1])
         if self.args.log_prompts:
             log.info("request %s prompt: %r", gen.request_id, gen.messages or gen.prompt)
         cluster = headers.get("x-shoal-cluster")
@@ -359,14 +358,9 @@ class Endpoint:
         name = parsed.model
         allowed = tenant.spec.models if tenant is not None else None
         if name in self.clients:
-            if allowed is not None and name not in allowed:
+            if allowed is not None and base_model(name) not in allowed:
                 raise model_denied(name)
             return [name], {}
-        if name in self.adapters:
-            base = self.adapters[name][0]
-            if allowed is not None and base not in allowed:
-                raise model_denied(name)
-            return [base], {}
         if name not in self.aliases:
             raise model_not_found(name)
         alpha = self.alpha
@@ -391,7 +385,7 @@ class Endpoint:
         seconds = time.perf_counter() - started
         models = [m for m in ranking.models if m in self.clients]
         if allowed is not None:
-            models = [m for m in models if m in allowed]
+            models = [m for m in models if base_model(m) in allowed]
             if not models:
                 raise TenantRefused(
                     "model", 403, "This API key may use no model of this fleet.",

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from shoal.api.v1alpha1 import RoutingPolicySpec
 from shoal.contract import EMBEDDER_API_KEY_ENV, BuildArgs
+from shoal.contract.lora import routable_models
 
 if TYPE_CHECKING:
     from shoal.routing import Embedder
@@ -234,7 +235,7 @@ def make_ranker(args: BuildArgs) -> Ranker:
     assert args.router_artifact_path is not None  # BuildArgs checks it for "cluster"
     return ClusterRanker(
         args.router_artifact_path,
-        [m.name for m in args.fleet.models],
+        routable_models(args.fleet),  # LoRA adapters as <model>:<adapter>
         policy.fallback_model,
         policy,
     )

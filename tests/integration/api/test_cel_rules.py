@@ -97,6 +97,16 @@ CASES: dict[tuple[str, str], tuple[str, Edit]] = {
         ("fleet", _set_model(loraAdapters=[{"name": "math", "source": "s3://b/math"}])),
     ("LoraAdapter", fleet_api.LoraAdapter.cel_rules[0].message):
         ("fleet", _set_model(loraAdapters=[{"name": "a", "source": "hf://org/a"}])),
+    ("LoraStore", "loraStore.uri must be an s3:// or gs:// folder"):
+        ("fleet", _set_model(loraAdapters=[{"name": "a", "source": "s3://bk/x/a"}],
+                             loraStore={"uri": "hf://org/x"})),
+    ("ModelSpec", "a LoRA adapter needs a source, or the model a loraStore.uri to find it in"):
+        ("fleet", _set_model(loraAdapters=[{"name": "a"}])),
+    ("ModelSpec", "loraStore needs loraAdapters on the vllm engine"):
+        ("fleet", _set_model(loraStore={"region": "us-east-1"})),
+    ("ModelSpec", "loraStore.endpoint and credentialsSecretRef are for s3:// adapters only"):
+        ("fleet", _set_model(loraAdapters=[{"name": "a", "source": "gs://bk/x/a"}],
+                             loraStore={"endpoint": "http://minio.storage.svc:9000"})),
     ("Quantization", "quantization.ggufType needs quantization.method gguf"):
         ("fleet", _set_model(quantization={"ggufType": "Q4_K_M"})),
     ("SpeculativeDecoding", variants_api.SpeculativeDecoding.cel_rules[0].message):

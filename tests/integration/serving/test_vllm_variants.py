@@ -6,11 +6,8 @@ models on the project's tiny Hugging Face Llama under vLLM's CPU build: ``tiny``
 ``speculative_config``. At temperature 0 ``tiny-ngram`` answers exactly the tokens ``tiny``
 answers, through the fleet's endpoint.
 
-LoRA: the project generates a PEFT adapter for the tiny model
-(:func:`shoal.serving.tinyhf.write_tiny_lora`; ``bench/bench_speculative.py`` serves it with
-vLLM's CPU build and shows it changes the tokens). Ray Serve LLM 2.60 loads adapters from
-object stores only (its ``LoraConfig`` refuses a local path), so serving it through the
-fleet needs an S3 or GCS bucket, which these tests do not have.
+LoRA: the project's generated adapter through the fleet, from a local S3 store, is
+``test_vllm_lora.py``.
 
 Tokens per second with and without speculation: ``bench/bench_speculative.py`` (a tiny
 model's figures say nothing about 7B models on GPUs).

@@ -67,7 +67,8 @@ def test_vllm_models_are_validated_llm_configs() -> None:
     assert qwen.model_id == "qwen"
     assert qwen.model_loading_config.model_source == "Qwen/Qwen2.5-0.5B-Instruct"
     assert qwen.accelerator_type == "L4"
-    assert qwen.engine_kwargs == {"max_model_len": 4096, "tensor_parallel_size": 2}
+    assert qwen.engine_kwargs == {"max_model_len": 4096, "tensor_parallel_size": 2,
+                                  "enable_lora": True, "max_loras": 1}  # fmt: skip
     assert qwen.deployment_config["name"] == "model-qwen"
     assert qwen.deployment_config["autoscaling_config"]["max_replicas"] == 4
     assert qwen.lora_config.dynamic_lora_loading_path == "s3://bucket/loras"
@@ -135,5 +136,6 @@ def test_vllm_typed_fields_reach_the_llm_config() -> None:
         "kv_cache_dtype": "fp8",
         "speculative_config": {"method": "ngram", "num_speculative_tokens": 4,
                                "prompt_lookup_max": 3},
+        "enable_lora": True, "max_loras": 1,
     }  # fmt: skip
     assert config.lora_config.dynamic_lora_loading_path == "gs://adapters/m"

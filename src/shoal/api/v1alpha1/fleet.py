@@ -11,14 +11,17 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import Field, StringConstraints, model_validator
 
 from shoal.api.v1alpha1.common import (
     DNS_SUBDOMAIN,
+    GROUP,
     ApiModel,
     Condition,
     Fraction,
+    HttpUrl,
     Money,
     Name,
     ObjectMeta,
@@ -30,6 +33,7 @@ from shoal.api.v1alpha1.common import (
 )
 from shoal.api.v1alpha1.engine_args import unknown_engine_args
 from shoal.api.v1alpha1.external import ExternalModel, FleetSpend, SavingsSpec
+from shoal.api.v1alpha1.policy import SecretKeyRef
 from shoal.api.v1alpha1.variants import MODEL_RULES, Quantization, SpeculativeDecoding
 
 Engine = Literal["vllm", "llamacpp", "simulated", "openai"]
@@ -56,31 +60,90 @@ class Resources(ApiModel):
     memory: Quantity | None = Field(default=None, description='Memory, e.g. "16Gi".')
 
 
+#: Label a Secret's owner sets (to "true") to let Shoal hand the Secret's object-store
+#: credentials to the replicas of a model whose LoRA adapters live in that store.
+LORA_CREDENTIALS_LABEL = f"{GROUP}/object-store-credentials"
+#: The host an ``s3://`` store is reached at when ``loraStore.endpoint`` names none (AWS S3).
+AWS_S3_HOST = "s3.amazonaws.com"
+
+
 class LoraAdapter(ApiModel):
     """A LoRA adapter served on top of a model's base weights (vLLM only)."""
 
     name: Name = Field(description="Adapter name; clients may address it as <model>:<adapter>.")
-    source: SourceUri = Field(
+    source: SourceUri | None = Field(
+        default=None,
         description="Folder of the adapter (PEFT's adapter_config.json and weights), named "
         "like the adapter: s3://bucket/path/<name> or gs://bucket/path/<name> (Ray Serve LLM "
         "loads adapters from object stores only); all adapters of a model in one parent "
-        "folder."
+        "folder. Default: <loraStore.uri>/<name>.",
     )
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
-            cel="(self.source.startsWith('s3://') || self.source.startsWith('gs://')) && "
+            cel="!has(self.source) || ((self.source.startsWith('s3://') || "
+            "self.source.startsWith('gs://')) && "
             "(self.source.endsWith('/' + self.name) || "
-            "self.source.endsWith('/' + self.name + '/'))",
+            "self.source.endsWith('/' + self.name + '/')))",
             message="a LoRA adapter's source must be an s3:// or gs:// folder named like the "
             "adapter (Ray Serve LLM loads adapters from object stores only)",
             check=lambda a: (
-                a.source.startswith(("s3://", "gs://"))
-                and a.source.rstrip("/").endswith("/" + a.name)
+                a.source is None
+                or (
+                    a.source.startswith(("s3://", "gs://"))
+                    and a.source.rstrip("/").endswith("/" + a.name)
+                )
             ),
             field_path=".source",
         ),
     )
+
+
+class LoraStore(ApiModel):
+    """The object store a model's LoRA adapters live in, and how its replicas reach it."""
+
+    uri: SourceUri | None = Field(
+        default=None,
+        description="Folder holding the adapters, one sub-folder per adapter named like it: "
+        "s3://bucket/path or gs://bucket/path. An adapter without a source of its own is at "
+        "<uri>/<name>.",
+    )
+    endpoint: HttpUrl | None = Field(
+        default=None,
+        description="Endpoint of an S3-compatible store (MinIO, Ceph RGW, ...), e.g. "
+        "http://minio.storage.svc:9000; the replicas reach s3:// adapters there "
+        "(AWS_ENDPOINT_URL_S3). Omit for AWS S3.",
+    )
+    region: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=32,
+        pattern=r"^[a-z0-9-]+$",
+        description="Region the store signs requests for (AWS_DEFAULT_REGION), e.g. us-east-1.",
+    )
+    credentials_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key (the fleet's namespace) holding an AWS shared-credentials file "
+        "([default] with aws_access_key_id and aws_secret_access_key), mounted as a file for "
+        "the model's replicas. Used only when its owner labelled the Secret "
+        f"{LORA_CREDENTIALS_LABEL}=\"true\" and named the store's host (the endpoint's, or "
+        f"{AWS_S3_HOST}) in its annotation {GROUP}/allowed-hosts. None: the replicas' own "
+        "identity (a node or workload role) or a public bucket.",
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="!has(self.uri) || self.uri.startsWith('s3://') || self.uri.startsWith('gs://')",
+            message="loraStore.uri must be an s3:// or gs:// folder",
+            check=lambda s: s.uri is None or s.uri.startswith(("s3://", "gs://")),
+            field_path=".uri",
+        ),
+    )
+
+    @property
+    def host(self) -> str:
+        """The host the store's credentials are sent to."""
+        return (urlsplit(self.endpoint).hostname or "").lower() if self.endpoint else AWS_S3_HOST
 
 
 class ModelCapabilities(ApiModel):
@@ -155,6 +218,11 @@ class ModelSpec(ApiModel):
         max_length=16,
         description="LoRA adapters served on this model (vllm engine only).",
         json_schema_extra=list_map(),
+    )
+    lora_store: LoraStore | None = Field(
+        default=None,
+        description="The object store the LoRA adapters live in: its folder, an S3-compatible "
+        "endpoint, and a Secret with credentials for it (vllm engine only).",
     )
     quantization: Quantization | None = Field(
         default=None,
@@ -269,6 +337,43 @@ class ModelSpec(ApiModel):
             message="a LoRA adapter may not have the model's own name",
             check=lambda m: all(a.name != m.name for a in m.lora_adapters),
             field_path=".loraAdapters",
+        ),
+        Rule(
+            cel="!has(self.loraAdapters) || self.loraAdapters.all(a, has(a.source) || "
+            "(has(self.loraStore) && has(self.loraStore.uri)))",
+            message="a LoRA adapter needs a source, or the model a loraStore.uri to find it in",
+            check=lambda m: all(
+                a.source is not None or (m.lora_store is not None and m.lora_store.uri is not None)
+                for a in m.lora_adapters
+            ),
+            field_path=".loraAdapters",
+            reason="FieldValueRequired",
+        ),
+        Rule(
+            cel="!has(self.loraStore) || (self.engine == 'vllm' && has(self.loraAdapters) "
+            "&& size(self.loraAdapters) > 0)",
+            message="loraStore needs loraAdapters on the vllm engine",
+            check=lambda m: m.lora_store is None or (m.engine == "vllm" and bool(m.lora_adapters)),
+            field_path=".loraStore",
+            reason="FieldValueForbidden",
+        ),
+        Rule(
+            cel="!has(self.loraStore) || (!has(self.loraStore.endpoint) && "
+            "!has(self.loraStore.credentialsSecretRef)) || "
+            "((!has(self.loraStore.uri) || self.loraStore.uri.startsWith('s3://')) && "
+            "self.loraAdapters.all(a, !has(a.source) || a.source.startsWith('s3://')))",
+            message="loraStore.endpoint and credentialsSecretRef are for s3:// adapters only",
+            check=lambda m: (
+                m.lora_store is None
+                or (m.lora_store.endpoint is None and m.lora_store.credentials_secret_ref is None)
+                or (
+                    (m.lora_store.uri is None or m.lora_store.uri.startswith("s3://"))
+                    and all(
+                        a.source is None or a.source.startswith("s3://") for a in m.lora_adapters
+                    )
+                )
+            ),
+            field_path=".loraStore",
         ),
         *MODEL_RULES,
     )

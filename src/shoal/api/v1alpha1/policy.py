@@ -33,6 +33,9 @@ PERCENT = r"^(100(\.0{1,2})?|[1-9]?[0-9](\.[0-9]{1,2})?)$"
 #: A decimal in [0, 10] with at most two places: "0", "1", "1.5".
 SMALL_DECIMAL = r"^(10(\.0{1,2})?|[0-9](\.[0-9]{1,2})?)$"
 FeedbackMode = Literal["Apply", "Observe"]
+#: A model of the fleet, or a LoRA adapter of one as clients address it: ``<model>:<adapter>``.
+MODEL_REF = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(:[a-z0-9]([-a-z0-9]*[a-z0-9])?)?$"
+ModelRef = Annotated[str, StringConstraints(min_length=1, max_length=81, pattern=MODEL_REF)]
 CALIBRATION_URI = r"^((s3|gs)://[a-z0-9][a-z0-9.-]*[a-z0-9]|https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?)/[A-Za-z0-9._~/%+=-]+$"
 
 
@@ -237,10 +240,11 @@ class RoutingPolicySpec(ApiModel):
     seed: int = Field(
         default=0, ge=0, le=2_147_483_647, description="Seed of the k-means fit (deterministic)."
     )
-    static_order: list[Name] = Field(
+    static_order: list[ModelRef] = Field(
         default_factory=list,
         max_length=64,
-        description="Model names in preference order (static strategy).",
+        description="Model names in preference order (static strategy); a LoRA adapter as "
+        "<model>:<adapter>.",
     )
     fallback_model: Name | None = Field(
         default=None,

@@ -123,7 +123,12 @@ class LlamaCppEngine:
         unknown = sorted(set(self.llama_args) - known)
         if unknown:
             raise EngineError(f"model {self.model}: unknown llamacpp engine_args {unknown}")
-        kwargs: dict[str, Any] = {"n_ctx": 2048, "verbose": False}
+        # Flash attention, as llama.cpp's own server (xllamacpp) has it: without it, llama.cpp's
+        # CPU attention computes a batch of queries differently from one query (SmolLM2 Q4_1:
+        # logits apart by up to 1.4), so speculative decoding's batched verification flips
+        # greedy picks at near ties; with it, both give the same logits bit for bit
+        # (docs/serving.md, "Quantisation, speculative decoding and LoRA").
+        kwargs: dict[str, Any] = {"n_ctx": 2048, "verbose": False, "flash_attn": True}
         threads = os.environ.get("OMP_NUM_THREADS")
         if threads and threads.isdigit() and int(threads) > 0:
             kwargs["n_threads"] = int(threads)

@@ -12,6 +12,10 @@ vLLM), so on such machines :func:`llm_config_class` falls back to the class it r
 ``ray.llm._internal.serve.core.configs.llm_config.LLMConfig``: the same fields and
 validators (``ray.serve.llm.LLMConfig`` is a bare subclass of it).
 
+LoRA adapters: Ray Serve LLM downloads them from their object store in the replica, with
+boto3 for ``s3://``; the replica's environment names the store's endpoint, region and
+credentials file (:func:`shoal.contract.lora.lora_store_env`), never a key.
+
 Devices: a model with an ``accelerator`` runs on that GPU type (Ray Serve LLM's default
 placement: one bundle per tensor-parallel worker); a model without one runs on CPUs, with
 vLLM's CPU build (the ``vllm`` extra, as CI runs it): one placement-group bundle of the
@@ -21,12 +25,12 @@ replica's CPUs, and vLLM's KV cache sized through ``VLLM_CPU_KVCACHE_SPACE`` (se
 
 from __future__ import annotations
 
-import posixpath
 from typing import Any
 
 from shoal.api.v1alpha1 import ModelSpec
 from shoal.api.v1alpha1.common import parse_quantity
 from shoal.contract import BuildArgs, ModelDeploymentPlan, deployment_plan, local_path
+from shoal.contract.lora import adapter_folder, lora_store_env
 from shoal.contract.variants import vllm_engine_kwargs
 
 #: vLLM's CPU KV cache (GiB) when the model declares no memory; a quarter of a declared
@@ -52,21 +56,11 @@ def lora_config(model: ModelSpec) -> dict[str, Any] | None:
     each in a folder named like the adapter (clients address them as ``<model>:<adapter>``).
     Ray Serve LLM loads adapters from object stores only (its ``LoraConfig`` refuses a local
     path); the fleet's CEL rules refuse other sources at admission."""
-    if not model.lora_adapters:
+    folder = adapter_folder(model)
+    if folder is None:
         return None
-    parents = set()
-    for adapter in model.lora_adapters:
-        parent, leaf = posixpath.split(adapter.source.rstrip("/"))
-        if not adapter.source.startswith(("s3://", "gs://")) or leaf != adapter.name:
-            raise ValueError(
-                f"model {model.name}: LoRA adapter {adapter.name} must live at "
-                f"s3://.../{adapter.name} or gs://.../{adapter.name} (got {adapter.source})"
-            )
-        parents.add(parent)
-    if len(parents) != 1:
-        raise ValueError(f"model {model.name}: LoRA adapters must share one parent folder")
     return {
-        "dynamic_lora_loading_path": parents.pop(),
+        "dynamic_lora_loading_path": folder,
         "max_num_adapters_per_replica": len(model.lora_adapters),
     }
 
@@ -88,14 +82,18 @@ def cpu_kv_cache_gib(model: ModelSpec) -> int:
 
 
 def device_config(plan: ModelDeploymentPlan, model: ModelSpec) -> dict[str, Any]:
-    """The LLMConfig fields that place the engine: a GPU type, or CPUs and a CPU KV cache."""
+    """The LLMConfig fields that place the engine: a GPU type, or CPUs and a CPU KV cache;
+    and the replica's environment (the CPU KV cache, the LoRA adapters' store)."""
+    env = lora_store_env(model)
     if model.accelerator is not None:
-        return {"accelerator_type": model.accelerator.type}
-    cpus = float(plan.ray_actor_options.get("num_cpus", 1.0))
-    return {
-        "placement_group_config": {"bundles": [{"CPU": cpus}], "strategy": "PACK"},
-        "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(cpu_kv_cache_gib(model))}},
-    }
+        out: dict[str, Any] = {"accelerator_type": model.accelerator.type}
+    else:
+        cpus = float(plan.ray_actor_options.get("num_cpus", 1.0))
+        out = {"placement_group_config": {"bundles": [{"CPU": cpus}], "strategy": "PACK"}}
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kv_cache_gib(model))
+    if env:
+        out["runtime_env"] = {"env_vars": env}
+    return out
 
 
 def llm_config_class() -> Any:
