@@ -121,7 +121,7 @@ def endpoint(
                 {"name": "cheap", "engine": "simulated", "tier": "small"},
                 {"name": "big", "engine": "simulated", "tier": "large"},
             ],
-        },  # fmt: skip
+        },
         "policy": policy,
         **extra,
     }
@@ -256,9 +256,8 @@ def test_a_first_model_past_its_stage_deadline_is_passed_over() -> None:
 def test_the_chain_deadline_keeps_the_answer_in_hand() -> None:
     ep, engines = endpoint(cheap=-3.0, cheap_delay=0.4, cascade={"chainTimeoutSeconds": "0.3",
                                                                 "stageFirstTokenSeconds": "0.3"})  # fmt: skip
-    with serve(ep) as tc:
-        with pytest.raises(openai.APIStatusError) as err:
-            ask(oa(tc))
+    with serve(ep) as tc, pytest.raises(openai.APIStatusError) as err:
+        ask(oa(tc))
     assert err.value.status_code == 504  # nothing answered within the chain's deadline
     # The cheap answer comes after 0.3 s: less than one stage's 0.8 s is left of the chain's.
     ep, engines = endpoint(cheap=-3.0, cheap_delay=0.3, cascade={"chainTimeoutSeconds": "1",
