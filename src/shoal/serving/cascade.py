@@ -252,8 +252,6 @@ class CascadeStage:
                     continue
                 body = answer_body(api, rid, model, text, last)
                 problem = structural_problem(gen.params, body) if api == "chat" else None
-                if problem is None and last.finish_reason == "length" and api == "completion":
-                    problem = "the answer was cut at max_tokens"
                 score = confidence(verdict.signal, body) if problem is None else None
                 accepted = problem is None and (score is None or score >= verdict.threshold)
                 marks.append(

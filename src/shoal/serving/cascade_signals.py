@@ -130,14 +130,15 @@ def structural_problem(params: dict[str, Any], body: dict[str, Any]) -> str | No
     message = choice.get("message")
     if not isinstance(message, dict):
         return None  # a completion: no structure to check
-    if choice.get("finish_reason") == "length":
-        return "the answer was cut at max_tokens"
     tools = {
         t["function"]["name"]: t["function"].get("parameters") or {"type": "object"}
         for t in params.get("tools") or []
         if isinstance(t, dict) and isinstance(t.get("function"), dict) and "name" in t["function"]
     }
     calls = message.get("tool_calls") or []
+    structured = bool(tools) or isinstance(params.get("response_format"), dict)
+    if structured and choice.get("finish_reason") == "length":
+        return "the structured answer was cut at max_tokens"
     if tools:
         choice_ = params.get("tool_choice")
         if not calls and (choice_ == "required" or isinstance(choice_, dict)):

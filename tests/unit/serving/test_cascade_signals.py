@@ -121,8 +121,10 @@ def test_json_schema_answers_are_validated() -> None:
     assert structural_problem({"response_format": {"type": "json_object"}}, chat("[1]"))
 
 
-def test_a_cut_answer_is_a_problem_and_a_plain_one_is_not() -> None:
-    assert structural_problem({}, chat("hel", finish="length")) is not None
+def test_a_cut_structured_answer_is_a_problem_and_a_cut_text_is_not() -> None:
+    fmt = {"response_format": {"type": "json_object"}}
+    assert structural_problem(fmt, chat('{"a": ', finish="length")) is not None
+    assert structural_problem({}, chat("hel", finish="length")) is None  # the client's max_tokens
     assert structural_problem({}, chat("hello")) is None
 
 
