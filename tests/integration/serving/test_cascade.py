@@ -80,7 +80,7 @@ def _run(args: BuildArgs, name: str, access: AccessConfig | None = None) -> None
     from shoal.serving.app import model_deployments
     from shoal.serving.ingress import FleetIngress
 
-    ingress = serve.deployment(FleetIngress).options(**ingress_options(args, access))  # type: ignore[arg-type]
+    ingress = serve.deployment(FleetIngress).options(**ingress_options(args, access))
     app = ingress.bind(args.to_serve_args(), model_deployments(args))
     serve.run(app, name=name, route_prefix=f"/{name}")
 
@@ -208,35 +208,38 @@ def test_an_unsure_answer_escalates_and_a_sure_one_does_not(fleets: Any) -> None
 
 
 def _tenant_cost(fleets: Any, tenant: str) -> float:
-    return float(fleets.metric("shoal_tenant_cost_usd_total", fleet="cascade", tenant=tenant))
+    return float(fleets.metric("ray_shoal_tenant_cost_usd_total", fleet="cascade", tenant=tenant))
 
 
 def test_every_attempt_is_billed_to_the_tenant(fleets: Any) -> None:
     team = _client(fleets, "cascade", KEYS["team"])
-    before = {m: fleets.metric("shoal_cost_usd_total", fleet="cascade", model=m)
+    before = {m: fleets.metric("ray_shoal_cost_usd_total", fleet="cascade", model=m)
               for m in ("cheap", "big")}  # fmt: skip
     tenant_before = _tenant_cost(fleets, "team")
-    tokens_before = fleets.metric("shoal_tenant_tokens_total", fleet="cascade", tenant="team")
+    tokens_before = fleets.metric("ray_shoal_tenant_tokens_total", fleet="cascade", tenant="team")
     raw = _ask(team, UNSURE + " Be brief.")
     assert raw.headers["x-shoal-cascade-models"] == "cheap,big"
     total = raw.parse().usage.total_tokens
     fleets.wait_metric(
-        "shoal_tenant_tokens_total", lambda v: v >= tokens_before + total, fleet="cascade",
+        "ray_shoal_tenant_tokens_total", lambda v: v >= tokens_before + total, fleet="cascade",
         tenant="team",
     )  # fmt: skip
-    tokens = fleets.metric("shoal_tenant_tokens_total", fleet="cascade", tenant="team")
+    tokens = fleets.metric("ray_shoal_tenant_tokens_total", fleet="cascade", tenant="team")
     assert tokens - tokens_before == total  # both attempts' tokens
     fleets.wait_metric(
-        "shoal_cost_usd_total", lambda v: v > before["big"], fleet="cascade", model="big"
+        "ray_shoal_cost_usd_total", lambda v: v > before["big"], fleet="cascade", model="big"
     )
-    spent = {m: fleets.metric("shoal_cost_usd_total", fleet="cascade", model=m) - before[m]
+    spent = {m: fleets.metric("ray_shoal_cost_usd_total", fleet="cascade", model=m) - before[m]
              for m in ("cheap", "big")}  # fmt: skip
     assert spent["cheap"] > 0 and spent["big"] > 0
     tenant = fleets.wait_metric(
-        "shoal_tenant_cost_usd_total", lambda v: v > tenant_before, fleet="cascade", tenant="team"
+        "ray_shoal_tenant_cost_usd_total",
+        lambda v: v > tenant_before,
+        fleet="cascade",
+        tenant="team",
     )
     assert tenant - tenant_before == pytest.approx(spent["cheap"] + spent["big"], rel=1e-6)
-    assert fleets.metric("shoal_cascade_attempts_total", fleet="cascade", model="cheap",
+    assert fleets.metric("ray_shoal_cascade_attempts_total", fleet="cascade", model="cheap",
                          outcome="escalated") >= 1  # fmt: skip
 
 
@@ -249,7 +252,7 @@ def test_a_tenant_without_budget_for_the_escalation_keeps_the_cheap_answer(fleet
     assert raw.headers["x-shoal-model"] == "cheap"
     assert raw.parse().choices[0].message.content
     cost = fleets.wait_metric(
-        "shoal_tenant_cost_usd_total", lambda v: v > 0, fleet="cascade", tenant="poor"
+        "ray_shoal_tenant_cost_usd_total", lambda v: v > 0, fleet="cascade", tenant="poor"
     )
     assert cost > 0  # the cheap attempt is billed
 
@@ -318,5 +321,6 @@ def test_the_chain_deadline_ends_the_chain(fleets: Any) -> None:
         _ask(client, "hi", max_tokens=100)  # 10 s of answer, 4 s of chain
     elapsed = time.monotonic() - started
     assert err.value.status_code == 504
-    assert err.value.response.headers["x-shoal-cascade-models"] == "late,slow"
+    # ``late`` is passed over while it cools down from the last test's timeout
+    assert err.value.response.headers["x-shoal-cascade-models"] in ("late,slow", "slow")
     assert 3.5 < elapsed < 8.0
