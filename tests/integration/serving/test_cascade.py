@@ -180,7 +180,10 @@ def test_both_llamacpp_runtimes_return_logprobs(fleets: Any) -> None:
         )  # fmt: skip
         tokens = answer.choices[0].logprobs.content
         assert tokens and all(t.logprob <= 0 for t in tokens), model
-        assert all(len(t.top_logprobs) == 2 for t in tokens), model
+        # Two candidates a token; llama-cpp-python lists candidates by their text, so two
+        # tokens that read alike leave one.
+        assert all(1 <= len(t.top_logprobs) <= 2 for t in tokens), model
+        assert any(len(t.top_logprobs) == 2 for t in tokens), model
 
 
 def test_an_unsure_answer_escalates_and_a_sure_one_does_not(fleets: Any) -> None:
