@@ -88,3 +88,21 @@ def test_a_tenant_may_choose_its_cascade_streaming() -> None:
     assert spec.routing.cascade_streaming == "FirstModel"
     with pytest.raises(ValidationError, match="cascadeStreaming"):
         TenantSpec.model_validate({**base, "routing": {"cascadeStreaming": "Never"}})
+
+
+def test_the_cascade_travels_in_the_serving_config() -> None:
+    from shoal.contract import BuildArgs, serve_application
+
+    cascade = {"signal": "LogprobMin", "threshold": "-3", "streaming": "FirstModel"}
+    args = BuildArgs.parse({
+        "fleet_name": "f",
+        "fleet": {"routingPolicyRef": {"name": "p"},
+                  "tiers": [{"name": "small", "costPerReplicaHour": "1"}],
+                  "models": [{"name": "a", "engine": "simulated", "tier": "small"},
+                             {"name": "b", "engine": "simulated", "tier": "small"}]},
+        "policy": {"strategy": "static", "staticOrder": ["a", "b"], "cascade": cascade},
+    })  # fmt: skip
+    rendered = serve_application(args)["args"]
+    assert rendered["policy"]["cascade"].items() >= cascade.items()  # defaults filled in
+    back = BuildArgs.parse(rendered)
+    assert back.policy.cascade is not None and back.policy.cascade.signal == "LogprobMin"
