@@ -10,6 +10,8 @@ order, within ``maxChain`` calls:
    the client asked (:meth:`FallbackCaller.whole_answer` keeps its books and bills its time);
 2. the answer's structure is checked first (tool calls against their functions' parameters,
    a ``response_format`` answer against its schema): a failing one escalates;
+   Where the artifact's plan carries a fitted chain for the query's cluster, its answering
+   model goes first and the model it escalates to next (then the rest of the ranking);
 3. its confidence (:mod:`shoal.serving.cascade_signals`) is compared with the threshold of
    the query's router cluster from the artifact's cascade plan
    (:class:`~shoal.routing.cascade_plan.CascadePlan`), or the policy's ``threshold`` where the
@@ -177,6 +179,17 @@ class CascadeStage:
                 )
         return Verdict(API_SIGNALS[self.spec.signal], float(self.spec.threshold), "policy")
 
+    def _fitted_chain(self, cluster: int | None) -> list[str] | None:
+        """The models the artifact's plan fitted for ``cluster`` (its answering model, then
+        the one it escalates to), when the plan carries chains; None otherwise."""
+        plan = self._plan()
+        chain_of = getattr(plan, "chain", None)  # plans fitted with chains
+        found = chain_of(cluster) if callable(chain_of) else None
+        if found is None:
+            return None
+        escalate = getattr(found, "escalate", None)
+        return [str(found.answer), *([str(escalate)] if escalate else [])]
+
     def max_chain(self) -> int:
         plan = self._plan()
         return min(self.spec.max_chain, plan.max_chain) if plan is not None else self.spec.max_chain
@@ -202,6 +215,13 @@ class CascadeStage:
         stage = self.spec.stage_seconds or self.limits.first_token_timeout_seconds
         chain = self.caller.candidates(ranked)
         limit = self.max_chain()
+        fitted = self._fitted_chain(cluster)
+        if fitted is not None:  # the plan's chain for this cluster, where it can serve
+            lead = [m for m in fitted if m in chain]
+            if lead:
+                chain = lead + [m for m in chain if m not in lead]
+                if len(fitted) == 1:
+                    limit = 1  # the fit found escalation never pays in this cluster
         prefix = "chatcmpl-" if api == "chat" else "cmpl-"
         ledger = Ledger()
         tried: list[str] = []

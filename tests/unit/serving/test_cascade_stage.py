@@ -360,3 +360,25 @@ def test_the_artifact_plan_sets_the_threshold_per_cluster(tmp_path: Path) -> Non
             seen[raw.headers["x-shoal-cluster"]] = raw.headers["x-shoal-cascade-models"]
     # One cluster accepts the confident cheap answer; the other always escalates.
     assert sorted(seen.values()) == ["cheap", "cheap,big"]
+
+
+def test_a_plan_chain_orders_the_cluster_s_models(tmp_path: Path) -> None:
+    from shoal.routing import cascade_plan
+
+    chain_type = getattr(cascade_plan, "CascadeChain", None)
+    if chain_type is None:
+        pytest.skip("this plan format carries no chains")
+    path = plan_artifact(tmp_path / "router.bin")
+    from shoal.routing.artifact import decode_artifact, encode_artifact
+
+    header, arrays = decode_artifact(Path(path).read_bytes())
+    chains = [chain_type("big"), chain_type("big")]  # big alone, never escalating
+    header["cascade"] = CascadePlan(
+        "logprob_mean", (float("inf"), float("inf")), -1.0, 2, 0.2, "test", chains=chains
+    ).to_header()  # type: ignore[call-arg]
+    Path(path).write_bytes(encode_artifact(header, arrays))
+    ep, engines = endpoint(cheap=-0.1, artifact=path)
+    with serve(ep) as tc:
+        raw = ask(oa(tc))
+    assert raw.headers["x-shoal-cascade-models"] == "big"  # the fitted chain, capped at one
+    assert engines["cheap"].requests == []
