@@ -85,6 +85,9 @@ class TenantAccess(BaseModel):
     )
     min_alpha: float | None = Field(default=None, ge=0, le=1, description="Floor on alpha.")
     max_alpha: float | None = Field(default=None, ge=0, le=1, description="Ceiling on alpha.")
+    cascade_streaming: Literal["Replay", "FirstModel"] | None = Field(
+        default=None, description="Streaming under a cascade (None: the policy's choice)."
+    )
     models: list[str] | None = Field(
         default=None,
         description="Models the tenant may use (resolved from its models and "

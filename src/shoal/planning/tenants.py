@@ -190,6 +190,7 @@ def resolve_tenant(
         budget_soft_percent=budget.soft_limit_percent if budget else 80,
         min_alpha=float(spec.routing.min_alpha) if spec.routing.min_alpha else None,
         max_alpha=float(spec.routing.max_alpha) if spec.routing.max_alpha else None,
+        cascade_streaming=spec.routing.cascade_streaming,
         models=models,
     )
     return TenantResolution(

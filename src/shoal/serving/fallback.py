@@ -167,6 +167,51 @@ class FallbackCaller:
             headers,
         )
 
+    async def whole_answer(
+        self,
+        api: http.Api,
+        client: ModelClient,
+        gen: GenerationRequest,
+        first_timeout: float,
+        deadline: float,
+        done: Done | None = None,
+    ) -> tuple[str, Chunk]:
+        """One model's whole answer to an unstreamed request, for a caller that judges the
+        answer before anyone sees it (the cascade, :mod:`shoal.serving.cascade`). The books
+        are kept as in :meth:`call`: the model is in flight while it answers, its health
+        follows the outcome, and its time is billed through ``done`` when it answers, or
+        when the caller is cancelled. Raises :class:`ModelUnavailable` when it gives no whole
+        answer in time (counted in the fallback metric by :meth:`unavailable`)."""
+        model = client.info.name
+        started = time.perf_counter()
+        first, rest = await self._first_chunk(
+            client, gen, True, (api, started, done), first_timeout
+        )
+        self._ok(model)
+        try:
+            text, last = await http.collect(first, rest, deadline)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                self._abandoned(client, api, started, done)
+                await _close(rest)
+                raise
+            await _close(rest)
+            self._done(model)
+            if isinstance(exc, ModelUnavailable):
+                raise
+            if isinstance(exc, TimeoutError):
+                raise ModelUnavailable("no complete answer in time", "timeout") from None
+            message = exc.message if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
+            raise ModelUnavailable(message) from exc
+        self._finished(client, api, started, last, done)
+        await _close(rest)
+        return text, last
+
+    def unavailable(self, model: str, exc: ModelUnavailable, rid: str, more: bool) -> None:
+        """Count and log a model that could not answer (its health too, unless it refused
+        for load or rejected the request itself)."""
+        self._unavailable(model, exc, rid, more)
+
     def candidates(self, ranked: list[str]) -> list[str]:
         limit = 1 + self.limits.max_fallbacks
         # Parked models (scaled to zero) are passed over while another model can answer; the

@@ -6,6 +6,9 @@
 - :meth:`Endpoint.generate` parses and limits a request, asks the ranker for an ordered list
   of models (``model: "auto"`` or the fleet's name) or takes the named model, and keeps the
   models that can serve it (:mod:`shoal.serving.capabilities`);
+- with a ``cascade`` in the policy, a routed request goes to the cascade stage
+  (:mod:`shoal.serving.cascade`): the first model answers, its answer is checked, the next
+  ranked model is called only when it needs to;
 - the fallback caller (:mod:`shoal.serving.fallback`) calls them in turn until one answers,
   and tells the caller who did (``x-shoal-model``, ``x-shoal-cluster``,
   ``x-shoal-routing-ms``);
@@ -45,6 +48,7 @@ from shoal.serving import http
 from shoal.serving.adapters import adapter_clients, base_model
 from shoal.serving.admission import Admission
 from shoal.serving.capabilities import Refusal, capabilities, refusal
+from shoal.serving.cascade import CascadeStage
 from shoal.serving.clients import ModelClient, model_clients
 from shoal.serving.exploration import Explorer, explored
 from shoal.serving.external import external_clients
@@ -116,6 +120,20 @@ class Endpoint:
             Explorer(spec, args.ingress.num_replicas) if spec and spec.percent > 0 else None
         )
         self.caller = FallbackCaller(args, self.book, metrics, self.ids)
+        #: The policy's cascade (serving/cascade.py); None: the fallback caller alone.
+        self.cascade = (
+            CascadeStage(
+                args,
+                args.policy.cascade,
+                self.caller,
+                metrics,
+                self.capabilities,
+                lambda: getattr(self.ranker, "cascade_plan", None),
+                lambda: self.gate,
+            )
+            if args.policy.cascade is not None
+            else None
+        )
         self.admission = Admission(lambda: self.usage_sync)
         self.probes = Probes(args, self.book, metrics)
         self._created = int(time.time())
@@ -318,7 +336,14 @@ class Endpoint:
         cluster = headers.get("x-shoal-cluster")
         done = self._tenant_done(gate, ticket) if ticket is not None and gate is not None else None
         bind_tenant(tenant.spec.name if tenant is not None else "")  # the ids' tenant
+        cascade = self.cascade
+        routed = parsed.model in self.aliases
         try:
+            if cascade is not None and routed and cascade.applies(parsed, tenant):
+                return await cascade.call(
+                    api, parsed, gen, ranked, headers, int(cluster) if cluster else None, done,
+                    tenant,
+                )  # fmt: skip
             return await self.caller.call(
                 api, parsed, gen, ranked, headers, started, int(cluster) if cluster else None, done
             )

@@ -232,6 +232,16 @@ class RouterMetrics:
             "(the policy's exploration), per model explored.",
             ("fleet", "model"),
         )
+        self.cascade_attempts = f.make(
+            "counter",
+            "shoal_cascade_attempts_total",
+            "Models a cascade called, per model and outcome: accepted (its answer was kept), "
+            "escalated (its answer was under the threshold or off its structure, and a next "
+            "model was called), kept (under the threshold, but a cap, the tenant's budget or "
+            "the chain's deadline stopped the chain: its answer was returned), failed (no "
+            "answer).",
+            ("fleet", "model", "outcome"),
+        )
         fmc = ("fleet", "model", "cluster")
         self.feedback_events = f.make(
             "counter",
@@ -360,6 +370,9 @@ class RouterMetrics:
             ("weighted_score_sq", weighted * weighted),
         ):
             self.feedback_logged.inc(value, {**labels, "stat": stat})
+
+    def cascade_attempt(self, model: str, outcome: str) -> None:
+        self.cascade_attempts.inc(1, {"fleet": self.fleet, "model": model, "outcome": outcome})
 
     def fallback(self, model: str, reason: str) -> None:
         self.fallbacks.inc(1, {"fleet": self.fleet, "model": model, "reason": reason})

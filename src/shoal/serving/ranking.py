@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from shoal.api.v1alpha1 import RoutingPolicySpec
 from shoal.contract import EMBEDDER_API_KEY_ENV, BuildArgs
 from shoal.contract.lora import routable_models
+from shoal.routing.cascade_plan import CascadePlan, CascadePlanError
 
 if TYPE_CHECKING:
     from shoal.routing import Embedder
@@ -131,7 +132,15 @@ class ClusterRanker:
             raise ValueError(
                 f"router artifact ranks models the fleet does not have: {', '.join(missing)}"
             )
+        # The artifact's cascade plan travels with its router: one assignment swaps both.
+        router.cascade_plan = _cascade_plan(data, int(router.info.clusters))  # type: ignore[attr-defined]
         return router
+
+    @property
+    def cascade_plan(self) -> CascadePlan | None:
+        """The cascade plan of the artifact in use (None: it carries none)."""
+        plan: CascadePlan | None = getattr(self.router, "cascade_plan", None)
+        return plan
 
     @property
     def version(self) -> int:
@@ -209,6 +218,22 @@ class ClusterRanker:
             dict(decision.scores),
             version,
         )
+
+
+def _cascade_plan(data: bytes, clusters: int) -> CascadePlan | None:
+    """The artifact's cascade plan; None (logged) when it has none or one that does not fit
+    its clusters: the policy's threshold applies then."""
+    from shoal.routing.artifact import decode_artifact
+
+    header, _ = decode_artifact(data)
+    try:
+        plan = CascadePlan.from_header(header)
+        if plan is not None:
+            plan.check_clusters(clusters)
+    except CascadePlanError as exc:
+        log.warning("router artifact's cascade plan not used: %s", exc)
+        return None
+    return plan
 
 
 def _stat_of(path: str) -> tuple[int, int, int] | None:

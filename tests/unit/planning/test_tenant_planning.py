@@ -72,7 +72,7 @@ def test_a_ready_tenant_becomes_its_access() -> None:
     t = tenant(
         limits={"requestsPerMinute": 60, "tokensPerMinute": 1000, "concurrentRequests": 3},
         budget={"maxCostPerHour": "2.50", "softLimitPercent": 70},
-        routing={"minAlpha": "0.2", "maxAlpha": "0.9"},
+        routing={"minAlpha": "0.2", "maxAlpha": "0.9", "cascadeStreaming": "FirstModel"},
         allowedTiers=["cpu"],
         allowedModels=["code"],
     )
@@ -84,6 +84,7 @@ def test_a_ready_tenant_becomes_its_access() -> None:
     assert r.access.limits.concurrent_requests == 3
     assert str(r.access.max_cost_per_hour) == "2.50" and r.access.budget_soft_percent == 70
     assert (r.access.min_alpha, r.access.max_alpha) == (0.2, 0.9)
+    assert r.access.cascade_streaming == "FirstModel"
     assert r.access.models == ["tiny", "code"]  # fleet order: the tier's model and the listed one
 
 

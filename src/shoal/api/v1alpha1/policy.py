@@ -4,6 +4,8 @@ The default strategy is ``cluster``: embed the query, find its nearest clusters 
 calibration prompts with per-model quality and cost), score each model per cluster as
 ``alpha * quality + (1 - alpha) * (1 - cost)`` and rank. ``static`` ranks models in a fixed
 order. The operator fits the router artifact from ``calibration`` and reports it in status.
+``cascade`` turns either ranking into a cascade: the ranked list's first model answers, a
+confidence signal on its answer decides whether it is kept or the next model is called.
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ FeedbackMode = Literal["Apply", "Observe"]
 #: A model of the fleet, or a LoRA adapter of one as clients address it: ``<model>:<adapter>``.
 MODEL_REF = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(:[a-z0-9]([-a-z0-9]*[a-z0-9])?)?$"
 ModelRef = Annotated[str, StringConstraints(min_length=1, max_length=81, pattern=MODEL_REF)]
+CascadeSignal = Literal["LogprobMean", "LogprobMin", "LogprobMargin"]
+CascadeStreaming = Literal["Replay", "FirstModel"]
+CascadeOnBudget = Literal["ReturnCheapAnswer", "Refuse"]
+#: A signed decimal in [-100, 100] with at most four places: "-0.8", "0", "1.25".
+SIGNED_DECIMAL = r"^-?(100(\.0{1,4})?|[1-9]?[0-9](\.[0-9]{1,4})?)$"
+#: Seconds, a decimal in (0, 10000) with at most three places: "0.5", "30", "120".
+SECONDS = r"^(0\.[0-9]{0,2}[1-9]|[1-9][0-9]{0,3}(\.[0-9]{1,3})?)$"
 CALIBRATION_URI = r"^((s3|gs)://[a-z0-9][a-z0-9.-]*[a-z0-9]|https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?)/[A-Za-z0-9._~/%+=-]+$"
 
 
@@ -209,6 +218,104 @@ class FeedbackSpec(ApiModel):
     )
 
 
+def _seconds(value: str | None) -> float | None:
+    return None if value is None else float(value)
+
+
+class CascadeSpec(ApiModel):
+    """A cascade over the ranked models: the ranking's first model answers; a confidence
+    signal on its answer (after a structural check of tool calls and JSON answers) decides
+    whether it is kept or the next ranked model is called, within a chain length, a cost
+    cap, the tenant's budget and two deadlines. Thresholds come per cluster from the router
+    artifact's cascade plan (``shoal router fit``); ``threshold`` applies where the artifact
+    carries none (and with the static strategy)."""
+
+    signal: CascadeSignal = Field(
+        default="LogprobMean",
+        description="Confidence of an answer from its token log-probabilities: LogprobMean "
+        "(mean over the answer's tokens), LogprobMin (the least likely token), LogprobMargin "
+        "(mean gap between the top two candidates of each token).",
+    )
+    threshold: Annotated[str, StringConstraints(max_length=9, pattern=SIGNED_DECIMAL)] = Field(
+        default="-1.0",
+        description="Accept an answer whose confidence is at or above this (a decimal in "
+        "[-100, 100]; at most 0 for LogprobMean and LogprobMin, at least 0 for "
+        "LogprobMargin), where the router artifact carries no cascade plan.",
+    )
+    max_chain: int = Field(
+        default=2, ge=2, le=8, description="Most models one request may call, the first included."
+    )
+    max_cost_per_request: Money | None = Field(
+        default=None,
+        description="USD one request's attempts may cost together (each model estimated from "
+        "its recent cost per request): an escalation that would go over it is not made and "
+        "the last answer is kept. None: only maxChain caps it.",
+    )
+    on_budget_exhausted: CascadeOnBudget = Field(
+        default="ReturnCheapAnswer",
+        description="When a tenant's budget or token limit has no room left for the "
+        "escalation: ReturnCheapAnswer keeps the answer in hand (marked in "
+        "x-shoal-cascade-stopped); Refuse answers 429 insufficient_quota.",
+    )
+    streaming: CascadeStreaming = Field(
+        default="Replay",
+        description="Streaming requests: Replay waits for the verified answer and sends it as "
+        "a stream; FirstModel streams the first model's answer as it comes, without a "
+        "cascade. A tenant's routing.cascadeStreaming overrides it.",
+    )
+    stage_first_token_seconds: (
+        Annotated[str, StringConstraints(max_length=9, pattern=SECONDS)] | None
+    ) = Field(
+        default=None,
+        description="Seconds each model of the chain has for its first token; a model over it "
+        "counts as failed and the next is called (decimal in (0, 10000)). None: the fleet's "
+        "first-token timeout.",
+    )
+    chain_timeout_seconds: (
+        Annotated[str, StringConstraints(max_length=9, pattern=SECONDS)] | None
+    ) = Field(
+        default=None,
+        description="Seconds the whole chain may take: no model is called past it, and the "
+        "best answer in hand is returned (decimal in (0, 10000)). None: the fleet's request "
+        "timeout.",
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.signal == 'LogprobMargin' || double(self.threshold) <= 0.0",
+            message="cascade.threshold of a log-probability signal (LogprobMean, LogprobMin) "
+            "must be at most 0",
+            check=lambda c: c.signal == "LogprobMargin" or float(c.threshold) <= 0.0,
+            field_path=".threshold",
+        ),
+        Rule(
+            cel="self.signal != 'LogprobMargin' || double(self.threshold) >= 0.0",
+            message="cascade.threshold of the LogprobMargin signal must be at least 0",
+            check=lambda c: c.signal != "LogprobMargin" or float(c.threshold) >= 0.0,
+            field_path=".threshold",
+        ),
+        Rule(
+            cel="!has(self.stageFirstTokenSeconds) || !has(self.chainTimeoutSeconds) "
+            "|| double(self.stageFirstTokenSeconds) <= double(self.chainTimeoutSeconds)",
+            message="cascade.stageFirstTokenSeconds may not exceed cascade.chainTimeoutSeconds",
+            check=lambda c: (
+                c.stage_first_token_seconds is None
+                or c.chain_timeout_seconds is None
+                or float(c.stage_first_token_seconds) <= float(c.chain_timeout_seconds)
+            ),
+            field_path=".stageFirstTokenSeconds",
+        ),
+    )
+
+    @property
+    def stage_seconds(self) -> float | None:
+        return _seconds(self.stage_first_token_seconds)
+
+    @property
+    def chain_seconds(self) -> float | None:
+        return _seconds(self.chain_timeout_seconds)
+
+
 class RoutingPolicySpec(ApiModel):
     """Desired routing behaviour."""
 
@@ -264,6 +371,11 @@ class RoutingPolicySpec(ApiModel):
         description="Refit the router's quality tables from client feedback (cluster "
         "strategy; off by default).",
     )
+    cascade: CascadeSpec | None = Field(
+        default=None,
+        description="Answer with the ranking's first model and escalate along the ranking "
+        "when its answer's confidence is under the threshold (off by default).",
+    )
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
@@ -294,6 +406,13 @@ class RoutingPolicySpec(ApiModel):
             check=lambda s: s.strategy == "cluster" or s.feedback is None or not s.feedback.enabled,
             field_path=".feedback.enabled",
             reason="FieldValueForbidden",
+        ),
+        Rule(
+            cel="!has(self.cascade) || self.strategy != 'static' "
+            "|| (has(self.staticOrder) && size(self.staticOrder) >= 2)",
+            message="a cascade with the static strategy needs at least two models in staticOrder",
+            check=lambda s: s.cascade is None or s.strategy != "static" or len(s.static_order) >= 2,
+            field_path=".cascade",
         ),
     )
 

@@ -111,6 +111,12 @@ class TenantRouting(ApiModel):
     max_alpha: Fraction | None = Field(
         default=None, description='Ceiling on alpha, a decimal in [0, 1], e.g. "0.8".'
     )
+    cascade_streaming: Literal["Replay", "FirstModel"] | None = Field(
+        default=None,
+        description="How this tenant's streaming requests meet a cascading policy: Replay "
+        "(the verified answer, replayed as a stream) or FirstModel (the first model streamed, "
+        "no cascade). None: the policy's cascade.streaming.",
+    )
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(

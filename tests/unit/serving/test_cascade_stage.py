@@ -1,0 +1,384 @@
+"""The cascade stage in process: the Endpoint, the official ``openai`` client, and a fake
+engine that answers with chosen log-probabilities and tool calls (named as a fake: the real
+engines' path is tests/integration/serving/test_cascade.py, on Ray with llama.cpp)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal.contract import AccessConfig, BuildArgs, key_digest
+from shoal.routing.cascade_plan import CascadePlan
+from shoal.serving.capabilities import OPENAI_CHAT
+from shoal.serving.cascade import replay_events
+from shoal.serving.clients import LocalModelClient, ModelInfo
+from shoal.serving.engines.base import Chunk, EngineLoad, GenerationRequest
+from shoal.serving.ingress import Endpoint
+from shoal.serving.metrics import RouterMetrics
+
+pytest.importorskip("starlette", reason="starlette (ray[serve]) not installed")
+openai = pytest.importorskip("openai", reason="openai client not installed")
+
+from starlette.applications import Starlette  # noqa: E402
+from starlette.routing import Route  # noqa: E402
+from starlette.testclient import TestClient  # noqa: E402
+
+KEY = "sk-team-" + "a" * 40
+POOR = "sk-poor-" + "b" * 40
+CITY = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 12}},
+    "required": ["city"],
+}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": CITY}}]
+
+
+class FakeLogprobEngine:
+    """Answers every chat with one body written as an OpenAI server would: ``logprob`` for
+    each of its three tokens (when asked for log-probabilities), a tool call with
+    ``arguments`` when the request has tools, after ``delay`` seconds."""
+
+    def __init__(
+        self, model: str, logprob: float, arguments: str = '{"city": "Paris"}', delay: float = 0
+    ) -> None:
+        self.model = model
+        self.logprob = logprob
+        self.arguments = arguments
+        self.delay = delay
+        self.requests: list[GenerationRequest] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def check_health(self) -> None:
+        return None
+
+    def load(self) -> EngineLoad:
+        return EngineLoad(0, 0)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        self.requests.append(request)
+        await asyncio.sleep(self.delay)
+        message: dict[str, Any] = {"role": "assistant", "content": f"answer of {self.model}"}
+        finish = "stop"
+        if request.params.get("tools"):
+            message = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": self.arguments}}]}  # fmt: skip
+            finish = "tool_calls"
+        top = int(request.params.get("top_logprobs") or 0)
+        tokens = [
+            {"token": "t", "logprob": self.logprob,
+             "top_logprobs": [{"token": "t", "logprob": self.logprob},
+                              {"token": "u", "logprob": self.logprob - 1.0}][:top]}
+            for _ in range(3)
+        ]  # fmt: skip
+        body = {
+            "id": request.request_id, "object": "chat.completion", "created": 1,
+            "model": request.model_name,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish,
+                         "logprobs": {"content": tokens} if request.params.get("logprobs")
+                         else None}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13},
+        }  # fmt: skip
+        if request.stream:
+            yield Chunk(message["content"] or "", data=b"data: {}\n\n")
+            yield Chunk("", finish, 10, 3, data=b"")  # type: ignore[arg-type]
+            return
+        yield Chunk(message["content"] or "", finish, 10, 3, data=json.dumps(body).encode())  # type: ignore[arg-type]
+
+
+def endpoint(
+    cascade: dict[str, Any] | None = None,
+    cheap: float = -2.0,
+    big: float = -0.1,
+    cheap_args: str = '{"city": "Paris"}',
+    cheap_delay: float = 0.0,
+    artifact: str | None = None,
+) -> tuple[Endpoint, dict[str, FakeLogprobEngine]]:
+    policy: dict[str, Any] = {"strategy": "static", "staticOrder": ["cheap", "big"]}
+    extra: dict[str, Any] = {}
+    if artifact is not None:
+        policy = {"strategy": "cluster", "clusters": 2, "topP": 1, "alpha": "0.2",
+                  "calibration": {"configMapRef": {"name": "c", "key": "k"}}}  # fmt: skip
+        extra["router_artifact_path"] = artifact
+    policy["cascade"] = {"threshold": "-1.0", **(cascade or {})}
+    raw = {
+        "fleet_name": "test",
+        "fleet": {
+            "routingPolicyRef": {"name": "p"},
+            "tiers": [
+                {"name": "small", "costPerReplicaHour": "1"},
+                {"name": "large", "costPerReplicaHour": "10"},
+            ],
+            "models": [
+                {"name": "cheap", "engine": "simulated", "tier": "small"},
+                {"name": "big", "engine": "simulated", "tier": "large"},
+            ],
+        },
+        "policy": policy,
+        **extra,
+    }
+    args = BuildArgs.parse(raw)
+    engines = {
+        "cheap": FakeLogprobEngine("cheap", cheap, cheap_args, cheap_delay),
+        "big": FakeLogprobEngine("big", big),
+    }
+    clients = {
+        name: LocalModelClient(ModelInfo(name, tier, "simulated", price), engines[name])
+        for name, tier, price in (("cheap", "small", 1.0), ("big", "large", 10.0))
+    }
+    ep = Endpoint(args, clients, RouterMetrics("test", backend="prometheus"))  # type: ignore[arg-type]
+    for name in engines:  # the fake gives log-probabilities, as llama.cpp and vLLM do
+        ep.capabilities[name] = dataclasses.replace(
+            ep.capabilities[name], chat_params=OPENAI_CHAT, tools=True, logprobs=True
+        )
+    return ep, engines
+
+
+def serve(ep: Endpoint) -> TestClient:
+    app = Starlette(routes=[Route("/{path:path}", ep.handle, methods=["GET", "POST"])])
+    return TestClient(app)
+
+
+def oa(tc: TestClient, key: str = "unused") -> Any:
+    return openai.OpenAI(
+        base_url="http://testserver/v1", api_key=key, http_client=tc, max_retries=0
+    )
+
+
+def ask(client: Any, **kw: Any) -> Any:
+    return client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "hi"}], **kw
+    )
+
+
+def metric(ep: Endpoint, name: str, **labels: str) -> float:
+    value = ep.metrics.registry.get_sample_value(name, {"fleet": "test", **labels})
+    return 0.0 if value is None else float(value)
+
+
+def test_a_doubtful_answer_escalates_and_usage_sums_both() -> None:
+    ep, engines = endpoint(cheap=-2.0)
+    with serve(ep) as tc:
+        raw = ask(oa(tc))
+    answer = raw.parse()
+    assert raw.headers["x-shoal-cascade-models"] == "cheap,big"
+    assert raw.headers["x-shoal-cascade-escalated"] == "true"
+    assert raw.headers["x-shoal-cascade-confidence"] == "-2.0000,-0.1000"
+    assert raw.headers["x-shoal-cascade-threshold-source"] == "policy"
+    assert raw.headers["x-shoal-model"] == "big"
+    assert answer.choices[0].message.content == "answer of big"
+    assert answer.choices[0].logprobs is None  # asked for by the cascade, not by the client
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (20, 6)
+    assert engines["cheap"].requests[0].params["logprobs"] is True
+    assert "top_logprobs" not in engines["cheap"].requests[0].params  # the mean needs none
+    assert metric(ep, "shoal_cascade_attempts_total", model="cheap", outcome="escalated") == 1
+    assert metric(ep, "shoal_cascade_attempts_total", model="big", outcome="accepted") == 1
+    for model in ("cheap", "big"):
+        tier = "small" if model == "cheap" else "large"
+        labels = {"model": model, "tier": tier, "api": "chat", "code": "200"}
+        assert metric(ep, "shoal_requests_total", **labels) == 1
+
+
+def test_a_confident_answer_is_kept_and_the_client_gets_what_it_asked() -> None:
+    ep, engines = endpoint(cheap=-0.2, cascade={"signal": "LogprobMargin", "threshold": "0.5"})
+    with serve(ep) as tc:
+        raw = ask(oa(tc), logprobs=True, top_logprobs=1)
+    answer = raw.parse()
+    assert raw.headers["x-shoal-cascade-models"] == "cheap"
+    assert raw.headers["x-shoal-cascade-escalated"] == "false"
+    assert raw.headers["x-shoal-cascade-confidence"] == "1.0000"  # the margin
+    assert raw.headers["x-shoal-model"] == "cheap"
+    assert engines["big"].requests == []
+    assert engines["cheap"].requests[0].params["top_logprobs"] == 2  # the margin's two
+    tokens = answer.choices[0].logprobs.content
+    assert len(tokens) == 3 and all(len(t.top_logprobs) == 1 for t in tokens)  # as asked
+    assert answer.usage.completion_tokens == 3
+
+
+def test_a_tool_call_off_its_parameters_escalates() -> None:
+    ep, _ = endpoint(cheap=-0.01, cheap_args='{"city": "Llanfairpwllgwyngyll"}')
+    with serve(ep) as tc:
+        raw = ask(oa(tc), tools=TOOLS, tool_choice="required")
+    answer = raw.parse()
+    assert raw.headers["x-shoal-cascade-confidence"] == "invalid,-0.1000"
+    assert raw.headers["x-shoal-model"] == "big"
+    assert json.loads(answer.choices[0].message.tool_calls[0].function.arguments) == {
+        "city": "Paris"
+    }
+
+
+def test_streaming_replays_the_verified_answer_or_streams_the_first_model() -> None:
+    ep, _ = endpoint(cheap=-3.0)
+    with serve(ep) as tc:
+        raw = ask(oa(tc), stream=True, stream_options={"include_usage": True})
+        chunks = list(raw.parse())
+    assert raw.headers["x-shoal-cascade-models"] == "cheap,big"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "answer of big"
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 26
+    ep, engines = endpoint(cheap=-3.0, cascade={"streaming": "FirstModel"})
+    with serve(ep) as tc:
+        raw = ask(oa(tc), stream=True)
+        list(raw.parse())
+    assert "x-shoal-cascade-models" not in raw.headers
+    assert raw.headers["x-shoal-model"] == "cheap" and engines["big"].requests == []
+
+
+def test_replayed_tool_calls_carry_their_index() -> None:
+    body = {"id": "x", "created": 1, "model": "m", "choices": [{"index": 0, "finish_reason":
+            "tool_calls", "message": {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}  # fmt: skip
+    events = replay_events("chat", body, include_usage=False)
+    first = json.loads(events[0][len(b"data: ") :])
+    assert first["choices"][0]["delta"]["tool_calls"][0]["index"] == 0
+    assert json.loads(events[1][len(b"data: ") :])["choices"][0]["finish_reason"] == "tool_calls"
+    assert events[-1] == b"data: [DONE]\n\n" and len(events) == 3
+
+
+def test_a_first_model_past_its_stage_deadline_is_passed_over() -> None:
+    ep, _ = endpoint(cheap=-0.1, cheap_delay=2.0, cascade={"stageFirstTokenSeconds": "0.2"})
+    with serve(ep) as tc:
+        raw = ask(oa(tc))
+    assert raw.headers["x-shoal-cascade-confidence"] == "failed,-0.1000"
+    assert raw.headers["x-shoal-model"] == "big"
+    assert metric(ep, "shoal_cascade_attempts_total", model="cheap", outcome="failed") == 1
+
+
+def test_the_chain_deadline_keeps_the_answer_in_hand() -> None:
+    ep, engines = endpoint(cheap=-3.0, cheap_delay=0.4, cascade={"chainTimeoutSeconds": "0.3",
+                                                                "stageFirstTokenSeconds": "0.3"})  # fmt: skip
+    with serve(ep) as tc, pytest.raises(openai.APIStatusError) as err:
+        ask(oa(tc))
+    assert err.value.status_code == 504  # nothing answered within the chain's deadline
+    # The cheap answer comes after 0.3 s: less than one stage's 0.8 s is left of the chain's.
+    ep, engines = endpoint(cheap=-3.0, cheap_delay=0.3, cascade={"chainTimeoutSeconds": "1",
+                                                                "stageFirstTokenSeconds": "0.8"})  # fmt: skip
+    with serve(ep) as tc:
+        raw = ask(oa(tc))
+    assert raw.headers["x-shoal-cascade-stopped"] == "deadline"
+    assert raw.headers["x-shoal-model"] == "cheap" and engines["big"].requests == []
+
+
+def test_the_cost_cap_stops_an_escalation() -> None:
+    ep, engines = endpoint(cheap=-3.0, cascade={"maxCostPerRequest": "0.0001"})
+    ep.book.cost_per_request["big"] = 0.01  # big's recent cost per request
+    with serve(ep) as tc:
+        raw = ask(oa(tc))
+    assert raw.headers["x-shoal-cascade-stopped"] == "cost"
+    assert raw.headers["x-shoal-model"] == "cheap" and engines["big"].requests == []
+    assert metric(ep, "shoal_cascade_attempts_total", model="cheap", outcome="kept") == 1
+
+
+def access() -> AccessConfig:
+    return AccessConfig.model_validate({
+        "mode": "tenants",
+        "tenants": [
+            {"name": "team", "key_digests": [key_digest(KEY)]},
+            {"name": "poor", "key_digests": [key_digest(POOR)], "max_cost_per_hour": "0.001"},
+        ],
+    })  # fmt: skip
+
+
+@pytest.mark.parametrize(("mode", "status"), [("ReturnCheapAnswer", 200), ("Refuse", 429)])
+def test_a_tenant_without_budget_for_the_escalation(mode: str, status: int) -> None:
+    ep, engines = endpoint(cheap=-3.0, cascade={"onBudgetExhausted": mode})
+    ep.book.cost_per_request["big"] = 0.01  # more than the poor tenant has left
+    with serve(ep) as tc:
+        tc.portal.call(ep.configure_access, access())  # type: ignore[union-attr]
+        raw = ask(oa(tc, KEY))  # a tenant with budget escalates
+        assert raw.headers["x-shoal-model"] == "big"
+        poor = tc.post("/v1/chat/completions", headers={"authorization": f"Bearer {POOR}"},
+                       json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+    assert poor.status_code == status
+    assert poor.headers["x-shoal-cascade-stopped"] == "budget"
+    assert len(engines["big"].requests) == 1  # the team's, not the poor tenant's
+    if status == 429:
+        assert poor.json()["error"]["code"] == "insufficient_quota"
+    else:
+        assert poor.headers["x-shoal-model"] == "cheap"
+    assert ep.gate is not None
+    assert ep.gate.tenants["poor"].pending.cost > 0  # the cheap attempt is billed either way
+    team_cost = metric(ep, "shoal_tenant_cost_usd_total", tenant="team")
+    model_cost = metric(ep, "shoal_cost_usd_total", model="big", tier="large") + metric(
+        ep, "shoal_cost_usd_total", model="cheap", tier="small"
+    )
+    poor_cost = metric(ep, "shoal_tenant_cost_usd_total", tenant="poor")
+    assert team_cost + poor_cost == pytest.approx(model_cost)  # every attempt billed
+    assert team_cost > poor_cost > 0
+
+
+def test_a_named_model_is_never_cascaded() -> None:
+    ep, engines = endpoint(cheap=-3.0)
+    with serve(ep) as tc:
+        raw = oa(tc).chat.completions.with_raw_response.create(
+            model="cheap", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert "x-shoal-cascade-models" not in raw.headers
+    assert "logprobs" not in engines["cheap"].requests[0].params
+
+
+def plan_artifact(path: Path) -> str:
+    """A two-cluster router (weather questions and arithmetic) with a cascade plan that
+    always accepts in the first cluster and always escalates in the second."""
+    from shoal.routing import Sample, fit_router
+    from shoal.routing.artifact import decode_artifact, encode_artifact
+    from shoal.routing.embedders.hashing import HashingEmbedder
+
+    samples = [
+        Sample(prompt=p, task="t", scores={"big": 1.0, "cheap": 0.6},
+               costs={"big": 1.0, "cheap": 0.1})
+        for p in [f"weather in city {i} today" for i in range(6)]
+        + [f"add {i} plus {i} numbers sum" for i in range(6)]
+    ]  # fmt: skip
+    data = fit_router(samples, embedder=HashingEmbedder(256), clusters=2, top_p=1, alpha=0.2)
+    header, arrays = decode_artifact(data)
+    plan = CascadePlan("logprob_mean", (float("-inf"), float("inf")), -1.0, 2, 0.2, "test")
+    header["cascade"] = plan.to_header()
+    path.write_bytes(encode_artifact(header, arrays))
+    return str(path)
+
+
+def test_the_artifact_plan_sets_the_threshold_per_cluster(tmp_path: Path) -> None:
+    ep, _ = endpoint(cheap=-0.1, artifact=plan_artifact(tmp_path / "router.bin"))
+    assert ep.cascade is not None and ep.cascade.verdict(None).source == "plan"
+    seen: dict[str, str] = {}
+    with serve(ep) as tc:
+        for prompt in ("weather in city 3 today", "add 2 plus 2 numbers sum"):
+            raw = oa(tc).chat.completions.with_raw_response.create(
+                model="auto", messages=[{"role": "user", "content": prompt}]
+            )
+            assert raw.headers["x-shoal-cascade-threshold-source"] == "plan"
+            seen[raw.headers["x-shoal-cluster"]] = raw.headers["x-shoal-cascade-models"]
+    # One cluster accepts the confident cheap answer; the other always escalates.
+    assert sorted(seen.values()) == ["cheap", "cheap,big"]
+
+
+def test_a_plan_chain_orders_the_cluster_s_models(tmp_path: Path) -> None:
+    from shoal.routing import cascade_plan
+
+    chain_type = getattr(cascade_plan, "CascadeChain", None)
+    if chain_type is None:
+        pytest.skip("this plan format carries no chains")
+    path = plan_artifact(tmp_path / "router.bin")
+    from shoal.routing.artifact import decode_artifact, encode_artifact
+
+    header, arrays = decode_artifact(Path(path).read_bytes())
+    chains = [chain_type("big"), chain_type("big")]  # big alone, never escalating
+    header["cascade"] = CascadePlan(
+        "logprob_mean", (float("inf"), float("inf")), -1.0, 2, 0.2, "test", chains=chains
+    ).to_header()  # type: ignore[call-arg]
+    Path(path).write_bytes(encode_artifact(header, arrays))
+    ep, engines = endpoint(cheap=-0.1, artifact=path)
+    with serve(ep) as tc:
+        raw = ask(oa(tc))
+    assert raw.headers["x-shoal-cascade-models"] == "big"  # the fitted chain, capped at one
+    assert engines["cheap"].requests == []
