@@ -6,6 +6,7 @@ module level (no Ray), so ``shoal --help`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -18,6 +19,8 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+from shoal.local.timings import UpTimings
 
 console = Console(stderr=True)
 out = Console()
@@ -82,6 +85,19 @@ Python (openai)
 """
 
 
+def _mark_progress(timings: UpTimings, status: dict[str, Any]) -> None:
+    """Mark the moments ``status.json`` shows: Ray and Serve up (the daemon is deploying),
+    each deployment healthy, the whole application running."""
+    phase = status.get("phase", "")
+    if phase in ("deploying", "running"):
+        timings.mark("ray and serve")
+    for name, d in status.get("deployments", {}).items():
+        if d.get("status") == "HEALTHY":
+            timings.mark(f"{name} healthy")
+    if phase == "running":
+        timings.mark("running")
+
+
 def down_command() -> str:
     """How the caller's shell runs ``shoal down``: ``make down`` under make, ``shoal down``
     where ``shoal`` on PATH is this very program, else this program's own path."""
@@ -118,6 +134,7 @@ def up(
     from shoal.local import runner as local
 
     started = time.monotonic()
+    timings = UpTimings(started)
     folder = local.state_dir()
     running = local.DaemonInfo.read(folder)
     if running is not None and local.pid_alive(running.pid):
@@ -138,6 +155,7 @@ def up(
     except (ValueError, OSError) as exc:
         console.print(f"[red]cannot run {file}:[/red] {exc}")
         raise typer.Exit(1) from None
+    timings.mark("router")
     proc = local.start_daemon(folder, host, port, metrics_port)
     info = local.DaemonInfo(proc.pid, args.fleet_name, host, port, metrics_port, time.time())
     info.write(folder)
@@ -145,6 +163,7 @@ def up(
         with Live(console=console, refresh_per_second=4, transient=False) as live:
             while True:
                 status = local.read_status(folder)
+                _mark_progress(timings, status)
                 live.update(_progress_table(args, status, time.monotonic() - started))
                 if status.get("phase") == "running":
                     break
@@ -155,6 +174,7 @@ def up(
                 time.sleep(0.25)
         with console.status("asking the fleet a first question"):
             model, text = local.first_answer(info.base_url)
+        timings.mark("first answer")
     except (local.UpError, KeyboardInterrupt) as exc:
         console.print(f"[red]{exc or 'interrupted'}[/red]")
         tail = (folder / "daemon.log").read_text(errors="replace").splitlines()[-15:]
@@ -168,6 +188,9 @@ def up(
         f"{args.policy.strategy} routing)"
     )
     out.print(f"first answer after {elapsed:.1f}s, from [bold]{model}[/bold]: {text}")
+    out.print(f"[dim]seconds since start: {timings.summary()}[/dim]")
+    with contextlib.suppress(OSError):
+        timings.write(folder)
     print(_examples(info.base_url, metrics_port, host))  # plain: copy-paste safe, no wrapping
     if foreground:
         try:
