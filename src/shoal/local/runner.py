@@ -290,6 +290,40 @@ def first_answer(base_url: str, timeout: float = 60.0) -> tuple[str, str]:
     raise UpError(f"the fleet did not answer within {timeout:.0f}s ({last})")
 
 
+class FirstQuestion:
+    """:func:`first_answer` in a thread, so that ``shoal up`` asks as soon as the router's
+    deployment is healthy (the request waits in Ray Serve for the model it is routed to,
+    if that one is still loading) and keeps showing progress meanwhile."""
+
+    def __init__(self, base_url: str, timeout: float) -> None:
+        self._result: tuple[str, str] | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._ask, args=(base_url, timeout), name="first-question", daemon=True
+        )
+        self._thread.start()
+
+    def _ask(self, base_url: str, timeout: float) -> None:
+        try:
+            self._result = first_answer(base_url, timeout=timeout)
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self) -> tuple[str, str]:
+        """``(answering model, text)``; raises what the question raised."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
 def stop_daemon(folder: Path, timeout: float = 60.0) -> DaemonInfo | None:
     """Stop the running fleet daemon, if any; returns what was running."""
     info = DaemonInfo.read(folder)
