@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.contract import BuildArgs
+from shoal.contract import BuildArgs, model_deployment_name
 from shoal.local.cli import _mark_progress, _router_ready, _still_loading
 from shoal.local.manifests import load_fleet_file
 from shoal.local.runner import FirstQuestion, UpError
@@ -39,10 +39,11 @@ def _status(phase: str, healthy: list[str], starting: list[str]) -> dict[str, ob
 
 def test_router_ready_and_models_still_loading() -> None:
     args = _args()
-    early = _status("deploying", ["router", "math"], ["code", "chat"])
+    math, code, chat = (model_deployment_name(m) for m in ("math", "code", "chat"))
+    early = _status("deploying", ["router", math], [code, chat])
     assert _router_ready(early)
-    assert _still_loading(args, early) == ["code", "chat"]
-    assert not _router_ready(_status("deploying", ["math"], ["router"]))
+    assert _still_loading(args, early) == [code, chat]
+    assert not _router_ready(_status("deploying", [math], ["router"]))
     assert _router_ready({"phase": "running", "deployments": {}})
     assert _still_loading(args, {"phase": "running", "deployments": {}}) == []
 
