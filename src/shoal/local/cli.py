@@ -205,6 +205,8 @@ def up(
         assert question is not None  # the loop ends only once it has answered
         model, text = question.result()
         timings.mark("first answer")
+        if args.router_artifact_path is not None:
+            local.start_table_distillation(folder)
         loading = _still_loading(args, local.read_status(folder))
     except (local.UpError, KeyboardInterrupt) as exc:
         console.print(f"[red]{exc or 'interrupted'}[/red]")

