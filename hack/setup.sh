@@ -149,10 +149,14 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$inputs_hash" ]]; then
     # the files). Without that variable the fleet's processes write it as they import.
     if [[ -n ${PYTHONDONTWRITEBYTECODE:-} ]]; then
       log "compiling bytecode in the background (.venv/.shoal-compile.log)"
-      nohup nice -n 19 .venv/bin/python -m compileall -q -j 0 \
-        -x '/site-packages/(kubernetes|openai|ray/(rllib|tune|train|data|llm))/' \
-        "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
-        >.venv/.shoal-compile.log 2>&1 &
+      purelib="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+      rm -f .venv/.shoal-compiled
+      (
+        nice -n 19 .venv/bin/python -m compileall -q -j 0 \
+          -x '/site-packages/(kubernetes|openai|ray/(rllib|tune|train|data|llm))/' "$purelib" \
+          >.venv/.shoal-compile.log 2>&1
+        touch .venv/.shoal-compiled
+      ) &
     fi
   else
     .venv/bin/pip install -q -e ".[$extras]"
