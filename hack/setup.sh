@@ -153,10 +153,9 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$inputs_hash" ]]; then
       rm -f .venv/.shoal-compiled
       (
         nice -n 19 .venv/bin/python -m compileall -q -j 0 \
-          -x '/site-packages/(kubernetes|openai|ray/(rllib|tune|train|data|llm))/' "$purelib" \
-          >.venv/.shoal-compile.log 2>&1
+          -x '/site-packages/(kubernetes|openai|ray/(rllib|tune|train|data|llm))/' "$purelib"
         touch .venv/.shoal-compiled
-      ) &
+      ) >.venv/.shoal-compile.log 2>&1 </dev/null &
     fi
   else
     .venv/bin/pip install -q -e ".[$extras]"
