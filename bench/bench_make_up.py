@@ -23,6 +23,8 @@ network access to the package index; takes the ports 8000 and 8080. Run with
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -32,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +128,21 @@ def phases(result: dict[str, Any], state: Path) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def held(lock: Path | None) -> Iterator[None]:
+    """Hold ``lock`` (an flock) while a fleet runs, where other jobs on the machine start Ray
+    under the same lock; nothing without one."""
+    if lock is None:
+        yield
+        return
+    with lock.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def settle(clone: Path, cache: Path, timeout: float) -> float | None:
     """Wait for the first run's background work (hack/setup.sh's bytecode, where
     PYTHONDONTWRITEBYTECODE is set, and the router's static table): the seconds it took from
@@ -146,6 +164,9 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per make up")
     parser.add_argument("--keep", action="store_true", help="keep the clone and its venv")
+    parser.add_argument(
+        "--lock", type=Path, default=None, help="flock file to hold while each fleet runs"
+    )
     parser.add_argument(
         "--settle-timeout",
         type=float,
@@ -176,14 +197,15 @@ def main() -> int:
         report["clone_s"] = round(time.monotonic() - started, 2)
         for run in ("fresh", "warm"):
             print(f"== {run}: make up", flush=True)
-            result = run_timed(["make", "up"], clone, env, ns.timeout)
-            report[run] = {
-                "rc": result["rc"],
-                "make_up_s": result["seconds"],
-                "load": result["load"],
-                **phases(result, state),
-            }
-            subprocess.run(["make", "down"], cwd=clone, env=env, capture_output=True)
+            with held(ns.lock):
+                result = run_timed(["make", "up"], clone, env, ns.timeout)
+                report[run] = {
+                    "rc": result["rc"],
+                    "make_up_s": result["seconds"],
+                    "load": result["load"],
+                    **phases(result, state),
+                }
+                subprocess.run(["make", "down"], cwd=clone, env=env, capture_output=True)
             if result["rc"] != 0:
                 break
             if run == "fresh":
