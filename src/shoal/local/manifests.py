@@ -101,9 +101,10 @@ def load_fleet_file(path: str | Path, fleet_name: str | None = None) -> FleetMan
     return parse_fleet_documents(docs, fleet_name)
 
 
-def fit_local_router(manifests: FleetManifests) -> bytes | None:
+def fit_local_router(manifests: FleetManifests, embedder_name: str | None = None) -> bytes | None:
     """The router artifact for a ``cluster`` policy, fitted from its ConfigMap (None for
-    ``static``). Checks that the calibration scores exactly the fleet's models."""
+    ``static``). Checks that the calibration scores exactly the fleet's models.
+    ``embedder_name`` replaces the policy's embedder (see ``fit_policy_router``)."""
     from shoal.routing import fit_policy_router, parse_calibration
 
     spec = manifests.policy.spec
@@ -119,4 +120,4 @@ def fit_local_router(manifests: FleetManifests) -> bytes | None:
         raise ManifestError(
             f"calibration scores models the fleet lacks: {', '.join(sorted(scored - fleet_models))}"
         )
-    return fit_policy_router(spec, samples)
+    return fit_policy_router(spec, samples, embedder_name=embedder_name)

@@ -196,16 +196,18 @@ def prepare(
     folder.mkdir(parents=True, exist_ok=True)
     artifact_path: str | None = None
     if manifests.policy.spec.strategy == "cluster":
-        if manifests.policy.spec.embedder.type == "minilm":
-            from shoal.routing.embedders.static import cache_dir, table_cached
-
-            if not table_cached():
-                log(
-                    "first run on this machine: distilling the router's embedder from MiniLM "
-                    f"(about a minute on two cores; cached in {cache_dir()} for later runs)"
-                )
+        embedder_name = None
+        if manifests.policy.spec.embedder.type == "minilm" and not static_table_cached():
+            # The static table takes a minute or more of CPU to distill: the first run on a
+            # machine routes with the MiniLM transformer itself (same model, about 5 ms a
+            # query) and distills the table after its first answer, for the runs after it.
+            embedder_name = FIRST_RUN_EMBEDDER
+            log(
+                "first run on this machine: the router embeds with MiniLM itself; its fast "
+                "static table is distilled in the background once the fleet answers"
+            )
         started = time.perf_counter()
-        artifact = fit_local_router(manifests)
+        artifact = fit_local_router(manifests, embedder_name)
         assert artifact is not None
         path = folder / "router.bin"
         path.write_bytes(artifact)
@@ -220,6 +222,60 @@ def prepare(
     )
     _write_json(folder / "args.json", args.to_serve_args())
     return args
+
+
+#: The embedder of the first run's router (no distilled static table yet on this machine).
+FIRST_RUN_EMBEDDER = "minilm-l6-int8"
+
+
+def static_table_cached() -> bool:
+    """Whether the static MiniLM table is distilled on this machine (cached)."""
+    from shoal.routing.embedders.static import table_cached
+
+    return table_cached()
+
+
+def start_table_distillation(folder: Path) -> subprocess.Popen[bytes] | None:
+    """Distil the static MiniLM table in a background process at the lowest CPU priority
+    (``python -m shoal.local.runner distill``), logging to ``distill.log``; None when it is
+    cached already. The process outlives ``shoal up``; a second one started meanwhile
+    finds the first one's lock and exits."""
+    if static_table_cached():
+        return None
+    log = open(folder / "distill.log", "wb")  # noqa: SIM115 - handed to the child
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "shoal.local.runner", "distill"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    finally:
+        log.close()
+
+
+def distill_table() -> int:
+    """Build and cache the static MiniLM table unless another process is building it, at
+    the lowest CPU priority (the fleet's processes go first)."""
+    import fcntl
+
+    os.nice(19)
+
+    from shoal.routing.embedders.static import build_or_load_table, cache_dir
+
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / "minilm-static.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("another process is distilling the table", flush=True)
+            return 0
+        started = time.perf_counter()
+        build_or_load_table()
+        print(f"static MiniLM table ready in {time.perf_counter() - started:.1f}s", flush=True)
+    return 0
 
 
 def start_daemon(folder: Path, host: str, port: int, metrics_port: int) -> subprocess.Popen[bytes]:
@@ -290,6 +346,40 @@ def first_answer(base_url: str, timeout: float = 60.0) -> tuple[str, str]:
     raise UpError(f"the fleet did not answer within {timeout:.0f}s ({last})")
 
 
+class FirstQuestion:
+    """:func:`first_answer` in a thread, so that ``shoal up`` asks as soon as the router's
+    deployment is healthy (the request waits in Ray Serve for the model it is routed to,
+    if that one is still loading) and keeps showing progress meanwhile."""
+
+    def __init__(self, base_url: str, timeout: float) -> None:
+        self._result: tuple[str, str] | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(
+            target=self._ask, args=(base_url, timeout), name="first-question", daemon=True
+        )
+        self._thread.start()
+
+    def _ask(self, base_url: str, timeout: float) -> None:
+        try:
+            self._result = first_answer(base_url, timeout=timeout)
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self) -> tuple[str, str]:
+        """``(answering model, text)``; raises what the question raised."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
 def stop_daemon(folder: Path, timeout: float = 60.0) -> DaemonInfo | None:
     """Stop the running fleet daemon, if any; returns what was running."""
     info = DaemonInfo.read(folder)
@@ -323,7 +413,10 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--host", default="127.0.0.1")
     d.add_argument("--port", type=int, default=DEFAULT_PORT)
     d.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT)
+    sub.add_parser("distill", help="distil the router's static MiniLM table (used by shoal up)")
     ns = parser.parse_args(argv)
+    if ns.cmd == "distill":
+        return distill_table()
     return run_daemon(ns.state, ns.host, ns.port, ns.metrics_port)
 
 

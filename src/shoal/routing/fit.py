@@ -206,20 +206,27 @@ def fit_policy_router(
     *,
     api_key: str | None = None,
     fitted_at: datetime | None = None,
+    embedder_name: str | None = None,
 ) -> bytes:
     """Fit the router a ``RoutingPolicy`` spec describes: its embedder and fit parameters.
 
     The one place that turns the policy's fields into :func:`fit_router` arguments, for the
     operator (in a cluster) and ``shoal up`` (locally) alike. ``clusters`` is capped at the
-    number of samples.
+    number of samples. ``embedder_name`` (an artifact's embedder name) replaces the policy's
+    embedder: ``shoal up``'s first run on a machine fits with ``minilm-l6-int8`` until the
+    static table of ``minilm-l6-static-v2`` is distilled.
     """
-    from shoal.routing.embedders import embedder_for_policy
+    from shoal.routing.embedders import embedder_for_policy, make_embedder
 
-    embedder = embedder_for_policy(
-        spec.embedder.type,
-        endpoint=spec.embedder.endpoint,
-        model=spec.embedder.model,
-        api_key=api_key,
+    embedder = (
+        make_embedder(embedder_name)
+        if embedder_name is not None
+        else embedder_for_policy(
+            spec.embedder.type,
+            endpoint=spec.embedder.endpoint,
+            model=spec.embedder.model,
+            api_key=api_key,
+        )
     )
     return fit_router(
         samples,
