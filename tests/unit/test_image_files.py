@@ -33,7 +33,9 @@ def test_build_script_names_the_images_as_agreed() -> None:
     assert OPERATOR_IMAGE == "localhost/shoal-operator:dev"
     assert SERVING_IMAGE == "localhost/shoal-serving:dev"
     assert 'image="localhost/kuberay-operator:$KUBERAY_VERSION"' in text
-    pinned = re.search(r"KUBERAY_VERSION:-(v[0-9.]+)", (REPO_ROOT / "hack/build-control-plane.sh").read_text())
+    pinned = re.search(
+        r"KUBERAY_VERSION:-(v[0-9.]+)", (REPO_ROOT / "hack/build-control-plane.sh").read_text()
+    )
     used = re.search(r"KUBERAY_VERSION:-(v[0-9.]+)", text)
     assert pinned and used and pinned.group(1) == used.group(1)
 
@@ -52,10 +54,13 @@ def test_serving_image_runs_as_the_ray_pods_user() -> None:
 
 
 def test_serving_image_is_multi_stage_without_a_toolchain() -> None:
-    build, final = _stages(SERVING)
+    stages = _stages(SERVING)
+    build, final = stages[0], stages[-1]
     assert "build-essential" in build and "cmake" in build
     assert "build-essential" not in final and "cmake" not in final
     assert "COPY --from=build /opt/shoal /opt/shoal" in final
+    # Shoal's code in a layer of its own, above the dependencies'.
+    assert final.index("COPY --from=app /opt/shoal-app") > final.index("COPY --from=build")
 
 
 def test_serving_image_builds_portable_llama_cpp() -> None:

@@ -51,16 +51,25 @@ def podman() -> Iterator[Podman]:
         runtime.close()
 
 
+class Images:
+    """The archives `make images` builds, each built (or found cached) and loaded into
+    podman's store when a test first asks for it."""
+
+    def __init__(self, podman: Podman) -> None:
+        self.podman = podman
+        self.loaded: dict[str, str] = {}
+
+    def __getitem__(self, what: str) -> str:
+        if what not in self.loaded:
+            (archive,) = build_images(what)
+            assert archive.is_file() and archive.stat().st_size > 0, archive
+            self.loaded[what] = self.podman.load(archive)
+        return self.loaded[what]
+
+
 @pytest.fixture(scope="module")
-def images(podman: Podman) -> dict[str, str]:
-    """The three archives, built or cached, loaded into podman's store: name -> image."""
-    archives = build_images("operator", "serving", "kuberay")
-    assert len(archives) == 3, archives
-    names = {}
-    for key, archive in zip(("operator", "serving", "kuberay"), archives, strict=True):
-        assert archive.is_file() and archive.stat().st_size > 0, archive
-        names[key] = podman.load(archive)
-    return names
+def images(podman: Podman) -> Images:
+    return Images(podman)
 
 
 def _free_port() -> int:
@@ -110,7 +119,7 @@ def _chart_operator(metrics: int, health: int) -> tuple[dict[str, Any], dict[str
 
 
 def test_operator_image_serves_health_and_metrics_as_the_chart_runs_it(
-    podman: Podman, images: dict[str, str], control_plane: ControlPlane, tmp_path: Path
+    podman: Podman, images: Images, control_plane: ControlPlane, tmp_path: Path
 ) -> None:
     require(tool_path("helm") is not None, "helm not built: run hack/setup.sh")
     metrics, health = _free_port(), _free_port()
@@ -135,7 +144,7 @@ def test_operator_image_serves_health_and_metrics_as_the_chart_runs_it(
     assert "Traceback" not in logs, logs[-3000:]
 
 
-def test_operator_image_has_no_ray(podman: Podman, images: dict[str, str]) -> None:
+def test_operator_image_has_no_ray(podman: Podman, images: Images) -> None:
     out = podman.run(
         images["operator"], ["--read-only", "--user=65532:65532"],
         ["-c", "import importlib.util as u; print(u.find_spec('ray') is None)"],
@@ -182,12 +191,14 @@ def ray_pod_args(tmp_path: Path) -> list[str]:
 def _login_shell(podman: Podman, image: str, args: list[str], script: str) -> str:
     """Run ``script`` as KubeRay runs Ray's commands: ``/bin/bash -lc -- <script>``."""
     out = podman.run(image, args, ["-lc", "--", script], entrypoint="/bin/bash", timeout=600)
-    assert out.returncode == 0, f"exit {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    assert out.returncode == 0, (
+        f"exit {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    )
     return out.stdout
 
 
 def test_serving_image_imports_shoal_and_the_pinned_ray(
-    podman: Podman, images: dict[str, str], ray_pod_args: list[str]
+    podman: Podman, images: Images, ray_pod_args: list[str]
 ) -> None:
     from shoal.api.v1alpha1.fleet import ServingSpec
 
@@ -243,7 +254,9 @@ def libraries(binding):
     return [str(p) for p in sorted(root.rglob("*.so*"))]
 """
 
-LLAMA_CHECK = ANSWER + """
+LLAMA_CHECK = (
+    ANSWER
+    + """
 result = {}
 for binding in bindings():
     result[binding] = {"answer": answer(binding), "libraries": libraries(binding)}
@@ -253,10 +266,11 @@ for binding in bindings():
         result[binding]["cmake_args"] = open("/opt/shoal/llama-cpp-cmake-args.txt").read()
 print(json.dumps(result))
 """
+)
 
 
 def test_serving_image_answers_from_its_baked_in_model(
-    podman: Podman, images: dict[str, str], ray_pod_args: list[str]
+    podman: Podman, images: Images, ray_pod_args: list[str]
 ) -> None:
     out = _login_shell(
         podman, images["serving"], ray_pod_args, f"python - <<'EOF'\n{LLAMA_CHECK}\nEOF"
@@ -277,7 +291,7 @@ def test_serving_image_answers_from_its_baked_in_model(
 
 
 def test_serving_image_llama_cpp_runs_on_any_x86_64_v3_cpu(
-    podman: Podman, images: dict[str, str], tmp_path: Path
+    podman: Podman, images: Images, tmp_path: Path
 ) -> None:
     """The machine code of each llama.cpp library in the image uses no zmm (AVX-512)
     register and none of its objects was compiled with -march=native (where the library
@@ -292,13 +306,16 @@ def test_serving_image_llama_cpp_runs_on_any_x86_64_v3_cpu(
     out_dir = tmp_path / "lib"
     out_dir.mkdir()
     out_dir.chmod(0o777)
-    script = ANSWER + """
+    script = (
+        ANSWER
+        + """
 import shutil
 for binding in bindings():
     for path in libraries(binding):
         if "ggml" in path or "llama" in path:
             shutil.copy(path, "/out/" + binding + "-" + pathlib.Path(path).name)
 """
+    )
     copy = podman.run(
         images["serving"], [f"--volume={out_dir}:/out:rw", "--user=1000:100"],
         ["-c", script], entrypoint="python",
@@ -321,7 +338,9 @@ for binding in bindings():
 
 
 #: A Ray Serve deployment that loads the baked-in model and answers through Ray.
-SERVE_CHECK = ANSWER + """
+SERVE_CHECK = (
+    ANSWER
+    + """
 import ray
 from ray import serve
 
@@ -336,10 +355,11 @@ print("ANSWER:" + handle.remote(bindings()[0]).result(timeout_s=180))
 serve.shutdown()
 ray.shutdown()
 """
+)
 
 
 def test_serving_image_runs_ray_serve_on_a_read_only_root(
-    podman: Podman, images: dict[str, str], ray_pod_args: list[str]
+    podman: Podman, images: Images, ray_pod_args: list[str]
 ) -> None:
     import fcntl
 
@@ -358,7 +378,7 @@ def test_serving_image_runs_ray_serve_on_a_read_only_root(
 
 
 def test_kuberay_operator_image_starts_as_non_root_on_a_read_only_root(
-    podman: Podman, images: dict[str, str], control_plane: ControlPlane, tmp_path: Path
+    podman: Podman, images: Images, control_plane: ControlPlane, tmp_path: Path
 ) -> None:
     probe, metrics = _free_port(), _free_port()
     kubeconfig = control_plane.kubeconfig
@@ -376,13 +396,15 @@ def test_kuberay_operator_image_starts_as_non_root_on_a_read_only_root(
     assert podman.image_user(images["kuberay"]) == "65532:65532"
 
 
-def test_image_names_match_the_contract(images: dict[str, str]) -> None:
+@pytest.mark.parametrize("what", ["operator", "serving", "kuberay"])
+def test_archives_carry_the_agreed_image_names(images: Images, what: str) -> None:
     version = re.search(
         r"KUBERAY_VERSION:-(v[0-9.]+)", (REPO_ROOT / "hack/build-control-plane.sh").read_text()
     )
     assert version
-    assert images == {
+    expected = {
         "operator": "localhost/shoal-operator:dev",
         "serving": "localhost/shoal-serving:dev",
         "kuberay": f"localhost/kuberay-operator:{version.group(1)}",
     }
+    assert images[what] == expected[what]

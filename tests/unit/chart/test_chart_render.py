@@ -132,9 +132,7 @@ def test_env_reaches_the_operator_settings(name: str) -> None:
     assert config.tenant_key_resync_seconds == v.tenants.key_resync_seconds
     assert config.tenant_usage_interval_seconds == v.tenants.usage_interval_seconds
     assert config.serving_image == (v.serving.image or f"localhost/shoal-serving:{_app()}")
-    assert config.gpu_image == (
-        v.serving.gpu_image or f"localhost/shoal-serving:{_app()}-gpu"
-    )
+    assert config.gpu_image == (v.serving.gpu_image or f"localhost/shoal-serving:{_app()}-gpu")
     from shoal.contract import RAY_SERVE_ENV
 
     assert config.ray_serve_env == {**RAY_SERVE_ENV, **v.serving.ray_serve_env}
