@@ -100,6 +100,22 @@ def _wait_http(podman: Podman, name: str, url: str, timeout: float = 120) -> str
 # --- the operator image ------------------------------------------------------------------------
 
 
+def _readable_kubeconfig(control_plane: ControlPlane, where: Path) -> list[str]:
+    """podman options that give a non-root container the API server's kubeconfig (the control
+    plane's own folder is root's alone): a readable copy, with its CA next to it."""
+    where.mkdir()
+    where.chmod(0o755)
+    config = yaml.safe_load(control_plane.kubeconfig.read_text())
+    for cluster in config["clusters"]:
+        ca = Path(cluster["cluster"]["certificate-authority"])
+        (where / "ca.crt").write_bytes(ca.read_bytes())
+        cluster["cluster"]["certificate-authority"] = "/kube/ca.crt"
+    (where / "config").write_text(yaml.safe_dump(config))
+    for path in where.iterdir():
+        path.chmod(0o644)
+    return ["--env=KUBECONFIG=/kube/config", f"--volume={where}:/kube:ro"]
+
+
 def _chart_operator(metrics: int, health: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """The pod spec and container of the chart's operator Deployment, as helm renders them."""
     from tests.unit.chart.helm import CHART, run_helm
@@ -128,12 +144,10 @@ def test_operator_image_serves_health_and_metrics_as_the_chart_runs_it(
     args = container_run_args(spec, container, tmp_path)
     assert "--read-only" in args and "--user=65532:65532" in args
     # The chart's env from the downward API, and the API server's address and credentials.
-    kubeconfig = control_plane.kubeconfig
     args += [
         "--env=POD_ID=shoal-operator-test",
         "--env=SHOAL_OPERATOR_NAMESPACE=shoal-system",
-        f"--env=KUBECONFIG={kubeconfig}",
-        f"--volume={kubeconfig.parent}:{kubeconfig.parent}:ro",
+        *_readable_kubeconfig(control_plane, tmp_path / "kube"),
     ]
     name = podman.start(images["operator"], args, container["args"])
     body = _wait_http(podman, name, f"http://127.0.0.1:{health}/healthz")
@@ -381,11 +395,10 @@ def test_kuberay_operator_image_starts_as_non_root_on_a_read_only_root(
     podman: Podman, images: Images, control_plane: ControlPlane, tmp_path: Path
 ) -> None:
     probe, metrics = _free_port(), _free_port()
-    kubeconfig = control_plane.kubeconfig
     args = [
         "--read-only", "--read-only-tmpfs=false", "--cap-drop=all",
         "--security-opt=no-new-privileges",
-        f"--env=KUBECONFIG={kubeconfig}", f"--volume={kubeconfig.parent}:{kubeconfig.parent}:ro",
+        *_readable_kubeconfig(control_plane, tmp_path / "kube"),
     ]  # fmt: skip
     name = podman.start(
         images["kuberay"], args,
