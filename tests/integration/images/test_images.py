@@ -372,9 +372,18 @@ class Chat:
     def __call__(self, binding):
         return answer(binding)
 
+import asyncio
+
 ray.init(num_cpus=1, include_dashboard=False)
 handle = serve.run(Chat.bind(), name="check", route_prefix=None)
-print("ANSWER:" + handle.remote(bindings()[0]).result(timeout_s=180))
+
+
+async def ask():
+    # The fleet's Ray Serve settings run a handle's router in the caller's event loop.
+    return await asyncio.wait_for(handle.remote(bindings()[0]), 180)
+
+
+print("ANSWER:" + asyncio.run(ask()))
 serve.shutdown()
 ray.shutdown()
 """
@@ -382,7 +391,9 @@ ray.shutdown()
 
 
 @pytest.mark.xfail(
-    reason="not yet passing (Ray Serve inside podman on a read-only root); the e2e tier serves the same image in real pods",
+    reason="two causes found and fixed (Ray 2.60 writes ~/.ray/auth_token: now an emptyDir; "
+    "the fleet's Ray Serve settings need the handle called inside an event loop); the run "
+    "with both fixes has not finished yet",
     strict=False,
 )
 def test_serving_image_runs_ray_serve_on_a_read_only_root(
