@@ -43,7 +43,6 @@ from shoal.serving import http
 from shoal.serving.admission import Admission
 from shoal.serving.capabilities import Refusal, capabilities, refusal
 from shoal.serving.clients import ModelClient, model_clients
-from shoal.serving.disconnect import unless_the_client_leaves
 from shoal.serving.exploration import Explorer, explored
 from shoal.serving.external import external_clients
 from shoal.serving.fallback import FallbackCaller, ModelBook
@@ -321,15 +320,9 @@ class Endpoint:
         done = self._tenant_done(gate, ticket) if ticket is not None and gate is not None else None
         bind_tenant(tenant.spec.name if tenant is not None else "")  # the ids' tenant
         try:
-            # Ray Serve cancels a request whose client went away; the watch makes sure of it
-            # (serving/disconnect.py), and the cancellation keeps the books.
-            return await unless_the_client_leaves(
-                request,
-                self.caller.call(
-                    api, parsed, gen, ranked, headers, started,
-                    int(cluster) if cluster else None, done,
-                ),
-            )  # fmt: skip
+            return await self.caller.call(
+                api, parsed, gen, ranked, headers, started, int(cluster) if cluster else None, done
+            )
         except BaseException:
             if ticket is not None and gate is not None:
                 gate.finish(ticket, None, 0.0)

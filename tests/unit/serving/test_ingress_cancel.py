@@ -173,33 +173,3 @@ def test_a_tenant_whose_client_went_away_is_charged_and_keeps_no_slot(leave: str
     assert spent > 0 and spent == pytest.approx(billed)
     assert metric(ep, "shoal_tenant_cost_usd_total", tenant="team") == pytest.approx(billed)
     assert metric(ep, "shoal_tenant_requests_total", tenant="team", model="slow", code="499") == 1
-
-
-def test_a_disconnect_the_server_only_reports_still_ends_the_work() -> None:
-    """Where the server reports the disconnect (ASGI ``http.disconnect``) without cancelling
-    the handler, the ingress's own watch cancels the model call: 499, out of flight, billed."""
-    ep = endpoint()
-    gone = asyncio.Event()
-    plain = request(stream=False)
-    first = plain.receive
-
-    async def receive() -> dict[str, Any]:
-        if not gone.is_set() and ep.in_flight["slow"] == 0:
-            return await first()  # the body, before the model is called
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    req = Request(plain.scope, receive)
-
-    async def scenario() -> int:
-        task = asyncio.create_task(ep.handle(req))
-        await until(lambda: ep.in_flight["slow"] == 1)
-        gone.set()
-        response = await asyncio.wait_for(task, 5)
-        return response.status_code
-
-    assert asyncio.run(scenario()) == 499
-    assert ep.in_flight["slow"] == 0
-    labels = {"model": "slow", "tier": "small", "api": "chat"}
-    assert metric(ep, "shoal_requests_total", **labels, code="499") == 1
-    assert metric(ep, "shoal_cost_usd_total", model="slow", tier="small") > 0
