@@ -246,8 +246,9 @@ def test_spend_windows_and_feedback_survive_the_store_an_ingress_and_the_ray_hea
         # team spends twice its budget: a cheap answer first (its counters' first samples),
         # then a dear one; then it is refused.
         assert fleet.post(TEAM).status_code == 200
-        wait_until("team's first cost in Prometheus",
-                   lambda: read_baseline(server.url, NS, FLEET).get("team", (0, 0, 0))[2] > 0)  # fmt: skip
+        # (increase() needs two samples of a series: the first one must be scraped alone)
+        series = f'sum(ray_shoal_tenant_cost_usd_total{{namespace="{NS}", tenant="team"}})'
+        wait_until("team's first cost in Prometheus", lambda: server.value(series) > 0)
         assert fleet.post(TEAM, max_tokens=20).status_code == 200
         assert wait_until("team refused", fleet.refused_for_budget)
         spent_before = stored()
