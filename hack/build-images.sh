@@ -88,6 +88,15 @@ save_archive() {
   mv "$tmp" "$archive"
 }
 
+# Remove the older archives of an image (name prefix $1), keeping $2: one archive an image.
+prune() {
+  local old
+  for old in "$cache/$1"*.tar; do
+    [[ -e $old && $old != "$2" ]] && rm -f "$old"
+  done
+  return 0
+}
+
 # --- the base image (mmdebstrap) -------------------------------------------------------------
 base_args=()
 base_image() {
@@ -160,6 +169,7 @@ build_dockerfile() {  # build_dockerfile NAME DOCKERFILE EXTRA-CONTEXT-FILES...
       --ignorefile "$dockerfile.dockerignore" "${base_args[@]}" -t "$image" . >&2
   fi
   save_archive "$image" "$archive"
+  prune "shoal-$what-" "$archive"
   log "$what: built in $((SECONDS - start)) s, archive $(du -m "$archive" | cut -f1) MiB"
   echo "$archive"
 }
@@ -203,6 +213,7 @@ build_kuberay() {
     buildah commit -q --rm "$ctr" "$image" >/dev/null
   fi
   save_archive "$image" "$archive"
+  prune "kuberay-operator-" "$archive"
   log "kuberay: built in $((SECONDS - start)) s, archive $(du -m "$archive" | cut -f1) MiB"
   echo "$archive"
 }

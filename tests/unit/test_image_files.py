@@ -62,11 +62,13 @@ def test_serving_image_runs_as_the_ray_pods_user() -> None:
 
 
 def test_serving_image_is_multi_stage_without_a_toolchain() -> None:
-    serving = _serving()
-    build, final = _stages(serving)
+    stages = _stages(_serving())
+    build, final = stages[0], stages[-1]
     assert "build-essential" in build and "cmake" in build
     assert "build-essential" not in final and "cmake" not in final
     assert "COPY --from=build /opt/shoal /opt/shoal" in final
+    # Shoal's code in a layer of its own, above the dependencies'.
+    assert final.index("COPY --from=app /opt/shoal-app") > final.index("COPY --from=build")
 
 
 def test_serving_image_builds_portable_llama_cpp() -> None:

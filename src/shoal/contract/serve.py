@@ -58,6 +58,9 @@ FEEDBACK_KEY_FILE_ENV = "SHOAL_FEEDBACK_KEY_FILE"
 #: The ingress's counter of feedback on logged routing decisions (propensity-weighted sums
 #: per model, cluster, fit/heldout split and stat); the operator's refit guard reads it.
 FEEDBACK_LOGGED_METRIC = "shoal_feedback_logged_total"
+#: The label of the feedback series that names the ingress process which counted them (a
+#: random name per process): a process that restarts starts new series, it resets none.
+FEEDBACK_INSTANCE_LABEL = "ingress_instance"
 
 #: Ray Serve settings the fleet runs with (environment of every Ray process: the operator sets
 #: them on every Ray container, the serving image too, and

@@ -6,7 +6,9 @@ refit at most once per ``spec.feedback.refitIntervalSeconds``. One attempt:
 
 1. reads, from Prometheus, the cumulative feedback counts (``shoal_feedback_total``) and score
    sums (``shoal_feedback_score_total``) per model and router cluster of *every fleet that
-   uses the policy*, summed over those fleets. The fleets serve the same artifact (the
+   uses the policy*, summed over those fleets and over every ingress process that counted
+   them within :data:`FEEDBACK_LOOKBACK` (each process has series of its own, so the counts
+   survive a restarted ingress replica and a lost Ray head). The fleets serve the same artifact (the
    policy's), so a cluster index means the same queries in each, and a model's answers on a
    cluster are evidence of its quality there whichever fleet served them: one posterior from
    all of them learns fastest and keeps the fleets routing alike. Feedback on answers the
@@ -81,6 +83,11 @@ METRICS_UNAVAILABLE = "MetricsUnavailable"
 EVENTS = router_metric_names("shoal_feedback_total")
 SCORES = router_metric_names("shoal_feedback_score_total")
 LOGGED = router_metric_names(FEEDBACK_LOGGED_METRIC)
+#: How far back the refit finds the feedback series of ingress processes that are gone
+#: (restarted replicas, a lost Ray head): Prometheus's default retention. Each ingress
+#: process counts in series of its own (``ingress_instance``), so a process that goes takes
+#: nothing with it that Prometheus held; feedback of processes gone for longer is dropped.
+FEEDBACK_LOOKBACK = "15d"
 
 
 class FeedbackUnavailable(Exception):
@@ -124,24 +131,32 @@ def _fleet_matcher(fleets: Sequence[str]) -> str:
     return "|".join(f.replace(".", "\\\\.") for f in sorted(fleets))
 
 
+def _lasting(name: str, sel: str) -> str:
+    """Each series' highest value within :data:`FEEDBACK_LOOKBACK`: a counter of one ingress
+    process (the series carry its name) only grows, so that is the process's count, also
+    when the process is gone (restarted, or lost with the Ray head)."""
+    return f"max_over_time({name}{{{sel}}}[{FEEDBACK_LOOKBACK}])"
+
+
 def feedback_queries(namespace: str, fleets: Sequence[str]) -> dict[str, str]:
     """PromQL of the feedback counts of ``fleets`` (all in the policy's ``namespace``), summed
-    by model and cluster (pure). Both labels are the scrape target's, set by Kubernetes (see
+    by model and cluster over every ingress process seen within :data:`FEEDBACK_LOOKBACK`
+    (pure). Both labels are the scrape target's, set by Kubernetes (see
     :func:`shoal.autoscaling.prometheus.fleet_scope`): a pod elsewhere cannot add to them."""
     sel = f'namespace="{namespace}", fleet=~"{_fleet_matcher(fleets)}"'
 
     def summed(metric_names: Sequence[str]) -> str:
         # One term per spelling joined with `or`, as the autoscaler's queries do.
-        return " or ".join(f"sum by (model, cluster) ({n}{{{sel}}})" for n in metric_names)
+        return " or ".join(f"sum by (model, cluster) ({_lasting(n, sel)})" for n in metric_names)
 
     return {"events": summed(EVENTS), "score_sum": summed(SCORES)}
 
 
 def logged_query(namespace: str, fleets: Sequence[str]) -> str:
     """PromQL of the logged-feedback sums of ``fleets`` in ``namespace``, by model, cluster,
-    split and stat (pure)."""
+    split and stat, over every ingress process seen within :data:`FEEDBACK_LOOKBACK` (pure)."""
     sel = f'namespace="{namespace}", fleet=~"{_fleet_matcher(fleets)}"'
-    return " or ".join(f"sum by (model, cluster, split, stat) ({n}{{{sel}}})" for n in LOGGED)
+    return " or ".join(f"sum by (model, cluster, split, stat) ({_lasting(n, sel)})" for n in LOGGED)
 
 
 def logged_rows(body: Any) -> list[LoggedRow]:

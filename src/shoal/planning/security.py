@@ -20,13 +20,16 @@ RAY_GID = 100
 
 #: Folders Ray, Ray Serve and the engines write to, each an ``emptyDir`` (the root filesystem
 #: is read-only): Ray's session files, sockets and logs (/tmp/ray), the object store's shared
-#: memory, and the caches and settings vLLM, Triton and Hugging Face write under $HOME.
+#: memory, the caches and settings vLLM, Triton and Hugging Face write under $HOME, and Ray's
+#: own folder there (~/.ray: Ray 2.60 writes its authentication token there when a process
+#: starts a cluster with token authentication, its default for a new local cluster).
 WRITABLE_DIRS: dict[str, str] = {
     "tmp": "/tmp",
     "shm": "/dev/shm",
     "home-cache": "/home/ray/.cache",
     "home-config": "/home/ray/.config",
     "home-triton": "/home/ray/.triton",
+    "home-ray": "/home/ray/.ray",
 }
 
 

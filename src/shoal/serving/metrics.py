@@ -19,11 +19,12 @@ registry under their bare names, ``vllm:num_requests_running`` included.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
 from shoal.contract.cost import REFERENCE_COST_METRIC, TENANT_REFERENCE_COST_METRIC, ModelPrice
-from shoal.contract.serve import FEEDBACK_LOGGED_METRIC
+from shoal.contract.serve import FEEDBACK_INSTANCE_LABEL, FEEDBACK_LOGGED_METRIC
 from shoal.contract.tenants import TENANT_COST_METRIC, TENANT_REQUESTS_METRIC, TENANT_TOKENS_METRIC
 
 Backend = Literal["ray", "prometheus"]
@@ -147,10 +148,18 @@ class _Factory:
 class RouterMetrics:
     """What the ingress records for every request."""
 
-    def __init__(self, fleet: str, backend: Backend = "ray", registry: Any = None) -> None:
+    def __init__(
+        self,
+        fleet: str,
+        backend: Backend = "ray",
+        registry: Any = None,
+        instance: str | None = None,
+    ) -> None:
         f = _Factory(backend, registry)
         self.registry = f.registry
         self.fleet = fleet
+        #: This process's own name in the feedback series (:data:`FEEDBACK_INSTANCE_LABEL`).
+        self.instance = instance or uuid.uuid4().hex[:16]
         mt = ("fleet", "model", "tier")
         self.requests = f.make(
             "counter",
@@ -242,7 +251,11 @@ class RouterMetrics:
             "answer).",
             ("fleet", "model", "outcome"),
         )
-        fmc = ("fleet", "model", "cluster")
+        # Feedback series carry the exporting process's own name, so that a replica that
+        # restarts (or a whole Ray cluster) starts series of its own instead of resetting,
+        # or (Ray sums the counters of a node's processes) shrinking, a shared one: the
+        # operator's refit sums each series' highest value, those of gone processes too.
+        fmc = ("fleet", "model", "cluster", FEEDBACK_INSTANCE_LABEL)
         self.feedback_events = f.make(
             "counter",
             "shoal_feedback_total",
@@ -346,6 +359,7 @@ class RouterMetrics:
             "fleet": self.fleet,
             "model": model,
             "cluster": "" if cluster is None else str(cluster),
+            FEEDBACK_INSTANCE_LABEL: self.instance,
         }
         self.feedback_events.inc(1, labels)
         self.feedback_score.inc(score, labels)
@@ -359,6 +373,7 @@ class RouterMetrics:
             "fleet": self.fleet,
             "model": model,
             "cluster": "" if cluster is None else str(cluster),
+            FEEDBACK_INSTANCE_LABEL: self.instance,
             "split": "heldout" if held_out else "fit",
         }
         weighted = score / propensity

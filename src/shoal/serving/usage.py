@@ -160,6 +160,15 @@ class UsageStore:
             del self.tallies[gone]
         return out
 
+    def usage(self) -> dict[str, tuple[float, float, float]]:
+        """Per tenant, what the store counts now: requests and tokens of the last minute, USD
+        of the last hour (what an operator on call, and the tests of a lost store, read)."""
+        now = self.clock()
+        return {
+            name: (t.requests.used(now), t.tokens.used(now), t.cost.used(now))
+            for name, t in self.tallies.items()
+        }
+
     def ping(self) -> bool:
         return True
 

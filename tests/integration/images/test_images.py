@@ -51,16 +51,25 @@ def podman() -> Iterator[Podman]:
         runtime.close()
 
 
+class Images:
+    """The archives `make images` builds, each built (or found cached) and loaded into
+    podman's store when a test first asks for it."""
+
+    def __init__(self, podman: Podman) -> None:
+        self.podman = podman
+        self.loaded: dict[str, str] = {}
+
+    def __getitem__(self, what: str) -> str:
+        if what not in self.loaded:
+            (archive,) = build_images(what)
+            assert archive.is_file() and archive.stat().st_size > 0, archive
+            self.loaded[what] = self.podman.load(archive)
+        return self.loaded[what]
+
+
 @pytest.fixture(scope="module")
-def images(podman: Podman) -> dict[str, str]:
-    """The three archives, built or cached, loaded into podman's store: name -> image."""
-    archives = build_images("operator", "serving", "kuberay")
-    assert len(archives) == 3, archives
-    names = {}
-    for key, archive in zip(("operator", "serving", "kuberay"), archives, strict=True):
-        assert archive.is_file() and archive.stat().st_size > 0, archive
-        names[key] = podman.load(archive)
-    return names
+def images(podman: Podman) -> Images:
+    return Images(podman)
 
 
 def _free_port() -> int:
@@ -135,7 +144,7 @@ def _chart_operator(metrics: int, health: int) -> tuple[dict[str, Any], dict[str
 
 
 def test_operator_image_serves_health_and_metrics_as_the_chart_runs_it(
-    podman: Podman, images: dict[str, str], control_plane: ControlPlane, tmp_path: Path
+    podman: Podman, images: Images, control_plane: ControlPlane, tmp_path: Path
 ) -> None:
     require(tool_path("helm") is not None, "helm not built: run hack/setup.sh")
     metrics, health = _free_port(), _free_port()
@@ -158,7 +167,7 @@ def test_operator_image_serves_health_and_metrics_as_the_chart_runs_it(
     assert "Traceback" not in logs, logs[-3000:]
 
 
-def test_operator_image_has_no_ray(podman: Podman, images: dict[str, str]) -> None:
+def test_operator_image_has_no_ray(podman: Podman, images: Images) -> None:
     out = podman.run(
         images["operator"], ["--read-only", "--user=65532:65532"],
         ["-c", "import importlib.util as u; print(u.find_spec('ray') is None)"],
@@ -212,7 +221,7 @@ def _login_shell(podman: Podman, image: str, args: list[str], script: str) -> st
 
 
 def test_serving_image_imports_shoal_and_the_pinned_ray(
-    podman: Podman, images: dict[str, str], ray_pod_args: list[str]
+    podman: Podman, images: Images, ray_pod_args: list[str]
 ) -> None:
     from shoal.api.v1alpha1.fleet import ServingSpec
 
@@ -284,7 +293,7 @@ print(json.dumps(result))
 
 
 def test_serving_image_answers_from_its_baked_in_model(
-    podman: Podman, images: dict[str, str], ray_pod_args: list[str]
+    podman: Podman, images: Images, ray_pod_args: list[str]
 ) -> None:
     out = _login_shell(
         podman, images["serving"], ray_pod_args, f"python - <<'EOF'\n{LLAMA_CHECK}\nEOF"
@@ -305,7 +314,7 @@ def test_serving_image_answers_from_its_baked_in_model(
 
 
 def test_serving_image_llama_cpp_runs_on_any_x86_64_v3_cpu(
-    podman: Podman, images: dict[str, str], tmp_path: Path
+    podman: Podman, images: Images, tmp_path: Path
 ) -> None:
     """The machine code of each llama.cpp library in the image uses no zmm (AVX-512)
     register and none of its objects was compiled with -march=native (where the library
@@ -363,9 +372,18 @@ class Chat:
     def __call__(self, binding):
         return answer(binding)
 
+import asyncio
+
 ray.init(num_cpus=1, include_dashboard=False)
 handle = serve.run(Chat.bind(), name="check", route_prefix=None)
-print("ANSWER:" + handle.remote(bindings()[0]).result(timeout_s=180))
+
+
+async def ask():
+    # The fleet's Ray Serve settings run a handle's router in the caller's event loop.
+    return await asyncio.wait_for(handle.remote(bindings()[0]), 180)
+
+
+print("ANSWER:" + asyncio.run(ask()))
 serve.shutdown()
 ray.shutdown()
 """
@@ -373,11 +391,13 @@ ray.shutdown()
 
 
 @pytest.mark.xfail(
-    reason="not yet passing (Ray Serve inside podman on a read-only root); the e2e tier serves the same image in real pods",
+    reason="two causes found and fixed (Ray 2.60 writes ~/.ray/auth_token: now an emptyDir; "
+    "the fleet's Ray Serve settings need the handle called inside an event loop); the run "
+    "with both fixes has not finished yet",
     strict=False,
 )
 def test_serving_image_runs_ray_serve_on_a_read_only_root(
-    podman: Podman, images: dict[str, str], ray_pod_args: list[str]
+    podman: Podman, images: Images, ray_pod_args: list[str]
 ) -> None:
     import fcntl
 
@@ -396,7 +416,7 @@ def test_serving_image_runs_ray_serve_on_a_read_only_root(
 
 
 def test_kuberay_operator_image_starts_as_non_root_on_a_read_only_root(
-    podman: Podman, images: dict[str, str], control_plane: ControlPlane, tmp_path: Path
+    podman: Podman, images: Images, control_plane: ControlPlane, tmp_path: Path
 ) -> None:
     probe, metrics = _free_port(), _free_port()
     args = [
@@ -412,13 +432,15 @@ def test_kuberay_operator_image_starts_as_non_root_on_a_read_only_root(
     assert podman.image_user(images["kuberay"]) == "65532:65532"
 
 
-def test_image_names_match_the_contract(images: dict[str, str]) -> None:
+@pytest.mark.parametrize("what", ["operator", "serving", "kuberay"])
+def test_archives_carry_the_agreed_image_names(images: Images, what: str) -> None:
     version = re.search(
         r"KUBERAY_VERSION:-(v[0-9.]+)", (REPO_ROOT / "hack/build-control-plane.sh").read_text()
     )
     assert version
-    assert images == {
+    expected = {
         "operator": "localhost/shoal-operator:dev",
         "serving": "localhost/shoal-serving:dev",
         "kuberay": f"localhost/kuberay-operator:{version.group(1)}",
     }
+    assert images[what] == expected[what]

@@ -129,7 +129,12 @@ LEAVES = {
 
 
 @pytest.mark.xfail(
-    reason="known defect: a client that leaves no longer releases the slow simulated model's in-flight count (issue 27, open)",
+    reason="known defect below the ingress: under Ray Serve 2.60's throughput-optimized mode "
+    "(HAProxy, direct ingress) the first request a new app serves is neither cancelled nor "
+    "told http.disconnect when its client leaves (a plain deployment shows it too: not "
+    "cancelled within 10 s, a later request cancelled in 1.3 s), so it stays in flight and "
+    "holds the tenant's slot (the later cases then get 429); the ingress's books are right "
+    "when it is cancelled (tests/unit/serving/test_ingress_cancel.py)",
     strict=False,
 )
 @pytest.mark.parametrize("leave", list(LEAVES), ids=list(LEAVES))

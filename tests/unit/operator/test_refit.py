@@ -19,9 +19,10 @@ from shoal.operator.refit import (
 
 def test_queries_sum_every_fleet_of_the_policy_by_model_and_cluster() -> None:
     q = feedback_queries("team", ["b", "a.x"])
+    sel = 'namespace="team", fleet=~"a\\\\.x|b"'
     assert q["events"] == (
-        'sum by (model, cluster) (shoal_feedback_total{namespace="team", fleet=~"a\\\\.x|b"}) or '
-        'sum by (model, cluster) (ray_shoal_feedback_total{namespace="team", fleet=~"a\\\\.x|b"})'
+        f"sum by (model, cluster) (max_over_time(shoal_feedback_total{{{sel}}}[15d])) or "
+        f"sum by (model, cluster) (max_over_time(ray_shoal_feedback_total{{{sel}}}[15d]))"
     )
     assert "shoal_feedback_score_total{" in q["score_sum"]
     assert "ray_shoal_feedback_score_total{" in q["score_sum"]

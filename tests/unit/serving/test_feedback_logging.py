@@ -70,7 +70,8 @@ def test_the_ingress_counters_hold_the_weighted_sums() -> None:
     metrics.logged_feedback("alpha", 1, 1.0, 1.0, False)
 
     def stat(name: str, split: str = "heldout") -> float | None:
-        labels = {"fleet": "f", "model": "alpha", "cluster": "1", "split": split, "stat": name}
+        labels = {"fleet": "f", "model": "alpha", "cluster": "1", "split": split, "stat": name,
+                  "ingress_instance": metrics.instance}  # fmt: skip
         return registry.get_sample_value("shoal_feedback_logged_total", labels)
 
     assert stat("events") == 2 and stat("score") == 1.5

@@ -15,6 +15,7 @@ import pytest
 from serving_fleets import sim_args
 
 from shoal.contract import BuildArgs
+from shoal.contract.serve import FEEDBACK_INSTANCE_LABEL
 from shoal.serving.clients import LocalModelClient, ModelInfo
 from shoal.serving.engines.simulated import SimulatedEngine
 from shoal.serving.ingress import Endpoint
@@ -71,6 +72,8 @@ def client_for() -> Iterator[Any]:
 
 
 def metric(endpoint: Endpoint, name: str, **labels: str) -> float:
+    if name.startswith("shoal_feedback"):  # series of this ingress process's own
+        labels = {FEEDBACK_INSTANCE_LABEL: endpoint.metrics.instance, **labels}
     value = endpoint.metrics.registry.get_sample_value(name, {"fleet": "test", **labels})
     return 0.0 if value is None else float(value)
 

@@ -11,6 +11,7 @@ import pytest
 from serving_fleets import sim_args
 
 from shoal.contract import AccessConfig, BuildArgs, key_digest
+from shoal.contract.serve import FEEDBACK_INSTANCE_LABEL
 from shoal.serving.clients import LocalModelClient, ModelInfo
 from shoal.serving.engines.simulated import SimulatedEngine
 from shoal.serving.ingress import Endpoint
@@ -67,6 +68,8 @@ def oa(tc: TestClient, key: str) -> Any:
 
 
 def metric(ep: Endpoint, name: str, **labels: str) -> float:
+    if name.startswith("shoal_feedback"):  # series of this ingress process's own
+        labels = {FEEDBACK_INSTANCE_LABEL: ep.metrics.instance, **labels}
     value = ep.metrics.registry.get_sample_value(name, {"fleet": "test", **labels})
     return 0.0 if value is None else float(value)
 
