@@ -206,6 +206,22 @@ class FeedbackSpec(ApiModel):
     )
 
 
+class SpilloverSpec(ApiModel):
+    """SLO-aware spillover: while the router's first choice would keep a request waiting
+    past its tier's latency objective (its queue, its replicas still starting), send the
+    request to the best-ranked capable model whose estimated wait fits its own objective and
+    whose quality for the query's cluster is at most ``maxQualityDrop`` lower. Spilled
+    requests stay demand for the first choice (the autoscaler sizes it for them)."""
+
+    enabled: bool = Field(default=False, description="Spill requests over while replicas start.")
+    max_quality_drop: Fraction = Field(
+        default="0.10",
+        description="Largest quality drop allowed, in the router's per-cluster quality units "
+        "(the calibration scores, in [0, 1]): a model scored more than this below the first "
+        "choice for the query's cluster is never spilled to.",
+    )
+
+
 class RoutingPolicySpec(ApiModel):
     """Desired routing behaviour."""
 
@@ -261,6 +277,12 @@ class RoutingPolicySpec(ApiModel):
         "strategy; off by default).",
     )
 
+    spillover: SpilloverSpec | None = Field(
+        default=None,
+        description="Send a request to the next-best model while its first choice would "
+        "break its latency objective (cluster strategy; off by default).",
+    )
+
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
             cel="self.topP <= self.clusters",
@@ -289,6 +311,16 @@ class RoutingPolicySpec(ApiModel):
             "quality tables to refit)",
             check=lambda s: s.strategy == "cluster" or s.feedback is None or not s.feedback.enabled,
             field_path=".feedback.enabled",
+            reason="FieldValueForbidden",
+        ),
+        Rule(
+            cel="self.strategy == 'cluster' || !has(self.spillover) || !self.spillover.enabled",
+            message="spillover.enabled needs the cluster strategy (a static order has no "
+            "quality tables to bound the quality drop)",
+            check=lambda s: s.strategy == "cluster"
+            or s.spillover is None
+            or not s.spillover.enabled,
+            field_path=".spillover.enabled",
             reason="FieldValueForbidden",
         ),
     )
