@@ -317,9 +317,9 @@ class RoutingPolicySpec(ApiModel):
             cel="self.strategy == 'cluster' || !has(self.spillover) || !self.spillover.enabled",
             message="spillover.enabled needs the cluster strategy (a static order has no "
             "quality tables to bound the quality drop)",
-            check=lambda s: s.strategy == "cluster"
-            or s.spillover is None
-            or not s.spillover.enabled,
+            check=lambda s: (
+                s.strategy == "cluster" or s.spillover is None or not s.spillover.enabled
+            ),
             field_path=".spillover.enabled",
             reason="FieldValueForbidden",
         ),
