@@ -232,6 +232,13 @@ class RouterMetrics:
             "(the policy's exploration), per model explored.",
             ("fleet", "model"),
         )
+        self.spills = f.make(
+            "counter",
+            "shoal_spilled_requests_total",
+            "Routed requests sent to another model because the router's first choice (model) "
+            "would have broken its tier's latency objective, per model that took them (to).",
+            ("fleet", "model", "to"),
+        )
         fmc = ("fleet", "model", "cluster")
         self.feedback_events = f.make(
             "counter",
@@ -327,6 +334,9 @@ class RouterMetrics:
             1, {"fleet": self.fleet, "strategy": strategy, "model": model, "cluster": cl}
         )
         self.routing_latency.observe(seconds, {"fleet": self.fleet, "strategy": strategy})
+
+    def spilled(self, first: str, to: str) -> None:
+        self.spills.inc(1, {"fleet": self.fleet, "model": first, "to": to})
 
     def exploration(self, model: str) -> None:
         self.explorations.inc(1, {"fleet": self.fleet, "model": model})
