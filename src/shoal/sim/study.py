@@ -251,7 +251,7 @@ def aggregate(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     }
     out["peak_excess"] = max(s["peak_excess"] for s in summaries)
     for k in ("spilled_share", "quality_lost_per_spilled", "quality_lost_per_request"):
-        out[k] = round(sum(float(s[k]) for s in summaries) / len(summaries), 5)
+        out[k] = round(sum(float(s.get(k, 0.0)) for s in summaries) / len(summaries), 5)
     out["targets_met"] = {
         "slo_attainment": out["slo_attainment"]["mean"] >= TARGETS["slo_attainment"],
         "cost_vs_static": out["cost_vs_static"]["mean"] <= TARGETS["cost_vs_static"],
