@@ -48,6 +48,17 @@ class ModelBook:
     last_ok: dict[str, float] = field(default_factory=dict)
     #: Recent cost of one answered request per model (USD, a moving average).
     cost_per_request: dict[str, float] = field(default_factory=dict)
+    #: Recent seconds from a model's first token to its last (a moving average): how long
+    #: a request holds a slot, for spillover's estimate (:mod:`shoal.serving.spillover`).
+    service_seconds: dict[str, float] = field(default_factory=dict)
+    #: Recent time to first token of models served outside the fleet (a moving average).
+    first_token_seconds: dict[str, float] = field(default_factory=dict)
+
+    def observe_service(self, model: str, seconds: float, weight: float = 0.1) -> None:
+        _average(self.service_seconds, model, seconds, weight)
+
+    def observe_first_token(self, model: str, seconds: float, weight: float = 0.1) -> None:
+        _average(self.first_token_seconds, model, seconds, weight)
 
     def record_cost(self, model: str, cost: float, weight: float = 0.1) -> None:
         before = self.cost_per_request.get(model)
@@ -55,6 +66,11 @@ class ModelBook:
 
     def __post_init__(self) -> None:
         self.in_flight = {**dict.fromkeys(self.clients, 0), **self.in_flight}
+
+
+def _average(values: dict[str, float], key: str, value: float, weight: float) -> None:
+    before = values.get(key)
+    values[key] = value if before is None else before + weight * (value - before)
 
 
 class FallbackCaller:
@@ -111,13 +127,17 @@ class FallbackCaller:
                 self._unavailable(model, exc, rid, more=i + 1 < len(candidates))
                 continue
             ttft = time.perf_counter() - started
+            first_at = started + ttft
             self.metrics.first_token(model, client.info.tier, ttft)
+            if client.info.price is not None:  # served outside the fleet: no slots to wait for
+                self.book.observe_first_token(model, ttft)
             self._ok(model)
             out_headers = {**headers, "x-shoal-model": model}
             if parsed.streaming:
                 return self._stream(
-                    api, parsed, rid, client, first, rest, out_headers, started, deadline, done
-                )
+                    api, parsed, rid, client, first, rest, out_headers, started, deadline, done,
+                    first_at,
+                )  # fmt: skip
             try:
                 text, last = await http.collect(first, rest, deadline)
             except BaseException as exc:
@@ -141,6 +161,8 @@ class FallbackCaller:
                 self._unavailable(model, failure, rid, more=i + 1 < len(candidates))
                 self._done(model)
                 continue
+            if not getattr(client, "answers_whole", False):  # its first chunk is the answer
+                self.book.observe_service(model, time.perf_counter() - first_at)
             self._finished(client, api, started, last, done)
             await _close(rest)  # over: its client has nothing left to cancel
             return http.completion_response(api, rid, model, text, last, out_headers)
@@ -294,11 +316,14 @@ class FallbackCaller:
         started: float,
         deadline: float,
         done: Done | None = None,
+        first_at: float | None = None,
     ) -> Response:
         model = client.info.name
 
         def on_finish(last: Chunk | None, error: BaseException | None) -> None:
             if last is not None:
+                if first_at is not None:
+                    self.book.observe_service(model, time.perf_counter() - first_at)
                 self._finished(client, api, started, last, done)
             elif not isinstance(error, Exception):  # the client went away mid-stream
                 self._abandoned(client, api, started, done)

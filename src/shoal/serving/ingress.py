@@ -9,6 +9,8 @@
 - with a ``cascade`` in the policy, a routed request goes to the cascade stage
   (:mod:`shoal.serving.cascade`): the first model answers, its answer is checked, the next
   ranked model is called only when it needs to;
+- the spillover stage (:mod:`shoal.serving.spillover`) puts the next-best model first while
+  the router's choice would break its latency objective (policy ``spillover``);
 - the fallback caller (:mod:`shoal.serving.fallback`) calls them in turn until one answers,
   and tells the caller who did (``x-shoal-model``, ``x-shoal-cluster``,
   ``x-shoal-routing-ms``);
@@ -74,6 +76,7 @@ from shoal.serving.probes import IN_FLIGHT_PUBLISH_SECONDS, Probes
 from shoal.serving.ranking import HealthBoard, Ranker, default_alpha, make_ranker, parse_alpha
 from shoal.serving.restore import restorer_from_env
 from shoal.serving.routes import Route, RouteTable, relative_path
+from shoal.serving.spillover import ReplicaCounts, SpilloverStage, ray_replica_counts
 from shoal.serving.tenants import TenantGate, TenantRefused, TenantState, Ticket, model_denied
 from shoal.serving.usage import LocalStore, RayStore, StoreClient, UsageSync, store_name
 
@@ -97,6 +100,7 @@ class Endpoint:
         metrics: RouterMetrics,
         ranker: Ranker | None = None,
         store: Callable[[], StoreClient] = LocalStore,
+        replicas: ReplicaCounts | None = None,
     ) -> None:
         self.args = args
         self.limits = args.limits
@@ -133,6 +137,9 @@ class Endpoint:
             )
             if args.policy.cascade is not None
             else None
+        )
+        self.spillover = SpilloverStage(
+            args, self.book, metrics, getattr(self.ranker, "quality_of", None), replicas
         )
         self.admission = Admission(lambda: self.usage_sync)
         self.probes = Probes(args, self.book, metrics)
@@ -334,10 +341,12 @@ class Endpoint:
         if self.args.log_prompts:
             log.info("request %s prompt: %r", gen.request_id, gen.messages or gen.prompt)
         cluster = headers.get("x-shoal-cluster")
+        routed = parsed.model in self.aliases
+        if routed:  # spill over while the first choice queues (before any cascade)
+            ranked = self.spillover.route(ranked, headers, int(cluster) if cluster else None)
         done = self._tenant_done(gate, ticket) if ticket is not None and gate is not None else None
         bind_tenant(tenant.spec.name if tenant is not None else "")  # the ids' tenant
         cascade = self.cascade
-        routed = parsed.model in self.aliases
         try:
             if cascade is not None and routed and cascade.applies(parsed, tenant):
                 return await cascade.call(
@@ -478,13 +487,19 @@ class FleetIngress:
     async def __init__(self, args: dict[str, Any], handles: dict[str, Any]) -> None:  # type: ignore[misc]
         parsed = BuildArgs.parse(args)
         name = store_name(parsed.fleet_name, parsed.namespace)
+        replicas = None
+        if parsed.policy.spillover is not None and parsed.policy.spillover.enabled:
+            replicas = ray_replica_counts(parsed)
         self.endpoint = Endpoint(
             parsed,
             {**model_clients(parsed, handles), **external_clients(parsed)},
             RouterMetrics(parsed.fleet_name, "ray"),
             store=lambda: RayStore(name),
+            replicas=replicas,
         )
         self.endpoint.start_probes()
+        if replicas is not None:
+            replicas.start()
         log.info(
             "fleet %s: %d models, strategy %s",
             parsed.fleet_name,

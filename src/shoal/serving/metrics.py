@@ -251,6 +251,13 @@ class RouterMetrics:
             "answer).",
             ("fleet", "model", "outcome"),
         )
+        self.spills = f.make(
+            "counter",
+            "shoal_spilled_requests_total",
+            "Routed requests sent to another model because the router's first choice (model) "
+            "would have broken its tier's latency objective, per model that took them (to).",
+            ("fleet", "model", "to"),
+        )
         # Feedback series carry the exporting process's own name, so that a replica that
         # restarts (or a whole Ray cluster) starts series of its own instead of resetting,
         # or (Ray sums the counters of a node's processes) shrinking, a shared one: the
@@ -350,6 +357,9 @@ class RouterMetrics:
             1, {"fleet": self.fleet, "strategy": strategy, "model": model, "cluster": cl}
         )
         self.routing_latency.observe(seconds, {"fleet": self.fleet, "strategy": strategy})
+
+    def spilled(self, first: str, to: str) -> None:
+        self.spills.inc(1, {"fleet": self.fleet, "model": first, "to": to})
 
     def exploration(self, model: str) -> None:
         self.explorations.inc(1, {"fleet": self.fleet, "model": model})

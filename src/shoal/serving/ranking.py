@@ -195,6 +195,15 @@ class ClusterRanker:
             except Exception:  # never let the watcher die
                 log.exception("router artifact reload failed")
 
+    def quality_of(self, cluster: int) -> dict[str, float] | None:
+        """Each model's quality in ``cluster``, in the router's own units (the calibration
+        scores): what spillover bounds the quality drop with. None for an unknown cluster."""
+        router = self.router
+        table = router.quality
+        if not 0 <= cluster < len(table):
+            return None
+        return dict(zip(router.models, (float(q) for q in table[cluster]), strict=True))
+
     def rank(self, text: str, alpha: float | None = None) -> Ranking:
         from shoal.routing import EmbedderUnavailable
 

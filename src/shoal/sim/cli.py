@@ -54,15 +54,48 @@ def sim(
         "and the worst case of each target (no plot).",
     ),
     seeds: int = typer.Option(5, "--seeds", min=1, max=100, help="Seeds 0..N-1 of --study."),
+    spillover: bool = typer.Option(
+        False,
+        "--spillover/--no-spillover",
+        help="The ingress spills a request to the next-best model while its first choice "
+        "would break its latency objective (RoutingPolicy spec.spillover).",
+    ),
+    max_quality_drop: float = typer.Option(
+        0.1,
+        "--max-quality-drop",
+        min=0.0,
+        max=1.0,
+        help="Largest quality drop spillover may take, in the router's per-cluster units.",
+    ),
+    slo_share: float = typer.Option(
+        1.0,
+        "--slo-share",
+        min=0.05,
+        max=1.0,
+        help="Share of a tier's objective spillover's estimate may fill and still fit.",
+    ),
+    scenarios: str = typer.Option(
+        "",
+        "--scenarios",
+        help="With --study: comma-separated scenarios (default: every study scenario and "
+        "the held-out flash-crowd).",
+    ),
 ) -> None:
     """Simulate the fleet under Shoal's autoscaler and three baselines; compare them."""
     from rich.console import Console
 
+    from shoal.routing.spillover import SpillPolicy
     from shoal.sim.study import TARGETS, run_study, scenario_named
 
     err = Console(stderr=True)
+    spill = (
+        SpillPolicy(enabled=True, max_quality_drop=max_quality_drop, slo_share=slo_share)
+        if spillover
+        else None
+    )
     if many:
-        _study(list(range(seeds)), as_json, err)
+        names = [n.strip() for n in scenarios.split(",") if n.strip()]
+        _study(list(range(seeds)), as_json, err, spill, names)
         return
     try:
         chosen = scenario_named(scenario)
@@ -77,7 +110,12 @@ def sim(
         else CascadeSpec(cascade_escalation, voters=cascade_voters, seed=seed)
     )
     study = run_study(
-        chosen, seed, trace_file=trace, progress=None if as_json else err.print, cascade=spec
+        chosen,
+        seed,
+        trace_file=trace,
+        progress=None if as_json else err.print,
+        cascade=spec,
+        spillover=spill,
     )
     summary = study.summary()
     if not no_plot:
@@ -91,7 +129,9 @@ def sim(
     from rich.table import Table
 
     table = Table(title=f"{chosen.name}: {chosen.description}")
-    for col in ("policy", "in SLO", "cost USD", "USD/h", "TTFT p99 ms", "changes"):
+    cols = ("policy", "in SLO", "cost USD", "USD/h", "TTFT p99 ms", "changes", "spilled",
+            "quality lost")  # fmt: skip
+    for col in cols:
         table.add_column(col, justify="right" if col != "policy" else "left")
     for name, p in summary["policies"].items():
         table.add_row(
@@ -101,6 +141,8 @@ def sim(
             f"{p['mean_cost_per_hour']:.2f}",
             f"{p['ttft_p99_ms']:.0f}",
             str(p["replica_changes"]),
+            f"{100 * p['spilled_share']:.2f}%",
+            f"{p['quality_lost_per_request']:.4f}",
         )
     Console().print(table)
     for name, p in summary["policies"].items():
@@ -130,28 +172,37 @@ def sim(
         Console().print(f"plot: {summary['plot']}")
 
 
-def _study(seeds: list[int], as_json: bool, err: Any) -> None:
+def _study(
+    seeds: list[int], as_json: bool, err: Any, spill: Any = None, names: list[str] | None = None
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from shoal.sim.scenarios import SCENARIOS, SHARP
+    from shoal.sim.scenarios import HELD_OUT, SCENARIOS, SHARP
     from shoal.sim.study import run_many
 
-    out = run_many(list(SCENARIOS), seeds, progress=None if as_json else err.print)
+    chosen = names or [*SCENARIOS, *HELD_OUT]
+    out = run_many(chosen, seeds, progress=None if as_json else err.print, spillover=spill)
     if as_json:
         print(json.dumps(out))
         return
-    table = Table(title=f"every scenario over seeds {seeds[0]}..{seeds[-1]}: mean (worst)")
-    for col in ("scenario", "in SLO", "vs static", "vs optimal", "peak over 1.5x+1", "optimal"):
+    how = "spillover off" if spill is None else f"spillover to {spill.max_quality_drop} quality"
+    table = Table(title=f"every scenario over seeds {seeds[0]}..{seeds[-1]}, {how}: mean (worst)")
+    for col in ("scenario", "in SLO", "vs static", "vs optimal", "peak over 1.5x+1", "optimal",
+                "spilled", "quality lost per spilled"):  # fmt: skip
         table.add_column(col, justify="left" if col == "scenario" else "right")
     for name, a in out["scenarios"].items():
         slo, st, op = a["slo_attainment"], a["cost_vs_static"], a["cost_vs_optimal"]
         table.add_row(
-            name + (" (sharp)" if name in SHARP else ""),
+            name
+            + (" (sharp)" if name in SHARP else "")
+            + (" (held out)" if name in HELD_OUT else ""),
             f"{100 * slo['mean']:.2f}% ({100 * slo['worst']:.2f}%)",
             f"{st['mean']:.3f} ({st['worst']:.3f})",
             f"{op['mean']:.3f} ({op['worst']:.3f})",
             f"{a['peak_excess']:+.1f}",
             f"{100 * a['optimal_slo_attainment']:.2f}% in SLO",
+            f"{100 * a['spilled_share']:.2f}%",
+            f"{a['quality_lost_per_spilled']:.3f}",
         )
     Console().print(table)

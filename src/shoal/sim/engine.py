@@ -80,6 +80,9 @@ class ModelPool:
     services: deque[tuple[float, float]] = field(default_factory=deque)
     #: Billing of replicas that are gone: replica-seconds.
     billed_seconds: float = 0.0
+    #: Moving average of the seconds a request holds a batch slot (what the ingress
+    #: measures for spillover's estimate); None until a request finished.
+    service_estimate: float | None = None
     #: ``latency.inter_token_seconds(k)`` for every batch size ``k`` (computed once).
     _itl: list[float] = field(default_factory=list)
 
@@ -92,6 +95,11 @@ class ModelPool:
 
     def running(self) -> int:
         return sum(r.running for r in self.replicas)
+
+    def observe_service(self, seconds: float, weight: float = 0.05) -> None:
+        """Fold one finished request's seconds in a batch slot into ``service_estimate``."""
+        before = self.service_estimate
+        self.service_estimate = seconds if before is None else before + weight * (seconds - before)
 
     def free_replica(self) -> Replica | None:
         """The least busy serving replica with a free batch slot."""

@@ -18,6 +18,9 @@ Prompts are 64 to 1024 tokens, answers 128 to 512.
   to six times its rate and decays back over 15 minutes.
 - ``spike`` (sharp): two hours of steady traffic; twice, every topic jumps at once to four
   times its rate for three minutes and drops back at once.
+- ``flash-crowd`` (sharp, held out: no setting was tuned on it): two hours of steady
+  traffic; math traffic jumps at once to six times its rate (decaying over 15 minutes),
+  and an hour later every topic jumps at once to four times its rate for three minutes.
 - ``hybrid``: the bursty traffic with a frontier model served outside the fleet beside it
   (priced per token, the fleet's savings reference), under a budget the frontier's bills
   count against.
@@ -273,6 +276,27 @@ def spike() -> Scenario:
     )
 
 
+def flash_crowd() -> Scenario:
+    minute = 60.0
+
+    def spikes(rps: float) -> Bursts:
+        return Bursts(rps, (75 * minute,), hold=180.0, ramp=1.0)
+
+    return Scenario(
+        name="flash-crowd",
+        description="2 h of steady traffic; math jumps at once to 6x (decaying over 15 "
+        "minutes), an hour later every topic jumps at once to 4x for 3 minutes",
+        spec=fleet_spec(),
+        topics=(
+            _topic("math", MATH, Sum((Constant(3.0), Step(15.0, (15 * minute,), 15 * minute),
+                                      spikes(9.0)))),
+            _topic("code", CODE, Sum((Constant(4.0), spikes(12.0)))),
+            _topic("general", GENERAL, Sum((Constant(3.0), spikes(9.0)))),
+        ),
+        duration=120 * minute,
+    )  # fmt: skip
+
+
 def hybrid() -> Scenario:
     minute = 60.0
 
@@ -304,7 +328,10 @@ SCENARIOS = {
     "step": step,
     "spike": spike,
 }
-SHARP = ("step", "spike")
-#: Every scenario ``shoal sim --scenario`` knows: the autoscaling study's, and ``hybrid``
-#: (a study of spend and savings, kept out of ``--study``'s autoscaling targets).
-ALL_SCENARIOS = {**SCENARIOS, "hybrid": hybrid}
+SHARP = ("step", "spike", "flash-crowd")
+#: Held out: run by ``--study`` beside the others, never tuned on.
+HELD_OUT = {"flash-crowd": flash_crowd}
+#: Every scenario ``shoal sim --scenario`` knows: the autoscaling study's, the held-out one,
+#: and ``hybrid`` (a study of spend and savings, kept out of ``--study``'s autoscaling
+#: targets).
+ALL_SCENARIOS = {**SCENARIOS, **HELD_OUT, "hybrid": hybrid}

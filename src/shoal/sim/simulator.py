@@ -4,9 +4,13 @@
 :class:`~shoal.sim.engine.ModelPool` s in virtual time. Each request is ranked by the router
 (at the alpha the controller sets), goes to the first ranked model that has a ready replica
 (the ingress steers around cold models; when none is ready it waits for the first), waits
-for a batch slot, and is timed by the engine latency model. Every ``scrape_seconds`` the
-simulator records what Prometheus would scrape (requests in flight and waiting, KV-cache
-use, counters of answered and routed requests, first-token latencies); every
+for a batch slot, and is timed by the engine latency model. With spillover
+(:mod:`shoal.routing.spillover`, the ingress's rule), a request whose first choice would
+keep it past its tier's objective goes to the best-ranked model that fits within the allowed
+quality drop; it still counts as routed to the first choice (the autoscaler's demand).
+Every ``scrape_seconds`` the simulator records what Prometheus would scrape (requests in
+flight and waiting, KV-cache use, counters of answered and routed requests, first-token
+latencies); every
 ``interval_seconds`` the controller looks at that record and sets replica counts (and
 alpha). New replicas bill at once and serve after the model's cold start; removed replicas
 stop taking requests, finish what they run, and stop billing when done.
@@ -19,11 +23,12 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
 from shoal.contract.cost import ModelPrice, Savings
+from shoal.routing.spillover import Load, SpillPolicy, choose
 from shoal.sim.engine import ModelPool, Replica, Request
 from shoal.sim.external import ExternalEndpoint
 
@@ -145,6 +150,27 @@ class SimResult:
     external_cost_by_model: dict[str, float] = field(default_factory=dict)
     #: What every answered request's tokens would have cost at the savings reference.
     reference_usd: float | None = None
+    #: Requests spilled over, per (router's first choice, model that took it).
+    spilled: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Sum over spilled requests of the quality drop (the router's per-cluster units).
+    quality_lost: float = 0.0
+
+    @property
+    def requests(self) -> int:
+        return len(self.served) + self.unserved
+
+    @property
+    def spilled_share(self) -> float:
+        """Share of all requests that went to a model other than the router's first choice
+        because of spillover."""
+        total = self.requests
+        return sum(self.spilled.values()) / total if total else 0.0
+
+    @property
+    def quality_lost_per_request(self) -> float:
+        """Mean quality drop over all requests (0 for those not spilled)."""
+        total = self.requests
+        return self.quality_lost / total if total else 0.0
 
     @property
     def cost(self) -> float:
@@ -178,8 +204,12 @@ class Simulator:
         keep_seconds: float = 900.0,
         external: Sequence[ExternalEndpoint] = (),
         reference: ModelPrice | None = None,
+        spillover: SpillPolicy | None = None,
     ) -> None:
         self.pools = {p.name: p for p in pools}
+        self.spillover = spillover if spillover is not None and spillover.enabled else None
+        self._spilled: dict[tuple[str, str], int] = {}
+        self._quality_lost = 0.0
         self.external = {e.name: e for e in external}
         self.reference = reference
         self._reference_usd = 0.0
@@ -242,6 +272,8 @@ class Simulator:
             ranked = self._ranked[key] = self.routing.ranked(req.topic, req.prompt, self.alpha)
         if ranked[0] in self._routed:
             self._routed[ranked[0]] += 1
+        if self.spillover is not None:
+            ranked = self._spill(req, ranked)
         target = None
         for name in ranked:
             outside = self.external.get(name)
@@ -258,6 +290,41 @@ class Simulator:
             self._admit(pool, r, req, self.now)
         else:
             pool.queue.append((req, self.now))
+
+    def _spill(self, req: Request, ranked: tuple[str, ...]) -> tuple[str, ...]:
+        """The ranked list with spillover's choice first (the ingress's stage)."""
+        policy = self.spillover
+        assert policy is not None
+        # As the ingress: cold models are passed over first; the choice is among the rest.
+        awake = tuple(m for m in ranked if m in self.external or self.pools[m].serving)
+        if len(awake) < 2:
+            return ranked
+        quality_of = getattr(self.routing, "quality", None)
+        quality = quality_of(req.topic, req.prompt) if quality_of is not None else None
+        choice = choose(awake, _Loads(self, req), quality, policy)
+        if not choice.spilled:
+            return ranked
+        pair = (choice.first, choice.model)
+        self._spilled[pair] = self._spilled.get(pair, 0) + 1
+        self._quality_lost += choice.quality_drop
+        return (choice.model, *(m for m in ranked if m != choice.model))
+
+    def load(self, name: str, prompt_tokens: int) -> Load:
+        """What the ingress would know of model ``name`` now (spillover's estimate)."""
+        outside = self.external.get(name)
+        if outside is not None:
+            return Load(0, 0, None, outside.slo_seconds, outside.first_token_seconds, True)
+        pool = self.pools[name]
+        serving = pool.serving
+        running = sum(r.running for r in serving)
+        batch = running // len(serving) if serving else 0
+        return Load(
+            in_flight=running + len(pool.queue),
+            slots=len(serving) * pool.latency.max_batch,
+            service_seconds=pool.service_estimate,
+            slo_seconds=pool.slo_seconds,
+            first_token_seconds=pool.latency.ttft_seconds(prompt_tokens, batch),
+        )
 
     def _serve_outside(self, outside: ExternalEndpoint, req: Request) -> None:
         outside.serve(self.now, req.prompt_tokens, req.output_tokens)
@@ -280,6 +347,7 @@ class Simulator:
             heapq.heappush(self._events, (late, FINISH, self._seq, data))
             return
         pool.services.append((self.now, self.now - admitted))
+        pool.observe_service(self.now - admitted)
         r.running -= 1
         r.kv_tokens -= kv_tokens
         self._answered[pool.name] += 1
@@ -406,7 +474,29 @@ class Simulator:
             unserved=unserved,
             external_cost_by_model={n: e.spend_usd for n, e in self.external.items()},
             reference_usd=self._reference_usd if self.reference is not None else None,
+            spilled=dict(self._spilled),
+            quality_lost=self._quality_lost,
         )
+
+
+class _Loads(Mapping[str, Load]):
+    """Models' loads computed when :func:`~shoal.routing.spillover.choose` asks (most
+    requests look at their first choice only)."""
+
+    def __init__(self, sim: Simulator, req: Request) -> None:
+        self._sim = sim
+        self._req = req
+
+    def __getitem__(self, name: str) -> Load:
+        if name not in self._sim.pools and name not in self._sim.external:
+            raise KeyError(name)
+        return self._sim.load(name, self._req.prompt_tokens)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self._sim.pools, *self._sim.external])
+
+    def __len__(self) -> int:
+        return len(self._sim.pools) + len(self._sim.external)
 
 
 def replicas_at(timeline: list[tuple[float, int]], t: float) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 
 from shoal.contract import replica_range
 from shoal.contract.cost import reference_price
+from shoal.routing.spillover import SpillPolicy
 from shoal.sim.cascade import CascadeLoad, CascadeSpec
 from shoal.sim.controllers import QueueThresholdController, ScheduleController, ShoalController
 from shoal.sim.engine import Request
@@ -44,6 +45,8 @@ class Study:
     trace_file: Path | None = None
     #: What the fleet's cascade added to the trace (None: no cascade).
     cascade: CascadeLoad | None = None
+    #: Spillover as the ingress applies it (None: off).
+    spillover: SpillPolicy | None = None
 
     def summary(self) -> dict[str, Any]:
         """The JSON object ``shoal sim --json`` prints."""
@@ -59,6 +62,14 @@ class Study:
             "slo_attainment": round(shoal.slo_attainment, 4),
             "cost_vs_static": round(shoal.cost / static.cost, 3),
             "cost_vs_optimal": round(shoal.cost / optimal.cost, 3),
+            "spillover": None
+            if self.spillover is None
+            else {"max_quality_drop": self.spillover.max_quality_drop},
+            "spilled_share": round(shoal.spilled_share, 4),
+            "quality_lost_per_spilled": round(
+                shoal.quality_lost / max(1, sum(shoal.spilled.values())), 4
+            ),
+            "quality_lost_per_request": round(shoal.quality_lost_per_request, 5),
         }
         if self.cascade is not None:
             out["cascade"] = self.cascade.as_dict()
@@ -94,6 +105,9 @@ def describe(r: SimResult) -> dict[str, Any]:
         "peak_replicas": {m: max(n for _, n in t) for m, t in r.timeline.items()},
         "min_alpha": min(a for _, a in r.alpha),
         "unserved": r.unserved,
+        "spilled_share": round(r.spilled_share, 4),
+        "quality_lost_per_request": round(r.quality_lost_per_request, 5),
+        "spilled": {f"{a}->{b}": n for (a, b), n in sorted(r.spilled.items())},
     }
     if r.external_cost_by_model:
         out["external_cost_usd"] = {m: round(c, 2) for m, c in r.external_cost_by_model.items()}
@@ -127,10 +141,13 @@ def run_study(
     trace_file: Path | None = None,
     progress: Callable[[str], None] | None = None,
     cascade: CascadeSpec | None = None,
+    spillover: SpillPolicy | None = None,
 ) -> Study:
     """Run every controller on the scenario's trace (see the module docstring); with
     ``cascade``, the trace of every attempt the fleet's cascade makes
-    (:mod:`shoal.sim.cascade`), so that every plan sizes for it."""
+    (:mod:`shoal.sim.cascade`), so that every plan sizes for it; with ``spillover``, the
+    fleet's ingress spills over (every controller alike: it is the ingress's rule, not the
+    autoscaler's)."""
     say = progress or (lambda _: None)
     started = time.perf_counter()
     models = list(scenario.spec.fleet_models())
@@ -199,11 +216,19 @@ def run_study(
             scrape_seconds=scenario.scrape_seconds,
             external=external_endpoints(scenario.spec, FRONTIER_FIRST_TOKEN_SECONDS),
             reference=reference_price(scenario.spec),
+            spillover=spillover,
         )
         results[ctl.name] = sim.run()
         say(f"{scenario.name}: {ctl.name} done ({time.perf_counter() - started:.1f}s)")
     return Study(
-        scenario, seed, trace, results, time.perf_counter() - started, trace_file, cascade=load
+        scenario,
+        seed,
+        trace,
+        results,
+        time.perf_counter() - started,
+        trace_file,
+        cascade=load,
+        spillover=spillover,
     )
 
 
@@ -249,6 +274,8 @@ def aggregate(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         ),
     }
     out["peak_excess"] = max(s["peak_excess"] for s in summaries)
+    for k in ("spilled_share", "quality_lost_per_spilled", "quality_lost_per_request"):
+        out[k] = round(sum(float(s.get(k, 0.0)) for s in summaries) / len(summaries), 5)
     out["targets_met"] = {
         "slo_attainment": out["slo_attainment"]["mean"] >= TARGETS["slo_attainment"],
         "cost_vs_static": out["cost_vs_static"]["mean"] <= TARGETS["cost_vs_static"],
@@ -262,20 +289,28 @@ def run_many(
     names: list[str],
     seeds: list[int],
     progress: Callable[[str], None] | None = None,
+    spillover: SpillPolicy | None = None,
 ) -> dict[str, Any]:
     """Every named scenario over every seed: per scenario the mean and the worst case of
     each target (the JSON object ``shoal sim --study`` prints)."""
     say = progress or (lambda _: None)
     started = time.perf_counter()
-    out: dict[str, Any] = {"seeds": seeds, "scenarios": {}}
+    out: dict[str, Any] = {
+        "seeds": seeds,
+        "spillover": None
+        if spillover is None
+        else {"max_quality_drop": spillover.max_quality_drop, "slo_share": spillover.slo_share},
+        "scenarios": {},
+    }
     for name in names:
         runs = []
         for seed in seeds:
-            summary = run_study(scenario_named(name), seed).summary()
+            summary = run_study(scenario_named(name), seed, spillover=spillover).summary()
             say(
                 f"{name} seed {seed}: {100 * summary['slo_attainment']:.2f}% in SLO, "
                 f"{summary['cost_vs_static']:.3f} of static, "
-                f"{summary['cost_vs_optimal']:.3f} of optimal"
+                f"{summary['cost_vs_optimal']:.3f} of optimal, "
+                f"{100 * summary['spilled_share']:.2f}% spilled"
             )
             runs.append(summary)
         out["scenarios"][name] = aggregate(runs)

@@ -222,9 +222,12 @@ ALPHA_GRID = tuple(round(i * 0.05, 2) for i in range(21))
 
 @dataclass
 class RoutingTable:
-    """Ranked models for every prompt of every topic, per alpha on :data:`ALPHA_GRID`."""
+    """Ranked models for every prompt of every topic, per alpha on :data:`ALPHA_GRID`, and
+    each prompt's per-model quality in its nearest cluster (the router's own tables, which
+    spillover bounds the quality drop with)."""
 
     ranks: dict[float, dict[str, list[tuple[str, ...]]]] = field(default_factory=dict)
+    qualities: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, artifact: bytes, topics: Sequence[Topic], pool: int = POOL) -> RoutingTable:
@@ -239,9 +242,22 @@ class RoutingTable:
                 name: [tuple(d.models) for d in router.rank_many(texts, alpha=a)]
                 for name, texts in prompts.items()
             }
+        rows = router.quality.tolist()
+        table.qualities = {
+            name: [
+                dict(zip(router.models, rows[d.cluster], strict=True))
+                for d in router.rank_many(texts)
+            ]
+            for name, texts in prompts.items()
+        }
         return table
 
     def ranked(self, topic: str, prompt: int, alpha: float) -> tuple[str, ...]:
         """Models for this prompt at ``alpha`` (rounded down to the grid), best first."""
         key = ALPHA_GRID[max(0, min(len(ALPHA_GRID) - 1, int(alpha * 20 + 1e-9)))]
         return self.ranks[key][topic][prompt]
+
+    def quality(self, topic: str, prompt: int) -> dict[str, float] | None:
+        """Each model's quality in this prompt's nearest cluster (None: not known)."""
+        rows = self.qualities.get(topic)
+        return rows[prompt] if rows else None

@@ -185,6 +185,8 @@ CASES: dict[tuple[str, str], tuple[str, Edit]] = {
         ("policy", _set(strategy="static")),
     ("RoutingPolicySpec", "feedback.enabled needs the cluster strategy (a static order has no quality tables to refit)"):
         ("policy", _set(strategy="static", staticOrder=["math"], feedback={"enabled": True})),
+    ("RoutingPolicySpec", "spillover.enabled needs the cluster strategy (a static order has no quality tables to bound the quality drop)"):
+        ("policy", _set(strategy="static", staticOrder=["math"], spillover={"enabled": True})),
     ("TenantRouting", "routing.minAlpha must be less than or equal to routing.maxAlpha"):
         ("tenant", _set(routing={"minAlpha": "0.8", "maxAlpha": "0.2"})),
     ("TenantSpec", "apiKeys must name each Secret key once"):

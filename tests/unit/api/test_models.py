@@ -91,6 +91,10 @@ def test_invalid_fleets_are_rejected_with_the_field_named(
         ({**POLICY, "embedder": {"type": "openai"}}, "endpoint"),
         ({**POLICY, "embedder": {"type": "minilm", "endpoint": "http://e:8000"}}, "openai"),
         ({"calibration": {}}, "exactly one"),
+        ({"strategy": "static", "staticOrder": ["m"], "spillover": {"enabled": True}},
+         "spillover.enabled needs the cluster strategy"),
+        ({**POLICY, "spillover": {"enabled": True, "maxQualityDrop": "1.5"}}, "maxQualityDrop"),
+        ({**POLICY, "spillover": {"enabled": True, "maxQualityDrop": "-0.1"}}, "maxQualityDrop"),
         ({"calibration": {"uri": "s3://bucket/x", "configMapRef": {"name": "c", "key": "k"}}},
          "exactly one"),
     ],
@@ -99,6 +103,16 @@ def test_invalid_policies_are_rejected(spec: dict[str, Any], needle: str) -> Non
     with pytest.raises(ValidationError) as err:
         RoutingPolicySpec.model_validate(spec)
     assert needle in str(err.value)
+
+
+def test_spillover_defaults_off_with_a_tenth_of_quality() -> None:
+    assert RoutingPolicySpec.model_validate(POLICY).spillover is None
+    spec = RoutingPolicySpec.model_validate({**POLICY, "spillover": {"enabled": True}})
+    assert spec.spillover is not None
+    assert spec.spillover.enabled and spec.spillover.max_quality_drop == "0.10"
+    # A static order may carry it switched off.
+    off = {"strategy": "static", "staticOrder": ["m"], "spillover": {"enabled": False}}
+    assert RoutingPolicySpec.model_validate(off).spillover is not None
 
 
 @pytest.mark.parametrize("alpha", ["0", "0.5", "1", "1.0", "0.0001", "1.0000"])

@@ -316,6 +316,22 @@ class CascadeSpec(ApiModel):
         return _seconds(self.chain_timeout_seconds)
 
 
+class SpilloverSpec(ApiModel):
+    """SLO-aware spillover: while the router's first choice would keep a request waiting
+    past its tier's latency objective (its queue, its replicas still starting), send the
+    request to the best-ranked capable model whose estimated wait fits its own objective and
+    whose quality for the query's cluster is at most ``maxQualityDrop`` lower. Spilled
+    requests stay demand for the first choice (the autoscaler sizes it for them)."""
+
+    enabled: bool = Field(default=False, description="Spill requests over while replicas start.")
+    max_quality_drop: Fraction = Field(
+        default="0.10",
+        description="Largest quality drop allowed, in the router's per-cluster quality units "
+        "(the calibration scores, in [0, 1]): a model scored more than this below the first "
+        "choice for the query's cluster is never spilled to.",
+    )
+
+
 class RoutingPolicySpec(ApiModel):
     """Desired routing behaviour."""
 
@@ -377,6 +393,12 @@ class RoutingPolicySpec(ApiModel):
         "when its answer's confidence is under the threshold (off by default).",
     )
 
+    spillover: SpilloverSpec | None = Field(
+        default=None,
+        description="Send a request to the next-best model while its first choice would "
+        "break its latency objective (cluster strategy; off by default).",
+    )
+
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
             cel="self.topP <= self.clusters",
@@ -413,6 +435,16 @@ class RoutingPolicySpec(ApiModel):
             message="a cascade with the static strategy needs at least two models in staticOrder",
             check=lambda s: s.cascade is None or s.strategy != "static" or len(s.static_order) >= 2,
             field_path=".cascade",
+        ),
+        Rule(
+            cel="self.strategy == 'cluster' || !has(self.spillover) || !self.spillover.enabled",
+            message="spillover.enabled needs the cluster strategy (a static order has no "
+            "quality tables to bound the quality drop)",
+            check=lambda s: (
+                s.strategy == "cluster" or s.spillover is None or not s.spillover.enabled
+            ),
+            field_path=".spillover.enabled",
+            reason="FieldValueForbidden",
         ),
     )
 

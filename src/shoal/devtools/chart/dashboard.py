@@ -34,6 +34,7 @@ REQUESTS = "ray_shoal_requests_total"
 REJECTED = "ray_shoal_rejected_requests_total"
 DECISIONS = "ray_shoal_routing_decisions_total"
 FALLBACKS = "ray_shoal_fallbacks_total"
+SPILLED = "ray_shoal_spilled_requests_total"
 ROUTING_LATENCY = "ray_shoal_routing_latency_seconds_bucket"
 TTFT = "ray_shoal_time_to_first_token_seconds_bucket"
 DURATION = "ray_shoal_request_duration_seconds_bucket"
@@ -177,6 +178,18 @@ def _rows() -> list[Row]:
                           "{{model}} {{code}}"),
                    Target(f"sum by (code) ({_rate(REJECTED)})", "rejected {{code}}")],
                   unit="reqps"),
+            Panel("Spilled requests by model pair", "Routed requests sent to the next-best "
+                  "model because the router's first choice would have broken its latency "
+                  "objective (policy spillover), from the first choice to the model that "
+                  "took them.",
+                  [Target(f"sum by (model, to) ({_rate(SPILLED)})", "{{model}} -> {{to}}")],
+                  unit="reqps"),
+            Panel("Spilled share of routed requests", "Per first choice, the share of the "
+                  "requests the router ranked it first for that spilled over to another "
+                  "model (they stay its demand: the autoscaler sizes it for them).",
+                  [Target(f"sum by (model) ({_rate(SPILLED)}) / "
+                          f"sum by (model) ({_rate(DECISIONS)})", "{{model}}")],
+                  unit="percentunit"),
         ]),
         Row("Cost", [
             Panel("Cost per hour and budget", "Cost of the running replicas per fleet "
