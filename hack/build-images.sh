@@ -97,6 +97,22 @@ prune() {
   return 0
 }
 
+# Remove image ID $1, the build that tag $2 named before this one, once the tag has moved on:
+# each source change would otherwise leave a whole untagged image (1-2 GiB) in the builder's
+# store. The layers the new build shares with it stay (they belong to the new image too).
+forget_image() {
+  local old="$1" image="$2" now
+  [[ -n $old ]] || return 0
+  if [[ $builder == docker ]]; then
+    now="$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
+    [[ $old == "$now" ]] || docker image rm "$old" >/dev/null 2>&1 || true
+  else
+    now="$(buildah inspect --type image -f '{{.FromImageID}}' "$image" 2>/dev/null || true)"
+    [[ $old == "$now" ]] || buildah rmi "$old" >/dev/null 2>&1 || true
+  fi
+  return 0
+}
+
 # --- the base image (mmdebstrap) -------------------------------------------------------------
 base_args=()
 base_image() {
@@ -157,9 +173,12 @@ build_dockerfile() {  # build_dockerfile NAME DOCKERFILE EXTRA-CONTEXT-FILES...
   fi
   log "$what: building $image from $dockerfile"
   local start=$SECONDS
+  local previous=""
   if [[ $builder == docker ]]; then
+    previous="$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
     DOCKER_BUILDKIT=1 docker build -f "$dockerfile" "${base_args[@]}" -t "$image" . >&2
   else
+    previous="$(buildah inspect --type image -f '{{.FromImageID}}' "$image" 2>/dev/null || true)"
     # --network host: RUN steps reach the package indexes the way the host does (no CNI needed).
     # --ignorefile: buildah reads only a .dockerignore at the context's root by itself.
     # --isolation chroot: RUN steps need no OCI runtime, cgroups or network namespace (they
@@ -170,6 +189,7 @@ build_dockerfile() {  # build_dockerfile NAME DOCKERFILE EXTRA-CONTEXT-FILES...
   fi
   save_archive "$image" "$archive"
   prune "shoal-$what-" "$archive"
+  forget_image "$previous" "$image"
   log "$what: built in $((SECONDS - start)) s, archive $(du -m "$archive" | cut -f1) MiB"
   echo "$archive"
 }

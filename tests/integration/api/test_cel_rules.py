@@ -187,6 +187,14 @@ CASES: dict[tuple[str, str], tuple[str, Edit]] = {
         ("policy", _set(strategy="static", staticOrder=["math"], feedback={"enabled": True})),
     ("RoutingPolicySpec", "spillover.enabled needs the cluster strategy (a static order has no quality tables to bound the quality drop)"):
         ("policy", _set(strategy="static", staticOrder=["math"], spillover={"enabled": True})),
+    ("CascadeSpec", "cascade.threshold of a log-probability signal (LogprobMean, LogprobMin) must be at most 0"):
+        ("policy", _set(cascade={"signal": "LogprobMean", "threshold": "0.5"})),
+    ("CascadeSpec", "cascade.threshold of the LogprobMargin signal must be at least 0"):
+        ("policy", _set(cascade={"signal": "LogprobMargin", "threshold": "-0.5"})),
+    ("CascadeSpec", "cascade.stageFirstTokenSeconds may not exceed cascade.chainTimeoutSeconds"):
+        ("policy", _set(cascade={"stageFirstTokenSeconds": "10", "chainTimeoutSeconds": "5"})),
+    ("RoutingPolicySpec", "a cascade with the static strategy needs at least two models in staticOrder"):
+        ("policy", _set(strategy="static", staticOrder=["math"], cascade={})),
     ("TenantRouting", "routing.minAlpha must be less than or equal to routing.maxAlpha"):
         ("tenant", _set(routing={"minAlpha": "0.8", "maxAlpha": "0.2"})),
     ("TenantSpec", "apiKeys must name each Secret key once"):

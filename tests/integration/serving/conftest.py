@@ -63,6 +63,22 @@ class LocalRay:
             value = self.metric(name, **labels)
         return value
 
+    def settle(self, fleet: str, *names: str, timeout: float = 60.0) -> None:
+        """Wait until ``fleet`` has no request in flight and the counters ``names`` (summed
+        over the fleet) read the same over three scrapes a report interval apart: what a test
+        reads next as "before" then holds every earlier request's increments (Ray exports a
+        process's metrics once a second, so a late export would otherwise land in the test's
+        own window)."""
+        deadline = time.monotonic() + timeout
+        seen: list[tuple[float, ...]] = []
+        while time.monotonic() < deadline:
+            busy = self.metric("ray_shoal_requests_in_flight", fleet=fleet)
+            seen.append((busy, *(self.metric(n, fleet=fleet) for n in names)))
+            if busy == 0 and len(seen) >= 3 and len(set(seen[-3:])) == 1:
+                return
+            time.sleep(1.1)
+        raise AssertionError(f"{fleet}'s metrics did not settle within {timeout:.0f}s: {seen[-3:]}")
+
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[LocalRay]:

@@ -4,7 +4,7 @@
 The ``cascade`` fleet ranks ``cheap`` (xllamacpp, llama.cpp's own server) before ``big``
 (llama-cpp-python with ``logits_all``) and cascades with the mean token log-probability:
 the first answer's log-probabilities decide, against the policy's threshold, whether ``big``
-is called. Tenants: ``team`` (no budget), ``poor`` (a budget too small for ``big``) and
+is called. Tenants: ``team`` (no budget), ``poor`` (a budget ``big``'s price leaves no room in) and
 ``streamer`` (streams the first model, no cascade). The ``deadlines`` fleet (simulated
 engines: one whose first token is late, one that answers slowly) holds a cascade to its stage
 and chain deadlines.
@@ -101,7 +101,9 @@ def fleets(local_ray: Any) -> Iterator[Any]:
             "routingPolicyRef": {"name": "p"},
             "tiers": [
                 {"name": "small", "costPerReplicaHour": "0.1"},
-                {"name": "large", "costPerReplicaHour": "1.0"},
+                # Priced far above the poor tenant's budget: whatever an answer's time, its
+                # estimate alone has no room there.
+                {"name": "large", "costPerReplicaHour": "1000"},
             ],
             "models": [
                 _smollm2("cheap", "small", {"runtime": "xllamacpp", "n_parallel": 2}),
@@ -216,6 +218,10 @@ def _tenant_cost(fleets: Any, tenant: str) -> float:
 
 def test_every_attempt_is_billed_to_the_tenant(fleets: Any) -> None:
     team = _client(fleets, "cascade", KEYS["team"])
+    fleets.settle(
+        "cascade", "ray_shoal_cost_usd_total", "ray_shoal_tenant_cost_usd_total",
+        "ray_shoal_tenant_tokens_total",
+    )  # fmt: skip
     before = {m: fleets.metric("ray_shoal_cost_usd_total", fleet="cascade", model=m)
               for m in ("cheap", "big")}  # fmt: skip
     tenant_before = _tenant_cost(fleets, "team")
