@@ -447,7 +447,16 @@ k apply --server-side --force-conflicts -f "$tools/crds/ray.io_rayclusters.yaml"
 k apply --server-side --force-conflicts -f "$tools/kuberay/role.yaml" >/dev/null
 sed "s#@IMAGE@#$kuberay_image#" "$root/hack/node/kuberay-operator.yaml" \
   | k apply --server-side --force-conflicts -f - >/dev/null
-k wait --for=condition=Established --timeout=60s crd/rayclusters.ray.io crd/rayservices.ray.io >/dev/null
+# Polled by jsonpath, not `kubectl wait --for=condition`: right after the apply a CRD may have
+# no status.conditions yet, and kubectl 1.34's wait then fails at once ("accessor error: <nil>")
+# instead of waiting.
+crds_established() {
+  local crd
+  for crd in "$@"; do
+    [[ "$(k get crd "$crd" -o jsonpath='{.status.conditions[?(@.type=="Established")].status}')" == True ]] || return 1
+  done
+}
+wait_for "KubeRay's CRDs" 60 crds_established rayclusters.ray.io rayservices.ray.io
 k -n kuberay-system rollout status deployment/kuberay-operator --timeout 3m >/dev/null
 
 # --- 7. Shoal --------------------------------------------------------------------------------

@@ -204,15 +204,35 @@ class ControlPlane:
             args += ["-f", str(p)]
         self.kubectl("apply", "--server-side", "--force-conflicts", *args)
 
+    def wait_established(self, names: Sequence[str], timeout: float = 60.0) -> None:
+        """Wait until every CRD of ``names`` is Established. Polled by jsonpath rather than
+        ``kubectl wait --for=condition``: right after the apply a CRD may have no
+        status.conditions yet, and kubectl 1.34's wait then fails at once ("accessor error:
+        <nil>") instead of waiting."""
+        query = '{.status.conditions[?(@.type=="Established")].status}'
+        deadline = time.monotonic() + timeout
+        waiting = list(names)
+        while waiting:
+            waiting = [
+                n
+                for n in waiting
+                if self.kubectl(
+                    "get", f"crd/{n}", "-o", f"jsonpath={query}", check=False
+                ).stdout.strip()
+                != "True"
+            ]
+            if waiting and time.monotonic() > deadline:
+                raise ControlPlaneError(f"CRDs not established after {timeout:.0f}s: {waiting}")
+            if waiting:
+                time.sleep(0.2)
+
     def install_crds(self) -> None:
         """Install Shoal's CRDs and KubeRay's (RayCluster, RayJob, RayService), and wait until
         established."""
         files = sorted(SHOAL_CRDS.glob("*.yaml")) + sorted(KUBERAY_CRDS.glob("*.yaml"))
         self.apply_files(files)
         names = [yaml.safe_load(f.read_text())["metadata"]["name"] for f in files]
-        self.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names]
-        )
+        self.wait_established(names)
 
     def install_gateway_api_crds(self) -> None:
         """Install the Gateway API's standard CRDs (HTTPRoute, Gateway, ...) and wait until
@@ -226,9 +246,7 @@ class ControlPlane:
         )
         self.apply_files(files)
         names = [yaml.safe_load(f.read_text())["metadata"]["name"] for f in files]
-        self.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names]
-        )
+        self.wait_established(names)
 
     def kubeconfig_for(self, user: str) -> Path:
         """A kubeconfig that authenticates as ``user`` (one of the extra users), not as admin."""
