@@ -12,6 +12,7 @@ Used by ``tests/e2e/conftest.py``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -184,6 +185,10 @@ def attach_or_start(log: Path, up_args: Sequence[str] = ()) -> NodeCluster:
         )
     if proc.returncode != 0:
         tail = log.read_text()[-6000:]
+        # What it started (etcd, the API server, containerd, the kubelet) would otherwise run
+        # on, holding memory and CPU for the rest of the session and its ports for the next try.
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            tear_down(log)
         raise NodeError(f"hack/cluster-up.sh exited {proc.returncode}:\n{tail}")
     last = proc.stdout.strip().splitlines()[-1]
     if not last.startswith("export KUBECONFIG="):
