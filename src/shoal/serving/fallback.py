@@ -48,8 +48,11 @@ class ModelBook:
     last_ok: dict[str, float] = field(default_factory=dict)
     #: Recent cost of one answered request per model (USD, a moving average).
     cost_per_request: dict[str, float] = field(default_factory=dict)
-    #: Recent seconds from a model's first token to its last (a moving average): how long
-    #: a request holds a slot, for spillover's estimate (:mod:`shoal.serving.spillover`).
+    #: Recent seconds a request holds one of a model's slots (a moving average), for
+    #: spillover's estimate (:mod:`shoal.serving.spillover`): a request sent while the model
+    #: had nothing else in flight waited for nothing, so its whole time counts (prefill
+    #: included, and an unstreamed answer told whole); otherwise a streamed request's time
+    #: from its first token to its last (what came before may have been a wait).
     service_seconds: dict[str, float] = field(default_factory=dict)
     #: Recent time to first token of models served outside the fleet (a moving average).
     first_token_seconds: dict[str, float] = field(default_factory=dict)
@@ -113,6 +116,8 @@ class FallbackCaller:
             client = self.book.clients[model]
             logged = logged_prefix(prefix, decision_propensity(headers, cluster, i))
             rid = self.ids.issue(logged, model, cluster)
+            idle = self.book.in_flight[model] == 0  # nothing ahead of it (see service_seconds)
+            dispatched = time.perf_counter()
             try:
                 first, rest = await self._first_chunk(
                     client,
@@ -128,6 +133,7 @@ class FallbackCaller:
                 continue
             ttft = time.perf_counter() - started
             first_at = started + ttft
+            holds_from = dispatched if idle else first_at  # the slot's time, as far as known
             self.metrics.first_token(model, client.info.tier, ttft)
             if client.info.price is not None:  # served outside the fleet: no slots to wait for
                 self.book.observe_first_token(model, ttft)
@@ -136,7 +142,7 @@ class FallbackCaller:
             if parsed.streaming:
                 return self._stream(
                     api, parsed, rid, client, first, rest, out_headers, started, deadline, done,
-                    first_at,
+                    holds_from,
                 )  # fmt: skip
             try:
                 text, last = await http.collect(first, rest, deadline)
@@ -161,8 +167,8 @@ class FallbackCaller:
                 self._unavailable(model, failure, rid, more=i + 1 < len(candidates))
                 self._done(model)
                 continue
-            if not getattr(client, "answers_whole", False):  # its first chunk is the answer
-                self.book.observe_service(model, time.perf_counter() - first_at)
+            if idle or not getattr(client, "answers_whole", False):  # else: a wait, or not
+                self.book.observe_service(model, time.perf_counter() - holds_from)
             self._finished(client, api, started, last, done)
             await _close(rest)  # over: its client has nothing left to cancel
             return http.completion_response(api, rid, model, text, last, out_headers)
@@ -316,14 +322,16 @@ class FallbackCaller:
         started: float,
         deadline: float,
         done: Done | None = None,
-        first_at: float | None = None,
+        holds_from: float | None = None,
     ) -> Response:
+        """The streamed answer; ``holds_from``: since when the request held a model's slot
+        (:attr:`ModelBook.service_seconds`), None: not measured."""
         model = client.info.name
 
         def on_finish(last: Chunk | None, error: BaseException | None) -> None:
             if last is not None:
-                if first_at is not None:
-                    self.book.observe_service(model, time.perf_counter() - first_at)
+                if holds_from is not None:
+                    self.book.observe_service(model, time.perf_counter() - holds_from)
                 self._finished(client, api, started, last, done)
             elif not isinstance(error, Exception):  # the client went away mid-stream
                 self._abandoned(client, api, started, done)

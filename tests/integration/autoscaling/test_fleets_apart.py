@@ -12,7 +12,6 @@ refit's :class:`PrometheusFeedback` and the tenants' usage reader.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from shoal.api.v1alpha1 import ModelFleetSpec
 from shoal.autoscaling.policy import decide
 from shoal.autoscaling.prometheus import PrometheusSource, windows_for
 from shoal.autoscaling.types import ModelState
+from shoal.devtools.testing.controlplane import free_port
 from shoal.devtools.testing.prometheus import (
     Prometheus,
     Target,
@@ -41,12 +41,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NS_A, NS_B, NS_X = "team-a", "team-b", "elsewhere"
 ENGINE = {"fixed_step_ms": 40, "output_tokens": 8, "max_batch": 2}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

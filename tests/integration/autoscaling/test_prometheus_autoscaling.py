@@ -15,7 +15,6 @@ replica as the target, 1 to 6 replicas, 2 s scale-up and 8 s scale-down cooldown
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.parse
 import urllib.request
@@ -26,7 +25,7 @@ from typing import Any
 import pytest
 
 from shoal.autoscaling.prometheus import windows_for
-from shoal.devtools.testing.controlplane import ControlPlane
+from shoal.devtools.testing.controlplane import ControlPlane, free_port
 from shoal.devtools.testing.prometheus import fleet_pod, running_prometheus
 from shoal.operator.gateway import KubeGateway
 from tests.integration.autoscaling.conftest import INTERVAL, scaling_fleet, static_policy
@@ -37,12 +36,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BUDGET, PRICE, UP_COOLDOWN, DOWN_COOLDOWN = 4.0, 1.0, 2, 8
 ENGINE = {"fixed_step_ms": 40, "output_tokens": 8, "max_batch": 2}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_json(url: str) -> Any:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ import yaml
 
 from shoal.devtools.testing import REPO_ROOT, require
 from shoal.devtools.testing.controlplane import ControlPlane, tool_path
+from shoal.devtools.testing.controlplane import free_port as _free_port
 from shoal.devtools.testing.images import Podman, build_images, container_run_args, missing_tools
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -70,12 +70,6 @@ class Images:
 @pytest.fixture(scope="module")
 def images(podman: Podman) -> Images:
     return Images(podman)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(url: str) -> tuple[int, str]:

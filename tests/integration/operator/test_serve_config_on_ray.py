@@ -8,7 +8,6 @@ the HTTP port (a free one).
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import yaml
 
 from shoal.api.v1alpha1 import ModelFleet, RoutingPolicy
 from shoal.devtools.testing import require
+from shoal.devtools.testing.controlplane import free_port as _free_port
 from shoal.planning.children import PlanSettings, RouterArtifact, desired_children
 from shoal.routing import Sample, artifact_checksum, fit_router
 from shoal.routing.embedders.hashing import HashingEmbedder
@@ -58,12 +58,6 @@ def _artifact() -> RouterArtifact:
     ]  # fmt: skip
     data = fit_router(samples, embedder=HashingEmbedder(256), clusters=2, top_p=1, alpha=1.0)
     return RouterArtifact(artifact_checksum(data), data)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

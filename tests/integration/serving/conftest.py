@@ -8,7 +8,6 @@ are required (``SHOAL_REQUIRE_SERVERS=1``).
 from __future__ import annotations
 
 import importlib.util
-import socket
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -17,12 +16,7 @@ from dataclasses import dataclass
 import pytest
 
 from shoal.devtools.testing import require
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from shoal.devtools.testing.controlplane import free_port
 
 
 @dataclass

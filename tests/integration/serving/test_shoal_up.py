@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,14 +11,9 @@ from pathlib import Path
 import pytest
 
 from shoal.devtools.testing import REPO_ROOT, require
+from shoal.devtools.testing.controlplane import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def shoal(*args: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:

@@ -7,6 +7,7 @@ router's decision (the autoscaler's demand)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,22 @@ def artifact(path: Path) -> str:
     return str(path / "router.bin")
 
 
-def endpoint(tmp_path: Path, drop: str = "0.15", enabled: bool = True) -> Endpoint:
+class WholeAnswerClient(LocalModelClient):
+    """A client whose engine tells an unstreamed answer whole, in one chunk at its end (as
+    vLLM's ``stream: false`` and llama.cpp's server do through Ray): its first token comes
+    with its last."""
+
+    answers_whole = True
+
+    async def stream(self, request: Any, coalesce: bool) -> Any:
+        chunks = [c async for c in super().stream(request, coalesce)]
+        text = "".join(c.text for c in chunks)
+        yield dataclasses.replace(chunks[-1], text=text)
+
+
+def endpoint(
+    tmp_path: Path, drop: str = "0.15", enabled: bool = True, client: type = LocalModelClient
+) -> Endpoint:
     args = BuildArgs.parse(
         {
             "fleet_name": "test",
@@ -72,7 +88,7 @@ def endpoint(tmp_path: Path, drop: str = "0.15", enabled: bool = True) -> Endpoi
         }
     )  # fmt: skip
     clients = {
-        m.name: LocalModelClient(
+        m.name: client(
             ModelInfo(m.name, m.tier, m.engine, 0.36),
             SimulatedEngine(m.name, m.engine_args, metrics=None),
         )
@@ -123,6 +139,18 @@ def test_a_burst_spills_to_the_next_best_model_and_stops_when_it_drains(tmp_path
                        cluster=responses[0].headers["x-shoal-cluster"])  # fmt: skip
     assert decisions == len(responses)
     assert ep.book.service_seconds["mathy"] > 0.15
+
+
+def test_answers_told_whole_are_measured_and_spill_too(tmp_path: Path) -> None:
+    """Unstreamed answers told whole have no time between their first token and their last:
+    the request that found the model idle measures the slot's time end to end."""
+    ep = endpoint(tmp_path, client=WholeAnswerClient)
+    responses = asyncio.run(burst(ep, 12))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    assert ep.book.service_seconds["mathy"] > 0.15  # 10 steps of 40 ms, told at once
+    models = [r.headers["x-shoal-model"] for r in responses[1:-1]]
+    assert models.count("mathy") >= 2 and models.count("wordy") >= 6, models
+    assert responses[-1].headers["x-shoal-model"] == "mathy"
 
 
 def test_a_drop_beyond_the_allowance_keeps_the_first_choice(tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -28,15 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from shoal.devtools.testing import require
+from shoal.devtools.testing.controlplane import free_port
 
 BINARY = "/usr/bin/prometheus"
-
-
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 #: The chart's PodMonitor relabelings (prometheus-operator's spelling), in order.

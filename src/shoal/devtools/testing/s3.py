@@ -14,12 +14,13 @@ from __future__ import annotations
 import importlib
 import logging
 import secrets
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from shoal.devtools.testing.controlplane import free_port as _free_port
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,6 @@ class LocalS3:
         )
         path.chmod(0o600)
         return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
