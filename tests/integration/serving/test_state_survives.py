@@ -251,8 +251,12 @@ def test_spend_windows_and_feedback_survive_the_store_an_ingress_and_the_ray_hea
         wait_until("team's first cost in Prometheus", lambda: server.value(series) > 0)
         assert fleet.post(TEAM, max_tokens=20).status_code == 200
         assert wait_until("team refused", fleet.refused_for_budget)
-        spent_before = stored()
-        assert spent_before[2] > BUDGET and spent_before[0] >= 2, spent_before
+        # The replica refuses on its own books at once; the store hears of the dear answer at
+        # the replica's next sync (every 0.2 s).
+        spent_before = wait_until(
+            "team's spend in the store", lambda: (u := stored())[2] > BUDGET and u
+        )
+        assert spent_before[0] >= 2, spent_before
         wait_until("team's spend over its budget in Prometheus",
                    lambda: read_baseline(server.url, NS, FLEET).get("team", (0, 0, 0))[2] > BUDGET)  # fmt: skip
         fleet.score_an_answer()
