@@ -1,13 +1,17 @@
-"""Spillover in the simulator: the ingress's rule on a step, its counts, and the demand the
-autoscaler sees."""
+"""Spillover in the simulator: the ingress's rule on a step, its counts, the demand the
+autoscaler sees, and the autoscaler's bridge (the spill taker sized while replicas start)."""
 
 from __future__ import annotations
 
+import json
 from collections import deque
 
 import pytest
+from typer.testing import CliRunner
 
+import shoal.sim.study as study
 from shoal.autoscaling.policy import PolicySettings
+from shoal.cli import app
 from shoal.routing.spillover import SpillPolicy
 from shoal.sim.engine import ModelPool, Request
 from shoal.sim.scenarios import CODE, GENERAL, LARGE, MATH, Scenario, _topic, fleet_spec
@@ -181,3 +185,28 @@ def test_without_spillover_the_bridge_setting_changes_nothing(
     off, _ = runs
     assert plain["slo_attainment"] == off["slo_attainment"]
     assert plain["cost_vs_optimal"] == off["cost_vs_optimal"]
+
+
+def test_cli_passes_the_share_the_bridge_and_the_interval_to_the_study(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: dict[str, object] = {}
+
+    def fake(names, seeds, progress=None, spillover=None, settings=None, interval_seconds=None):  # type: ignore[no-untyped-def]
+        seen.update(names=names, seeds=seeds, spillover=spillover, settings=settings)
+        seen["interval"] = interval_seconds
+        return {"scenarios": {}}
+
+    monkeypatch.setattr(study, "run_many", fake)
+    args = ["sim", "--study", "--seeds", "2", "--scenarios", "spike", "--spillover",
+            "--max-quality-drop", "0.4", "--slo-share", "0.5", "--spill-bridge", "1",
+            "--autoscaler-interval", "5", "--json"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"scenarios": {}}
+    assert seen["names"] == ["spike"] and seen["seeds"] == [0, 1]
+    assert seen["spillover"] == SpillPolicy(True, 0.4, 0.5)
+    assert seen["settings"] == PolicySettings(spill_bridge=1.0)
+    assert seen["interval"] == 5.0
+    # Out of range: refused before anything runs.
+    assert CliRunner().invoke(app, ["sim", "--spill-bridge", "-1"]).exit_code == 2
