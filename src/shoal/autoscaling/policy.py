@@ -531,7 +531,8 @@ def bridge_spill(
     replicas) and its arrival rate (the latest window's at a step, :func:`stepped_rate`)
     exceeds what the ready replicas carry at the target, that excess times ``f``'s service
     time is the requests in flight the ingress will spill while ``f``'s replicas start. The
-    taker gets the replicas that hold its own arrivals' load and ``spill_bridge`` times the
+    taker gets the replicas that hold its own arrivals' load (the requests routed to it
+    first: those spilled to it are in the excess already) and ``spill_bridge`` times the
     excess of every model it takes from, at its own target, with the square-root margin
     (:func:`staffed`). The excess is counted in ``f``'s slot-seconds: the taker's service
     time measured at a light load understates its time at a full batch.
@@ -581,12 +582,11 @@ def bridge_spill(
         span = replica_range(model, tier)
         target = tier.autoscaling.target_ongoing_requests
         m = window.models.get(d.model)
-        own = 0.0
+        own = 0.0  # its own arrivals' load (spilled requests count for their first choice)
         if m is not None:
             rate, service = _arrivals(m), m.service_seconds
             if rate is not None and service:
                 own = rate * service
-            own = max(own, (m.in_flight or 0.0) - (m.waiting or 0.0))
         load = own + settings.spill_bridge * extra[d.model]
         want = min(staffed(load, target, settings.sqrt_margin), span.max)
         n = d.current
