@@ -36,6 +36,11 @@
      (headroom included) at the arrival rate plus ``release_sigma`` standard deviations of
      its noise, after the scale-down cooldown: the long window's peak in flight
      was the burst and its backlog, and holding it would pay for a burst that is gone.
+   - *Bridge with spillover* (off unless ``spill_bridge`` is set and the caller names, for
+     each model, the model that takes its spilled requests): while a model has replicas
+     starting and its arrivals exceed what its ready replicas carry, the taker is sized for
+     that excess too (:func:`bridge_spill`), so that a model of a faster-starting tier
+     answers what the first choice cannot until its own replicas serve.
    - *Scale down slow.* Otherwise only when the sustained *peak* load of the long window
      would fit in fewer replicas at no more than ``scale_down_utilisation`` of the target (so N-1
      replicas still meet the SLO with room to spare: the gap between this and the scale-up
@@ -125,6 +130,11 @@ class PolicySettings:
     #: Restore alpha (in steps of alpha_step) once the wanted cost is below this budget share.
     alpha_recovery_share: Decimal = Decimal("0.9")
     alpha_step: Decimal = Decimal("0.1")
+    #: Spillover's bridge (:func:`bridge_spill`): while a model's replicas start, the model
+    #: that takes its spilled requests is sized for this many times the requests in flight
+    #: its arrivals bring beyond what its ready replicas carry (0 turns this off; it acts
+    #: only where the caller names the takers).
+    spill_bridge: float = 0.0
 
 
 def _arrivals(m: ModelMetrics) -> float | None:
@@ -505,6 +515,100 @@ def _in_flight_need(m: ModelMetrics, target: int, settings: PolicySettings) -> t
     return need, why
 
 
+def bridge_spill(
+    spec: ModelFleetSpec,
+    states: Mapping[str, ModelState],
+    window: MetricsWindow,
+    decisions: list[ModelDecision],
+    takers: Mapping[str, str],
+    now: datetime,
+    settings: PolicySettings,
+) -> list[ModelDecision]:
+    """The decisions with each spill taker sized to bridge its first choices' replica starts.
+
+    For a model ``f`` whose ``takers[f]`` is another model of the fleet: while ``f`` has
+    replicas starting (its count in force, or the count just decided, above its ready
+    replicas) and its arrival rate (the latest window's at a step, :func:`stepped_rate`)
+    exceeds what the ready replicas carry at the target, that excess times ``f``'s service
+    time is the requests in flight the ingress will spill while ``f``'s replicas start. The
+    taker gets the replicas that hold its own arrivals' load (the requests routed to it
+    first: those spilled to it are in the excess already) and ``spill_bridge`` times the
+    excess of every model it takes from, at its own target, with the square-root margin
+    (:func:`staffed`). The excess is counted in ``f``'s slot-seconds: the taker's service
+    time measured at a light load understates its time at a full batch.
+
+    Never fewer than the taker's own decision; the model's bounds and the scale-up cooldown
+    apply as to any scale-up, not ``max_scale_up_factor``: the bridge is sized in one step
+    from what the first choices measure, and a taker of one replica would otherwise take
+    two steps (two cold starts) to get there. Spilled requests leave once ``f``'s
+    replicas serve; the scale-down rule releases the taker's replicas as its load falls.
+    """
+    tiers = {t.name: t for t in spec.tiers}
+    models = {m.name: m for m in spec.fleet_models()}
+    by_model = {d.model: d for d in decisions}
+    extra: dict[str, float] = {}
+    sources: dict[str, list[str]] = {}
+    for first, taker in takers.items():
+        if first == taker or first not in by_model or taker not in by_model:
+            continue
+        m = window.models.get(first)
+        state = states.get(first)
+        if m is None or state is None:
+            continue
+        rate = _arrivals(m)
+        service = m.service_seconds
+        if rate is None or service is None or service <= 0:
+            continue
+        stepped = stepped_rate(
+            rate, m.latest_arrival_rate, window.latest_seconds, settings.step_sigma
+        )
+        rate = stepped if stepped is not None else rate
+        ready = state.replicas if state.ready is None else state.ready
+        starting = max(state.replicas, by_model[first].desired) > ready
+        target = tiers[models[first].tier].autoscaling.target_ongoing_requests
+        excess = rate - ready * target / service
+        if not starting or excess <= 0:
+            continue
+        extra[taker] = extra.get(taker, 0.0) + excess * service
+        sources.setdefault(taker, []).append(f"{first} {_fmt(excess)} req/s")
+    if not extra:
+        return decisions
+    out = []
+    for d in decisions:
+        if d.model not in extra:
+            out.append(d)
+            continue
+        model, tier = models[d.model], tiers[d.tier]
+        span = replica_range(model, tier)
+        target = tier.autoscaling.target_ongoing_requests
+        m = window.models.get(d.model)
+        own = 0.0  # its own arrivals' load (spilled requests count for their first choice)
+        if m is not None:
+            rate, service = _arrivals(m), m.service_seconds
+            if rate is not None and service:
+                own = rate * service
+        load = own + settings.spill_bridge * extra[d.model]
+        want = min(staffed(load, target, settings.sqrt_margin), span.max)
+        n = d.current
+        if want <= d.desired:
+            out.append(d)
+            continue
+        why = (
+            f"spillover bridge: {_fmt(extra[d.model])} in flight beyond the ready replicas of "
+            f"{', '.join(sources[d.model])} while their replicas start"
+        )
+        if want <= n:  # no scale-down below the bridge while it is needed
+            out.append(replace(d, desired=want, wanted=want, reason=f"holding at {want}: {why}"))
+            continue
+        state = states.get(d.model)
+        since = _age(now, state.last_scale_up if state else None)
+        if since is not None and since < tier.autoscaling.scale_up_cooldown_seconds:
+            out.append(d)
+            continue
+        out.append(replace(d, desired=want, wanted=want, reason=f"scale up to {want}: {why}"))
+    return out
+
+
 def _price(spec: ModelFleetSpec) -> dict[str, Decimal]:
     tiers = {t.name: Decimal(t.cost_per_replica_hour) for t in spec.tiers}
     return {m.name: tiers[m.tier] for m in spec.fleet_models()}
@@ -634,6 +738,7 @@ def decide(
     budget: Decimal | None = None,
     policy_alpha: Decimal | None = None,
     previous_alpha: Decimal | None = None,
+    spill_takers: Mapping[str, str] | None = None,
 ) -> FleetDecision:
     """Desired replicas of every model of the fleet, the budget's verdict and alpha.
 
@@ -641,6 +746,9 @@ def decide(
     :func:`~shoal.contract.replica_range` initial count). ``budget`` overrides ``spec.budget``
     when the spec has none (the operator's default budget). ``policy_alpha`` is the routing
     policy's own alpha; ``previous_alpha`` the effective alpha in force (None: the policy's).
+    ``spill_takers`` names, per model, the model its spilled requests usually go to (the
+    ingress's spillover); with ``settings.spill_bridge`` the takers are sized to bridge
+    their first choices' replica starts (:func:`bridge_spill`).
     """
     settings = settings or PolicySettings()
     tiers = {t.name: t for t in spec.tiers}
@@ -651,6 +759,8 @@ def decide(
         decisions.append(
             decide_model(model, tier, state, window.models.get(model.name), window, now, settings)
         )
+    if settings.spill_bridge > 0 and spill_takers and window.error is None:
+        decisions = bridge_spill(spec, states, window, decisions, spill_takers, now, settings)
     cap = Decimal(spec.budget.max_cost_per_hour) if spec.budget else budget
     outside = external_spend(spec, window.models)
     wanted_cost = cost_of(spec, {d.model: d.desired for d in decisions}) + outside

@@ -60,7 +60,11 @@ def spill_policy(args: BuildArgs) -> SpillPolicy:
     spec = args.policy.spillover
     if spec is None or not spec.enabled:
         return SpillPolicy(enabled=False)
-    return SpillPolicy(enabled=True, max_quality_drop=float(Decimal(spec.max_quality_drop)))
+    return SpillPolicy(
+        enabled=True,
+        max_quality_drop=float(Decimal(spec.max_quality_drop)),
+        slo_share=float(Decimal(spec.slo_share)),
+    )
 
 
 def slots_per_replica(model: ModelSpec, tier: TierSpec) -> int:

@@ -74,6 +74,23 @@ def sim(
         max=1.0,
         help="Share of a tier's objective spillover's estimate may fill and still fit.",
     ),
+    spill_bridge: float = typer.Option(
+        0.0,
+        "--spill-bridge",
+        min=0.0,
+        max=10.0,
+        help="With --spillover: while a model's replicas start, Shoal's autoscaler sizes the "
+        "model that takes its spilled requests for this many times the requests in flight "
+        "its ready replicas cannot carry (0: off; the autoscaling policy's spill_bridge).",
+    ),
+    autoscaler_interval: float | None = typer.Option(
+        None,
+        "--autoscaler-interval",
+        min=1.0,
+        max=120.0,
+        help="Seconds between two evaluations of Shoal's autoscaler (default: the "
+        "scenario's, 15; the operator's SHOAL_AUTOSCALER_INTERVAL_SECONDS).",
+    ),
     scenarios: str = typer.Option(
         "",
         "--scenarios",
@@ -84,10 +101,12 @@ def sim(
     """Simulate the fleet under Shoal's autoscaler and three baselines; compare them."""
     from rich.console import Console
 
+    from shoal.autoscaling.policy import PolicySettings
     from shoal.routing.spillover import SpillPolicy
     from shoal.sim.study import TARGETS, run_study, scenario_named
 
     err = Console(stderr=True)
+    settings = PolicySettings(spill_bridge=spill_bridge)
     spill = (
         SpillPolicy(enabled=True, max_quality_drop=max_quality_drop, slo_share=slo_share)
         if spillover
@@ -95,7 +114,7 @@ def sim(
     )
     if many:
         names = [n.strip() for n in scenarios.split(",") if n.strip()]
-        _study(list(range(seeds)), as_json, err, spill, names)
+        _study(list(range(seeds)), as_json, err, spill, names, settings, autoscaler_interval)
         return
     try:
         chosen = scenario_named(scenario)
@@ -116,6 +135,8 @@ def sim(
         progress=None if as_json else err.print,
         cascade=spec,
         spillover=spill,
+        settings=settings,
+        interval_seconds=autoscaler_interval,
     )
     summary = study.summary()
     if not no_plot:
@@ -173,7 +194,13 @@ def sim(
 
 
 def _study(
-    seeds: list[int], as_json: bool, err: Any, spill: Any = None, names: list[str] | None = None
+    seeds: list[int],
+    as_json: bool,
+    err: Any,
+    spill: Any = None,
+    names: list[str] | None = None,
+    settings: Any = None,
+    interval: float | None = None,
 ) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -182,11 +209,24 @@ def _study(
     from shoal.sim.study import run_many
 
     chosen = names or [*SCENARIOS, *HELD_OUT]
-    out = run_many(chosen, seeds, progress=None if as_json else err.print, spillover=spill)
+    out = run_many(
+        chosen,
+        seeds,
+        progress=None if as_json else err.print,
+        spillover=spill,
+        settings=settings,
+        interval_seconds=interval,
+    )
     if as_json:
         print(json.dumps(out))
         return
     how = "spillover off" if spill is None else f"spillover to {spill.max_quality_drop} quality"
+    if spill is not None and spill.slo_share < 1.0:
+        how += f" at {spill.slo_share:g} of the objective"
+    if spill is not None and settings is not None and settings.spill_bridge > 0:
+        how += f", bridge {settings.spill_bridge:g}"
+    if interval is not None:
+        how += f", autoscaler every {interval:g}s"
     table = Table(title=f"every scenario over seeds {seeds[0]}..{seeds[-1]}, {how}: mean (worst)")
     for col in ("scenario", "in SLO", "vs static", "vs optimal", "peak over 1.5x+1", "optimal",
                 "spilled", "quality lost per spilled"):  # fmt: skip

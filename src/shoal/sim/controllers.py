@@ -123,6 +123,9 @@ class ShoalController:
     name: str = "shoal"
     states: dict[str, ModelState] = field(default_factory=dict)
     effective_alpha: Decimal | None = None
+    #: Per model, the model its spilled requests usually go to (spillover's bridge, with
+    #: ``settings.spill_bridge``; None: no bridge).
+    spill_takers: dict[str, str] | None = None
     #: Every change: (time, model, from, to, reason).
     log: list[tuple[float, str, int, int, str]] = field(default_factory=list)
 
@@ -153,6 +156,7 @@ class ShoalController:
             settings=self.settings,
             policy_alpha=Decimal(str(self.policy_alpha)),
             previous_alpha=self.effective_alpha,
+            spill_takers=self.spill_takers,
         )
         for d in decision.models:
             s = states[d.model]

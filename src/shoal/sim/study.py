@@ -9,13 +9,16 @@ TTFT objective), cost, and the ratios the issue asks for (``cost_vs_static``,
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shoal.autoscaling.policy import PolicySettings
 from shoal.contract import replica_range
 from shoal.contract.cost import reference_price
 from shoal.routing.spillover import SpillPolicy
@@ -47,6 +50,9 @@ class Study:
     cascade: CascadeLoad | None = None
     #: Spillover as the ingress applies it (None: off).
     spillover: SpillPolicy | None = None
+    #: Shoal's autoscaling settings, and the spill takers its bridge sized (None: no bridge).
+    settings: PolicySettings | None = None
+    spill_takers: dict[str, str] | None = None
 
     def summary(self) -> dict[str, Any]:
         """The JSON object ``shoal sim --json`` prints."""
@@ -64,7 +70,12 @@ class Study:
             "cost_vs_optimal": round(shoal.cost / optimal.cost, 3),
             "spillover": None
             if self.spillover is None
-            else {"max_quality_drop": self.spillover.max_quality_drop},
+            else {
+                "max_quality_drop": self.spillover.max_quality_drop,
+                "slo_share": self.spillover.slo_share,
+                "bridge": self.settings.spill_bridge if self.settings else 0.0,
+                "takers": self.spill_takers,
+            },
             "spilled_share": round(shoal.spilled_share, 4),
             "quality_lost_per_spilled": round(
                 shoal.quality_lost / max(1, sum(shoal.spilled.values())), 4
@@ -142,14 +153,23 @@ def run_study(
     progress: Callable[[str], None] | None = None,
     cascade: CascadeSpec | None = None,
     spillover: SpillPolicy | None = None,
+    settings: PolicySettings | None = None,
+    interval_seconds: float | None = None,
 ) -> Study:
     """Run every controller on the scenario's trace (see the module docstring); with
     ``cascade``, the trace of every attempt the fleet's cascade makes
     (:mod:`shoal.sim.cascade`), so that every plan sizes for it; with ``spillover``, the
     fleet's ingress spills over (every controller alike: it is the ingress's rule, not the
-    autoscaler's)."""
+    autoscaler's). ``settings`` are Shoal's autoscaling policy's (the operator's
+    environment; default: the policy's own), ``interval_seconds`` the autoscaler's
+    evaluation interval (default: the scenario's). With spillover and
+    ``settings.spill_bridge``, Shoal's autoscaler sizes each model's usual spill taker to
+    bridge its replica starts (:func:`shoal.autoscaling.policy.bridge_spill`)."""
     say = progress or (lambda _: None)
     started = time.perf_counter()
+    settings = settings or PolicySettings()
+    if interval_seconds is not None:
+        scenario = dataclasses.replace(scenario, interval_seconds=interval_seconds)
     models = list(scenario.spec.fleet_models())
     cost_per_query = {m.name: 0.0004 if m.tier == "large" else 0.0001 for m in models}
     outside = external_endpoints(scenario.spec, FRONTIER_FIRST_TOKEN_SECONDS)
@@ -198,8 +218,20 @@ def run_study(
     say(f"{scenario.name}: baselines computed ({time.perf_counter() - started:.1f}s)")
     start = {m: replicas_at(s, 0.0) for m, s in optimal.items()}
     lead = {m.name: scenario.cold_start[m.tier] for m in models}
+    takers = (
+        spill_takers(routing, trace, scenario.policy_alpha, spillover.max_quality_drop, lead)
+        if spillover is not None and spillover.enabled and settings.spill_bridge > 0
+        else None
+    )
     controllers: list[Controller] = [
-        ShoalController(scenario.spec, start, scenario.policy_alpha, scenario.interval_seconds),
+        ShoalController(
+            scenario.spec,
+            start,
+            scenario.policy_alpha,
+            scenario.interval_seconds,
+            settings=settings,
+            spill_takers=takers,
+        ),
         QueueThresholdController(scenario.spec, start, scenario.interval_seconds),
         ScheduleController("static-peak", static_schedule(optimal)),
         ScheduleController("optimal", optimal, lead=lead),
@@ -229,7 +261,51 @@ def run_study(
         trace_file,
         cascade=load,
         spillover=spillover,
+        settings=settings,
+        spill_takers=takers,
     )
+
+
+def spill_takers(
+    routing: Routing,
+    trace: Sequence[Request],
+    alpha: float,
+    max_quality_drop: float,
+    start_seconds: Mapping[str, float],
+) -> dict[str, str]:
+    """Per model of the fleet, the model that bridges its replica starts with spillover.
+
+    For each request of the trace, among the other models of the fleet (``start_seconds``:
+    each one's cold start) whose quality for the prompt is at most ``max_quality_drop``
+    below its first choice's (where the spillover rule may send it), the one that starts
+    fastest (the router's order on a tie), if it starts faster than the first choice; per
+    first choice, the most frequent one. A taker that starts no faster than the first choice
+    bridges nothing: its replicas would serve no sooner than the first choice's own."""
+    quality_of = getattr(routing, "quality", None)
+    seen: dict[str, Counter[str]] = {}
+    cache: dict[tuple[str, int], tuple[str, str | None]] = {}
+    for req in trace:
+        key = (req.topic, req.prompt)
+        if key not in cache:
+            ranked = routing.ranked(req.topic, req.prompt, alpha)
+            quality = quality_of(req.topic, req.prompt) if quality_of is not None else None
+            first, taker = ranked[0], None
+            if quality is not None and first in quality and first in start_seconds:
+                allowed = [
+                    m
+                    for m in ranked[1:]
+                    if m in start_seconds
+                    and m in quality
+                    and quality[first] - quality[m] <= max_quality_drop + 1e-9
+                    and start_seconds[m] < start_seconds[first]
+                ]
+                if allowed:
+                    taker = min(allowed, key=lambda m: start_seconds[m])
+            cache[key] = (first, taker)
+        first, taker = cache[key]
+        if taker is not None:
+            seen.setdefault(first, Counter())[taker] += 1
+    return {first: c.most_common(1)[0][0] for first, c in sorted(seen.items())}
 
 
 def optimal_peaks(r: SimResult) -> dict[str, int]:
@@ -290,22 +366,35 @@ def run_many(
     seeds: list[int],
     progress: Callable[[str], None] | None = None,
     spillover: SpillPolicy | None = None,
+    settings: PolicySettings | None = None,
+    interval_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Every named scenario over every seed: per scenario the mean and the worst case of
-    each target (the JSON object ``shoal sim --study`` prints)."""
+    each target (the JSON object ``shoal sim --study`` prints); ``settings`` and
+    ``interval_seconds`` as :func:`run_study` takes them."""
     say = progress or (lambda _: None)
     started = time.perf_counter()
     out: dict[str, Any] = {
         "seeds": seeds,
         "spillover": None
         if spillover is None
-        else {"max_quality_drop": spillover.max_quality_drop, "slo_share": spillover.slo_share},
+        else {
+            "max_quality_drop": spillover.max_quality_drop,
+            "slo_share": spillover.slo_share,
+            "bridge": (settings or PolicySettings()).spill_bridge,
+        },
         "scenarios": {},
     }
     for name in names:
         runs = []
         for seed in seeds:
-            summary = run_study(scenario_named(name), seed, spillover=spillover).summary()
+            summary = run_study(
+                scenario_named(name),
+                seed,
+                spillover=spillover,
+                settings=settings,
+                interval_seconds=interval_seconds,
+            ).summary()
             say(
                 f"{name} seed {seed}: {100 * summary['slo_attainment']:.2f}% in SLO, "
                 f"{summary['cost_vs_static']:.3f} of static, "

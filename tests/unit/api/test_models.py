@@ -95,6 +95,7 @@ def test_invalid_fleets_are_rejected_with_the_field_named(
          "spillover.enabled needs the cluster strategy"),
         ({**POLICY, "spillover": {"enabled": True, "maxQualityDrop": "1.5"}}, "maxQualityDrop"),
         ({**POLICY, "spillover": {"enabled": True, "maxQualityDrop": "-0.1"}}, "maxQualityDrop"),
+        ({**POLICY, "spillover": {"enabled": True, "sloShare": "1.5"}}, "sloShare"),
         ({"calibration": {"uri": "s3://bucket/x", "configMapRef": {"name": "c", "key": "k"}}},
          "exactly one"),
     ],
@@ -110,6 +111,9 @@ def test_spillover_defaults_off_with_a_tenth_of_quality() -> None:
     spec = RoutingPolicySpec.model_validate({**POLICY, "spillover": {"enabled": True}})
     assert spec.spillover is not None
     assert spec.spillover.enabled and spec.spillover.max_quality_drop == "0.10"
+    assert spec.spillover.slo_share == "1.0"  # the objective itself
+    half = {**POLICY, "spillover": {"enabled": True, "sloShare": "0.5"}}
+    assert RoutingPolicySpec.model_validate(half).spillover.slo_share == "0.5"  # type: ignore[union-attr]
     # A static order may carry it switched off.
     off = {"strategy": "static", "staticOrder": ["m"], "spillover": {"enabled": False}}
     assert RoutingPolicySpec.model_validate(off).spillover is not None

@@ -198,6 +198,12 @@ def test_a_tenants_allowed_models_still_hold(tmp_path: Path) -> None:
 def test_settings_from_the_policy_and_the_fleet(tmp_path: Path) -> None:
     ep = endpoint(tmp_path, drop="0.25")
     assert spill_policy(ep.args).enabled and spill_policy(ep.args).max_quality_drop == 0.25
+    assert spill_policy(ep.args).slo_share == 1.0  # the objective itself, by default
+    half = ep.args.policy.spillover.model_copy(update={"slo_share": "0.5"})  # type: ignore[union-attr]
+    args = ep.args.model_copy(
+        update={"policy": ep.args.policy.model_copy(update={"spillover": half})}
+    )
+    assert spill_policy(args).slo_share == 0.5
     # The spillover spec travels in the serve args the operator renders.
     args = BuildArgs.parse(ep.args.to_serve_args())
     assert args.policy.spillover is not None and args.policy.spillover.max_quality_drop == "0.25"

@@ -1,18 +1,23 @@
-"""Spillover in the simulator: the ingress's rule on a step, its counts, and the demand the
-autoscaler sees."""
+"""Spillover in the simulator: the ingress's rule on a step, its counts, the demand the
+autoscaler sees, and the autoscaler's bridge (the spill taker sized while replicas start)."""
 
 from __future__ import annotations
 
+import json
 from collections import deque
 
 import pytest
+from typer.testing import CliRunner
 
+import shoal.sim.study as study
+from shoal.autoscaling.policy import PolicySettings
+from shoal.cli import app
 from shoal.routing.spillover import SpillPolicy
 from shoal.sim.engine import ModelPool, Request
-from shoal.sim.scenarios import GENERAL, LARGE, MATH, Scenario, _topic, fleet_spec
+from shoal.sim.scenarios import CODE, GENERAL, LARGE, MATH, Scenario, _topic, fleet_spec
 from shoal.sim.simulator import Simulator
-from shoal.sim.study import run_study
-from shoal.sim.workload import Constant, Step, Sum
+from shoal.sim.study import run_study, spill_takers
+from shoal.sim.workload import Bursts, Constant, Step, Sum
 
 
 def sharp() -> Scenario:
@@ -39,7 +44,12 @@ def runs() -> tuple[dict[str, object], dict[str, object]]:
 def test_spillover_keeps_more_requests_in_slo_on_a_step(runs: tuple[dict, dict]) -> None:  # type: ignore[type-arg]
     off, on = runs
     assert off["spilled_share"] == 0 and off["spillover"] is None
-    assert on["spillover"] == {"max_quality_drop": 0.4}
+    assert on["spillover"] == {
+        "max_quality_drop": 0.4,
+        "slo_share": 1.0,
+        "bridge": 0.0,
+        "takers": None,
+    }
     assert on["slo_attainment"] > off["slo_attainment"], (on, off)
     assert 0 < on["spilled_share"] < 0.2
     spilled = on["policies"]["shoal"]["spilled"]
@@ -118,3 +128,85 @@ def test_spilled_requests_stay_demand_for_the_first_choice() -> None:
     first_done = min(t for t, _ in on.pools["a"].services)
     served_b = sorted(t for t, m, _, _ in r_on.served if m == "b")
     assert served_b and served_b[0] >= first_done
+
+
+def test_the_bridge_taker_is_the_fastest_starting_model_within_the_allowance() -> None:
+    trace = [Request(i, float(i), "t", 0, 256, 256) for i in range(5)]
+    routing = _Fixed(("a", "b", "c"), {"a": 0.9, "b": 0.8, "c": 0.6})
+    # c starts fastest but is 0.3 worse: within 0.4, not within 0.2.
+    starts = {"a": 30.0, "b": 30.0, "c": 15.0}
+    assert spill_takers(routing, trace, 0.7, 0.4, starts) == {"a": "c"}
+    # b is within 0.2 but starts no faster than a: it bridges nothing.
+    assert spill_takers(routing, trace, 0.7, 0.2, starts) == {}
+    assert spill_takers(routing, trace, 0.7, 0.2, {**starts, "b": 20.0}) == {"a": "b"}
+
+
+def spiky() -> Scenario:
+    """Fifteen minutes: steady traffic; every topic jumps at once to 4x for three minutes."""
+
+    def spike(rps: float) -> Bursts:
+        return Bursts(rps, (300.0,), hold=180.0, ramp=1.0)
+
+    return Scenario(
+        name="spiky",
+        description="test",
+        spec=fleet_spec(),
+        topics=(
+            _topic("math", MATH, Sum((Constant(3.0), spike(9.0)))),
+            _topic("code", CODE, Sum((Constant(4.0), spike(12.0)))),
+            _topic("general", GENERAL, Sum((Constant(3.0), spike(9.0)))),
+        ),
+        duration=900.0,
+    )
+
+
+def test_the_bridge_sizes_the_spill_taker_and_keeps_more_requests_in_slo() -> None:
+    spill = SpillPolicy(True, 0.4)
+    on = run_study(spiky(), seed=0, spillover=spill).summary()
+    bridged = run_study(
+        spiky(), seed=0, spillover=spill, settings=PolicySettings(spill_bridge=1.0)
+    ).summary()
+    # mini-3b starts in 15 s, the 7B models in 30 s: it bridges every one of them.
+    takers = {"code-7b": "mini-3b", "general-7b": "mini-3b", "math-7b": "mini-3b"}
+    assert bridged["spillover"]["takers"] == takers
+    assert bridged["spillover"]["bridge"] == 1.0 and on["spillover"]["takers"] is None
+    peaks = bridged["policies"]["shoal"]["peak_replicas"]
+    assert peaks["mini-3b"] > on["policies"]["shoal"]["peak_replicas"]["mini-3b"] == 1
+    assert bridged["slo_attainment"] > on["slo_attainment"] + 0.03, (bridged, on)
+    assert bridged["spilled_share"] > on["spilled_share"]
+    # The bridge's replicas are of the cheap tier: the cost moves by little.
+    assert bridged["cost_vs_optimal"] < on["cost_vs_optimal"] + 0.05
+
+
+def test_without_spillover_the_bridge_setting_changes_nothing(
+    runs: tuple[dict, dict],  # type: ignore[type-arg]
+) -> None:
+    plain = run_study(sharp(), seed=0, settings=PolicySettings(spill_bridge=1.0)).summary()
+    off, _ = runs
+    assert plain["slo_attainment"] == off["slo_attainment"]
+    assert plain["cost_vs_optimal"] == off["cost_vs_optimal"]
+
+
+def test_cli_passes_the_share_the_bridge_and_the_interval_to_the_study(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: dict[str, object] = {}
+
+    def fake(names, seeds, progress=None, spillover=None, settings=None, interval_seconds=None):  # type: ignore[no-untyped-def]
+        seen.update(names=names, seeds=seeds, spillover=spillover, settings=settings)
+        seen["interval"] = interval_seconds
+        return {"scenarios": {}}
+
+    monkeypatch.setattr(study, "run_many", fake)
+    args = ["sim", "--study", "--seeds", "2", "--scenarios", "spike", "--spillover",
+            "--max-quality-drop", "0.4", "--slo-share", "0.5", "--spill-bridge", "1",
+            "--autoscaler-interval", "5", "--json"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"scenarios": {}}
+    assert seen["names"] == ["spike"] and seen["seeds"] == [0, 1]
+    assert seen["spillover"] == SpillPolicy(True, 0.4, 0.5)
+    assert seen["settings"] == PolicySettings(spill_bridge=1.0)
+    assert seen["interval"] == 5.0
+    # Out of range: refused before anything runs.
+    assert CliRunner().invoke(app, ["sim", "--spill-bridge", "-1"]).exit_code == 2

@@ -330,6 +330,13 @@ class SpilloverSpec(ApiModel):
         "(the calibration scores, in [0, 1]): a model scored more than this below the first "
         "choice for the query's cluster is never spilled to.",
     )
+    slo_share: Fraction = Field(
+        default="1.0",
+        description="Share of a tier's TTFT objective an estimated time to first token may "
+        "fill and still count as fitting, for the first choice and for the model spilled "
+        "to (decimal in [0, 1]; 1.0: the objective itself; lower spills earlier, before the "
+        "first choice's queue is long, and keeps a margin for the estimate's error).",
+    )
 
 
 class RoutingPolicySpec(ApiModel):
