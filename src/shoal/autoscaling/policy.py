@@ -515,6 +515,21 @@ def _in_flight_need(m: ModelMetrics, target: int, settings: PolicySettings) -> t
     return need, why
 
 
+def bridge_takers(spec: ModelFleetSpec, measured: Mapping[str, str]) -> dict[str, str]:
+    """The measured spill takers (``MetricsWindow.spill_takers``) that can bridge: those of a
+    fleet model whose tier declares a shorter ``replicaStartSeconds`` than their first
+    choice's. A taker that starts no sooner than the first choice bridges nothing: its new
+    replicas would serve no sooner than the first choice's own, and only cost."""
+    tiers = {t.name: t for t in spec.tiers}
+    start = {m.name: tiers[m.tier].autoscaling.replica_start_seconds for m in spec.fleet_models()}
+    out = {}
+    for first, taker in measured.items():
+        a, b = start.get(first), start.get(taker)
+        if a is not None and b is not None and b < a:
+            out[first] = taker
+    return out
+
+
 def bridge_spill(
     spec: ModelFleetSpec,
     states: Mapping[str, ModelState],

@@ -76,6 +76,21 @@ REQUESTS = router_metric_names("shoal_requests_total")
 TTFT_BUCKETS = router_metric_names("shoal_time_to_first_token_seconds_bucket")
 DECISIONS = router_metric_names("shoal_routing_decisions_total")
 COST = router_metric_names("shoal_cost_usd_total")
+SPILLED = router_metric_names("shoal_spilled_requests_total")
+#: The label a pair query (``spill_pairs``) joins its two models into: ``first>taker``.
+PAIR_LABEL = "spill"
+PAIR_SEPARATOR = ">"  # not a character of a model name (``Name`` in the fleet API)
+
+
+def result_label(key: str) -> str:
+    """The label that keys the answer to query ``key`` of :func:`fleet_queries`: the
+    ingress's series are per ``model``, the engines' per ``model_name``; a pair query's
+    answers per joined pair (:data:`PAIR_LABEL`)."""
+    if key.startswith("spill"):
+        return PAIR_LABEL
+    if key.startswith(("router", "request", "demand", "ttft")):
+        return "model"
+    return "model_name"
 
 
 def _names_re(names: Sequence[str]) -> str:
@@ -249,6 +264,14 @@ def fleet_queries(
             DECISIONS,
             rtr,
         ),
+        # Requests spilled over the burst window, per first choice and the model that took
+        # them (one label, ``first>taker``): the usual taker of each model is the one the
+        # autoscaler's spillover bridge sizes (policy.bridge_spill).
+        "spill_pairs": " or ".join(
+            f"label_join(sum by (model, to) (increase({n}{{{rtr}}}[{_dur(b)}])), "
+            f'"{PAIR_LABEL}", "{PAIR_SEPARATOR}", "model", "to")'
+            for n in SPILLED
+        ),
         "ttft_p95": per_name(
             "histogram_quantile(0.95, sum by (model, le) (rate({sel}[" + _dur(r) + "])))",
             TTFT_BUCKETS,
@@ -337,12 +360,7 @@ class PrometheusSource:
         results: dict[str, dict[str, tuple[float, float | None]]] = {}
         try:
             for key, promql in queries.items():
-                label = (
-                    "model"
-                    if key.startswith(("router", "request", "demand", "ttft"))
-                    else ("model_name")
-                )
-                results[key] = self.query(promql, label)
+                results[key] = self.query(promql, result_label(key))
         except PrometheusError as exc:
             return MetricsWindow(collected_at=now, error=str(exc))
         return assemble(models, results, now, windows or self.windows)
@@ -408,6 +426,27 @@ def service_seconds(
     if running is None or completions is None or completions <= 0 or running <= 0:
         return None
     return running / completions
+
+
+def spill_takers(
+    pairs: dict[str, tuple[float, float | None]], models: Sequence[str]
+) -> dict[str, str]:
+    """Per model of ``models``, the model of ``models`` its spilled requests went to most
+    (the ``spill_pairs`` answers, keyed ``first>taker``; a tie goes to the name first in
+    order). A pair with no spilled request, or naming a model outside the fleet, counts
+    for nothing."""
+    fleet = set(models)
+    counts: dict[str, dict[str, float]] = {}
+    for pair, (_, value) in pairs.items():
+        first, sep, taker = pair.partition(PAIR_SEPARATOR)
+        if not sep or first == taker or value is None or value <= 0:
+            continue
+        if first in fleet and taker in fleet:
+            counts.setdefault(first, {})[taker] = value
+    return {
+        first: min(takers, key=lambda t: (-takers[t], t))
+        for first, takers in sorted(counts.items())
+    }
 
 
 def _per_hour(per_second: float | None) -> float | None:
@@ -478,5 +517,9 @@ def assemble(
             spend_per_hour=_per_hour(val("spend_rate", m)),
         )
     return MetricsWindow(
-        collected_at=now, models=out, short_seconds=window, latest_seconds=windows.latest
+        collected_at=now,
+        models=out,
+        short_seconds=window,
+        latest_seconds=windows.latest,
+        spill_takers=spill_takers(results.get("spill_pairs", {}), models),
     )

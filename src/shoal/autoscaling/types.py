@@ -85,6 +85,10 @@ class MetricsWindow:
     short_seconds: float = 30.0
     #: Length of the latest window (``ModelMetrics.latest_*``), in seconds.
     latest_seconds: float = 15.0
+    #: Per model, the model its spilled requests went to most over the burst window (the
+    #: ingress's ``shoal_spilled_requests_total``); absent: none spilled (spillover's bridge,
+    #: :func:`shoal.autoscaling.policy.bridge_spill`).
+    spill_takers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

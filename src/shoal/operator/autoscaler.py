@@ -34,7 +34,7 @@ import kopf
 
 from shoal.api.v1alpha1 import API_VERSION, Condition, ConditionStatus, ModelFleet, RoutingPolicy
 from shoal.api.v1alpha1.fleet import ScalingDecision
-from shoal.autoscaling.policy import decide
+from shoal.autoscaling.policy import bridge_takers, decide
 from shoal.autoscaling.prometheus import PrometheusSource, Windows, windows_for
 from shoal.autoscaling.state import model_states, rendered_replicas, status_after
 from shoal.autoscaling.types import FleetDecision, MetricsWindow, ModelDecision
@@ -239,6 +239,7 @@ def autoscale_fleet(
         budget=config.default_budget,
         policy_alpha=_policy_alpha(gw, fleet),
         previous_alpha=prev_alpha,
+        spill_takers=bridge_takers(fleet.spec, window.spill_takers),
     )
     auto = status_after(previous, mode, decision, now)
     patch: dict[str, Any] = {"autoscaler": _dump(auto)}

@@ -146,6 +146,11 @@ class OperatorConfig:
     autoscaler_step_sigma: float = PolicySettings.step_sigma
     #: After a burst, the replicas kept carry the rate plus this many standard deviations.
     autoscaler_release_sigma: float = PolicySettings.release_sigma
+    #: Spillover's bridge: while a model's replicas start, the model its requests spill to
+    #: is sized for this many times what they bring beyond the ready replicas (0: off). The
+    #: study's recommended design (docs/autoscaling.md) is 1 with spillover's sloShare 0.5;
+    #: it acts only for fleets whose routing policy spills.
+    autoscaler_spill_bridge: float = 1.0
     #: Tenant limits while the ingress's shared usage store is unreachable: share, open, closed.
     tenant_store_failure_mode: str = "share"
     #: Seconds between two shares of an ingress replica's usage with the others.
@@ -178,6 +183,11 @@ class OperatorConfig:
                 "0..10 (standard deviations)"
             )
 
+        if not 0 <= self.autoscaler_spill_bridge <= 4:
+            raise ValueError(
+                "SHOAL_AUTOSCALER_SPILL_BRIDGE must be within 0..4 (times the requests a "
+                "model's replicas cannot carry while they start)"
+            )
         if self.tenant_store_failure_mode not in STORE_FAILURE_MODES:
             raise ValueError(
                 "SHOAL_TENANT_STORE_FAILURE_MODE must be share, open or closed, not "
@@ -208,6 +218,7 @@ class OperatorConfig:
             cold_start_seconds=self.autoscaler_cold_start_seconds,
             step_sigma=self.autoscaler_step_sigma,
             release_sigma=self.autoscaler_release_sigma,
+            spill_bridge=self.autoscaler_spill_bridge,
         )
 
     @property
@@ -291,6 +302,9 @@ class OperatorConfig:
             ),
             autoscaler_release_sigma=float(
                 env.get("SHOAL_AUTOSCALER_RELEASE_SIGMA", defaults.autoscaler_release_sigma)
+            ),
+            autoscaler_spill_bridge=float(
+                env.get("SHOAL_AUTOSCALER_SPILL_BRIDGE", defaults.autoscaler_spill_bridge)
             ),
             tenant_store_failure_mode=env.get(
                 "SHOAL_TENANT_STORE_FAILURE_MODE", defaults.tenant_store_failure_mode

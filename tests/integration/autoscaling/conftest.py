@@ -5,7 +5,7 @@ tests that call the actuator directly."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -40,8 +40,11 @@ def scaling_fleet(
     up: int = 5,
     down: int = 10,
     max_replicas: int = 6,
+    quick_beta: bool = False,
 ) -> dict[str, Any]:
-    """Two simulated models in one tier: target 2 in flight per replica, 1..max replicas."""
+    """Two simulated models in one tier: target 2 in flight per replica, 1..max replicas.
+    ``quick_beta``: beta in a tier of its own, alike but for its replicas starting in 15 s
+    against the other's 30 s (spillover's bridge takes from slower tiers only)."""
     spec: dict[str, Any] = {
         "routingPolicyRef": {"name": "p"},
         "tiers": [{
@@ -58,6 +61,12 @@ def scaling_fleet(
              "engineArgs": {"fixed_step_ms": 40, "output_tokens": 8, "max_batch": 2}},
         ],
     }  # fmt: skip
+    if quick_beta:
+        quick = {**spec["tiers"][0], "name": "quick"}
+        quick["autoscaling"] = {**quick["autoscaling"], "replicaStartSeconds": 15}
+        spec["tiers"][0]["autoscaling"]["replicaStartSeconds"] = 30
+        spec["tiers"].append(quick)
+        spec["models"][1]["tier"] = "quick"
     if budget:
         spec["budget"] = {"maxCostPerHour": budget}
     return {"apiVersion": "shoal.dev/v1alpha1", "kind": "ModelFleet",
@@ -72,6 +81,10 @@ class FakeSource:
     age_seconds: float = 1.0
     error: str | None = None
     calls: int = 0
+    #: Per model, metrics to report instead of the in-flight-only ones above.
+    metrics: dict[str, ModelMetrics] = field(default_factory=dict)
+    #: Per model, the model its spilled requests went to most (spillover's bridge).
+    spill_takers: dict[str, str] = field(default_factory=dict)
 
     def collect(
         self,
@@ -85,11 +98,12 @@ class FakeSource:
         if self.error:
             return MetricsWindow(collected_at=now, error=self.error)
         seen = now - timedelta(seconds=self.age_seconds)
-        return MetricsWindow(
-            collected_at=now,
-            models={
-                m: ModelMetrics(in_flight=v, peak_in_flight=v, waiting=0.0,
-                                ttft_p95_seconds=0.1, observed_at=seen)
-                for m, v in self.in_flight.items() if v is not None and m in models
-            },
-        )  # fmt: skip
+        reported = {
+            m: ModelMetrics(in_flight=v, peak_in_flight=v, waiting=0.0,
+                            ttft_p95_seconds=0.1, observed_at=seen)
+            for m, v in self.in_flight.items() if v is not None and m in models
+        }  # fmt: skip
+        reported |= {
+            m: replace(v, observed_at=seen) for m, v in self.metrics.items() if m in models
+        }
+        return MetricsWindow(collected_at=now, models=reported, spill_takers=self.spill_takers)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from shoal.autoscaling.types import ModelMetrics
 from shoal.operator.autoscaler import autoscale_fleet
 from shoal.operator.config import OperatorConfig
 from shoal.operator.fleets import reconcile_fleet
@@ -84,6 +85,41 @@ def test_active_scales_persists_and_survives_a_restart(
     msgs = logged_events(caplog)
     assert f"ScaledUp: alpha: 1 -> 4 replicas: {auto['alpha']['reason']}" in msgs
     assert any(m.startswith("ScaledDown: alpha: 4 -> 2") for m in msgs)
+
+
+def test_the_model_spilled_to_bridges_the_first_choice_s_replica_start(cluster: Cluster) -> None:
+    # alpha steps to 10 req/s at 2 s a request. None of its replicas is ready (nothing plays
+    # KubeRay here: the fleet's status reports 0 ready), so while its new replicas start 20
+    # requests in flight spill, mostly to beta (what Prometheus measured over the burst
+    # window). beta is sized to carry them, up to its tier's maxReplicas.
+    step = ModelMetrics(in_flight=8.0, peak_in_flight=8.0, waiting=4.0, ttft_p95_seconds=0.9,
+                        arrival_rate=4.0, latest_arrival_rate=10.0, service_seconds=2.0)  # fmt: skip
+    src = FakeSource({"beta": 0.0}, metrics={"alpha": step}, spill_takers={"alpha": "beta"})
+    off = replace(ACTIVE, autoscaler_spill_bridge=0.0)
+    gw = setup(cluster, off, quick_beta=True)
+    out = autoscale_fleet(gw, off, src, cluster.get("fleet", "f"), T0)
+    assert out.decision is not None
+    assert out.decision.by_model()["beta"].desired == 1  # the bridge off: beta idles
+
+    bridged = autoscale_fleet(gw, ACTIVE, src, cluster.get("fleet", "f"), T0)
+    assert bridged.decision is not None and bridged.applied
+    beta = bridged.decision.by_model()["beta"]
+    assert beta.reason == (
+        "scale up to 6: spillover bridge: 20.0 in flight beyond the ready replicas of alpha "
+        "10.0 req/s while their replicas start"
+    )  # 20 in flight at 2 each would want 10 and more: the tier's maxReplicas
+    assert deployments(cluster)["model-beta"]["num_replicas"] == 6
+    status = (cluster.get("fleet", "f") or {})["status"]
+    auto = {m["name"]: m for m in status["autoscaler"]["models"]}
+    assert auto["beta"]["replicas"] == 6 and "spillover bridge" in auto["beta"]["reason"]
+
+    # The same spills into a model that starts no faster than alpha bridge nothing.
+    slow = scaling_fleet(quick_beta=True)
+    slow["spec"]["tiers"][1]["autoscaling"]["replicaStartSeconds"] = 30
+    cluster.apply(slow)
+    same = autoscale_fleet(gw, ACTIVE, src, cluster.get("fleet", "f"), T0 + timedelta(seconds=60))
+    assert same.decision is not None
+    assert "spillover bridge" not in same.decision.by_model()["beta"].reason
 
 
 def test_unavailable_metrics_hold_and_say_so(cluster: Cluster) -> None:

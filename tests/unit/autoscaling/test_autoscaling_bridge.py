@@ -4,10 +4,12 @@ takes its spilled requests is sized for what the ready replicas cannot carry."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from autoscaling_builders import NOW, metrics, spec, window
 
-from shoal.autoscaling.policy import PolicySettings, decide
+from shoal.api.v1alpha1 import ModelFleetSpec
+from shoal.autoscaling.policy import PolicySettings, bridge_takers, decide
 from shoal.autoscaling.types import FleetDecision, ModelMetrics, ModelState
 
 BRIDGE = PolicySettings(spill_bridge=1.0)
@@ -87,3 +89,27 @@ def test_the_taker_s_bounds_and_cooldown_apply() -> None:
         spill_takers={"a": "b"},
     ).by_model()["b"]
     assert d.desired == 8  # 20 in flight of its own and 12 bridged: the maximum
+
+
+def _tiered(starts: dict[str, int | None]) -> ModelFleetSpec:
+    """One model per tier, named after it, each tier with the start time given (None:
+    unknown)."""
+    tiers = []
+    for name, start in starts.items():
+        auto: dict[str, Any] = {"minReplicas": 1, "maxReplicas": 8}
+        if start is not None:
+            auto["replicaStartSeconds"] = start
+        tiers.append({"name": name, "costPerReplicaHour": "1.00", "autoscaling": auto})
+    models = [{"name": n, "engine": "simulated", "tier": n} for n in starts]
+    return spec(models=models, tiers=tiers)
+
+
+def test_only_a_faster_starting_taker_bridges() -> None:
+    fleet = _tiered({"big": 30, "small": 15, "twin": 30, "unknown": None})
+    measured = {"big": "small", "twin": "big", "small": "big", "unknown": "small"}
+    # small starts sooner than big: it bridges; big starts no sooner than twin, nor than
+    # small; a tier without a start time bridges nothing, either way.
+    assert bridge_takers(fleet, measured) == {"big": "small"}
+    assert bridge_takers(fleet, {"big": "unknown"}) == {}
+    assert bridge_takers(fleet, {"big": "gone"}) == {}  # a taker no longer in the fleet
+    assert bridge_takers(fleet, {}) == {}

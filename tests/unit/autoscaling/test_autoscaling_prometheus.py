@@ -20,6 +20,8 @@ from shoal.autoscaling.prometheus import (
     Windows,
     fleet_queries,
     parse_vector,
+    result_label,
+    spill_takers,
     trend,
     windows_for,
 )
@@ -87,8 +89,7 @@ def fake_prometheus(answers: dict[str, dict[str, Any]]) -> httpx.Client:
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/api/v1/query"
         key = queries[request.url.params["query"]]
-        label = "model" if key.startswith(("router", "request", "demand", "ttft")) else "model_name"
-        return httpx.Response(200, json=vector(label, answers.get(key, {})))
+        return httpx.Response(200, json=vector(result_label(key), answers.get(key, {})))
 
     return httpx.Client(transport=httpx.MockTransport(handler))
 
@@ -160,6 +161,45 @@ def test_new_queries_have_their_windows() -> None:
         "/ sum by (model_name) (rate(vllm:e2e_request_latency_seconds_count{"
         in (q["engine_e2e_mean"])
     )
+
+
+def test_the_spill_query_counts_pairs_over_the_burst_window() -> None:
+    q = fleet_queries("team-a", "f", ["alpha"], Windows(short=30, long=300, rate=60, burst=600))
+    spill = q["spill_pairs"]
+    assert spill.startswith("label_join(sum by (model, to) (increase(shoal_spilled_requests_total{")
+    assert "ray_shoal_spilled_requests_total{" in spill and "[600s]))" in spill
+    assert '"spill", ">", "model", "to")' in spill
+    assert (result_label("spill_pairs"), result_label("demand_rate"), result_label("kv_cache")) == (
+        "spill", "model", "model_name")  # fmt: skip
+
+
+def test_each_model_s_taker_is_where_most_of_its_spills_went() -> None:
+    pairs = {
+        "alpha>beta": (1000.0, 12.0),
+        "alpha>gamma": (1000.0, 3.0),
+        "beta>alpha": (1000.0, 2.0),
+        "beta>gamma": (1000.0, 2.0),  # a tie: the name first in order
+        "gamma>alpha": (1000.0, 0.0),  # none spilled over the window
+        "gamma>old": (1000.0, 9.0),  # a model no longer in the fleet
+        "gamma>gamma": (1000.0, 4.0),
+        "delta>alpha": (1000.0, None),
+        "no-separator": (1000.0, 5.0),
+    }
+    assert spill_takers(pairs, ["alpha", "beta", "gamma", "delta"]) == {
+        "alpha": "beta", "beta": "alpha"}  # fmt: skip
+    assert spill_takers({}, ["alpha"]) == {}
+
+
+def test_collect_reads_the_spill_takers() -> None:
+    answers: dict[str, dict[str, Any]] = {
+        "spill_pairs": {"alpha>beta": 7.0, "beta>alpha": 1.0, "alpha>zeta": 40.0},
+        "engine_seen": {"alpha": 999.0},
+    }
+    src = PrometheusSource("http://prom:9090", windows=WINDOWS, client=fake_prometheus(answers))
+    w = src.collect("team-a", "f", ["alpha", "beta"], NOW)
+    assert w.spill_takers == {"alpha": "beta", "beta": "alpha"}
+    none = PrometheusSource("http://prom:9090", windows=WINDOWS, client=fake_prometheus({}))
+    assert none.collect("team-a", "f", ["alpha", "beta"], NOW).spill_takers == {}
 
 
 def test_a_failing_prometheus_makes_the_window_an_error() -> None:

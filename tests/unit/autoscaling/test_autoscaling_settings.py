@@ -33,6 +33,7 @@ def test_every_variable_of_the_contract() -> None:
         "SHOAL_AUTOSCALER_COLD_START_SECONDS": "120",
         "SHOAL_AUTOSCALER_STEP_SIGMA": "4",
         "SHOAL_AUTOSCALER_RELEASE_SIGMA": "0",
+        "SHOAL_AUTOSCALER_SPILL_BRIDGE": "0.5",
     })  # fmt: skip
     assert c.prometheus_url == "http://prometheus:9090"
     assert (c.autoscaler_interval_seconds, c.autoscaler_stale_seconds) == (5.0, 45.0)
@@ -43,6 +44,10 @@ def test_every_variable_of_the_contract() -> None:
     assert (ps.stale_seconds, ps.headroom_percent) == (45.0, 80)
     assert (ps.max_scale_up_factor, ps.queue_drain_seconds) == (3.0, 45.0)
     assert (ps.cold_start_seconds, ps.step_sigma, ps.release_sigma) == (120.0, 4.0, 0.0)
+    assert ps.spill_bridge == 0.5
+    # The bridge is on by default in the operator (the study's recommended design); it acts
+    # only for fleets whose routing policy spills.
+    assert OperatorConfig.from_env({}).policy_settings().spill_bridge == 1.0
     url = {"SHOAL_PROMETHEUS_URL": "http://p:9090"}
     assert (
         OperatorConfig.from_env({**url, "SHOAL_AUTOSCALER_DRY_RUN": "True"}).autoscaler_mode
@@ -78,6 +83,8 @@ def test_every_variable_of_the_contract() -> None:
         ({"SHOAL_AUTOSCALER_COLD_START_SECONDS": "-5"}, "COLD_START_SECONDS must be within"),
         ({"SHOAL_AUTOSCALER_STEP_SIGMA": "-1"}, "STEP_SIGMA and SHOAL_AUTOSCALER_RELEASE_SIGMA"),
         ({"SHOAL_AUTOSCALER_RELEASE_SIGMA": "11"}, "must be within 0..10"),
+        ({"SHOAL_AUTOSCALER_SPILL_BRIDGE": "-0.5"}, "SPILL_BRIDGE must be within 0..4"),
+        ({"SHOAL_AUTOSCALER_SPILL_BRIDGE": "5"}, "SPILL_BRIDGE must be within 0..4"),
     ],
 )
 def test_bad_values_stop_the_operator_with_the_variable_named(

@@ -126,6 +126,7 @@ def test_env_reaches_the_operator_settings(name: str) -> None:
     assert config.autoscaler_cold_start_seconds == v.autoscaler.cold_start_seconds
     assert config.autoscaler_step_sigma == v.autoscaler.step_sigma
     assert config.autoscaler_release_sigma == v.autoscaler.release_sigma
+    assert config.autoscaler_spill_bridge == v.autoscaler.spill_bridge
     assert config.default_budget_per_hour == (v.autoscaler.default_budget_per_hour or None)
     assert config.tenant_store_failure_mode == v.tenants.store_failure_mode
     assert config.tenant_sync_interval_seconds == v.tenants.sync_interval_seconds

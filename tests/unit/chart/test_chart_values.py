@@ -98,6 +98,7 @@ def test_chart_defaults_match_the_operators() -> None:
     assert v.autoscaler.cold_start_seconds == op.autoscaler_cold_start_seconds
     assert v.autoscaler.step_sigma == op.autoscaler_step_sigma
     assert v.autoscaler.release_sigma == op.autoscaler_release_sigma
+    assert v.autoscaler.spill_bridge == op.autoscaler_spill_bridge
     assert v.autoscaler.dry_run == op.autoscaler_dry_run
     assert (v.autoscaler.prometheus_url or None) == (op.prometheus_url or None)
     assert (v.autoscaler.default_budget_per_hour or None) == op.default_budget_per_hour

@@ -430,6 +430,15 @@ class TierAutoscaling(ApiModel):
         "keeps none, 100 keeps the whole swing warm. Unset: the operator's default "
         "(Helm value autoscaler.headroomPercent).",
     )
+    replica_start_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=3600,
+        description="Seconds a new replica of this tier takes to serve (image, weights, "
+        "engine start). The autoscaler's spillover bridge sizes up the model a first choice "
+        "spills to only where that model's tier starts faster than the first choice's. Unset: "
+        "unknown (no bridge to or from this tier).",
+    )
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(

@@ -385,6 +385,16 @@ class Autoscaler(ChartModel):
         "many Poisson standard deviations of it, so that one quiet window does not release "
         "replicas the next one needs (SHOAL_AUTOSCALER_RELEASE_SIGMA).",
     )
+    spill_bridge: float = Field(
+        default=1.0,
+        ge=0,
+        le=4,
+        description="Spillover's bridge: while a model's new replicas start, the model its "
+        "requests spill to (the one they went to most over the burst window) is sized for "
+        "this many times the requests in flight beyond what the ready replicas carry. Acts "
+        "only for fleets whose RoutingPolicy has spillover on; 0: off "
+        "(SHOAL_AUTOSCALER_SPILL_BRIDGE).",
+    )
 
 
 class Tenants(ChartModel):
