@@ -111,8 +111,8 @@ def fleet(local_ray: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     serve.delete("spill")
 
 
-def _ask(base_url: str) -> httpx.Response:
-    body = {"model": "auto", "messages": [{"role": "user", "content": MATH_PROMPT}]}
+def _ask(base_url: str, model: str = "auto") -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": MATH_PROMPT}]}
     return httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=120)
 
 
@@ -131,6 +131,11 @@ def test_a_burst_spills_while_the_queue_would_break_the_objective(fleet: Any) ->
         assert quiet.headers["x-shoal-model"] == "math"
         assert quiet.json()["choices"][0]["message"]["content"] == REPLIES["math"]
         assert "x-shoal-spilled-from" not in quiet.headers
+    # chat has traffic of its own too (one request naming it): the ingress has measured its
+    # time per request. A taker with no measured time takes spilled requests only while it
+    # has free slots (four here): beyond them its wait has no evidence to estimate from.
+    named = _ask(fleet.base_url, "chat")
+    assert named.status_code == 200 and named.headers["x-shoal-model"] == "chat", named.text
     before = fleet.metric("ray_shoal_spilled_requests_total", model="math", to="chat")
 
     # A burst on math's topic: one slot, a queue that would keep most past 100 ms.
