@@ -391,7 +391,18 @@ conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeou
 YAML
 start kube-proxy "$bin/kube-proxy" --config "$state/kube-proxy.yaml" --v=1
 wait_for kube-proxy 30 curl -sf "http://$node_ip:10256/healthz"
-ensure_egress_rule   # kube-proxy prepends its own FORWARD rules: ours goes first again
+# kube-proxy prepends its jump rules to FORWARD in its first sync, which may come after its
+# health check answers; it prepends only rules that are missing, so once all of them are
+# there, ours goes first again and stays first.
+kube_proxy_forward_rules() {
+  local rules
+  rules="$(iptables -w -S FORWARD)"
+  for chain in KUBE-PROXY-FIREWALL KUBE-FORWARD KUBE-SERVICES KUBE-EXTERNAL-SERVICES; do
+    grep -q -- "-j $chain\b" <<<"$rules" || return 1
+  done
+}
+wait_for "kube-proxy's FORWARD rules" 60 kube_proxy_forward_rules
+ensure_egress_rule
 
 # CoreDNS as a process on the node, beside the kubelet: no image to build, and it answers the
 # host and the pods alike on the node's address. cluster.local only: no forward plugin, so
