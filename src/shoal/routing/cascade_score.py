@@ -38,9 +38,7 @@ def kind_of(chain: CascadeChain) -> cs.AnswerKind:
     return cast(cs.AnswerKind, chain.kind) if chain.kind in ("choice", "number", "code") else "text"
 
 
-def voter_agreements(
-    chain: CascadeChain, answer: str, voters: Sequence[str | None]
-) -> list[float]:
+def voter_agreements(chain: CascadeChain, answer: str, voters: Sequence[str | None]) -> list[float]:
     """The answer's similarity to each voter's answer (None: the voter gave none), in order."""
     kind = kind_of(chain)
     core = cs.normalise_answer(answer, kind)

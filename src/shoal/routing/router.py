@@ -76,11 +76,18 @@ class Router:
         self, vectors: npt.NDArray[Any], *, alpha: float | None = None
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """Blended scores ``(n, m)`` and nearest cluster ``(n,)`` for embedded queries."""
+        scores, nearest, _ = self._score(vectors, alpha)
+        return scores, nearest
+
+    def _score(
+        self, vectors: npt.NDArray[Any], alpha: float | None
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Blended scores, nearest cluster and the similarities to every centroid."""
         a = self.default_alpha if alpha is None else scoring.check_alpha(alpha)
         v = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         sims = v @ self.centroids.T
         idx, w = scoring.top_p_softmax(sims, self.top_p, self.temperature)
-        return scoring.blend(idx, w, self._table(a)), idx[:, 0]
+        return scoring.blend(idx, w, self._table(a)), idx[:, 0], sims
 
     def rank_embeddings(
         self, vectors: npt.NDArray[Any], *, alpha: float | None = None
@@ -92,13 +99,13 @@ class Router:
     def _decisions(
         self, vectors: npt.NDArray[Any], alpha: float | None, started: float
     ) -> list[Decision]:
-        scores, nearest = self.score_embeddings(vectors, alpha=alpha)
+        scores, nearest, sims = self._score(vectors, alpha)
         order = scoring.rank(scores, self._prior)
         elapsed = (time.perf_counter() - started) * 1000.0 / max(1, len(scores))
         models = self.models
         out = []
-        for row, ranked, cluster in zip(
-            scores.tolist(), order.tolist(), nearest.tolist(), strict=True
+        for row, ranked, cluster, sim in zip(
+            scores.tolist(), order.tolist(), nearest.tolist(), sims.tolist(), strict=True
         ):
             out.append(
                 Decision(
@@ -106,6 +113,7 @@ class Router:
                     cluster=int(cluster),
                     scores=dict(zip(models, row, strict=True)),
                     elapsed_ms=elapsed,
+                    similarity=tuple(sim),
                 )
             )
         return out

@@ -22,13 +22,16 @@ class Decision:
 
     ``models`` holds every model of the artifact, best first. ``scores`` is each model's
     blended score (higher is better; in [0, 1]), ``cluster`` the id of the nearest cluster,
-    ``elapsed_ms`` the time the decision took (embedding included for :meth:`Router.rank`).
+    ``elapsed_ms`` the time the decision took (embedding included for :meth:`Router.rank`),
+    ``similarity`` the query's cosine similarity to each cluster centroid (what a cascade's
+    verifier reads, :mod:`shoal.routing.cascade_score`).
     """
 
     models: list[str]
     cluster: int
     scores: dict[str, float]
     elapsed_ms: float
+    similarity: tuple[float, ...] = ()
 
 
 @runtime_checkable

@@ -6,17 +6,27 @@ when the fleet's RoutingPolicy has a ``cascade`` and the request is routed (``mo
 or the fleet's name; a named model is never cascaded). For each model of the ranked list, in
 order, within ``maxChain`` calls:
 
-1. the model answers whole, unstreamed, asked for its token log-probabilities whether or not
-   the client asked (:meth:`FallbackCaller.whole_answer` keeps its books and bills its time);
+Where the artifact's plan carries a fitted chain for the query's cluster, its answering
+model goes first and the model it escalates to next (then the rest of the ranking).
+
+1. the model answers whole, unstreamed, asked for its token log-probabilities (for a
+   log-probability signal) whether or not the client asked
+   (:meth:`FallbackCaller.whole_answer` keeps its books and bills its time);
 2. the answer's structure is checked first (tool calls against their functions' parameters,
    a ``response_format`` answer against its schema): a failing one escalates;
-   Where the artifact's plan carries a fitted chain for the query's cluster, its answering
-   model goes first and the model it escalates to next (then the rest of the ranking);
-3. its confidence (:mod:`shoal.serving.cascade_signals`) is compared with the threshold of
-   the query's router cluster from the artifact's cascade plan
-   (:class:`~shoal.routing.cascade_plan.CascadePlan`), or the policy's ``threshold`` where the
-   artifact carries none; at or above it the answer is kept. An answer without
-   log-probabilities (an engine that gives none) is judged by its structure alone;
+3. its confidence is compared with the threshold of the query's router cluster from the
+   artifact's cascade plan (:class:`~shoal.routing.cascade_plan.CascadePlan`), or the
+   policy's ``threshold`` where the artifact carries none; at or above it the answer is kept.
+   The confidence is the plan's signal: token log-probabilities
+   (:mod:`shoal.serving.cascade_signals`), or, for a plan fitted with ``agreement`` or the
+   ``verifier``, the answer's text read as the fit read it
+   (:func:`shoal.routing.cascade_score.chain_confidence`): the chain's voters are asked the
+   same query at the same time as its answering model (whole, unstreamed, billed as any
+   attempt), and the answer is scored by its agreement with theirs, or by the fitted
+   verifier over the query's cluster similarities, the answer's structure and length and
+   that agreement. An answer without log-probabilities (an engine that gives none), an
+   escalation's answer under an answer signal, and one the plan cannot score are judged by
+   their structure alone;
 4. before an escalation: the chain's deadline (at least one stage's first-token deadline
    must be left of it), the policy's cost cap per request (each model
    estimated from its recent cost per request) and the tenant's budget and token limit are
@@ -33,16 +43,18 @@ when the chain is over); each attempt counts in the models' metrics and in
 ``shoal_cascade_attempts_total``. Headers: ``x-shoal-cascade-models`` (the models called, in
 order), ``x-shoal-cascade-confidence`` (each one's confidence, ``none`` without
 log-probabilities, ``invalid`` when its structure failed, ``failed`` when it gave no answer),
+``x-shoal-cascade-voters`` (the voters asked, when the signal has any),
 ``x-shoal-cascade-threshold``, ``x-shoal-cascade-escalated`` and ``x-shoal-model``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +62,8 @@ from starlette.responses import Response, StreamingResponse
 
 from shoal.api.v1alpha1.policy import CascadeSpec
 from shoal.contract import BuildArgs
-from shoal.routing.cascade_plan import CascadePlan
+from shoal.routing.cascade_plan import CascadeChain, CascadePlan
+from shoal.routing.cascade_score import ANSWER_SIGNALS, ScoreError, chain_confidence
 from shoal.serving import http
 from shoal.serving.capabilities import Capabilities
 from shoal.serving.cascade_signals import (
@@ -121,11 +134,27 @@ class Ledger:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Where a threshold comes from, for one request."""
+    """Where a threshold comes from, for one request, and the plan's fitted chain for the
+    query's cluster (None without one)."""
 
     signal: str
     threshold: float
     source: str  # "plan" or "policy"
+    chain: CascadeChain | None = None
+
+    @property
+    def reads_answers(self) -> bool:
+        """Whether the signal reads the answer's text (agreement, verifier), not its
+        log-probabilities."""
+        return self.signal in ANSWER_SIGNALS
+
+
+@dataclass
+class Votes:
+    """The voters' answers to the first model's query (None where one gave none)."""
+
+    models: list[str] = field(default_factory=list)
+    texts: list[str | None] = field(default_factory=list)
 
 
 class CascadeStage:
@@ -163,32 +192,35 @@ class CascadeStage:
         return (choice or self.spec.streaming) == "Replay"
 
     def verdict(self, cluster: int | None) -> Verdict:
-        """The signal and threshold for a query of ``cluster``: the artifact's plan where it
-        has one serving can compute, else the policy's."""
+        """The signal and threshold for a query of ``cluster``: the artifact's plan where
+        serving can compute its signal for this cluster (log-probabilities always; agreement
+        and the verifier where the plan fitted a chain for the cluster), else the policy's."""
         plan = self._plan()
         if plan is not None:
+            chain = plan.chain(cluster)
             if plan.signal in LOGPROB_SIGNALS:
-                return Verdict(plan.signal, plan.threshold(cluster), "plan")
+                return Verdict(plan.signal, plan.threshold(cluster), "plan", chain)
+            if plan.signal in ANSWER_SIGNALS and chain is not None:
+                return Verdict(plan.signal, plan.threshold(cluster), "plan", chain)
             if plan.signal not in self._warned:
                 self._warned.add(plan.signal)
                 log.warning(
-                    "the router artifact's cascade plan is fitted for the %s signal, which "
-                    "serving does not compute; the policy's %s threshold applies",
+                    "the router artifact's cascade plan is fitted for the %s signal without a "
+                    "chain for every cluster; where it has none the policy's %s threshold "
+                    "applies",
                     plan.signal,
                     self.spec.signal,
                 )
         return Verdict(API_SIGNALS[self.spec.signal], float(self.spec.threshold), "policy")
 
-    def _fitted_chain(self, cluster: int | None) -> list[str] | None:
-        """The models the artifact's plan fitted for ``cluster`` (its answering model, then
+    @staticmethod
+    def _fitted_chain(verdict: Verdict) -> list[str] | None:
+        """The models the plan fitted for the query's cluster (its answering model, then
         the one it escalates to), when the plan carries chains; None otherwise."""
-        plan = self._plan()
-        chain_of = getattr(plan, "chain", None)  # plans fitted with chains
-        found = chain_of(cluster) if callable(chain_of) else None
+        found = verdict.chain
         if found is None:
             return None
-        escalate = getattr(found, "escalate", None)
-        return [str(found.answer), *([str(escalate)] if escalate else [])]
+        return [found.answer, *([found.escalate] if found.escalate else [])]
 
     def max_chain(self) -> int:
         plan = self._plan()
@@ -206,16 +238,19 @@ class CascadeStage:
         cluster: int | None,
         done: Done | None,
         tenant: TenantState | None,
+        similarity: Sequence[float] | None = None,
     ) -> Response:
         """The kept answer of the chain (see the module docstring), or the error that says why
-        there is none; ``done`` is told once, with every attempt's tokens and cost."""
+        there is none; ``done`` is told once, with every attempt's tokens and cost.
+        ``similarity`` is the query's cosine similarity to each router centroid (the
+        verifier's features)."""
         verdict = self.verdict(cluster)
         now = time.monotonic()
         deadline = now + (self.spec.chain_seconds or self.limits.request_timeout_seconds)
         stage = self.spec.stage_seconds or self.limits.first_token_timeout_seconds
         chain = self.caller.candidates(ranked)
         limit = self.max_chain()
-        fitted = self._fitted_chain(cluster)
+        fitted = self._fitted_chain(verdict)
         if fitted is not None:  # the plan's chain for this cluster, where it can serve
             lead = [m for m in fitted if m in chain]
             if lead:
@@ -230,6 +265,8 @@ class CascadeStage:
         stopped: str | None = None
         errors: list[ModelUnavailable] = []
         escalated: set[str] = set()  # attempts counted as escalated
+        voting: asyncio.Task[Votes] | None = None
+        votes = Votes()
         try:
             for i, model in enumerate(chain):
                 if len(tried) >= limit:
@@ -260,6 +297,13 @@ class CascadeStage:
                 if kept is not None and kept.rid not in escalated:
                     escalated.add(kept.rid)
                     self.metrics.cascade_attempt(kept.model, "escalated")
+                judged = (
+                    verdict.chain is not None and not tried[:-1] and (model == verdict.chain.answer)
+                )  # the answer the plan's answer signal was fitted for
+                if judged and verdict.reads_answers and verdict.chain is not None:
+                    voting = asyncio.create_task(
+                        self._votes(api, gen, verdict.chain, ranked, stage, deadline, ledger)
+                    )
                 try:
                     text, last = await self.caller.whole_answer(
                         api, client, attempt_gen, min(first, remaining), deadline, ledger.done
@@ -269,10 +313,21 @@ class CascadeStage:
                     marks.append("failed")
                     self.caller.unavailable(model, exc, rid, more=i + 1 < len(chain))
                     self.metrics.cascade_attempt(model, "failed")
+                    votes = await _settle(voting, cancel=True)
+                    voting = None
                     continue
                 body = answer_body(api, rid, model, text, last)
                 problem = structural_problem(gen.params, body) if api == "chat" else None
-                score = confidence(verdict.signal, body) if problem is None else None
+                score: float | None = None
+                if voting is not None:
+                    votes = await _settle(voting, cancel=problem is not None)
+                    voting = None
+                if problem is not None:
+                    pass
+                elif not verdict.reads_answers:
+                    score = confidence(verdict.signal, body)
+                elif judged and verdict.chain is not None:
+                    score = self._answer_score(verdict, body, votes, similarity)
                 accepted = problem is None and (score is None or score >= verdict.threshold)
                 marks.append(
                     "invalid"
@@ -290,12 +345,16 @@ class CascadeStage:
                 if accepted:
                     break
         except BaseException as exc:
+            if voting is not None:
+                await _settle(voting, cancel=True)
             if not isinstance(exc, Exception):  # the client went away mid-chain
                 if done is not None:
                     done(ledger.last_model, 499, *self._tokens(ledger), ledger.cost)
                 raise
             raise
         out = dict(headers)
+        if votes.models:
+            out["x-shoal-cascade-voters"] = ",".join(votes.models)
         out["x-shoal-cascade-models"] = ",".join(tried)
         out["x-shoal-cascade-confidence"] = ",".join(marks)
         out["x-shoal-cascade-signal"] = verdict.signal
@@ -374,6 +433,72 @@ class CascadeStage:
                 return "budget"
         return None
 
+    # -- answer signals: voters and the verifier --------------------------------------------
+
+    async def _votes(
+        self,
+        api: http.Api,
+        gen: GenerationRequest,
+        chain: CascadeChain,
+        ranked: list[str],
+        stage: float,
+        deadline: float,
+        ledger: Ledger,
+    ) -> Votes:
+        """The chain's voters asked the same query at once, whole and unstreamed, beside its
+        answering model: each one's answer text, None where it gave none (a voter that cannot
+        serve this request, is parked, has failed recently or fails now counts as
+        disagreeing). Each vote is billed as any attempt is."""
+
+        async def one(model: str) -> str | None:
+            client = self.book.clients.get(model)
+            if (
+                client is None
+                or model not in ranked  # the router's list, cut to the capable models
+                or model in self.args.parked
+                or not self.book.health.healthy(model)
+            ):
+                return None
+            rid = http.new_id(api)
+            vote = dataclasses.replace(
+                gen, request_id=rid, model_name=model, stream=False, include_usage=False
+            )
+            remaining = max(0.0, deadline - time.monotonic())
+            first = remaining if getattr(client, "answers_whole", False) else stage
+            try:
+                text, last = await self.caller.whole_answer(
+                    api, client, vote, min(first, remaining), deadline, ledger.done
+                )
+            except ModelUnavailable as exc:
+                self.caller.unavailable(model, exc, rid, more=True)
+                self.metrics.cascade_attempt(model, "failed")
+                return None
+            self.metrics.cascade_attempt(model, "voted")
+            return answer_text(answer_body(api, rid, model, text, last))
+
+        texts = await asyncio.gather(*(one(m) for m in chain.voters))
+        return Votes(list(chain.voters), list(texts))
+
+    def _answer_score(
+        self,
+        verdict: Verdict,
+        body: dict[str, Any],
+        votes: Votes,
+        similarity: Sequence[float] | None,
+    ) -> float | None:
+        """The plan's agreement or verifier confidence in the answering model's answer
+        (None when it cannot be computed: the answer is then judged by its structure)."""
+        chain = verdict.chain
+        assert chain is not None
+        voters = votes.texts if votes.models else [None] * len(chain.voters)
+        try:
+            return chain_confidence(verdict.signal, chain, answer_text(body), voters, similarity)
+        except ScoreError as exc:
+            if str(exc) not in self._warned:
+                self._warned.add(str(exc))
+                log.warning("the cascade plan cannot score this answer: %s", exc)
+            return None
+
     # -- answers --------------------------------------------------------------------------------
 
     def _params(
@@ -381,8 +506,9 @@ class CascadeStage:
     ) -> dict[str, Any]:
         """The client's parameters with log-probabilities asked for (where the model's
         engine gives them): as many candidates per token as the client asked, at least
-        :data:`TOP_LOGPROBS` for the margin signal."""
-        if not self.capabilities[model].logprobs:
+        :data:`TOP_LOGPROBS` for the margin signal. Unchanged for a signal that reads the
+        answer's text (agreement, verifier) or an engine without log-probabilities."""
+        if not self.capabilities[model].logprobs or signal not in LOGPROB_SIGNALS:
             return params
         top = TOP_LOGPROBS if signal == "logprob_margin" else 0
         if api == "chat":
@@ -448,6 +574,39 @@ class CascadeStage:
         if done is not None:
             done(None, 429, *self._tokens(ledger), ledger.cost)
         return http.error_response(err, headers)
+
+
+async def _settle(task: asyncio.Task[Votes] | None, *, cancel: bool) -> Votes:
+    """The voters' answers once their task is over (none when it is cancelled first: the
+    first answer failed or its structure already decides)."""
+    if task is None:
+        return Votes()
+    if cancel:
+        task.cancel()
+    await asyncio.wait([task])
+    if task.cancelled():
+        return Votes()
+    exc = task.exception()
+    if exc is not None:
+        log.warning("the cascade's voters failed: %r", exc)
+        return Votes()
+    return task.result()
+
+
+def answer_text(body: dict[str, Any]) -> str:
+    """What an answer says, as the answer signals read it: a chat message's content (its
+    tool calls as JSON when it has no content), a completion's text."""
+    choices = body.get("choices") or [{}]
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    message = choice.get("message")
+    if isinstance(message, dict):
+        content = message.get("content")
+        if isinstance(content, str) and content:
+            return content
+        calls = message.get("tool_calls")
+        return json.dumps(calls, sort_keys=True) if calls else ""
+    text = choice.get("text")
+    return text if isinstance(text, str) else ""
 
 
 def answer_body(api: http.Api, rid: str, model: str, text: str, last: Chunk) -> dict[str, Any]:

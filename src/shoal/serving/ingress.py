@@ -322,7 +322,7 @@ class Endpoint:
             parsed = http.parse(api, body, self.limits)
             if ticket is not None and gate is not None:
                 await self.admission.tokens(gate, ticket, approx_prompt_tokens(parsed))
-            ranked, headers = await self._rank(parsed, request, tenant)
+            ranked, headers, similarity = await self._rank(parsed, request, tenant)
             ranked = self._capable(api, parsed, ranked)
             if ticket is not None:
                 headers.update(ticket.headers)
@@ -351,7 +351,7 @@ class Endpoint:
             if cascade is not None and routed and cascade.applies(parsed, tenant):
                 return await cascade.call(
                     api, parsed, gen, ranked, headers, int(cluster) if cluster else None, done,
-                    tenant,
+                    tenant, similarity,
                 )  # fmt: skip
             return await self.caller.call(
                 api, parsed, gen, ranked, headers, started, int(cluster) if cluster else None, done
@@ -388,13 +388,15 @@ class Endpoint:
         parsed: ChatRequest | CompletionRequest,
         request: Request,
         tenant: TenantState | None = None,
-    ) -> tuple[list[str], dict[str, str]]:
+    ) -> tuple[list[str], dict[str, str], tuple[float, ...] | None]:
+        """The models that may answer, best first, the routing headers, and the query's
+        similarity to each router centroid (None: not routed by clusters)."""
         name = parsed.model
         allowed = tenant.spec.models if tenant is not None else None
         if name in self.clients:
             if allowed is not None and base_model(name) not in allowed:
                 raise model_denied(name)
-            return [name], {}
+            return [name], {}, None
         if name not in self.aliases:
             raise model_not_found(name)
         alpha = self.alpha
@@ -447,7 +449,7 @@ class Endpoint:
             headers["x-shoal-cluster"] = str(ranking.cluster)
         if ranking.version is not None:
             headers["x-shoal-router-version"] = str(ranking.version)
-        return models, headers
+        return models, headers, ranking.similarity
 
     def _capable(
         self, api: http.Api, parsed: ChatRequest | CompletionRequest, ranked: list[str]

@@ -247,8 +247,9 @@ class RouterMetrics:
             "Models a cascade called, per model and outcome: accepted (its answer was kept), "
             "escalated (its answer was under the threshold or off its structure, and a next "
             "model was called), kept (under the threshold, but a cap, the tenant's budget or "
-            "the chain's deadline stopped the chain: its answer was returned), failed (no "
-            "answer).",
+            "the chain's deadline stopped the chain: its answer was returned), voted (it "
+            "answered as a voter of the agreement or verifier signal; its answer was compared, "
+            "never returned), failed (no answer).",
             ("fleet", "model", "outcome"),
         )
         self.spills = f.make(

@@ -59,6 +59,9 @@ class Ranking:
     scores: dict[str, float] | None = None
     #: Version of the router artifact that ranked (cluster strategy).
     version: int | None = None
+    #: The query's cosine similarity to each router centroid (cluster strategy), for a
+    #: cascade's verifier (:mod:`shoal.routing.cascade_score`).
+    similarity: tuple[float, ...] | None = None
 
 
 class Ranker(Protocol):
@@ -226,6 +229,7 @@ class ClusterRanker:
             self.strategy,
             dict(decision.scores),
             version,
+            decision.similarity or None,
         )
 
 

@@ -45,12 +45,18 @@ class FakeLogprobEngine:
     ``arguments`` when the request has tools, after ``delay`` seconds."""
 
     def __init__(
-        self, model: str, logprob: float, arguments: str = '{"city": "Paris"}', delay: float = 0
+        self,
+        model: str,
+        logprob: float,
+        arguments: str = '{"city": "Paris"}',
+        delay: float = 0,
+        text: str | None = None,
     ) -> None:
         self.model = model
         self.logprob = logprob
         self.arguments = arguments
         self.delay = delay
+        self.text = text or f"answer of {model}"
         self.requests: list[GenerationRequest] = []
 
     async def start(self) -> None:
@@ -65,7 +71,7 @@ class FakeLogprobEngine:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         self.requests.append(request)
         await asyncio.sleep(self.delay)
-        message: dict[str, Any] = {"role": "assistant", "content": f"answer of {self.model}"}
+        message: dict[str, Any] = {"role": "assistant", "content": self.text}
         finish = "stop"
         if request.params.get("tools"):
             message = {"role": "assistant", "content": None, "tool_calls": [
@@ -101,7 +107,13 @@ def endpoint(
     cheap_args: str = '{"city": "Paris"}',
     cheap_delay: float = 0.0,
     artifact: str | None = None,
+    texts: dict[str, str] | None = None,
+    voter_delay: float = 0.0,
 ) -> tuple[Endpoint, dict[str, FakeLogprobEngine]]:
+    """An endpoint over ``cheap`` and ``big`` (and ``voter``, in the small tier, when
+    ``texts`` names it), fake engines that answer ``texts[model]``."""
+    texts = texts or {}
+    names = ["cheap", *(["voter"] if "voter" in texts else []), "big"]
     policy: dict[str, Any] = {"strategy": "static", "staticOrder": ["cheap", "big"]}
     extra: dict[str, Any] = {}
     if artifact is not None:
@@ -118,8 +130,8 @@ def endpoint(
                 {"name": "large", "costPerReplicaHour": "10"},
             ],
             "models": [
-                {"name": "cheap", "engine": "simulated", "tier": "small"},
-                {"name": "big", "engine": "simulated", "tier": "large"},
+                {"name": m, "engine": "simulated", "tier": "large" if m == "big" else "small"}
+                for m in names
             ],
         },
         "policy": policy,
@@ -127,13 +139,19 @@ def endpoint(
     }
     args = BuildArgs.parse(raw)
     engines = {
-        "cheap": FakeLogprobEngine("cheap", cheap, cheap_args, cheap_delay),
-        "big": FakeLogprobEngine("big", big),
+        "cheap": FakeLogprobEngine("cheap", cheap, cheap_args, cheap_delay, texts.get("cheap")),
+        "big": FakeLogprobEngine("big", big, text=texts.get("big")),
     }
+    if "voter" in texts:
+        engines["voter"] = FakeLogprobEngine("voter", -1.0, delay=voter_delay, text=texts["voter"])
     clients = {
-        name: LocalModelClient(ModelInfo(name, tier, "simulated", price), engines[name])
-        for name, tier, price in (("cheap", "small", 1.0), ("big", "large", 10.0))
-    }
+        name: LocalModelClient(
+            ModelInfo(name, "large" if name == "big" else "small", "simulated",
+                      10.0 if name == "big" else 1.0),
+            engines[name],
+        )
+        for name in names
+    }  # fmt: skip
     ep = Endpoint(args, clients, RouterMetrics("test", backend="prometheus"))  # type: ignore[arg-type]
     for name in engines:  # the fake gives log-probabilities, as llama.cpp and vLLM do
         ep.capabilities[name] = dataclasses.replace(
@@ -326,22 +344,25 @@ def test_a_named_model_is_never_cascaded() -> None:
     assert "logprobs" not in engines["cheap"].requests[0].params
 
 
-def plan_artifact(path: Path) -> str:
-    """A two-cluster router (weather questions and arithmetic) with a cascade plan that
-    always accepts in the first cluster and always escalates in the second."""
+def plan_artifact(
+    path: Path, plan: CascadePlan | None = None, models: tuple[str, ...] = ("big", "cheap")
+) -> str:
+    """A two-cluster router (weather questions and arithmetic) over ``models`` with a cascade
+    ``plan``: by default one that always accepts in the first cluster and always escalates in
+    the second."""
     from shoal.routing import Sample, fit_router
     from shoal.routing.artifact import decode_artifact, encode_artifact
     from shoal.routing.embedders.hashing import HashingEmbedder
 
     samples = [
-        Sample(prompt=p, task="t", scores={"big": 1.0, "cheap": 0.6},
-               costs={"big": 1.0, "cheap": 0.1})
+        Sample(prompt=p, task="t", scores={m: 1.0 if m == "big" else 0.6 for m in models},
+               costs={m: 1.0 if m == "big" else 0.1 for m in models})
         for p in [f"weather in city {i} today" for i in range(6)]
         + [f"add {i} plus {i} numbers sum" for i in range(6)]
     ]  # fmt: skip
     data = fit_router(samples, embedder=HashingEmbedder(256), clusters=2, top_p=1, alpha=0.2)
     header, arrays = decode_artifact(data)
-    plan = CascadePlan("logprob_mean", (float("-inf"), float("inf")), -1.0, 2, 0.2, "test")
+    plan = plan or CascadePlan("logprob_mean", (float("-inf"), float("inf")), -1.0, 2, 0.2, "t")
     header["cascade"] = plan.to_header()
     path.write_bytes(encode_artifact(header, arrays))
     return str(path)
@@ -363,22 +384,117 @@ def test_the_artifact_plan_sets_the_threshold_per_cluster(tmp_path: Path) -> Non
 
 
 def test_a_plan_chain_orders_the_cluster_s_models(tmp_path: Path) -> None:
-    from shoal.routing import cascade_plan
+    from shoal.routing.cascade_plan import CascadeChain
 
-    chain_type = getattr(cascade_plan, "CascadeChain", None)
-    if chain_type is None:
-        pytest.skip("this plan format carries no chains")
     path = plan_artifact(tmp_path / "router.bin")
     from shoal.routing.artifact import decode_artifact, encode_artifact
 
     header, arrays = decode_artifact(Path(path).read_bytes())
-    chains = [chain_type("big"), chain_type("big")]  # big alone, never escalating
+    chains = (CascadeChain("big"), CascadeChain("big"))  # big alone, never escalating
     header["cascade"] = CascadePlan(
         "logprob_mean", (float("inf"), float("inf")), -1.0, 2, 0.2, "test", chains=chains
-    ).to_header()  # type: ignore[call-arg]
+    ).to_header()
     Path(path).write_bytes(encode_artifact(header, arrays))
     ep, engines = endpoint(cheap=-0.1, artifact=path)
     with serve(ep) as tc:
         raw = ask(oa(tc))
     assert raw.headers["x-shoal-cascade-models"] == "big"  # the fitted chain, capped at one
     assert engines["cheap"].requests == []
+
+
+# -- answer signals: the plan's agreement and verifier, computed on live answers -----------------
+
+
+def voter_plan(signal: str, threshold: float, weights: tuple[float, ...] = ()) -> CascadePlan:
+    """Both clusters: ``cheap`` answers multiple-choice questions, ``voter`` votes, ``big``
+    takes what fails the check."""
+    from shoal.routing.cascade_plan import CascadeChain
+
+    chain = CascadeChain("cheap", ("voter",), "big", kind="choice", weights=weights, bias=0.0)
+    return CascadePlan(signal, (threshold, threshold), threshold, 3, 0.2, "t", (chain, chain))
+
+
+def voter_endpoint(
+    tmp_path: Path, plan: CascadePlan, voter: str, voter_delay: float = 0.0, **cascade: str
+) -> tuple[Endpoint, dict[str, FakeLogprobEngine]]:
+    path = plan_artifact(tmp_path / "router.bin", plan, ("big", "cheap", "voter"))
+    texts = {"cheap": "The answer is B.", "voter": voter, "big": "(A) surely"}
+    return endpoint(artifact=path, texts=texts, voter_delay=voter_delay, cascade=cascade)
+
+
+def test_an_answer_the_voter_agrees_with_is_kept(tmp_path: Path) -> None:
+    ep, engines = voter_endpoint(tmp_path, voter_plan("agreement", 0.5), voter="(B)")
+    with serve(ep) as tc:
+        raw = ask(oa(tc))
+    answer = raw.parse()
+    assert raw.headers["x-shoal-cascade-signal"] == "agreement"
+    assert raw.headers["x-shoal-cascade-threshold-source"] == "plan"
+    assert raw.headers["x-shoal-cascade-models"] == "cheap"
+    assert raw.headers["x-shoal-cascade-voters"] == "voter"
+    assert raw.headers["x-shoal-cascade-confidence"] == "1.0000"
+    assert answer.choices[0].message.content == "The answer is B."
+    assert engines["big"].requests == []
+    # The voter was asked the same question, unstreamed; no log-probabilities are asked for
+    # a signal that reads the text; the client pays for the vote too.
+    vote = engines["voter"].requests[0]
+    assert vote.messages == engines["cheap"].requests[0].messages and not vote.stream
+    assert "logprobs" not in engines["cheap"].requests[0].params
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (20, 6)
+    assert metric(ep, "shoal_cascade_attempts_total", model="voter", outcome="voted") == 1
+    assert metric(ep, "shoal_cascade_attempts_total", model="cheap", outcome="accepted") == 1
+
+
+def test_an_answer_the_voter_disputes_escalates(tmp_path: Path) -> None:
+    ep, engines = voter_endpoint(tmp_path, voter_plan("agreement", 0.5), voter="C")
+    with serve(ep) as tc:
+        raw = ask(oa(tc))
+    answer = raw.parse()
+    assert raw.headers["x-shoal-cascade-models"] == "cheap,big"
+    assert raw.headers["x-shoal-cascade-confidence"] == "0.0000,none"  # big's is kept unjudged
+    assert raw.headers["x-shoal-model"] == "big"
+    assert answer.choices[0].message.content == "(A) surely"
+    assert len(engines["voter"].requests) == 1  # one vote, not a second for the escalation
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (30, 9)
+    assert metric(ep, "shoal_cascade_attempts_total", model="cheap", outcome="escalated") == 1
+
+
+def test_a_voter_that_gives_no_answer_counts_as_disputing(tmp_path: Path) -> None:
+    ep, _ = voter_endpoint(
+        tmp_path, voter_plan("agreement", 0.5), voter="(B)", voter_delay=2.0,
+        stageFirstTokenSeconds="0.2",
+    )  # fmt: skip
+    with serve(ep) as tc:
+        raw = ask(oa(tc))
+    assert raw.headers["x-shoal-cascade-models"] == "cheap,big"
+    assert raw.headers["x-shoal-cascade-confidence"] == "0.0000,none"
+    assert metric(ep, "shoal_cascade_attempts_total", model="voter", outcome="failed") == 1
+
+
+def test_the_verifier_reads_the_querys_cluster_similarities(tmp_path: Path) -> None:
+    # Weights on the similarities alone: sure in cluster 0, doubtful in cluster 1, whatever
+    # the voter says (features: 2 similarities, structure, log length, 1 agreement).
+    plan = voter_plan("verifier", 0.5, weights=(10.0, -10.0, 0.0, 0.0, 0.0))
+    ep, _ = voter_endpoint(tmp_path, plan, voter="(B)")
+    seen: dict[str, tuple[str, float]] = {}
+    with serve(ep) as tc:
+        for prompt in ("weather in city 3 today", "add 2 plus 2 numbers sum"):
+            raw = oa(tc).chat.completions.with_raw_response.create(
+                model="auto", messages=[{"role": "user", "content": prompt}]
+            )
+            assert raw.headers["x-shoal-cascade-signal"] == "verifier"
+            first = float(raw.headers["x-shoal-cascade-confidence"].split(",")[0])
+            seen[raw.headers["x-shoal-cluster"]] = (raw.headers["x-shoal-model"], first)
+    assert seen["0"][0] == "cheap" and seen["0"][1] > 0.5
+    assert seen["1"][0] == "big" and seen["1"][1] < 0.5
+
+
+def test_a_verifier_that_cannot_score_judges_by_structure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    plan = voter_plan("verifier", 0.5, weights=(1.0, 2.0))  # fitted for other features
+    ep, _ = voter_endpoint(tmp_path, plan, voter="C")
+    with serve(ep) as tc:
+        raw = ask(oa(tc))
+    assert raw.headers["x-shoal-cascade-confidence"] == "none"
+    assert raw.headers["x-shoal-model"] == "cheap"
+    assert "2 weights for 5 features" in caplog.text
