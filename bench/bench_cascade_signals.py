@@ -6,7 +6,9 @@ For each runtime (``xllamacpp``: llama.cpp's own server; ``llama-cpp-python`` wi
 log-probabilities, with them (what ``logprob_mean`` and ``logprob_min`` ask for) and with the
 top two candidates per token (what ``logprob_margin`` asks for); every variant must give the
 very same text (checked). Then the signal functions and the structural check themselves are
-timed on a real answer body (microseconds). Also reported: ``llama-cpp-python`` without
+timed on a real answer body, and the answer signals a fitted plan may use (agreement with one
+voter, on a letter and on a Python function; the verifier over 16 clusters) on fixed texts
+(microseconds). Also reported: ``llama-cpp-python`` without
 ``logits_all`` (no log-probabilities: the ingress refuses ``logprobs`` for it and a cascade
 judges its answers by structure alone), and the load time ``logits_all`` costs.
 
@@ -106,6 +108,8 @@ async def _load_seconds(runtime: dict[str, Any]) -> float:
 
 
 def _signal_costs(body: dict[str, Any], repeat: int = 2000) -> dict[str, float]:
+    from shoal.routing.cascade_plan import CascadeChain
+    from shoal.routing.cascade_score import chain_confidence
     from shoal.serving.cascade_signals import confidence, structural_problem
 
     tools = [
@@ -124,7 +128,22 @@ def _signal_costs(body: dict[str, Any], repeat: int = 2000) -> dict[str, float]:
     call = {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
         "role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function",
         "function": {"name": "f", "arguments": "{\"city\": \"Paris\"}"}}]}}]}  # fmt: skip
+    letter, code = (
+        "The answer is (B), because whales breathe air.",
+        ('```python\ndef add(a, b):\n    """Sum."""\n    total = a + b\n    return total\n```'),
+    )
+    choice = CascadeChain("small", ("voter",), "big", kind="choice")
+    coder = CascadeChain("small", ("voter",), "big", kind="code")
+    verifier = CascadeChain(
+        "small", ("voter",), "big", kind="code", weights=(0.1,) * 19, bias=-1.0
+    )  # 16 clusters, structure, length, one voter
+    sims = [0.1] * 16
     cases = {
+        "agreement_choice_us": lambda: chain_confidence("agreement", choice, letter, ["B"]),
+        "agreement_code_us": lambda: chain_confidence("agreement", coder, code, [code + " "]),
+        "verifier_code_16_clusters_us": lambda: chain_confidence(
+            "verifier", verifier, code, [code], sims
+        ),
         "logprob_mean_us": lambda: confidence("logprob_mean", body),
         "logprob_min_us": lambda: confidence("logprob_min", body),
         "logprob_margin_us": lambda: confidence("logprob_margin", body),
