@@ -128,6 +128,20 @@ class Router:
         scores = self._table(a).mean(axis=0, keepdims=True)
         return [self.models[i] for i in scoring.rank(scores, self._prior)[0].tolist()]
 
+    def rank_similarity(self, similarity: Sequence[float], *, alpha: float) -> list[str]:
+        """Every model, best first, for a query known by its similarity to each centroid (a
+        :class:`Decision`'s ``similarity``), at ``alpha``: what :meth:`rank` gives that query
+        at ``alpha``, without embedding it again (a cascade's routed chain ranks at its own
+        alpha, :mod:`shoal.routing.cascade_plan`)."""
+        sims = np.asarray([similarity], dtype=np.float32)
+        if sims.shape != (1, self.centroids.shape[0]):
+            raise ValueError(
+                f"{sims.shape[1]} similarities for a router of {self.centroids.shape[0]} clusters"
+            )
+        idx, w = scoring.top_p_softmax(sims, self.top_p, self.temperature)
+        scores = scoring.blend(idx, w, self._table(scoring.check_alpha(alpha)))
+        return [self.models[i] for i in scoring.rank(scores, self._prior)[0].tolist()]
+
     def rank(self, text: str, *, alpha: float | None = None) -> Decision:
         """Rank every model of the artifact for one query, best first."""
         started = time.perf_counter()

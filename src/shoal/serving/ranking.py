@@ -28,7 +28,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
@@ -206,6 +206,13 @@ class ClusterRanker:
         if not 0 <= cluster < len(table):
             return None
         return dict(zip(router.models, (float(q) for q in table[cluster]), strict=True))
+
+    def rank_similarity(self, similarity: Sequence[float], alpha: float) -> list[str]:
+        """The models, best first, for a query known by its similarity to each centroid, at
+        ``alpha``, without embedding it again (a cascade chain answered by the router's own
+        choice ranks at the plan's alpha). ``ValueError`` when the similarities are for
+        another artifact (one reloaded since the query was ranked)."""
+        return _with_fallback(self.router.rank_similarity(similarity, alpha=alpha), self.fallback)
 
     def rank(self, text: str, alpha: float | None = None) -> Ranking:
         from shoal.routing import EmbedderUnavailable

@@ -72,6 +72,20 @@ def test_rank_many_agrees_with_rank(samples: list[Sample]) -> None:
     assert router.rank_many([]) == []
 
 
+def test_a_decision_carries_its_similarities_and_reranks_from_them(samples: list[Sample]) -> None:
+    router = load_router(fit(samples, top_p=2), embedder=HashingEmbedder(128))
+    for text in ("add the numbers", "tort liability claim", "something else entirely"):
+        d = router.rank(text, alpha=0.5)
+        assert len(d.similarity) == 2 and d.cluster == max(range(2), key=d.similarity.__getitem__)
+        for alpha in (0.0, 0.5, 1.0):
+            assert (
+                router.rank_similarity(d.similarity, alpha=alpha)
+                == router.rank(text, alpha=alpha).models
+            )
+    with pytest.raises(ValueError, match="3 similarities for a router of 2 clusters"):
+        router.rank_similarity((0.1, 0.2, 0.3), alpha=0.5)
+
+
 def test_fit_is_deterministic_for_a_seed(samples: list[Sample]) -> None:
     assert fit(samples, clusters=3, seed=7) == fit(samples, clusters=3, seed=7)
 
