@@ -25,6 +25,12 @@ HEADER_KEY = "cascade"
 SIGNALS = ("logprob_mean", "logprob_min", "logprob_margin", "agreement", "verifier")
 
 
+#: :attr:`CascadeChain.answer` of a chain whose answering model is the router's own choice for
+#: the query: the first model of the router's ranking at the chain's :attr:`CascadeChain.alpha`
+#: (``Router.rank(text, alpha=chain.alpha).models[0]``). A chain with it and no ``escalate``
+#: is single-shot routing for that cluster, so the fit can always fall back to routing.
+ROUTED = "@router"
+
 #: The verifier's features, in the order of :attr:`CascadeChain.weights`: the query's cosine
 #: similarity to each artifact centroid (``similarity``, one feature per cluster), the answer's
 #: :func:`~shoal.routing.cascade.structure` for the chain's answer kind, ``log(1 + characters)``
@@ -49,7 +55,8 @@ class CascadeChain:
     the majority kind of the cluster's calibration queries. ``weights`` and ``bias`` are the
     verifier's, over :data:`VERIFIER_FEATURES` (``similarity`` and ``agreement`` expanded to one
     weight per cluster and per voter): ``confidence = sigmoid(bias + weights . features)``;
-    empty for other signals.
+    empty for other signals. ``alpha`` is set only when ``answer`` is :data:`ROUTED`: the
+    quality/cost weight the router ranks with to pick the answering model.
     """
 
     answer: str
@@ -58,9 +65,22 @@ class CascadeChain:
     kind: str = "text"
     weights: tuple[float, ...] = ()
     bias: float = 0.0
+    alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.answer == ROUTED) != (self.alpha is not None):
+            raise CascadePlanError(
+                f"a chain answered by {ROUTED!r} needs the router's alpha, and only it has one "
+                f"(answer {self.answer!r}, alpha {self.alpha!r})"
+            )
+
+    @property
+    def routed(self) -> bool:
+        """Whether the answering model is the router's per-query choice (:data:`ROUTED`)."""
+        return self.answer == ROUTED
 
     def to_header(self) -> dict[str, Any]:
-        """JSON-safe form."""
+        """JSON-safe form (``alpha`` only for a routed chain, so older readers see the same)."""
         return {
             "answer": self.answer,
             "voters": list(self.voters),
@@ -68,6 +88,7 @@ class CascadeChain:
             "kind": self.kind,
             "weights": list(self.weights),
             "bias": self.bias,
+            **({"alpha": self.alpha} if self.alpha is not None else {}),
         }
 
     @classmethod
@@ -81,6 +102,7 @@ class CascadeChain:
             kind=str(raw.get("kind", "text")),
             weights=tuple(float(w) for w in raw.get("weights", ())),
             bias=float(raw.get("bias", 0.0)),
+            alpha=None if raw.get("alpha") is None else float(raw["alpha"]),
         )
 
     @property
