@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from shoal.routing import cascade as cs
 from shoal.routing import scoring
-from shoal.routing.cascade_plan import ROUTED, CascadeChain, CascadePlan
+from shoal.routing.cascade_plan import ROUTED, CascadeChain, CascadePlan, ExAnte
 from shoal.routing.evaluate import per_task_mean
 from shoal.routing.fit import score_matrices, task_weights
 from shoal.routing.types import Sample
@@ -104,6 +104,24 @@ class RouterTables:
         out = np.column_stack(cols) if cols else np.zeros((len(idx), 0))
         return out.astype(np.int64)
 
+    def exante(self, similarity: npt.NDArray[Any]) -> F64:
+        """The router's ex-ante quality estimate ``(n, m)`` of every model for every query:
+        the quality table blended over the ``top_p`` nearest centroids, in float64 exactly as
+        :meth:`~shoal.routing.cascade_plan.ExAnte.estimate` computes one query live."""
+        sims = np.asarray(similarity, dtype=np.float64)
+        p = max(1, min(self.top_p, sims.shape[1]))
+        idx = np.argsort(-sims, axis=1, kind="stable")[:, :p]
+        top = np.take_along_axis(sims, idx, axis=1)
+        z = np.exp((top - top[:, :1]) / self.temperature)
+        rows = np.asarray(self.quality, dtype=np.float64)[idx]  # (n, p, m)
+        out: F64 = np.einsum("np,npm->nm", z, rows) / z.sum(axis=1, keepdims=True)
+        return out
+
+    def plan_exante(self, model: int) -> ExAnte:
+        """The plan's form of the ex-ante estimate for one model (its quality column)."""
+        column = np.asarray(self.quality, dtype=np.float64)[:, model]
+        return ExAnte(tuple(float(q) for q in column), self.top_p, self.temperature)
+
 
 @dataclass(frozen=True)
 class Signals:
@@ -122,6 +140,10 @@ class Signals:
     #: (n, A): the router's first choice per query at each of ``alphas`` (A = 0 without it).
     routed: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros((0, 0), np.int64))
     alphas: tuple[float, ...] = ()
+    #: The router's tables (None: no routed options, no ex-ante feature).
+    router: RouterTables | None = None
+    #: (n, m): the router's ex-ante quality estimate per query and model (None without router).
+    exante: F64 | None = None
     _pairs: dict[tuple[int, int], F64] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -163,6 +185,8 @@ class Signals:
         """The verifier's features (:data:`~shoal.routing.cascade_plan.VERIFIER_FEATURES`)."""
         cols = [self.shape[:, answer], self.log_length[:, answer]]
         cols += [self._pair(answer, v) for v in voters]
+        if self.exante is not None:
+            cols.append(self.exante[:, answer])
         return np.column_stack([self.similarity, *cols])
 
 
@@ -238,6 +262,8 @@ def signals(
         log_length=log_length.reshape(len(samples), len(models)),
         routed=routed,
         alphas=tuple(float(a) for a in alphas),
+        router=router,
+        exante=router.exante(sims) if router is not None else None,
     )
 
 
@@ -546,6 +572,7 @@ def plan_from(
                 kind=kinds[c],
                 weights=tuple(float(x) for x in model.weights) if model else (),
                 bias=float(model.bias) if model else 0.0,
+                exante=train.router.plan_exante(cand.answer) if model and train.router else None,
             )
         )
     thresholds = tuple(
