@@ -106,7 +106,8 @@ def test_the_operating_point_chosen_on_train_alone_holds_on_test() -> None:
 
 
 def test_a_cascade_reaches_99_percent_of_gpt4_at_40_percent_of_its_cost() -> None:
-    # Issue 31: measured 38.9% (verifier with the ex-ante estimate; 48.1% before it).
+    # Issue 31: measured 38.9% (verifier with the ex-ante estimate; 48.1% before it), 0.07
+    # point over 99%; train-only CV does not confirm the estimate's gain (docs/routing.md).
     best = min(strategy(f"cascade:{n}")["cost_fraction_at_99"] or math.inf for n in SIGNALS)
     assert best <= 0.40
 
