@@ -12,7 +12,7 @@ its (de)serialisation, nothing else.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +25,55 @@ HEADER_KEY = "cascade"
 SIGNALS = ("logprob_mean", "logprob_min", "logprob_margin", "agreement", "verifier")
 
 
+#: :attr:`CascadeChain.answer` of a chain whose answering model is the router's own choice for
+#: the query: the first model of the router's ranking at the chain's :attr:`CascadeChain.alpha`
+#: (``Router.rank(text, alpha=chain.alpha).models[0]``). A chain with it and no ``escalate``
+#: is single-shot routing for that cluster, so the fit can always fall back to routing.
+ROUTED = "@router"
+
 #: The verifier's features, in the order of :attr:`CascadeChain.weights`: the query's cosine
 #: similarity to each artifact centroid (``similarity``, one feature per cluster), the answer's
 #: :func:`~shoal.routing.cascade.structure` for the chain's answer kind, ``log(1 + characters)``
-#: of the answer, and its :func:`~shoal.routing.cascade.agreement` with each of the chain's
-#: voters (one feature per voter, in the chain's order; none without voters).
-VERIFIER_FEATURES = ("similarity", "structure", "log_length", "agreement")
+#: of the answer, its :func:`~shoal.routing.cascade.agreement` with each of the chain's
+#: voters (one feature per voter, in the chain's order; none without voters), and, only for a
+#: chain with :attr:`CascadeChain.exante`, the router's ex-ante quality estimate for the
+#: answering model (:meth:`ExAnte.estimate`).
+VERIFIER_FEATURES = ("similarity", "structure", "log_length", "agreement", "exante")
+
+
+@dataclass(frozen=True)
+class ExAnte:
+    """The router's own estimate of the answering model's quality for a query, as the router
+    scores: the model's per-cluster quality (the artifact's ``quality`` column) blended over
+    the query's ``top_p`` most similar centroids by a softmax of cosine similarity divided by
+    ``temperature``. Dekoninck et al.'s ex-ante estimate, beside the verifier's post-hoc ones.
+    """
+
+    quality: tuple[float, ...]
+    top_p: int = 3
+    temperature: float = 0.1
+
+    def estimate(self, similarity: Sequence[float]) -> float:
+        """The blended quality for one query's similarity to each centroid (ties: lower index
+        first, as a stable sort)."""
+        order = sorted(range(len(similarity)), key=lambda i: -float(similarity[i]))
+        top = order[: max(1, min(self.top_p, len(order)))]
+        best = float(similarity[top[0]])
+        z = [math.exp((float(similarity[i]) - best) / self.temperature) for i in top]
+        return sum(w * self.quality[i] for w, i in zip(z, top, strict=True)) / sum(z)
+
+    def to_header(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return {"quality": list(self.quality), "top_p": self.top_p, "temperature": self.temperature}
+
+    @classmethod
+    def from_header(cls, raw: Mapping[str, Any]) -> ExAnte:
+        """Parse :meth:`to_header`'s form."""
+        return cls(
+            quality=tuple(float(q) for q in raw["quality"]),
+            top_p=int(raw.get("top_p", 3)),
+            temperature=float(raw.get("temperature", 0.1)),
+        )
 
 
 class CascadePlanError(ValueError):
@@ -49,7 +92,9 @@ class CascadeChain:
     the majority kind of the cluster's calibration queries. ``weights`` and ``bias`` are the
     verifier's, over :data:`VERIFIER_FEATURES` (``similarity`` and ``agreement`` expanded to one
     weight per cluster and per voter): ``confidence = sigmoid(bias + weights . features)``;
-    empty for other signals.
+    empty for other signals. ``alpha`` is set only when ``answer`` is :data:`ROUTED`: the
+    quality/cost weight the router ranks with to pick the answering model. ``exante`` (None in
+    plans fitted before it) adds the router's ex-ante estimate to the verifier's features.
     """
 
     answer: str
@@ -58,9 +103,23 @@ class CascadeChain:
     kind: str = "text"
     weights: tuple[float, ...] = ()
     bias: float = 0.0
+    alpha: float | None = None
+    exante: ExAnte | None = None
+
+    def __post_init__(self) -> None:
+        if (self.answer == ROUTED) != (self.alpha is not None):
+            raise CascadePlanError(
+                f"a chain answered by {ROUTED!r} needs the router's alpha, and only it has one "
+                f"(answer {self.answer!r}, alpha {self.alpha!r})"
+            )
+
+    @property
+    def routed(self) -> bool:
+        """Whether the answering model is the router's per-query choice (:data:`ROUTED`)."""
+        return self.answer == ROUTED
 
     def to_header(self) -> dict[str, Any]:
-        """JSON-safe form."""
+        """JSON-safe form (``alpha`` only for a routed chain, so older readers see the same)."""
         return {
             "answer": self.answer,
             "voters": list(self.voters),
@@ -68,6 +127,8 @@ class CascadeChain:
             "kind": self.kind,
             "weights": list(self.weights),
             "bias": self.bias,
+            **({"alpha": self.alpha} if self.alpha is not None else {}),
+            **({"exante": self.exante.to_header()} if self.exante is not None else {}),
         }
 
     @classmethod
@@ -81,6 +142,8 @@ class CascadeChain:
             kind=str(raw.get("kind", "text")),
             weights=tuple(float(w) for w in raw.get("weights", ())),
             bias=float(raw.get("bias", 0.0)),
+            alpha=None if raw.get("alpha") is None else float(raw["alpha"]),
+            exante=None if raw.get("exante") is None else ExAnte.from_header(raw["exante"]),
         )
 
     @property

@@ -11,7 +11,9 @@ and the texts, so that serving reads an answer exactly as the fit did:
 - ``verifier``: ``sigmoid(bias + weights . features)`` over
   :data:`~shoal.routing.cascade_plan.VERIFIER_FEATURES`: the query's cosine similarity to each
   router centroid, the answer's structure for the chain's kind, ``log(1 + characters)``, and
-  its agreement with each voter in the chain's order.
+  its agreement with each voter in the chain's order, and (for a chain fitted with it) the
+  router's ex-ante quality estimate for the answering model
+  (:meth:`~shoal.routing.cascade_plan.ExAnte.estimate`).
 
 Pure, numpy-free arithmetic over a few dozen numbers: microseconds per answer.
 """
@@ -61,6 +63,7 @@ def verifier_features(
         cs.structure(answer, kind),
         math.log1p(len(answer)),
         *voter_agreements(chain, answer, voters),
+        *([chain.exante.estimate(similarity)] if chain.exante is not None else []),
     ]
 
 

@@ -4,7 +4,8 @@ Every model's recorded answer and cost is in RouterBench's files, so a cascade i
 without calling any model (:mod:`shoal.routing.cascade_fit`): the figures here are the ones
 docs/routing.md reports. Slow (the default embedder, like test_routing_public_data.py); reads
 ``$SHOAL_DATA_DIR/routing``, skips without it and fails under ``SHOAL_REQUIRE_SERVERS=1``.
-The issue's targets the cascades do not reach are ``xfail`` tests with the measured figure.
+Issue 31's three targets are met (the verifier reads the router's ex-ante estimate; clusters
+that are not cascaded are served by the router's own per-query choice).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from test_routing_public_data import RB_PARAMS, embedder, split
 
 from shoal.routing import fit_router, load_router
 from shoal.routing.artifact import decode_artifact
-from shoal.routing.cascade_fit import evaluate_cascades, fit_artifact_plan
-from shoal.routing.cascade_plan import CascadePlan
+from shoal.routing.cascade_fit import RouterTables, evaluate_cascades, fit_artifact_plan
+from shoal.routing.cascade_plan import ROUTED, CascadePlan
 from shoal.routing.evaluate import evaluate_router
 
 pytestmark = pytest.mark.slow
@@ -64,10 +65,10 @@ def test_the_reference_and_single_shot_routing_are_those_of_the_router_figures()
 @pytest.mark.parametrize(
     ("name", "at_99", "beats_routing"),
     [
-        ("agreement", 0.56, True),
-        ("verifier", 0.85, False),
-        ("verifier+agreement", 0.49, True),
-        ("verifier+agreement-3", 0.56, True),
+        ("agreement", 0.54, True),
+        ("verifier", 0.40, True),
+        ("verifier+agreement", 0.44, True),
+        ("verifier+agreement-3", 0.46, True),
     ],
 )
 def test_each_cascade_reaches_99_percent_of_gpt4(
@@ -76,8 +77,8 @@ def test_each_cascade_reaches_99_percent_of_gpt4(
     entry = strategy(f"cascade:{name}")
     assert entry["cost_fraction_at_99"] is not None
     assert entry["cost_fraction_at_99"] <= at_99
-    # The cascades with voters reach it for much less than routing (81.6%); the verifier
-    # alone, which sees no other answer, does not.
+    # Every cascade reaches it for much less than routing (81.6%); the verifier alone only
+    # since it reads the router's ex-ante estimate (83.7% without it).
     routing = strategy("routing")["cost_fraction_at_99"]
     assert (entry["cost_fraction_at_99"] < routing) is beats_routing
     # Every attempt is paid: no cascade point is cheaper than its cheapest model alone.
@@ -86,19 +87,15 @@ def test_each_cascade_reaches_99_percent_of_gpt4(
 
 def test_cascades_reach_gpt4s_full_accuracy() -> None:
     reach = {n: strategy(f"cascade:{n}")["cost_fraction_at_reference"] for n in SIGNALS}
-    assert reach["verifier"] is not None and reach["verifier"] <= 0.85
-    assert reach["agreement"] is not None and reach["agreement"] <= 0.91
+    assert reach["verifier+agreement"] is not None and reach["verifier+agreement"] <= 0.45
+    assert reach["verifier+agreement-3"] is not None and reach["verifier+agreement-3"] <= 0.49
+    assert reach["agreement"] is not None and reach["agreement"] <= 0.82
 
 
-@pytest.mark.xfail(
-    reason="issue 31: GPT-4's full accuracy cheaper than single-shot routing's 81.6% of its "
-    "cost; measured: 83.7% (verifier), 90.1% (agreement); the agreement cascades that reach "
-    "99% for half the cost stop just under 100% (82.77-82.85% against 82.89%)",
-    strict=False,
-)
 def test_a_cascade_reaches_gpt4s_full_accuracy_cheaper_than_routing() -> None:
+    # Issue 31: measured 44.7% of GPT-4's cost (verifier+agreement) against routing's 81.6%.
     best = min(strategy(f"cascade:{n}")["cost_fraction_at_reference"] or math.inf for n in SIGNALS)
-    assert best < strategy("routing")["cost_fraction_at_reference"]
+    assert best < 0.46 < strategy("routing")["cost_fraction_at_reference"]
 
 
 def test_the_operating_point_chosen_on_train_alone_holds_on_test() -> None:
@@ -108,25 +105,29 @@ def test_the_operating_point_chosen_on_train_alone_holds_on_test() -> None:
     assert chosen["cost_fraction"] <= 0.35
 
 
-@pytest.mark.xfail(
-    reason="issue 31: 99% of GPT-4's accuracy at <= 40% of its cost; best measured 48.1% "
-    "(verifier+agreement): Winogrande's cheap models agree on wrong answers",
-    strict=False,
-)
 def test_a_cascade_reaches_99_percent_of_gpt4_at_40_percent_of_its_cost() -> None:
+    # Issue 31: measured 38.9% (verifier with the ex-ante estimate; 48.1% before it), 0.07
+    # point over 99%; train-only CV does not confirm the estimate's gain (docs/routing.md).
     best = min(strategy(f"cascade:{n}")["cost_fraction_at_99"] or math.inf for n in SIGNALS)
     assert best <= 0.40
 
 
-@pytest.mark.xfail(
-    reason="issue 31: the cascade's frontier at or above single-shot routing's everywhere; "
-    "measured: up to 4.2 points below it between 5% and 7% of GPT-4's cost (where the "
-    "cascade's per-cluster single models are worse than the router's blended choice) and "
-    "0.3 point below at 81.6%; 0.2 point above at 30.9%",
-    strict=False,
-)
 def test_the_cascade_frontier_is_at_or_above_routing_everywhere() -> None:
-    assert strategy("cascade:verifier+agreement")["worst_gap_to_routing"] >= 0.0
+    # Issue 31: single-shot routing is a plan (every chain ROUTED), so the cascade's sweep
+    # contains routing's points; the fitted plans add the points above it.
+    for name in SIGNALS:
+        assert strategy(f"cascade:{name}")["worst_gap_to_routing"] >= 0.0
+
+
+def test_routed_options_are_the_routers_own_choices() -> None:
+    _, x_test = split("routerbench", "test")
+    router = load_router(router_blob(), embedder=embedder())
+    tables = RouterTables(router.quality, router.cost, router.top_p, router.temperature)
+    sims = x_test.astype("float32") @ router.centroids.T
+    alphas = (0.0, 0.1, 0.5, 0.8, 1.0)
+    got = tables.first_choices(sims, alphas)
+    for j, a in enumerate(alphas):
+        assert (got[:, j] == router.rank_embeddings(x_test, alpha=a)[:, 0]).all()
 
 
 def test_a_fitted_plan_travels_in_the_artifact_header() -> None:
@@ -141,5 +142,6 @@ def test_a_fitted_plan_travels_in_the_artifact_header() -> None:
     escalating = [c for c in plan.chains if c.escalate is not None]
     assert escalating, "a plan at this weight escalates somewhere"
     assert any(c.escalate == GPT4 for c in escalating)
-    assert all(c.voters and c.weights for c in escalating)
+    assert all(c.voters and c.weights and c.exante for c in escalating)
+    assert all(c.answer == ROUTED and c.alpha is not None for c in plan.chains if not c.escalate)
     assert {c.kind for c in plan.chains} == {"choice", "code"}

@@ -201,3 +201,30 @@ def test_router_fit_writes_a_cascade_plan_and_eval_reports_cascades(tmp_path: Pa
     )  # fmt: skip
     assert res.exit_code == 2 and "cannot be served" in res.output
     assert not (tmp_path / "x.bin").exists()
+
+
+def test_uncascaded_clusters_are_served_by_the_routers_choice_and_routing_is_in_the_sweep() -> None:
+    from shoal.routing.cascade_plan import ROUTED
+
+    samples = cascade_samples()
+    tables = cf.RouterTables(
+        quality=np.array([[0.8, 0.7, 1.0], [0.8, 0.0, 1.0]]),
+        cost=np.array([[0.001, 0.001, 0.02], [0.001, 0.001, 0.02]]),
+        top_p=1,
+        temperature=0.1,
+    )
+    sig = cf.signals(samples, MODELS, embed(samples), CENTROIDS, router=tables)
+    assert sig.routed.shape == (len(samples), len(cf.ROUTED_ALPHAS))
+    # At alpha 1 the router picks the best quality (big), at alpha 0 the cheapest (small).
+    assert (sig.routed[:, -1] == MODELS.index("big")).all()
+    assert (sig.routed[:, 0] == MODELS.index("small")).all()
+    # A cost weight at which escalating never pays: every cluster is routed, at one alpha.
+    plan = cf.fit_plan(sig, signal="agreement", cost_weight=100.0, reference="big")
+    assert all(c.answer == ROUTED and c.escalate is None for c in plan.chains)
+    assert len({c.alpha for c in plan.chains}) == 1
+    # The report's sweep holds single-shot routing at every alpha as an all-routed plan.
+    report = cf.cascade_report(sig, sig, reference="big", strategies=["agreement"])
+    points = report["strategies"]["cascade:agreement"]["points"]
+    routed = [p for p in points if p["cost_weight"] is None]
+    assert [p["alpha"] for p in routed] == list(cf.ROUTED_ALPHAS)
+    assert routed[-1]["accuracy"] == 1.0 and routed[-1]["cost_fraction"] == pytest.approx(1.0)

@@ -55,3 +55,30 @@ def test_a_plan_carries_its_fitted_chains_through_the_header() -> None:
         CascadePlan("verifier", (0.1, 0.2), 0.1, chains=chains[:1])
     with pytest.raises(CascadePlanError, match="malformed"):
         CascadePlan.from_header({"cascade": {**plan.to_header(), "chains": [{"voters": []}]}})
+
+
+def test_a_routed_chain_and_the_ex_ante_estimate_travel_and_old_chains_still_parse() -> None:
+    from shoal.routing.cascade_plan import ROUTED, CascadeChain, ExAnte
+
+    routed = CascadeChain(ROUTED, kind="choice", alpha=0.35)
+    verified = CascadeChain(
+        "small", ("voter",), "big", kind="choice", weights=(0.5, -1.0, 2.0), bias=0.2,
+        exante=ExAnte((0.6, 0.9), top_p=2, temperature=0.1),
+    )  # fmt: skip
+    plan = CascadePlan("verifier", (-math.inf, 0.7), 0.7, max_chain=3, chains=(routed, verified))
+    raw = json.loads(json.dumps({"cascade": plan.to_header()}))
+    assert CascadePlan.from_header(raw) == plan
+    assert routed.routed and routed.calls == 1 and not verified.routed
+    # A chain written before routed chains and the ex-ante feature has neither key.
+    old = {"answer": "big", "voters": [], "escalate": None, "kind": "code", "weights": []}
+    assert CascadeChain.from_header(old) == CascadeChain("big", kind="code")
+    assert "alpha" not in CascadeChain("big").to_header()
+    assert "exante" not in CascadeChain("big").to_header()
+    with pytest.raises(CascadePlanError, match="needs the router's alpha"):
+        CascadeChain(ROUTED)
+    with pytest.raises(CascadePlanError, match="needs the router's alpha"):
+        CascadeChain("big", alpha=0.5)
+    # Nearest centroid 1 (0.9) dominates at temperature 0.1: weights e^0 and e^-4.
+    w = math.exp(-0.4 / 0.1)
+    assert verified.exante is not None
+    assert verified.exante.estimate([0.5, 0.9]) == pytest.approx((0.9 + w * 0.6) / (1 + w))

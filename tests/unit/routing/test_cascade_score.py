@@ -73,3 +73,52 @@ def test_the_verifier_needs_the_querys_similarities_and_matching_weights() -> No
     with pytest.raises(ScoreError, match="not an answer signal"):
         chain_confidence("logprob_mean", chain, code)
     assert np.isfinite(chain_confidence("verifier", chain, "x" * 10**6, similarity=[0, 0]) or 0)
+
+
+def _routed_signals(seed: int) -> tuple[list, cf.Signals]:
+    """Synthetic samples whose queries lie between the two centroids, with router tables."""
+    rng = np.random.default_rng(seed)
+    samples = cascade_samples(seed=seed)
+    vectors = embed(samples) + rng.normal(0.0, 0.2, (len(samples), 2))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    tables = cf.RouterTables(
+        quality=rng.random((2, 3)), cost=rng.random((2, 3)), top_p=2, temperature=0.1
+    )
+    return samples, cf.signals(samples, MODELS, vectors, CENTROIDS, router=tables)
+
+
+def test_the_live_ex_ante_estimate_is_the_fits() -> None:
+    _, sig = _routed_signals(seed=3)
+    assert sig.router is not None and sig.exante is not None
+    for j in range(len(MODELS)):
+        live = sig.router.plan_exante(j)
+        for i in range(sig.n):
+            assert live.estimate(list(sig.similarity[i])) == pytest.approx(
+                float(sig.exante[i, j]), abs=1e-12
+            )
+
+
+@pytest.mark.parametrize("signal", ["verifier", "verifier+agreement"])
+def test_a_fitted_chain_with_the_ex_ante_feature_scores_live_as_in_the_fit(signal: str) -> None:
+    samples, sig = _routed_signals(seed=4)
+    plan = cf.fit_plan(sig, signal=signal, cost_weight=0.05, reference="big")
+    checked = 0
+    for c, chain in enumerate(plan.chains):
+        if not chain.weights:
+            continue
+        assert chain.exante is not None
+        answer = MODELS.index(chain.answer)
+        x = sig.features(answer, [MODELS.index(v) for v in chain.voters])
+        offline = cs.Logistic(np.array(chain.weights), chain.bias).score(x)
+        for i in np.flatnonzero(sig.cluster == c):  # a chain scores its cluster's queries
+            s = samples[i]
+            live = chain_confidence(
+                plan.signal,
+                chain,
+                s.answers[chain.answer],
+                [s.answers[v] for v in chain.voters],
+                similarity=[float(v) for v in sig.similarity[i]],
+            )
+            assert live == pytest.approx(float(offline[i]), abs=1e-9), s.origin
+        checked += 1
+    assert checked, "the plan verifies some cluster's answers"
