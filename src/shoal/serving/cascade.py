@@ -169,6 +169,7 @@ class CascadeStage:
         capabilities: dict[str, Capabilities],
         plan: Callable[[], CascadePlan | None],
         gate: Callable[[], TenantGate | None],
+        rerank: Callable[[Sequence[float], float], list[str]] | None = None,
     ) -> None:
         self.args = args
         self.spec = spec
@@ -179,6 +180,9 @@ class CascadeStage:
         self.capabilities = capabilities
         self._plan = plan
         self._gate = gate
+        #: Ranks a query from its centroid similarities at another alpha (the cluster
+        #: ranker's ``rank_similarity``), for chains answered by the router's own choice.
+        self._rerank = rerank
         self._warned: set[str] = set()
 
     # -- whether and how ----------------------------------------------------------------------
@@ -213,14 +217,41 @@ class CascadeStage:
                 )
         return Verdict(API_SIGNALS[self.spec.signal], float(self.spec.threshold), "policy")
 
-    @staticmethod
-    def _fitted_chain(verdict: Verdict) -> list[str] | None:
+    def _fitted_chain(
+        self, verdict: Verdict, similarity: Sequence[float] | None, ranked: list[str]
+    ) -> list[str] | None:
         """The models the plan fitted for the query's cluster (its answering model, then
-        the one it escalates to), when the plan carries chains; None otherwise."""
+        the one it escalates to), when the plan carries chains; None otherwise. A chain
+        answered by the router's own choice (``@router``) names the first model the router
+        ranks at the chain's alpha, from the query's centroid similarities (the request's
+        own ranking when those are not known)."""
         found = verdict.chain
         if found is None:
             return None
-        return [found.answer, *([found.escalate] if found.escalate else [])]
+        answer = found.answer
+        if found.routed:
+            answer = self._routed_choice(found, similarity, ranked) or answer
+        return [answer, *([found.escalate] if found.escalate else [])]
+
+    def _routed_choice(
+        self, chain: CascadeChain, similarity: Sequence[float] | None, ranked: list[str]
+    ) -> str | None:
+        """The router's first choice at ``chain.alpha`` among ``ranked`` (the models this
+        request may use) that can answer now."""
+        order: list[str] = []
+        if similarity is not None and self._rerank is not None and chain.alpha is not None:
+            try:
+                order = self._rerank(similarity, chain.alpha)
+            except ValueError as exc:  # the artifact was reloaded since the query was ranked
+                log.info("the routed chain ranks by the request's order: %s", exc)
+        for model in [*order, *ranked]:
+            if model in ranked and self._ready(model):
+                return model
+        return None
+
+    def _ready(self, model: str) -> bool:
+        """Whether ``model`` may be called now (not parked, not cooling down)."""
+        return model not in self.args.parked and self.book.health.healthy(model)
 
     def max_chain(self) -> int:
         plan = self._plan()
@@ -250,9 +281,9 @@ class CascadeStage:
         stage = self.spec.stage_seconds or self.limits.first_token_timeout_seconds
         chain = self.caller.candidates(ranked)
         limit = self.max_chain()
-        fitted = self._fitted_chain(verdict)
+        fitted = self._fitted_chain(verdict, similarity, ranked)
         if fitted is not None:  # the plan's chain for this cluster, where it can serve
-            lead = [m for m in fitted if m in chain]
+            lead = [m for m in fitted if m in ranked and self._ready(m)]
             if lead:
                 chain = lead + [m for m in chain if m not in lead]
                 if len(fitted) == 1:
@@ -269,7 +300,7 @@ class CascadeStage:
         votes = Votes()
         try:
             for i, model in enumerate(chain):
-                if len(tried) >= limit:
+                if len(tried) - len(errors) >= limit:  # a model that failed is passed over
                     stopped = "chain" if kept is not None and not kept.accepted else None
                     break
                 if kept is not None:  # an escalation: is there room for it?
@@ -298,8 +329,8 @@ class CascadeStage:
                     escalated.add(kept.rid)
                     self.metrics.cascade_attempt(kept.model, "escalated")
                 judged = (
-                    verdict.chain is not None and not tried[:-1] and (model == verdict.chain.answer)
-                )  # the answer the plan's answer signal was fitted for
+                    verdict.chain is not None and not tried[:-1] and model == verdict.chain.answer
+                )  # the answer the plan's answer signal was fitted for (never a routed one)
                 if judged and verdict.reads_answers and verdict.chain is not None:
                     voting = asyncio.create_task(
                         self._votes(api, gen, verdict.chain, ranked, stage, deadline, ledger)

@@ -134,6 +134,7 @@ class Endpoint:
                 self.capabilities,
                 lambda: getattr(self.ranker, "cascade_plan", None),
                 lambda: self.gate,
+                getattr(self.ranker, "rank_similarity", None),
             )
             if args.policy.cascade is not None
             else None

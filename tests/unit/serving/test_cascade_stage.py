@@ -498,3 +498,39 @@ def test_a_verifier_that_cannot_score_judges_by_structure(
     assert raw.headers["x-shoal-cascade-confidence"] == "none"
     assert raw.headers["x-shoal-model"] == "cheap"
     assert "2 weights for 5 features" in caplog.text
+
+
+# -- chains answered by the router's own choice, and chains of one -------------------------------
+
+
+def test_a_routed_chain_answers_with_the_routers_choice_at_its_alpha(tmp_path: Path) -> None:
+    from shoal.routing.cascade_plan import ROUTED, CascadeChain
+
+    # The request ranks at the policy's cost-leaning alpha (cheap first); the plan's routed
+    # chain ranks at alpha 1 (quality alone: big first) and never escalates.
+    chain = CascadeChain(ROUTED, alpha=1.0, kind="text")
+    inf = float("-inf")
+    plan = CascadePlan("verifier", (inf, inf), inf, 1, 0.2, "t", (chain, chain))
+    ep, engines = endpoint(cheap=-3.0, artifact=plan_artifact(tmp_path / "router.bin", plan))
+    with serve(ep) as tc:
+        raw = ask(oa(tc))
+    assert raw.headers["x-shoal-cascade-models"] == "big"
+    assert raw.headers["x-shoal-cascade-escalated"] == "false"
+    assert engines["cheap"].requests == []
+
+
+def test_a_chain_of_one_passes_a_failed_model_over(tmp_path: Path) -> None:
+    from shoal.routing.cascade_plan import CascadeChain
+
+    chains = (CascadeChain("cheap"), CascadeChain("cheap"))  # cheap alone, never escalating
+    plan = CascadePlan("logprob_mean", (-9.0, -9.0), -9.0, 2, 0.2, "t", chains)
+    ep, _ = endpoint(
+        cheap=-0.1, cheap_delay=2.0, cascade={"stageFirstTokenSeconds": "0.2"},
+        artifact=plan_artifact(tmp_path / "router.bin", plan),
+    )  # fmt: skip
+    with serve(ep) as tc:
+        raw = ask(oa(tc))
+    # The chain's one answer comes from the next ranked model, as fallback would have it.
+    assert raw.headers["x-shoal-cascade-models"] == "cheap,big"
+    assert raw.headers["x-shoal-cascade-confidence"] == "failed,-0.1000"
+    assert raw.headers["x-shoal-model"] == "big"
