@@ -243,7 +243,12 @@ class CascadeSpec(ApiModel):
         "LogprobMargin), where the router artifact carries no cascade plan.",
     )
     max_chain: int = Field(
-        default=2, ge=2, le=8, description="Most models one request may call, the first included."
+        default=2,
+        ge=2,
+        le=8,
+        description="Most models whose answers one request may wait for, the first included "
+        "(a model that fails is passed over without counting; the voters of a fitted "
+        "agreement or verifier plan are not counted either).",
     )
     max_cost_per_request: Money | None = Field(
         default=None,
