@@ -410,3 +410,48 @@ def best_within(points: Sequence[dict[str, Any]], cost: float) -> float | None:
     """The highest accuracy among points that cost at most ``cost`` (None if none)."""
     ok = [p["accuracy"] for p in points if p["cost"] <= cost + 1e-12]
     return max(ok) if ok else None
+
+
+def bootstrap_cheapest(
+    quality: npt.NDArray[Any],
+    cost: npt.NDArray[Any],
+    reference_quality: npt.NDArray[Any],
+    reference_cost: npt.NDArray[Any],
+    tasks: Sequence[str],
+    *,
+    share: float = 0.99,
+    resamples: int = 300,
+    seed: int = 0,
+) -> F64:
+    """How far "the cheapest point reaching ``share`` of the reference's accuracy" moves when
+    the evaluation queries are drawn again: one figure per bootstrap resample.
+
+    ``quality`` and ``cost`` are ``(n, P)``: per query, each operating point's score and cost;
+    ``reference_quality`` and ``reference_cost`` ``(n,)`` the reference model's. Each resample
+    draws the queries of every task again with replacement (as many as the task has, so
+    per-task means stay comparable); its figure is the least cost, as a fraction of the
+    reference's cost on that resample, of the points whose mean per-task accuracy reaches
+    ``share`` of the reference's (``inf`` when none does). The spread says how much of a
+    figure read on one test split is the draw of that split.
+    """
+    q = np.column_stack([np.asarray(reference_quality, float), np.asarray(quality, float)])
+    c = np.column_stack([np.asarray(reference_cost, float), np.asarray(cost, float)])
+    names = sorted(set(tasks))
+    labels = np.array([names.index(t) for t in tasks])
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((resamples, q.shape[0]))
+    for t in range(len(names)):
+        rows = np.flatnonzero(labels == t)
+        drawn = rows[rng.integers(0, rows.size, size=(resamples, rows.size))]
+        for b in range(resamples):
+            counts[b] += np.bincount(drawn[b], minlength=q.shape[0])
+    acc = np.zeros((resamples, q.shape[1]))
+    for t in range(len(names)):
+        mask = labels == t
+        acc += (counts[:, mask] @ q[mask]) / mask.sum()
+    acc /= len(names)
+    spent = counts @ c
+    reached = acc[:, 1:] >= share * acc[:, [0]] - 1e-12
+    fraction = np.where(reached, spent[:, 1:] / spent[:, [0]], np.inf)
+    out: F64 = fraction.min(axis=1) if fraction.shape[1] else np.full(resamples, np.inf)
+    return out

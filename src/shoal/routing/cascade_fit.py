@@ -631,18 +631,57 @@ def _index(models: Sequence[str], name: str) -> int:
 # -- the report ------------------------------------------------------------------------------
 
 
+def routed_outcomes(sig: Signals) -> list[cs.Outcome]:
+    """Per alpha of ``sig.alphas``: the plan whose every chain is the router's choice at it
+    (:data:`~shoal.routing.cascade_plan.ROUTED`, never escalating), replayed."""
+    none = np.full(sig.n, -1, dtype=np.int64)
+    voters = np.zeros(sig.quality.shape, dtype=bool)
+    accept = np.ones(sig.n, dtype=bool)
+    return [
+        cs.replay(sig.quality, sig.cost, sig.routed[:, i], voters, none, accept)
+        for i in range(len(sig.alphas))
+    ]
+
+
 def routed_points(sig: Signals, reference_cost: float) -> list[dict[str, Any]]:
     """The plans whose every chain is the router's choice at one alpha
     (:data:`~shoal.routing.cascade_plan.ROUTED`, never escalating): single-shot routing as
     cascade plans, one point per alpha of ``sig.alphas`` (``cost_weight`` None)."""
-    out = []
-    none = np.full(sig.n, -1, dtype=np.int64)
-    voters = np.zeros(sig.quality.shape, dtype=bool)
-    accept = np.ones(sig.n, dtype=bool)
-    for i, a in enumerate(sig.alphas):
-        outcome = cs.replay(sig.quality, sig.cost, sig.routed[:, i], voters, none, accept)
-        out.append(point(sig, outcome, reference_cost, cost_weight=None, alpha=a))
-    return out
+    return [
+        point(sig, outcome, reference_cost, cost_weight=None, alpha=a)
+        for a, outcome in zip(sig.alphas, routed_outcomes(sig), strict=True)
+    ]
+
+
+def bootstrap_summary(
+    outcomes: Sequence[cs.Outcome], sig: Signals, reference: int, *, resamples: int, seed: int = 0
+) -> dict[str, Any]:
+    """The spread of ``cost_fraction_at_99`` over ``resamples`` stratified bootstrap draws of
+    ``sig``'s queries (:func:`~shoal.routing.cascade.bootstrap_cheapest`): its median, 5th
+    and 95th percentiles (None past what any point reaches) and the share of draws in which
+    some point reaches 99 %, and in which one does within 40 % of the reference's cost."""
+    figures = cs.bootstrap_cheapest(
+        np.column_stack([o.quality for o in outcomes]),
+        np.column_stack([o.cost for o in outcomes]),
+        sig.quality[:, reference],
+        sig.cost[:, reference],
+        sig.tasks,
+        resamples=resamples,
+        seed=seed,
+    )
+
+    def pct(p: float) -> float | None:
+        v = float(np.percentile(figures, p))
+        return v if math.isfinite(v) else None
+
+    return {
+        "resamples": resamples,
+        "median": pct(50),
+        "p5": pct(5),
+        "p95": pct(95),
+        "reached": float(np.isfinite(figures).mean()),
+        "within_40_percent": float((figures <= 0.40).mean()),
+    }
 
 
 def summary(points: Sequence[dict[str, Any]], reference_accuracy: float) -> dict[str, Any]:
@@ -669,6 +708,7 @@ def cascade_report(
     max_chain: int = 5,
     max_cost: float = 2.0,
     seed: int = 0,
+    bootstrap: int = 0,
 ) -> dict[str, Any]:
     """The ``cascade`` block of ``shoal router eval --json`` (schema in docs/routing.md).
 
@@ -679,6 +719,8 @@ def cascade_report(
     train-fitted sweep reaching 99 % / 100 % of the reference's test accuracy. For cascades,
     ``chosen_on_train`` adds the operating point a train-only choice would take: the cheapest
     cost weight whose *train* accuracy reaches 99 % (100 %) of the reference's train accuracy.
+    With ``bootstrap`` > 0, ``bootstrap_at_99`` adds the spread of ``cost_fraction_at_99``
+    over that many stratified resamples of the test queries (:func:`bootstrap_summary`).
     """
     ref = _index(train.models, reference)
     ref_cost = float(test.cost[:, ref].sum())
@@ -713,13 +755,20 @@ def cascade_report(
         fitted = fit_signal(name, train, test, reference=ref, seed=seed, max_chain=max_chain)
         points = []
         train_points = []
+        outcomes = []
         for lam in cost_weights:
             choice = choose(fitted, train, lam, reference=ref, max_cost=max_cost)
-            points.append(point(test, apply(choice, fitted, test), ref_cost, cost_weight=lam))
+            outcomes.append(apply(choice, fitted, test))
+            points.append(point(test, outcomes[-1], ref_cost, cost_weight=lam))
             tp = point(train, apply(choice, fitted, train, split="train"), ref_train_cost)
             train_points.append((lam, tp))
         points += routed_points(test, ref_cost)
+        outcomes += routed_outcomes(test)
         entry: dict[str, Any] = {"kind": "cascade", **summary(points, ref_acc), "points": points}
+        if bootstrap > 0:
+            entry["bootstrap_at_99"] = bootstrap_summary(
+                outcomes, test, ref, resamples=bootstrap, seed=seed
+            )
         chosen: dict[str, Any] = {}
         for label, share in (("at_99", 0.99), ("at_reference", 1.0)):
             goal = share * ref_train_acc - 1e-12
@@ -815,6 +864,7 @@ def evaluate_cascades(
     reference: str | None,
     routing: Sequence[dict[str, Any]],
     strategies: Iterable[str] = tuple(STRATEGIES),
+    bootstrap: int = 0,
 ) -> dict[str, Any]:
     """:func:`cascade_report` for a :class:`~shoal.routing.router.Router` (its centroids and
     models), fitted on ``train`` and evaluated on ``test``; ``reference`` defaults to the most
@@ -825,5 +875,10 @@ def evaluate_cascades(
     kinds = cluster_kinds(tr.tasks, tr.cluster, router.centroids.shape[0])
     te = signals(test, models, test_vectors, router.centroids, kinds=kinds, router=tables)
     return cascade_report(
-        tr, te, reference=reference or best_model(tr), routing=routing, strategies=strategies
+        tr,
+        te,
+        reference=reference or best_model(tr),
+        routing=routing,
+        strategies=strategies,
+        bootstrap=bootstrap,
     )

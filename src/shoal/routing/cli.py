@@ -204,6 +204,13 @@ def evaluate(
     cascade_signals: str = typer.Option(
         "all", help="Comma-separated cascade signals to evaluate (default: all)."
     ),
+    cascade_bootstrap: int = typer.Option(
+        0,
+        min=0,
+        max=10000,
+        help="Also report how far each cascade's cost at 99%% of the reference's accuracy "
+        "moves over this many stratified resamples of the --data queries (0: not at all).",
+    ),
 ) -> None:
     """Evaluate a router artifact against labelled data, with baselines and an alpha sweep."""
     with _user_errors():
@@ -261,6 +268,7 @@ def evaluate(
                 reference=reference,
                 routing=report["sweep"],
                 strategies=names,
+                bootstrap=cascade_bootstrap,
             )
         if plot is not None:
             from shoal.routing.plot import plot_cascade, plot_frontier

@@ -115,9 +115,13 @@ def test_the_report_puts_cascades_beside_routing_and_single_models() -> None:
     te = cf.signals(test, MODELS, embed(test), CENTROIDS, kinds=["choice", "code"])
     routing = [{"alpha": 1.0, "accuracy": 1.0, "cost": float(te.cost[:, 2].sum())}]
     report = cf.cascade_report(
-        tr, te, reference="big", routing=routing, strategies=["structural", "agreement"]
-    )
+        tr, te, reference="big", routing=routing, strategies=["structural", "agreement"],
+        bootstrap=40,
+    )  # fmt: skip
     strat = report["strategies"]
+    spread = strat["cascade:agreement"]["bootstrap_at_99"]
+    assert spread["resamples"] == 40 and 0.0 <= spread["reached"] <= 1.0
+    assert spread["median"] is None or spread["p5"] <= spread["median"] <= (spread["p95"] or 9)
     assert report["reference_accuracy"] == 1.0
     assert set(strat) == {
         "single:small", "single:voter", "single:big", "routing",

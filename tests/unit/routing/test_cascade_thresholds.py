@@ -84,3 +84,27 @@ def test_frontier_and_operating_points() -> None:
     assert cs.cheapest_at(pts, 0.95) is None
     assert cs.best_within(pts, 2.5) == 0.5
     assert cs.best_within(pts, 0.5) is None
+
+
+def test_the_bootstrap_says_how_far_the_cheapest_point_at_99_percent_moves() -> None:
+    rng = np.random.default_rng(0)
+    n = 200
+    tasks = ["a"] * 100 + ["b"] * 100
+    ref_q = np.ones(n)
+    ref_c = np.full(n, 2.0)
+    half = (np.ones(n), np.ones(n))  # as good as the reference, half its price
+    never = (np.where(np.arange(n) < 100, 1.0, 0.0), np.full(n, 0.1))  # fails task b
+    figures = cs.bootstrap_cheapest(
+        np.column_stack([half[0], never[0]]), np.column_stack([half[1], never[1]]),
+        ref_q, ref_c, tasks, resamples=50,
+    )  # fmt: skip
+    assert figures.shape == (50,) and np.allclose(figures, 0.5)
+    # A point right on 99 % of the reference: whether a draw reaches it depends on the draw.
+    noisy = (rng.random(n) < 0.99).astype(float)
+    edge = cs.bootstrap_cheapest(noisy[:, None], np.full((n, 1), 0.5), ref_q, ref_c, tasks)
+    assert 0.0 < float(np.isfinite(edge).mean()) < 1.0
+    assert set(np.unique(edge[np.isfinite(edge)]).round(6)) == {0.25}
+    again = cs.bootstrap_cheapest(noisy[:, None], np.full((n, 1), 0.5), ref_q, ref_c, tasks)
+    assert np.array_equal(edge, again)  # seeded
+    none = cs.bootstrap_cheapest(never[0][:, None], never[1][:, None], ref_q, ref_c, tasks)
+    assert np.isinf(none).all()
