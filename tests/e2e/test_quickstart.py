@@ -201,6 +201,56 @@ def test_models_listed(fleet: NodeCluster) -> None:
     assert ids >= set(MODELS), ids
 
 
+def _cascade_headers(cluster: NodeCluster) -> dict[str, str] | None:
+    """The cascade headers of one routed answer (None while the fleet does not cascade)."""
+    try:
+        raw = _openai(cluster).chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "What is 6 times 7?"}],
+            max_tokens=8,
+        )  # fmt: skip
+    except Exception:
+        return None
+    found = {k: v for k, v in raw.headers.items() if k.startswith("x-shoal-")}
+    return found if "x-shoal-cascade-models" in found else None
+
+
+def test_a_cascade_added_to_the_policy_checks_answers_in_place(fleet: NodeCluster) -> None:
+    """``kubectl patch`` gives the RoutingPolicy a cascade; the running fleet's endpoint then
+    checks each first answer's token log-probabilities (llama.cpp's server gives them) and,
+    under a threshold no answer reaches, escalates to the next ranked model; the cascade
+    removed, answers come from one model again."""
+    patch = {"spec": {"cascade": {"signal": "LogprobMean", "threshold": "0", "maxChain": 2}}}
+    fleet.kubectl("patch", "routingpolicy", NAME, "-n", NS, "--type=merge", "-p", json.dumps(patch))
+    found: dict[str, str] = {}
+
+    def cascading() -> bool:
+        found.update(_cascade_headers(fleet) or {})
+        return bool(found)
+
+    wait_until("answers checked by the cascade", cascading, 300, 2)
+    called = found["x-shoal-cascade-models"].split(",")
+    assert len(called) == 2 and set(called) <= set(MODELS), found
+    assert found["x-shoal-cascade-escalated"] == "true"
+    assert found["x-shoal-cascade-signal"] == "logprob_mean"
+    assert float(found["x-shoal-cascade-confidence"].split(",")[0]) < 0.0
+    assert found["x-shoal-model"] == called[1]
+
+    fleet.kubectl(
+        "patch", "routingpolicy", NAME, "-n", NS, "--type=json",
+        "-p", json.dumps([{"op": "remove", "path": "/spec/cascade"}]),
+    )  # fmt: skip
+
+    def one_model() -> bool:
+        try:
+            _ask(_openai(fleet), "What is 6 times 7?", max_tokens=8)
+        except Exception:
+            return False
+        return _cascade_headers(fleet) is None
+
+    wait_until("answers without a cascade", one_model, 300, 2)
+    wait_until("the fleet Ready", lambda: fleet_ready(fleet), 300, 2)
+
+
 def _serve_deployments(cluster: NodeCluster) -> dict[str, Any]:
     """Ray Serve's view of the fleet's application (Ray's dashboard on the head pod)."""
     rc = _raycluster(cluster)
