@@ -1,4 +1,5 @@
-"""The addresses of the host names a fleet's external models name, for its NetworkPolicy.
+"""The addresses of the host names a fleet's external models and LoRA stores name, for its
+NetworkPolicy.
 
 Called by :func:`shoal.operator.fleets.reconcile_fleet` on every reconcile (so again at every
 periodic re-check) of a fleet whose egress is Restricted (``spec.network.egress.mode``): a
@@ -20,7 +21,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 from shoal.api.v1alpha1 import ModelFleet
-from shoal.planning.external import external_endpoints
+from shoal.planning.external import egress_endpoints
 from shoal.planning.status import SpecProblem
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,12 @@ def resolve_endpoints(
     resolver: Resolver = system_resolver,
     timeout: float = RESOLVE_TIMEOUT_SECONDS,
 ) -> EgressResolution:
-    """Resolve the host names of the fleet's external endpoints (Restricted egress only;
+    """Resolve the host names of the fleet's external endpoints and LoRA stores
+    (:func:`~shoal.planning.external.egress_endpoints`; Restricted egress only;
     addresses and Services of the cluster need no resolving)."""
     if fleet.spec.network.egress.mode != "Restricted":
         return EgressResolution()
-    named = [e for e in external_endpoints(fleet) if e.kind == "name"]
+    named = [e for e in egress_endpoints(fleet) if e.kind == "name"]
     if not named:
         return EgressResolution()
     addresses: dict[str, tuple[str, ...]] = {}

@@ -12,7 +12,9 @@ Pure functions called by :mod:`shoal.planning.children`:
 - :func:`external_hosts`: the hosts the fleet's external models name;
 - :func:`external_endpoints`: each endpoint's host and port, and whether it is an address,
   a Service of the cluster or a name the operator resolves (the NetworkPolicy's egress rules
-  when egress is Restricted, :mod:`shoal.planning.network`).
+  when egress is Restricted, :mod:`shoal.planning.network`);
+- :func:`egress_endpoints`: those, and the S3-compatible stores (``loraStore.endpoint``) the
+  fleet's LoRA adapters are loaded from: every endpoint a Restricted fleet must reach.
 """
 
 from __future__ import annotations
@@ -70,22 +72,52 @@ def _host_kind(host: str) -> Literal["address", "service", "name"]:
     return "address"
 
 
-def external_endpoints(fleet: ModelFleet) -> list[ExternalEndpoint]:
-    """The fleet's external models' endpoints, one per (host, port), sorted."""
+def _endpoints(urls: list[tuple[str, str]]) -> list[ExternalEndpoint]:
+    """One endpoint per (host, port) of ``(model, url)`` pairs, sorted."""
     found: dict[tuple[str, int], list[str]] = {}
-    for m in fleet.spec.external_models():
-        if m.external is None:
-            continue
-        url = urlsplit(str(m.external.base_url))
+    for model, raw in urls:
+        url = urlsplit(raw)
         host = (url.hostname or "").lower()
         if not host:
             continue
         port = url.port or (443 if url.scheme == "https" else 80)
-        found.setdefault((host, port), []).append(m.name)
+        models = found.setdefault((host, port), [])
+        if model not in models:
+            models.append(model)
     return [
         ExternalEndpoint(host, port, _host_kind(host), tuple(sorted(models)))
         for (host, port), models in sorted(found.items())
     ]
+
+
+def _external_urls(fleet: ModelFleet) -> list[tuple[str, str]]:
+    return [
+        (m.name, str(m.external.base_url))
+        for m in fleet.spec.external_models()
+        if m.external is not None
+    ]
+
+
+def _lora_store_urls(fleet: ModelFleet) -> list[tuple[str, str]]:
+    """The S3-compatible stores the models' adapters are loaded from (AWS S3 and GCS, with no
+    endpoint of their own, are not named here: see docs/sre.md, Egress)."""
+    return [
+        (m.name, str(m.lora_store.endpoint))
+        for m in fleet.spec.models
+        if m.lora_adapters and m.lora_store is not None and m.lora_store.endpoint is not None
+    ]
+
+
+def external_endpoints(fleet: ModelFleet) -> list[ExternalEndpoint]:
+    """The fleet's external models' endpoints, one per (host, port), sorted."""
+    return _endpoints(_external_urls(fleet))
+
+
+def egress_endpoints(fleet: ModelFleet) -> list[ExternalEndpoint]:
+    """Every endpoint outside the fleet its pods must reach: the external models' and the
+    LoRA adapters' S3-compatible stores, one per (host, port) with the models that name it,
+    sorted."""
+    return _endpoints(_external_urls(fleet) + _lora_store_urls(fleet))
 
 
 def mount_model_keys(template: dict[str, Any], fleet: ModelFleet, granted: Collection[str]) -> None:

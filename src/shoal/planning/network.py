@@ -18,7 +18,8 @@ Egress (``spec.network.egress``) is not restricted in mode Open (engines downloa
 from where their ``source`` says). In mode Restricted the policy allows egress only
 
 - to every port of the fleet's own pods, and to port 53 (DNS, UDP and TCP) anywhere;
-- to each external model's endpoint on its port only, and only while a model names it: an IP
+- to each external model's endpoint, and each S3-compatible store its LoRA adapters are loaded
+  from (``loraStore.endpoint``), on its port only, and only while a model names it: an IP
   address as an ``ipBlock`` /32 (/128), a host name as the ``ipBlock`` s of the addresses the
   operator resolved it to (``resolved``; re-resolved at every reconcile and resync, a host
   that does not resolve gets no rule and its models say so in their status), a Service of the
@@ -41,7 +42,7 @@ from typing import Any
 from shoal.api.v1alpha1 import ModelFleet
 from shoal.api.v1alpha1.fleet import EgressPeer, NetworkPeer
 from shoal.planning import names
-from shoal.planning.external import ExternalEndpoint, external_endpoints
+from shoal.planning.external import ExternalEndpoint, egress_endpoints
 
 #: Ray's ports that the NetworkPolicy names (KubeRay's defaults).
 DASHBOARD_PORT = 8265
@@ -137,7 +138,7 @@ def egress_rules(
     own = {"matchLabels": {names.FLEET_LABEL: fleet.metadata.name}}
     dns = [{"protocol": proto, "port": DNS_PORT} for proto in ("UDP", "TCP")]
     rules: list[dict[str, Any]] = [{"to": [{"podSelector": own}]}, {"ports": dns}]
-    for endpoint in external_endpoints(fleet):
+    for endpoint in egress_endpoints(fleet):
         rule = _endpoint_rule(endpoint, resolved)
         if rule is not None and rule not in rules:
             rules.append(rule)
@@ -184,14 +185,14 @@ CILIUM_API_VERSION = "cilium.io/v2"
 
 
 def desired_fqdn_policy(fleet: ModelFleet, metadata: dict[str, Any]) -> dict[str, Any] | None:
-    """The external endpoints of a Restricted fleet as a CiliumNetworkPolicy that names their
-    hosts (``toFQDNs``, each on its port), for clusters whose CNI is Cilium: Cilium learns the
-    names' addresses from the pods' own DNS answers (hence the DNS rule through its proxy),
-    so an endpoint whose addresses change stays reachable. Cilium adds its allows to the
-    NetworkPolicy's. None: egress is Open, or no endpoint is a host name."""
+    """The external endpoints and LoRA stores of a Restricted fleet as a CiliumNetworkPolicy
+    that names their hosts (``toFQDNs``, each on its port), for clusters whose CNI is Cilium:
+    Cilium learns the names' addresses from the pods' own DNS answers (hence the DNS rule
+    through its proxy), so an endpoint whose addresses change stays reachable. Cilium adds its
+    allows to the NetworkPolicy's. None: egress is Open, or no endpoint is a host name."""
     if fleet.spec.network.egress.mode != "Restricted":
         return None
-    named = [e for e in external_endpoints(fleet) if e.kind == "name"]
+    named = [e for e in egress_endpoints(fleet) if e.kind == "name"]
     if not named:
         return None
     own = {names.FLEET_LABEL: fleet.metadata.name}

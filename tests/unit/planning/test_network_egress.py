@@ -12,7 +12,7 @@ from tests.unit.planning.test_children import ART, fleet, policy
 
 from shoal.planning import names
 from shoal.planning.children import PlanSettings, desired_children
-from shoal.planning.external import external_endpoints
+from shoal.planning.external import egress_endpoints, external_endpoints
 from shoal.planning.network import desired_fqdn_policy
 
 OWN = {"matchLabels": {names.FLEET_LABEL: "f"}}
@@ -140,3 +140,35 @@ def test_the_cilium_policy_is_a_child_only_where_the_operator_writes_them() -> N
     )
     cnp = objects[kinds.index("CiliumNetworkPolicy")]
     assert cnp["metadata"]["name"] == "f" and cnp["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+
+
+def lora_model(name: str, endpoint: str | None) -> dict[str, Any]:
+    store: dict[str, Any] = {"uri": "s3://adapters/tiny"}
+    if endpoint is not None:
+        store["endpoint"] = endpoint
+    return {"name": name, "engine": "vllm", "tier": "cpu", "source": "hf://org/tiny",
+            "loraAdapters": [{"name": "legal"}], "loraStore": store}  # fmt: skip
+
+
+def test_restricted_egress_reaches_the_lora_adapters_store() -> None:
+    f = hybrid(
+        lora_model("base", "http://minio.storage.svc:9000"),  # a Service: its namespace's pods
+        lora_model("other", "https://objects.example.com"),  # a name: its addresses, on 443
+        lora_model("aws", None),  # AWS S3: no endpoint, nothing pinned (egress.to; docs/sre.md)
+    )
+    endpoints = {(e.host, e.port, e.kind, e.models) for e in egress_endpoints(f)}
+    assert endpoints == {
+        ("minio.storage.svc", 9000, "service", ("base",)),
+        ("objects.example.com", 443, "name", ("other",)),
+    }
+    assert external_endpoints(f) == []  # no external model among them
+    egress = network_policy(f, **{"objects.example.com": ("198.51.100.7",)})["spec"]["egress"]
+    storage = {"podSelector": {"matchLabels": {}},
+               "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "storage"}}}  # fmt: skip
+    assert egress[2:] == [
+        {"to": [storage]},
+        {"to": [{"ipBlock": {"cidr": "198.51.100.7/32"}}],
+         "ports": [{"protocol": "TCP", "port": 443}]},
+    ]  # fmt: skip
+    cnp = desired_fqdn_policy(f, {"name": "f", "namespace": "ns"})
+    assert cnp is not None and "objects.example.com" in str(cnp["spec"]["egress"])
