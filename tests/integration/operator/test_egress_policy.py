@@ -1,5 +1,5 @@
 """A fleet whose egress is Restricted, against the real API server: the operator resolves its
-external models' host names with the system's resolver and writes a NetworkPolicy the API
+external models' (and LoRA store's) host names with the system's resolver and writes a NetworkPolicy the API
 server accepts, which lets the fleet's pods reach each endpoint on its port only; a name that
 does not resolve gets no rule, and the model's status says so; egress Open again takes the
 rules away."""
@@ -37,6 +37,10 @@ def _fleet(mode: str) -> dict[str, Any]:
             _external("local", "http://localhost:8443/v1"),  # resolved (the hosts file)
             _external("pool", "http://10.1.2.3:8000/v1"),  # an address
             _external("gone", "https://nowhere.invalid/v1"),  # never resolves
+            # Its LoRA adapters load from an S3-compatible store on this host.
+            {"name": "tuned", "engine": "vllm", "tier": "small", "source": "hf://org/tiny",
+             "loraAdapters": [{"name": "legal"}],
+             "loraStore": {"uri": "s3://adapters/tiny", "endpoint": "http://localhost:9100"}},
         ],
         network={"egress": {"mode": mode, "to": [{"cidr": "10.20.0.0/16", "ports": [9000]}]}},
     )  # fmt: skip
@@ -69,6 +73,7 @@ def test_restricted_egress_reaches_each_endpoint_on_its_port_only(
         for r in np["spec"]["egress"]
     }
     assert "127.0.0.1/32" in by_port[(8443,)]  # localhost, as the resolver answered
+    assert "127.0.0.1/32" in by_port[(9100,)]  # the LoRA store, on its port
     assert by_port[(8000,)] == ["10.1.2.3/32"]
     assert by_port[(9000,)] == ["10.20.0.0/16"]
     assert by_port[(53, 53)] == []  # DNS, anywhere
