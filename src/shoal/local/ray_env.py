@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from shoal.contract import FEEDBACK_KEY_ENV, RAY_SERVE_ENV
+from shoal.local.ports import free_port
 
 #: Added for a Ray on one machine (``shoal up``, tests, benchmarks): an ingress replica that
 #: stops holds its port open this long so outside load balancers can deregister it (30 s by
@@ -22,14 +22,10 @@ LOCAL_RAY_SERVE_ENV: dict[str, str] = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PE
 
 
 #: HAProxy's own metrics and stats listeners, on fixed ports by default (9101, 8404): a local
-#: Ray takes free ones instead, so that two can run on one machine (a test beside `shoal up`).
+#: Ray takes free ones instead, so that two can run on one machine (a test beside `shoal up`),
+#: outside the kernel's ephemeral range (:mod:`shoal.local.ports`: a port from that range was
+#: once taken by another process before HAProxy bound it, and HAProxy did not start).
 HAPROXY_PORT_VARIABLES = ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -39,7 +35,7 @@ def local_ray_env() -> Iterator[None]:
     Ray: its processes inherit the environment they start with. The caller's own environment
     is restored afterwards, so handles used from the driver keep Ray's defaults (a separate
     router loop, usable outside asyncio)."""
-    ports = {k: str(_free_port()) for k in HAPROXY_PORT_VARIABLES if k not in os.environ}
+    ports = {k: str(free_port()) for k in HAPROXY_PORT_VARIABLES if k not in os.environ}
     # One key signs the answers' ids for every replica of this Ray (feedback attribution).
     signing: dict[str, str] = (
         {} if FEEDBACK_KEY_ENV in os.environ else {FEEDBACK_KEY_ENV: secrets.token_hex(32)}

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -30,6 +28,7 @@ from typing import Any
 import yaml
 
 from shoal.devtools.testing import REPO_ROOT, require
+from shoal.local import ports
 
 TOOLS_DIR = Path(os.environ.get("SHOAL_TOOLS_DIR", REPO_ROOT / ".tools"))
 BIN_DIR = TOOLS_DIR / "bin"
@@ -61,31 +60,15 @@ def missing_binaries() -> list[str]:
     return [b for b in REQUIRED_BINARIES if not (BIN_DIR / b).is_file()]
 
 
-#: Where :func:`free_port` draws from: below the kernel's ephemeral range (32768-60999 by
-#: default, where every outgoing connection and every "port 0" bind of Ray's own processes
-#: lands), above Ray's worker ports (10002-19999) and below Kubernetes' NodePorts (30000-),
-#: so that nothing else is handed the port between the test's choice and the server's bind.
-PORT_RANGE = (20000, 29999)
-_handed_out: set[int] = set()
+#: Where :func:`free_port` draws from (:mod:`shoal.local.ports`: outside the ranges other
+#: processes are given ports from, so nothing else is handed the port before the server binds).
+PORT_RANGE = ports.PORT_RANGE
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now, outside the ranges other
-    processes are given ports from (:data:`PORT_RANGE`), and not handed out before by this
-    process."""
-    low, high = PORT_RANGE
-    for _ in range(200):
-        port = random.randint(low, high)
-        if port in _handed_out:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
-    raise RuntimeError(f"no free port in {low}-{high} after 200 tries")
+    """A TCP port nothing listens on now, outside the ranges other processes are given ports
+    from (:data:`PORT_RANGE`), and not handed out before by this process."""
+    return ports.free_port()
 
 
 @dataclass
