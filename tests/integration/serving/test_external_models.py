@@ -37,6 +37,7 @@ from shoal.contract import (
     serve_application,
 )
 from shoal.devtools.testing import require
+from shoal.devtools.testing.node import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -332,6 +333,16 @@ def test_a_model_whose_key_was_not_granted_never_reaches_the_endpoint(fleet: Any
     assert raw.parse().choices[0].message.content == SMALL_REPLY
 
 
+def _answers_by_name(fleet: Any, model: str) -> bool:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    auth = {"authorization": f"Bearer {KEYS['all']}"}
+    try:
+        r = httpx.post(f"{fleet.base_url}/v1/chat/completions", json=body, headers=auth, timeout=30)
+    except httpx.HTTPError:
+        return False
+    return r.status_code == 200
+
+
 def test_calibrate_prices_the_external_model_per_token(fleet: Any, tmp_path: Path) -> None:
     """``shoal calibrate`` against the hybrid fleet: the external model is called through the
     fleet like its own, graded, and priced per token at its ``external.price`` (the fleet's
@@ -356,6 +367,9 @@ def test_calibrate_prices_the_external_model_per_token(fleet: Any, tmp_path: Pat
     ]  # fmt: skip
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "calibration.jsonl"
+    # The tests before this one make ``big`` fail on purpose: calibrate once its health
+    # cooldown is over (it answers by name again), or one of its calls is refused with a 503.
+    wait_until("big answering by name", lambda: _answers_by_name(fleet, "big"), 120, 0.5)
     run = subprocess.run(
         [sys.executable, "-m", "shoal.cli", "calibrate", "--endpoint", f"{fleet.base_url}/v1",
          "--fleet", str(fleet_file), "--models", "small,big", "--prompts", str(prompts),
