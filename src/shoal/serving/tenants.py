@@ -10,8 +10,9 @@
   labelled; a missing or unknown key is a 401 ``invalid_api_key`` in OpenAI's shape;
 - admits the request against the tenant's limits (:meth:`TenantGate.admit`): requests and
   tokens per minute (sliding windows), concurrent requests, and a $/hour budget (a rolling
-  hour); over a limit it is a 429 ``rate_limit_exceeded`` (budget: ``insufficient_quota``)
-  with OpenAI's ``x-ratelimit-*`` headers and ``Retry-After``;
+  hour); over a limit it is a 429 ``rate_limit_exceeded`` (budget: ``insufficient_quota``,
+  told first when the budget is spent, whatever else refuses the request too) with OpenAI's
+  ``x-ratelimit-*`` headers and ``Retry-After``;
 - lowers the tenant's quality weight alpha as its spend nears its budget
   (:meth:`TenantGate.alpha`), always clamped to the tenant's ``[min_alpha, max_alpha]``.
 
@@ -19,7 +20,9 @@ Limits hold across ingress replicas through a shared usage store
 (:mod:`shoal.serving.usage`): every replica pushes its usage deltas and reads the fleet-wide
 totals every ``sync_interval_seconds`` in the background, never per request. Between two
 syncs a replica admits at most its share of the headroom the store granted it
-(:attr:`Snapshot.allow_requests`), so replicas together cannot overshoot. While the store is
+(:attr:`Snapshot.allow_requests`), so replicas together cannot overshoot; a grant is a
+lease that ends :func:`~shoal.serving.usage.grant_lease` seconds after its sync was sent,
+so a lost replica's grant is free again soon after. While the store is
 unreachable the gate acts as ``store_failure_mode`` says (``share``: each replica enforces
 its 1/N share alone; ``open``: each enforces the whole limit; ``closed``: limited tenants get
 503).
@@ -184,6 +187,9 @@ class Snapshot:
     tokens_reset: float = 0.0
     cost_reset: float = 0.0
     at: float = 0.0
+    #: When (by this replica's clock) the grants above expire: past it the replica admits
+    #: nothing more on them until the next sync (:func:`shoal.serving.usage.grant_lease`).
+    lease_end: float = math.inf
 
 
 @dataclass
@@ -351,7 +357,7 @@ class TenantGate:
             if snap is not None:
                 since = t.pending.requests + t.sent.requests
                 used = snap.requests + since
-                ok = since + 1 <= snap.allow_requests
+                ok = since + 1 <= (snap.allow_requests if now < snap.lease_end else since)
                 reset = max(0.0, snap.requests_reset - (now - snap.at))
             else:
                 used = t.requests.used(now)
@@ -380,14 +386,16 @@ class TenantGate:
             if others + t.in_flight + 1 > cap:
                 refused = ("concurrency", 1.0)
 
-        if refused is None and spec.max_cost_per_hour is not None:
+        # A spent budget is the refusal that lasts: it is the one told, whatever else also
+        # refuses the request now (a retry a second later would only meet it).
+        if spec.max_cost_per_hour is not None:
             budget = float(spec.max_cost_per_hour)
             if self.spent(t, now) >= budget:
                 if snap is not None:
                     wait = max(1.0, snap.cost_reset - (now - snap.at))
                 else:
                     wait = max(1.0, t.cost.reset_after(now))
-                refused = ("budget", wait)
+                refused, granted_out = ("budget", wait), False
 
         if refused is not None:
             reason, wait = refused
@@ -426,8 +434,9 @@ class TenantGate:
             used_t = snap.tokens + since_t
             # The first request after a sync may take the whole headroom (a prompt larger
             # than this replica's share is not refused for ever).
-            ok_t = since_t + prompt_tokens <= snap.allow_tokens or (
-                since_t <= 0 and prompt_tokens <= snap.headroom_tokens
+            ok_t = now < snap.lease_end and (
+                since_t + prompt_tokens <= snap.allow_tokens
+                or (since_t <= 0 and prompt_tokens <= snap.headroom_tokens)
             )
             reset_t = max(0.0, snap.tokens_reset - (now - snap.at))
         else:

@@ -38,7 +38,8 @@ from shoal.serving.tenants import HOUR, Snapshot, TenantGate, Usage, Window
 
 log = logging.getLogger("shoal.serving.tenants")
 
-#: A replica that has not synced for this long no longer counts (its in-flight, its share).
+#: A replica that has not synced for this long (or twice its lease, if longer) no longer
+#: counts (its in-flight, its share).
 REPLICA_STALE_SECONDS = 5.0
 #: How long a sync may take before the store counts as unreachable.
 SYNC_TIMEOUT_SECONDS = 1.0
@@ -61,6 +62,15 @@ _MODES = {
 }
 
 
+def grant_lease(sync_interval: float) -> float:
+    """Seconds a grant stays valid after the sync that asked for it was sent (pure): by then
+    a replica syncing every ``sync_interval`` seconds has its next answer (one timeout, the
+    interval, another timeout) or knows the store is unreachable (its failure mode
+    applies), so a replica that is alive never admits on an expired grant, and the store
+    may hand a lost replica's grant to the others once it expires."""
+    return sync_interval + 2 * SYNC_TIMEOUT_SECONDS
+
+
 @dataclass
 class _Tally:
     requests: Window = field(default_factory=Window)
@@ -80,6 +90,9 @@ class UsageStore:
         self.clock = clock
         self.tallies: dict[str, _Tally] = {}
         self.seen: dict[str, float] = {}
+        #: Per replica, when the grants of its last sync expire (:func:`grant_lease`); the
+        #: grants of a replica lost since are reserved until then, no longer.
+        self.leases: dict[str, float] = {}
         #: Whether a replica restored the tenants' recent usage into this store already.
         self.seeded = False
 
@@ -107,15 +120,25 @@ class UsageStore:
         limits: dict[str, Limits],
         usage: dict[str, Push],
         replicas: int = 1,
+        lease: float = grant_lease(0.2),
     ) -> dict[str, Snapshot]:
         """Add ``replica``'s usage since its last sync; the snapshot of every tenant in
         ``limits`` as this replica should enforce it until its next sync. ``replicas``: how
-        many ingress replicas the fleet runs (the ones not seen yet keep a part too)."""
+        many ingress replicas the fleet runs (the ones not seen yet keep a part too);
+        ``lease``: how long the grants given now hold (the replica stops admitting on them
+        by then)."""
         now = self.clock()
         self.seen[replica] = now
-        live = sorted(r for r, t in self.seen.items() if now - t < REPLICA_STALE_SECONDS)
+        self.leases[replica] = now + lease
+        live = sorted(
+            r
+            for r, t in self.seen.items()
+            if now - t < max(REPLICA_STALE_SECONDS, 2 * (self.leases[r] - t))
+        )
         for gone in [r for r in self.seen if r not in live]:
             del self.seen[gone]
+            del self.leases[gone]
+        holding = [r for r in live if self.leases[r] > now]
         out: dict[str, Snapshot] = {}
         for name, (rpm, tpm) in limits.items():
             tally = self.tallies.get(name)
@@ -145,10 +168,10 @@ class UsageStore:
                 cost=tally.cost.used(now),
                 others_in_flight=sum(n for r, n in tally.in_flight.items() if r != replica),
                 allow_requests=_grant(
-                    rpm, used_r, replica, live, replicas, tally.demand, tally.granted_requests
+                    rpm, used_r, replica, holding, replicas, tally.demand, tally.granted_requests
                 ),
                 allow_tokens=_grant(
-                    tpm, used_t, replica, live, replicas, tally.demand, tally.granted_tokens
+                    tpm, used_t, replica, holding, replicas, tally.demand, tally.granted_tokens
                 ),
                 headroom_tokens=head_t,
                 requests_reset=tally.requests.reset_after(now),
@@ -177,25 +200,27 @@ def _grant(
     limit: int | None,
     used: float,
     replica: str,
-    live: list[str],
+    holding: list[str],
     replicas: int,
     demand: dict[str, float],
     granted: dict[str, float],
 ) -> float:
     """What ``replica`` may admit until its next sync: its part of the headroom (in
-    proportion to each live replica's demand plus one, so a quiet replica keeps a part;
-    rounded down, the rest to the busiest replica; replicas not seen yet count as quiet
-    ones), but never more than what the other
-    replicas' outstanding grants leave. Grants are leases: together they never exceed the
-    headroom, so replicas syncing at different times cannot overshoot the limit."""
+    proportion to the demand plus one of each replica in ``holding``, the ones whose last
+    grant's lease has not ended, this one among them, so a quiet replica keeps a part;
+    rounded down, the rest to the busiest; replicas not seen yet count as quiet ones), but
+    never more than what the other holders' outstanding grants leave. Grants are leases:
+    together they never exceed the headroom, so replicas syncing at different times cannot
+    overshoot the limit; a replica whose lease ended without a sync (lost, most likely: a
+    live one syncs well within it) neither reserves its grant nor takes a part."""
     if limit is None:
         return math.inf
     headroom = max(0, math.floor(limit - used))
-    weights = {r: demand.get(r, 0.0) + 1.0 for r in live}
-    total = sum(weights.values()) + max(0, replicas - len(live))
+    weights = {r: demand.get(r, 0.0) + 1.0 for r in holding}
+    total = sum(weights.values()) + max(0, replicas - len(holding))
     parts = {r: math.floor(headroom * w / total) for r, w in weights.items()}
-    if len(live) >= replicas:
-        busiest = max(live, key=lambda r: (weights[r], r))
+    if len(holding) >= replicas:
+        busiest = max(holding, key=lambda r: (weights[r], r))
         parts[busiest] += headroom - sum(parts.values())
     reserved = sum(g for r, g in granted.items() if r != replica and r in weights)
     grant = float(max(0, min(parts.get(replica, 0), headroom - reserved)))
@@ -207,7 +232,12 @@ class StoreClient(Protocol):
     """How a replica reaches the store."""
 
     async def sync(
-        self, replica: str, limits: dict[str, Limits], usage: dict[str, Push], replicas: int
+        self,
+        replica: str,
+        limits: dict[str, Limits],
+        usage: dict[str, Push],
+        replicas: int,
+        lease: float,
     ) -> dict[str, Snapshot]: ...
 
     def recreate(self) -> None: ...
@@ -222,9 +252,14 @@ class LocalStore:
         self.store = store or UsageStore()
 
     async def sync(
-        self, replica: str, limits: dict[str, Limits], usage: dict[str, Push], replicas: int
+        self,
+        replica: str,
+        limits: dict[str, Limits],
+        usage: dict[str, Push],
+        replicas: int,
+        lease: float,
     ) -> dict[str, Snapshot]:
-        return self.store.sync(replica, limits, usage, replicas)
+        return self.store.sync(replica, limits, usage, replicas, lease)
 
     def recreate(self) -> None:
         """Nothing to re-create in-process."""
@@ -262,9 +297,16 @@ class RayStore:
         ).remote()
 
     async def sync(
-        self, replica: str, limits: dict[str, Limits], usage: dict[str, Push], replicas: int
+        self,
+        replica: str,
+        limits: dict[str, Limits],
+        usage: dict[str, Push],
+        replicas: int,
+        lease: float,
     ) -> dict[str, Snapshot]:
-        result: dict[str, Snapshot] = await self.actor.sync.remote(replica, limits, usage, replicas)
+        result: dict[str, Snapshot] = await self.actor.sync.remote(
+            replica, limits, usage, replicas, lease
+        )
         return result
 
     async def seed(self, baseline: dict[str, tuple[float, float, float]]) -> bool:
@@ -342,9 +384,14 @@ class UsageSync:
             p = sent[name] = t.sent = t.pending
             t.pending = Usage()
             usage[name] = (p.attempts, p.requests, p.tokens, p.cost, t.in_flight)
+        lease = grant_lease(gate.config.sync_interval_seconds)
+        # The grants expire ``lease`` seconds after this moment by this replica's clock: no
+        # later than the store's own reckoning, which starts when it answers.
+        lease_end = gate.clock() + lease
         try:
             snaps = await asyncio.wait_for(
-                self.store.sync(self.replica, limits, usage, gate.replicas), SYNC_TIMEOUT_SECONDS
+                self.store.sync(self.replica, limits, usage, gate.replicas, lease),
+                SYNC_TIMEOUT_SECONDS,
             )
         except Exception as exc:
             for name, p in sent.items():  # not counted: push it again next time
@@ -362,6 +409,7 @@ class UsageSync:
         for name, snap in snaps.items():
             state = tenants.get(name)
             if state is not None:
+                snap.lease_end = lease_end
                 state.snapshot = snap
                 state.sent = Usage()
         if not gate.store_up:

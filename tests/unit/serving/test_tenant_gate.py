@@ -20,7 +20,7 @@ from shoal.serving.tenants import (
     format_reset,
     parse_bearer,
 )
-from shoal.serving.usage import LocalStore, UsageStore, UsageSync
+from shoal.serving.usage import LocalStore, UsageStore, UsageSync, grant_lease
 
 KEY_A = "a" * 40
 KEY_B = "b" * 40
@@ -203,6 +203,60 @@ def test_store_splits_headroom_so_replicas_together_stay_within_the_limit() -> N
     snap = store.sync("r2", limits, {"a": (60, 60, 0.0, 0.0, 3)}, 2)["a"]
     assert snap.requests == 60 and snap.allow_requests + quiet.allow_requests <= 40
     assert store.sync("r1", limits, {}, 2)["a"].others_in_flight == 3
+
+
+def test_a_lost_replica_s_grant_is_free_again_when_its_lease_ends() -> None:
+    clock = Clock()
+    store = UsageStore(clock=clock)
+    limits = {"a": (50, None)}
+    lease = grant_lease(0.2)
+    old = store.sync("r-old", limits, {"a": (3, 3, 0.0, 0.0, 0)}, 1, lease)["a"]
+    assert old.allow_requests == 47  # the fleet's one replica holds the whole headroom
+    # That replica is lost; Ray Serve's new one syncs before the old grant's lease ends ...
+    clock.now += 0.5
+    assert store.sync("r-new", limits, {}, 1, lease)["a"].allow_requests == 0
+    # ... and gets the headroom once it has ended (long before the old replica is stale).
+    clock.now += lease
+    assert store.sync("r-new", limits, {}, 1, lease)["a"].allow_requests == 47
+
+
+def test_a_replica_that_syncs_seldom_stays_counted_between_its_syncs() -> None:
+    clock = Clock()
+    store = UsageStore(clock=clock)
+    limits = {"a": (None, None)}
+    store.sync("r1", limits, {"a": (1, 1, 0.0, 0.0, 3)}, 2, grant_lease(8.0))
+    clock.now += 7.5  # past REPLICA_STALE_SECONDS, within r1's next sync
+    assert store.sync("r2", limits, {}, 2, grant_lease(0.2))["a"].others_in_flight == 3
+    clock.now += 2 * grant_lease(8.0)
+    assert store.sync("r2", limits, {}, 2, grant_lease(0.2))["a"].others_in_flight == 0
+
+
+def test_a_replica_admits_nothing_more_on_a_grant_whose_lease_ended() -> None:
+    clock = Clock()
+    gate = TenantGate(config(limits={"requests_per_minute": 10}), replicas=1, clock=clock)
+    sync = UsageSync(gate, LocalStore(UsageStore(clock=clock)), "r0")
+    a = gate.authenticate(f"Bearer {KEY_A}")
+    asyncio.run(sync.sync_once())
+    gate.admit(a, 1)
+    clock.now += grant_lease(gate.config.sync_interval_seconds)  # no sync answered since
+    with pytest.raises(TenantRefused) as err:
+        gate.admit(a, 1)
+    assert err.value.granted_out  # the fleet has headroom: the next sync grants it
+    asyncio.run(sync.sync_once())
+    gate.admit(a, 1)
+
+
+def test_a_spent_budget_is_the_refusal_told_even_over_a_rate_limit() -> None:
+    clock = Clock()
+    gate = TenantGate(
+        config(limits={"requests_per_minute": 1}, max_cost_per_hour="1"), replicas=1, clock=clock
+    )
+    a = gate.authenticate(f"Bearer {KEY_A}")
+    gate.finish(gate.admit(a, 1), tokens=10, cost=2.0)
+    with pytest.raises(TenantRefused) as err:
+        gate.admit(a, 1)  # over its request rate as well
+    assert err.value.code == "insufficient_quota"
+    assert not err.value.granted_out
 
 
 def two_replicas(cfg: AccessConfig, clock: Clock) -> tuple[list[TenantGate], list[UsageSync]]:
