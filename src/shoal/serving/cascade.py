@@ -298,6 +298,8 @@ class CascadeStage:
         escalated: set[str] = set()  # attempts counted as escalated
         voting: asyncio.Task[Votes] | None = None
         votes = Votes()
+        asked: list[str] = []  # the voters asked (their answers in ``votes`` if awaited)
+        plan = verdict.chain
         try:
             for i, model in enumerate(chain):
                 if len(tried) - len(errors) >= limit:  # a model that failed is passed over
@@ -328,12 +330,12 @@ class CascadeStage:
                 if kept is not None and kept.rid not in escalated:
                     escalated.add(kept.rid)
                     self.metrics.cascade_attempt(kept.model, "escalated")
-                judged = (
-                    verdict.chain is not None and not tried[:-1] and model == verdict.chain.answer
-                )  # the answer the plan's answer signal was fitted for (never a routed one)
-                if judged and verdict.reads_answers and verdict.chain is not None:
+                # The answer the plan's answer signal was fitted for (never a routed one).
+                judged = plan is not None and not tried[:-1] and model == plan.answer
+                if judged and verdict.reads_answers and plan is not None:
+                    asked = list(plan.voters)
                     voting = asyncio.create_task(
-                        self._votes(api, gen, verdict.chain, ranked, stage, deadline, ledger)
+                        self._votes(api, gen, plan, ranked, stage, deadline, ledger)
                     )
                 try:
                     text, last = await self.caller.whole_answer(
@@ -349,16 +351,14 @@ class CascadeStage:
                     continue
                 body = answer_body(api, rid, model, text, last)
                 problem = structural_problem(gen.params, body) if api == "chat" else None
-                score: float | None = None
-                if voting is not None:
+                if voting is not None:  # a broken answer escalates whatever they say
                     votes = await _settle(voting, cancel=problem is not None)
                     voting = None
-                if problem is not None:
-                    pass
-                elif not verdict.reads_answers:
-                    score = confidence(verdict.signal, body)
-                elif judged and verdict.chain is not None:
-                    score = self._answer_score(verdict, body, votes, similarity)
+                score = (
+                    None
+                    if problem is not None
+                    else self._score(verdict, body, judged, votes, similarity)
+                )
                 accepted = problem is None and (score is None or score >= verdict.threshold)
                 marks.append(
                     "invalid"
@@ -384,8 +384,8 @@ class CascadeStage:
                 raise
             raise
         out = dict(headers)
-        if votes.models:
-            out["x-shoal-cascade-voters"] = ",".join(votes.models)
+        if asked:
+            out["x-shoal-cascade-voters"] = ",".join(asked)
         out["x-shoal-cascade-models"] = ",".join(tried)
         out["x-shoal-cascade-confidence"] = ",".join(marks)
         out["x-shoal-cascade-signal"] = verdict.signal
@@ -510,17 +510,24 @@ class CascadeStage:
         texts = await asyncio.gather(*(one(m) for m in chain.voters))
         return Votes(list(chain.voters), list(texts))
 
-    def _answer_score(
+    def _score(
         self,
         verdict: Verdict,
         body: dict[str, Any],
+        judged: bool,
         votes: Votes,
         similarity: Sequence[float] | None,
     ) -> float | None:
-        """The plan's agreement or verifier confidence in the answering model's answer
-        (None when it cannot be computed: the answer is then judged by its structure)."""
+        """The confidence in one answer of a sound structure: its log-probabilities' under a
+        log-probability signal; under ``agreement`` or ``verifier``, the plan's confidence in
+        the answer it was fitted for (``judged``). None where no signal applies (a later
+        answer of an agreement or verifier chain) or it cannot be computed: the answer is then
+        judged by its structure alone."""
         chain = verdict.chain
-        assert chain is not None
+        if not verdict.reads_answers:
+            return confidence(verdict.signal, body)
+        if not judged or chain is None:
+            return None
         voters = votes.texts if votes.models else [None] * len(chain.voters)
         try:
             return chain_confidence(verdict.signal, chain, answer_text(body), voters, similarity)

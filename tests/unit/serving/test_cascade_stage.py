@@ -458,6 +458,16 @@ def test_an_answer_the_voter_disputes_escalates(tmp_path: Path) -> None:
     assert metric(ep, "shoal_cascade_attempts_total", model="cheap", outcome="escalated") == 1
 
 
+def test_the_voters_asked_are_named_when_the_first_answer_is_broken(tmp_path: Path) -> None:
+    ep, engines = voter_endpoint(tmp_path, voter_plan("agreement", 0.5), voter="(B)")
+    with serve(ep) as tc:
+        raw = ask(oa(tc), response_format={"type": "json_object"})  # no answer is JSON
+    assert raw.headers["x-shoal-cascade-models"] == "cheap,big"
+    assert raw.headers["x-shoal-cascade-confidence"] == "invalid,invalid"
+    assert raw.headers["x-shoal-cascade-voters"] == "voter"  # asked (and billed) all the same
+    assert len(engines["voter"].requests) == 1
+
+
 def test_a_voter_that_gives_no_answer_counts_as_disputing(tmp_path: Path) -> None:
     ep, _ = voter_endpoint(
         tmp_path, voter_plan("agreement", 0.5), voter="(B)", voter_delay=2.0,
