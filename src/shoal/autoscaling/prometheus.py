@@ -158,6 +158,21 @@ def fleet_scope(namespace: str, fleet: str) -> str:
     return f'namespace="{namespace}", fleet="{fleet}"'
 
 
+#: A LoRA adapter's router series name it ``<model>:<adapter>`` (shoal.serving.adapters). It
+#: runs on its base model's replicas, so its requests count towards that model: this RE2
+#: pattern's group is the base model's name.
+ADAPTER_OF = "([^:]+):.+"
+
+
+def as_base(expr: str, label: str = "model") -> str:
+    """``expr`` (an instant vector) with each adapter's ``label`` rewritten to its base
+    model's name, so that ``sum by`` adds an adapter's series to its model's (pure). The
+    name it had stays in ``<label>_route``: without it an adapter's series and its model's
+    would have the same labels, which PromQL refuses."""
+    kept = f'label_replace({expr}, "{label}_route", "$1", "{label}", "(.*)")'
+    return f'label_replace({kept}, "{label}", "$1", "{label}", "{ADAPTER_OF}")'
+
+
 def fleet_queries(
     namespace: str,
     fleet: str,
@@ -165,11 +180,13 @@ def fleet_queries(
     windows: Windows,
 ) -> dict[str, str]:
     """The PromQL queries of one fleet's metrics window, keyed by what they measure; every
-    selector, the engines' included, is scoped to the fleet (:func:`fleet_scope`)."""
+    selector, the engines' included, is scoped to the fleet (:func:`fleet_scope`). The
+    router's series of a model's LoRA adapters count as the model's (:func:`as_base`); the
+    engines already count them under the model's name."""
     scope = fleet_scope(namespace, fleet)
     model_re = "|".join(models)
     eng = f'{scope}, model_name=~"{model_re}"'
-    rtr = f'{scope}, model=~"{model_re}"'
+    rtr = f'{scope}, model=~"(?:{model_re})(?::.+)?"'
 
     def engine_sel(names: Sequence[str]) -> str:
         return f'{{__name__=~"{_names_re(names)}", {eng}}}'
@@ -183,6 +200,11 @@ def fleet_queries(
         return " or ".join(template.format(sel=f"{n}{{{labels}}}") for n in names)
 
     s, lg, r, b, la = windows.short, windows.long, windows.rate, windows.burst, windows.latest
+
+    def rate_by_model(window: float, offset: float = 0.0) -> str:
+        # A template for per_name: the per-model rate of a router counter, adapters in.
+        shift = f" offset {_dur(offset)}" if offset else ""
+        return "sum by (model) (" + as_base("rate({sel}[" + _dur(window) + "]" + shift + ")") + ")"
 
     def mean_of(pairs: Sequence[tuple[str, str]]) -> str:
         # A histogram's mean over the rate window: rate of its sum over rate of its count.
@@ -217,63 +239,42 @@ def fleet_queries(
         f"({engine_sel(KV_CACHE)}))[{_dur(s)}:{windows.step(s)}])",
         "engine_seen": per_name("max by (model_name) (timestamp({sel}))", RUNNING, eng),
         "router_in_flight": f"avg_over_time((sum by (model) "
-        f"({router_sel(IN_FLIGHT)}))[{_dur(s)}:{windows.step(s)}])",
+        f"({as_base(router_sel(IN_FLIGHT))}))[{_dur(s)}:{windows.step(s)}])",
         "router_peak": f"max_over_time(avg_over_time((sum by (model) "
-        f"({router_sel(IN_FLIGHT)}))[{_dur(s)}:{windows.step(s)}])"
+        f"({as_base(router_sel(IN_FLIGHT))}))[{_dur(s)}:{windows.step(s)}])"
         f"[{_dur(lg)}:{windows.step(lg)}])",
-        "request_rate": per_name("sum by (model) (rate({sel}[" + _dur(r) + "]))", REQUESTS, rtr),
+        "request_rate": per_name(rate_by_model(r), REQUESTS, rtr),
         # USD per second the fleet's answers cost, per model (an external model's is what
         # its endpoint bills; the fleet budget counts it beside the replicas).
-        "spend_rate": per_name("sum by (model) (rate({sel}[" + _dur(r) + "]))", COST, rtr),
-        "demand_rate": per_name("sum by (model) (rate({sel}[" + _dur(r) + "]))", DECISIONS, rtr),
+        "spend_rate": per_name(rate_by_model(r), COST, rtr),
+        "demand_rate": per_name(rate_by_model(r), DECISIONS, rtr),
         # Arrivals over the last short window and the one before it: their ratio is the
         # trend (arrivals lead in-flight requests).
-        "demand_rate_recent": per_name(
-            "sum by (model) (rate({sel}[" + _dur(s) + "]))", DECISIONS, rtr
-        ),
+        "demand_rate_recent": per_name(rate_by_model(s), DECISIONS, rtr),
         # Arrivals since the last evaluation: a step shows here in full first.
-        "demand_rate_latest": per_name(
-            "sum by (model) (rate({sel}[" + _dur(la) + "]))", DECISIONS, rtr
-        ),
-        "demand_rate_before": per_name(
-            "sum by (model) (rate({sel}[" + _dur(s) + "] offset " + _dur(s) + "))",
-            DECISIONS,
-            rtr,
-        ),
+        "demand_rate_latest": per_name(rate_by_model(la), DECISIONS, rtr),
+        "demand_rate_before": per_name(rate_by_model(s, offset=s), DECISIONS, rtr),
         # And the two windows before that: a rise in all three steps is a ramp; a step in
         # the rate shows as a rise in at most two (see rate_trend).
-        "demand_rate_earlier": per_name(
-            "sum by (model) (rate({sel}[" + _dur(s) + "] offset " + _dur(2 * s) + "))",
-            DECISIONS,
-            rtr,
-        ),
-        "demand_rate_earliest": per_name(
-            "sum by (model) (rate({sel}[" + _dur(s) + "] offset " + _dur(3 * s) + "))",
-            DECISIONS,
-            rtr,
-        ),
+        "demand_rate_earlier": per_name(rate_by_model(s, offset=2 * s), DECISIONS, rtr),
+        "demand_rate_earliest": per_name(rate_by_model(s, offset=3 * s), DECISIONS, rtr),
         # The busiest short-window arrival rate of the burst window (burstiness).
         "demand_rate_peak": per_name(
-            "max_over_time(sum by (model) (rate({sel}["
-            + _dur(s)
-            + "]))["
-            + _dur(b)
-            + ":"
-            + windows.step(b)
-            + "])",
-            DECISIONS,
-            rtr,
+            f"max_over_time({rate_by_model(s)}[{_dur(b)}:{windows.step(b)}])", DECISIONS, rtr
         ),
         # Requests spilled over the burst window, per first choice and the model that took
         # them (one label, ``first>taker``): the usual taker of each model is the one the
         # autoscaler's spillover bridge sizes (policy.bridge_spill).
         "spill_pairs": " or ".join(
-            f"label_join(sum by (model, to) (increase({n}{{{rtr}}}[{_dur(b)}])), "
+            f"label_join(sum by (model, to) "
+            f"({as_base(as_base(f'increase({n}{{{rtr}}}[{_dur(b)}])'), 'to')}), "
             f'"{PAIR_LABEL}", "{PAIR_SEPARATOR}", "model", "to")'
             for n in SPILLED
         ),
         "ttft_p95": per_name(
-            "histogram_quantile(0.95, sum by (model, le) (rate({sel}[" + _dur(r) + "])))",
+            "histogram_quantile(0.95, sum by (model, le) ("
+            + as_base("rate({sel}[" + _dur(r) + "])")
+            + "))",
             TTFT_BUCKETS,
             rtr,
         ),

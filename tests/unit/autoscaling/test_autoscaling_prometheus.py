@@ -32,7 +32,9 @@ WINDOWS = Windows(short=30, long=300, rate=60)
 
 def test_queries_cover_both_spellings_and_scope_to_the_fleet() -> None:
     q = fleet_queries("team-a", "f", ["alpha", "beta"], WINDOWS)
-    assert 'namespace="team-a", fleet="f", model=~"alpha|beta"' in q["request_rate"]
+    # A model's LoRA adapters (``alpha:tone``) count as the model: they run on its replicas.
+    assert 'namespace="team-a", fleet="f", model=~"(?:alpha|beta)(?::.+)?"' in q["request_rate"]
+    assert '"model", "$1", "model", "([^:]+):.+")' in q["request_rate"]
     spellings = "vllm:num_requests_running|vllm_num_requests_running|ray_vllm_num_requests_running"
     assert spellings in q["engine_in_flight"]
     assert "llamacpp:num_requests_waiting" in q["engine_in_flight"]
@@ -151,11 +153,13 @@ def test_new_queries_have_their_windows() -> None:
     q = fleet_queries("team-a", "f", ["alpha"], Windows(short=30, long=300, rate=60, burst=600))
     assert "offset 90s" in q["demand_rate_earliest"]
     # The latest window: the newer half of the short one.
-    assert "[15s]))" in q["demand_rate_latest"] and "offset" not in q["demand_rate_latest"]
+    assert "[15s])," in q["demand_rate_latest"] and "offset" not in q["demand_rate_latest"]
     assert "vllm:num_requests_waiting|" in q["engine_waiting_latest"]
     assert q["engine_waiting_latest"].endswith("[15s:1s])")
-    assert q["demand_rate_peak"].startswith("max_over_time(sum by (model) (rate(")
-    assert "[30s]))[600s:40s])" in q["demand_rate_peak"]
+    assert q["demand_rate_peak"].startswith("max_over_time(sum by (model) (label_replace(")
+    assert (
+        '"([^:]+):.+"))[600s:40s])' in q["demand_rate_peak"] and "[30s])" in q["demand_rate_peak"]
+    )
     assert "vllm:e2e_request_latency_seconds_sum{" in q["engine_e2e_mean"]
     assert (
         "/ sum by (model_name) (rate(vllm:e2e_request_latency_seconds_count{"
@@ -166,8 +170,10 @@ def test_new_queries_have_their_windows() -> None:
 def test_the_spill_query_counts_pairs_over_the_burst_window() -> None:
     q = fleet_queries("team-a", "f", ["alpha"], Windows(short=30, long=300, rate=60, burst=600))
     spill = q["spill_pairs"]
-    assert spill.startswith("label_join(sum by (model, to) (increase(shoal_spilled_requests_total{")
-    assert "ray_shoal_spilled_requests_total{" in spill and "[600s]))" in spill
+    assert spill.startswith("label_join(sum by (model, to) (label_replace(")
+    assert "(increase(shoal_spilled_requests_total{" in spill
+    assert '"to", "$1", "to", "([^:]+):.+")' in spill  # a spill to an adapter: to its model
+    assert "ray_shoal_spilled_requests_total{" in spill and "[600s])," in spill
     assert '"spill", ">", "model", "to")' in spill
     assert (result_label("spill_pairs"), result_label("demand_rate"), result_label("kv_cache")) == (
         "spill", "model", "model_name")  # fmt: skip
