@@ -112,9 +112,10 @@ class PolicySettings:
     max_scale_up_factor: float = 4.0
     #: A queue asks for the capacity that drains it within this many seconds.
     queue_drain_seconds: float = 90.0
-    #: How long a new replica takes to serve. While the arrivals exceed what the ready
-    #: replicas carry, the requests that will pile up meanwhile are part of the queue to
-    #: drain (0 counts only the queue already there).
+    #: How long a new replica takes to serve (a tier's ``replicaStartSeconds`` overrides
+    #: it). While the arrivals exceed what the ready replicas carry, the requests that will
+    #: pile up meanwhile are part of the queue to drain (0 counts only the queue already
+    #: there).
     cold_start_seconds: float = 30.0
     #: Arrivals over the latest window above the short window's rate by more than this many
     #: Poisson standard deviations are a step: the model is sized for the latest rate at
@@ -299,6 +300,10 @@ def decide_model(
     scaling = tier.autoscaling
     target = scaling.target_ongoing_requests
     slo = tier.slo.ttft_p95_milliseconds / 1000.0
+    if scaling.replica_start_seconds is not None:
+        # The tier says how long its replicas take to serve: the arrivals that pile up
+        # meanwhile are sized from that, not from the operator's default.
+        settings = replace(settings, cold_start_seconds=float(scaling.replica_start_seconds))
 
     def out(desired: int, reason: str) -> ModelDecision:
         desired = min(max(desired, lo), hi)

@@ -163,6 +163,17 @@ def test_a_queue_that_piled_up_while_cold_is_a_correction_not_the_size() -> None
     assert "360 queued to drain in 90s (60.0 of them arriving while replicas start)" in d.reason
 
 
+def test_a_tier_s_replica_start_sets_what_piles_up_while_replicas_start() -> None:
+    # As above, on a tier whose replicas take 120 s to serve: 240 arrive meanwhile, not 60;
+    # the 540 drained within 90 s ask for 6 req/s more: 24 in flight, 8 replicas.
+    tier = spec().tiers[0].model_dump(by_alias=True, exclude_none=True)
+    tier["autoscaling"]["replicaStartSeconds"] = 120
+    m = metrics(308, waiting=300.0, arrival_rate=6.0, service_seconds=2.0, ttft=20.0)
+    d = one(2, m, fleet=spec(tiers=[tier]))
+    assert "540 queued to drain in 90s (240 of them arriving while replicas start)" in d.reason
+    assert d.desired == 8
+
+
 def test_a_growing_queue_is_read_at_its_latest() -> None:
     # The short window's average lags a queue that grows; its latest half does not.
     m = metrics(48, waiting=20.0, latest_waiting=40.0, arrival_rate=6.0, service_seconds=2.0)

@@ -435,9 +435,11 @@ class TierAutoscaling(ApiModel):
         ge=1,
         le=3600,
         description="Seconds a new replica of this tier takes to serve (image, weights, "
-        "engine start). The autoscaler's spillover bridge sizes up the model a first choice "
-        "spills to only where that model's tier starts faster than the first choice's. Unset: "
-        "unknown (no bridge to or from this tier).",
+        "engine start). The autoscaler counts the arrivals that pile up meanwhile in the "
+        "backlog its new replicas drain, and its spillover bridge sizes up the model a first "
+        "choice spills to only where that model's tier starts faster than the first "
+        "choice's. Unset: the operator's default (Helm value autoscaler.coldStartSeconds) for "
+        "the backlog, and no bridge to or from this tier.",
     )
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
