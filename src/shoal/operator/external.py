@@ -22,6 +22,7 @@ from typing import Any
 
 from shoal.api.v1alpha1 import ModelFleet
 from shoal.api.v1alpha1.external import MODEL_KEY_LABEL
+from shoal.api.v1alpha1.policy import SecretKeyRef
 from shoal.operator import events, sources
 from shoal.operator.gateway import Forbidden, KubeGateway
 from shoal.planning.status import SpecProblem
@@ -56,37 +57,59 @@ def key_grants(gw: KubeGateway, fleet: ModelFleet) -> KeyGrants:
         ext = m.external
         if ext is None or ext.api_key_secret_ref is None:
             continue
-        ref = ext.api_key_secret_ref
-        try:
-            secret = gw.get("v1", "Secret", ns, ref.name)
-        except Forbidden:
-            refused[m.name] = SpecProblem(
-                FORBIDDEN,
-                f"may not read Secret {ref.name!r} in {ns} (model {m.name}'s API key): grant "
-                "get on secrets (Helm value rbac.embedderSecrets=true)",
-            )
-            continue
-        if secret is None:
-            refused[m.name] = SpecProblem(
-                NOT_FOUND, f"Secret {ref.name!r} (model {m.name}'s API key) not found in {ns}"
-            )
-            continue
-        problem = sources.secret_grant_problem(
-            secret,
+        problem = secret_key_problem(
+            gw,
+            ns,
+            ext.api_key_secret_ref,
             ext.base_url,
             label=MODEL_KEY_LABEL,
-            reasons=(NOT_MARKED, HOST_NOT_ALLOWED),
+            reasons=(NOT_MARKED, HOST_NOT_ALLOWED, NOT_FOUND, FORBIDDEN),
+            use=f"model {m.name}'s API key",
             what=f"model {m.name}'s endpoint",
         )
-        if problem is not None:
-            refused[m.name] = problem
-        elif ref.key not in ((secret.get("data") or {}) | (secret.get("stringData") or {})):
-            refused[m.name] = SpecProblem(
-                NOT_FOUND, f"Secret {ref.name!r} in {ns} has no key {ref.key!r} (model {m.name})"
-            )
-        else:
+        if problem is None:
             granted.add(m.name)
+        else:
+            refused[m.name] = problem
     return KeyGrants(frozenset(granted), refused)
+
+
+def secret_key_problem(
+    gw: KubeGateway,
+    ns: str,
+    ref: SecretKeyRef,
+    endpoint: str,
+    *,
+    label: str,
+    reasons: tuple[str, str, str, str],
+    use: str,
+    what: str,
+) -> SpecProblem | None:
+    """Why a fleet may not use the Secret key ``ref`` of namespace ``ns`` (``use`` names it
+    in messages) towards ``endpoint`` (``what``), or None when it may: the operator may read
+    the Secret's metadata, the Secret exists, its owner marked it with ``label`` and allowed
+    the endpoint's host (:func:`shoal.operator.sources.secret_grant_problem`), and it holds
+    the key. ``reasons``: the words for not marked, host not allowed, not found, forbidden.
+    The Secret's values are never decoded."""
+    not_marked, host_not_allowed, not_found, forbidden = reasons
+    try:
+        secret = gw.get("v1", "Secret", ns, ref.name)
+    except Forbidden:
+        return SpecProblem(
+            forbidden,
+            f"may not read Secret {ref.name!r} in {ns} ({use}): grant get on secrets (Helm "
+            "value rbac.embedderSecrets=true)",
+        )
+    if secret is None:
+        return SpecProblem(not_found, f"Secret {ref.name!r} ({use}) not found in {ns}")
+    problem = sources.secret_grant_problem(
+        secret, endpoint, label=label, reasons=(not_marked, host_not_allowed), what=what
+    )
+    if problem is not None:
+        return problem
+    if ref.key not in ((secret.get("data") or {}) | (secret.get("stringData") or {})):
+        return SpecProblem(not_found, f"Secret {ref.name!r} in {ns} has no key {ref.key!r} ({use})")
+    return None
 
 
 def report_refusals(body: Any, fleet: ModelFleet, grants: KeyGrants) -> None:

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 from shoal.api.v1alpha1 import ModelFleet
 from shoal.api.v1alpha1.fleet import LORA_CREDENTIALS_LABEL
-from shoal.operator import sources
-from shoal.operator.external import KeyGrants
-from shoal.operator.gateway import Forbidden, KubeGateway
+from shoal.operator.external import KeyGrants, secret_key_problem
+from shoal.operator.gateway import KubeGateway
 from shoal.planning.status import SpecProblem
 
 #: The problems' reason words (a model's status state while its credentials are refused).
@@ -41,34 +40,18 @@ def credential_grants(gw: KubeGateway, fleet: ModelFleet) -> KeyGrants:
         ref = store.credentials_secret_ref if store is not None else None
         if store is None or ref is None or not m.lora_adapters:
             continue
-        try:
-            secret = gw.get("v1", "Secret", ns, ref.name)
-        except Forbidden:
-            refused[m.name] = SpecProblem(
-                FORBIDDEN,
-                f"may not read Secret {ref.name!r} in {ns} (model {m.name}'s LoRA store "
-                "credentials): grant get on secrets (Helm value rbac.embedderSecrets=true)",
-            )
-            continue
-        if secret is None:
-            refused[m.name] = SpecProblem(
-                NOT_FOUND,
-                f"Secret {ref.name!r} (model {m.name}'s LoRA store credentials) not found in {ns}",
-            )
-            continue
-        problem = sources.secret_grant_problem(
-            secret,
+        problem = secret_key_problem(
+            gw,
+            ns,
+            ref,
             f"https://{store.host}",
             label=LORA_CREDENTIALS_LABEL,
-            reasons=(NOT_MARKED, HOST_NOT_ALLOWED),
+            reasons=(NOT_MARKED, HOST_NOT_ALLOWED, NOT_FOUND, FORBIDDEN),
+            use=f"model {m.name}'s LoRA store credentials",
             what=f"model {m.name}'s LoRA store",
         )
-        if problem is not None:
-            refused[m.name] = problem
-        elif ref.key not in ((secret.get("data") or {}) | (secret.get("stringData") or {})):
-            refused[m.name] = SpecProblem(
-                NOT_FOUND, f"Secret {ref.name!r} in {ns} has no key {ref.key!r} (model {m.name})"
-            )
-        else:
+        if problem is None:
             granted.add(m.name)
+        else:
+            refused[m.name] = problem
     return KeyGrants(frozenset(granted), refused)
