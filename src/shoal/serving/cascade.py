@@ -22,7 +22,8 @@ model goes first and the model it escalates to next (then the rest of the rankin
    ``verifier``, the answer's text read as the fit read it
    (:func:`shoal.routing.cascade_score.chain_confidence`): the chain's voters are asked the
    same query at the same time as its answering model (whole, unstreamed, billed as any
-   attempt), and the answer is scored by its agreement with theirs, or by the fitted
+   attempt; those the request's cost cap or the tenant's budget has no room for are not
+   asked, and count as disagreeing), and the answer is scored by its agreement with theirs, or by the fitted
    verifier over the query's cluster similarities, the answer's structure and length and
    that agreement. An answer without log-probabilities (an engine that gives none), an
    escalation's answer under an answer signal, and one the plan cannot score are judged by
@@ -333,9 +334,11 @@ class CascadeStage:
                 # The answer the plan's answer signal was fitted for (never a routed one).
                 judged = plan is not None and not tried[:-1] and model == plan.answer
                 if judged and verdict.reads_answers and plan is not None:
-                    asked = list(plan.voters)
+                    asked = self._voters(
+                        plan, model, ranked, ledger, deadline, stage, parsed, tenant
+                    )
                     voting = asyncio.create_task(
-                        self._votes(api, gen, plan, ranked, stage, deadline, ledger)
+                        self._votes(api, gen, plan, asked, stage, deadline, ledger)
                     )
                 try:
                     text, last = await self.caller.whole_answer(
@@ -431,11 +434,13 @@ class CascadeStage:
         stage: float,
         parsed: ChatRequest | CompletionRequest,
         tenant: TenantState | None,
+        committed: float = 0.0,
     ) -> str | None:
-        """Why the chain may not call ``model`` next (None: it may)."""
+        """Why the chain may not call ``model`` next (None: it may); ``committed``: the cost
+        of calls made but not in the ledger yet (a vote's, beside the answering model)."""
         if deadline - time.monotonic() < stage:
             return "deadline"  # not even one first-token deadline left for the next model
-        estimate = self._estimate(model, ledger)
+        estimate = self._estimate(model, ledger) + committed
         cap = self.spec.max_cost_per_request
         if cap is not None and ledger.cost + estimate > float(cap):
             return "cost"
@@ -466,30 +471,50 @@ class CascadeStage:
 
     # -- answer signals: voters and the verifier --------------------------------------------
 
+    def _voters(
+        self,
+        chain: CascadeChain,
+        answering: str,
+        ranked: list[str],
+        ledger: Ledger,
+        deadline: float,
+        stage: float,
+        parsed: ChatRequest | CompletionRequest,
+        tenant: TenantState | None,
+    ) -> list[str]:
+        """The chain's voters to ask beside ``answering``: those that can serve this request
+        (in ``ranked``, the router's list cut to the capable models, and allowed to the
+        tenant), are not parked or cooling down, and fit the request's cost cap and the
+        tenant's budget and tokens with the answering model's call and the voters before
+        them counted. The others count as disagreeing, unasked."""
+        committed = self._estimate(answering, ledger)
+        asked = []
+        for model in chain.voters:
+            if model not in ranked or model not in self.book.clients or not self._ready(model):
+                continue
+            if self._no_room(model, ledger, deadline, stage, parsed, tenant, committed):
+                continue
+            committed += self._estimate(model, ledger)
+            asked.append(model)
+        return asked
+
     async def _votes(
         self,
         api: http.Api,
         gen: GenerationRequest,
         chain: CascadeChain,
-        ranked: list[str],
+        asked: list[str],
         stage: float,
         deadline: float,
         ledger: Ledger,
     ) -> Votes:
-        """The chain's voters asked the same query at once, whole and unstreamed, beside its
-        answering model: each one's answer text, None where it gave none (a voter that cannot
-        serve this request, is parked, has failed recently or fails now counts as
-        disagreeing). Each vote is billed as any attempt is."""
+        """The voters in ``asked`` (:meth:`_voters`) asked the same query at once, whole and
+        unstreamed, beside the chain's answering model: each of the chain's voters' answer
+        text, None where it gave none (not asked, or failing now: it counts as disagreeing).
+        Each vote is billed as any attempt is."""
 
         async def one(model: str) -> str | None:
-            client = self.book.clients.get(model)
-            if (
-                client is None
-                or model not in ranked  # the router's list, cut to the capable models
-                or model in self.args.parked
-                or not self.book.health.healthy(model)
-            ):
-                return None
+            client = self.book.clients[model]
             rid = http.new_id(api)
             vote = dataclasses.replace(
                 gen, request_id=rid, model_name=model, stream=False, include_usage=False
@@ -507,8 +532,8 @@ class CascadeStage:
             self.metrics.cascade_attempt(model, "voted")
             return answer_text(answer_body(api, rid, model, text, last))
 
-        texts = await asyncio.gather(*(one(m) for m in chain.voters))
-        return Votes(list(chain.voters), list(texts))
+        texts = dict(zip(asked, await asyncio.gather(*(one(m) for m in asked)), strict=True))
+        return Votes(list(chain.voters), [texts.get(m) for m in chain.voters])
 
     def _score(
         self,
