@@ -23,11 +23,11 @@ model goes first and the model it escalates to next (then the rest of the rankin
    (:func:`shoal.routing.cascade_score.chain_confidence`): the chain's voters are asked the
    same query at the same time as its answering model (whole, unstreamed, billed as any
    attempt; those the request's cost cap or the tenant's budget has no room for are not
-   asked, and count as disagreeing), and the answer is scored by its agreement with theirs, or by the fitted
-   verifier over the query's cluster similarities, the answer's structure and length and
-   that agreement. An answer without log-probabilities (an engine that gives none), an
-   escalation's answer under an answer signal, and one the plan cannot score are judged by
-   their structure alone;
+   asked, and count as disagreeing), and the answer is scored by its agreement with
+   theirs, or by the fitted verifier over the query's cluster similarities, the answer's
+   structure and length and that agreement. An answer without log-probabilities (an
+   engine that gives none), an escalation's answer under an answer signal, and one the
+   plan cannot score are judged by their structure alone;
 4. before an escalation: the chain's deadline (at least one stage's first-token deadline
    must be left of it), the policy's cost cap per request (each model
    estimated from its recent cost per request) and the tenant's budget and token limit are
