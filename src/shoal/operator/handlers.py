@@ -52,6 +52,8 @@ from shoal.planning import names
 
 log = logging.getLogger(__name__)
 FLEETS, POLICIES, TENANTS = "modelfleets", "routingpolicies", "tenants"
+#: The finalizer kopf puts on every fleet (and policy) before its first handler runs.
+FINALIZER = f"{GROUP}/finalizer"
 #: Threads that run synchronous handlers (kopf's default is a few more than the CPUs).
 HANDLER_THREADS = 16
 
@@ -80,7 +82,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.INFO
     # Recover quickly from API outages: short watch timeouts, quick reconnects.
     settings.watching.server_timeout = 60
@@ -223,6 +225,18 @@ def _being_deleted(fleet: dict[str, Any]) -> bool:
     return bool(fleet["metadata"].get("deletionTimestamp"))
 
 
+def _not_ours_to_build(fleet: dict[str, Any] | None) -> bool:
+    """Whether no child may be written for this fleet now: it is gone, being deleted (its
+    children belong to the finalizer), or does not carry the finalizer yet. kopf adds the
+    finalizer before any create or resume handler runs; until then the fleet may be deleted
+    at any moment without the finalizer's handler ever running, and a child written for it
+    by the periodic loop or a policy's change would outlive it (where no garbage collector
+    follows ownerReferences). Its create handler builds it once the finalizer is on."""
+    if fleet is None or _being_deleted(fleet):
+        return True
+    return FINALIZER not in (fleet["metadata"].get("finalizers") or [])
+
+
 def _seen(memo: kopf.Memo, event: kopf.RawEvent, kwargs: dict[str, Any]) -> None:
     """Keep the cache current with one watch event; adopt kopf's context and indexes for the
     periodic loop."""
@@ -325,7 +339,7 @@ def _reconcile_fleet(body: Any, memo: kopf.Memo, verify: bool = False) -> None:
     # being deleted belongs to the finalizer (reconciling it would re-create its children).
     locks: FleetLocks = memo.locks
     with locks.hold(memo.gateway, body) as fresh:
-        if fresh is None or _being_deleted(fresh):
+        if fresh is None or _not_ours_to_build(fresh):
             return
         with observed("ModelFleet"):
             reconcile_fleet(memo.gateway, memo.config, fresh, _now(), verify=verify)
@@ -336,7 +350,7 @@ def _autoscale(body: Any, memo: kopf.Memo) -> None:
     rt = runtime(memo)
     locks: FleetLocks = memo.locks
     with locks.hold(memo.gateway, body) as fresh:
-        if fresh is None or _being_deleted(fresh):
+        if fresh is None or _not_ours_to_build(fresh):
             return
         autoscale_fleet(memo.gateway, memo.config, rt.source, fresh, _now())
 
