@@ -339,7 +339,7 @@ def _reconcile_fleet(body: Any, memo: kopf.Memo, verify: bool = False) -> None:
     # being deleted belongs to the finalizer (reconciling it would re-create its children).
     locks: FleetLocks = memo.locks
     with locks.hold(memo.gateway, body) as fresh:
-        if fresh is None or _not_ours_to_build(fresh):
+        if _not_ours_to_build(fresh):
             return
         with observed("ModelFleet"):
             reconcile_fleet(memo.gateway, memo.config, fresh, _now(), verify=verify)
@@ -350,7 +350,7 @@ def _autoscale(body: Any, memo: kopf.Memo) -> None:
     rt = runtime(memo)
     locks: FleetLocks = memo.locks
     with locks.hold(memo.gateway, body) as fresh:
-        if fresh is None or _not_ours_to_build(fresh):
+        if _not_ours_to_build(fresh):
             return
         autoscale_fleet(memo.gateway, memo.config, rt.source, fresh, _now())
 
